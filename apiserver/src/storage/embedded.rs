@@ -1,0 +1,444 @@
+//! The embedded store: a `redb` file plus an in-memory event history for watches.
+//!
+//! Writes go through one writer thread that applies every queued operation in a single
+//! `redb` transaction and commits it durably (group commit): a write is acknowledged
+//! only after its transaction is on disk, so it survives `kill -9`. Each operation gets
+//! the next global revision. After a commit the writer appends the events to a bounded
+//! history and broadcasts them; a watch replays the history after its revision and then
+//! follows the broadcast. A revision older than the history is [`StorageError::TooOld`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use redb::{Database, ReadableTable, TableDefinition};
+use tokio::sync::{broadcast, oneshot};
+
+use super::{KeyValue, ListRequest, ListResponse, Result, StorageError, Store, WatchEvent, WatchStream};
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+const REVISION_KEY: &str = "revision";
+/// Most operations applied in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// Tuning of the embedded store.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Events kept in memory for watches to resume from.
+    pub history: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions { history: 10_000 }
+    }
+}
+
+enum Op {
+    Create { key: String, value: Vec<u8> },
+    Update { key: String, value: Vec<u8>, expected: i64 },
+    Delete { key: String, expected: Option<i64> },
+}
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<KeyValue>>,
+}
+
+/// An event with the value it replaced, so a list can be rewound to an older revision.
+struct Entry {
+    event: WatchEvent,
+    previous: Option<KeyValue>,
+}
+
+struct History {
+    events: VecDeque<Entry>,
+    capacity: usize,
+    /// Every event with a revision greater than this is still in `events`.
+    complete_after: i64,
+    /// Revision of the newest published event (or of the store at open).
+    published: i64,
+}
+
+struct Shared {
+    db: Database,
+    history: Mutex<History>,
+    live: broadcast::Sender<WatchEvent>,
+}
+
+/// A durable single-file store; the default backend.
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    writer: Option<std::sync::mpsc::Sender<Request>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EmbeddedStore {
+    /// Stop the writer after it has finished what is queued, so the file can be reopened.
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn backend_err(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Backend { backend: "embedded", message: e.to_string() }
+}
+
+fn encode(create: i64, modified: i64, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + value.len());
+    out.extend_from_slice(&create.to_le_bytes());
+    out.extend_from_slice(&modified.to_le_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+fn decode(key: &str, raw: &[u8]) -> KeyValue {
+    let num = |r: &[u8]| i64::from_le_bytes(r.try_into().expect("8 bytes"));
+    KeyValue {
+        key: key.to_string(),
+        create_revision: num(&raw[0..8]),
+        mod_revision: num(&raw[8..16]),
+        value: raw[16..].to_vec(),
+    }
+}
+
+impl EmbeddedStore {
+    /// Open (or create) the store in `dir`.
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| backend_err(format!("creating {}: {e}", dir.display())))?;
+        let path = dir.join("oakestra.redb");
+        let db = Database::create(&path).map_err(|e| backend_err(format!("opening {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(backend_err)?;
+        let revision = {
+            txn.open_table(OBJECTS).map_err(backend_err)?;
+            let meta = txn.open_table(META).map_err(backend_err)?;
+            let revision = meta.get(REVISION_KEY).map_err(backend_err)?.map(|g| g.value()).unwrap_or(0);
+            revision
+        };
+        txn.commit().map_err(backend_err)?;
+        let (live, _) = broadcast::channel(16 * 1024);
+        let shared = Arc::new(Shared {
+            db,
+            history: Mutex::new(History {
+                events: VecDeque::new(),
+                capacity: options.history.max(1),
+                complete_after: revision,
+                published: revision,
+            }),
+            live,
+        });
+        let (writer, requests) = std::sync::mpsc::channel();
+        let for_writer = shared.clone();
+        let writer_thread = std::thread::Builder::new()
+            .name("embedded-store-writer".into())
+            .spawn(move || write_loop(for_writer, requests, revision))
+            .map_err(backend_err)?;
+        tracing::info!(path = %path.display(), revision, "embedded store opened");
+        Ok(EmbeddedStore { shared, writer: Some(writer), writer_thread: Some(writer_thread) })
+    }
+
+    async fn submit(&self, op: Op) -> Result<KeyValue> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .as_ref()
+            .ok_or_else(|| backend_err("store is closed"))?
+            .send(Request { op, reply })
+            .map_err(|_| backend_err("writer thread stopped"))?;
+        rx.await.map_err(|_| backend_err("writer thread stopped"))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared.db)).await.map_err(backend_err)?
+    }
+}
+
+/// The writer thread: batches queued operations into one durable transaction.
+fn write_loop(shared: Arc<Shared>, requests: std::sync::mpsc::Receiver<Request>, mut revision: i64) {
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let start = revision;
+        let outcome = apply_batch(&shared.db, &batch, &mut revision);
+        match outcome {
+            Ok(results) => {
+                let events: Vec<Entry> = results.iter().filter_map(|(_, e)| e.clone()).collect();
+                publish(&shared, events);
+                for (req, (result, _)) in batch.into_iter().zip(results) {
+                    let _ = req.reply.send(result);
+                }
+            }
+            Err(e) => {
+                revision = start;
+                let message = e.to_string();
+                tracing::error!(error = %message, "embedded store transaction failed");
+                for req in batch {
+                    let _ = req.reply.send(Err(backend_err(&message)));
+                }
+            }
+        }
+    }
+}
+
+type OpResult = (Result<KeyValue>, Option<Entry>);
+
+impl Clone for Entry {
+    fn clone(&self) -> Self {
+        Entry { event: self.event.clone(), previous: self.previous.clone() }
+    }
+}
+
+fn apply_batch(db: &Database, batch: &[Request], revision: &mut i64) -> Result<Vec<OpResult>> {
+    let txn = db.begin_write().map_err(backend_err)?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut objects = txn.open_table(OBJECTS).map_err(backend_err)?;
+        for req in batch {
+            results.push(apply_one(&mut objects, &req.op, revision)?);
+        }
+        let mut meta = txn.open_table(META).map_err(backend_err)?;
+        meta.insert(REVISION_KEY, *revision).map_err(backend_err)?;
+    }
+    txn.commit().map_err(backend_err)?;
+    Ok(results)
+}
+
+fn apply_one(
+    objects: &mut redb::Table<&str, &[u8]>,
+    op: &Op,
+    revision: &mut i64,
+) -> Result<OpResult> {
+    let key = match op {
+        Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key.as_str(),
+    };
+    let current = objects.get(key).map_err(backend_err)?.map(|g| decode(key, g.value()));
+    let previous = current.clone();
+    let outcome = match (op, current) {
+        (Op::Create { .. }, Some(_)) => Err(StorageError::AlreadyExists { key: key.into() }),
+        (Op::Create { value, .. }, None) => {
+            *revision += 1;
+            let kv = KeyValue { key: key.into(), value: value.clone(), create_revision: *revision, mod_revision: *revision };
+            objects.insert(key, encode(*revision, *revision, value).as_slice()).map_err(backend_err)?;
+            Ok((kv.clone(), WatchEvent::Created(kv)))
+        }
+        (Op::Update { .. } | Op::Delete { .. }, None) => Err(StorageError::NotFound { key: key.into() }),
+        (Op::Update { expected, .. }, Some(cur)) if cur.mod_revision != *expected => {
+            Err(StorageError::Conflict { key: key.into(), expected: *expected, actual: cur.mod_revision })
+        }
+        (Op::Delete { expected: Some(expected), .. }, Some(cur)) if cur.mod_revision != *expected => {
+            Err(StorageError::Conflict { key: key.into(), expected: *expected, actual: cur.mod_revision })
+        }
+        (Op::Update { value, .. }, Some(cur)) => {
+            *revision += 1;
+            let kv = KeyValue { key: key.into(), value: value.clone(), create_revision: cur.create_revision, mod_revision: *revision };
+            objects.insert(key, encode(cur.create_revision, *revision, value).as_slice()).map_err(backend_err)?;
+            Ok((kv.clone(), WatchEvent::Updated(kv)))
+        }
+        (Op::Delete { .. }, Some(mut cur)) => {
+            *revision += 1;
+            objects.remove(key).map_err(backend_err)?;
+            cur.mod_revision = *revision;
+            Ok((cur.clone(), WatchEvent::Deleted(cur)))
+        }
+    };
+    Ok(match outcome {
+        Ok((kv, event)) => (Ok(kv), Some(Entry { event, previous })),
+        Err(e) => (Err(e), None),
+    })
+}
+
+fn publish(shared: &Shared, entries: Vec<Entry>) {
+    if entries.is_empty() {
+        return;
+    }
+    let mut h = shared.history.lock().expect("history lock");
+    for entry in entries {
+        h.published = entry.event.revision();
+        if h.events.len() == h.capacity {
+            if let Some(old) = h.events.pop_front() {
+                h.complete_after = old.event.revision();
+            }
+        }
+        // No receivers is fine: nobody watches.
+        let _ = shared.live.send(entry.event.clone());
+        h.events.push_back(entry);
+    }
+}
+
+fn read_revision(txn: &redb::ReadTransaction) -> Result<i64> {
+    let meta = txn.open_table(META).map_err(backend_err)?;
+    Ok(meta.get(REVISION_KEY).map_err(backend_err)?.map(|g| g.value()).unwrap_or(0))
+}
+
+/// Every key under `prefix` at the snapshot `txn`, as a sorted map.
+fn snapshot(txn: &redb::ReadTransaction, prefix: &str, start_after: Option<&str>) -> Result<BTreeMap<String, KeyValue>> {
+    let objects = txn.open_table(OBJECTS).map_err(backend_err)?;
+    let start = match start_after {
+        Some(k) if k >= prefix => Bound::Excluded(k),
+        _ => Bound::Included(prefix),
+    };
+    let mut out = BTreeMap::new();
+    for entry in objects.range::<&str>((start, Bound::Unbounded)).map_err(backend_err)? {
+        let (k, v) = entry.map_err(backend_err)?;
+        let key = k.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        out.insert(key.to_string(), decode(key, v.value()));
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let key = key.to_string();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend_err)?;
+            let objects = txn.open_table(OBJECTS).map_err(backend_err)?;
+            let found = objects.get(key.as_str()).map_err(backend_err)?;
+            Ok(found.map(|g| decode(&key, g.value())))
+        })
+        .await
+    }
+
+    async fn list(&self, request: ListRequest) -> Result<ListResponse> {
+        let shared = self.shared.clone();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend_err)?;
+            let snap_revision = read_revision(&txn)?;
+            let mut items = snapshot(&txn, &request.prefix, request.start_after.as_deref())?;
+            let revision = match request.revision {
+                Some(r) if r < snap_revision => {
+                    rewind(&shared, &mut items, &request, r, snap_revision)?;
+                    r
+                }
+                _ => snap_revision,
+            };
+            let mut items: Vec<KeyValue> = items.into_values().collect();
+            let limit = request.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
+            let more = items.len() > limit;
+            items.truncate(limit);
+            Ok(ListResponse { items, revision, more })
+        })
+        .await
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
+        self.submit(Op::Create { key: key.into(), value }).await
+    }
+
+    async fn update(&self, key: &str, value: Vec<u8>, expected_revision: i64) -> Result<KeyValue> {
+        self.submit(Op::Update { key: key.into(), value, expected: expected_revision }).await
+    }
+
+    async fn delete(&self, key: &str, expected_revision: Option<i64>) -> Result<KeyValue> {
+        self.submit(Op::Delete { key: key.into(), expected: expected_revision }).await
+    }
+
+    async fn watch(&self, prefix: &str, after_revision: i64) -> Result<WatchStream> {
+        let (backlog, live, published) = {
+            let h = self.shared.history.lock().expect("history lock");
+            if after_revision < h.complete_after {
+                return Err(StorageError::TooOld { requested: after_revision, oldest: h.complete_after });
+            }
+            let backlog: Vec<WatchEvent> = h
+                .events
+                .iter()
+                .map(|e| &e.event)
+                .filter(|e| e.revision() > after_revision && e.kv().key.starts_with(prefix))
+                .cloned()
+                .collect();
+            (backlog, self.shared.live.subscribe(), h.published)
+        };
+        let prefix = prefix.to_string();
+        let floor = after_revision.max(published);
+        let live = tokio_stream::wrappers::BroadcastStream::new(live)
+            .map(move |r| {
+                r.map_err(|tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)| StorageError::TooOld {
+                    requested: after_revision,
+                    oldest: n as i64,
+                })
+            })
+            .filter(move |r| {
+                let keep = match r {
+                    Ok(e) => e.revision() > floor && e.kv().key.starts_with(prefix.as_str()),
+                    Err(_) => true,
+                };
+                futures::future::ready(keep)
+            });
+        // A lagging watcher gets one TooOld and the stream ends: it must relist.
+        let mut failed = false;
+        let stream = futures::stream::iter(backlog.into_iter().map(Ok))
+            .chain(live)
+            .take_while(move |r| {
+                let go = !failed;
+                failed = r.is_err();
+                futures::future::ready(go)
+            });
+        Ok(stream.boxed())
+    }
+
+    async fn revision(&self) -> Result<i64> {
+        self.read(|db| read_revision(&db.begin_read().map_err(backend_err)?)).await
+    }
+}
+
+/// Undo the events after `target` (up to `from`, the snapshot's revision) to list as of
+/// an older revision, from the in-memory history.
+fn rewind(
+    shared: &Shared,
+    items: &mut BTreeMap<String, KeyValue>,
+    request: &ListRequest,
+    target: i64,
+    from: i64,
+) -> Result<()> {
+    let h = loop {
+        let h = shared.history.lock().expect("history lock");
+        if h.published >= from {
+            break h;
+        }
+        // The snapshot's last commit is being published right now.
+        drop(h);
+        std::thread::yield_now();
+    };
+    if target < h.complete_after {
+        return Err(StorageError::TooOld { requested: target, oldest: h.complete_after });
+    }
+    let in_range =
+        |k: &str| k.starts_with(&request.prefix) && request.start_after.as_deref().is_none_or(|s| k > s);
+    for entry in h.events.iter().rev() {
+        let rev = entry.event.revision();
+        if rev <= target {
+            break;
+        }
+        let key = &entry.event.kv().key;
+        if rev > from || !in_range(key) {
+            continue;
+        }
+        match &entry.previous {
+            Some(previous) => items.insert(key.clone(), previous.clone()),
+            None => items.remove(key),
+        };
+    }
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! The storage contract and its two backends.
+//!
+//! A store maps string keys to opaque bytes under one global, monotonic revision: every
+//! successful write gets the next revision, which becomes the object's
+//! `resourceVersion`. Updates and deletes are compare-and-swap on the key's revision.
+//! A watch streams every change after a given revision, in revision order, with no gap
+//! and no duplicate, or fails with [`StorageError::TooOld`] when that revision is no
+//! longer available.
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+pub mod conformance;
+pub mod embedded;
+pub mod etcd;
+
+/// One stored key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Revision of the write that created the key.
+    pub create_revision: i64,
+    /// Revision of the last write to the key (for a deletion event: the deletion's).
+    pub mod_revision: i64,
+}
+
+/// One change seen by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    Created(KeyValue),
+    Updated(KeyValue),
+    /// The value is the last one stored; `mod_revision` is the deletion's revision.
+    Deleted(KeyValue),
+}
+
+impl WatchEvent {
+    pub fn kv(&self) -> &KeyValue {
+        match self {
+            WatchEvent::Created(kv) | WatchEvent::Updated(kv) | WatchEvent::Deleted(kv) => kv,
+        }
+    }
+    pub fn revision(&self) -> i64 {
+        self.kv().mod_revision
+    }
+}
+
+/// A list request: every key under `prefix` after `start_after`, at most `limit`.
+#[derive(Debug, Clone, Default)]
+pub struct ListRequest {
+    pub prefix: String,
+    /// Continue after this key (exclusive).
+    pub start_after: Option<String>,
+    pub limit: Option<usize>,
+    /// List as of this revision instead of the latest one.
+    pub revision: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListResponse {
+    pub items: Vec<KeyValue>,
+    /// The revision the list reflects.
+    pub revision: i64,
+    /// More keys remain after the last item.
+    pub more: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{key} already exists")]
+    AlreadyExists { key: String },
+    #[error("{key} not found")]
+    NotFound { key: String },
+    #[error("{key} was modified: expected revision {expected}, found {actual}")]
+    Conflict { key: String, expected: i64, actual: i64 },
+    #[error("revision {requested} is too old: the oldest available is {oldest}")]
+    TooOld { requested: i64, oldest: i64 },
+    #[error("{backend} storage: {message}")]
+    Backend { backend: &'static str, message: String },
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+pub type WatchStream = BoxStream<'static, Result<WatchEvent>>;
+
+/// What the API server needs from storage. Implemented by [`embedded::EmbeddedStore`]
+/// and [`etcd::EtcdStore`]; both pass [`conformance::run_all`].
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Backend name for logs and metrics (`embedded`, `etcd`).
+    fn backend(&self) -> &'static str;
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
+    async fn list(&self, request: ListRequest) -> Result<ListResponse>;
+    /// Store a new key; [`StorageError::AlreadyExists`] if it exists.
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue>;
+    /// Replace a key whose revision is `expected_revision`.
+    async fn update(&self, key: &str, value: Vec<u8>, expected_revision: i64) -> Result<KeyValue>;
+    /// Delete a key (if `expected_revision` is given, only at that revision). Returns
+    /// the deleted value with `mod_revision` set to the deletion's revision.
+    async fn delete(&self, key: &str, expected_revision: Option<i64>) -> Result<KeyValue>;
+    /// Every change under `prefix` with a revision greater than `after_revision`.
+    async fn watch(&self, prefix: &str, after_revision: i64) -> Result<WatchStream>;
+    /// The latest revision.
+    async fn revision(&self) -> Result<i64>;
+}
+
+/// The first key after every key that starts with `prefix` (etcd's range end).
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}

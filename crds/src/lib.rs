@@ -1,0 +1,370 @@
+//! Resource types of the `oakestra.io/v1` API, their JSON schemas and their validation.
+//!
+//! This crate owns *what an object is*: the typed structs users and controllers
+//! exchange, the table of served kinds (plural names, scope, short names), the
+//! schemas generated from the structs with `schemars`, and the validation every write
+//! goes through. It performs no IO, so every other crate can depend on it.
+
+pub mod meta;
+pub mod types;
+pub mod validate;
+
+use schemars::JsonSchema;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+pub use meta::*;
+pub use types::*;
+pub use validate::{FieldError, ValidationError};
+
+/// API group of the Oakestra kinds.
+pub const GROUP: &str = "oakestra.io";
+/// The only served version.
+pub const VERSION: &str = "v1";
+/// `apiVersion` of the Oakestra kinds.
+pub const API_VERSION: &str = "oakestra.io/v1";
+
+/// Static facts about a served kind.
+#[derive(Debug)]
+pub struct KindInfo {
+    /// API group; empty for the core group (`Namespace`).
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub short_names: &'static [&'static str],
+    pub namespaced: bool,
+    /// Whether the kind has a `status` written through the `/status` subresource.
+    pub has_status: bool,
+    /// Fields that cannot change after creation, as JSON pointers.
+    pub immutable: &'static [&'static str],
+    /// Table columns `(header, JSON pointer)` shown by `get`, after NAME.
+    pub columns: &'static [(&'static str, &'static str)],
+    /// More columns shown by `get -o wide`.
+    pub wide_columns: &'static [(&'static str, &'static str)],
+    validate: fn(&serde_json::Value) -> Result<(), ValidationError>,
+    schema: fn() -> schemars::Schema,
+}
+
+impl KindInfo {
+    /// `apiVersion` string of this kind (`oakestra.io/v1`, or `v1` for core).
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// Validate a whole object (as JSON) of this kind: types, unknown fields, and
+    /// semantic rules. Errors name the field path.
+    pub fn validate(&self, object: &serde_json::Value) -> Result<(), ValidationError> {
+        (self.validate)(object)
+    }
+
+    /// The JSON schema of the whole object.
+    pub fn schema(&self) -> schemars::Schema {
+        (self.schema)()
+    }
+
+    /// Whether `name` refers to this kind: kind, plural, singular or a short name,
+    /// case-insensitively (as kubectl resolves them).
+    pub fn matches(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        let name = name.split('.').next().unwrap_or_default();
+        name == self.plural
+            || name == self.singular
+            || name == self.kind.to_ascii_lowercase()
+            || self.short_names.contains(&name)
+    }
+}
+
+/// A typed object of a served kind.
+pub trait Resource: Serialize + DeserializeOwned + JsonSchema + Clone + Send + Sync + 'static {
+    const KIND: &'static str;
+    fn info() -> &'static KindInfo {
+        kind_by_name(Self::KIND).expect("every Resource is in KINDS")
+    }
+    fn metadata(&self) -> &ObjectMeta;
+    fn metadata_mut(&mut self) -> &mut ObjectMeta;
+    /// Kind-specific rules beyond what the schema expresses.
+    fn check(&self, _errors: &mut Vec<FieldError>) {}
+}
+
+macro_rules! resource {
+    ($(#[$doc:meta])* $name:ident, spec: $spec:ty, status: $status:ty) => {
+        $(#[$doc])*
+        #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+        #[serde(rename_all = "camelCase")]
+        pub struct $name {
+            pub api_version: String,
+            pub kind: String,
+            #[serde(default)]
+            pub metadata: ObjectMeta,
+            pub spec: $spec,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub status: Option<$status>,
+        }
+
+        impl $name {
+            /// A new object with the given name and spec and no status.
+            pub fn new(name: &str, spec: $spec) -> Self {
+                $name {
+                    api_version: API_VERSION.to_string(),
+                    kind: stringify!($name).to_string(),
+                    metadata: ObjectMeta { name: name.to_string(), ..Default::default() },
+                    spec,
+                    status: None,
+                }
+            }
+        }
+    };
+}
+
+resource!(
+    /// An edge cluster as the root sees it: one aggregated resource.
+    Cluster, spec: ClusterSpec, status: ClusterStatus);
+resource!(
+    /// A worker machine of a cluster.
+    Node, spec: NodeSpec, status: NodeStatus);
+resource!(
+    /// A replicated workload: the user's desired state.
+    Service, spec: ServiceSpec, status: ServiceStatus);
+resource!(
+    /// One replica of a Service, placed on a cluster and bound to a node.
+    Instance, spec: InstanceSpec, status: InstanceStatus);
+
+/// Something that happened to an object, recorded by a controller.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub involved_object: ObjectReference,
+    /// One CamelCase word, e.g. `Placed` or `FailedPlacement`.
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, rename = "type")]
+    pub type_: EventType,
+    #[serde(default = "one_u32")]
+    pub count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_timestamp: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_timestamp: Option<Time>,
+    /// Component that recorded the event.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+/// A namespace (core group `v1`): the scope of Services, Instances and Events.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Namespace {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+}
+
+macro_rules! impl_resource {
+    ($name:ident $(, $check:item)?) => {
+        impl Resource for $name {
+            const KIND: &'static str = stringify!($name);
+            fn metadata(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn metadata_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+            $($check)?
+        }
+    };
+}
+
+impl_resource!(Cluster, fn check(&self, errors: &mut Vec<FieldError>) {
+    if let Some(l) = &self.spec.location {
+        validate::location(l, "spec.location", errors);
+    }
+});
+impl_resource!(Node, fn check(&self, errors: &mut Vec<FieldError>) {
+    if let Some(l) = &self.spec.location {
+        validate::location(l, "spec.location", errors);
+    }
+});
+impl_resource!(Service, fn check(&self, errors: &mut Vec<FieldError>) {
+    if self.spec.replicas < 0 {
+        errors.push(FieldError::new("spec.replicas", "must be >= 0"));
+    }
+    validate::workload(&self.spec.template, "spec.template", errors);
+});
+impl_resource!(Instance, fn check(&self, errors: &mut Vec<FieldError>) {
+    if self.spec.service.is_empty() {
+        errors.push(FieldError::new("spec.service", "must name the owning Service"));
+    }
+    validate::workload(&self.spec.template, "spec.template", errors);
+});
+impl_resource!(Event);
+impl_resource!(Namespace);
+
+const NO_COLUMNS: &[(&str, &str)] = &[];
+
+/// Every kind the API serves.
+pub static KINDS: &[KindInfo] = &[
+    KindInfo {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        singular: "namespace",
+        short_names: &["ns"],
+        namespaced: false,
+        has_status: false,
+        immutable: &[],
+        columns: NO_COLUMNS,
+        wide_columns: NO_COLUMNS,
+        validate: validate::object::<Namespace>,
+        schema: || schemars::schema_for!(Namespace),
+    },
+    KindInfo {
+        group: GROUP,
+        version: VERSION,
+        kind: "Cluster",
+        plural: "clusters",
+        singular: "cluster",
+        short_names: &["cl"],
+        namespaced: false,
+        has_status: true,
+        immutable: &[],
+        columns: &[
+            ("READY", "/status/conditions/Ready"),
+            ("SUBNET", "/status/subnet"),
+            ("NODES", "/status/capacity/nodes"),
+            ("CPU(m)", "/status/allocatable/cpuMillicores"),
+            ("MEMORY(MiB)", "/status/allocatable/memoryMiB"),
+        ],
+        wide_columns: &[
+            ("LATITUDE", "/spec/location/latitude"),
+            ("LONGITUDE", "/spec/location/longitude"),
+            ("HEARTBEAT", "/status/lastHeartbeat"),
+        ],
+        validate: validate::object::<Cluster>,
+        schema: || schemars::schema_for!(Cluster),
+    },
+    KindInfo {
+        group: GROUP,
+        version: VERSION,
+        kind: "Node",
+        plural: "nodes",
+        singular: "node",
+        short_names: &["no"],
+        namespaced: false,
+        has_status: true,
+        immutable: &[],
+        columns: &[
+            ("READY", "/status/conditions/Ready"),
+            ("ADDRESS", "/spec/address"),
+            ("SUBNET", "/status/subnet"),
+            ("CPU(m)", "/status/allocatable/cpuMillicores"),
+            ("MEMORY(MiB)", "/status/allocatable/memoryMiB"),
+        ],
+        wide_columns: &[
+            ("RUNTIMES", "/spec/runtimes"),
+            ("UNSCHEDULABLE", "/spec/unschedulable"),
+            ("HEARTBEAT", "/status/lastHeartbeat"),
+        ],
+        validate: validate::object::<Node>,
+        schema: || schemars::schema_for!(Node),
+    },
+    KindInfo {
+        group: GROUP,
+        version: VERSION,
+        kind: "Service",
+        plural: "services",
+        singular: "service",
+        short_names: &["svc"],
+        namespaced: true,
+        has_status: true,
+        immutable: &[],
+        columns: &[
+            ("RUNTIME", "/spec/template/runtime"),
+            ("REPLICAS", "/spec/replicas"),
+            ("READY", "/status/readyReplicas"),
+            ("SERVICE-IP", "/status/serviceIP"),
+        ],
+        wide_columns: &[
+            ("IMAGE", "/spec/template/image"),
+            ("EXECUTABLE", "/spec/template/executable"),
+        ],
+        validate: validate::object::<Service>,
+        schema: || schemars::schema_for!(Service),
+    },
+    KindInfo {
+        group: GROUP,
+        version: VERSION,
+        kind: "Instance",
+        plural: "instances",
+        singular: "instance",
+        short_names: &["inst"],
+        namespaced: true,
+        has_status: true,
+        immutable: &["/spec/service", "/spec/ordinal"],
+        columns: &[
+            ("SERVICE", "/spec/service"),
+            ("PHASE", "/status/phase"),
+            ("CLUSTER", "/spec/cluster"),
+            ("NODE", "/spec/node"),
+        ],
+        wide_columns: &[
+            ("IP", "/status/instanceIP"),
+            ("RESTARTS", "/status/restartCount"),
+            ("REASON", "/status/reason"),
+        ],
+        validate: validate::object::<Instance>,
+        schema: || schemars::schema_for!(Instance),
+    },
+    KindInfo {
+        group: GROUP,
+        version: VERSION,
+        kind: "Event",
+        plural: "events",
+        singular: "event",
+        short_names: &["ev"],
+        namespaced: true,
+        has_status: false,
+        immutable: &["/involvedObject"],
+        columns: &[
+            ("TYPE", "/type"),
+            ("REASON", "/reason"),
+            ("OBJECT", "/involvedObject/name"),
+            ("COUNT", "/count"),
+            ("MESSAGE", "/message"),
+        ],
+        wide_columns: &[("SOURCE", "/source"), ("LAST", "/lastTimestamp")],
+        validate: validate::object::<Event>,
+        schema: || schemars::schema_for!(Event),
+    },
+];
+
+/// Look a kind up by kind name, plural, singular or short name.
+pub fn kind_by_name(name: &str) -> Option<&'static KindInfo> {
+    KINDS.iter().find(|k| k.matches(name))
+}
+
+/// Look a kind up by `apiVersion` and `kind`, as written in a manifest.
+pub fn kind_by_gvk(api_version: &str, kind: &str) -> Option<&'static KindInfo> {
+    KINDS
+        .iter()
+        .find(|k| k.kind == kind && k.api_version() == api_version)
+}

@@ -1,0 +1,287 @@
+//! Validation of objects against their kind's schema and rules.
+//!
+//! Three layers, each naming the offending field by its dotted path:
+//! 1. typed decoding (`serde_path_to_error`): wrong types, missing required fields,
+//!    unknown enum values;
+//! 2. a walk over the generated JSON schema: fields the schema does not declare;
+//! 3. the kind's own rules ([`crate::Resource::check`]), e.g. `spec.replicas: must be >= 0`.
+
+use serde_json::Value;
+
+use crate::{Location, Resource, Runtime, Workload};
+
+/// One invalid field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path, e.g. `spec.template.ports[0].containerPort`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// All the invalid fields of an object.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{}", .errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "))]
+pub struct ValidationError {
+    pub errors: Vec<FieldError>,
+}
+
+impl ValidationError {
+    pub fn single(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationError { errors: vec![FieldError::new(field, message)] }
+    }
+}
+
+/// Validate `value` as an object of type `T`.
+pub fn object<T: Resource>(value: &Value) -> Result<(), ValidationError> {
+    let mut errors = Vec::new();
+    unknown_fields(&T::info().schema(), value, &mut errors);
+    if !errors.is_empty() {
+        return Err(ValidationError { errors });
+    }
+    let typed: T = match serde_path_to_error::deserialize(value) {
+        Ok(t) => t,
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            return Err(ValidationError::single(path, e.into_inner().to_string()));
+        }
+    };
+    typed.check(&mut errors);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationError { errors })
+    }
+}
+
+/// Report every object key of `value` that `schema` does not declare.
+fn unknown_fields(root: &schemars::Schema, value: &Value, errors: &mut Vec<FieldError>) {
+    walk(root.as_value(), root.as_value(), value, "", errors);
+}
+
+fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
+    let mut schema = schema;
+    // `$ref` into `$defs`, and `anyOf`/`oneOf`/`allOf` wrappers (e.g. Option<T>): take
+    // the first object-shaped alternative.
+    for _ in 0..16 {
+        if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+            let name = r.rsplit('/').next().unwrap_or_default();
+            match root.get("$defs").and_then(|d| d.get(name)) {
+                Some(s) => schema = s,
+                None => return schema,
+            }
+            continue;
+        }
+        let alternatives = ["anyOf", "oneOf", "allOf"]
+            .iter()
+            .find_map(|k| schema.get(*k).and_then(Value::as_array));
+        match alternatives {
+            Some(alts) => {
+                let next = alts.iter().find(|a| {
+                    a.get("$ref").is_some() || a.get("properties").is_some() || a.get("items").is_some()
+                });
+                match next {
+                    Some(n) => schema = n,
+                    None => return schema,
+                }
+            }
+            None => return schema,
+        }
+    }
+    schema
+}
+
+fn walk(root: &Value, schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let schema = resolve(root, schema);
+    match value {
+        Value::Object(map) => {
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                for (key, v) in map {
+                    let child = join(path, key);
+                    match props.get(key) {
+                        Some(s) => walk(root, s, v, &child, errors),
+                        None => errors.push(FieldError::new(child, "unknown field")),
+                    }
+                }
+            } else if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                for (key, v) in map {
+                    walk(root, extra, v, &join(path, key), errors);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, v) in items.iter().enumerate() {
+                    walk(root, item_schema, v, &format!("{path}[{i}]"), errors);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Latitude and longitude within range.
+pub fn location(l: &Location, path: &str, errors: &mut Vec<FieldError>) {
+    if !(-90.0..=90.0).contains(&l.latitude) {
+        errors.push(FieldError::new(format!("{path}.latitude"), "must be between -90 and 90"));
+    }
+    if !(-180.0..=180.0).contains(&l.longitude) {
+        errors.push(FieldError::new(format!("{path}.longitude"), "must be between -180 and 180"));
+    }
+}
+
+/// A workload names what to run for its runtime, and its ports and constraints are sane.
+pub fn workload(w: &Workload, path: &str, errors: &mut Vec<FieldError>) {
+    match w.runtime {
+        Runtime::Container | Runtime::Unikernel => {
+            if w.image.as_deref().unwrap_or_default().is_empty() {
+                errors.push(FieldError::new(
+                    format!("{path}.image"),
+                    format!("required for runtime {:?}", w.runtime).to_lowercase(),
+                ));
+            }
+        }
+        Runtime::Process => {
+            if w.executable.as_deref().unwrap_or_default().is_empty() && w.command.is_empty() {
+                errors.push(FieldError::new(
+                    format!("{path}.executable"),
+                    "required for runtime process (or give command)",
+                ));
+            }
+        }
+    }
+    for (i, p) in w.ports.iter().enumerate() {
+        if p.container_port == 0 {
+            errors.push(FieldError::new(format!("{path}.ports[{i}].containerPort"), "must be 1..=65535"));
+        }
+        if p.host_port == Some(0) {
+            errors.push(FieldError::new(format!("{path}.ports[{i}].hostPort"), "must be 1..=65535"));
+        }
+    }
+    for (i, e) in w.env.iter().enumerate() {
+        if e.name.is_empty() || e.name.contains('=') {
+            errors.push(FieldError::new(format!("{path}.env[{i}].name"), "must be non-empty and contain no '='"));
+        }
+    }
+    if let Some(geo) = &w.placement.geo {
+        let l = Location { latitude: geo.latitude, longitude: geo.longitude, place: None };
+        location(&l, &format!("{path}.placement.geo"), errors);
+        if geo.max_distance_km.is_nan() || geo.max_distance_km < 0.0 {
+            errors.push(FieldError::new(format!("{path}.placement.geo.maxDistanceKm"), "must be >= 0"));
+        }
+    }
+}
+
+/// A DNS-1123 subdomain: lowercase alphanumerics, '-' and '.', at most 253 characters,
+/// starting and ending with an alphanumeric.
+pub fn name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.is_empty() {
+        Err("must not be empty".into())
+    } else if name.len() > 253 {
+        Err("must be no more than 253 characters".into())
+    } else if !name.chars().all(ok_char) || !alnum(name.chars().next()) || !alnum(name.chars().last()) {
+        Err(format!(
+            "{name:?} is not a valid name: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kind_by_name;
+    use serde_json::json;
+
+    fn service(spec: Value) -> Value {
+        json!({"apiVersion": "oakestra.io/v1", "kind": "Service", "metadata": {"name": "web"}, "spec": spec})
+    }
+
+    fn errors(v: &Value) -> Vec<String> {
+        match kind_by_name("svc").unwrap().validate(v) {
+            Ok(()) => vec![],
+            Err(e) => e.errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn valid_service_passes() {
+        let v = service(json!({"replicas": 2, "template": {"image": "busybox", "ports": [{"containerPort": 80, "hostPort": 8080}]}}));
+        assert_eq!(errors(&v), Vec::<String>::new());
+    }
+
+    #[test]
+    fn negative_replicas_named() {
+        let v = service(json!({"replicas": -1, "template": {"image": "busybox"}}));
+        assert_eq!(errors(&v), vec!["spec.replicas: must be >= 0"]);
+    }
+
+    #[test]
+    fn unknown_field_named_with_path() {
+        let v = service(json!({"template": {"image": "busybox", "ports": [{"containerPort": 80, "hostPrt": 1}]}}));
+        assert_eq!(errors(&v), vec!["spec.template.ports[0].hostPrt: unknown field"]);
+    }
+
+    #[test]
+    fn wrong_type_named_with_path() {
+        let v = service(json!({"replicas": "three", "template": {"image": "busybox"}}));
+        let e = errors(&v);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("spec.replicas: invalid type"), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_enum_value_named() {
+        let v = service(json!({"template": {"runtime": "vm", "image": "x"}}));
+        let e = errors(&v);
+        assert!(e[0].starts_with("spec.template.runtime: unknown variant `vm`"), "{e:?}");
+    }
+
+    #[test]
+    fn container_needs_image() {
+        let v = service(json!({"template": {}}));
+        assert_eq!(errors(&v), vec!["spec.template.image: required for runtime container"]);
+    }
+
+    #[test]
+    fn labels_are_free_form() {
+        let mut v = service(json!({"template": {"image": "x"}}));
+        v["metadata"]["labels"] = json!({"app": "web", "tier": "edge"});
+        assert_eq!(errors(&v), Vec::<String>::new());
+    }
+
+    #[test]
+    fn names_follow_dns_1123() {
+        assert!(name("web-1.edge").is_ok());
+        for bad in ["", "Web", "-a", "a-", "a_b", &"a".repeat(254)] {
+            assert!(name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

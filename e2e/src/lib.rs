@@ -1,0 +1,136 @@
+//! Test harness for tests over real processes: free ports, an `etcd` server owned by
+//! the test, and [`eventually`] to wait on observable state instead of sleeping.
+//!
+//! Every process started here is killed when its guard is dropped, also when a test
+//! panics. The end-to-end scenarios themselves are in `tests/`.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
+}
+
+/// Wait until something accepts TCP connections on `port`.
+pub fn wait_for_port(port: u16, what: &str, deadline: Duration) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < deadline, "{what} did not listen on port {port} within {deadline:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Poll `check` until it returns `Some`, failing with `what` after `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A child process killed (SIGKILL) on drop.
+pub struct Process {
+    child: Option<Child>,
+    name: String,
+}
+
+impl Process {
+    /// Spawn `command`, with its output going to `log` (a file) when given.
+    pub fn spawn(name: &str, mut command: Command, log: Option<&Path>) -> Process {
+        if let Some(log) = log {
+            let file = std::fs::File::create(log).expect("create log file");
+            command.stdout(file.try_clone().expect("clone log file")).stderr(file);
+        } else {
+            command.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let child = command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Process { child: Some(child), name: name.to_string() }
+    }
+
+    /// `kill -9` the process and wait for it to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A real `etcd` (Debian's `etcd-server`) on free loopback ports, with its data in a
+/// temporary directory.
+pub struct Etcd {
+    pub client_port: u16,
+    process: Process,
+    data: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let data = tempfile::tempdir().expect("tempdir");
+        let (process, client_port) = Self::launch(data.path());
+        Etcd { client_port, process, data }
+    }
+
+    fn launch(dir: &Path) -> (Process, u16) {
+        let client = free_port();
+        let peer = free_port();
+        let mut cmd = Command::new(etcd_binary());
+        cmd.arg("--name=test")
+            .arg(format!("--data-dir={}", dir.join("etcd").display()))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!("--initial-cluster=test=http://127.0.0.1:{peer}"));
+        let process = Process::spawn("etcd", cmd, Some(&dir.join("etcd.log")));
+        wait_for_port(client, "etcd", Duration::from_secs(30));
+        (process, client)
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `kill -9` etcd and start it again on the same data (new ports).
+    pub fn crash_and_restart(&mut self) {
+        self.process.kill9();
+        let (process, port) = Self::launch(self.data.path());
+        self.process = process;
+        self.client_port = port;
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.path().to_path_buf()
+    }
+}
+
+/// Path of the etcd server binary (`ETCD_BIN` overrides).
+pub fn etcd_binary() -> String {
+    std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_string())
+}
