@@ -2,6 +2,136 @@
 //!
 //! Owns the HTTP API (Kubernetes conventions, so `kubectl` works unchanged), the
 //! validation of every write, the shared watch fan-out, metrics, and the storage
-//! backends behind one [`storage::Store`] contract.
+//! backends behind one [`storage::Store`] contract. [`Server::start`] wires them.
 
+pub mod discovery;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod object;
+pub mod registry;
 pub mod storage;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use http::ServerConfig;
+
+/// Where objects are stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    /// The embedded store in a directory.
+    Embedded(PathBuf),
+    /// etcd endpoints, e.g. `http://127.0.0.1:2379`.
+    Etcd(Vec<String>),
+}
+
+impl std::str::FromStr for StoreConfig {
+    type Err = String;
+    /// `embedded:DIR` or `etcd:http://HOST:PORT[,http://…]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some(("embedded", dir)) if !dir.is_empty() => Ok(StoreConfig::Embedded(dir.into())),
+            Some(("etcd", endpoints)) if !endpoints.is_empty() => Ok(StoreConfig::Etcd(
+                endpoints.split(',').map(String::from).collect(),
+            )),
+            _ => Err(format!(
+                "{s:?}: expected embedded:DIR or etcd:http://HOST:PORT[,http://HOST:PORT…]"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("opening the store: {0}")]
+    Store(#[from] storage::StorageError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("creating the default namespace: {0}")]
+    Bootstrap(#[from] error::ApiError),
+}
+
+/// A running API server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub registry: registry::Registry,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Open the store, start the watch hub, create `default`, and serve on `listen`.
+    pub async fn start(
+        listen: SocketAddr,
+        store: StoreConfig,
+        config: ServerConfig,
+    ) -> Result<Server, ServerError> {
+        let store: Arc<dyn storage::Store> = match &store {
+            StoreConfig::Embedded(dir) => Arc::new(storage::embedded::EmbeddedStore::open(
+                dir,
+                storage::embedded::EmbeddedOptions::default(),
+            )?),
+            StoreConfig::Etcd(endpoints) => {
+                Arc::new(storage::etcd::EtcdStore::connect(endpoints, "/oakestra").await?)
+            }
+        };
+        Self::start_with_store(listen, store, config).await
+    }
+
+    pub async fn start_with_store(
+        listen: SocketAddr,
+        store: Arc<dyn storage::Store>,
+        config: ServerConfig,
+    ) -> Result<Server, ServerError> {
+        let metrics = metrics::Metrics::new();
+        let store = metrics::MeteredStore::wrap(store, metrics.clone());
+        let hub = watch::WatchHub::start(store.clone(), 10_000).await?;
+        let registry = registry::Registry::new(store, hub);
+        registry.ensure_namespace("default").await?;
+        let state = http::AppState {
+            registry: registry.clone(),
+            metrics,
+            config: Arc::new(config),
+        };
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: listen,
+                source,
+            })?;
+        let app = http::router(state);
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "API server stopped");
+            }
+        });
+        tracing::info!(%addr, "API server listening");
+        Ok(Server {
+            addr,
+            registry,
+            task,
+        })
+    }
+
+    /// Serve until the process ends.
+    pub async fn wait(mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

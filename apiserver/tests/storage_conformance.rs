@@ -45,7 +45,9 @@ struct Etcd {
 impl Harness for Etcd {
     async fn fresh(&mut self) -> Arc<dyn Store> {
         let server = e2e::Etcd::start();
-        let store = EtcdStore::connect(&[server.url()], "/oakestra-test").await.unwrap();
+        let store = EtcdStore::connect(&[server.url()], "/oakestra-test")
+            .await
+            .unwrap();
         self.server = Some(server);
         Arc::new(store)
     }
@@ -53,7 +55,11 @@ impl Harness for Etcd {
         drop(store);
         let server = self.server.as_mut().unwrap();
         server.crash_and_restart();
-        Arc::new(EtcdStore::connect(&[server.url()], "/oakestra-test").await.unwrap())
+        Arc::new(
+            EtcdStore::connect(&[server.url()], "/oakestra-test")
+                .await
+                .unwrap(),
+        )
     }
     async fn compact(&mut self, _store: &dyn Store, revision: i64) {
         let url = self.server.as_ref().unwrap().url();

@@ -42,7 +42,7 @@ pub struct KindInfo {
     pub columns: &'static [(&'static str, &'static str)],
     /// More columns shown by `get -o wide`.
     pub wide_columns: &'static [(&'static str, &'static str)],
-    validate: fn(&serde_json::Value) -> Result<(), ValidationError>,
+    validate: fn(&serde_json::Value) -> Result<serde_json::Value, ValidationError>,
     schema: fn() -> schemars::Schema,
 }
 
@@ -57,8 +57,11 @@ impl KindInfo {
     }
 
     /// Validate a whole object (as JSON) of this kind: types, unknown fields, and
-    /// semantic rules. Errors name the field path.
-    pub fn validate(&self, object: &serde_json::Value) -> Result<(), ValidationError> {
+    /// semantic rules. Errors name the field path. Returns the object with defaults.
+    pub fn validate(
+        &self,
+        object: &serde_json::Value,
+    ) -> Result<serde_json::Value, ValidationError> {
         (self.validate)(object)
     }
 
@@ -80,7 +83,9 @@ impl KindInfo {
 }
 
 /// A typed object of a served kind.
-pub trait Resource: Serialize + DeserializeOwned + JsonSchema + Clone + Send + Sync + 'static {
+pub trait Resource:
+    Serialize + DeserializeOwned + JsonSchema + Clone + Send + Sync + 'static
+{
     const KIND: &'static str;
     fn info() -> &'static KindInfo {
         kind_by_name(Self::KIND).expect("every Resource is in KINDS")
@@ -193,28 +198,43 @@ macro_rules! impl_resource {
     };
 }
 
-impl_resource!(Cluster, fn check(&self, errors: &mut Vec<FieldError>) {
-    if let Some(l) = &self.spec.location {
-        validate::location(l, "spec.location", errors);
+impl_resource!(
+    Cluster,
+    fn check(&self, errors: &mut Vec<FieldError>) {
+        if let Some(l) = &self.spec.location {
+            validate::location(l, "spec.location", errors);
+        }
     }
-});
-impl_resource!(Node, fn check(&self, errors: &mut Vec<FieldError>) {
-    if let Some(l) = &self.spec.location {
-        validate::location(l, "spec.location", errors);
+);
+impl_resource!(
+    Node,
+    fn check(&self, errors: &mut Vec<FieldError>) {
+        if let Some(l) = &self.spec.location {
+            validate::location(l, "spec.location", errors);
+        }
     }
-});
-impl_resource!(Service, fn check(&self, errors: &mut Vec<FieldError>) {
-    if self.spec.replicas < 0 {
-        errors.push(FieldError::new("spec.replicas", "must be >= 0"));
+);
+impl_resource!(
+    Service,
+    fn check(&self, errors: &mut Vec<FieldError>) {
+        if self.spec.replicas < 0 {
+            errors.push(FieldError::new("spec.replicas", "must be >= 0"));
+        }
+        validate::workload(&self.spec.template, "spec.template", errors);
     }
-    validate::workload(&self.spec.template, "spec.template", errors);
-});
-impl_resource!(Instance, fn check(&self, errors: &mut Vec<FieldError>) {
-    if self.spec.service.is_empty() {
-        errors.push(FieldError::new("spec.service", "must name the owning Service"));
+);
+impl_resource!(
+    Instance,
+    fn check(&self, errors: &mut Vec<FieldError>) {
+        if self.spec.service.is_empty() {
+            errors.push(FieldError::new(
+                "spec.service",
+                "must name the owning Service",
+            ));
+        }
+        validate::workload(&self.spec.template, "spec.template", errors);
     }
-    validate::workload(&self.spec.template, "spec.template", errors);
-});
+);
 impl_resource!(Event);
 impl_resource!(Namespace);
 
@@ -367,4 +387,52 @@ pub fn kind_by_gvk(api_version: &str, kind: &str) -> Option<&'static KindInfo> {
     KINDS
         .iter()
         .find(|k| k.kind == kind && k.api_version() == api_version)
+}
+
+/// The text of a table cell: the value at `pointer` in `object`. A pointer ending in
+/// `/conditions/<Type>` yields that condition's status.
+pub fn column_value(object: &serde_json::Value, pointer: &str) -> String {
+    use serde_json::Value;
+    let value = match pointer.rsplit_once("/conditions/") {
+        Some((base, type_)) => object
+            .pointer(&format!("{base}/conditions"))
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+            .map(|c| c["status"].clone()),
+        None => object.pointer(pointer).cloned(),
+    };
+    match value {
+        None | Some(Value::Null) => "<none>".into(),
+        Some(Value::String(s)) => s,
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Age of an object like kubectl prints it (`42s`, `7m`, `3h`, `12d`).
+pub fn age(object: &serde_json::Value, now: chrono::DateTime<chrono::Utc>) -> String {
+    let created = object
+        .pointer("/metadata/creationTimestamp")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+    let Some(created) = created else {
+        return "<unknown>".into();
+    };
+    let secs = (now - created.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
 }

@@ -211,7 +211,11 @@ pub struct Placement {
 #[serde(rename_all = "camelCase")]
 pub struct Addressing {
     /// Balances round-robin across Instances.
-    #[serde(default, rename = "roundRobinIP", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "roundRobinIP",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub round_robin_ip: Option<Ipv4Addr>,
     /// Routes to the closest Instance.
     #[serde(default, rename = "closestIP", skip_serializing_if = "Option::is_none")]
@@ -313,7 +317,11 @@ pub enum Phase {
 pub struct InstanceStatus {
     #[serde(default)]
     pub phase: Phase,
-    #[serde(default, rename = "instanceIP", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "instanceIP",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub instance_ip: Option<Ipv4Addr>,
     #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,

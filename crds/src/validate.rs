@@ -20,7 +20,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -43,12 +46,14 @@ pub struct ValidationError {
 
 impl ValidationError {
     pub fn single(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ValidationError { errors: vec![FieldError::new(field, message)] }
+        ValidationError {
+            errors: vec![FieldError::new(field, message)],
+        }
     }
 }
 
-/// Validate `value` as an object of type `T`.
-pub fn object<T: Resource>(value: &Value) -> Result<(), ValidationError> {
+/// Validate `value` as an object of type `T`; returns it with defaults filled in.
+pub fn object<T: Resource>(value: &Value) -> Result<Value, ValidationError> {
     let mut errors = Vec::new();
     unknown_fields(&T::info().schema(), value, &mut errors);
     if !errors.is_empty() {
@@ -64,7 +69,7 @@ pub fn object<T: Resource>(value: &Value) -> Result<(), ValidationError> {
     };
     typed.check(&mut errors);
     if errors.is_empty() {
-        Ok(())
+        serde_json::to_value(&typed).map_err(|e| ValidationError::single("", e.to_string()))
     } else {
         Err(ValidationError { errors })
     }
@@ -94,7 +99,9 @@ fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
         match alternatives {
             Some(alts) => {
                 let next = alts.iter().find(|a| {
-                    a.get("$ref").is_some() || a.get("properties").is_some() || a.get("items").is_some()
+                    a.get("$ref").is_some()
+                        || a.get("properties").is_some()
+                        || a.get("items").is_some()
                 });
                 match next {
                     Some(n) => schema = n,
@@ -119,7 +126,8 @@ fn walk(root: &Value, schema: &Value, value: &Value, path: &str, errors: &mut Ve
                         None => errors.push(FieldError::new(child, "unknown field")),
                     }
                 }
-            } else if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+            } else if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object())
+            {
                 for (key, v) in map {
                     walk(root, extra, v, &join(path, key), errors);
                 }
@@ -147,10 +155,16 @@ fn join(path: &str, key: &str) -> String {
 /// Latitude and longitude within range.
 pub fn location(l: &Location, path: &str, errors: &mut Vec<FieldError>) {
     if !(-90.0..=90.0).contains(&l.latitude) {
-        errors.push(FieldError::new(format!("{path}.latitude"), "must be between -90 and 90"));
+        errors.push(FieldError::new(
+            format!("{path}.latitude"),
+            "must be between -90 and 90",
+        ));
     }
     if !(-180.0..=180.0).contains(&l.longitude) {
-        errors.push(FieldError::new(format!("{path}.longitude"), "must be between -180 and 180"));
+        errors.push(FieldError::new(
+            format!("{path}.longitude"),
+            "must be between -180 and 180",
+        ));
     }
 }
 
@@ -176,22 +190,38 @@ pub fn workload(w: &Workload, path: &str, errors: &mut Vec<FieldError>) {
     }
     for (i, p) in w.ports.iter().enumerate() {
         if p.container_port == 0 {
-            errors.push(FieldError::new(format!("{path}.ports[{i}].containerPort"), "must be 1..=65535"));
+            errors.push(FieldError::new(
+                format!("{path}.ports[{i}].containerPort"),
+                "must be 1..=65535",
+            ));
         }
         if p.host_port == Some(0) {
-            errors.push(FieldError::new(format!("{path}.ports[{i}].hostPort"), "must be 1..=65535"));
+            errors.push(FieldError::new(
+                format!("{path}.ports[{i}].hostPort"),
+                "must be 1..=65535",
+            ));
         }
     }
     for (i, e) in w.env.iter().enumerate() {
         if e.name.is_empty() || e.name.contains('=') {
-            errors.push(FieldError::new(format!("{path}.env[{i}].name"), "must be non-empty and contain no '='"));
+            errors.push(FieldError::new(
+                format!("{path}.env[{i}].name"),
+                "must be non-empty and contain no '='",
+            ));
         }
     }
     if let Some(geo) = &w.placement.geo {
-        let l = Location { latitude: geo.latitude, longitude: geo.longitude, place: None };
+        let l = Location {
+            latitude: geo.latitude,
+            longitude: geo.longitude,
+            place: None,
+        };
         location(&l, &format!("{path}.placement.geo"), errors);
         if geo.max_distance_km.is_nan() || geo.max_distance_km < 0.0 {
-            errors.push(FieldError::new(format!("{path}.placement.geo.maxDistanceKm"), "must be >= 0"));
+            errors.push(FieldError::new(
+                format!("{path}.placement.geo.maxDistanceKm"),
+                "must be >= 0",
+            ));
         }
     }
 }
@@ -205,7 +235,10 @@ pub fn name(name: &str) -> Result<(), String> {
         Err("must not be empty".into())
     } else if name.len() > 253 {
         Err("must be no more than 253 characters".into())
-    } else if !name.chars().all(ok_char) || !alnum(name.chars().next()) || !alnum(name.chars().last()) {
+    } else if !name.chars().all(ok_char)
+        || !alnum(name.chars().next())
+        || !alnum(name.chars().last())
+    {
         Err(format!(
             "{name:?} is not a valid name: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
         ))
@@ -226,14 +259,16 @@ mod tests {
 
     fn errors(v: &Value) -> Vec<String> {
         match kind_by_name("svc").unwrap().validate(v) {
-            Ok(()) => vec![],
+            Ok(_) => vec![],
             Err(e) => e.errors.iter().map(|e| e.to_string()).collect(),
         }
     }
 
     #[test]
     fn valid_service_passes() {
-        let v = service(json!({"replicas": 2, "template": {"image": "busybox", "ports": [{"containerPort": 80, "hostPort": 8080}]}}));
+        let v = service(
+            json!({"replicas": 2, "template": {"image": "busybox", "ports": [{"containerPort": 80, "hostPort": 8080}]}}),
+        );
         assert_eq!(errors(&v), Vec::<String>::new());
     }
 
@@ -245,8 +280,13 @@ mod tests {
 
     #[test]
     fn unknown_field_named_with_path() {
-        let v = service(json!({"template": {"image": "busybox", "ports": [{"containerPort": 80, "hostPrt": 1}]}}));
-        assert_eq!(errors(&v), vec!["spec.template.ports[0].hostPrt: unknown field"]);
+        let v = service(
+            json!({"template": {"image": "busybox", "ports": [{"containerPort": 80, "hostPrt": 1}]}}),
+        );
+        assert_eq!(
+            errors(&v),
+            vec!["spec.template.ports[0].hostPrt: unknown field"]
+        );
     }
 
     #[test]
@@ -261,13 +301,19 @@ mod tests {
     fn unknown_enum_value_named() {
         let v = service(json!({"template": {"runtime": "vm", "image": "x"}}));
         let e = errors(&v);
-        assert!(e[0].starts_with("spec.template.runtime: unknown variant `vm`"), "{e:?}");
+        assert!(
+            e[0].starts_with("spec.template.runtime: unknown variant `vm`"),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn container_needs_image() {
         let v = service(json!({"template": {}}));
-        assert_eq!(errors(&v), vec!["spec.template.image: required for runtime container"]);
+        assert_eq!(
+            errors(&v),
+            vec!["spec.template.image: required for runtime container"]
+        );
     }
 
     #[test]

@@ -11,14 +11,21 @@ use std::time::{Duration, Instant};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }
 
 /// Wait until something accepts TCP connections on `port`.
 pub fn wait_for_port(port: u16, what: &str, deadline: Duration) {
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < deadline, "{what} did not listen on port {port} within {deadline:?}");
+        assert!(
+            start.elapsed() < deadline,
+            "{what} did not listen on port {port} within {deadline:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -34,7 +41,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -50,12 +60,19 @@ impl Process {
     pub fn spawn(name: &str, mut command: Command, log: Option<&Path>) -> Process {
         if let Some(log) = log {
             let file = std::fs::File::create(log).expect("create log file");
-            command.stdout(file.try_clone().expect("clone log file")).stderr(file);
+            command
+                .stdout(file.try_clone().expect("clone log file"))
+                .stderr(file);
         } else {
             command.stdout(Stdio::null()).stderr(Stdio::null());
         }
-        let child = command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Process { child: Some(child), name: name.to_string() }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Process {
+            child: Some(child),
+            name: name.to_string(),
+        }
     }
 
     /// `kill -9` the process and wait for it to be gone.
@@ -93,7 +110,11 @@ impl Etcd {
     pub fn start() -> Etcd {
         let data = tempfile::tempdir().expect("tempdir");
         let (process, client_port) = Self::launch(data.path());
-        Etcd { client_port, process, data }
+        Etcd {
+            client_port,
+            process,
+            data,
+        }
     }
 
     fn launch(dir: &Path) -> (Process, u16) {
@@ -105,7 +126,9 @@ impl Etcd {
             .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
             .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
             .arg(format!("--initial-cluster=test=http://127.0.0.1:{peer}"));
         let process = Process::spawn("etcd", cmd, Some(&dir.join("etcd.log")));
         wait_for_port(client, "etcd", Duration::from_secs(30));

@@ -40,26 +40,53 @@ pub async fn run_all(harness: &mut dyn Harness) {
 async fn crud(s: &dyn Store) {
     let a = s.create("/t/a", b"one".to_vec()).await.expect("create");
     assert_eq!(a.create_revision, a.mod_revision);
-    assert!(matches!(s.create("/t/a", b"x".to_vec()).await, Err(StorageError::AlreadyExists { .. })));
+    assert!(matches!(
+        s.create("/t/a", b"x".to_vec()).await,
+        Err(StorageError::AlreadyExists { .. })
+    ));
     let got = s.get("/t/a").await.unwrap().expect("present");
-    assert_eq!((got.value.as_slice(), got.mod_revision), (&b"one"[..], a.mod_revision));
+    assert_eq!(
+        (got.value.as_slice(), got.mod_revision),
+        (&b"one"[..], a.mod_revision)
+    );
 
-    let b = s.update("/t/a", b"two".to_vec(), a.mod_revision).await.expect("update");
+    let b = s
+        .update("/t/a", b"two".to_vec(), a.mod_revision)
+        .await
+        .expect("update");
     assert!(b.mod_revision > a.mod_revision);
     assert_eq!(b.create_revision, a.create_revision);
     match s.update("/t/a", b"stale".to_vec(), a.mod_revision).await {
-        Err(StorageError::Conflict { expected, actual, .. }) => assert_eq!((expected, actual), (a.mod_revision, b.mod_revision)),
+        Err(StorageError::Conflict {
+            expected, actual, ..
+        }) => assert_eq!((expected, actual), (a.mod_revision, b.mod_revision)),
         other => panic!("stale update must conflict, got {other:?}"),
     }
-    assert!(matches!(s.delete("/t/a", Some(a.mod_revision)).await, Err(StorageError::Conflict { .. })));
-    assert_eq!(s.get("/t/a").await.unwrap().unwrap().value, b"two", "failed writes change nothing");
+    assert!(matches!(
+        s.delete("/t/a", Some(a.mod_revision)).await,
+        Err(StorageError::Conflict { .. })
+    ));
+    assert_eq!(
+        s.get("/t/a").await.unwrap().unwrap().value,
+        b"two",
+        "failed writes change nothing"
+    );
 
-    let d = s.delete("/t/a", Some(b.mod_revision)).await.expect("delete");
+    let d = s
+        .delete("/t/a", Some(b.mod_revision))
+        .await
+        .expect("delete");
     assert_eq!(d.value, b"two");
     assert!(d.mod_revision > b.mod_revision);
     assert!(s.get("/t/a").await.unwrap().is_none());
-    assert!(matches!(s.update("/t/a", vec![], d.mod_revision).await, Err(StorageError::NotFound { .. })));
-    assert!(matches!(s.delete("/t/a", None).await, Err(StorageError::NotFound { .. })));
+    assert!(matches!(
+        s.update("/t/a", vec![], d.mod_revision).await,
+        Err(StorageError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.delete("/t/a", None).await,
+        Err(StorageError::NotFound { .. })
+    ));
     assert_eq!(s.revision().await.unwrap(), d.mod_revision);
 }
 
@@ -67,14 +94,27 @@ async fn list(s: &dyn Store) {
     for k in ["/l/b", "/l/a", "/l/c", "/lx/z", "/k/a"] {
         s.create(k, k.as_bytes().to_vec()).await.unwrap();
     }
-    let all = s.list(ListRequest { prefix: "/l/".into(), ..Default::default() }).await.unwrap();
+    let all = s
+        .list(ListRequest {
+            prefix: "/l/".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let keys: Vec<_> = all.items.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(keys, ["/l/a", "/l/b", "/l/c"], "sorted, prefix only");
     assert_eq!(all.revision, s.revision().await.unwrap());
     assert!(!all.more);
 
     // Pages of two cover everything once.
-    let page = s.list(ListRequest { prefix: "/l/".into(), limit: Some(2), ..Default::default() }).await.unwrap();
+    let page = s
+        .list(ListRequest {
+            prefix: "/l/".into(),
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(page.items.len(), 2);
     assert!(page.more);
     let rest = s
@@ -86,22 +126,61 @@ async fn list(s: &dyn Store) {
         })
         .await
         .unwrap();
-    assert_eq!(rest.items.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(), ["/l/c"]);
+    assert_eq!(
+        rest.items
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .collect::<Vec<_>>(),
+        ["/l/c"]
+    );
     assert!(!rest.more);
 
     // A list at an older revision shows the state as it was.
     let before = all.revision;
     let b = s.get("/l/b").await.unwrap().unwrap();
-    s.update("/l/b", b"changed".to_vec(), b.mod_revision).await.unwrap();
+    s.update("/l/b", b"changed".to_vec(), b.mod_revision)
+        .await
+        .unwrap();
     s.delete("/l/a", None).await.unwrap();
     s.create("/l/d", b"new".to_vec()).await.unwrap();
-    let old = s.list(ListRequest { prefix: "/l/".into(), revision: Some(before), ..Default::default() }).await.unwrap();
+    let old = s
+        .list(ListRequest {
+            prefix: "/l/".into(),
+            revision: Some(before),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(old.revision, before);
-    let old: Vec<_> = old.items.iter().map(|kv| (kv.key.as_str(), kv.value.as_slice())).collect();
-    assert_eq!(old, [("/l/a", &b"/l/a"[..]), ("/l/b", b"/l/b"), ("/l/c", b"/l/c")]);
-    let now = s.list(ListRequest { prefix: "/l/".into(), ..Default::default() }).await.unwrap();
-    let now: Vec<_> = now.items.iter().map(|kv| (kv.key.as_str(), kv.value.as_slice())).collect();
-    assert_eq!(now, [("/l/b", &b"changed"[..]), ("/l/c", b"/l/c"), ("/l/d", b"new")]);
+    let old: Vec<_> = old
+        .items
+        .iter()
+        .map(|kv| (kv.key.as_str(), kv.value.as_slice()))
+        .collect();
+    assert_eq!(
+        old,
+        [("/l/a", &b"/l/a"[..]), ("/l/b", b"/l/b"), ("/l/c", b"/l/c")]
+    );
+    let now = s
+        .list(ListRequest {
+            prefix: "/l/".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let now: Vec<_> = now
+        .items
+        .iter()
+        .map(|kv| (kv.key.as_str(), kv.value.as_slice()))
+        .collect();
+    assert_eq!(
+        now,
+        [
+            ("/l/b", &b"changed"[..]),
+            ("/l/c", b"/l/c"),
+            ("/l/d", b"new")
+        ]
+    );
 }
 
 /// Apply a mix of writes under `prefix`; returns the revisions they got.
@@ -111,8 +190,18 @@ async fn mixed_writes(s: &dyn Store, prefix: &str, n: usize) -> Vec<i64> {
         let key = format!("{prefix}{}", i % 7);
         let rev = match s.get(&key).await.unwrap() {
             None => s.create(&key, vec![i as u8]).await.unwrap().mod_revision,
-            Some(kv) if i % 3 == 0 => s.delete(&key, Some(kv.mod_revision)).await.unwrap().mod_revision,
-            Some(kv) => s.update(&key, vec![i as u8], kv.mod_revision).await.unwrap().mod_revision,
+            Some(kv) if i % 3 == 0 => {
+                s.delete(&key, Some(kv.mod_revision))
+                    .await
+                    .unwrap()
+                    .mod_revision
+            }
+            Some(kv) => {
+                s.update(&key, vec![i as u8], kv.mod_revision)
+                    .await
+                    .unwrap()
+                    .mod_revision
+            }
         };
         revisions.push(rev);
     }
@@ -124,7 +213,9 @@ async fn collect(stream: &mut super::WatchStream, n: usize) -> Vec<WatchEvent> {
     while out.len() < n {
         let next = tokio::time::timeout(Duration::from_secs(20), stream.next())
             .await
-            .unwrap_or_else(|_| panic!("watch delivered {} of {n} events, then stalled", out.len()));
+            .unwrap_or_else(|_| {
+                panic!("watch delivered {} of {n} events, then stalled", out.len())
+            });
         out.push(next.expect("stream ended early").expect("watch error"));
     }
     out
@@ -158,7 +249,10 @@ async fn watch_resume(s: &dyn Store) {
     let more = mixed_writes(s, "/r/", 10).await;
     let events = collect(&mut w, 30).await;
     let expected: Vec<i64> = revisions[20..].iter().chain(&more).copied().collect();
-    assert_eq!(events.iter().map(WatchEvent::revision).collect::<Vec<_>>(), expected);
+    assert_eq!(
+        events.iter().map(WatchEvent::revision).collect::<Vec<_>>(),
+        expected
+    );
     // From the start: everything.
     let mut w = s.watch("/r/", start).await.unwrap();
     assert_eq!(collect(&mut w, 50).await.len(), 50);
@@ -175,14 +269,26 @@ async fn too_old(h: &mut dyn Harness) {
     match s.watch("/o/", start).await {
         Err(StorageError::TooOld { .. }) => {}
         Ok(mut w) => {
-            let first = tokio::time::timeout(Duration::from_secs(10), w.next()).await.expect("no answer");
-            assert!(matches!(first, Some(Err(StorageError::TooOld { .. }))), "expected too old, got {first:?}");
+            let first = tokio::time::timeout(Duration::from_secs(10), w.next())
+                .await
+                .expect("no answer");
+            assert!(
+                matches!(first, Some(Err(StorageError::TooOld { .. }))),
+                "expected too old, got {first:?}"
+            );
         }
         Err(e) => panic!("expected too old, got {e}"),
     }
     // Recent history is still there.
     let mut w = s.watch("/o/", last - 2).await.unwrap();
-    assert_eq!(collect(&mut w, 2).await.iter().map(WatchEvent::revision).collect::<Vec<_>>(), revisions[298..]);
+    assert_eq!(
+        collect(&mut w, 2)
+            .await
+            .iter()
+            .map(WatchEvent::revision)
+            .collect::<Vec<_>>(),
+        revisions[298..]
+    );
 }
 
 async fn concurrent_writers(s: Arc<dyn Store>) {
@@ -193,11 +299,23 @@ async fn concurrent_writers(s: Arc<dyn Store>) {
         tasks.push(tokio::spawn(async move {
             let mut revisions = Vec::new();
             for i in 0..25 {
-                revisions.push(s.create(&format!("/c/k{w}-{i}"), vec![]).await.unwrap().mod_revision);
+                revisions.push(
+                    s.create(&format!("/c/k{w}-{i}"), vec![])
+                        .await
+                        .unwrap()
+                        .mod_revision,
+                );
                 loop {
                     let cur = s.get("/c/counter").await.unwrap().unwrap();
                     let n: u64 = String::from_utf8_lossy(&cur.value).parse().unwrap();
-                    match s.update("/c/counter", (n + 1).to_string().into_bytes(), cur.mod_revision).await {
+                    match s
+                        .update(
+                            "/c/counter",
+                            (n + 1).to_string().into_bytes(),
+                            cur.mod_revision,
+                        )
+                        .await
+                    {
                         Ok(kv) => {
                             revisions.push(kv.mod_revision);
                             break;
@@ -225,12 +343,25 @@ async fn durability(h: &mut dyn Harness) {
     let s = h.fresh().await;
     let mut written = Vec::new();
     for i in 0..50 {
-        written.push(s.create(&format!("/d/{i:02}"), format!("v{i}").into_bytes()).await.unwrap());
+        written.push(
+            s.create(&format!("/d/{i:02}"), format!("v{i}").into_bytes())
+                .await
+                .unwrap(),
+        );
     }
     let last = s.revision().await.unwrap();
     let s = h.crash_and_reopen(s).await;
-    let listed = s.list(ListRequest { prefix: "/d/".into(), ..Default::default() }).await.unwrap();
-    assert_eq!(listed.items, written, "every acknowledged write survives the crash");
+    let listed = s
+        .list(ListRequest {
+            prefix: "/d/".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.items, written,
+        "every acknowledged write survives the crash"
+    );
     assert!(listed.revision >= last);
     let next = s.create("/d/after", vec![]).await.unwrap();
     assert!(next.mod_revision > last, "revisions never go backwards");

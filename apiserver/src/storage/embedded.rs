@@ -17,7 +17,9 @@ use futures::StreamExt;
 use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
 
-use super::{KeyValue, ListRequest, ListResponse, Result, StorageError, Store, WatchEvent, WatchStream};
+use super::{
+    KeyValue, ListRequest, ListResponse, Result, StorageError, Store, WatchEvent, WatchStream,
+};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
@@ -39,9 +41,19 @@ impl Default for EmbeddedOptions {
 }
 
 enum Op {
-    Create { key: String, value: Vec<u8> },
-    Update { key: String, value: Vec<u8>, expected: i64 },
-    Delete { key: String, expected: Option<i64> },
+    Create {
+        key: String,
+        value: Vec<u8>,
+    },
+    Update {
+        key: String,
+        value: Vec<u8>,
+        expected: i64,
+    },
+    Delete {
+        key: String,
+        expected: Option<i64>,
+    },
 }
 
 struct Request {
@@ -88,7 +100,10 @@ impl Drop for EmbeddedStore {
 }
 
 fn backend_err(e: impl std::fmt::Display) -> StorageError {
-    StorageError::Backend { backend: "embedded", message: e.to_string() }
+    StorageError::Backend {
+        backend: "embedded",
+        message: e.to_string(),
+    }
 }
 
 fn encode(create: i64, modified: i64, value: &[u8]) -> Vec<u8> {
@@ -112,14 +127,20 @@ fn decode(key: &str, raw: &[u8]) -> KeyValue {
 impl EmbeddedStore {
     /// Open (or create) the store in `dir`.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| backend_err(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| backend_err(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join("oakestra.redb");
-        let db = Database::create(&path).map_err(|e| backend_err(format!("opening {}: {e}", path.display())))?;
+        let db = Database::create(&path)
+            .map_err(|e| backend_err(format!("opening {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(backend_err)?;
         let revision = {
             txn.open_table(OBJECTS).map_err(backend_err)?;
             let meta = txn.open_table(META).map_err(backend_err)?;
-            let revision = meta.get(REVISION_KEY).map_err(backend_err)?.map(|g| g.value()).unwrap_or(0);
+            let revision = meta
+                .get(REVISION_KEY)
+                .map_err(backend_err)?
+                .map(|g| g.value())
+                .unwrap_or(0);
             revision
         };
         txn.commit().map_err(backend_err)?;
@@ -141,7 +162,11 @@ impl EmbeddedStore {
             .spawn(move || write_loop(for_writer, requests, revision))
             .map_err(backend_err)?;
         tracing::info!(path = %path.display(), revision, "embedded store opened");
-        Ok(EmbeddedStore { shared, writer: Some(writer), writer_thread: Some(writer_thread) })
+        Ok(EmbeddedStore {
+            shared,
+            writer: Some(writer),
+            writer_thread: Some(writer_thread),
+        })
     }
 
     async fn submit(&self, op: Op) -> Result<KeyValue> {
@@ -159,12 +184,18 @@ impl EmbeddedStore {
         f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || f(&shared.db)).await.map_err(backend_err)?
+        tokio::task::spawn_blocking(move || f(&shared.db))
+            .await
+            .map_err(backend_err)?
     }
 }
 
 /// The writer thread: batches queued operations into one durable transaction.
-fn write_loop(shared: Arc<Shared>, requests: std::sync::mpsc::Receiver<Request>, mut revision: i64) {
+fn write_loop(
+    shared: Arc<Shared>,
+    requests: std::sync::mpsc::Receiver<Request>,
+    mut revision: i64,
+) {
     while let Ok(first) = requests.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -199,7 +230,10 @@ type OpResult = (Result<KeyValue>, Option<Entry>);
 
 impl Clone for Entry {
     fn clone(&self) -> Self {
-        Entry { event: self.event.clone(), previous: self.previous.clone() }
+        Entry {
+            event: self.event.clone(),
+            previous: self.previous.clone(),
+        }
     }
 }
 
@@ -226,27 +260,61 @@ fn apply_one(
     let key = match op {
         Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key.as_str(),
     };
-    let current = objects.get(key).map_err(backend_err)?.map(|g| decode(key, g.value()));
+    let current = objects
+        .get(key)
+        .map_err(backend_err)?
+        .map(|g| decode(key, g.value()));
     let previous = current.clone();
     let outcome = match (op, current) {
         (Op::Create { .. }, Some(_)) => Err(StorageError::AlreadyExists { key: key.into() }),
         (Op::Create { value, .. }, None) => {
             *revision += 1;
-            let kv = KeyValue { key: key.into(), value: value.clone(), create_revision: *revision, mod_revision: *revision };
-            objects.insert(key, encode(*revision, *revision, value).as_slice()).map_err(backend_err)?;
+            let kv = KeyValue {
+                key: key.into(),
+                value: value.clone(),
+                create_revision: *revision,
+                mod_revision: *revision,
+            };
+            objects
+                .insert(key, encode(*revision, *revision, value).as_slice())
+                .map_err(backend_err)?;
             Ok((kv.clone(), WatchEvent::Created(kv)))
         }
-        (Op::Update { .. } | Op::Delete { .. }, None) => Err(StorageError::NotFound { key: key.into() }),
+        (Op::Update { .. } | Op::Delete { .. }, None) => {
+            Err(StorageError::NotFound { key: key.into() })
+        }
         (Op::Update { expected, .. }, Some(cur)) if cur.mod_revision != *expected => {
-            Err(StorageError::Conflict { key: key.into(), expected: *expected, actual: cur.mod_revision })
+            Err(StorageError::Conflict {
+                key: key.into(),
+                expected: *expected,
+                actual: cur.mod_revision,
+            })
         }
-        (Op::Delete { expected: Some(expected), .. }, Some(cur)) if cur.mod_revision != *expected => {
-            Err(StorageError::Conflict { key: key.into(), expected: *expected, actual: cur.mod_revision })
-        }
+        (
+            Op::Delete {
+                expected: Some(expected),
+                ..
+            },
+            Some(cur),
+        ) if cur.mod_revision != *expected => Err(StorageError::Conflict {
+            key: key.into(),
+            expected: *expected,
+            actual: cur.mod_revision,
+        }),
         (Op::Update { value, .. }, Some(cur)) => {
             *revision += 1;
-            let kv = KeyValue { key: key.into(), value: value.clone(), create_revision: cur.create_revision, mod_revision: *revision };
-            objects.insert(key, encode(cur.create_revision, *revision, value).as_slice()).map_err(backend_err)?;
+            let kv = KeyValue {
+                key: key.into(),
+                value: value.clone(),
+                create_revision: cur.create_revision,
+                mod_revision: *revision,
+            };
+            objects
+                .insert(
+                    key,
+                    encode(cur.create_revision, *revision, value).as_slice(),
+                )
+                .map_err(backend_err)?;
             Ok((kv.clone(), WatchEvent::Updated(kv)))
         }
         (Op::Delete { .. }, Some(mut cur)) => {
@@ -282,18 +350,29 @@ fn publish(shared: &Shared, entries: Vec<Entry>) {
 
 fn read_revision(txn: &redb::ReadTransaction) -> Result<i64> {
     let meta = txn.open_table(META).map_err(backend_err)?;
-    Ok(meta.get(REVISION_KEY).map_err(backend_err)?.map(|g| g.value()).unwrap_or(0))
+    Ok(meta
+        .get(REVISION_KEY)
+        .map_err(backend_err)?
+        .map(|g| g.value())
+        .unwrap_or(0))
 }
 
 /// Every key under `prefix` at the snapshot `txn`, as a sorted map.
-fn snapshot(txn: &redb::ReadTransaction, prefix: &str, start_after: Option<&str>) -> Result<BTreeMap<String, KeyValue>> {
+fn snapshot(
+    txn: &redb::ReadTransaction,
+    prefix: &str,
+    start_after: Option<&str>,
+) -> Result<BTreeMap<String, KeyValue>> {
     let objects = txn.open_table(OBJECTS).map_err(backend_err)?;
     let start = match start_after {
         Some(k) if k >= prefix => Bound::Excluded(k),
         _ => Bound::Included(prefix),
     };
     let mut out = BTreeMap::new();
-    for entry in objects.range::<&str>((start, Bound::Unbounded)).map_err(backend_err)? {
+    for entry in objects
+        .range::<&str>((start, Bound::Unbounded))
+        .map_err(backend_err)?
+    {
         let (k, v) = entry.map_err(backend_err)?;
         let key = k.value();
         if !key.starts_with(prefix) {
@@ -338,28 +417,48 @@ impl Store for EmbeddedStore {
             let limit = request.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
             let more = items.len() > limit;
             items.truncate(limit);
-            Ok(ListResponse { items, revision, more })
+            Ok(ListResponse {
+                items,
+                revision,
+                more,
+            })
         })
         .await
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
-        self.submit(Op::Create { key: key.into(), value }).await
+        self.submit(Op::Create {
+            key: key.into(),
+            value,
+        })
+        .await
     }
 
     async fn update(&self, key: &str, value: Vec<u8>, expected_revision: i64) -> Result<KeyValue> {
-        self.submit(Op::Update { key: key.into(), value, expected: expected_revision }).await
+        self.submit(Op::Update {
+            key: key.into(),
+            value,
+            expected: expected_revision,
+        })
+        .await
     }
 
     async fn delete(&self, key: &str, expected_revision: Option<i64>) -> Result<KeyValue> {
-        self.submit(Op::Delete { key: key.into(), expected: expected_revision }).await
+        self.submit(Op::Delete {
+            key: key.into(),
+            expected: expected_revision,
+        })
+        .await
     }
 
     async fn watch(&self, prefix: &str, after_revision: i64) -> Result<WatchStream> {
         let (backlog, live, published) = {
             let h = self.shared.history.lock().expect("history lock");
             if after_revision < h.complete_after {
-                return Err(StorageError::TooOld { requested: after_revision, oldest: h.complete_after });
+                return Err(StorageError::TooOld {
+                    requested: after_revision,
+                    oldest: h.complete_after,
+                });
             }
             let backlog: Vec<WatchEvent> = h
                 .events
@@ -374,10 +473,14 @@ impl Store for EmbeddedStore {
         let floor = after_revision.max(published);
         let live = tokio_stream::wrappers::BroadcastStream::new(live)
             .map(move |r| {
-                r.map_err(|tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)| StorageError::TooOld {
-                    requested: after_revision,
-                    oldest: n as i64,
-                })
+                r.map_err(
+                    |tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)| {
+                        StorageError::TooOld {
+                            requested: after_revision,
+                            oldest: n as i64,
+                        }
+                    },
+                )
             })
             .filter(move |r| {
                 let keep = match r {
@@ -399,7 +502,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn revision(&self) -> Result<i64> {
-        self.read(|db| read_revision(&db.begin_read().map_err(backend_err)?)).await
+        self.read(|db| read_revision(&db.begin_read().map_err(backend_err)?))
+            .await
     }
 }
 
@@ -422,10 +526,14 @@ fn rewind(
         std::thread::yield_now();
     };
     if target < h.complete_after {
-        return Err(StorageError::TooOld { requested: target, oldest: h.complete_after });
+        return Err(StorageError::TooOld {
+            requested: target,
+            oldest: h.complete_after,
+        });
     }
-    let in_range =
-        |k: &str| k.starts_with(&request.prefix) && request.start_after.as_deref().is_none_or(|s| k > s);
+    let in_range = |k: &str| {
+        k.starts_with(&request.prefix) && request.start_after.as_deref().is_none_or(|s| k > s)
+    };
     for entry in h.events.iter().rev() {
         let rev = entry.event.revision();
         if rev <= target {

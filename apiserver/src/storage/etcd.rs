@@ -4,12 +4,15 @@
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Client, Compare, CompareOp, EventType, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
 };
 use futures::StreamExt;
 
-use super::{prefix_end, KeyValue, ListRequest, ListResponse, Result, StorageError, Store, WatchEvent, WatchStream};
+use super::{
+    prefix_end, KeyValue, ListRequest, ListResponse, Result, StorageError, Store, WatchEvent,
+    WatchStream,
+};
 
 /// A store in an etcd cluster.
 #[derive(Clone)]
@@ -22,9 +25,15 @@ pub struct EtcdStore {
 fn etcd_err(e: etcd_client::Error) -> StorageError {
     let message = e.to_string();
     if message.contains("required revision has been compacted") {
-        return StorageError::TooOld { requested: 0, oldest: 0 };
+        return StorageError::TooOld {
+            requested: 0,
+            oldest: 0,
+        };
     }
-    StorageError::Backend { backend: "etcd", message }
+    StorageError::Backend {
+        backend: "etcd",
+        message,
+    }
 }
 
 impl EtcdStore {
@@ -33,16 +42,21 @@ impl EtcdStore {
         let options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(std::time::Duration::from_secs(5))
             .with_timeout(std::time::Duration::from_secs(15));
-        let mut client = Client::connect(endpoints, Some(options)).await.map_err(|e| StorageError::Backend {
-            backend: "etcd",
-            message: format!("connecting to {}: {e}", endpoints.join(",")),
-        })?;
+        let mut client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|e| StorageError::Backend {
+                backend: "etcd",
+                message: format!("connecting to {}: {e}", endpoints.join(",")),
+            })?;
         // Fail now, not on the first request, when etcd is unreachable.
         client.status().await.map_err(|e| StorageError::Backend {
             backend: "etcd",
             message: format!("etcd at {} is unreachable: {e}", endpoints.join(",")),
         })?;
-        Ok(EtcdStore { client, root: root.trim_end_matches('/').to_string() })
+        Ok(EtcdStore {
+            client,
+            root: root.trim_end_matches('/').to_string(),
+        })
     }
 
     fn full(&self, key: &str) -> String {
@@ -51,7 +65,10 @@ impl EtcdStore {
 
     fn convert(&self, kv: &etcd_client::KeyValue) -> KeyValue {
         KeyValue {
-            key: String::from_utf8_lossy(kv.key()).strip_prefix(&self.root).unwrap_or_default().to_string(),
+            key: String::from_utf8_lossy(kv.key())
+                .strip_prefix(&self.root)
+                .unwrap_or_default()
+                .to_string(),
             value: kv.value().to_vec(),
             create_revision: kv.create_revision(),
             mod_revision: kv.mod_revision(),
@@ -67,9 +84,18 @@ impl EtcdStore {
     }
 
     /// Run a transaction guarded by `compare`; on failure report why.
-    async fn guarded(&self, key: &str, compare: Compare, then: TxnOp, expected: i64) -> Result<etcd_client::TxnResponse> {
+    async fn guarded(
+        &self,
+        key: &str,
+        compare: Compare,
+        then: TxnOp,
+        expected: i64,
+    ) -> Result<etcd_client::TxnResponse> {
         let full = self.full(key);
-        let txn = Txn::new().when([compare]).and_then([then]).or_else([TxnOp::get(full, None)]);
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([then])
+            .or_else([TxnOp::get(full, None)]);
         let resp = self.client.kv_client().txn(txn).await.map_err(etcd_err)?;
         if resp.succeeded() {
             return Ok(resp);
@@ -77,7 +103,11 @@ impl EtcdStore {
         Err(match self.current(resp.op_responses().as_slice()) {
             None => StorageError::NotFound { key: key.into() },
             Some(cur) if expected == 0 => StorageError::AlreadyExists { key: cur.key },
-            Some(cur) => StorageError::Conflict { key: key.into(), expected, actual: cur.mod_revision },
+            Some(cur) => StorageError::Conflict {
+                key: key.into(),
+                expected,
+                actual: cur.mod_revision,
+            },
         })
     }
 }
@@ -89,7 +119,12 @@ impl Store for EtcdStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let resp = self.client.kv_client().get(self.full(key), None).await.map_err(etcd_err)?;
+        let resp = self
+            .client
+            .kv_client()
+            .get(self.full(key), None)
+            .await
+            .map_err(etcd_err)?;
         Ok(resp.kvs().first().map(|kv| self.convert(kv)))
     }
 
@@ -112,12 +147,18 @@ impl Store for EtcdStore {
         if let Some(revision) = request.revision.filter(|r| *r > 0) {
             options = options.with_revision(revision);
         }
-        let resp = self.client.kv_client().get(start, Some(options)).await.map_err(|e| match etcd_err(e) {
-            StorageError::TooOld { .. } => {
-                StorageError::TooOld { requested: request.revision.unwrap_or_default(), oldest: 0 }
-            }
-            other => other,
-        })?;
+        let resp = self
+            .client
+            .kv_client()
+            .get(start, Some(options))
+            .await
+            .map_err(|e| match etcd_err(e) {
+                StorageError::TooOld { .. } => StorageError::TooOld {
+                    requested: request.revision.unwrap_or_default(),
+                    oldest: 0,
+                },
+                other => other,
+            })?;
         let revision = match request.revision.filter(|r| *r > 0) {
             Some(r) => r,
             None => resp.header().map(|h| h.revision()).unwrap_or_default(),
@@ -132,19 +173,29 @@ impl Store for EtcdStore {
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
         let full = self.full(key);
         let compare = Compare::create_revision(full.clone(), CompareOp::Equal, 0);
-        let resp = self.guarded(key, compare, TxnOp::put(full, value.clone(), None), 0).await?;
+        let resp = self
+            .guarded(key, compare, TxnOp::put(full, value.clone(), None), 0)
+            .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        Ok(KeyValue { key: key.into(), value, create_revision: revision, mod_revision: revision })
+        Ok(KeyValue {
+            key: key.into(),
+            value,
+            create_revision: revision,
+            mod_revision: revision,
+        })
     }
 
     async fn update(&self, key: &str, value: Vec<u8>, expected_revision: i64) -> Result<KeyValue> {
         let full = self.full(key);
         let compare = Compare::mod_revision(full.clone(), CompareOp::Equal, expected_revision);
-        let then = TxnOp::txn(
-            Txn::new()
-                .and_then([TxnOp::put(full.clone(), value.clone(), Some(etcd_client::PutOptions::new().with_prev_key()))]),
-        );
-        let resp = self.guarded(key, compare, then, expected_revision.max(1)).await?;
+        let then = TxnOp::txn(Txn::new().and_then([TxnOp::put(
+            full.clone(),
+            value.clone(),
+            Some(etcd_client::PutOptions::new().with_prev_key()),
+        )]));
+        let resp = self
+            .guarded(key, compare, then, expected_revision.max(1))
+            .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         let create_revision = resp
             .op_responses()
@@ -157,7 +208,12 @@ impl Store for EtcdStore {
                 _ => None,
             })
             .unwrap_or_default();
-        Ok(KeyValue { key: key.into(), value, create_revision, mod_revision: revision })
+        Ok(KeyValue {
+            key: key.into(),
+            value,
+            create_revision,
+            mod_revision: revision,
+        })
     }
 
     async fn delete(&self, key: &str, expected_revision: Option<i64>) -> Result<KeyValue> {
@@ -166,8 +222,13 @@ impl Store for EtcdStore {
             Some(rev) => Compare::mod_revision(full.clone(), CompareOp::Equal, rev),
             None => Compare::create_revision(full.clone(), CompareOp::Greater, 0),
         };
-        let then = TxnOp::delete(full, Some(etcd_client::DeleteOptions::new().with_prev_key()));
-        let resp = self.guarded(key, compare, then, expected_revision.unwrap_or(1)).await?;
+        let then = TxnOp::delete(
+            full,
+            Some(etcd_client::DeleteOptions::new().with_prev_key()),
+        );
+        let resp = self
+            .guarded(key, compare, then, expected_revision.unwrap_or(1))
+            .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         let deleted = resp.op_responses().iter().find_map(|r| match r {
             TxnOpResponse::Delete(d) => d.prev_kvs().first().map(|kv| self.convert(kv)),
@@ -184,8 +245,18 @@ impl Store for EtcdStore {
             .with_range(prefix_end(&full))
             .with_start_revision(after_revision + 1)
             .with_prev_key();
-        let stream = self.client.watch_client().watch(full, Some(options)).await.map_err(etcd_err)?;
-        let state = WatchState { store: self.clone(), stream, done: false, after_revision };
+        let stream = self
+            .client
+            .watch_client()
+            .watch(full, Some(options))
+            .await
+            .map_err(etcd_err)?;
+        let state = WatchState {
+            store: self.clone(),
+            stream,
+            done: false,
+            after_revision,
+        };
         let events = futures::stream::unfold(state, |mut state| async move {
             if state.done {
                 return None;
@@ -221,25 +292,41 @@ impl WatchState {
     async fn next_batch(&mut self) -> Vec<Result<WatchEvent>> {
         let resp = match self.stream.message().await {
             Ok(Some(resp)) => resp,
-            Ok(None) => return vec![Err(StorageError::Backend { backend: "etcd", message: "watch stream closed".into() })],
+            Ok(None) => {
+                return vec![Err(StorageError::Backend {
+                    backend: "etcd",
+                    message: "watch stream closed".into(),
+                })]
+            }
             Err(e) => return vec![Err(etcd_err(e))],
         };
         if resp.compact_revision() > 0 {
-            return vec![Err(StorageError::TooOld { requested: self.after_revision, oldest: resp.compact_revision() })];
+            return vec![Err(StorageError::TooOld {
+                requested: self.after_revision,
+                oldest: resp.compact_revision(),
+            })];
         }
         if resp.canceled() {
             let message = format!("watch canceled: {}", resp.cancel_reason());
-            return vec![Err(StorageError::Backend { backend: "etcd", message })];
+            return vec![Err(StorageError::Backend {
+                backend: "etcd",
+                message,
+            })];
         }
         resp.events()
             .iter()
             .filter_map(|event| {
                 let kv = self.store.convert(event.kv()?);
                 Some(Ok(match event.event_type() {
-                    EventType::Put if kv.create_revision == kv.mod_revision => WatchEvent::Created(kv),
+                    EventType::Put if kv.create_revision == kv.mod_revision => {
+                        WatchEvent::Created(kv)
+                    }
                     EventType::Put => WatchEvent::Updated(kv),
                     EventType::Delete => {
-                        let mut last = event.prev_kv().map(|p| self.store.convert(p)).unwrap_or(kv.clone());
+                        let mut last = event
+                            .prev_kv()
+                            .map(|p| self.store.convert(p))
+                            .unwrap_or(kv.clone());
                         last.mod_revision = kv.mod_revision;
                         WatchEvent::Deleted(last)
                     }

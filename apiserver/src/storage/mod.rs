@@ -72,11 +72,18 @@ pub enum StorageError {
     #[error("{key} not found")]
     NotFound { key: String },
     #[error("{key} was modified: expected revision {expected}, found {actual}")]
-    Conflict { key: String, expected: i64, actual: i64 },
+    Conflict {
+        key: String,
+        expected: i64,
+        actual: i64,
+    },
     #[error("revision {requested} is too old: the oldest available is {oldest}")]
     TooOld { requested: i64, oldest: i64 },
     #[error("{backend} storage: {message}")]
-    Backend { backend: &'static str, message: String },
+    Backend {
+        backend: &'static str,
+        message: String,
+    },
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -1,0 +1,544 @@
+//! The HTTP API: Kubernetes paths and verbs over the [`Registry`], watch streams,
+//! discovery, health and metrics.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use crds::KindInfo;
+use futures::{Stream, StreamExt};
+use serde_json::{json, Value};
+
+use crate::discovery;
+use crate::error::ApiError;
+use crate::metrics::{Metrics, RequestLabels, VerbLabels};
+use crate::object::{self, FieldSelector, LabelSelector};
+use crate::registry::{ListOptions, Part, Registry};
+use crate::watch::WatchError;
+
+/// Limits and intervals of the HTTP API.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest accepted request body (larger: 413).
+    pub max_body_bytes: usize,
+    /// How often watchers that asked for bookmarks get one.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_body_bytes: 3 * 1024 * 1024,
+            bookmark_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<ServerConfig>,
+}
+
+/// The whole HTTP surface of the API server.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/version", get(|| async { Json(discovery::version()) }))
+        .fallback(api)
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.registry.store().revision().await {
+        Ok(_) => "ok".into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("storage: {e}")).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.watchers.set(state.registry.hub().watchers());
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// What a resource path names.
+#[derive(Debug)]
+struct Target {
+    kind: &'static KindInfo,
+    namespace: Option<String>,
+    name: Option<String>,
+    status: bool,
+}
+
+enum Route {
+    Document(Value),
+    Resource(Target),
+}
+
+fn not_found(path: &str) -> ApiError {
+    ApiError::NotFound {
+        plural: "the server could not find the requested resource".into(),
+        name: path.into(),
+    }
+}
+
+fn parse_path(path: &str) -> Result<Route, ApiError> {
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let missing = || not_found(path);
+    let doc = |v: Option<Value>| v.map(Route::Document).ok_or_else(missing);
+    let (group, version, rest) = match segments.as_slice() {
+        ["api"] => return Ok(Route::Document(discovery::core_versions())),
+        ["apis"] => return Ok(Route::Document(discovery::groups())),
+        ["apis", g] => return doc(discovery::group(g)),
+        ["api", v] => return doc(discovery::resources("", v)),
+        ["apis", g, v] => return doc(discovery::resources(g, v)),
+        ["openapi", "v3"] => return Ok(Route::Document(discovery::openapi_index())),
+        ["openapi", "v3", "api", v] => return doc(discovery::openapi("", v)),
+        ["openapi", "v3", "apis", g, v] => return doc(discovery::openapi(g, v)),
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(missing()),
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        _ => (None, rest),
+    };
+    let (plural, name, sub) = match rest {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some(n.to_string()), None),
+        [p, n, s] => (*p, Some(n.to_string()), Some(*s)),
+        _ => return Err(missing()),
+    };
+    let kind = crds::KINDS
+        .iter()
+        .find(|k| k.group == group && k.version == version && k.plural == plural)
+        .ok_or_else(missing)?;
+    if namespace.is_some() && !kind.namespaced {
+        return Err(missing());
+    }
+    let status = match sub {
+        None => false,
+        Some("status") if kind.has_status => true,
+        Some(_) => return Err(missing()),
+    };
+    Ok(Route::Resource(Target {
+        kind,
+        namespace,
+        name,
+        status,
+    }))
+}
+
+fn verb(method: &Method, target: &Target, query: &HashMap<String, String>) -> &'static str {
+    match *method {
+        Method::GET if is_true(query.get("watch")) => "watch",
+        Method::GET if target.name.is_none() => "list",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
+fn is_true(v: Option<&String>) -> bool {
+    matches!(v.map(String::as_str), Some("true" | "1"))
+}
+
+async fn api(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let target = match parse_path(uri.path()) {
+        Ok(Route::Document(doc)) if method == Method::GET => return Json(doc).into_response(),
+        Ok(Route::Document(_)) => {
+            return ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+                .into_response()
+        }
+        Ok(Route::Resource(t)) => t,
+        Err(e) => return e.into_response(),
+    };
+    let verb = verb(&method, &target, &query);
+    let resource = if target.status {
+        format!("{}/status", target.kind.plural)
+    } else {
+        target.kind.plural.to_string()
+    };
+    let span = tracing::info_span!("request", verb, resource = %resource, namespace = target.namespace.as_deref(), name = target.name.as_deref());
+    let _entered = span.enter();
+    drop(_entered);
+    let response = match handle(&state, &method, &target, &query, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(parent: &span, error = %e, "rejected");
+            e.into_response()
+        }
+    };
+    let code = response.status().as_u16();
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            verb: verb.into(),
+            resource: resource.clone(),
+            code,
+        })
+        .inc();
+    if verb != "watch" {
+        state
+            .metrics
+            .request_seconds
+            .get_or_create(&VerbLabels {
+                verb: verb.into(),
+                resource,
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+    tracing::debug!(parent: &span, code, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "served");
+    response
+}
+
+async fn read_body(state: &AppState, body: Body) -> Result<Value, ApiError> {
+    let limit = state.config.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::TooLarge { limit })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
+}
+
+fn list_options(query: &HashMap<String, String>) -> Result<ListOptions, ApiError> {
+    let labels = LabelSelector::parse(
+        query
+            .get("labelSelector")
+            .map(String::as_str)
+            .unwrap_or_default(),
+    )
+    .map_err(ApiError::BadRequest)?;
+    let fields = FieldSelector::parse(
+        query
+            .get("fieldSelector")
+            .map(String::as_str)
+            .unwrap_or_default(),
+    )
+    .map_err(ApiError::BadRequest)?;
+    let limit = match query.get("limit") {
+        Some(l) => Some(
+            l.parse()
+                .map_err(|_| ApiError::BadRequest(format!("limit: {l:?} is not a number")))?,
+        ),
+        None => None,
+    };
+    let exact = query.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
+    let revision = match query.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => None,
+        Some(v) => {
+            let v: i64 = v.parse().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "resourceVersion: {v:?} is not a valid resource version"
+                ))
+            })?;
+            exact.then_some(v)
+        }
+    };
+    Ok(ListOptions {
+        labels,
+        fields,
+        limit,
+        continue_token: query.get("continue").filter(|c| !c.is_empty()).cloned(),
+        revision,
+    })
+}
+
+async fn handle(
+    state: &AppState,
+    method: &Method,
+    target: &Target,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let registry = &state.registry;
+    let kind = target.kind;
+    let ns = target.namespace.as_deref();
+    let part = if target.status {
+        Part::Status
+    } else {
+        Part::Main
+    };
+    let table = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"));
+    match (method.clone(), target.name.as_deref()) {
+        (Method::GET, None) if is_true(query.get("watch")) => {
+            watch(state, target, query, table).await
+        }
+        (Method::GET, None) => {
+            let list = registry.list(kind, ns, &list_options(query)?).await?;
+            Ok(Json(if table {
+                to_table(kind, &list, &list["items"], true)
+            } else {
+                list
+            })
+            .into_response())
+        }
+        (Method::GET, Some(name)) => {
+            let object = registry.get(kind, ns, name).await?;
+            Ok(Json(if table {
+                to_table(kind, &object, &json!([object]), true)
+            } else {
+                object
+            })
+            .into_response())
+        }
+        (Method::POST, None) => {
+            let body = read_body(state, body).await?;
+            let created = registry.create(kind, ns, body).await?;
+            Ok((StatusCode::CREATED, Json(created)).into_response())
+        }
+        (Method::PUT, Some(name)) => {
+            let body = read_body(state, body).await?;
+            Ok(Json(registry.replace(kind, ns, name, body, part).await?).into_response())
+        }
+        (Method::PATCH, Some(name)) => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|c| c.to_str().ok())
+                .unwrap_or_default();
+            if !content_type.starts_with("application/merge-patch+json")
+                && !content_type.starts_with("application/strategic-merge-patch+json")
+            {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "patch type {content_type:?} is not supported; use application/merge-patch+json"
+                )));
+            }
+            let patch = read_body(state, body).await?;
+            Ok(Json(registry.patch(kind, ns, name, patch, part).await?).into_response())
+        }
+        (Method::DELETE, Some(name)) if !target.status => {
+            let body = axum::body::to_bytes(body, state.config.max_body_bytes)
+                .await
+                .map_err(|_| ApiError::TooLarge {
+                    limit: state.config.max_body_bytes,
+                })?;
+            let precondition = delete_precondition(&body)?;
+            Ok(Json(registry.delete(kind, ns, name, precondition).await?).into_response())
+        }
+        _ => Err(ApiError::MethodNotAllowed(format!(
+            "{method} is not supported on this path"
+        ))),
+    }
+}
+
+/// `preconditions.resourceVersion` of a `DeleteOptions` body, if any.
+fn delete_precondition(body: &Bytes) -> Result<Option<i64>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let options: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!("the DeleteOptions body is not valid JSON: {e}"))
+    })?;
+    match options
+        .pointer("/preconditions/resourceVersion")
+        .and_then(Value::as_str)
+    {
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            ApiError::BadRequest(format!("preconditions.resourceVersion: {v:?} is not valid"))
+        }),
+        None => Ok(None),
+    }
+}
+
+/// A `meta.k8s.io/v1` Table of `items` (kubectl asks for tables to print `get`).
+fn to_table(kind: &KindInfo, source: &Value, items: &Value, with_columns: bool) -> Value {
+    let now = chrono::Utc::now();
+    let mut columns = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}),
+    ];
+    for (priority, cols) in [(0, kind.columns), (1, kind.wide_columns)] {
+        for (header, _) in cols {
+            columns.push(json!({"name": header, "type": "string", "format": "", "description": header, "priority": priority}));
+        }
+    }
+    columns.push(
+        json!({"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0}),
+    );
+    let rows: Vec<Value> = items
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            let mut cells = vec![json!(object::meta_str(o, "name").unwrap_or_default())];
+            for (_, ptr) in kind.columns.iter().chain(kind.wide_columns) {
+                cells.push(json!(crds::column_value(o, ptr)));
+            }
+            cells.push(json!(crds::age(o, now)));
+            json!({"cells": cells, "object": o})
+        })
+        .collect();
+    let mut table = json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": source.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))},
+        "rows": rows,
+    });
+    if with_columns {
+        table["columnDefinitions"] = json!(columns);
+    }
+    table
+}
+
+fn event_line(type_: &str, object: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(object.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(type_.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(object);
+    line.extend_from_slice(b"}\n");
+    line.into()
+}
+
+fn error_line(e: &ApiError) -> Bytes {
+    event_line(
+        "ERROR",
+        &serde_json::to_vec(&e.status()).expect("status serializes"),
+    )
+}
+
+/// `?watch=true`: newline-delimited watch events.
+async fn watch(
+    state: &AppState,
+    target: &Target,
+    query: &HashMap<String, String>,
+    table: bool,
+) -> Result<Response, ApiError> {
+    let kind = target.kind;
+    let ns = target.namespace.as_deref();
+    let opts = list_options(query)?;
+    let prefix = object::key(kind, ns, "");
+    // Without a resourceVersion the watch starts with the current objects (as ADDED).
+    let (initial, after) = match query.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => {
+            let list = state
+                .registry
+                .list(
+                    kind,
+                    ns,
+                    &ListOptions {
+                        limit: None,
+                        continue_token: None,
+                        revision: None,
+                        ..opts.clone()
+                    },
+                )
+                .await?;
+            let rv = list["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default();
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            (items, rv)
+        }
+        Some(v) => (
+            vec![],
+            v.parse().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "resourceVersion: {v:?} is not a valid resource version"
+                ))
+            })?,
+        ),
+    };
+    let live = state
+        .registry
+        .hub()
+        .subscribe(&prefix, after)
+        .map_err(|e| ApiError::Gone(e.to_string()))?;
+    let encode = move |type_: &str, object: &Value, raw: Option<&[u8]>| -> Bytes {
+        if table {
+            let t = to_table(kind, object, &json!([object]), true);
+            event_line(type_, &serde_json::to_vec(&t).expect("table serializes"))
+        } else if let Some(raw) = raw {
+            event_line(type_, raw)
+        } else {
+            event_line(
+                type_,
+                &serde_json::to_vec(object).expect("object serializes"),
+            )
+        }
+    };
+    let first = futures::stream::iter(
+        initial
+            .into_iter()
+            .map(move |o| encode("ADDED", &o, None))
+            .collect::<Vec<_>>(),
+    );
+    let (labels, fields) = (opts.labels, opts.fields);
+    let changes = live.filter_map(move |change| {
+        let out = match change {
+            Ok(c) if labels.matches(&c.object) && fields.matches(&c.object) => {
+                Some(encode(c.kind, &c.object, Some(&c.json)))
+            }
+            Ok(_) => None,
+            Err(WatchError::TooOld { .. } | WatchError::Expired) => {
+                Some(error_line(&ApiError::Gone(
+                    "the watch expired: list again and watch from the new resourceVersion".into(),
+                )))
+            }
+        };
+        futures::future::ready(out)
+    });
+    let events = first.chain(changes);
+    let events: std::pin::Pin<Box<dyn Stream<Item = Bytes> + Send>> = if is_true(
+        query.get("allowWatchBookmarks"),
+    ) {
+        let hub = state.registry.hub().clone();
+        let api_version = kind.api_version();
+        let kind_name = kind.kind;
+        let mut ticker = tokio::time::interval(state.config.bookmark_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let bookmarks = tokio_stream::wrappers::IntervalStream::new(ticker).skip(1).map(move |_| {
+            let object = json!({"apiVersion": api_version, "kind": kind_name, "metadata": {"resourceVersion": hub.latest().to_string()}});
+            event_line("BOOKMARK", &serde_json::to_vec(&object).expect("bookmark serializes"))
+        });
+        Box::pin(futures::stream::select(events, bookmarks))
+    } else {
+        Box::pin(events)
+    };
+    let events = match query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+    {
+        Some(secs) => events
+            .take_until(tokio::time::sleep(Duration::from_secs(secs)))
+            .boxed(),
+        None => events,
+    };
+    let body = Body::from_stream(events.map(Ok::<_, Infallible>));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}

@@ -1,0 +1,160 @@
+//! Prometheus metrics of the API server, and a [`Store`] wrapper that times storage.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::storage::{KeyValue, ListRequest, ListResponse, Result, Store, WatchStream};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub verb: String,
+    pub resource: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    pub verb: String,
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StorageLabels {
+    pub backend: String,
+    pub operation: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~3 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: HistogramFamily<VerbLabels>,
+    pub storage_seconds: HistogramFamily<StorageLabels>,
+    pub watchers: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("oakestra_apiserver");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_seconds = HistogramFamily::<VerbLabels>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let storage_seconds = HistogramFamily::<StorageLabels>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let watchers = Gauge::default();
+        registry.register(
+            "requests",
+            "API requests by verb, resource and HTTP code",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "API request latency by verb and resource",
+            request_seconds.clone(),
+        );
+        registry.register(
+            "storage_duration_seconds",
+            "Storage operation latency",
+            storage_seconds.clone(),
+        );
+        registry.register("watchers", "Open watch streams", watchers.clone());
+        Arc::new(Metrics {
+            registry,
+            requests,
+            request_seconds,
+            storage_seconds,
+            watchers,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}
+
+/// A store that records the latency of every operation.
+pub struct MeteredStore {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredStore {
+    pub fn wrap(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> Arc<dyn Store> {
+        Arc::new(MeteredStore { inner, metrics })
+    }
+
+    fn observe(&self, operation: &str, start: Instant) {
+        let labels = StorageLabels {
+            backend: self.inner.backend().into(),
+            operation: operation.into(),
+        };
+        self.metrics
+            .storage_seconds
+            .get_or_create(&labels)
+            .observe(start.elapsed().as_secs_f64());
+    }
+}
+
+#[async_trait]
+impl Store for MeteredStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let start = Instant::now();
+        let r = self.inner.get(key).await;
+        self.observe("get", start);
+        r
+    }
+    async fn list(&self, request: ListRequest) -> Result<ListResponse> {
+        let start = Instant::now();
+        let r = self.inner.list(request).await;
+        self.observe("list", start);
+        r
+    }
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
+        let start = Instant::now();
+        let r = self.inner.create(key, value).await;
+        self.observe("create", start);
+        r
+    }
+    async fn update(&self, key: &str, value: Vec<u8>, expected_revision: i64) -> Result<KeyValue> {
+        let start = Instant::now();
+        let r = self.inner.update(key, value, expected_revision).await;
+        self.observe("update", start);
+        r
+    }
+    async fn delete(&self, key: &str, expected_revision: Option<i64>) -> Result<KeyValue> {
+        let start = Instant::now();
+        let r = self.inner.delete(key, expected_revision).await;
+        self.observe("delete", start);
+        r
+    }
+    async fn watch(&self, prefix: &str, after_revision: i64) -> Result<WatchStream> {
+        self.inner.watch(prefix, after_revision).await
+    }
+    async fn revision(&self) -> Result<i64> {
+        self.inner.revision().await
+    }
+}

@@ -1,0 +1,302 @@
+//! Reading manifests: files, directories and stdin, multi-document YAML and JSON.
+//! Every error names the file, the document and, for syntax errors, line and column.
+
+use std::path::{Path, PathBuf};
+
+use crds::KindInfo;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// One object read from a manifest.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// File path, or `-` for stdin.
+    pub source: String,
+    /// 1-based position of the document in its file.
+    pub index: usize,
+    pub kind: &'static KindInfo,
+    pub object: Value,
+}
+
+impl Document {
+    pub fn name(&self) -> &str {
+        self.object["metadata"]["name"].as_str().unwrap_or_default()
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.object["metadata"]["namespace"].as_str()
+    }
+
+    /// `FILE: document N (Kind name)` for messages.
+    pub fn origin(&self) -> String {
+        format!(
+            "{}: document {} ({} {})",
+            self.source,
+            self.index,
+            self.kind.kind,
+            self.name()
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: document {index}: invalid YAML at line {line}, column {column}: {message}")]
+    Yaml {
+        path: String,
+        index: usize,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: invalid JSON at line {line}, column {column}: {message}")]
+    Json {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: document {index}: {message}")]
+    Document {
+        path: String,
+        index: usize,
+        message: String,
+    },
+}
+
+/// Read every object of every path (files, directories of `.yaml`/`.yml`/`.json`, `-`).
+pub fn load(paths: &[PathBuf]) -> Result<Vec<Document>, Vec<ManifestError>> {
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        for file in expand(path, &mut errors) {
+            let (name, text) = match read(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            match parse(&name, &text) {
+                Ok(mut d) => docs.append(&mut d),
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(docs)
+    } else {
+        Err(errors)
+    }
+}
+
+fn expand(path: &Path, errors: &mut Vec<ManifestError>) -> Vec<PathBuf> {
+    if path.as_os_str() == "-" || !path.is_dir() {
+        return vec![path.to_path_buf()];
+    }
+    match std::fs::read_dir(path) {
+        Ok(entries) => {
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml" | "json")
+                    )
+                })
+                .collect();
+            files.sort();
+            files
+        }
+        Err(source) => {
+            errors.push(ManifestError::Read {
+                path: path.display().to_string(),
+                source,
+            });
+            vec![]
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<(String, String), ManifestError> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|source| {
+            ManifestError::Read {
+                path: "-".into(),
+                source,
+            }
+        })?;
+        return Ok(("-".into(), text));
+    }
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        path: name.clone(),
+        source,
+    })?;
+    Ok((name, text))
+}
+
+/// Parse the text of one file into documents.
+pub fn parse(path: &str, text: &str) -> Result<Vec<Document>, Vec<ManifestError>> {
+    let values: Vec<Value> = if path.ends_with(".json") || text.trim_start().starts_with('{') {
+        match serde_json::from_str::<Value>(text) {
+            Ok(v) => vec![v],
+            Err(e) => {
+                return Err(vec![ManifestError::Json {
+                    path: path.into(),
+                    line: e.line(),
+                    column: e.column(),
+                    message: e.to_string(),
+                }])
+            }
+        }
+    } else {
+        let mut values = Vec::new();
+        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            match Value::deserialize(doc) {
+                Ok(v) => values.push(v),
+                Err(e) => {
+                    let (line, column) = e
+                        .location()
+                        .map(|l| (l.line(), l.column()))
+                        .unwrap_or((0, 0));
+                    let message = e.to_string();
+                    let message = message
+                        .split(" at line ")
+                        .next()
+                        .unwrap_or(&message)
+                        .to_string();
+                    return Err(vec![ManifestError::Yaml {
+                        path: path.into(),
+                        index: i + 1,
+                        line,
+                        column,
+                        message,
+                    }]);
+                }
+            }
+        }
+        values
+    };
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    for (i, value) in values.into_iter().enumerate() {
+        if value.is_null() {
+            continue; // empty document, e.g. a trailing `---`
+        }
+        // A `List` (as `get -o yaml` prints) holds its objects in `items`.
+        let items = match value.get("kind").and_then(Value::as_str) {
+            Some("List") => value["items"].as_array().cloned().unwrap_or_default(),
+            _ => vec![value],
+        };
+        for object in items {
+            match classify(object) {
+                Ok((kind, object)) => docs.push(Document {
+                    source: path.into(),
+                    index: i + 1,
+                    kind,
+                    object,
+                }),
+                Err(message) => errors.push(ManifestError::Document {
+                    path: path.into(),
+                    index: i + 1,
+                    message,
+                }),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(docs)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Find the kind of an object and validate it against the kind's schema.
+fn classify(object: Value) -> Result<(&'static KindInfo, Value), String> {
+    let api_version = object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .ok_or("apiVersion: required")?;
+    let kind_name = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or("kind: required")?;
+    let kind = crds::kind_by_gvk(api_version, kind_name).ok_or_else(|| {
+        let known: Vec<String> = crds::KINDS
+            .iter()
+            .map(|k| format!("{} {}", k.api_version(), k.kind))
+            .collect();
+        format!(
+            "unknown kind {kind_name:?} of apiVersion {api_version:?}; known kinds: {}",
+            known.join(", ")
+        )
+    })?;
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if name.is_empty() {
+        return Err(format!("{kind_name}: metadata.name: required"));
+    }
+    kind.validate(&object)
+        .map_err(|e| format!("{kind_name} {name:?} is invalid: {e}"))?;
+    Ok((kind, object))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_document_yaml() {
+        let text = "apiVersion: oakestra.io/v1\nkind: Cluster\nmetadata: {name: a}\nspec: {}\n---\napiVersion: oakestra.io/v1\nkind: Cluster\nmetadata: {name: b}\nspec: {}\n---\n";
+        let docs = parse("c.yaml", text).unwrap();
+        assert_eq!(
+            docs.iter().map(Document::name).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(docs[1].index, 2);
+    }
+
+    #[test]
+    fn yaml_syntax_error_names_document_and_line() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: oakestra.io/v1\nkind: Cluster\nmetadata: [unclosed\n";
+        let e = parse("bad.yaml", text).unwrap_err();
+        let msg = e[0].to_string();
+        assert!(
+            msg.starts_with("bad.yaml: document 2: invalid YAML at line 7"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn schema_error_names_field() {
+        let text = "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: -2\n  template: {image: x}\n";
+        let msg = parse("s.yaml", text).unwrap_err()[0].to_string();
+        assert_eq!(
+            msg,
+            "s.yaml: document 1: Service \"web\" is invalid: spec.replicas: must be >= 0"
+        );
+    }
+
+    #[test]
+    fn unknown_kind_lists_known_ones() {
+        let msg = parse(
+            "x.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n",
+        )
+        .unwrap_err()[0]
+            .to_string();
+        assert!(
+            msg.contains("unknown kind \"Deployment\"") && msg.contains("oakestra.io/v1 Service"),
+            "{msg}"
+        );
+    }
+}
