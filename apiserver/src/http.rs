@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How often watchers that asked for bookmarks get one.
     pub bookmark_interval: Duration,
+    /// Recent changes kept for watches that start in the past (older: 410).
+    pub watch_cache_events: usize,
 }
 
 impl Default for ServerConfig {
@@ -37,6 +39,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_body_bytes: 3 * 1024 * 1024,
             bookmark_interval: Duration::from_secs(10),
+            watch_cache_events: 10_000,
         }
     }
 }

@@ -90,7 +90,7 @@ impl Server {
     ) -> Result<Server, ServerError> {
         let metrics = metrics::Metrics::new();
         let store = metrics::MeteredStore::wrap(store, metrics.clone());
-        let hub = watch::WatchHub::start(store.clone(), 10_000).await?;
+        let hub = watch::WatchHub::start(store.clone(), config.watch_cache_events).await?;
         let registry = registry::Registry::new(store, hub);
         registry.ensure_namespace("default").await?;
         let state = http::AppState {

@@ -17,7 +17,7 @@ pub enum ClientError {
     /// The server answered with a Kubernetes `Status` error.
     #[error("{}", .status.message)]
     Api { status: Box<Status> },
-    #[error("cannot reach the API server at {url}: {source}")]
+    #[error("cannot reach the API server at {url}: {}", cause_chain(.source))]
     Transport { url: String, source: reqwest::Error },
     #[error("unexpected answer from {url}: {message}")]
     Decode { url: String, message: String },
@@ -25,7 +25,26 @@ pub enum ClientError {
     BadUrl(String),
 }
 
+/// The innermost cause of a transport error, e.g. "Connection refused (os error 111)".
+fn cause_chain(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let inner = cause.to_string();
+    if e.is_timeout() {
+        format!("timed out ({inner})")
+    } else {
+        inner
+    }
+}
+
 impl ClientError {
+    /// The server could not be reached at all (as opposed to answering with an error).
+    pub fn is_transport(&self) -> bool {
+        matches!(self, ClientError::Transport { .. })
+    }
+
     /// HTTP code of an API error.
     pub fn code(&self) -> Option<u16> {
         match self {

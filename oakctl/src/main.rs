@@ -233,6 +233,7 @@ async fn apply(s: &Session, files: &[PathBuf]) -> anyhow::Result<()> {
     for doc in &docs {
         match apply_one(s, doc).await {
             Ok(outcome) => println!("{}/{} {outcome}", doc.kind.singular, doc.name()),
+            Err(e) if e.is_transport() => bail!("{e}\nnothing more was applied"),
             Err(e) => {
                 failed += 1;
                 eprintln!("error: {}: {e}", doc.origin());

@@ -1,0 +1,568 @@
+//! The HTTP API over real storage (embedded, and a real etcd process), exercised with
+//! the project's own client as a user would: every verb, every rejection, watches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiserver::storage::embedded::{EmbeddedOptions, EmbeddedStore};
+use apiserver::storage::etcd::EtcdStore;
+use apiserver::storage::Store;
+use apiserver::{Server, ServerConfig};
+use client::{Client, ClientError, DynamicApi, ListParams, WatchEvent};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+fn config() -> ServerConfig {
+    ServerConfig {
+        max_body_bytes: 64 * 1024,
+        bookmark_interval: Duration::from_millis(200),
+        watch_cache_events: 50,
+    }
+}
+
+async fn start(store: Arc<dyn Store>) -> (Server, Client) {
+    let server = Server::start_with_store("127.0.0.1:0".parse().unwrap(), store, config())
+        .await
+        .unwrap();
+    let client = Client::new(&format!("http://{}", server.addr)).unwrap();
+    (server, client)
+}
+
+fn kind(name: &str) -> &'static crds::KindInfo {
+    crds::kind_by_name(name).unwrap()
+}
+
+fn service(name: &str, replicas: i64) -> Value {
+    json!({
+        "apiVersion": "oakestra.io/v1", "kind": "Service",
+        "metadata": {"name": name, "labels": {"app": name, "tier": if replicas > 2 { "big" } else { "small" }}},
+        "spec": {"replicas": replicas, "template": {"image": "localhost:5000/busybox:1"}},
+    })
+}
+
+fn rv(o: &Value) -> String {
+    o["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn api_error(e: ClientError) -> (u16, String, Vec<String>) {
+    match e {
+        ClientError::Api { status } => {
+            let fields = status
+                .details
+                .map(|d| d.causes.into_iter().map(|c| c.field).collect())
+                .unwrap_or_default();
+            (status.code, status.message, fields)
+        }
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+async fn next_event(
+    w: &mut futures::stream::BoxStream<'static, client::Result<WatchEvent<Value>>>,
+) -> WatchEvent<Value> {
+    tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .expect("watch event within 10s")
+        .expect("stream open")
+        .expect("no error")
+}
+
+async fn all_scenarios(c: &Client) {
+    crud_and_concurrency(c).await;
+    validation_errors(c).await;
+    status_subresource_and_generation(c).await;
+    finalizers(c).await;
+    paging_and_selectors(c).await;
+    watches(c).await;
+    discovery(c).await;
+}
+
+async fn crud_and_concurrency(c: &Client) {
+    let svc = c.dynamic(kind("svc"), Some("default"));
+    let created = svc.create(&service("web", 2)).await.unwrap();
+    assert_eq!(created["metadata"]["generation"], 1);
+    assert!(
+        created["metadata"]["uid"].is_string()
+            && created["metadata"]["creationTimestamp"].is_string()
+    );
+    assert_eq!(
+        created["spec"]["template"]["runtime"], "container",
+        "defaults are filled in"
+    );
+    let (code, message, _) = api_error(svc.create(&service("web", 2)).await.unwrap_err());
+    assert_eq!(
+        (code, message.as_str()),
+        (409, "services \"web\" already exists")
+    );
+
+    // Optimistic concurrency: a stale resourceVersion is a 409, the fresh one works.
+    let mut update = created.clone();
+    update["spec"]["replicas"] = json!(3);
+    let updated = svc.replace("web", &update).await.unwrap();
+    assert_eq!(
+        updated["metadata"]["generation"], 2,
+        "a spec change bumps generation"
+    );
+    let (code, message, _) = api_error(svc.replace("web", &update).await.unwrap_err());
+    assert_eq!(code, 409);
+    assert!(
+        message.contains("the object has been modified"),
+        "{message}"
+    );
+    assert_eq!(
+        svc.get("web").await.unwrap()["spec"]["replicas"],
+        3,
+        "the conflicting write changed nothing"
+    );
+
+    // Merge patch; a no-op write keeps the version.
+    let patched = svc
+        .patch(
+            "web",
+            &json!({"spec": {"replicas": 4}, "metadata": {"labels": {"tier": null}}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched["spec"]["replicas"], 4);
+    assert!(patched["metadata"]["labels"].get("tier").is_none());
+    let same = svc
+        .patch("web", &json!({"spec": {"replicas": 4}}))
+        .await
+        .unwrap();
+    assert_eq!(rv(&same), rv(&patched));
+    let stale = json!({"metadata": {"resourceVersion": rv(&created)}, "spec": {"replicas": 1}});
+    assert_eq!(
+        api_error(svc.patch("web", &stale).await.unwrap_err()).0,
+        409
+    );
+
+    // Unconditional concurrent patches all land.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            svc.patch(
+                "web",
+                &json!({"metadata": {"annotations": {format!("w{i}"): "x"}}}),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        svc.get("web").await.unwrap()["metadata"]["annotations"]
+            .as_object()
+            .unwrap()
+            .len(),
+        8
+    );
+
+    svc.delete("web", None).await.unwrap();
+    let (code, message, _) = api_error(svc.get("web").await.unwrap_err());
+    assert_eq!(
+        (code, message.as_str()),
+        (404, "services \"web\" not found")
+    );
+}
+
+async fn validation_errors(c: &Client) {
+    let svc = c.dynamic(kind("svc"), Some("default"));
+    let mut bad = service("bad", 1);
+    bad["spec"]["replicas"] = json!(-1);
+    let (code, message, fields) = api_error(svc.create(&bad).await.unwrap_err());
+    assert_eq!(code, 422);
+    assert_eq!(
+        message,
+        "Service \"bad\" is invalid: spec.replicas: must be >= 0"
+    );
+    assert_eq!(fields, ["spec.replicas"]);
+
+    let mut unknown = service("bad", 1);
+    unknown["spec"]["template"]["imagee"] = json!("x");
+    let (code, _, fields) = api_error(svc.create(&unknown).await.unwrap_err());
+    assert_eq!(
+        (code, fields),
+        (422, vec!["spec.template.imagee".to_string()])
+    );
+
+    let (code, _, fields) = api_error(svc.create(&service("Bad_Name", 1)).await.unwrap_err());
+    assert_eq!((code, fields), (422, vec!["metadata.name".to_string()]));
+
+    let mut wrong_kind = service("x", 1);
+    wrong_kind["kind"] = json!("Cluster");
+    assert_eq!(api_error(svc.create(&wrong_kind).await.unwrap_err()).0, 400);
+
+    let elsewhere = c.dynamic(kind("svc"), Some("nowhere"));
+    let (code, message, _) = api_error(elsewhere.create(&service("x", 1)).await.unwrap_err());
+    assert_eq!(
+        (code, message.as_str()),
+        (404, "namespaces \"nowhere\" not found")
+    );
+
+    let mut huge = service("huge", 1);
+    huge["metadata"]["annotations"] = json!({"blob": "x".repeat(100 * 1024)});
+    assert_eq!(api_error(svc.create(&huge).await.unwrap_err()).0, 413);
+
+    // None of it was stored.
+    let (items, _) = svc.list_all(&ListParams::default()).await.unwrap();
+    assert!(
+        items.is_empty(),
+        "rejected writes stored nothing: {items:?}"
+    );
+
+    // Immutable fields.
+    let inst = c.dynamic(kind("inst"), Some("default"));
+    let instance = json!({
+        "apiVersion": "oakestra.io/v1", "kind": "Instance", "metadata": {"name": "web-0"},
+        "spec": {"service": "web", "ordinal": 0, "template": {"image": "x"}},
+    });
+    inst.create(&instance).await.unwrap();
+    let (code, message, _) = api_error(
+        inst.patch("web-0", &json!({"spec": {"service": "other"}}))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 422);
+    assert!(
+        message.contains("spec.service: field is immutable"),
+        "{message}"
+    );
+    inst.patch("web-0", &json!({"spec": {"cluster": "munich-1"}}))
+        .await
+        .unwrap();
+    inst.delete("web-0", None).await.unwrap();
+}
+
+async fn status_subresource_and_generation(c: &Client) {
+    let clusters = c.dynamic(kind("cl"), None);
+    let cluster = json!({
+        "apiVersion": "oakestra.io/v1", "kind": "Cluster", "metadata": {"name": "munich-1"},
+        "spec": {"location": {"latitude": 48.1, "longitude": 11.5}},
+        "status": {"subnet": "ignored on create"},
+    });
+    let created = clusters.create(&cluster).await.unwrap();
+    assert!(
+        created.get("status").is_none(),
+        "status is written through /status only"
+    );
+    let status = json!({"status": {"subnet": "10.18.0.0/20", "conditions": [{"type": "Ready", "status": "True"}]}, "spec": {"location": null}});
+    let after = clusters.patch_status("munich-1", &status).await.unwrap();
+    assert_eq!(after["status"]["subnet"], "10.18.0.0/20");
+    assert_eq!(
+        after["spec"]["location"]["latitude"], 48.1,
+        "a status write leaves spec alone"
+    );
+    assert_eq!(
+        after["metadata"]["generation"], 1,
+        "status writes do not bump generation"
+    );
+    // A main-resource write leaves status alone.
+    let mut replaced = after.clone();
+    replaced["status"] = json!({"subnet": "overwritten?"});
+    replaced["spec"]["location"]["latitude"] = json!(48.2);
+    let replaced = clusters.replace("munich-1", &replaced).await.unwrap();
+    assert_eq!(replaced["status"]["subnet"], "10.18.0.0/20");
+    assert_eq!(replaced["metadata"]["generation"], 2);
+    let bad = json!({"status": {"conditions": [{"type": "Ready", "status": "Maybe"}]}});
+    let (code, _, fields) = api_error(clusters.patch_status("munich-1", &bad).await.unwrap_err());
+    assert_eq!(
+        (code, fields),
+        (422, vec!["status.conditions[0].status".to_string()])
+    );
+    clusters.delete("munich-1", None).await.unwrap();
+}
+
+async fn finalizers(c: &Client) {
+    let nodes = c.dynamic(kind("no"), None);
+    let node = json!({
+        "apiVersion": "oakestra.io/v1", "kind": "Node",
+        "metadata": {"name": "pi-1", "finalizers": ["oakestra.io/drain"]},
+        "spec": {"address": "192.0.2.10", "runtimes": ["container"]},
+    });
+    nodes.create(&node).await.unwrap();
+    let marked = nodes.delete("pi-1", None).await.unwrap();
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    assert!(
+        nodes.get_opt("pi-1").await.unwrap().is_some(),
+        "kept while a finalizer remains"
+    );
+    nodes
+        .patch("pi-1", &json!({"metadata": {"finalizers": null}}))
+        .await
+        .unwrap();
+    assert!(
+        nodes.get_opt("pi-1").await.unwrap().is_none(),
+        "gone once the last finalizer is removed"
+    );
+}
+
+async fn paging_and_selectors(c: &Client) {
+    let ns = c.dynamic(kind("ns"), None);
+    ns.create(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "paging"}}))
+        .await
+        .unwrap();
+    let svc = c.dynamic(kind("svc"), Some("paging"));
+    for i in 0..7 {
+        svc.create(&service(&format!("s{i}"), i)).await.unwrap();
+    }
+    let first = svc
+        .list(&ListParams {
+            limit: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first["items"].as_array().unwrap().len(), 3);
+    assert!(first["metadata"]["continue"].is_string());
+    let (all, _) = svc
+        .list_all(&ListParams {
+            limit: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let names: Vec<_> = all
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["s0", "s1", "s2", "s3", "s4", "s5", "s6"]);
+
+    let big = ListParams {
+        label_selector: Some("tier=big".into()),
+        limit: Some(2),
+        ..Default::default()
+    };
+    let (items, _) = svc.list_all(&big).await.unwrap();
+    assert_eq!(items.len(), 4, "s3..s6 are big, across pages");
+    let set = ListParams {
+        label_selector: Some("app in (s1,s5),tier!=big".into()),
+        ..Default::default()
+    };
+    let (items, _) = svc.list_all(&set).await.unwrap();
+    assert_eq!(
+        items
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["s1"]
+    );
+    let all_ns = c.dynamic(kind("svc"), None);
+    assert_eq!(
+        all_ns
+            .list_all(&ListParams::default())
+            .await
+            .unwrap()
+            .0
+            .len(),
+        7
+    );
+
+    let (code, message, _) = api_error(ns.delete("paging", None).await.unwrap_err());
+    assert_eq!(code, 409, "{message}");
+    for i in 0..7 {
+        svc.delete(&format!("s{i}"), None).await.unwrap();
+    }
+    ns.delete("paging", None).await.unwrap();
+}
+
+async fn watches(c: &Client) {
+    let clusters = c.dynamic(kind("cl"), None);
+    let (_, version) = clusters.list_all(&ListParams::default()).await.unwrap();
+    let params = ListParams {
+        resource_version: Some(version.clone()),
+        bookmarks: true,
+        ..Default::default()
+    };
+    let mut w = clusters.watch(&params).await.unwrap();
+    let cluster = |n: &str| json!({"apiVersion": "oakestra.io/v1", "kind": "Cluster", "metadata": {"name": n}, "spec": {}});
+    let a = clusters.create(&cluster("a")).await.unwrap();
+    let a2 = clusters
+        .patch("a", &json!({"metadata": {"labels": {"x": "y"}}}))
+        .await
+        .unwrap();
+    clusters.delete("a", None).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match next_event(&mut w).await {
+            WatchEvent::Added(o) => seen.push(("ADDED", rv(&o))),
+            WatchEvent::Modified(o) => seen.push(("MODIFIED", rv(&o))),
+            WatchEvent::Deleted(o) => seen.push((
+                "DELETED",
+                o["metadata"]["name"].as_str().unwrap().to_string(),
+            )),
+            WatchEvent::Bookmark(_) => {}
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            ("ADDED", rv(&a)),
+            ("MODIFIED", rv(&a2)),
+            ("DELETED", "a".into())
+        ]
+    );
+    // Bookmarks arrive on an idle watch and carry the latest version.
+    let bookmark = loop {
+        if let WatchEvent::Bookmark(v) = next_event(&mut w).await {
+            break v;
+        }
+    };
+    assert!(bookmark.parse::<i64>().unwrap() >= rv(&a2).parse::<i64>().unwrap());
+
+    // Resume from the middle: exactly what came after.
+    let mut resumed = clusters
+        .watch(&ListParams {
+            resource_version: Some(rv(&a)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_event(&mut resumed).await,
+        WatchEvent::Modified(_)
+    ));
+    assert!(matches!(
+        next_event(&mut resumed).await,
+        WatchEvent::Deleted(_)
+    ));
+
+    // Without a version: the current objects first, as ADDED.
+    clusters.create(&cluster("b")).await.unwrap();
+    let mut fresh = clusters.watch(&ListParams::default()).await.unwrap();
+    match next_event(&mut fresh).await {
+        WatchEvent::Added(o) => assert_eq!(o["metadata"]["name"], "b"),
+        other => panic!("expected ADDED b, got {other:?}"),
+    }
+
+    // Many watchers, one write: every watcher sees it.
+    let mut watchers = Vec::new();
+    let (_, now) = clusters.list_all(&ListParams::default()).await.unwrap();
+    for _ in 0..100 {
+        watchers.push(
+            clusters
+                .watch(&ListParams {
+                    resource_version: Some(now.clone()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap(),
+        );
+    }
+    clusters
+        .patch("b", &json!({"metadata": {"labels": {"seen": "yes"}}}))
+        .await
+        .unwrap();
+    for w in &mut watchers {
+        match next_event(w).await {
+            WatchEvent::Modified(o) => assert_eq!(o["metadata"]["labels"]["seen"], "yes"),
+            other => panic!("expected MODIFIED, got {other:?}"),
+        }
+    }
+    let metrics = reqwest::get(format!("{}/metrics", c.base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let watchers_line = metrics
+        .lines()
+        .find(|l| l.starts_with("oakestra_apiserver_watchers "))
+        .expect("watchers metric");
+    let open: i64 = watchers_line.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(open >= 100, "{watchers_line}");
+    assert!(metrics.contains(
+        "oakestra_apiserver_requests_total{verb=\"create\",resource=\"clusters\",code=\"201\"}"
+    ));
+    drop(watchers);
+
+    // Too old: more changes than the watch cache keeps (50 in this config).
+    for i in 0..60 {
+        clusters
+            .patch("b", &json!({"metadata": {"labels": {"n": i.to_string()}}}))
+            .await
+            .unwrap();
+    }
+    let old = ListParams {
+        resource_version: Some(version),
+        ..Default::default()
+    };
+    let e = clusters.watch(&old).await.err().expect("too old");
+    assert!(e.is_gone(), "{e}");
+    clusters.delete("b", None).await.unwrap();
+}
+
+async fn discovery(c: &Client) {
+    let groups = c.get_json("/apis").await.unwrap();
+    assert_eq!(groups["groups"][0]["name"], "oakestra.io");
+    let resources = c.get_json("/apis/oakestra.io/v1").await.unwrap();
+    let names: Vec<_> = resources["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for n in [
+        "clusters",
+        "clusters/status",
+        "nodes",
+        "services",
+        "services/status",
+        "instances",
+        "events",
+    ] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    let core = c.get_json("/api/v1").await.unwrap();
+    assert_eq!(core["resources"][0]["name"], "namespaces");
+    let openapi = c.get_json("/openapi/v3/apis/oakestra.io/v1").await.unwrap();
+    assert!(
+        openapi["components"]["schemas"]["io.oakestra.v1.Service"]["properties"]["spec"]
+            .is_object()
+    );
+    let wrong = c
+        .get_json("/apis/oakestra.io/v1/widgets")
+        .await
+        .unwrap_err();
+    assert!(wrong.is_not_found());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_on_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap());
+    let (_server, client) = start(store).await;
+    all_scenarios(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_on_etcd() {
+    let etcd = e2e::Etcd::start();
+    let store = Arc::new(
+        EtcdStore::connect(&[etcd.url()], "/oakestra")
+            .await
+            .unwrap(),
+    );
+    let (_server, client) = start(store).await;
+    all_scenarios(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_etcd_is_a_clear_error() {
+    let port = e2e::free_port();
+    let err = EtcdStore::connect(&[format!("http://127.0.0.1:{port}")], "/oakestra")
+        .await
+        .err()
+        .expect("no etcd there");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+#[allow(dead_code)]
+fn assert_send(_: &DynamicApi) {}

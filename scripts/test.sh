@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up and run every check: formatting, lints, and all tests (real etcd included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked --workspace
