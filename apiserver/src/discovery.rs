@@ -125,6 +125,8 @@ pub fn openapi(group: &str, version: &str) -> Option<Value> {
                 json!([{"group": k.group, "version": k.version, "kind": k.kind}]),
             );
         }
+        openapi_compatible(&mut schema);
+        schemas.values_mut().for_each(openapi_compatible);
         let mut text = serde_json::to_string(&schema).expect("schema serializes");
         let mut defs_text = serde_json::to_string(&schemas).expect("schemas serialize");
         let ref_prefix = format!("#/components/schemas/{}.", schema_name(k));
@@ -173,4 +175,34 @@ pub fn openapi(group: &str, version: &str) -> Option<Value> {
         "paths": paths,
         "components": {"schemas": schemas},
     }))
+}
+
+/// Replace JSON-Schema boolean schemas (`true`: anything goes), which OpenAPI parsers
+/// such as kubectl's reject, with the equivalent empty schema.
+fn openapi_compatible(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                match (key.as_str(), &*value) {
+                    ("items", Value::Bool(true)) => *value = json!({}),
+                    ("properties", Value::Object(_)) => {
+                        for property in value
+                            .as_object_mut()
+                            .into_iter()
+                            .flat_map(|m| m.values_mut())
+                        {
+                            if property == &Value::Bool(true) {
+                                *property = json!({});
+                            } else {
+                                openapi_compatible(property);
+                            }
+                        }
+                    }
+                    _ => openapi_compatible(value),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(openapi_compatible),
+        _ => {}
+    }
 }

@@ -447,13 +447,14 @@ impl Registry {
                 .list(request)
                 .await
                 .map_err(|e| ApiError::from_storage(e, "namespaces", name))?;
-            if !page.items.is_empty() {
+            if let Some(kv) = page.items.first() {
+                let held = kv.key.rsplit('/').next().unwrap_or_default();
                 return Err(ApiError::Conflict {
                     plural: "namespaces".into(),
                     name: name.into(),
                     message: format!(
-                        "the namespace still holds {}; delete them first",
-                        kind.plural
+                        "the namespace still holds {} {held:?} (and maybe more); delete them first",
+                        kind.singular
                     ),
                 });
             }

@@ -157,3 +157,93 @@ impl Etcd {
 pub fn etcd_binary() -> String {
     std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_string())
 }
+
+/// Path of a binary of this workspace (`oakestra`, `oakctl`), built on first use so
+/// the tests always run the current code.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "oakestra", "-p", "oakctl"])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build");
+        assert!(
+            status.success(),
+            "building the oakestra and oakctl binaries failed"
+        );
+    });
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target.join("debug").join(name)
+}
+
+/// The workspace root (where `manifests/` is).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// An `oakestra root` process on a free port.
+pub struct RootServer {
+    pub port: u16,
+    pub store: String,
+    process: Process,
+    log: PathBuf,
+}
+
+impl RootServer {
+    /// Start `oakestra root --store STORE`; logs go to `log_dir`.
+    pub fn start(store: &str, log_dir: &Path) -> RootServer {
+        let port = free_port();
+        let log = log_dir.join(format!("oakestra-root-{port}.log"));
+        let process = Self::launch(port, store, &log);
+        RootServer {
+            port,
+            store: store.to_string(),
+            process,
+            log,
+        }
+    }
+
+    fn launch(port: u16, store: &str, log: &Path) -> Process {
+        let mut cmd = Command::new(binary("oakestra"));
+        cmd.args([
+            "root",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--store",
+            store,
+        ]);
+        let process = Process::spawn("oakestra root", cmd, Some(log));
+        wait_for_port(port, "oakestra root", Duration::from_secs(30));
+        process
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `kill -9` the server.
+    pub fn kill9(&mut self) {
+        self.process.kill9();
+    }
+
+    /// Start it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.process.kill9();
+        self.process = Self::launch(self.port, &self.store, &self.log);
+    }
+
+    /// What the server logged so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}

@@ -518,6 +518,8 @@ async fn delete(
                 d.name().to_string(),
             ));
         }
+        // Namespaces last: the server refuses to delete a namespace that still holds objects.
+        targets.sort_by_key(|(k, _, _)| k.kind == "Namespace");
     } else {
         let Some(k) = kind_name else {
             bail!("give KIND NAME... or -f FILE")

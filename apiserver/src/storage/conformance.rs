@@ -29,6 +29,7 @@ pub trait Harness: Send {
 /// Run every conformance check against the harness's backend.
 pub async fn run_all(harness: &mut dyn Harness) {
     crud(harness.fresh().await.as_ref()).await;
+    read_your_writes(harness.fresh().await.as_ref()).await;
     list(harness.fresh().await.as_ref()).await;
     watch_order(harness.fresh().await.as_ref()).await;
     watch_resume(harness.fresh().await.as_ref()).await;
@@ -88,6 +89,41 @@ async fn crud(s: &dyn Store) {
         Err(StorageError::NotFound { .. })
     ));
     assert_eq!(s.revision().await.unwrap(), d.mod_revision);
+}
+
+/// A read right after an acknowledged write sees it.
+async fn read_your_writes(s: &dyn Store) {
+    for i in 0..200 {
+        let key = format!("/ryw/{}", i % 3);
+        s.create(&key, vec![1]).await.unwrap();
+        let listed = s
+            .list(ListRequest {
+                prefix: "/ryw/".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            listed.items.len(),
+            1,
+            "iteration {i}: a created key is listed at once"
+        );
+        s.delete(&key, None).await.unwrap();
+        let listed = s
+            .list(ListRequest {
+                prefix: "/ryw/".into(),
+                limit: Some(1),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(
+            listed.items.is_empty(),
+            "iteration {i}: a deleted key is gone at once: {:?}",
+            listed.items
+        );
+        assert!(s.get(&key).await.unwrap().is_none());
+    }
 }
 
 async fn list(s: &dyn Store) {

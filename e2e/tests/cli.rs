@@ -1,0 +1,306 @@
+//! `oakctl` and `kubectl` against a real `oakestra root`, run as a user runs them.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use e2e::RootServer;
+
+struct Cli {
+    server: String,
+    config: tempfile::TempDir,
+}
+
+impl Cli {
+    fn oakctl(&self, args: &[&str]) -> Output {
+        self.oakctl_stdin(args, None)
+    }
+
+    fn oakctl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(e2e::binary("oakctl"));
+        cmd.args(args)
+            .env("OAKCTL_SERVER", &self.server)
+            .env("OAKCTL_CONFIG", self.config.path().join("config.yaml"))
+            .current_dir(e2e::workspace_root())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run oakctl");
+        if let Some(text) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .arg(format!("--server={}", self.server))
+            .args(args)
+            .current_dir(e2e::workspace_root())
+            .output()
+            .expect("kubectl is installed on these machines")
+    }
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "command should fail: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn start(dir: &Path) -> (RootServer, Cli) {
+    let server = RootServer::start(&format!("embedded:{}", dir.join("store").display()), dir);
+    let cli = Cli {
+        server: server.url(),
+        config: tempfile::tempdir().unwrap(),
+    };
+    (server, cli)
+}
+
+#[test]
+fn oakctl_apply_get_describe_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, cli) = start(dir.path());
+
+    let out = ok(cli.oakctl(&["apply", "-f", "manifests/"]));
+    assert_eq!(
+        out,
+        "namespace/demo created\ncluster/munich-1 created\ncluster/berlin-1 created\nservice/web created\nservice/hello created\n"
+    );
+    let again = ok(cli.oakctl(&["apply", "-f", "manifests/"]));
+    assert!(again.lines().all(|l| l.ends_with(" unchanged")), "{again}");
+
+    let table = ok(cli.oakctl(&["get", "svc", "-n", "demo"]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME    RUNTIME     REPLICAS   READY    SERVICE-IP   AGE"),
+        "{table}"
+    );
+    assert!(lines[1].starts_with("hello   process     1"), "{table}");
+    assert!(lines[2].starts_with("web     container   2"), "{table}");
+    let all = ok(cli.oakctl(&["get", "services", "-A", "-l", "app=web"]));
+    assert_eq!(all.lines().count(), 2, "{all}");
+    assert!(
+        all.lines().nth(1).unwrap().starts_with("demo        web"),
+        "{all}"
+    );
+    let yaml = ok(cli.oakctl(&["get", "svc", "web", "-n", "demo", "-o", "yaml"]));
+    assert!(
+        yaml.contains("image: localhost:5000/oakestra/busybox:latest"),
+        "{yaml}"
+    );
+    let names = ok(cli.oakctl(&["get", "cl", "-o", "name"]));
+    assert_eq!(names, "cluster/berlin-1\ncluster/munich-1\n");
+
+    // A changed manifest from stdin is configured.
+    let changed = std::fs::read_to_string(e2e::workspace_root().join("manifests/services.yaml"))
+        .unwrap()
+        .replace("replicas: 2", "replicas: 3");
+    let out = ok(cli.oakctl_stdin(&["apply", "-f", "-"], Some(&changed)));
+    assert!(out.contains("service/web configured"), "{out}");
+
+    let described = ok(cli.oakctl(&["describe", "svc", "web", "-n", "demo"]));
+    for needle in [
+        "Name:             web",
+        "Namespace:        demo",
+        "Generation:       2",
+        "replicas: 3",
+        "Conditions:",
+        "Events:",
+    ] {
+        assert!(
+            described.contains(needle),
+            "{needle:?} missing from:\n{described}"
+        );
+    }
+
+    let out = ok(cli.oakctl(&["delete", "-f", "manifests/services.yaml", "--wait"]));
+    assert!(out.contains("service \"web\" deleted"), "{out}");
+    let err = fails(cli.oakctl(&["get", "svc", "web", "-n", "demo"]));
+    assert_eq!(err, "error: services \"web\" not found\n");
+}
+
+#[test]
+fn oakctl_bad_input_is_refused_and_applies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, cli) = start(dir.path());
+    let good = "apiVersion: oakestra.io/v1\nkind: Cluster\nmetadata: {name: fine}\nspec: {}\n";
+    let cases = [
+        (
+            format!("{good}---\napiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: -1\n  template: {{image: x}}\n"),
+            "bad.yaml: document 2 (Service web)",
+            "document 2: Service \"web\" is invalid: spec.replicas: must be >= 0",
+        ),
+        (format!("{good}---\nkind: Cluster\nmetadata: [oops\n"), "bad.yaml", "document 2: invalid YAML at line 8"),
+        (format!("{good}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\n"), "bad.yaml", "unknown kind \"Deployment\""),
+        (
+            format!("{good}---\napiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  template: {{image: x, cpus: 2}}\n"),
+            "bad.yaml",
+            "spec.template.cpus: unknown field",
+        ),
+    ];
+    for (text, _, expected) in &cases {
+        let path = dir.path().join("bad.yaml");
+        std::fs::write(&path, text).unwrap();
+        let err = fails(cli.oakctl(&["apply", "-f", path.to_str().unwrap()]));
+        assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
+        assert!(err.contains("bad.yaml"), "the file is named:\n{err}");
+        assert!(err.contains("nothing was applied"), "{err}");
+    }
+    let listed = cli.oakctl(&["get", "clusters"]);
+    assert!(
+        ok(listed).is_empty(),
+        "the valid document of an invalid file was not applied"
+    );
+
+    let err = fails(cli.oakctl(&["get", "widgets"]));
+    assert!(err.starts_with("error: unknown kind \"widgets\""), "{err}");
+    let err = fails(
+        Command::new(e2e::binary("oakctl"))
+            .args(["--server", "http://127.0.0.1:1", "get", "svc"])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains("cannot reach the API server at http://127.0.0.1:1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn oakctl_contexts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, cli) = start(dir.path());
+    let no_env = |args: &[&str]| {
+        Command::new(e2e::binary("oakctl"))
+            .args(args)
+            .env_remove("OAKCTL_SERVER")
+            .env("OAKCTL_CONFIG", cli.config.path().join("config.yaml"))
+            .output()
+            .unwrap()
+    };
+    ok(no_env(&[
+        "config",
+        "set-context",
+        "edge",
+        "--server",
+        &cli.server,
+        "--namespace",
+        "kube",
+    ]));
+    ok(no_env(&[
+        "config",
+        "set-context",
+        "nowhere",
+        "--server",
+        "http://127.0.0.1:1",
+    ]));
+    let out = ok(no_env(&["get", "ns"]));
+    assert!(
+        out.contains("default"),
+        "the current context (edge) is used: {out}"
+    );
+    ok(no_env(&["config", "use-context", "nowhere"]));
+    assert!(fails(no_env(&["get", "ns"])).contains("127.0.0.1:1"));
+    assert!(ok(no_env(&["--context", "edge", "get", "ns"])).contains("default"));
+}
+
+#[test]
+fn kubectl_works_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, cli) = start(dir.path());
+    let out = ok(cli.kubectl(&["apply", "-f", "manifests/clusters.yaml"]));
+    assert_eq!(
+        out,
+        "cluster.oakestra.io/munich-1 created\ncluster.oakestra.io/berlin-1 created\n"
+    );
+    let out = ok(cli.kubectl(&["apply", "-f", "manifests/clusters.yaml"]));
+    assert_eq!(
+        out,
+        "cluster.oakestra.io/munich-1 unchanged\ncluster.oakestra.io/berlin-1 unchanged\n"
+    );
+    let out = ok(cli.kubectl(&["apply", "-f", "manifests/services.yaml"]));
+    assert!(out.contains("service.oakestra.io/web created"), "{out}");
+
+    let table = ok(cli.kubectl(&["get", "clusters"]));
+    assert!(table.starts_with("NAME       READY    SUBNET"), "{table}");
+    assert!(table.contains("munich-1"), "{table}");
+    let json: serde_json::Value = serde_json::from_str(&ok(
+        cli.kubectl(&["get", "svc", "-n", "demo", "web", "-o", "json"])
+    ))
+    .unwrap();
+    assert_eq!(json["spec"]["replicas"], 2);
+    let names = ok(cli.kubectl(&["get", "svc", "-A", "-o", "name"]));
+    assert_eq!(
+        names,
+        "service.oakestra.io/hello\nservice.oakestra.io/web\n"
+    );
+
+    // get -w prints a change made by someone else.
+    let mut watch = Command::new("kubectl")
+        .args([
+            &format!("--server={}", cli.server),
+            "get",
+            "clusters",
+            "-w",
+            "--request-timeout=0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // The initial list: header and two clusters.
+    for _ in 0..3 {
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("initial rows");
+    }
+    ok(cli.kubectl(&["label", "cluster", "munich-1", "tier=gold"]));
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a row for the change");
+    assert!(line.starts_with("munich-1"), "{line}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    let bad = "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {name: bad, namespace: demo}\nspec: {replicas: -1, template: {image: x}}\n";
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, bad).unwrap();
+    let err = fails(cli.kubectl(&["apply", "-f", path.to_str().unwrap()]));
+    assert!(err.contains("spec.replicas: must be >= 0"), "{err}");
+
+    let out = ok(cli.kubectl(&["delete", "cluster", "munich-1"]));
+    assert_eq!(out, "cluster.oakestra.io \"munich-1\" deleted\n");
+    let err = fails(cli.kubectl(&["get", "cluster", "munich-1"]));
+    assert!(err.contains("clusters \"munich-1\" not found"), "{err}");
+}
