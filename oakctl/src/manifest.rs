@@ -271,7 +271,7 @@ mod tests {
         let e = parse("bad.yaml", text).unwrap_err();
         let msg = e[0].to_string();
         assert!(
-            msg.starts_with("bad.yaml: document 2: invalid YAML at line 7"),
+            msg.starts_with("bad.yaml: document 2: invalid YAML at line 8"),
             "{msg}"
         );
     }
