@@ -2,8 +2,10 @@
 //!
 //! [`Client`] holds the connection; [`DynamicApi`] speaks to one kind with JSON values
 //! (what `oakctl` needs for arbitrary manifests); [`Api`] is the typed layer over it
-//! for controllers. Errors are typed so callers can tell a conflict from a missing
+//! for controllers; [`runtime`] is the reconcile runtime built on them. Errors are typed so callers can tell a conflict from a missing
 //! object from a transport failure.
+
+pub mod runtime;
 
 use std::marker::PhantomData;
 

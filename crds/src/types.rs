@@ -88,6 +88,9 @@ pub struct ClusterStatus {
     pub capacity: Option<Capacity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocatable: Option<Capacity>,
+    /// Runtimes at least one of the cluster's nodes supports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtimes: Vec<Runtime>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,7 +200,10 @@ pub struct Placement {
     /// Only these clusters may run the Service (empty: any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clusters: Vec<String>,
-    /// Labels a Node (and Cluster) must carry.
+    /// Labels a Cluster must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cluster_selector: BTreeMap<String, String>,
+    /// Labels a Node must carry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

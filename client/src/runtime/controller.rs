@@ -1,0 +1,290 @@
+//! The controller loop: a work queue of object keys fed by watches, run by a bounded
+//! number of reconcilers.
+//!
+//! Guarantees: a key queued many times is reconciled once; one key is never reconciled
+//! twice at once (a trigger during a reconcile runs it again afterwards); at most
+//! `concurrency` reconciles run; a failed reconcile is retried with per-key exponential
+//! backoff decided by the error policy; [`Action::requeue`] schedules the next run;
+//! reconciles start only after every cache has its first list; shutdown lets running
+//! reconciles finish.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::reflector::{self, ObjectRef, Store};
+use super::watcher::{watcher, Backoff, Event};
+use crate::{Api, ListParams};
+use crds::Resource;
+
+/// What to do after a reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    requeue_after: Option<Duration>,
+}
+
+impl Action {
+    /// Reconcile again after `d` even if nothing changes.
+    pub fn requeue(d: Duration) -> Self {
+        Action { requeue_after: Some(d) }
+    }
+    /// Reconcile again only when a watched object changes.
+    pub fn await_change() -> Self {
+        Action { requeue_after: None }
+    }
+}
+
+/// The default error policy: retry with per-key exponential backoff (100 ms .. 60 s).
+pub fn backoff_policy() -> Duration {
+    Duration::from_millis(100)
+}
+
+type Trigger = mpsc::UnboundedSender<ObjectRef>;
+
+/// Builds and runs a controller for objects of kind `K`.
+pub struct Controller<K: Resource> {
+    store: Store<K>,
+    trigger_tx: Trigger,
+    trigger_rx: mpsc::UnboundedReceiver<ObjectRef>,
+    readiness: Vec<Box<dyn Fn() -> bool + Send + Sync>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    concurrency: usize,
+    name: String,
+}
+
+impl<K: Resource> Controller<K> {
+    /// Reconcile every object of `api` that matches `params`.
+    pub fn new(api: Api<K>, params: ListParams) -> Self {
+        let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
+        let (store, writer) = reflector::store();
+        let tx = trigger_tx.clone();
+        let main = tokio::spawn(drive(writer, api, params, move |event: &Event<K>| match event {
+            Event::Applied(k) | Event::Deleted(k) => vec![ObjectRef::of(k)],
+            Event::Restarted(all) => all.iter().map(ObjectRef::of).collect(),
+        }, tx));
+        let readiness_store = store.clone();
+        Controller {
+            store,
+            trigger_tx,
+            trigger_rx,
+            readiness: vec![Box::new(move || readiness_store.is_ready())],
+            tasks: vec![main],
+            concurrency: 4,
+            name: K::KIND.to_lowercase(),
+        }
+    }
+
+    /// The cache of the reconciled kind.
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// Name used in logs.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Also watch objects of kind `R`; every change of one queues the keys `mapper`
+    /// returns. The returned store is the cache of `R`, for reconcilers and mappers.
+    pub fn watches<R: Resource>(
+        &mut self,
+        api: Api<R>,
+        params: ListParams,
+        mapper: impl Fn(&R) -> Vec<ObjectRef> + Send + Sync + 'static,
+    ) -> Store<R> {
+        let (store, writer) = reflector::store();
+        let task = tokio::spawn(drive(writer, api, params, move |event: &Event<R>| match event {
+            Event::Applied(r) | Event::Deleted(r) => mapper(r),
+            Event::Restarted(all) => all.iter().flat_map(&mapper).collect(),
+        }, self.trigger_tx.clone()));
+        self.tasks.push(task);
+        let ready = store.clone();
+        self.readiness.push(Box::new(move || ready.is_ready()));
+        store
+    }
+
+    /// A handle that queues keys from elsewhere (e.g. a periodic resync).
+    pub fn trigger(&self) -> impl Fn(ObjectRef) + Send + Sync + 'static {
+        let tx = self.trigger_tx.clone();
+        move |key| {
+            let _ = tx.send(key);
+        }
+    }
+
+    /// Run until `shutdown` completes. `reconcile` gets the cached object; its error
+    /// goes to the log and the key is retried with backoff.
+    pub async fn run<F, Fut, E>(mut self, reconcile: F, shutdown: impl Future<Output = ()> + Send)
+    where
+        F: Fn(Arc<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Action, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let reconcile = Arc::new(reconcile);
+        tokio::pin!(shutdown);
+        // Reconciles start once every cache has its first list.
+        while !self.readiness.iter().all(|r| r()) {
+            tokio::select! {
+                _ = &mut shutdown => return self.stop(),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        tracing::info!(controller = %self.name, objects = self.store.len(), "caches ready, reconciling");
+        let mut queue = Queue::default();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(ObjectRef, Result<Action, String>)>();
+        let mut backoffs: HashMap<ObjectRef, Backoff> = HashMap::new();
+        for k in self.store.state() {
+            queue.push(ObjectRef::of(k.as_ref()));
+        }
+        loop {
+            while queue.running.len() < self.concurrency {
+                let Some(key) = queue.pop() else { break };
+                let Some(object) = self.store.get(&key) else {
+                    // Gone from the cache: nothing to reconcile (owners clean up through
+                    // finalizers and garbage collection).
+                    queue.finish(&key);
+                    continue;
+                };
+                let reconcile = reconcile.clone();
+                let done = done_tx.clone();
+                let span = tracing::debug_span!("reconcile", controller = %self.name, object = %key);
+                tokio::spawn(async move {
+                    let result = reconcile(object).await.map_err(|e| e.to_string());
+                    let _ = done.send((key, result));
+                });
+                drop(span);
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(key) = self.trigger_rx.recv() => queue.push(key),
+                Some((key, result)) = done_rx.recv() => {
+                    let delay = match result {
+                        Ok(action) => {
+                            backoffs.remove(&key);
+                            action.requeue_after
+                        }
+                        Err(e) => {
+                            let delay = backoffs
+                                .entry(key.clone())
+                                .or_insert_with(|| Backoff::new(backoff_policy(), Duration::from_secs(60)))
+                                .next_delay();
+                            tracing::warn!(controller = %self.name, object = %key, error = %e, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+                            Some(delay)
+                        }
+                    };
+                    queue.finish(&key);
+                    if let Some(delay) = delay {
+                        let tx = self.trigger_tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = tx.send(key);
+                        });
+                    }
+                }
+            }
+        }
+        // Let running reconciles finish.
+        while !queue.running.is_empty() {
+            match done_rx.recv().await {
+                Some((key, _)) => queue.finish(&key),
+                None => break,
+            }
+        }
+        self.stop();
+    }
+
+    fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        tracing::info!(controller = %self.name, "stopped");
+    }
+}
+
+/// Feed a reflector from a watcher and queue the keys each event maps to.
+async fn drive<R: Resource>(
+    writer: reflector::Writer<R>,
+    api: Api<R>,
+    params: ListParams,
+    keys: impl Fn(&Event<R>) -> Vec<ObjectRef> + Send + 'static,
+    trigger: Trigger,
+) {
+    let events = reflector::reflector(writer, watcher(api, params));
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(e) => {
+                for key in keys(&e) {
+                    let _ = trigger.send(key);
+                }
+            }
+            Err(e) => tracing::debug!(kind = R::KIND, error = %e, "watch interrupted"),
+        }
+    }
+}
+
+/// Keys waiting, running, and to run again after their current run.
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<ObjectRef>,
+    queued: HashSet<ObjectRef>,
+    running: HashSet<ObjectRef>,
+    again: HashSet<ObjectRef>,
+}
+
+impl Queue {
+    fn push(&mut self, key: ObjectRef) {
+        if self.running.contains(&key) {
+            self.again.insert(key);
+        } else if self.queued.insert(key.clone()) {
+            self.waiting.push_back(key);
+        }
+    }
+
+    fn pop(&mut self) -> Option<ObjectRef> {
+        let key = self.waiting.pop_front()?;
+        self.queued.remove(&key);
+        self.running.insert(key.clone());
+        Some(key)
+    }
+
+    fn finish(&mut self, key: &ObjectRef) {
+        self.running.remove(key);
+        if self.again.remove(key) {
+            self.push(key.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_merges_duplicates_and_never_runs_a_key_twice() {
+        let mut q = Queue::default();
+        let a = ObjectRef::new(None, "a");
+        let b = ObjectRef::new(None, "b");
+        q.push(a.clone());
+        q.push(a.clone());
+        q.push(b.clone());
+        assert_eq!(q.pop(), Some(a.clone()));
+        q.push(a.clone()); // while running: deferred
+        assert_eq!(q.pop(), Some(b.clone()));
+        assert_eq!(q.pop(), None, "a is running, so it is not handed out again");
+        q.finish(&a);
+        assert_eq!(q.pop(), Some(a.clone()), "the trigger during the run queues it once more");
+        q.finish(&a);
+        q.finish(&b);
+        assert_eq!(q.pop(), None);
+    }
+}

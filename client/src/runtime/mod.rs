@@ -1,0 +1,15 @@
+//! The reconcile runtime: [`watcher`] → [`reflector`] → [`controller`], plus an
+//! [`events`] recorder. Every controller and the worker agent are built on it.
+//!
+//! Reconcile functions are level-triggered: they read the cached state, move the world
+//! one step toward the desired state, and never rely on having seen every event.
+
+pub mod controller;
+pub mod events;
+pub mod reflector;
+pub mod watcher;
+
+pub use controller::{Action, Controller};
+pub use events::Recorder;
+pub use reflector::{ObjectRef, Store};
+pub use watcher::{watcher, Event};

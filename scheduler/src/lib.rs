@@ -1,0 +1,294 @@
+//! Placement decisions, shared by root placement (candidates are clusters) and the
+//! cluster scheduler (candidates are nodes).
+//!
+//! Plain data in, plain data out: [`schedule`] filters the candidates (ready,
+//! schedulable, runtime, allowed names, labels, geo distance, free resources) and
+//! scores the rest (spread a Service's replicas, then prefer the most free capacity
+//! after placement). When nothing fits it says why, candidate by candidate, with
+//! Oakestra's reasons `NoTargetCluster` / `NoResourcesAvailable`.
+
+use std::collections::BTreeMap;
+
+use crds::{Capacity, Location, Placement, Resources, Runtime};
+
+/// What is being chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Cluster,
+    Node,
+}
+
+impl Tier {
+    fn noun(self) -> &'static str {
+        match self {
+            Tier::Cluster => "cluster",
+            Tier::Node => "node",
+        }
+    }
+    /// Reason when no candidate passes the constraints.
+    pub fn no_target(self) -> &'static str {
+        match self {
+            Tier::Cluster => "NoTargetCluster",
+            Tier::Node => "NoTargetNode",
+        }
+    }
+}
+
+/// Reason when candidates pass the constraints but none has room.
+pub const NO_RESOURCES: &str = "NoResourcesAvailable";
+
+/// One cluster or node, as the scheduler sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Candidate {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ready: bool,
+    pub schedulable: bool,
+    pub runtimes: Vec<Runtime>,
+    pub location: Option<Location>,
+    /// Allocatable as reported.
+    pub allocatable: Capacity,
+    /// Requests of work placed here but not yet reflected in `allocatable`.
+    pub in_flight: Resources,
+    /// Replicas of the same Service already here.
+    pub replicas_here: u32,
+}
+
+/// What one Instance needs.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub tier: Tier,
+    pub runtime: Runtime,
+    pub resources: &'a Resources,
+    pub placement: &'a Placement,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Place on this candidate.
+    Place(String),
+    /// Nothing fits: a reason word and a message naming what failed where.
+    Unschedulable { reason: &'static str, message: String },
+}
+
+/// Great-circle distance in km between two points (haversine, mean Earth radius).
+pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (lat1, lon1, lat2, lon2) = (a.0.to_radians(), a.1.to_radians(), b.0.to_radians(), b.1.to_radians());
+    let h = ((lat2 - lat1) / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
+    2.0 * 6371.0 * h.sqrt().asin()
+}
+
+/// Why a candidate fails the constraints (not resources), if it does.
+fn constraint_failure(c: &Candidate, r: &Request) -> Option<String> {
+    if !c.ready {
+        return Some("not ready".into());
+    }
+    if !c.schedulable {
+        return Some("unschedulable".into());
+    }
+    if !c.runtimes.contains(&r.runtime) {
+        return Some(format!("does not support runtime {}", format!("{:?}", r.runtime).to_lowercase()));
+    }
+    let (allowed, selector) = match r.tier {
+        Tier::Cluster => (&r.placement.clusters, &r.placement.cluster_selector),
+        Tier::Node => (&Vec::new(), &r.placement.node_selector),
+    };
+    if !allowed.is_empty() && !allowed.contains(&c.name) {
+        return Some(format!("not in the allowed clusters {allowed:?}"));
+    }
+    if let Some((k, v)) = selector.iter().find(|(k, v)| c.labels.get(*k) != Some(v)) {
+        return Some(format!("lacks label {k}={v}"));
+    }
+    if let Some(geo) = &r.placement.geo {
+        match &c.location {
+            None => return Some("has no location (geo constraint)".into()),
+            Some(l) => {
+                let d = distance_km((geo.latitude, geo.longitude), (l.latitude, l.longitude));
+                if d > geo.max_distance_km {
+                    return Some(format!("is {d:.0} km away, max {} km", geo.max_distance_km));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Free capacity after counting in-flight work.
+fn free(c: &Candidate) -> (i64, i64, i64) {
+    (
+        c.allocatable.cpu_millicores as i64 - c.in_flight.cpu_millicores as i64,
+        c.allocatable.memory_mib as i64 - c.in_flight.memory_mib as i64,
+        c.allocatable.gpus as i64 - c.in_flight.gpus as i64,
+    )
+}
+
+fn resource_failure(c: &Candidate, r: &Request) -> Option<String> {
+    let (cpu, mem, gpus) = free(c);
+    let mut short = Vec::new();
+    if (r.resources.cpu_millicores as i64) > cpu {
+        short.push(format!("cpu {}m free < {}m requested", cpu.max(0), r.resources.cpu_millicores));
+    }
+    if (r.resources.memory_mib as i64) > mem {
+        short.push(format!("memory {}MiB free < {}MiB requested", mem.max(0), r.resources.memory_mib));
+    }
+    if (r.resources.gpus as i64) > gpus {
+        short.push(format!("gpus {} free < {} requested", gpus.max(0), r.resources.gpus));
+    }
+    (!short.is_empty()).then(|| short.join(", "))
+}
+
+/// Fraction of the candidate left free after placing the request (0..1, higher is better).
+fn free_after(c: &Candidate, r: &Request) -> f64 {
+    let (cpu, mem, _) = free(c);
+    let frac = |free: i64, req: u64, total: u64| {
+        if total == 0 {
+            0.0
+        } else {
+            (free - req as i64) as f64 / total as f64
+        }
+    };
+    (frac(cpu, r.resources.cpu_millicores, c.allocatable.cpu_millicores)
+        + frac(mem, r.resources.memory_mib, c.allocatable.memory_mib))
+        / 2.0
+}
+
+/// Choose where one Instance goes.
+pub fn schedule(candidates: &[Candidate], r: &Request) -> Decision {
+    let noun = r.tier.noun();
+    if candidates.is_empty() {
+        return Decision::Unschedulable { reason: r.tier.no_target(), message: format!("there is no {noun}") };
+    }
+    let mut failures = Vec::new();
+    let mut fitting = Vec::new();
+    let mut any_passed_constraints = false;
+    for c in candidates {
+        if let Some(why) = constraint_failure(c, r) {
+            failures.push(format!("{}: {why}", c.name));
+        } else {
+            any_passed_constraints = true;
+            match resource_failure(c, r) {
+                Some(why) => failures.push(format!("{}: {why}", c.name)),
+                None => fitting.push(c),
+            }
+        }
+    }
+    let best = fitting.into_iter().min_by(|a, b| {
+        a.replicas_here
+            .cmp(&b.replicas_here)
+            .then(free_after(b, r).total_cmp(&free_after(a, r)))
+            .then(a.name.cmp(&b.name))
+    });
+    match best {
+        Some(c) => Decision::Place(c.name.clone()),
+        None => {
+            failures.sort();
+            let shown = failures.len().min(10);
+            let mut message = format!("0/{} {noun}s fit: {}", candidates.len(), failures[..shown].join("; "));
+            if failures.len() > shown {
+                message.push_str(&format!("; and {} more", failures.len() - shown));
+            }
+            let reason = if any_passed_constraints { NO_RESOURCES } else { r.tier.no_target() };
+            Decision::Unschedulable { reason, message }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crds::GeoConstraint;
+
+    fn cluster(name: &str, cpu: u64, mem: u64) -> Candidate {
+        Candidate {
+            name: name.into(),
+            ready: true,
+            schedulable: true,
+            runtimes: vec![Runtime::Container],
+            allocatable: Capacity { cpu_millicores: cpu, memory_mib: mem, gpus: 0, nodes: 1 },
+            ..Default::default()
+        }
+    }
+
+    fn request<'a>(resources: &'a Resources, placement: &'a Placement) -> Request<'a> {
+        Request { tier: Tier::Cluster, runtime: Runtime::Container, resources, placement }
+    }
+
+    #[test]
+    fn table_of_decisions() {
+        let res = Resources { cpu_millicores: 500, memory_mib: 256, ..Default::default() };
+        let none = Placement::default();
+        let munich = Location { latitude: 48.137, longitude: 11.575, place: None };
+        let berlin = Location { latitude: 52.52, longitude: 13.405, place: None };
+        let near_munich = Placement {
+            geo: Some(GeoConstraint { latitude: 48.1, longitude: 11.6, max_distance_km: 100.0 }),
+            ..Default::default()
+        };
+        let only_b = Placement { clusters: vec!["b".into()], ..Default::default() };
+        let gold = Placement { cluster_selector: [("tier".to_string(), "gold".to_string())].into(), ..Default::default() };
+
+        let mut not_ready = cluster("a", 4000, 4096);
+        not_ready.ready = false;
+        let mut at_munich = cluster("a", 1000, 1024);
+        at_munich.location = Some(munich);
+        let mut at_berlin = cluster("b", 4000, 4096);
+        at_berlin.location = Some(berlin);
+        let mut busy = cluster("a", 1000, 1024);
+        busy.in_flight = Resources { cpu_millicores: 800, ..Default::default() };
+        let mut spread = cluster("a", 8000, 8192);
+        spread.replicas_here = 2;
+        let mut labelled = cluster("b", 1000, 1024);
+        labelled.labels.insert("tier".into(), "gold".into());
+
+        let cases: Vec<(&str, Vec<Candidate>, &Placement, Decision)> = vec![
+            ("most free wins", vec![cluster("a", 1000, 1024), cluster("b", 4000, 4096)], &none, Decision::Place("b".into())),
+            ("not ready is skipped", vec![not_ready.clone(), cluster("b", 1000, 1024)], &none, Decision::Place("b".into())),
+            ("geo keeps it near", vec![at_munich.clone(), at_berlin.clone()], &near_munich, Decision::Place("a".into())),
+            ("in-flight work counts", vec![busy.clone(), cluster("b", 600, 600)], &none, Decision::Place("b".into())),
+            ("spread beats free capacity", vec![spread, cluster("b", 1000, 1024)], &none, Decision::Place("b".into())),
+            ("allowed clusters", vec![cluster("a", 9000, 9000), cluster("b", 1000, 1024)], &only_b, Decision::Place("b".into())),
+            ("cluster selector", vec![cluster("a", 9000, 9000), labelled], &gold, Decision::Place("b".into())),
+            (
+                "nothing meets the constraints",
+                vec![not_ready, at_berlin],
+                &near_munich,
+                Decision::Unschedulable {
+                    reason: "NoTargetCluster",
+                    message: "0/2 clusters fit: a: not ready; b: is 508 km away, max 100 km".into(),
+                },
+            ),
+            (
+                "no room",
+                vec![busy],
+                &none,
+                Decision::Unschedulable {
+                    reason: "NoResourcesAvailable",
+                    message: "0/1 clusters fit: a: cpu 200m free < 500m requested".into(),
+                },
+            ),
+        ];
+        for (name, candidates, placement, expected) in cases {
+            assert_eq!(schedule(&candidates, &request(&res, placement)), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn runtime_must_be_supported() {
+        let res = Resources::default();
+        let none = Placement::default();
+        let r = Request { tier: Tier::Node, runtime: Runtime::Process, resources: &res, placement: &none };
+        let d = schedule(&[cluster("n1", 1000, 1000)], &r);
+        assert_eq!(
+            d,
+            Decision::Unschedulable { reason: "NoTargetNode", message: "0/1 nodes fit: n1: does not support runtime process".into() }
+        );
+    }
+
+    #[test]
+    fn distances() {
+        let munich = (48.137, 11.575);
+        let berlin = (52.52, 13.405);
+        let d = distance_km(munich, berlin);
+        assert!((d - 504.0).abs() < 5.0, "{d}");
+        assert_eq!(distance_km(munich, munich), 0.0);
+    }
+}
