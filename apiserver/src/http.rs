@@ -20,7 +20,7 @@ use crate::discovery;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, RequestLabels, VerbLabels};
 use crate::object::{self, FieldSelector, LabelSelector};
-use crate::registry::{ListOptions, Part, Registry};
+use crate::registry::{DeleteOptions, ListOptions, Part, Propagation, Registry};
 use crate::watch::WatchError;
 
 /// Limits and intervals of the HTTP API.
@@ -350,8 +350,8 @@ async fn handle(
                 .map_err(|_| ApiError::TooLarge {
                     limit: state.config.max_body_bytes,
                 })?;
-            let precondition = delete_precondition(&body)?;
-            Ok(Json(registry.delete(kind, ns, name, precondition).await?).into_response())
+            let options = delete_options(&body, query)?;
+            Ok(Json(registry.delete(kind, ns, name, &options).await?).into_response())
         }
         _ => Err(ApiError::MethodNotAllowed(format!(
             "{method} is not supported on this path"
@@ -359,23 +359,50 @@ async fn handle(
     }
 }
 
-/// `preconditions.resourceVersion` of a `DeleteOptions` body, if any.
-fn delete_precondition(body: &Bytes) -> Result<Option<i64>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    let options: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::BadRequest(format!("the DeleteOptions body is not valid JSON: {e}"))
-    })?;
-    match options
+/// The `DeleteOptions` of a delete: `preconditions.resourceVersion` and
+/// `propagationPolicy` from the body, the query overriding the policy.
+fn delete_options(
+    body: &Bytes,
+    query: &HashMap<String, String>,
+) -> Result<DeleteOptions, ApiError> {
+    let options: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::BadRequest(format!("the DeleteOptions body is not valid JSON: {e}"))
+        })?
+    };
+    let precondition = match options
         .pointer("/preconditions/resourceVersion")
         .and_then(Value::as_str)
     {
-        Some(v) => v.parse().map(Some).map_err(|_| {
+        Some(v) => Some(v.parse().map_err(|_| {
             ApiError::BadRequest(format!("preconditions.resourceVersion: {v:?} is not valid"))
-        }),
-        None => Ok(None),
-    }
+        })?),
+        None => None,
+    };
+    let policy = query
+        .get("propagationPolicy")
+        .map(String::as_str)
+        .or_else(|| options.get("propagationPolicy").and_then(Value::as_str));
+    let propagation = match policy {
+        None | Some("Background") => Propagation::Background,
+        Some("Foreground") => Propagation::Foreground,
+        Some("Orphan") => {
+            return Err(ApiError::BadRequest(
+                "propagationPolicy Orphan is not supported; use Background or Foreground".into(),
+            ))
+        }
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "propagationPolicy: {other:?} is not one of Background, Foreground"
+            )))
+        }
+    };
+    Ok(DeleteOptions {
+        precondition,
+        propagation,
+    })
 }
 
 /// A `meta.k8s.io/v1` Table of `items` (kubectl asks for tables to print `get`).

@@ -27,6 +27,24 @@ pub struct ListOptions {
     pub revision: Option<i64>,
 }
 
+/// How a delete treats the object's dependents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Propagation {
+    /// Delete the object now; garbage collection deletes its dependents afterwards.
+    #[default]
+    Background,
+    /// Keep the object (with `foregroundDeletion`) until its dependents are gone.
+    Foreground,
+}
+
+/// Options of a delete.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    /// Delete only at this resourceVersion.
+    pub precondition: Option<i64>,
+    pub propagation: Propagation,
+}
+
 /// Which part of an object a write changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -377,14 +395,17 @@ impl Registry {
     }
 
     /// Delete an object; with finalizers it is only marked (`deletionTimestamp`) and
-    /// goes once the last finalizer is removed.
+    /// goes once the last finalizer is removed. Foreground propagation adds the
+    /// `foregroundDeletion` finalizer, which garbage collection removes once the
+    /// object's dependents are gone.
     pub async fn delete(
         &self,
         kind: &KindInfo,
         ns: Option<&str>,
         name: &str,
-        precondition: Option<i64>,
+        options: &DeleteOptions,
     ) -> Result<Value, ApiError> {
+        let precondition = options.precondition;
         if kind.kind == "Namespace" {
             self.check_namespace_deletable(name).await?;
         }
@@ -403,6 +424,18 @@ impl Registry {
                 ));
             }
             let mut current = decode(&kv)?;
+            if options.propagation == Propagation::Foreground
+                && current["metadata"].get("deletionTimestamp").is_none()
+            {
+                let meta = object::meta_mut(&mut current);
+                let finalizers = meta.entry("finalizers").or_insert_with(|| json!([]));
+                if let Some(list) = finalizers
+                    .as_array_mut()
+                    .filter(|l| !l.contains(&json!(crds::FOREGROUND_DELETION)))
+                {
+                    list.push(json!(crds::FOREGROUND_DELETION));
+                }
+            }
             let has_finalizers = current["metadata"]["finalizers"]
                 .as_array()
                 .is_some_and(|f| !f.is_empty());

@@ -87,6 +87,10 @@ pub struct Condition {
     pub last_transition_time: Option<Time>,
 }
 
+/// The finalizer that makes a deletion wait until the object's dependents are gone
+/// (`propagationPolicy: Foreground`).
+pub const FOREGROUND_DELETION: &str = "foregroundDeletion";
+
 /// Find a condition by type.
 pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
@@ -148,4 +152,43 @@ impl Status {
             code,
         }
     }
+}
+
+/// Set condition `type_` to the given status, reason and message. The transition time
+/// changes only when the status does. Returns whether anything changed.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: ConditionStatus,
+    reason: &str,
+    message: &str,
+    now: Time,
+) -> bool {
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) if c.status == status && c.reason == reason && c.message == message => false,
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = Some(now);
+            }
+            c.status = status;
+            c.reason = reason.to_string();
+            c.message = message.to_string();
+            true
+        }
+        None => {
+            conditions.push(Condition {
+                type_: type_.to_string(),
+                status,
+                reason: reason.to_string(),
+                message: message.to_string(),
+                last_transition_time: Some(now),
+            });
+            true
+        }
+    }
+}
+
+/// Whether condition `type_` is `True`.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find_condition(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True)
 }

@@ -30,11 +30,15 @@ pub struct Action {
 impl Action {
     /// Reconcile again after `d` even if nothing changes.
     pub fn requeue(d: Duration) -> Self {
-        Action { requeue_after: Some(d) }
+        Action {
+            requeue_after: Some(d),
+        }
     }
     /// Reconcile again only when a watched object changes.
     pub fn await_change() -> Self {
-        Action { requeue_after: None }
+        Action {
+            requeue_after: None,
+        }
     }
 }
 
@@ -62,10 +66,16 @@ impl<K: Resource> Controller<K> {
         let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
         let (store, writer) = reflector::store();
         let tx = trigger_tx.clone();
-        let main = tokio::spawn(drive(writer, api, params, move |event: &Event<K>| match event {
-            Event::Applied(k) | Event::Deleted(k) => vec![ObjectRef::of(k)],
-            Event::Restarted(all) => all.iter().map(ObjectRef::of).collect(),
-        }, tx));
+        let main = tokio::spawn(drive(
+            writer,
+            api,
+            params,
+            move |event: &Event<K>| match event {
+                Event::Applied(k) | Event::Deleted(k) => vec![ObjectRef::of(k)],
+                Event::Restarted(all) => all.iter().map(ObjectRef::of).collect(),
+            },
+            tx,
+        ));
         let readiness_store = store.clone();
         Controller {
             store,
@@ -103,10 +113,16 @@ impl<K: Resource> Controller<K> {
         mapper: impl Fn(&R) -> Vec<ObjectRef> + Send + Sync + 'static,
     ) -> Store<R> {
         let (store, writer) = reflector::store();
-        let task = tokio::spawn(drive(writer, api, params, move |event: &Event<R>| match event {
-            Event::Applied(r) | Event::Deleted(r) => mapper(r),
-            Event::Restarted(all) => all.iter().flat_map(&mapper).collect(),
-        }, self.trigger_tx.clone()));
+        let task = tokio::spawn(drive(
+            writer,
+            api,
+            params,
+            move |event: &Event<R>| match event {
+                Event::Applied(r) | Event::Deleted(r) => mapper(r),
+                Event::Restarted(all) => all.iter().flat_map(&mapper).collect(),
+            },
+            self.trigger_tx.clone(),
+        ));
         self.tasks.push(task);
         let ready = store.clone();
         self.readiness.push(Box::new(move || ready.is_ready()));
@@ -140,7 +156,8 @@ impl<K: Resource> Controller<K> {
         }
         tracing::info!(controller = %self.name, objects = self.store.len(), "caches ready, reconciling");
         let mut queue = Queue::default();
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(ObjectRef, Result<Action, String>)>();
+        let (done_tx, mut done_rx) =
+            mpsc::unbounded_channel::<(ObjectRef, Result<Action, String>)>();
         let mut backoffs: HashMap<ObjectRef, Backoff> = HashMap::new();
         for k in self.store.state() {
             queue.push(ObjectRef::of(k.as_ref()));
@@ -156,7 +173,8 @@ impl<K: Resource> Controller<K> {
                 };
                 let reconcile = reconcile.clone();
                 let done = done_tx.clone();
-                let span = tracing::debug_span!("reconcile", controller = %self.name, object = %key);
+                let span =
+                    tracing::debug_span!("reconcile", controller = %self.name, object = %key);
                 tokio::spawn(async move {
                     let result = reconcile(object).await.map_err(|e| e.to_string());
                     let _ = done.send((key, result));
@@ -282,7 +300,11 @@ mod tests {
         assert_eq!(q.pop(), Some(b.clone()));
         assert_eq!(q.pop(), None, "a is running, so it is not handed out again");
         q.finish(&a);
-        assert_eq!(q.pop(), Some(a.clone()), "the trigger during the run queues it once more");
+        assert_eq!(
+            q.pop(),
+            Some(a.clone()),
+            "the trigger during the run queues it once more"
+        );
         q.finish(&a);
         q.finish(&b);
         assert_eq!(q.pop(), None);

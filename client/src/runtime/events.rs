@@ -20,17 +20,32 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(client: Client, source: &str) -> Self {
-        Recorder { client, source: source.to_string() }
+        Recorder {
+            client,
+            source: source.to_string(),
+        }
     }
 
     /// Record an event about `object`; failures are logged, never fatal.
-    pub async fn record<K: Resource>(&self, object: &K, type_: EventType, reason: &str, message: &str) {
+    pub async fn record<K: Resource>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        message: &str,
+    ) {
         if let Err(e) = self.try_record(object, type_, reason, message).await {
             tracing::warn!(reason, error = %e, "could not record event");
         }
     }
 
-    async fn try_record<K: Resource>(&self, object: &K, type_: EventType, reason: &str, message: &str) -> crate::Result<()> {
+    async fn try_record<K: Resource>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        message: &str,
+    ) -> crate::Result<()> {
         let meta = object.metadata();
         let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -55,7 +70,11 @@ impl Recorder {
             let event = Event {
                 api_version: API_VERSION.into(),
                 kind: "Event".into(),
-                metadata: ObjectMeta { name: name.clone(), namespace: Some(namespace.clone()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: name.clone(),
+                    namespace: Some(namespace.clone()),
+                    ..Default::default()
+                },
                 involved_object: ObjectReference {
                     kind: K::KIND.into(),
                     name: meta.name.clone(),

@@ -22,12 +22,18 @@ pub struct ObjectRef {
 
 impl ObjectRef {
     pub fn new(namespace: Option<&str>, name: &str) -> Self {
-        ObjectRef { namespace: namespace.map(String::from), name: name.to_string() }
+        ObjectRef {
+            namespace: namespace.map(String::from),
+            name: name.to_string(),
+        }
     }
 
     pub fn of<K: Resource>(k: &K) -> Self {
         let m = k.metadata();
-        ObjectRef { namespace: m.namespace.clone(), name: m.name.clone() }
+        ObjectRef {
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+        }
     }
 }
 
@@ -50,7 +56,10 @@ pub struct Store<K> {
 
 impl<K> Clone for Store<K> {
     fn clone(&self) -> Self {
-        Store { map: self.map.clone(), ready: self.ready.clone() }
+        Store {
+            map: self.map.clone(),
+            ready: self.ready.clone(),
+        }
     }
 }
 
@@ -64,7 +73,13 @@ pub struct Writer<K> {
 pub fn store<K>() -> (Store<K>, Writer<K>) {
     let map: Map<K> = Arc::default();
     let (tx, rx) = watch::channel(false);
-    (Store { map: map.clone(), ready: rx }, Writer { map, ready: tx })
+    (
+        Store {
+            map: map.clone(),
+            ready: rx,
+        },
+        Writer { map, ready: tx },
+    )
 }
 
 impl<K: Resource> Store<K> {
@@ -74,12 +89,23 @@ impl<K: Resource> Store<K> {
 
     /// Every cached object.
     pub fn state(&self) -> Vec<Arc<K>> {
-        self.map.read().expect("store lock").values().cloned().collect()
+        self.map
+            .read()
+            .expect("store lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Cached objects that satisfy `filter`.
     pub fn find(&self, filter: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
-        self.map.read().expect("store lock").values().filter(|k| filter(k)).cloned().collect()
+        self.map
+            .read()
+            .expect("store lock")
+            .values()
+            .filter(|k| filter(k))
+            .cloned()
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -105,13 +131,22 @@ impl<K: Resource> Writer<K> {
     pub fn apply(&mut self, event: &Event<K>) {
         match event {
             Event::Applied(k) => {
-                self.map.write().expect("store lock").insert(ObjectRef::of(k), Arc::new(k.clone()));
+                self.map
+                    .write()
+                    .expect("store lock")
+                    .insert(ObjectRef::of(k), Arc::new(k.clone()));
             }
             Event::Deleted(k) => {
-                self.map.write().expect("store lock").remove(&ObjectRef::of(k));
+                self.map
+                    .write()
+                    .expect("store lock")
+                    .remove(&ObjectRef::of(k));
             }
             Event::Restarted(all) => {
-                let fresh: HashMap<_, _> = all.iter().map(|k| (ObjectRef::of(k), Arc::new(k.clone()))).collect();
+                let fresh: HashMap<_, _> = all
+                    .iter()
+                    .map(|k| (ObjectRef::of(k), Arc::new(k.clone())))
+                    .collect();
                 *self.map.write().expect("store lock") = fresh;
                 self.ready.send_replace(true);
             }
@@ -120,7 +155,10 @@ impl<K: Resource> Writer<K> {
 }
 
 /// Apply every event of `stream` to `writer`, passing the events on.
-pub fn reflector<K: Resource, S, E>(mut writer: Writer<K>, stream: S) -> impl Stream<Item = Result<Event<K>, E>>
+pub fn reflector<K: Resource, S, E>(
+    mut writer: Writer<K>,
+    stream: S,
+) -> impl Stream<Item = Result<Event<K>, E>>
 where
     S: Stream<Item = Result<Event<K>, E>>,
 {

@@ -26,9 +26,14 @@ pub enum Event<K> {
 
 enum State<K> {
     Empty,
-    Watching { version: String, stream: BoxStream<'static, crate::Result<WatchEvent<K>>> },
+    Watching {
+        version: String,
+        stream: BoxStream<'static, crate::Result<WatchEvent<K>>>,
+    },
     /// Watch again from `version` (after the stream ended or a transport error).
-    Resume { version: String },
+    Resume {
+        version: String,
+    },
 }
 
 struct Machine<K: Resource> {
@@ -54,7 +59,12 @@ impl Backoff {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
             | 1;
-        Backoff { current: min, min, max, seed }
+        Backoff {
+            current: min,
+            min,
+            max,
+            seed,
+        }
     }
 
     /// The next delay: the current step with ±50% jitter; the step then doubles.
@@ -78,7 +88,14 @@ impl<K: Resource> Machine<K> {
     /// One step: the items to yield (possibly none) and the next state.
     async fn step(&mut self) -> Vec<crate::Result<Event<K>>> {
         match std::mem::replace(&mut self.state, State::Empty) {
-            State::Empty => match self.api.list(&ListParams { resource_version: None, ..self.params.clone() }).await {
+            State::Empty => match self
+                .api
+                .list(&ListParams {
+                    resource_version: None,
+                    ..self.params.clone()
+                })
+                .await
+            {
                 Ok((items, version)) => {
                     self.backoff.reset();
                     self.state = State::Resume { version };
@@ -110,7 +127,10 @@ impl<K: Resource> Machine<K> {
                     }
                 }
             }
-            State::Watching { mut version, mut stream } => match stream.next().await {
+            State::Watching {
+                mut version,
+                mut stream,
+            } => match stream.next().await {
                 None => {
                     self.state = State::Resume { version };
                     vec![]
@@ -151,7 +171,10 @@ fn version_of<K: Resource>(k: &K) -> Option<String> {
 }
 
 /// Watch every object of `api` matching `params`, forever. See the module docs.
-pub fn watcher<K: Resource>(api: Api<K>, params: ListParams) -> impl Stream<Item = Result<Event<K>, ClientError>> + Send {
+pub fn watcher<K: Resource>(
+    api: Api<K>,
+    params: ListParams,
+) -> impl Stream<Item = Result<Event<K>, ClientError>> + Send {
     let machine = Machine {
         api,
         params,
@@ -175,7 +198,10 @@ mod tests {
         let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
         assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(150));
         assert!(delays.iter().all(|d| *d <= Duration::from_millis(1500)));
-        assert!(delays[7] >= Duration::from_millis(500), "capped at max, not below half of it");
+        assert!(
+            delays[7] >= Duration::from_millis(500),
+            "capped at max, not below half of it"
+        );
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(150));
     }

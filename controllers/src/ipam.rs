@@ -1,0 +1,126 @@
+//! Address pools: blocks of a CIDR (a subnet per Cluster) and single addresses (a
+//! service IP per Service). Pure arithmetic; the controllers own the bookkeeping.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+/// An IPv4 prefix, e.g. `10.30.0.0/16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub base: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an IPv4 CIDR like 10.30.0.0/16");
+        let (ip, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if prefix > 32 {
+            return Err(bad());
+        }
+        let mask = mask(prefix);
+        if u32::from(ip) & !mask != 0 {
+            return Err(format!(
+                "{s:?} has host bits set; did you mean {}/{prefix}?",
+                Ipv4Addr::from(u32::from(ip) & mask)
+            ));
+        }
+        Ok(Cidr { base: ip, prefix })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+fn mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & mask(self.prefix) == u32::from(self.base)
+    }
+
+    /// Number of `/block` subnets in this prefix.
+    pub fn blocks(&self, block: u8) -> u64 {
+        if block < self.prefix || block > 32 {
+            0
+        } else {
+            1u64 << (block - self.prefix)
+        }
+    }
+
+    /// The `index`th `/block` subnet.
+    pub fn block(&self, block: u8, index: u64) -> Cidr {
+        let base = u32::from(self.base) + (index as u32).wrapping_shl(32 - block as u32);
+        Cidr {
+            base: Ipv4Addr::from(base),
+            prefix: block,
+        }
+    }
+
+    /// The lowest `/block` subnet not in `used`.
+    pub fn first_free_block(&self, block: u8, used: &HashSet<String>) -> Option<Cidr> {
+        (0..self.blocks(block))
+            .map(|i| self.block(block, i))
+            .find(|c| !used.contains(&c.to_string()))
+    }
+
+    /// The lowest host address (not the network or broadcast address) not in `used`.
+    pub fn first_free_address(&self, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        let size = 1u64 << (32 - self.prefix);
+        let (first, last) = if size > 2 {
+            (1, size - 2)
+        } else {
+            (0, size - 1)
+        };
+        (first..=last)
+            .map(|i| Ipv4Addr::from(u32::from(self.base) + i as u32))
+            .find(|ip| !used.contains(ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_and_addresses() {
+        let pool: Cidr = "10.128.0.0/9".parse().unwrap();
+        assert_eq!(pool.blocks(16), 128);
+        assert_eq!(pool.block(16, 0).to_string(), "10.128.0.0/16");
+        assert_eq!(pool.block(16, 3).to_string(), "10.131.0.0/16");
+        let used: HashSet<String> =
+            ["10.128.0.0/16".to_string(), "10.129.0.0/16".to_string()].into();
+        assert_eq!(
+            pool.first_free_block(16, &used).unwrap().to_string(),
+            "10.130.0.0/16"
+        );
+        let tiny: Cidr = "10.0.0.0/31".parse().unwrap();
+        let all: HashSet<String> = ["10.0.0.0/32".to_string(), "10.0.0.1/32".to_string()].into();
+        assert_eq!(tiny.first_free_block(32, &all), None, "exhausted");
+
+        let svc: Cidr = "10.30.0.0/16".parse().unwrap();
+        assert!(svc.contains("10.30.30.30".parse().unwrap()));
+        assert!(!svc.contains("192.168.178.4".parse().unwrap()));
+        let used: HashSet<Ipv4Addr> = ["10.30.0.1".parse().unwrap()].into();
+        assert_eq!(
+            svc.first_free_address(&used),
+            Some("10.30.0.2".parse().unwrap())
+        );
+        assert!("10.30.0.1/16"
+            .parse::<Cidr>()
+            .unwrap_err()
+            .contains("did you mean 10.30.0.0/16"));
+    }
+}

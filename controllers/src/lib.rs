@@ -1,0 +1,76 @@
+//! The root tier's controllers, each an independent loop on the reconcile runtime that
+//! meets the others only through objects in the API:
+//!
+//! - [`service`]: keeps `spec.replicas` Instances per Service, rolls template changes
+//!   out one at a time, reports readiness;
+//! - [`placement`]: assigns each Instance a cluster, or says precisely why it cannot,
+//!   and re-places the Instances of a cluster that stays NotReady past a grace period;
+//! - [`subnets`]: a subnet per Cluster and a service IP per Service, never one twice;
+//! - [`gc`]: deletes Instances whose owner is gone and implements foreground deletion.
+
+pub mod gc;
+pub mod ipam;
+pub mod placement;
+pub mod service;
+pub mod subnets;
+
+use std::time::Duration;
+
+use client::{Client, ClientError};
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the root controllers.
+#[derive(Debug, Clone)]
+pub struct RootConfig {
+    /// Pool of cluster subnets.
+    pub cluster_cidr: ipam::Cidr,
+    /// Prefix length of one cluster's subnet.
+    pub cluster_prefix: u8,
+    /// Pool of service IPs.
+    pub service_cidr: ipam::Cidr,
+    /// How long a cluster may be NotReady before its Instances are placed elsewhere.
+    pub cluster_grace: Duration,
+    /// Reconciles running at once per controller.
+    pub concurrency: usize,
+}
+
+impl Default for RootConfig {
+    fn default() -> Self {
+        RootConfig {
+            cluster_cidr: "10.128.0.0/9".parse().expect("valid CIDR"),
+            cluster_prefix: 16,
+            service_cidr: "10.30.0.0/16".parse().expect("valid CIDR"),
+            cluster_grace: Duration::from_secs(60),
+            concurrency: 8,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("API request failed: {0}")]
+    Api(#[from] ClientError),
+}
+
+/// Run every root controller against the API at `client` until `shutdown` is cancelled.
+pub async fn run_root(client: Client, config: RootConfig, shutdown: CancellationToken) {
+    tracing::info!(?config, "starting root controllers");
+    tokio::join!(
+        service::run(client.clone(), &config, shutdown.clone()),
+        placement::run(client.clone(), &config, shutdown.clone()),
+        subnets::run(client.clone(), &config, shutdown.clone()),
+        gc::run(client, &config, shutdown),
+    );
+}
+
+/// A stable 64-bit FNV-1a hash (the same in every build, unlike `DefaultHasher`).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Whether `owned` names `owner_uid` among its owners.
+pub fn owned_by(meta: &crds::ObjectMeta, owner_uid: &str) -> bool {
+    meta.owner_references.iter().any(|o| o.uid == owner_uid)
+}

@@ -1,0 +1,281 @@
+//! The service controller: keeps `spec.replicas` Instances per Service.
+//!
+//! Instances are named `<service>-<template hash>-<ordinal>`, so a reconcile working
+//! from a cache that lags behind its own writes creates nothing twice (the second
+//! create is a 409). A template change is rolled out one Instance at a time with one
+//! extra Instance at most: a new one is created, and an old one goes only once a new
+//! one is Running.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use client::runtime::{Action, Controller, ObjectRef, Recorder, Store};
+use client::{Api, Client, ListParams};
+use crds::{
+    set_condition, ConditionStatus, EventType, Instance, InstanceSpec, ObjectMeta, OwnerReference,
+    Phase, Service, ServiceStatus, API_VERSION,
+};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::{owned_by, stable_hash, Error, RootConfig};
+
+/// Label with the owning Service's name.
+pub const SERVICE_LABEL: &str = "oakestra.io/service";
+/// Label with the hash of the template an Instance runs.
+pub const TEMPLATE_LABEL: &str = "oakestra.io/template-hash";
+
+struct Ctx {
+    client: Client,
+    instances: Store<Instance>,
+    recorder: Recorder,
+}
+
+pub async fn run(client: Client, config: &RootConfig, shutdown: CancellationToken) {
+    let mut controller = Controller::new(client.api::<Service>(None), ListParams::default())
+        .name("service")
+        .concurrency(config.concurrency);
+    // An Instance change queues its Service.
+    let instances = controller.watches(
+        client.api::<Instance>(None),
+        ListParams::default(),
+        |i: &Instance| {
+            vec![ObjectRef::new(
+                i.metadata.namespace.as_deref(),
+                &i.spec.service,
+            )]
+        },
+    );
+    let ctx = Arc::new(Ctx {
+        recorder: Recorder::new(client.clone(), "service-controller"),
+        client,
+        instances,
+    });
+    controller
+        .run(
+            move |svc| reconcile(svc, ctx.clone()),
+            shutdown.cancelled_owned(),
+        )
+        .await;
+}
+
+/// The hash of a template, as a short hex string.
+pub fn template_hash(svc: &Service) -> String {
+    let json = serde_json::to_vec(&svc.spec.template).expect("templates serialize");
+    format!("{:010x}", stable_hash(&json) & 0xff_ffff_ffff)
+}
+
+fn instance_name(svc: &str, hash: &str, ordinal: u32) -> String {
+    format!("{svc}-{hash}-{ordinal}")
+}
+
+fn new_instance(svc: &Service, hash: &str, ordinal: u32) -> Instance {
+    let name = instance_name(&svc.metadata.name, hash, ordinal);
+    Instance {
+        api_version: API_VERSION.into(),
+        kind: "Instance".into(),
+        metadata: ObjectMeta {
+            name,
+            namespace: svc.metadata.namespace.clone(),
+            labels: [
+                (SERVICE_LABEL.to_string(), svc.metadata.name.clone()),
+                (TEMPLATE_LABEL.to_string(), hash.to_string()),
+            ]
+            .into(),
+            owner_references: vec![OwnerReference {
+                api_version: API_VERSION.into(),
+                kind: "Service".into(),
+                name: svc.metadata.name.clone(),
+                uid: svc.metadata.uid.clone().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }],
+            ..Default::default()
+        },
+        spec: InstanceSpec {
+            service: svc.metadata.name.clone(),
+            ordinal,
+            template: svc.spec.template.clone(),
+            cluster: None,
+            node: None,
+        },
+        status: None,
+    }
+}
+
+fn running(i: &Instance) -> bool {
+    i.status.as_ref().is_some_and(|s| s.phase == Phase::Running)
+}
+
+async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if svc.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = svc.metadata.namespace.clone();
+    let uid = svc.metadata.uid.clone().unwrap_or_default();
+    let api: Api<Instance> = ctx.client.api(ns.as_deref());
+    let hash = template_hash(&svc);
+    let replicas = svc.spec.replicas.max(0) as u32;
+    let mine = ctx.instances.find(|i| {
+        i.metadata.namespace == ns
+            && owned_by(&i.metadata, &uid)
+            && i.metadata.deletion_timestamp.is_none()
+    });
+    let (current, old): (Vec<_>, Vec<_>) = mine
+        .iter()
+        .partition(|i| i.metadata.labels.get(TEMPLATE_LABEL) == Some(&hash));
+
+    // Scale down: current-template Instances beyond the replica count go, highest first.
+    let mut excess: Vec<_> = current
+        .iter()
+        .filter(|i| i.spec.ordinal >= replicas)
+        .collect();
+    excess.sort_by_key(|i| std::cmp::Reverse(i.spec.ordinal));
+    for i in &excess {
+        delete(&api, &i.metadata.name).await?;
+        ctx.recorder
+            .record(
+                svc.as_ref(),
+                EventType::Normal,
+                "ScaledDown",
+                &format!("deleted instance {}", i.metadata.name),
+            )
+            .await;
+    }
+    let kept: Vec<_> = current
+        .iter()
+        .filter(|i| i.spec.ordinal < replicas)
+        .collect();
+    let missing: Vec<u32> = (0..replicas)
+        .filter(|o| !kept.iter().any(|i| i.spec.ordinal == *o))
+        .collect();
+
+    // Create: all missing at once, or one at a time (surge of one) during a rollout.
+    let to_create = if old.is_empty() {
+        missing.len()
+    } else if kept.len() + old.len() < replicas as usize + 1 {
+        missing.len().min(1)
+    } else {
+        0
+    };
+    for ordinal in missing.iter().take(to_create) {
+        let instance = new_instance(&svc, &hash, *ordinal);
+        match api.create(&instance).await {
+            Ok(_) => {
+                let message = format!("created instance {}", instance.metadata.name);
+                ctx.recorder
+                    .record(svc.as_ref(), EventType::Normal, "ScaledUp", &message)
+                    .await;
+            }
+            Err(e) if e.is_conflict() => {} // already there; the cache is behind
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    // Rollout: an old Instance goes for each new one that runs.
+    let ready_new = kept.iter().filter(|i| running(i)).count();
+    let old_to_keep = (replicas as usize).saturating_sub(ready_new);
+    let mut old_sorted: Vec<_> = old.iter().collect();
+    old_sorted.sort_by_key(|i| (running(i), std::cmp::Reverse(i.spec.ordinal)));
+    for i in old_sorted
+        .iter()
+        .take(old.len().saturating_sub(old_to_keep))
+    {
+        delete(&api, &i.metadata.name).await?;
+        let message = format!("replaced instance {} (template changed)", i.metadata.name);
+        ctx.recorder
+            .record(svc.as_ref(), EventType::Normal, "RollingUpdate", &message)
+            .await;
+    }
+
+    update_status(&svc, &ctx, &mine, replicas).await?;
+    Ok(Action::await_change())
+}
+
+async fn delete(api: &Api<Instance>, name: &str) -> Result<(), Error> {
+    match api.delete(name).await {
+        Err(e) if e.is_not_found() => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+async fn update_status(
+    svc: &Service,
+    ctx: &Ctx,
+    mine: &[Arc<Instance>],
+    replicas: u32,
+) -> Result<(), Error> {
+    let now = Utc::now();
+    let old = svc.status.clone().unwrap_or_default();
+    let ready = mine.iter().filter(|i| running(i)).count() as i32;
+    let mut status = ServiceStatus {
+        replicas: mine.len() as i32,
+        ready_replicas: ready,
+        observed_generation: svc.metadata.generation,
+        ..old.clone()
+    };
+    let (available, reason, message) = if ready >= replicas as i32 {
+        (
+            ConditionStatus::True,
+            "MinimumReplicasAvailable",
+            format!("{ready}/{replicas} instances running"),
+        )
+    } else {
+        (
+            ConditionStatus::False,
+            "InstancesNotRunning",
+            format!("{ready}/{replicas} instances running"),
+        )
+    };
+    set_condition(
+        &mut status.conditions,
+        "Available",
+        available,
+        reason,
+        &message,
+        now,
+    );
+    // Surface why Instances cannot be placed.
+    let unplaced = mine.iter().find_map(|i| {
+        let c = i
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Scheduled" && c.status == ConditionStatus::False)?;
+        Some((i.metadata.name.clone(), c.reason.clone(), c.message.clone()))
+    });
+    match unplaced {
+        Some((name, reason, message)) => set_condition(
+            &mut status.conditions,
+            "Placed",
+            ConditionStatus::False,
+            &reason,
+            &format!("instance {name}: {message}"),
+            now,
+        ),
+        None => set_condition(
+            &mut status.conditions,
+            "Placed",
+            ConditionStatus::True,
+            "AllInstancesPlaced",
+            "",
+            now,
+        ),
+    };
+    if status != old {
+        // Only the fields this controller owns, at the version it read (409 if stale).
+        let patch = json!({
+            "metadata": {"resourceVersion": svc.metadata.resource_version},
+            "status": {
+                "replicas": status.replicas,
+                "readyReplicas": status.ready_replicas,
+                "observedGeneration": status.observed_generation,
+                "conditions": status.conditions,
+            },
+        });
+        let api: Api<Service> = ctx.client.api(svc.metadata.namespace.as_deref());
+        api.patch_status(&svc.metadata.name, &patch).await?;
+    }
+    Ok(())
+}
