@@ -68,13 +68,22 @@ pub enum Decision {
     /// Place on this candidate.
     Place(String),
     /// Nothing fits: a reason word and a message naming what failed where.
-    Unschedulable { reason: &'static str, message: String },
+    Unschedulable {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// Great-circle distance in km between two points (haversine, mean Earth radius).
 pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
-    let (lat1, lon1, lat2, lon2) = (a.0.to_radians(), a.1.to_radians(), b.0.to_radians(), b.1.to_radians());
-    let h = ((lat2 - lat1) / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
+    let (lat1, lon1, lat2, lon2) = (
+        a.0.to_radians(),
+        a.1.to_radians(),
+        b.0.to_radians(),
+        b.1.to_radians(),
+    );
+    let h = ((lat2 - lat1) / 2.0).sin().powi(2)
+        + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
     2.0 * 6371.0 * h.sqrt().asin()
 }
 
@@ -87,7 +96,10 @@ fn constraint_failure(c: &Candidate, r: &Request) -> Option<String> {
         return Some("unschedulable".into());
     }
     if !c.runtimes.contains(&r.runtime) {
-        return Some(format!("does not support runtime {}", format!("{:?}", r.runtime).to_lowercase()));
+        return Some(format!(
+            "does not support runtime {}",
+            format!("{:?}", r.runtime).to_lowercase()
+        ));
     }
     let (allowed, selector) = match r.tier {
         Tier::Cluster => (&r.placement.clusters, &r.placement.cluster_selector),
@@ -126,13 +138,25 @@ fn resource_failure(c: &Candidate, r: &Request) -> Option<String> {
     let (cpu, mem, gpus) = free(c);
     let mut short = Vec::new();
     if (r.resources.cpu_millicores as i64) > cpu {
-        short.push(format!("cpu {}m free < {}m requested", cpu.max(0), r.resources.cpu_millicores));
+        short.push(format!(
+            "cpu {}m free < {}m requested",
+            cpu.max(0),
+            r.resources.cpu_millicores
+        ));
     }
     if (r.resources.memory_mib as i64) > mem {
-        short.push(format!("memory {}MiB free < {}MiB requested", mem.max(0), r.resources.memory_mib));
+        short.push(format!(
+            "memory {}MiB free < {}MiB requested",
+            mem.max(0),
+            r.resources.memory_mib
+        ));
     }
     if (r.resources.gpus as i64) > gpus {
-        short.push(format!("gpus {} free < {} requested", gpus.max(0), r.resources.gpus));
+        short.push(format!(
+            "gpus {} free < {} requested",
+            gpus.max(0),
+            r.resources.gpus
+        ));
     }
     (!short.is_empty()).then(|| short.join(", "))
 }
@@ -147,8 +171,11 @@ fn free_after(c: &Candidate, r: &Request) -> f64 {
             (free - req as i64) as f64 / total as f64
         }
     };
-    (frac(cpu, r.resources.cpu_millicores, c.allocatable.cpu_millicores)
-        + frac(mem, r.resources.memory_mib, c.allocatable.memory_mib))
+    (frac(
+        cpu,
+        r.resources.cpu_millicores,
+        c.allocatable.cpu_millicores,
+    ) + frac(mem, r.resources.memory_mib, c.allocatable.memory_mib))
         / 2.0
 }
 
@@ -156,7 +183,10 @@ fn free_after(c: &Candidate, r: &Request) -> f64 {
 pub fn schedule(candidates: &[Candidate], r: &Request) -> Decision {
     let noun = r.tier.noun();
     if candidates.is_empty() {
-        return Decision::Unschedulable { reason: r.tier.no_target(), message: format!("there is no {noun}") };
+        return Decision::Unschedulable {
+            reason: r.tier.no_target(),
+            message: format!("there is no {noun}"),
+        };
     }
     let mut failures = Vec::new();
     let mut fitting = Vec::new();
@@ -183,11 +213,19 @@ pub fn schedule(candidates: &[Candidate], r: &Request) -> Decision {
         None => {
             failures.sort();
             let shown = failures.len().min(10);
-            let mut message = format!("0/{} {noun}s fit: {}", candidates.len(), failures[..shown].join("; "));
+            let mut message = format!(
+                "0/{} {noun}s fit: {}",
+                candidates.len(),
+                failures[..shown].join("; ")
+            );
             if failures.len() > shown {
                 message.push_str(&format!("; and {} more", failures.len() - shown));
             }
-            let reason = if any_passed_constraints { NO_RESOURCES } else { r.tier.no_target() };
+            let reason = if any_passed_constraints {
+                NO_RESOURCES
+            } else {
+                r.tier.no_target()
+            };
             Decision::Unschedulable { reason, message }
         }
     }
@@ -204,27 +242,59 @@ mod tests {
             ready: true,
             schedulable: true,
             runtimes: vec![Runtime::Container],
-            allocatable: Capacity { cpu_millicores: cpu, memory_mib: mem, gpus: 0, nodes: 1 },
+            allocatable: Capacity {
+                cpu_millicores: cpu,
+                memory_mib: mem,
+                gpus: 0,
+                nodes: 1,
+            },
             ..Default::default()
         }
     }
 
     fn request<'a>(resources: &'a Resources, placement: &'a Placement) -> Request<'a> {
-        Request { tier: Tier::Cluster, runtime: Runtime::Container, resources, placement }
+        Request {
+            tier: Tier::Cluster,
+            runtime: Runtime::Container,
+            resources,
+            placement,
+        }
     }
 
     #[test]
     fn table_of_decisions() {
-        let res = Resources { cpu_millicores: 500, memory_mib: 256, ..Default::default() };
-        let none = Placement::default();
-        let munich = Location { latitude: 48.137, longitude: 11.575, place: None };
-        let berlin = Location { latitude: 52.52, longitude: 13.405, place: None };
-        let near_munich = Placement {
-            geo: Some(GeoConstraint { latitude: 48.1, longitude: 11.6, max_distance_km: 100.0 }),
+        let res = Resources {
+            cpu_millicores: 500,
+            memory_mib: 256,
             ..Default::default()
         };
-        let only_b = Placement { clusters: vec!["b".into()], ..Default::default() };
-        let gold = Placement { cluster_selector: [("tier".to_string(), "gold".to_string())].into(), ..Default::default() };
+        let none = Placement::default();
+        let munich = Location {
+            latitude: 48.137,
+            longitude: 11.575,
+            place: None,
+        };
+        let berlin = Location {
+            latitude: 52.52,
+            longitude: 13.405,
+            place: None,
+        };
+        let near_munich = Placement {
+            geo: Some(GeoConstraint {
+                latitude: 48.1,
+                longitude: 11.6,
+                max_distance_km: 100.0,
+            }),
+            ..Default::default()
+        };
+        let only_b = Placement {
+            clusters: vec!["b".into()],
+            ..Default::default()
+        };
+        let gold = Placement {
+            cluster_selector: [("tier".to_string(), "gold".to_string())].into(),
+            ..Default::default()
+        };
 
         let mut not_ready = cluster("a", 4000, 4096);
         not_ready.ready = false;
@@ -233,20 +303,58 @@ mod tests {
         let mut at_berlin = cluster("b", 4000, 4096);
         at_berlin.location = Some(berlin);
         let mut busy = cluster("a", 1000, 1024);
-        busy.in_flight = Resources { cpu_millicores: 800, ..Default::default() };
+        busy.in_flight = Resources {
+            cpu_millicores: 800,
+            ..Default::default()
+        };
         let mut spread = cluster("a", 8000, 8192);
         spread.replicas_here = 2;
         let mut labelled = cluster("b", 1000, 1024);
         labelled.labels.insert("tier".into(), "gold".into());
 
         let cases: Vec<(&str, Vec<Candidate>, &Placement, Decision)> = vec![
-            ("most free wins", vec![cluster("a", 1000, 1024), cluster("b", 4000, 4096)], &none, Decision::Place("b".into())),
-            ("not ready is skipped", vec![not_ready.clone(), cluster("b", 1000, 1024)], &none, Decision::Place("b".into())),
-            ("geo keeps it near", vec![at_munich.clone(), at_berlin.clone()], &near_munich, Decision::Place("a".into())),
-            ("in-flight work counts", vec![busy.clone(), cluster("b", 600, 600)], &none, Decision::Place("b".into())),
-            ("spread beats free capacity", vec![spread, cluster("b", 1000, 1024)], &none, Decision::Place("b".into())),
-            ("allowed clusters", vec![cluster("a", 9000, 9000), cluster("b", 1000, 1024)], &only_b, Decision::Place("b".into())),
-            ("cluster selector", vec![cluster("a", 9000, 9000), labelled], &gold, Decision::Place("b".into())),
+            (
+                "most free wins",
+                vec![cluster("a", 1000, 1024), cluster("b", 4000, 4096)],
+                &none,
+                Decision::Place("b".into()),
+            ),
+            (
+                "not ready is skipped",
+                vec![not_ready.clone(), cluster("b", 1000, 1024)],
+                &none,
+                Decision::Place("b".into()),
+            ),
+            (
+                "geo keeps it near",
+                vec![at_munich.clone(), at_berlin.clone()],
+                &near_munich,
+                Decision::Place("a".into()),
+            ),
+            (
+                "in-flight work counts",
+                vec![busy.clone(), cluster("b", 600, 600)],
+                &none,
+                Decision::Place("b".into()),
+            ),
+            (
+                "spread beats free capacity",
+                vec![spread, cluster("b", 1000, 1024)],
+                &none,
+                Decision::Place("b".into()),
+            ),
+            (
+                "allowed clusters",
+                vec![cluster("a", 9000, 9000), cluster("b", 1000, 1024)],
+                &only_b,
+                Decision::Place("b".into()),
+            ),
+            (
+                "cluster selector",
+                vec![cluster("a", 9000, 9000), labelled],
+                &gold,
+                Decision::Place("b".into()),
+            ),
             (
                 "nothing meets the constraints",
                 vec![not_ready, at_berlin],
@@ -267,7 +375,11 @@ mod tests {
             ),
         ];
         for (name, candidates, placement, expected) in cases {
-            assert_eq!(schedule(&candidates, &request(&res, placement)), expected, "{name}");
+            assert_eq!(
+                schedule(&candidates, &request(&res, placement)),
+                expected,
+                "{name}"
+            );
         }
     }
 
@@ -275,11 +387,19 @@ mod tests {
     fn runtime_must_be_supported() {
         let res = Resources::default();
         let none = Placement::default();
-        let r = Request { tier: Tier::Node, runtime: Runtime::Process, resources: &res, placement: &none };
+        let r = Request {
+            tier: Tier::Node,
+            runtime: Runtime::Process,
+            resources: &res,
+            placement: &none,
+        };
         let d = schedule(&[cluster("n1", 1000, 1000)], &r);
         assert_eq!(
             d,
-            Decision::Unschedulable { reason: "NoTargetNode", message: "0/1 nodes fit: n1: does not support runtime process".into() }
+            Decision::Unschedulable {
+                reason: "NoTargetNode",
+                message: "0/1 nodes fit: n1: does not support runtime process".into()
+            }
         );
     }
 
