@@ -75,6 +75,25 @@ impl Process {
         }
     }
 
+    /// Spawn `command` with its output appended to `log`.
+    pub fn spawn_appending(name: &str, mut command: Command, log: &Path) -> Process {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open log file");
+        command
+            .stdout(file.try_clone().expect("clone log file"))
+            .stderr(file);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Process {
+            child: Some(child),
+            name: name.to_string(),
+        }
+    }
+
     /// `kill -9` the process and wait for it to be gone.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -195,6 +214,7 @@ pub fn workspace_root() -> PathBuf {
 pub struct RootServer {
     pub port: u16,
     pub store: String,
+    extra: Vec<String>,
     process: Process,
     log: PathBuf,
 }
@@ -202,18 +222,25 @@ pub struct RootServer {
 impl RootServer {
     /// Start `oakestra root --store STORE`; logs go to `log_dir`.
     pub fn start(store: &str, log_dir: &Path) -> RootServer {
+        Self::start_with(store, log_dir, &[])
+    }
+
+    /// Start `oakestra root --store STORE EXTRA…`.
+    pub fn start_with(store: &str, log_dir: &Path, extra: &[&str]) -> RootServer {
         let port = free_port();
         let log = log_dir.join(format!("oakestra-root-{port}.log"));
-        let process = Self::launch(port, store, &log);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let process = Self::launch(port, store, &extra, &log);
         RootServer {
             port,
             store: store.to_string(),
+            extra,
             process,
             log,
         }
     }
 
-    fn launch(port: u16, store: &str, log: &Path) -> Process {
+    fn launch(port: u16, store: &str, extra: &[String], log: &Path) -> Process {
         let mut cmd = Command::new(binary("oakestra"));
         cmd.args([
             "root",
@@ -221,14 +248,21 @@ impl RootServer {
             &format!("127.0.0.1:{port}"),
             "--store",
             store,
-        ]);
-        let process = Process::spawn("oakestra root", cmd, Some(log));
+        ])
+        .args(extra);
+        // Append, so a restart keeps what the first run logged.
+        let process = Process::spawn_appending("oakestra root", cmd, log);
         wait_for_port(port, "oakestra root", Duration::from_secs(30));
         process
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.id()
     }
 
     /// `kill -9` the server.
@@ -239,7 +273,7 @@ impl RootServer {
     /// Start it again on the same port and store.
     pub fn restart(&mut self) {
         self.process.kill9();
-        self.process = Self::launch(self.port, &self.store, &self.log);
+        self.process = Self::launch(self.port, &self.store, &self.extra, &self.log);
     }
 
     /// What the server logged so far (for failure messages).

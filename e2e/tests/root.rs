@@ -1,0 +1,378 @@
+//! The root tier end to end over a real `oakestra root` (embedded store and etcd):
+//! Services become Instances placed on Clusters, or say precisely why they cannot.
+//! Clusters are represented by `Cluster` objects whose status the test writes, as
+//! cluster sync will.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use client::{Api, Client, ListParams};
+use crds::{Cluster, Instance, Service};
+use e2e::{eventually, Etcd, RootServer};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Root {
+    server: RootServer,
+    client: Client,
+    _dir: tempfile::TempDir,
+    _etcd: Option<Etcd>,
+}
+
+fn start(backend: &str) -> Root {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = (backend == "etcd").then(Etcd::start);
+    let store = match &etcd {
+        Some(e) => format!("etcd:{}", e.url()),
+        None => format!("embedded:{}", dir.path().join("store").display()),
+    };
+    let server = RootServer::start_with(&store, dir.path(), &["--cluster-grace-seconds", "2"]);
+    let client = Client::new(&server.url()).unwrap();
+    Root {
+        server,
+        client,
+        _dir: dir,
+        _etcd: etcd,
+    }
+}
+
+impl Root {
+    fn clusters(&self) -> Api<Cluster> {
+        self.client.api(None)
+    }
+    fn services(&self) -> Api<Service> {
+        self.client.api(Some("default"))
+    }
+    fn instances(&self) -> Api<Instance> {
+        self.client.api(Some("default"))
+    }
+
+    /// Register a cluster and report it Ready with room, as cluster sync would.
+    async fn cluster(&self, name: &str, lat: f64, lon: f64, cpu: u64) {
+        let body = json!({"apiVersion": "oakestra.io/v1", "kind": "Cluster", "metadata": {"name": name},
+            "spec": {"location": {"latitude": lat, "longitude": lon}}});
+        self.clusters().dynamic().create(&body).await.unwrap();
+        self.set_ready(name, true).await;
+        let status = json!({"status": {"runtimes": ["container", "process"],
+            "capacity": {"cpuMillicores": cpu, "memoryMiB": 8192, "nodes": 3},
+            "allocatable": {"cpuMillicores": cpu, "memoryMiB": 8192, "nodes": 3}}});
+        self.clusters().patch_status(name, &status).await.unwrap();
+    }
+
+    async fn set_ready(&self, name: &str, ready: bool) {
+        let status = if ready { "True" } else { "False" };
+        let now = chrono_now();
+        let patch = json!({"status": {"conditions": [{"type": "Ready", "status": status, "reason": "Heartbeat", "lastTransitionTime": now}]}});
+        self.clusters().patch_status(name, &patch).await.unwrap();
+    }
+
+    async fn apply_service(&self, name: &str, replicas: i64, extra: Value) {
+        let mut spec = json!({"replicas": replicas, "template": {"image": "localhost:5000/busybox:1",
+            "resources": {"cpuMillicores": 100, "memoryMiB": 64}}});
+        crds_merge(&mut spec, &extra);
+        let body = json!({"apiVersion": "oakestra.io/v1", "kind": "Service", "metadata": {"name": name}, "spec": spec});
+        let api = self.services().dynamic().clone();
+        match api.get_opt(name).await.unwrap() {
+            None => {
+                api.create(&body).await.unwrap();
+            }
+            Some(_) => {
+                api.patch(name, &json!({"spec": spec})).await.unwrap();
+            }
+        }
+    }
+
+    /// Instances of `service`, as (name, cluster).
+    async fn placements(&self, service: &str) -> Vec<(String, Option<String>)> {
+        let params = ListParams {
+            label_selector: Some(format!("oakestra.io/service={service}")),
+            ..Default::default()
+        };
+        let (items, _) = self.instances().list(&params).await.unwrap();
+        items
+            .into_iter()
+            .filter(|i| i.metadata.deletion_timestamp.is_none())
+            .map(|i| (i.metadata.name, i.spec.cluster))
+            .collect()
+    }
+
+    /// Wait until `service` has exactly `n` Instances, all placed; returns count per cluster.
+    async fn placed(&self, service: &str, n: usize) -> BTreeMap<String, usize> {
+        eventually(
+            &format!("{n} placed instances of {service}"),
+            WAIT,
+            || async {
+                let p = self.placements(service).await;
+                if p.len() != n || p.iter().any(|(_, c)| c.is_none()) {
+                    return None;
+                }
+                let mut per = BTreeMap::new();
+                for (_, c) in p {
+                    *per.entry(c.unwrap()).or_default() += 1;
+                }
+                Some(per)
+            },
+        )
+        .await
+    }
+}
+
+fn chrono_now() -> String {
+    // RFC 3339 in UTC without pulling chrono into the test: ask the system.
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn crds_merge(target: &mut Value, patch: &Value) {
+    if let (Some(t), Some(p)) = (target.as_object_mut(), patch.as_object()) {
+        for (k, v) in p {
+            match t.get_mut(k) {
+                Some(existing) if existing.is_object() && v.is_object() => crds_merge(existing, v),
+                _ => {
+                    t.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+}
+
+async fn scenario(backend: &str) {
+    let root = start(backend);
+    root.cluster("munich-1", 48.137, 11.575, 4000).await;
+    root.cluster("berlin-1", 52.52, 13.405, 4000).await;
+
+    // 3 replicas over 2 clusters: placed and spread.
+    root.apply_service("web", 3, json!({})).await;
+    let per = root.placed("web", 3).await;
+    assert_eq!(per.len(), 2, "replicas spread over both clusters: {per:?}");
+    assert!(per.values().all(|n| *n >= 1 && *n <= 2), "{per:?}");
+
+    // Scale up and down.
+    root.apply_service("web", 5, json!({})).await;
+    let per = root.placed("web", 5).await;
+    assert_eq!(
+        per.values().copied().collect::<Vec<_>>().iter().max(),
+        Some(&3),
+        "spread 3+2: {per:?}"
+    );
+    root.apply_service("web", 1, json!({})).await;
+    root.placed("web", 1).await;
+
+    // Status: replicas and a service IP; the requested one is honoured.
+    root.apply_service(
+        "rr",
+        1,
+        json!({"addressing": {"roundRobinIP": "10.30.30.30"}}),
+    )
+    .await;
+    eventually("service IP 10.30.30.30", WAIT, || async {
+        let s = root.services().get("rr").await.unwrap();
+        (s.status?.service_ip? == "10.30.30.30".parse::<std::net::Ipv4Addr>().unwrap())
+            .then_some(())
+    })
+    .await;
+    root.apply_service(
+        "taken",
+        1,
+        json!({"addressing": {"roundRobinIP": "10.30.30.30"}}),
+    )
+    .await;
+    let message = eventually("taken IP refused", WAIT, || async {
+        let s = root.services().get("taken").await.unwrap();
+        let c = s
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "ServiceIPAssigned")?;
+        (c.reason == "RequestedIPUnavailable").then_some(c.message)
+    })
+    .await;
+    assert_eq!(
+        message,
+        "10.30.30.30 is already the service IP of default/rr"
+    );
+
+    // A constraint no cluster meets: the precise reason, on the Instance and the Service.
+    root.apply_service("far", 1, json!({"template": {"placement": {"geo": {"latitude": 40.7, "longitude": -74.0, "maxDistanceKm": 500}}}})).await;
+    let (reason, message) = eventually("far is unplaceable", WAIT, || async {
+        let s = root.services().get("far").await.unwrap();
+        let c = s
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Placed" && c.status == crds::ConditionStatus::False)?;
+        Some((c.reason, c.message))
+    })
+    .await;
+    assert_eq!(reason, "NoTargetCluster");
+    assert!(
+        message.contains("berlin-1: is 6386 km away, max 500 km")
+            && message.contains("munich-1: is 6489 km away"),
+        "{message}"
+    );
+    let described = std::process::Command::new(e2e::binary("oakctl"))
+        .args([
+            "--server",
+            &root.server.url(),
+            "describe",
+            "instance",
+            &root.placements("far").await[0].0,
+        ])
+        .output()
+        .unwrap();
+    let described = String::from_utf8_lossy(&described.stdout);
+    assert!(
+        described.contains("NoTargetCluster") && described.contains("FailedPlacement"),
+        "{described}"
+    );
+    // Too big for any cluster: NoResourcesAvailable.
+    root.apply_service(
+        "huge",
+        1,
+        json!({"template": {"resources": {"cpuMillicores": 64000}}}),
+    )
+    .await;
+    let reason = eventually("huge is unplaceable", WAIT, || async {
+        let i = root
+            .instances()
+            .list(&ListParams {
+                label_selector: Some("oakestra.io/service=huge".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .0;
+        let c = i
+            .first()?
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Scheduled")?
+            .clone();
+        (c.status == crds::ConditionStatus::False).then_some(c.reason)
+    })
+    .await;
+    assert_eq!(reason, "NoResourcesAvailable");
+    root.services().delete("huge").await.unwrap();
+    root.services().delete("far").await.unwrap();
+
+    // A cluster that stays NotReady past the grace period loses its Instances.
+    root.apply_service("web", 4, json!({})).await;
+    root.placed("web", 4).await;
+    root.set_ready("berlin-1", false).await;
+    let per = eventually("web moved off berlin-1", WAIT, || async {
+        let per = root.placed("web", 4).await;
+        (per.get("berlin-1").is_none()).then_some(per)
+    })
+    .await;
+    assert_eq!(per.get("munich-1"), Some(&4));
+
+    // Subnets: one per cluster, distinct.
+    let (clusters, _) = root.clusters().list(&ListParams::default()).await.unwrap();
+    let subnets: HashSet<String> = clusters
+        .iter()
+        .filter_map(|c| c.status.as_ref()?.subnet.clone())
+        .collect();
+    assert_eq!(subnets.len(), 2, "{subnets:?}");
+
+    // Deleting a Service deletes its Instances (background), and with Foreground the
+    // Service waits for them.
+    root.services().delete("web").await.unwrap();
+    eventually("web's instances gone", WAIT, || async {
+        root.placements("web").await.is_empty().then_some(())
+    })
+    .await;
+    root.apply_service("fg", 2, json!({})).await;
+    root.placed("fg", 2).await;
+    let url = format!(
+        "{}/apis/oakestra.io/v1/namespaces/default/services/fg?propagationPolicy=Foreground",
+        root.server.url()
+    );
+    let deleted: Value = reqwest_delete(&url).await;
+    assert!(deleted["metadata"]["finalizers"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("foregroundDeletion")));
+    eventually("fg and its instances gone", WAIT, || async {
+        let svc = root.services().dynamic().get_opt("fg").await.unwrap();
+        (svc.is_none() && root.placements("fg").await.is_empty()).then_some(())
+    })
+    .await;
+}
+
+async fn reqwest_delete(url: &str) -> Value {
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "-X", "DELETE", url])
+        .output()
+        .await
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_tier_on_embedded_store() {
+    scenario("embedded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_tier_on_etcd() {
+    scenario("etcd").await;
+}
+
+/// kill -9 of the root in the middle of a scale-up: after the restart there are exactly
+/// `replicas` Instances, every one placed, and no subnet or service IP is handed out twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_during_scale_up_converges() {
+    let mut root = start("embedded");
+    for i in 0..4 {
+        root.cluster(&format!("c{i}"), 48.0 + i as f64, 11.0, 64000)
+            .await;
+    }
+    for i in 0..5 {
+        root.apply_service(&format!("s{i}"), 1, json!({})).await;
+    }
+    root.apply_service("big", 60, json!({})).await;
+    // Crash while the service controller is creating Instances.
+    eventually("scale-up under way", WAIT, || async {
+        (root.placements("big").await.len() >= 5).then_some(())
+    })
+    .await;
+    root.server.kill9();
+    root.server.restart();
+    let per = root.placed("big", 60).await;
+    assert_eq!(per.values().sum::<usize>(), 60);
+    let names: HashSet<String> = root
+        .placements("big")
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names.len(), 60);
+    let ips = eventually("every service has an IP", WAIT, || async {
+        let (svcs, _) = root.services().list(&ListParams::default()).await.unwrap();
+        svcs.iter()
+            .map(|s| s.status.as_ref().and_then(|st| st.service_ip))
+            .collect::<Option<Vec<_>>>()
+    })
+    .await;
+    assert_eq!(
+        ips.iter().collect::<HashSet<_>>().len(),
+        ips.len(),
+        "service IPs unique: {ips:?}"
+    );
+    let (clusters, _) = root.clusters().list(&ListParams::default()).await.unwrap();
+    let subnets: Vec<String> = clusters
+        .iter()
+        .filter_map(|c| c.status.as_ref()?.subnet.clone())
+        .collect();
+    assert_eq!(
+        subnets.iter().collect::<HashSet<_>>().len(),
+        4,
+        "subnets unique: {subnets:?}"
+    );
+}
