@@ -1,15 +1,23 @@
-//! The root tier's controllers, each an independent loop on the reconcile runtime that
+//! The controllers of the root and cluster tiers, each an independent loop on the reconcile runtime that
 //! meets the others only through objects in the API:
 //!
 //! - [`service`]: keeps `spec.replicas` Instances per Service, rolls template changes
 //!   out one at a time, reports readiness;
-//! - [`placement`]: assigns each Instance a cluster, or says precisely why it cannot,
-//!   and re-places the Instances of a cluster that stays NotReady past a grace period;
+//! - [`placement`]: assigns each Instance a cluster (or, in a cluster, a node), or says
+//!   precisely why it cannot, and re-places the Instances of a target that stays
+//!   NotReady past a grace period;
 //! - [`subnets`]: a subnet per Cluster and a service IP per Service, never one twice;
-//! - [`gc`]: deletes Instances whose owner is gone and implements foreground deletion.
+//! - [`gc`]: deletes Instances whose owner is gone and implements foreground deletion;
+//! - [`lifecycle`]: marks Clusters (and Nodes) NotReady when their heartbeat lapses.
+//!
+//! [`cluster`] runs the cluster tier: cluster sync, the cluster scheduler (placement over
+//! Nodes) and node lifecycle.
 
+pub mod bind;
+pub mod cluster;
 pub mod gc;
 pub mod ipam;
+pub mod lifecycle;
 pub mod placement;
 pub mod service;
 pub mod subnets;
@@ -30,6 +38,8 @@ pub struct RootConfig {
     pub service_cidr: ipam::Cidr,
     /// How long a cluster may be NotReady before its Instances are placed elsewhere.
     pub cluster_grace: Duration,
+    /// A cluster whose last heartbeat is older than this becomes NotReady.
+    pub cluster_heartbeat_timeout: Duration,
     /// Reconciles running at once per controller.
     pub concurrency: usize,
 }
@@ -41,6 +51,7 @@ impl Default for RootConfig {
             cluster_prefix: 16,
             service_cidr: "10.30.0.0/16".parse().expect("valid CIDR"),
             cluster_grace: Duration::from_secs(60),
+            cluster_heartbeat_timeout: Duration::from_secs(20),
             concurrency: 8,
         }
     }
@@ -57,8 +68,18 @@ pub async fn run_root(client: Client, config: RootConfig, shutdown: Cancellation
     tracing::info!(?config, "starting root controllers");
     tokio::join!(
         service::run(client.clone(), &config, shutdown.clone()),
-        placement::run(client.clone(), &config, shutdown.clone()),
+        placement::run::<crds::Cluster>(
+            client.clone(),
+            config.cluster_grace,
+            config.concurrency,
+            shutdown.clone()
+        ),
         subnets::run(client.clone(), &config, shutdown.clone()),
+        lifecycle::run::<crds::Cluster>(
+            client.clone(),
+            config.cluster_heartbeat_timeout,
+            shutdown.clone()
+        ),
         gc::run(client, &config, shutdown),
     );
 }
@@ -73,4 +94,20 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 /// Whether `owned` names `owner_uid` among its owners.
 pub fn owned_by(meta: &crds::ObjectMeta, owner_uid: &str) -> bool {
     meta.owner_references.iter().any(|o| o.uid == owner_uid)
+}
+
+/// How long a target (cluster or node) has been unusable: `None` when its `Ready`
+/// condition is `True`; `Duration::MAX` when it does not exist.
+pub fn not_ready_for(exists: bool, conditions: Option<&[crds::Condition]>) -> Option<Duration> {
+    if !exists {
+        return Some(Duration::MAX);
+    }
+    match conditions.and_then(|c| crds::find_condition(c, "Ready")) {
+        Some(c) if c.status == crds::ConditionStatus::True => None,
+        Some(c) => {
+            let since = c.last_transition_time.unwrap_or_else(chrono::Utc::now);
+            Some((chrono::Utc::now() - since).to_std().unwrap_or_default())
+        }
+        None => Some(Duration::ZERO),
+    }
 }

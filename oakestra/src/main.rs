@@ -7,8 +7,14 @@ use std::time::Duration;
 use anyhow::Context;
 use apiserver::{Server, ServerConfig, StoreConfig};
 use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use agent::AgentConfig;
+use controllers::cluster::ClusterConfig;
 use controllers::ipam::Cidr;
 use controllers::RootConfig;
+use crds::Location;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -36,12 +42,43 @@ enum Role {
         #[command(flatten)]
         root: RootFlags,
     },
-    /// Run everything on this one device with an embedded store (1-DOC).
+    /// Run a cluster orchestrator: its own API server and the cluster controllers.
+    Cluster {
+        /// Name of the cluster at the root.
+        #[arg(long)]
+        name: String,
+        /// URL of the root API, e.g. http://10.0.0.1:10000.
+        #[arg(long)]
+        root: String,
+        /// Address to serve the cluster API on (workers connect here).
+        #[arg(long, default_value = "127.0.0.1:10100")]
+        listen: SocketAddr,
+        /// `embedded:DIR` or `etcd:http://HOST:PORT[,…]`.
+        #[arg(long, default_value = "embedded:/var/lib/oakestra/cluster")]
+        store: StoreConfig,
+        #[command(flatten)]
+        api: ApiFlags,
+        #[command(flatten)]
+        cluster: ClusterFlags,
+    },
+    /// Run a worker agent: registers a Node at its cluster and runs the Instances bound to it.
+    Worker {
+        /// URL of the cluster API, e.g. http://10.0.0.2:10100.
+        #[arg(long)]
+        cluster: String,
+        #[command(flatten)]
+        worker: WorkerFlags,
+    },
+    /// Run everything on this one device (1-DOC): root, one cluster and one worker, with
+    /// embedded stores.
     Up {
-        /// Address to serve the API on.
+        /// Address to serve the root API on.
         #[arg(long, default_value = "127.0.0.1:10000")]
         listen: SocketAddr,
-        /// Where the embedded store keeps its data.
+        /// Address to serve the cluster API on.
+        #[arg(long, default_value = "127.0.0.1:10100")]
+        cluster_listen: SocketAddr,
+        /// Where the stores and the worker keep their data.
         #[arg(long, env = "OAKESTRA_DATA", default_value_os_t = default_data_dir())]
         data_dir: PathBuf,
         #[command(flatten)]
@@ -49,6 +86,110 @@ enum Role {
         #[command(flatten)]
         root: RootFlags,
     },
+}
+
+#[derive(Args)]
+struct ClusterFlags {
+    /// Where the cluster is, as LAT,LON in degrees.
+    #[arg(long, value_parser = parse_location)]
+    location: Option<Location>,
+    /// Seconds between reports to the root.
+    #[arg(long, default_value_t = 5)]
+    heartbeat_seconds: u64,
+    /// A node without a heartbeat for this long becomes NotReady.
+    #[arg(long, default_value_t = 20)]
+    node_heartbeat_timeout_seconds: u64,
+    /// A node NotReady for this long loses its Instances to other nodes.
+    #[arg(long, default_value_t = 30)]
+    eviction_seconds: u64,
+}
+
+#[derive(Args)]
+struct WorkerFlags {
+    /// Node name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// `process` runs native executables; `containerd` is not built yet.
+    #[arg(long, default_value = "process")]
+    runtime: String,
+    /// Address the node is reached at.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: String,
+    /// Where instance state and logs are kept.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 2)]
+    heartbeat_seconds: u64,
+    /// Where the node is, as LAT,LON in degrees.
+    #[arg(long, value_parser = parse_location)]
+    location: Option<Location>,
+    /// Node labels, KEY=VALUE[,KEY=VALUE…].
+    #[arg(long, value_parser = parse_labels, default_value = "")]
+    labels: BTreeMap<String, String>,
+    /// cgroup file system root, for instance limits.
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+}
+
+fn parse_location(s: &str) -> Result<Location, String> {
+    let (lat, lon) = s
+        .split_once(',')
+        .ok_or_else(|| format!("{s:?}: expected LAT,LON"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .map_err(|_| format!("{s:?}: {v:?} is not a number"))
+    };
+    Ok(Location {
+        latitude: parse(lat)?,
+        longitude: parse(lon)?,
+        place: None,
+    })
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| format!("{p:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+impl ClusterFlags {
+    fn config(&self, name: &str) -> ClusterConfig {
+        ClusterConfig {
+            location: self.location.clone(),
+            heartbeat: Duration::from_secs(self.heartbeat_seconds.max(1)),
+            node_heartbeat_timeout: Duration::from_secs(self.node_heartbeat_timeout_seconds),
+            eviction: Duration::from_secs(self.eviction_seconds),
+            ..ClusterConfig::new(name)
+        }
+    }
+}
+
+impl WorkerFlags {
+    fn config(&self, default_dir: PathBuf) -> anyhow::Result<AgentConfig> {
+        let node = match &self.name {
+            Some(n) => n.clone(),
+            None => std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_lowercase())
+                .unwrap_or_else(|_| "worker".into()),
+        };
+        crds::validate::name(&node).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+        Ok(AgentConfig {
+            data_dir: self.data_dir.clone().unwrap_or(default_dir).join(&node),
+            node,
+            address: self.address.clone(),
+            location: self.location.clone(),
+            labels: self.labels.clone(),
+            heartbeat: Duration::from_secs(self.heartbeat_seconds.max(1)),
+            capacity: None,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -75,6 +216,9 @@ struct RootFlags {
     /// Seconds a cluster may stay NotReady before its Instances are placed elsewhere.
     #[arg(long, default_value_t = 60)]
     cluster_grace_seconds: u64,
+    /// A cluster without a heartbeat for this many seconds becomes NotReady.
+    #[arg(long, default_value_t = 20)]
+    cluster_heartbeat_timeout_seconds: u64,
     /// Run the API server only, without controllers.
     #[arg(long)]
     no_controllers: bool,
@@ -103,6 +247,7 @@ impl RootFlags {
             cluster_prefix: self.cluster_prefix,
             service_cidr: self.service_cidr,
             cluster_grace: Duration::from_secs(self.cluster_grace_seconds),
+            cluster_heartbeat_timeout: Duration::from_secs(self.cluster_heartbeat_timeout_seconds),
             ..RootConfig::default()
         })
     }
@@ -139,23 +284,135 @@ async fn main() -> anyhow::Result<()> {
             println!("oakestra root: API at http://{}", server.addr);
             serve(server, (!root.no_controllers).then_some(config)).await
         }
+        Role::Cluster {
+            name,
+            root,
+            listen,
+            store,
+            api,
+            cluster,
+        } => {
+            crds::validate::name(&name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+            let root = client::Client::new(&root).context("--root")?;
+            let server = Server::start(listen, store.clone(), api.config())
+                .await
+                .with_context(|| {
+                    format!("starting the cluster API server on {listen} with store {store:?}")
+                })?;
+            println!(
+                "oakestra cluster {name}: API at http://{}, root at {}",
+                server.addr,
+                root.base()
+            );
+            let shutdown = CancellationToken::new();
+            let local = local_client(&server)?;
+            let task = tokio::spawn(controllers::cluster::run_cluster(
+                local,
+                root,
+                cluster.config(&name),
+                shutdown.clone(),
+            ));
+            until_stopped(vec![server], shutdown, vec![task]).await
+        }
+        Role::Worker { cluster, worker } => {
+            let config = worker.config(PathBuf::from("/var/lib/oakestra/worker"))?;
+            let client = client::Client::new(&cluster).context("--cluster")?;
+            println!(
+                "oakestra worker {}: cluster at {}",
+                config.node,
+                client.base()
+            );
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(run_worker(
+                client,
+                config,
+                worker.runtime.clone(),
+                worker.cgroup_root.clone(),
+                shutdown.clone(),
+            ));
+            tokio::select! {
+                r = task => r.context("worker task")?,
+                _ = tokio::signal::ctrl_c() => {
+                    shutdown.cancel();
+                    Ok(())
+                }
+            }
+        }
         Role::Up {
             listen,
+            cluster_listen,
             data_dir,
             api,
             root,
         } => {
             let config = root.config()?;
-            let store = StoreConfig::Embedded(data_dir.join("root"));
-            let server = Server::start(listen, store, api.config())
-                .await
-                .with_context(|| {
-                    format!(
-                        "starting oakestra up on {listen} with data in {}",
-                        data_dir.display()
-                    )
-                })?;
-            println!("oakestra up");
+            let server = Server::start(
+                listen,
+                StoreConfig::Embedded(data_dir.join("root")),
+                api.config(),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "starting the root API on {listen} with data in {}",
+                    data_dir.display()
+                )
+            })?;
+            let cluster_server = Server::start(
+                cluster_listen,
+                StoreConfig::Embedded(data_dir.join("cluster")),
+                api.config(),
+            )
+            .await
+            .with_context(|| format!("starting the cluster API on {cluster_listen}"))?;
+            let shutdown = CancellationToken::new();
+            let root_client = local_client(&server)?;
+            let cluster_client = local_client(&cluster_server)?;
+            let worker = WorkerFlags {
+                name: Some("local".into()),
+                runtime: "process".into(),
+                address: "127.0.0.1".into(),
+                data_dir: Some(data_dir.join("worker")),
+                heartbeat_seconds: 2,
+                location: None,
+                labels: BTreeMap::new(),
+                cgroup_root: "/sys/fs/cgroup".into(),
+            };
+            let cluster_config = ClusterConfig {
+                heartbeat: Duration::from_secs(2),
+                ..ClusterConfig::new("local")
+            };
+            let tasks = vec![
+                tokio::spawn(controllers::run_root(
+                    root_client.clone(),
+                    config,
+                    shutdown.clone(),
+                )),
+                tokio::spawn(controllers::cluster::run_cluster(
+                    cluster_client.clone(),
+                    root_client,
+                    cluster_config,
+                    shutdown.clone(),
+                )),
+                tokio::spawn({
+                    let (config, shutdown) =
+                        (worker.config(data_dir.join("worker"))?, shutdown.clone());
+                    async move {
+                        if let Err(e) = run_worker(
+                            cluster_client,
+                            config,
+                            "process".into(),
+                            "/sys/fs/cgroup".into(),
+                            shutdown,
+                        )
+                        .await
+                        {
+                            tracing::error!(error = %e, "worker stopped");
+                        }
+                    }
+                }),
+            ];
+            println!("oakestra up (one device: root, cluster \"local\", worker \"local\" with the process runtime)");
             println!("  API:   http://{}", server.addr);
             println!("  data:  {}", data_dir.display());
             println!(
@@ -166,31 +423,74 @@ async fn main() -> anyhow::Result<()> {
                 "         kubectl --server http://{} get services",
                 server.addr
             );
-            serve(server, (!root.no_controllers).then_some(config)).await
+            until_stopped(vec![server, cluster_server], shutdown, tasks).await
         }
     }
 }
 
-/// Run the server (and the root controllers, talking to it over HTTP) until Ctrl-C.
+/// Run the root API server and, unless disabled, the root controllers.
 async fn serve(server: Server, controllers: Option<RootConfig>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
+    let client = local_client(&server)?;
+    let tasks = controllers
+        .map(|config| tokio::spawn(controllers::run_root(client, config, shutdown.clone())))
+        .into_iter()
+        .collect();
+    until_stopped(vec![server], shutdown, tasks).await
+}
+
+/// A client of a server in this process (controllers talk to it over HTTP).
+fn local_client(server: &Server) -> anyhow::Result<client::Client> {
     let mut addr = server.addr;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let client = client::Client::new(&format!("http://{addr}"))?;
-    let running = controllers
-        .map(|config| tokio::spawn(controllers::run_root(client, config, shutdown.clone())));
+    Ok(client::Client::new(&format!("http://{addr}"))?)
+}
+
+/// Serve until Ctrl-C (or a server stops), then stop the tasks.
+async fn until_stopped(
+    servers: Vec<Server>,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<()> {
+    let stopped = futures::future::select_all(servers.into_iter().map(|s| Box::pin(s.wait())));
     let result = tokio::select! {
-        _ = server.wait() => Err(anyhow::anyhow!("the API server stopped")),
+        _ = stopped => Err(anyhow::anyhow!("an API server stopped")),
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("interrupted, shutting down");
             Ok(())
         }
     };
     shutdown.cancel();
-    if let Some(task) = running {
+    for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     result
+}
+
+/// Run a worker agent with the named runtime.
+async fn run_worker(
+    cluster: client::Client,
+    config: AgentConfig,
+    runtime: String,
+    cgroup_root: PathBuf,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (exits_tx, exits) = tokio::sync::mpsc::unbounded_channel();
+    let runtime: Arc<dyn agent::runtime::Runtime> = match runtime.as_str() {
+        "process" => {
+            let cgroups = agent::cgroup::Cgroups::detect(&cgroup_root, &config.node);
+            Arc::new(
+                agent::process::ProcessRuntime::new(&config.data_dir, cgroups, exits_tx)
+                    .with_context(|| format!("preparing {}", config.data_dir.display()))?,
+            )
+        }
+        "containerd" => {
+            anyhow::bail!("--runtime containerd is not built yet; use --runtime process")
+        }
+        other => anyhow::bail!("--runtime {other:?}: expected process or containerd"),
+    };
+    agent::run(cluster, config, runtime, exits, shutdown).await?;
+    Ok(())
 }

@@ -137,11 +137,40 @@ impl<K: Resource> Controller<K> {
         }
     }
 
-    /// Run until `shutdown` completes. `reconcile` gets the cached object; its error
-    /// goes to the log and the key is retried with backoff.
-    pub async fn run<F, Fut, E>(mut self, reconcile: F, shutdown: impl Future<Output = ()> + Send)
+    /// Run until `shutdown` completes. `reconcile` gets the cached object (keys whose
+    /// object is gone are skipped); its error goes to the log and the key is retried
+    /// with backoff.
+    pub async fn run<F, Fut, E>(self, reconcile: F, shutdown: impl Future<Output = ()> + Send)
     where
         F: Fn(Arc<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Action, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let reconcile = Arc::new(reconcile);
+        self.run_keyed(
+            move |_key, object| {
+                let reconcile = reconcile.clone();
+                async move {
+                    match object {
+                        Some(o) => reconcile(o).await,
+                        None => Ok(Action::await_change()),
+                    }
+                }
+            },
+            shutdown,
+        )
+        .await
+    }
+
+    /// Like [`run`](Self::run), but every queued key is reconciled, with `None` when its
+    /// object is not (or no longer) in the cache: for controllers that clean up after
+    /// deleted objects or create objects that do not exist yet.
+    pub async fn run_keyed<F, Fut, E>(
+        mut self,
+        reconcile: F,
+        shutdown: impl Future<Output = ()> + Send,
+    ) where
+        F: Fn(ObjectRef, Option<Arc<K>>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Action, E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
@@ -165,21 +194,20 @@ impl<K: Resource> Controller<K> {
         loop {
             while queue.running.len() < self.concurrency {
                 let Some(key) = queue.pop() else { break };
-                let Some(object) = self.store.get(&key) else {
-                    // Gone from the cache: nothing to reconcile (owners clean up through
-                    // finalizers and garbage collection).
-                    queue.finish(&key);
-                    continue;
-                };
+                let object = self.store.get(&key);
                 let reconcile = reconcile.clone();
                 let done = done_tx.clone();
                 let span =
                     tracing::debug_span!("reconcile", controller = %self.name, object = %key);
-                tokio::spawn(async move {
-                    let result = reconcile(object).await.map_err(|e| e.to_string());
-                    let _ = done.send((key, result));
-                });
-                drop(span);
+                tokio::spawn(tracing::Instrument::instrument(
+                    async move {
+                        let result = reconcile(key.clone(), object)
+                            .await
+                            .map_err(|e| e.to_string());
+                        let _ = done.send((key, result));
+                    },
+                    span,
+                ));
             }
             tokio::select! {
                 _ = &mut shutdown => break,

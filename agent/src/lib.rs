@@ -1,0 +1,363 @@
+//! The worker agent: registers its `Node` in the cluster API, heartbeats with capacity
+//! and usage, and runs the Instances bound to the node through a [`runtime::Runtime`],
+//! reporting their status (phase, runtime id, start time, exit code, restarts, reason).
+//!
+//! Restart policy: `Always` restarts, `OnFailure` restarts on a non-zero exit, `Never`
+//! (Oakestra's `one_shot`) runs once; restarts back off exponentially (1 s .. 30 s).
+//! After an agent restart, what is already running is adopted and what no longer has an
+//! Instance on this node is removed.
+
+pub mod cgroup;
+pub mod process;
+pub mod runtime;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use client::runtime::{Action, Controller, ObjectRef};
+use client::{Api, Client, ClientError, ListParams};
+use crds::{
+    set_condition, Capacity, ConditionStatus, Instance, Location, Node, NodeSpec, Phase,
+    RestartPolicy, Runtime as Kind,
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::{InstanceId, Runtime, RuntimeError, State};
+
+/// Settings of one agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Node name (unique in the cluster).
+    pub node: String,
+    /// Address other nodes and users reach this node at.
+    pub address: String,
+    pub location: Option<Location>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Where the agent keeps instance state and logs.
+    pub data_dir: PathBuf,
+    pub heartbeat: Duration,
+    /// Capacity to report; detected from the machine when `None`.
+    pub capacity: Option<Capacity>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("API request failed: {0}")]
+    Api(#[from] ClientError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// CPUs and memory of this machine.
+pub fn detect_capacity() -> Capacity {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    Capacity {
+        cpu_millicores: cpus * 1000,
+        memory_mib: meminfo_kib(&meminfo, "MemTotal") / 1024,
+        gpus: 0,
+        nodes: 1,
+    }
+}
+
+fn meminfo_kib(meminfo: &str, key: &str) -> u64 {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What the machine uses now: memory in use, and the 1-minute load as millicores.
+fn usage() -> Capacity {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let used = meminfo_kib(&meminfo, "MemTotal")
+        .saturating_sub(meminfo_kib(&meminfo, "MemAvailable"))
+        / 1024;
+    let load: f64 = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    Capacity {
+        cpu_millicores: (load * 1000.0) as u64,
+        memory_mib: used,
+        gpus: 0,
+        nodes: 1,
+    }
+}
+
+struct Ctx {
+    client: Client,
+    config: AgentConfig,
+    runtime: Arc<dyn Runtime>,
+    kinds: Vec<Kind>,
+}
+
+/// Run the agent with `runtime` (which reports exits on `exits`) until `shutdown`.
+pub async fn run(
+    client: Client,
+    config: AgentConfig,
+    runtime: Arc<dyn Runtime>,
+    mut exits: mpsc::UnboundedReceiver<InstanceId>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let kinds = match runtime.name() {
+        "process" => vec![Kind::Process],
+        _ => vec![Kind::Container],
+    };
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        config: config.clone(),
+        runtime: runtime.clone(),
+        kinds,
+    });
+    register(&ctx).await?;
+    tracing::info!(node = %config.node, runtime = runtime.name(), "worker agent registered");
+    let controller = Controller::new(client.api::<Instance>(None), ListParams::default())
+        .name("agent")
+        .concurrency(4);
+    let trigger = controller.trigger();
+    // What the runtime already has: adopted if still wanted, removed if not.
+    for id in runtime.list().await? {
+        trigger(ObjectRef::new(Some(&id.namespace), &id.name));
+    }
+    let trigger = Arc::new(trigger);
+    let exits_trigger = trigger.clone();
+    tokio::spawn(async move {
+        while let Some(id) = exits.recv().await {
+            exits_trigger(ObjectRef::new(Some(&id.namespace), &id.name));
+        }
+    });
+    let beat_ctx = ctx.clone();
+    let beat_shutdown = shutdown.clone();
+    let beats = tokio::spawn(async move { heartbeat(beat_ctx, beat_shutdown).await });
+    controller
+        .run_keyed(
+            move |key, instance| reconcile(key, instance, ctx.clone()),
+            shutdown.cancelled_owned(),
+        )
+        .await;
+    beats.abort();
+    Ok(())
+}
+
+async fn register(ctx: &Ctx) -> Result<(), AgentError> {
+    let api: Api<Node> = ctx.client.api(None);
+    let c = &ctx.config;
+    let spec = NodeSpec {
+        address: c.address.clone(),
+        runtimes: ctx.kinds.clone(),
+        location: c.location.clone(),
+        unschedulable: false,
+    };
+    match api.dynamic().get_opt(&c.node).await? {
+        None => {
+            let mut node = Node::new(&c.node, spec);
+            node.metadata.labels = c.labels.clone();
+            match api.create(&node).await {
+                Err(e) if !e.is_conflict() => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Some(_) => {
+            // Keep what an operator set (unschedulable); refresh what the agent knows.
+            let patch = json!({"metadata": {"labels": c.labels}, "spec": {"address": spec.address, "runtimes": spec.runtimes, "location": spec.location}});
+            api.patch(&c.node, &patch).await?;
+        }
+    }
+    beat(ctx).await
+}
+
+async fn beat(ctx: &Ctx) -> Result<(), AgentError> {
+    let api: Api<Node> = ctx.client.api(None);
+    let node = api.get(&ctx.config.node).await?;
+    let mut status = node.status.unwrap_or_default();
+    let now = Utc::now();
+    set_condition(
+        &mut status.conditions,
+        "Ready",
+        ConditionStatus::True,
+        "AgentReady",
+        "the agent is heartbeating",
+        now,
+    );
+    let capacity = ctx.config.capacity.clone().unwrap_or_else(detect_capacity);
+    let patch = json!({"status": {
+        "capacity": capacity,
+        "allocatable": capacity,
+        "usage": usage(),
+        "conditions": status.conditions,
+        "lastHeartbeat": now,
+    }});
+    api.patch_status(&ctx.config.node, &patch).await?;
+    Ok(())
+}
+
+async fn heartbeat(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(ctx.config.heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(e) = beat(&ctx).await {
+            tracing::warn!(node = %ctx.config.node, error = %e, "heartbeat failed");
+        }
+    }
+}
+
+/// Delay before restart number `restarts + 1`.
+fn restart_backoff(restarts: u32) -> Duration {
+    Duration::from_secs(1 << restarts.min(5)).min(Duration::from_secs(30))
+}
+
+async fn reconcile(
+    key: ObjectRef,
+    instance: Option<Arc<Instance>>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, AgentError> {
+    let id = InstanceId {
+        namespace: key.namespace.clone().unwrap_or_default(),
+        name: key.name.clone(),
+    };
+    let mine = instance.filter(|i| {
+        i.spec.node.as_deref() == Some(ctx.config.node.as_str())
+            && i.metadata.deletion_timestamp.is_none()
+    });
+    let state = ctx.runtime.state(&id).await?;
+    let Some(instance) = mine else {
+        if state.is_some() {
+            tracing::info!(instance = %id, "no longer bound here; removing");
+            ctx.runtime.remove(&id).await?;
+        }
+        return Ok(Action::await_change());
+    };
+    let status = instance.status.clone().unwrap_or_default();
+    let api: Api<Instance> = ctx.client.api(Some(&id.namespace));
+    let update = |patch: serde_json::Value| {
+        let api = api.clone();
+        let name = instance.metadata.name.clone();
+        async move {
+            api.patch_status(&name, &json!({ "status": patch }))
+                .await
+                .map(|_| ())
+        }
+    };
+    match state {
+        None => start(&ctx, &id, &instance, status.restart_count, &update).await,
+        Some(State::Running {
+            runtime_id,
+            started,
+        }) => {
+            if status.phase != Phase::Running
+                || status.runtime_id.as_deref() != Some(runtime_id.as_str())
+            {
+                update(json!({"phase": Phase::Running, "runtimeId": runtime_id, "startTime": started,
+                    "hostIP": ctx.config.address, "reason": null, "message": null, "exitCode": null}))
+                .await?;
+            }
+            // Exits of processes this agent started arrive at once; adopted ones are polled.
+            Ok(Action::requeue(Duration::from_secs(5)))
+        }
+        Some(State::Exited {
+            code,
+            oom_killed,
+            finished,
+            ..
+        }) => {
+            let restart = match instance.spec.template.restart_policy {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => code != Some(0),
+                RestartPolicy::Never => false,
+            };
+            let reason = match (oom_killed, code) {
+                (true, _) => "OOMKilled",
+                (false, Some(0)) => "Completed",
+                (false, None) => "ExitedWhileAgentDown",
+                (false, Some(_)) => "Error",
+            };
+            if !restart {
+                let phase = if code == Some(0) {
+                    Phase::Succeeded
+                } else {
+                    Phase::Failed
+                };
+                if status.phase != phase {
+                    update(json!({"phase": phase, "exitCode": code, "reason": reason,
+                        "message": format!("exited with code {}", code.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into()))}))
+                    .await?;
+                }
+                return Ok(Action::await_change());
+            }
+            let wait = restart_backoff(status.restart_count);
+            let since = (Utc::now() - finished).to_std().unwrap_or_default();
+            if since < wait {
+                let message = format!(
+                    "exited ({reason}, code {code:?}); restarting in {}s",
+                    (wait - since).as_secs().max(1)
+                );
+                if status.reason != reason || status.phase != Phase::Starting {
+                    update(json!({"phase": Phase::Starting, "exitCode": code, "reason": reason, "message": message})).await?;
+                }
+                return Ok(Action::requeue(wait - since));
+            }
+            start(&ctx, &id, &instance, status.restart_count + 1, &update).await
+        }
+    }
+}
+
+async fn start<F, Fut>(
+    ctx: &Ctx,
+    id: &InstanceId,
+    instance: &Instance,
+    restarts: u32,
+    update: &F,
+) -> Result<Action, AgentError>
+where
+    F: Fn(serde_json::Value) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ClientError>>,
+{
+    let env = vec![
+        ("OAKESTRA_NAMESPACE".to_string(), id.namespace.clone()),
+        ("OAKESTRA_INSTANCE".to_string(), id.name.clone()),
+        (
+            "OAKESTRA_SERVICE".to_string(),
+            instance.spec.service.clone(),
+        ),
+        (
+            "OAKESTRA_ORDINAL".to_string(),
+            instance.spec.ordinal.to_string(),
+        ),
+        ("OAKESTRA_NODE".to_string(), ctx.config.node.clone()),
+    ];
+    // A left-over record of an earlier run is replaced.
+    ctx.runtime.remove(id).await?;
+    match ctx.runtime.start(id, &instance.spec.template, &env).await {
+        Ok(State::Running {
+            runtime_id,
+            started,
+        }) => {
+            tracing::info!(instance = %id, runtime_id, restarts, "started");
+            update(json!({"phase": Phase::Running, "runtimeId": runtime_id, "startTime": started, "hostIP": ctx.config.address,
+                "restartCount": restarts, "reason": null, "message": null, "exitCode": null}))
+            .await?;
+            Ok(Action::requeue(Duration::from_secs(5)))
+        }
+        Ok(State::Exited { .. }) => Ok(Action::requeue(Duration::from_secs(1))),
+        Err(e) => {
+            let reason = match e {
+                RuntimeError::Start { .. } => "StartFailed",
+                RuntimeError::Io { .. } => "RuntimeError",
+            };
+            update(json!({"phase": Phase::Failed, "reason": reason, "message": e.to_string(), "restartCount": restarts})).await?;
+            Ok(Action::requeue(restart_backoff(restarts)))
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The seam between the agent and what actually runs workloads.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use crds::Workload;
+
+/// Which Instance: namespace and name (unique in a cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceId {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl InstanceId {
+    /// A file-system-safe single token (`ns_name`; names are DNS-1123, so no `_`).
+    pub fn token(&self) -> String {
+        format!("{}_{}", self.namespace, self.name)
+    }
+
+    pub fn from_token(token: &str) -> Option<Self> {
+        let (namespace, name) = token.split_once('_')?;
+        Some(InstanceId {
+            namespace: namespace.into(),
+            name: name.into(),
+        })
+    }
+}
+
+impl std::fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What a runtime knows about one Instance's workload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    Running {
+        runtime_id: String,
+        started: DateTime<Utc>,
+    },
+    Exited {
+        runtime_id: String,
+        code: Option<i32>,
+        oom_killed: bool,
+        started: DateTime<Utc>,
+        finished: DateTime<Utc>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{instance}: cannot start: {message}")]
+    Start { instance: String, message: String },
+    #[error("{instance}: {step}: {source}")]
+    Io {
+        instance: String,
+        step: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Runs workloads. Implemented by the process runtime (and, later, containerd).
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Start the workload. `env` comes first, then the template's env.
+    async fn start(
+        &self,
+        id: &InstanceId,
+        workload: &Workload,
+        env: &[(String, String)],
+    ) -> Result<State, RuntimeError>;
+    /// The workload's state, if the runtime has it (running or exited).
+    async fn state(&self, id: &InstanceId) -> Result<Option<State>, RuntimeError>;
+    /// Stop the workload if it runs, and forget it.
+    async fn remove(&self, id: &InstanceId) -> Result<(), RuntimeError>;
+    /// Every Instance the runtime has, running or exited (for adoption and cleanup).
+    async fn list(&self) -> Result<Vec<InstanceId>, RuntimeError>;
+    /// Where the workload's output is kept.
+    fn log_path(&self, id: &InstanceId) -> PathBuf;
+}

@@ -1,0 +1,245 @@
+//! Binding Instances to a target — a cluster (root placement) or a node (cluster
+//! scheduler) — with one piece of logic for both tiers.
+//!
+//! The caller supplies the candidates as they report themselves; the binder adds what
+//! they cannot know yet: the requests of Instances bound to them but not yet reflected
+//! in their allocatable ("in flight"), including this binder's own recent bindings
+//! until its cache shows them, and how many replicas of the same Service each already
+//! has (for spreading). Decisions are serialized, so a burst does not over-commit.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::Utc;
+use client::runtime::{Action, ObjectRef, Recorder, Store};
+use client::{Api, Client};
+use crds::{set_condition, ConditionStatus, EventType, Instance, Phase, Resources};
+use scheduler::{Candidate, Decision, Request, Tier};
+use serde_json::json;
+
+use crate::Error;
+
+struct Recent {
+    target: String,
+    resources: Resources,
+    service: String,
+}
+
+pub struct Binder {
+    tier: Tier,
+    client: Client,
+    instances: Store<Instance>,
+    recorder: Recorder,
+    recent: Mutex<HashMap<ObjectRef, Recent>>,
+}
+
+/// The field an Instance's target is in.
+pub fn target_of(tier: Tier, i: &Instance) -> Option<&String> {
+    match tier {
+        Tier::Cluster => i.spec.cluster.as_ref(),
+        Tier::Node => i.spec.node.as_ref(),
+    }
+}
+
+/// Whether a bound Instance's request still counts against its target.
+fn counts_in_flight(tier: Tier, i: &Instance) -> bool {
+    match tier {
+        // Placed on a cluster, not yet on a node: the cluster's report cannot know it.
+        Tier::Cluster => i.spec.node.is_none(),
+        // On a node: counts until it ends.
+        Tier::Node => !matches!(
+            i.status.as_ref().map(|s| s.phase),
+            Some(Phase::Succeeded | Phase::Failed)
+        ),
+    }
+}
+
+fn add(total: &mut Resources, r: &Resources) {
+    total.cpu_millicores += r.cpu_millicores;
+    total.memory_mib += r.memory_mib;
+    total.gpus += r.gpus;
+    total.storage_mib += r.storage_mib;
+}
+
+impl Binder {
+    pub fn new(tier: Tier, client: Client, instances: Store<Instance>, source: &str) -> Self {
+        Binder {
+            tier,
+            recorder: Recorder::new(client.clone(), source),
+            client,
+            instances,
+            recent: Mutex::default(),
+        }
+    }
+
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    fn noun(&self) -> &'static str {
+        match self.tier {
+            Tier::Cluster => "cluster",
+            Tier::Node => "node",
+        }
+    }
+
+    /// Fill in each candidate's in-flight requests and replicas of `instance`'s Service.
+    fn complete(
+        &self,
+        instance: &Instance,
+        candidates: &mut [Candidate],
+        recent: &HashMap<ObjectRef, Recent>,
+    ) {
+        let mut in_flight: HashMap<String, Resources> = HashMap::new();
+        let mut replicas: HashMap<String, u32> = HashMap::new();
+        let same_service = |i: &Instance| {
+            i.spec.service == instance.spec.service
+                && i.metadata.namespace == instance.metadata.namespace
+        };
+        for i in self.instances.state() {
+            let Some(target) = target_of(self.tier, &i) else {
+                continue;
+            };
+            if counts_in_flight(self.tier, &i) {
+                add(
+                    in_flight.entry(target.clone()).or_default(),
+                    &i.spec.template.resources,
+                );
+            }
+            if same_service(&i) {
+                *replicas.entry(target.clone()).or_default() += 1;
+            }
+        }
+        for r in recent.values() {
+            add(in_flight.entry(r.target.clone()).or_default(), &r.resources);
+            if r.service == instance.spec.service {
+                *replicas.entry(r.target.clone()).or_default() += 1;
+            }
+        }
+        for c in candidates {
+            c.in_flight = in_flight.get(&c.name).cloned().unwrap_or_default();
+            c.replicas_here = replicas.get(&c.name).copied().unwrap_or_default();
+        }
+    }
+
+    /// Choose a target for `instance` among `candidates` and write it, or record why not.
+    pub async fn bind(
+        &self,
+        instance: &Instance,
+        mut candidates: Vec<Candidate>,
+    ) -> Result<Action, Error> {
+        let key = ObjectRef::of(instance);
+        let decision = {
+            let mut recent = self.recent.lock().expect("recent lock");
+            // Forget bindings the cache now shows (or whose Instance is gone).
+            recent.retain(|k, r| {
+                self.instances
+                    .get(k)
+                    .is_some_and(|i| target_of(self.tier, &i) != Some(&r.target))
+            });
+            self.complete(instance, &mut candidates, &recent);
+            let request = Request {
+                tier: self.tier,
+                runtime: instance.spec.template.runtime,
+                resources: &instance.spec.template.resources,
+                placement: &instance.spec.template.placement,
+            };
+            let decision = scheduler::schedule(&candidates, &request);
+            if let Decision::Place(target) = &decision {
+                let r = Recent {
+                    target: target.clone(),
+                    resources: instance.spec.template.resources.clone(),
+                    service: instance.spec.service.clone(),
+                };
+                recent.insert(key.clone(), r);
+            }
+            decision
+        };
+        let api: Api<Instance> = self.client.api(instance.metadata.namespace.as_deref());
+        let now = Utc::now();
+        let mut status = instance.status.clone().unwrap_or_default();
+        let noun = self.noun();
+        match decision {
+            Decision::Place(target) => {
+                let field = match self.tier {
+                    Tier::Cluster => "cluster",
+                    Tier::Node => "node",
+                };
+                let patch = json!({
+                    "metadata": {"resourceVersion": instance.metadata.resource_version},
+                    "spec": {field: target},
+                });
+                if let Err(e) = api.patch(&instance.metadata.name, &patch).await {
+                    self.recent.lock().expect("recent lock").remove(&key);
+                    return Err(e.into());
+                }
+                let message = format!("placed on {noun} {target}");
+                status.phase = Phase::Scheduled;
+                set_condition(
+                    &mut status.conditions,
+                    "Scheduled",
+                    ConditionStatus::True,
+                    "Placed",
+                    &message,
+                    now,
+                );
+                let patch = json!({"status": {"phase": status.phase, "reason": null, "message": null, "conditions": status.conditions}});
+                api.patch_status(&instance.metadata.name, &patch).await?;
+                self.recorder
+                    .record(instance, EventType::Normal, "Placed", &message)
+                    .await;
+                Ok(Action::await_change())
+            }
+            Decision::Unschedulable { reason, message } => {
+                if set_condition(
+                    &mut status.conditions,
+                    "Scheduled",
+                    ConditionStatus::False,
+                    reason,
+                    &message,
+                    now,
+                ) {
+                    let patch = json!({"status": {"phase": Phase::Pending, "reason": reason, "message": message, "conditions": status.conditions}});
+                    api.patch_status(&instance.metadata.name, &patch).await?;
+                    self.recorder
+                        .record(instance, EventType::Warning, "FailedPlacement", &message)
+                        .await;
+                }
+                // Changes of the candidates trigger a retry; this is the safety net.
+                Ok(Action::requeue(Duration::from_secs(30)))
+            }
+        }
+    }
+
+    /// Take `instance` off its target (it will be bound again), at the version read.
+    pub async fn unbind(
+        &self,
+        instance: &Instance,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), Error> {
+        let api: Api<Instance> = self.client.api(instance.metadata.namespace.as_deref());
+        let spec = match self.tier {
+            Tier::Cluster => json!({"cluster": null, "node": null}),
+            Tier::Node => json!({"node": null}),
+        };
+        let patch = json!({"metadata": {"resourceVersion": instance.metadata.resource_version}, "spec": spec});
+        api.patch(&instance.metadata.name, &patch).await?;
+        let mut status = instance.status.clone().unwrap_or_default();
+        set_condition(
+            &mut status.conditions,
+            "Scheduled",
+            ConditionStatus::False,
+            reason,
+            message,
+            Utc::now(),
+        );
+        let patch = json!({"status": {"phase": Phase::Pending, "reason": reason, "message": message, "conditions": status.conditions}});
+        api.patch_status(&instance.metadata.name, &patch).await?;
+        self.recorder
+            .record(instance, EventType::Warning, reason, message)
+            .await;
+        Ok(())
+    }
+}

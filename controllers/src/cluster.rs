@@ -1,0 +1,370 @@
+//! The cluster tier's controllers, run by `oakestra cluster` next to its own API server:
+//!
+//! - **cluster sync**: registers the `Cluster` at the root and heartbeats its aggregated
+//!   capacity, allocatable, runtimes and readiness; brings the Instances the root placed
+//!   on this cluster down into the cluster API and sends their binding and status up.
+//!   When the root is unreachable the cluster keeps running and healing from its own
+//!   API; the caches catch up when the root returns.
+//! - **cluster scheduler**: [`crate::placement`] over Nodes.
+//! - **node lifecycle**: [`crate::lifecycle`] over Nodes; Instances of a node NotReady past
+//!   the eviction timeout are bound to other nodes by the scheduler.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use client::runtime::{Action, Controller, ObjectRef, Store};
+use client::{Api, Client, ListParams};
+use crds::{
+    set_condition, Capacity, Cluster, ClusterSpec, ClusterStatus, ConditionStatus, Instance,
+    Location, Node, ObjectMeta, Phase, Runtime, API_VERSION,
+};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+
+/// Settings of a cluster orchestrator.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Name of the cluster at the root.
+    pub name: String,
+    pub location: Option<Location>,
+    /// How often the cluster reports to the root.
+    pub heartbeat: Duration,
+    /// A node whose last heartbeat is older than this becomes NotReady.
+    pub node_heartbeat_timeout: Duration,
+    /// How long a node may be NotReady before its Instances move to other nodes.
+    pub eviction: Duration,
+    pub concurrency: usize,
+}
+
+impl ClusterConfig {
+    pub fn new(name: &str) -> Self {
+        ClusterConfig {
+            name: name.to_string(),
+            location: None,
+            heartbeat: Duration::from_secs(5),
+            node_heartbeat_timeout: Duration::from_secs(20),
+            eviction: Duration::from_secs(30),
+            concurrency: 8,
+        }
+    }
+}
+
+/// Run the cluster controllers: `local` is this cluster's API, `root` the root's.
+pub async fn run_cluster(
+    local: Client,
+    root: Client,
+    config: ClusterConfig,
+    shutdown: CancellationToken,
+) {
+    tracing::info!(?config, "starting cluster controllers");
+    tokio::join!(
+        heartbeat(
+            local.clone(),
+            root.clone(),
+            config.clone(),
+            shutdown.clone()
+        ),
+        sync_instances(local.clone(), root, config.name.clone(), shutdown.clone()),
+        crate::placement::run::<Node>(
+            local.clone(),
+            config.eviction,
+            config.concurrency,
+            shutdown.clone()
+        ),
+        crate::lifecycle::run::<Node>(local, config.node_heartbeat_timeout, shutdown),
+    );
+}
+
+/// What this cluster reports to the root.
+#[derive(Debug, Default, PartialEq)]
+pub struct Summary {
+    pub capacity: Capacity,
+    pub allocatable: Capacity,
+    pub runtimes: Vec<Runtime>,
+    pub ready_nodes: u32,
+}
+
+/// Aggregate the nodes: capacity of all, allocatable of the Ready schedulable ones minus
+/// the requests of the Instances bound to them.
+pub fn summarize(nodes: &[Node], instances: &[Instance]) -> Summary {
+    let mut s = Summary::default();
+    let mut runtimes = BTreeSet::new();
+    for n in nodes {
+        let status = n.status.clone().unwrap_or_default();
+        let cap = status.capacity.clone().unwrap_or_default();
+        s.capacity.cpu_millicores += cap.cpu_millicores;
+        s.capacity.memory_mib += cap.memory_mib;
+        s.capacity.gpus += cap.gpus;
+        s.capacity.nodes += 1;
+        if !crds::is_true(&status.conditions, "Ready") || n.spec.unschedulable {
+            continue;
+        }
+        s.ready_nodes += 1;
+        runtimes.extend(n.spec.runtimes.iter().map(|r| format!("{r:?}")));
+        let alloc = status.allocatable.unwrap_or_default();
+        let used = instances
+            .iter()
+            .filter(|i| i.spec.node.as_deref() == Some(n.metadata.name.as_str()))
+            .filter(|i| {
+                !matches!(
+                    i.status.as_ref().map(|s| s.phase),
+                    Some(Phase::Succeeded | Phase::Failed)
+                )
+            })
+            .fold((0u64, 0u64, 0u32), |(c, m, g), i| {
+                let r = &i.spec.template.resources;
+                (c + r.cpu_millicores, m + r.memory_mib, g + r.gpus)
+            });
+        s.allocatable.cpu_millicores += alloc.cpu_millicores.saturating_sub(used.0);
+        s.allocatable.memory_mib += alloc.memory_mib.saturating_sub(used.1);
+        s.allocatable.gpus += alloc.gpus.saturating_sub(used.2);
+        s.allocatable.nodes += 1;
+    }
+    s.runtimes = [Runtime::Container, Runtime::Process, Runtime::Unikernel]
+        .into_iter()
+        .filter(|r| runtimes.contains(&format!("{r:?}")))
+        .collect();
+    s
+}
+
+/// Register and heartbeat, forever; a root that cannot be reached is retried next beat.
+async fn heartbeat(
+    local: Client,
+    root: Client,
+    config: ClusterConfig,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(config.heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reachable = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match beat(&local, &root, &config).await {
+            Ok(()) if !reachable => {
+                tracing::info!(cluster = %config.name, "root reachable again");
+                reachable = true;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if reachable {
+                    tracing::warn!(cluster = %config.name, error = %e, "cannot report to the root; running on");
+                }
+                reachable = false;
+            }
+        }
+    }
+}
+
+async fn beat(local: &Client, root: &Client, config: &ClusterConfig) -> Result<(), Error> {
+    let (nodes, _) = local.api::<Node>(None).list(&ListParams::default()).await?;
+    let (instances, _) = local
+        .api::<Instance>(None)
+        .list(&ListParams::default())
+        .await?;
+    let summary = summarize(&nodes, &instances);
+    let clusters: Api<Cluster> = root.api(None);
+    let current = match clusters.dynamic().get_opt(&config.name).await? {
+        Some(c) => {
+            serde_json::from_value::<Cluster>(c).map_err(|e| client::ClientError::Decode {
+                url: root.base().into(),
+                message: e.to_string(),
+            })?
+        }
+        None => {
+            let spec = ClusterSpec {
+                location: config.location.clone(),
+            };
+            tracing::info!(cluster = %config.name, "registering at the root");
+            match clusters.create(&Cluster::new(&config.name, spec)).await {
+                Ok(c) => c,
+                Err(e) if e.is_conflict() => clusters.get(&config.name).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let now = Utc::now();
+    let mut status = current.status.clone().unwrap_or_default();
+    let (ready, reason, message) = if summary.ready_nodes > 0 {
+        (
+            ConditionStatus::True,
+            "NodesReady",
+            format!(
+                "{} of {} nodes ready",
+                summary.ready_nodes, summary.capacity.nodes
+            ),
+        )
+    } else {
+        (
+            ConditionStatus::False,
+            "NoReadyNodes",
+            format!("0 of {} nodes ready", summary.capacity.nodes),
+        )
+    };
+    set_condition(
+        &mut status.conditions,
+        "Ready",
+        ready,
+        reason,
+        &message,
+        now,
+    );
+    let patch = json!({"status": {
+        "capacity": summary.capacity,
+        "allocatable": summary.allocatable,
+        "runtimes": summary.runtimes,
+        "conditions": status.conditions,
+        "lastHeartbeat": now,
+    }});
+    let updated = clusters.patch_status(&config.name, &patch).await?;
+    mirror_subnet(local, &config.name, updated.status.as_ref()).await
+}
+
+/// Keep a local copy of this cluster's own `Cluster` object with the subnet the root
+/// assigned, for the cluster's node subnet allocation.
+async fn mirror_subnet(
+    local: &Client,
+    name: &str,
+    root_status: Option<&ClusterStatus>,
+) -> Result<(), Error> {
+    let Some(subnet) = root_status.and_then(|s| s.subnet.clone()) else {
+        return Ok(());
+    };
+    let api: Api<Cluster> = local.api(None);
+    let existing = match api.dynamic().get_opt(name).await? {
+        Some(c) => c,
+        None => {
+            api.dynamic()
+                .create(
+                    &serde_json::to_value(Cluster::new(name, ClusterSpec::default()))
+                        .expect("serializes"),
+                )
+                .await?
+        }
+    };
+    if existing.pointer("/status/subnet").and_then(|s| s.as_str()) != Some(subnet.as_str()) {
+        api.patch_status(name, &json!({"status": {"subnet": subnet}}))
+            .await?;
+    }
+    Ok(())
+}
+
+struct SyncCtx {
+    local: Client,
+    root: Client,
+    cluster: String,
+    locals: Store<Instance>,
+    namespaces: Mutex<HashSet<String>>,
+}
+
+/// Down: root Instances placed here get a local copy. Up: the local binding and status
+/// go to the root Instance. Gone or moved at the root: the local copy is deleted.
+async fn sync_instances(local: Client, root: Client, cluster: String, shutdown: CancellationToken) {
+    let mut controller =
+        Controller::new(root.api::<Instance>(None), ListParams::default()).name("cluster-sync");
+    let locals = controller.watches(
+        local.api::<Instance>(None),
+        ListParams::default(),
+        |i: &Instance| vec![ObjectRef::of(i)],
+    );
+    let ctx = Arc::new(SyncCtx {
+        local,
+        root,
+        cluster,
+        locals,
+        namespaces: Mutex::default(),
+    });
+    controller
+        .run_keyed(
+            move |key, root_instance| sync_one(key, root_instance, ctx.clone()),
+            shutdown.cancelled_owned(),
+        )
+        .await;
+}
+
+async fn sync_one(
+    key: ObjectRef,
+    root_instance: Option<Arc<Instance>>,
+    ctx: Arc<SyncCtx>,
+) -> Result<Action, Error> {
+    let ns = key.namespace.as_deref();
+    let local_api: Api<Instance> = ctx.local.api(ns);
+    let local = ctx.locals.get(&key);
+    let ours = root_instance.filter(|r| {
+        r.spec.cluster.as_deref() == Some(ctx.cluster.as_str())
+            && r.metadata.deletion_timestamp.is_none()
+    });
+    let Some(remote) = ours else {
+        if let Some(l) = local {
+            tracing::info!(instance = %key, "no longer placed on this cluster; removing the local copy");
+            match local_api.delete(&l.metadata.name).await {
+                Err(e) if !e.is_not_found() => return Err(e.into()),
+                _ => {}
+            }
+        }
+        return Ok(Action::await_change());
+    };
+    let Some(local) = local else {
+        if let Some(ns) = ns {
+            ensure_namespace(&ctx, ns).await?;
+        }
+        let copy = Instance {
+            api_version: API_VERSION.into(),
+            kind: "Instance".into(),
+            metadata: ObjectMeta {
+                name: remote.metadata.name.clone(),
+                namespace: remote.metadata.namespace.clone(),
+                labels: remote.metadata.labels.clone(),
+                annotations: remote.metadata.annotations.clone(),
+                ..Default::default()
+            },
+            spec: remote.spec.clone(),
+            status: None,
+        };
+        match local_api.create(&copy).await {
+            Err(e) if !e.is_conflict() => return Err(e.into()),
+            _ => return Ok(Action::await_change()),
+        }
+    };
+    let root_api: Api<Instance> = ctx.root.api(ns);
+    if local.spec.node != remote.spec.node {
+        let patch = json!({"metadata": {"resourceVersion": remote.metadata.resource_version}, "spec": {"node": local.spec.node}});
+        root_api.patch(&remote.metadata.name, &patch).await?;
+        return Ok(Action::await_change());
+    }
+    if let Some(status) = &local.status {
+        if remote.status.as_ref() != Some(status) {
+            let mut up = remote.as_ref().clone();
+            up.status = Some(status.clone());
+            root_api.replace_status(&up).await?;
+        }
+    }
+    Ok(Action::await_change())
+}
+
+async fn ensure_namespace(ctx: &SyncCtx, ns: &str) -> Result<(), Error> {
+    if ctx.namespaces.lock().expect("namespaces lock").contains(ns) {
+        return Ok(());
+    }
+    let api = ctx
+        .local
+        .dynamic(crds::kind_by_name("namespaces").expect("served"), None);
+    match api
+        .create(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+        .await
+    {
+        Err(e) if !e.is_conflict() => return Err(e.into()),
+        _ => {}
+    }
+    ctx.namespaces
+        .lock()
+        .expect("namespaces lock")
+        .insert(ns.to_string());
+    Ok(())
+}
