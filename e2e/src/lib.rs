@@ -210,13 +210,77 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// An `oakestra` process (any role), restartable with the same arguments.
+pub struct Oakestra {
+    /// The port it serves on, if it serves.
+    pub port: Option<u16>,
+    args: Vec<String>,
+    process: Process,
+    log: PathBuf,
+}
+
+impl Oakestra {
+    /// Start `oakestra ARGS…`; with `port`, wait until it listens there. Output is
+    /// appended to `log_dir/oakestra-<name>.log`.
+    pub fn start(name: &str, args: &[String], port: Option<u16>, log_dir: &Path) -> Oakestra {
+        let log = log_dir.join(format!("oakestra-{name}.log"));
+        let process = Self::launch(args, port, &log);
+        Oakestra {
+            port,
+            args: args.to_vec(),
+            process,
+            log,
+        }
+    }
+
+    fn launch(args: &[String], port: Option<u16>, log: &Path) -> Process {
+        let mut cmd = Command::new(binary("oakestra"));
+        cmd.args(args);
+        // Append, so a restart keeps what the first run logged.
+        let process = Process::spawn_appending("oakestra", cmd, log);
+        if let Some(port) = port {
+            wait_for_port(
+                port,
+                &format!("oakestra {}", args.join(" ")),
+                Duration::from_secs(30),
+            );
+        }
+        process
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.port.expect("this process serves no port")
+        )
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.id()
+    }
+
+    /// `kill -9` the process.
+    pub fn kill9(&mut self) {
+        self.process.kill9();
+    }
+
+    /// Start it again with the same arguments.
+    pub fn restart(&mut self) {
+        self.process.kill9();
+        self.process = Self::launch(&self.args, self.port, &self.log);
+    }
+
+    /// What it logged so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
 /// An `oakestra root` process on a free port.
 pub struct RootServer {
     pub port: u16,
     pub store: String,
-    extra: Vec<String>,
-    process: Process,
-    log: PathBuf,
+    inner: Oakestra,
 }
 
 impl RootServer {
@@ -228,56 +292,46 @@ impl RootServer {
     /// Start `oakestra root --store STORE EXTRA…`.
     pub fn start_with(store: &str, log_dir: &Path, extra: &[&str]) -> RootServer {
         let port = free_port();
-        let log = log_dir.join(format!("oakestra-root-{port}.log"));
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let process = Self::launch(port, store, &extra, &log);
-        RootServer {
-            port,
-            store: store.to_string(),
-            extra,
-            process,
-            log,
-        }
-    }
-
-    fn launch(port: u16, store: &str, extra: &[String], log: &Path) -> Process {
-        let mut cmd = Command::new(binary("oakestra"));
-        cmd.args([
+        let mut args: Vec<String> = [
             "root",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--store",
             store,
-        ])
-        .args(extra);
-        // Append, so a restart keeps what the first run logged.
-        let process = Process::spawn_appending("oakestra root", cmd, log);
-        wait_for_port(port, "oakestra root", Duration::from_secs(30));
-        process
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let inner = Oakestra::start(&format!("root-{port}"), &args, Some(port), log_dir);
+        RootServer {
+            port,
+            store: store.to_string(),
+            inner,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.inner.url()
     }
 
     /// Process id of the running server.
     pub fn pid(&self) -> Option<u32> {
-        self.process.id()
+        self.inner.pid()
     }
 
     /// `kill -9` the server.
     pub fn kill9(&mut self) {
-        self.process.kill9();
+        self.inner.kill9();
     }
 
     /// Start it again on the same port and store.
     pub fn restart(&mut self) {
-        self.process.kill9();
-        self.process = Self::launch(self.port, &self.store, &self.extra, &self.log);
+        self.inner.restart();
     }
 
     /// What the server logged so far (for failure messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.inner.log()
     }
 }

@@ -69,7 +69,11 @@ fn fails(out: Output) -> String {
 }
 
 fn start(dir: &Path) -> (RootServer, Cli) {
-    let server = RootServer::start(&format!("embedded:{}", dir.join("store").display()), dir);
+    let server = RootServer::start_with(
+        &format!("embedded:{}", dir.join("store").display()),
+        dir,
+        &["--no-controllers"],
+    );
     let cli = Cli {
         server: server.url(),
         config: tempfile::tempdir().unwrap(),
