@@ -335,3 +335,40 @@ impl RootServer {
         self.inner.log()
     }
 }
+
+/// Processes (not zombies) whose command line contains `marker`, as pid → command line.
+pub fn processes_matching(marker: &str) -> std::collections::BTreeMap<u32, String> {
+    let mut found = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'));
+        if cmdline.contains(marker) && !zombie {
+            found.insert(pid, cmdline);
+        }
+    }
+    found
+}
+
+/// Kills, on drop, every process whose command line contains one of the markers: the
+/// workloads a test started through the agent outlive a killed agent.
+pub struct KillMatching(pub Vec<String>);
+
+impl Drop for KillMatching {
+    fn drop(&mut self) {
+        for marker in &self.0 {
+            for pid in processes_matching(marker).keys() {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}

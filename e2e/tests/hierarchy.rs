@@ -15,27 +15,8 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-/// Processes whose command line holds `marker`, as pid → command line.
 fn processes(marker: &str) -> BTreeMap<u32, String> {
-    let mut found = BTreeMap::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z'));
-        if cmdline.contains(marker) && !zombie {
-            found.insert(pid, cmdline);
-        }
-    }
-    found
+    e2e::processes_matching(marker)
 }
 
 struct Topology {
@@ -206,6 +187,8 @@ async fn hierarchy_with_processes() {
     let mut t = Topology::start();
     let token = std::process::id();
     let marker = format!("1{token:06}1");
+    let marker2 = format!("1{token:06}2");
+    let _cleanup = e2e::KillMatching(vec![format!("sleep {marker}"), format!("sleep {marker2}")]);
 
     // Both clusters report their nodes to the root.
     eventually("clusters ready with their nodes", WAIT, || async {
@@ -253,7 +236,6 @@ async fn hierarchy_with_processes() {
     t.running(2, &marker).await;
 
     // A new template rolls out; the old processes go.
-    let marker2 = format!("1{token:06}2");
     t.apply(2, &marker2);
     t.running(2, &marker2).await;
     eventually("old processes gone", WAIT, || async {

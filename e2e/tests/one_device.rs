@@ -1,0 +1,88 @@
+//! 1-DOC: `oakestra up` runs root, cluster and worker in one process; a Service of two
+//! replicas of an HTTP server runs as native processes and each answers HTTP.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use client::{Api, Client, ListParams};
+use crds::{Instance, Phase};
+use e2e::{eventually, free_port, Oakestra};
+
+/// A port p with p+1 free too.
+fn two_free_ports() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+fn http_get(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oakestra_up_runs_a_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api_port, cluster_port) = (free_port(), free_port());
+    let args: Vec<String> = [
+        "up",
+        "--listen",
+        &format!("127.0.0.1:{api_port}"),
+        "--cluster-listen",
+        &format!("127.0.0.1:{cluster_port}"),
+        "--data-dir",
+        &dir.path().join("data").display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let up = Oakestra::start("up", &args, Some(api_port), dir.path());
+    let base = two_free_ports();
+    let _cleanup = e2e::KillMatching(vec![
+        format!("http.server {base}"),
+        format!("http.server {}", base + 1),
+    ]);
+    let manifest = format!(
+        "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: 2\n  template:\n    runtime: process\n    executable: /bin/sh\n    command: [-c, 'exec python3 -m http.server $(({base} + OAKESTRA_ORDINAL)) --bind 127.0.0.1']\n    resources: {{cpuMillicores: 200, memoryMiB: 128}}\n"
+    );
+    let path = dir.path().join("web.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    let out = std::process::Command::new(e2e::binary("oakctl"))
+        .args(["--server", &up.url(), "apply", "-f", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let api: Api<Instance> = Client::new(&up.url()).unwrap().api(Some("default"));
+    eventually("both replicas Running", Duration::from_secs(60), || async {
+        let (items, _) = api.list(&ListParams::default()).await.ok()?;
+        let running = items
+            .iter()
+            .filter(|i| i.status.as_ref().is_some_and(|s| s.phase == Phase::Running))
+            .count();
+        (running == 2).then_some(())
+    })
+    .await;
+    for port in [base, base + 1] {
+        let answer = eventually(
+            &format!("HTTP on port {port}"),
+            Duration::from_secs(30),
+            || async move { http_get(port) },
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    }
+}
