@@ -10,6 +10,7 @@
 pub mod cgroup;
 pub mod process;
 pub mod runtime;
+pub mod serve;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// Capacity to report; detected from the machine when `None`.
     pub capacity: Option<Capacity>,
+    /// Where the agent serves the logs of its Instances (port 0: any free port).
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,14 @@ pub enum AgentError {
     Api(#[from] ClientError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error("serving the agent endpoint: {0}")]
+    Listen(std::io::Error),
+}
+
+impl client::runtime::ReconcileError for AgentError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, AgentError::Api(e) if e.is_conflict())
+    }
 }
 
 /// CPUs and memory of this machine.
@@ -97,6 +108,8 @@ struct Ctx {
     config: AgentConfig,
     runtime: Arc<dyn Runtime>,
     kinds: Vec<Kind>,
+    /// URL of the agent's HTTP endpoint, as reported in the Node's status.
+    endpoint: String,
 }
 
 /// Run the agent with `runtime` (which reports exits on `exits`) until `shutdown`.
@@ -111,11 +124,18 @@ pub async fn run(
         "process" => vec![Kind::Process],
         _ => vec![Kind::Container],
     };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(AgentError::Listen)?;
+    let port = listener.local_addr().map_err(AgentError::Listen)?.port();
+    let endpoint = format!("http://{}:{port}", config.address);
+    tokio::spawn(serve::serve(listener, runtime.clone()));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         config: config.clone(),
         runtime: runtime.clone(),
         kinds,
+        endpoint,
     });
     register(&ctx).await?;
     tracing::info!(node = %config.node, runtime = runtime.name(), "worker agent registered");
@@ -192,6 +212,7 @@ async fn beat(ctx: &Ctx) -> Result<(), AgentError> {
         "capacity": capacity,
         "allocatable": capacity,
         "usage": usage(),
+        "agentEndpoint": ctx.endpoint,
         "conditions": status.conditions,
         "lastHeartbeat": now,
     }});

@@ -155,6 +155,16 @@ impl Client {
         })
     }
 
+    /// GET any path as text (e.g. an agent's logs).
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        let url = format!("{}{path}", self.base);
+        let response = self.send(self.http.get(&url), &url).await?;
+        response
+            .text()
+            .await
+            .map_err(|source| ClientError::Transport { url, source })
+    }
+
     /// GET any path (discovery, health) as JSON.
     pub async fn get_json(&self, path: &str) -> Result<Value> {
         let url = format!("{}{path}", self.base);

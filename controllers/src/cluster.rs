@@ -38,6 +38,8 @@ pub struct ClusterConfig {
     /// How long a node may be NotReady before its Instances move to other nodes.
     pub eviction: Duration,
     pub concurrency: usize,
+    /// URL of this cluster's API as others reach it (reported to the root).
+    pub api_endpoint: Option<String>,
 }
 
 impl ClusterConfig {
@@ -49,6 +51,7 @@ impl ClusterConfig {
             node_heartbeat_timeout: Duration::from_secs(20),
             eviction: Duration::from_secs(30),
             concurrency: 8,
+            api_endpoint: None,
         }
     }
 }
@@ -219,6 +222,7 @@ async fn beat(local: &Client, root: &Client, config: &ClusterConfig) -> Result<(
         "capacity": summary.capacity,
         "allocatable": summary.allocatable,
         "runtimes": summary.runtimes,
+        "apiEndpoint": config.api_endpoint,
         "conditions": status.conditions,
         "lastHeartbeat": now,
     }});

@@ -63,6 +63,12 @@ pub enum Error {
     Api(#[from] ClientError),
 }
 
+impl client::runtime::ReconcileError for Error {
+    fn is_conflict(&self) -> bool {
+        matches!(self, Error::Api(e) if e.is_conflict())
+    }
+}
+
 /// Run every root controller against the API at `client` until `shutdown` is cancelled.
 pub async fn run_root(client: Client, config: RootConfig, shutdown: CancellationToken) {
     tracing::info!(?config, "starting root controllers");

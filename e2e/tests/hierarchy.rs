@@ -229,6 +229,23 @@ async fn hierarchy_with_processes() {
         "replicas spread over both clusters: {per:?}"
     );
 
+    // Logs come from the agent of the node, found through the root and the cluster.
+    let (items, _) = t.instances().list(&ListParams::default()).await.unwrap();
+    for i in &items {
+        let name = &i.metadata.name;
+        let out = std::process::Command::new(e2e::binary("oakctl"))
+            .args(["--server", &t.root.url(), "logs", name])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text,
+            format!("started {name}\n"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // Scale up and down.
     t.apply(5, &marker);
     t.running(5, &marker).await;

@@ -85,4 +85,26 @@ async fn oakestra_up_runs_a_service() {
         .await;
         assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     }
+    let (items, _) = api.list(&ListParams::default()).await.unwrap();
+    let logs = eventually(
+        "the request in the logs",
+        Duration::from_secs(30),
+        || async {
+            let out = std::process::Command::new(e2e::binary("oakctl"))
+                .args([
+                    "--server",
+                    &up.url(),
+                    "logs",
+                    &items[0].metadata.name,
+                    "--tail",
+                    "5",
+                ])
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("\"GET / HTTP/1.0\" 200").then_some(text)
+        },
+    )
+    .await;
+    assert!(logs.lines().count() <= 5, "{logs}");
 }

@@ -1,5 +1,22 @@
 //! `oakctl`: the command-line client of the Oakestra API, with kubectl's habits.
 
+/// Print to stdout; a closed pipe (`oakctl get … | head`) ends the program quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::emit(&format!($($arg)*))
+    };
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    () => {
+        $crate::emit("\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::emit(&format!("{}\n", format!($($arg)*)))
+    };
+}
+
 mod config;
 mod manifest;
 mod print;
@@ -75,6 +92,14 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+    /// Print the output of an Instance's workload (from the agent of its node).
+    Logs {
+        /// Instance name.
+        name: String,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
     /// Manage contexts in the config file.
     Config {
         #[command(subcommand)]
@@ -108,6 +133,21 @@ fn kind(name: &str) -> anyhow::Result<&'static KindInfo> {
         let known: Vec<&str> = crds::KINDS.iter().map(|k| k.plural).collect();
         format!("unknown kind {name:?}; known kinds: {}", known.join(", "))
     })
+}
+
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
 }
 
 #[tokio::main]
@@ -176,6 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Logs { name, tail } => logs(&session, &name, tail).await,
         Command::Config { .. } => unreachable!("handled above"),
     }
 }
@@ -198,15 +239,15 @@ fn configure(mut config: config::Config, action: ConfigAction) -> anyhow::Result
                 config.current_context = Some(name.clone());
             }
             config.save()?;
-            println!("context {name:?} set");
+            outln!("context {name:?} set");
         }
         ConfigAction::UseContext { name } => {
             config.context(Some(&name))?;
             config.current_context = Some(name.clone());
             config.save()?;
-            println!("switched to context {name:?}");
+            outln!("switched to context {name:?}");
         }
-        ConfigAction::View => print!("{}", serde_yaml::to_string(&config)?),
+        ConfigAction::View => out!("{}", serde_yaml::to_string(&config)?),
     }
     Ok(())
 }
@@ -232,7 +273,7 @@ async fn apply(s: &Session, files: &[PathBuf]) -> anyhow::Result<()> {
     let mut failed = 0;
     for doc in &docs {
         match apply_one(s, doc).await {
-            Ok(outcome) => println!("{}/{} {outcome}", doc.kind.singular, doc.name()),
+            Ok(outcome) => outln!("{}/{} {outcome}", doc.kind.singular, doc.name()),
             Err(e) if e.is_transport() => bail!("{e}\nnothing more was applied"),
             Err(e) => {
                 failed += 1;
@@ -315,13 +356,13 @@ async fn get(
         return Ok(());
     }
     if !items.is_empty() {
-        println!("{}", print::objects(kind, &items, output, namespaces)?);
+        outln!("{}", print::objects(kind, &items, output, namespaces)?);
     }
     if !watch {
         return Ok(());
     }
     if items.is_empty() && matches!(output, None | Some(Output::Wide)) {
-        println!(
+        outln!(
             "{}",
             print::table(vec![print::header(kind, output.is_some(), namespaces)])
         );
@@ -343,7 +384,7 @@ async fn get(
             }
             other => print::objects(kind, &[object], other, namespaces)?,
         };
-        println!("{line}");
+        outln!("{line}");
     }
     Ok(())
 }
@@ -362,7 +403,7 @@ async fn describe(s: &Session, kind: &'static KindInfo, name: &str) -> anyhow::R
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "<none>".into())
     };
-    let field = |label: &str, value: String| println!("{:<18}{value}", format!("{label}:"));
+    let field = |label: &str, value: String| outln!("{:<18}{value}", format!("{label}:"));
     field("Name", name.to_string());
     if kind.namespaced {
         field(
@@ -411,17 +452,17 @@ async fn describe(s: &Session, kind: &'static KindInfo, name: &str) -> anyhow::R
             v.remove("conditions");
         }
         if !value.is_null() && value != serde_json::json!({}) {
-            println!("{title}:\n{}", print::indented_yaml(&value, 2));
+            outln!("{title}:\n{}", print::indented_yaml(&value, 2));
         }
     }
     if kind.has_status {
-        println!("Conditions:");
+        outln!("Conditions:");
         match o
             .pointer("/status/conditions")
             .and_then(Value::as_array)
             .filter(|c| !c.is_empty())
         {
-            None => println!("  <none>"),
+            None => outln!("  <none>"),
             Some(conditions) => {
                 let mut rows = vec![vec!["TYPE", "STATUS", "REASON", "MESSAGE"]
                     .into_iter()
@@ -435,7 +476,7 @@ async fn describe(s: &Session, kind: &'static KindInfo, name: &str) -> anyhow::R
                             .collect(),
                     );
                 }
-                println!("{}", indent(&print::table(rows)));
+                outln!("{}", indent(&print::table(rows)));
             }
         }
     }
@@ -468,9 +509,9 @@ async fn print_events(s: &Session, kind: &'static KindInfo, o: &Value) -> anyhow
         .dynamic(events_kind, Some(ns))
         .list_all(&params)
         .await?;
-    println!("Events:");
+    outln!("Events:");
     if events.is_empty() {
-        println!("  <none>");
+        outln!("  <none>");
         return Ok(());
     }
     events.sort_by(|a, b| {
@@ -494,7 +535,7 @@ async fn print_events(s: &Session, kind: &'static KindInfo, o: &Value) -> anyhow
             e["message"].as_str().unwrap_or_default().into(),
         ]);
     }
-    println!("{}", indent(&print::table(rows)));
+    outln!("{}", indent(&print::table(rows)));
     Ok(())
 }
 
@@ -533,7 +574,7 @@ async fn delete(
     let mut failed = 0;
     for (kind, ns, name) in &targets {
         match s.api(kind, ns.as_deref()).delete(name, None).await {
-            Ok(_) => println!("{} \"{name}\" deleted", kind.singular),
+            Ok(_) => outln!("{} \"{name}\" deleted", kind.singular),
             Err(e) => {
                 failed += 1;
                 eprintln!("error: {e}");
@@ -563,5 +604,51 @@ async fn delete(
     if failed > 0 {
         bail!("{failed} of {} deletions failed", targets.len());
     }
+    Ok(())
+}
+
+/// Follow the Instance to its cluster's API, its node's agent, and read the logs there.
+async fn logs(s: &Session, name: &str, tail: Option<usize>) -> anyhow::Result<()> {
+    let instance = s.api(kind("instances")?, None).get(name).await?;
+    let ns = instance["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default")
+        .to_string();
+    let phase = instance
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("Pending");
+    let Some(cluster) = instance["spec"]["cluster"].as_str() else {
+        bail!("instance {name} is not placed on a cluster yet (phase {phase})");
+    };
+    let Some(node) = instance["spec"]["node"].as_str() else {
+        bail!("instance {name} is not bound to a node of cluster {cluster} yet (phase {phase})");
+    };
+    // At the root, the cluster says where its API is; talking to a cluster API, the
+    // nodes are right here.
+    let cluster_api = match s
+        .client
+        .dynamic(kind("clusters")?, None)
+        .get_opt(cluster)
+        .await?
+    {
+        Some(c) => match c.pointer("/status/apiEndpoint").and_then(Value::as_str) {
+            Some(url) if url != s.client.base() => Client::new(url)?,
+            _ => s.client.clone(),
+        },
+        None => s.client.clone(),
+    };
+    let node_object = cluster_api.dynamic(kind("nodes")?, None).get(node).await?;
+    let Some(agent) = node_object
+        .pointer("/status/agentEndpoint")
+        .and_then(Value::as_str)
+    else {
+        bail!("node {node} has not reported an agent endpoint");
+    };
+    let query = tail.map(|n| format!("?tail={n}")).unwrap_or_default();
+    let text = Client::new(agent)?
+        .get_text(&format!("/logs/{ns}/{name}{query}"))
+        .await?;
+    out!("{text}");
     Ok(())
 }

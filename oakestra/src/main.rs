@@ -102,6 +102,9 @@ struct ClusterFlags {
     /// A node NotReady for this long loses its Instances to other nodes.
     #[arg(long, default_value_t = 30)]
     eviction_seconds: u64,
+    /// URL of this cluster's API as clients reach it (default: from --listen).
+    #[arg(long)]
+    advertise_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -130,6 +133,9 @@ struct WorkerFlags {
     /// cgroup file system root, for instance limits.
     #[arg(long, default_value = "/sys/fs/cgroup")]
     cgroup_root: PathBuf,
+    /// Where the agent serves instance logs (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
 }
 
 fn parse_location(s: &str) -> Result<Location, String> {
@@ -160,8 +166,13 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
 }
 
 impl ClusterFlags {
-    fn config(&self, name: &str) -> ClusterConfig {
+    fn config(&self, name: &str, local: &client::Client) -> ClusterConfig {
         ClusterConfig {
+            api_endpoint: Some(
+                self.advertise_url
+                    .clone()
+                    .unwrap_or_else(|| local.base().to_string()),
+            ),
             location: self.location.clone(),
             heartbeat: Duration::from_secs(self.heartbeat_seconds.max(1)),
             node_heartbeat_timeout: Duration::from_secs(self.node_heartbeat_timeout_seconds),
@@ -188,6 +199,7 @@ impl WorkerFlags {
             labels: self.labels.clone(),
             heartbeat: Duration::from_secs(self.heartbeat_seconds.max(1)),
             capacity: None,
+            listen: self.listen,
         })
     }
 }
@@ -306,10 +318,11 @@ async fn main() -> anyhow::Result<()> {
             );
             let shutdown = CancellationToken::new();
             let local = local_client(&server)?;
+            let config = cluster.config(&name, &local);
             let task = tokio::spawn(controllers::cluster::run_cluster(
                 local,
                 root,
-                cluster.config(&name),
+                config,
                 shutdown.clone(),
             ));
             until_stopped(vec![server], shutdown, vec![task]).await
@@ -377,9 +390,11 @@ async fn main() -> anyhow::Result<()> {
                 location: None,
                 labels: BTreeMap::new(),
                 cgroup_root: "/sys/fs/cgroup".into(),
+                listen: "127.0.0.1:0".parse().expect("valid address"),
             };
             let cluster_config = ClusterConfig {
                 heartbeat: Duration::from_secs(2),
+                api_endpoint: Some(cluster_client.base().to_string()),
                 ..ClusterConfig::new("local")
             };
             let tasks = vec![

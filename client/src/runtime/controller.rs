@@ -42,6 +42,22 @@ impl Action {
     }
 }
 
+/// The error of a reconcile. A conflict (a write at a stale resourceVersion) is an
+/// expected race, retried quietly; anything else is logged as a warning.
+pub trait ReconcileError: std::fmt::Display + Send + 'static {
+    fn is_conflict(&self) -> bool {
+        false
+    }
+}
+
+impl ReconcileError for std::convert::Infallible {}
+
+impl ReconcileError for crate::ClientError {
+    fn is_conflict(&self) -> bool {
+        crate::ClientError::is_conflict(self)
+    }
+}
+
 /// The default error policy: retry with per-key exponential backoff (100 ms .. 60 s).
 pub fn backoff_policy() -> Duration {
     Duration::from_millis(100)
@@ -144,7 +160,7 @@ impl<K: Resource> Controller<K> {
     where
         F: Fn(Arc<K>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Action, E>> + Send + 'static,
-        E: std::fmt::Display + Send + 'static,
+        E: ReconcileError,
     {
         let reconcile = Arc::new(reconcile);
         self.run_keyed(
@@ -172,7 +188,7 @@ impl<K: Resource> Controller<K> {
     ) where
         F: Fn(ObjectRef, Option<Arc<K>>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Action, E>> + Send + 'static,
-        E: std::fmt::Display + Send + 'static,
+        E: ReconcileError,
     {
         let reconcile = Arc::new(reconcile);
         tokio::pin!(shutdown);
@@ -186,7 +202,7 @@ impl<K: Resource> Controller<K> {
         tracing::info!(controller = %self.name, objects = self.store.len(), "caches ready, reconciling");
         let mut queue = Queue::default();
         let (done_tx, mut done_rx) =
-            mpsc::unbounded_channel::<(ObjectRef, Result<Action, String>)>();
+            mpsc::unbounded_channel::<(ObjectRef, Result<Action, (bool, String)>)>();
         let mut backoffs: HashMap<ObjectRef, Backoff> = HashMap::new();
         for k in self.store.state() {
             queue.push(ObjectRef::of(k.as_ref()));
@@ -203,7 +219,7 @@ impl<K: Resource> Controller<K> {
                     async move {
                         let result = reconcile(key.clone(), object)
                             .await
-                            .map_err(|e| e.to_string());
+                            .map_err(|e| (e.is_conflict(), e.to_string()));
                         let _ = done.send((key, result));
                     },
                     span,
@@ -223,7 +239,13 @@ impl<K: Resource> Controller<K> {
                                 .entry(key.clone())
                                 .or_insert_with(|| Backoff::new(backoff_policy(), Duration::from_secs(60)))
                                 .next_delay();
-                            tracing::warn!(controller = %self.name, object = %key, error = %e, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+                            let (conflict, e) = e;
+                            if conflict {
+                                // Optimistic concurrency at work: retried on fresh data.
+                                tracing::debug!(controller = %self.name, object = %key, error = %e, "reconcile lost a write race; retrying");
+                            } else {
+                                tracing::warn!(controller = %self.name, object = %key, error = %e, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+                            }
                             Some(delay)
                         }
                     };

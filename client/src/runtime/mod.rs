@@ -9,7 +9,7 @@ pub mod events;
 pub mod reflector;
 pub mod watcher;
 
-pub use controller::{Action, Controller};
+pub use controller::{Action, Controller, ReconcileError};
 pub use events::Recorder;
 pub use reflector::{ObjectRef, Store};
 pub use watcher::{watcher, Event};
