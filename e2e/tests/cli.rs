@@ -97,11 +97,11 @@ fn oakctl_apply_get_describe_delete() {
     let table = ok(cli.oakctl(&["get", "svc", "-n", "demo"]));
     let lines: Vec<&str> = table.lines().collect();
     assert!(
-        lines[0].starts_with("NAME    RUNTIME     REPLICAS   READY    SERVICE-IP   AGE"),
+        lines[0].starts_with("NAME    RUNTIME   REPLICAS   READY    SERVICE-IP   AGE"),
         "{table}"
     );
-    assert!(lines[1].starts_with("hello   process     1"), "{table}");
-    assert!(lines[2].starts_with("web     container   2"), "{table}");
+    assert!(lines[1].starts_with("hello   process   1"), "{table}");
+    assert!(lines[2].starts_with("web     process   2"), "{table}");
     let all = ok(cli.oakctl(&["get", "services", "-A", "-l", "app=web"]));
     assert_eq!(all.lines().count(), 2, "{all}");
     assert!(
@@ -110,7 +110,7 @@ fn oakctl_apply_get_describe_delete() {
     );
     let yaml = ok(cli.oakctl(&["get", "svc", "web", "-n", "demo", "-o", "yaml"]));
     assert!(
-        yaml.contains("image: localhost:5000/oakestra/busybox:latest"),
+        yaml.contains("executable: /bin/sh"),
         "{yaml}"
     );
     let names = ok(cli.oakctl(&["get", "cl", "-o", "name"]));
