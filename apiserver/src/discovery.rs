@@ -12,8 +12,13 @@ pub fn core_versions() -> Value {
     })
 }
 
+/// The served version of the `oakestra.io` group, as discovery lists it.
+fn group_version() -> Value {
+    json!({"groupVersion": format!("{GROUP}/{VERSION}"), "version": VERSION})
+}
+
 pub fn groups() -> Value {
-    let version = json!({"groupVersion": format!("{GROUP}/{VERSION}"), "version": VERSION});
+    let version = group_version();
     json!({
         "kind": "APIGroupList",
         "apiVersion": "v1",
@@ -23,7 +28,7 @@ pub fn groups() -> Value {
 
 pub fn group(name: &str) -> Option<Value> {
     (name == GROUP).then(|| {
-        let version = json!({"groupVersion": format!("{GROUP}/{VERSION}"), "version": VERSION});
+        let version = group_version();
         json!({"kind": "APIGroup", "apiVersion": "v1", "name": GROUP, "versions": [version.clone()], "preferredVersion": version})
     })
 }

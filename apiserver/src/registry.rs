@@ -104,6 +104,29 @@ impl Registry {
             })
     }
 
+    /// The stored object, which must be at `precondition` when one is given (else 409).
+    async fn current_at(
+        &self,
+        kind: &KindInfo,
+        ns: Option<&str>,
+        name: &str,
+        precondition: Option<i64>,
+    ) -> Result<KeyValue, ApiError> {
+        let kv = self.current(kind, ns, name).await?;
+        match precondition {
+            Some(expected) if expected != kv.mod_revision => Err(ApiError::from_storage(
+                StorageError::Conflict {
+                    key: kv.key,
+                    expected,
+                    actual: kv.mod_revision,
+                },
+                kind.plural,
+                name,
+            )),
+            _ => Ok(kv),
+        }
+    }
+
     pub async fn get(
         &self,
         kind: &KindInfo,
@@ -351,18 +374,7 @@ impl Registry {
     ) -> Result<Value, ApiError> {
         let key = object::key(kind, ns, name);
         loop {
-            let kv = self.current(kind, ns, name).await?;
-            if precondition.is_some_and(|p| p != kv.mod_revision) {
-                return Err(ApiError::from_storage(
-                    StorageError::Conflict {
-                        key,
-                        expected: precondition.unwrap_or_default(),
-                        actual: kv.mod_revision,
-                    },
-                    kind.plural,
-                    name,
-                ));
-            }
+            let kv = self.current_at(kind, ns, name, precondition).await?;
             let current = decode(&kv)?;
             let mut next = mutate(&current)?;
             validate(kind, name, &mut next)?;
@@ -411,18 +423,7 @@ impl Registry {
         }
         let key = object::key(kind, ns, name);
         loop {
-            let kv = self.current(kind, ns, name).await?;
-            if precondition.is_some_and(|p| p != kv.mod_revision) {
-                return Err(ApiError::from_storage(
-                    StorageError::Conflict {
-                        key,
-                        expected: precondition.unwrap_or_default(),
-                        actual: kv.mod_revision,
-                    },
-                    kind.plural,
-                    name,
-                ));
-            }
+            let kv = self.current_at(kind, ns, name, precondition).await?;
             let mut current = decode(&kv)?;
             if options.propagation == Propagation::Foreground
                 && current["metadata"].get("deletionTimestamp").is_none()

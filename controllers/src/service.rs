@@ -15,6 +15,7 @@ use crds::{
     set_condition, ConditionStatus, EventType, Instance, InstanceSpec, ObjectMeta, OwnerReference,
     Phase, Service, ServiceStatus, API_VERSION,
 };
+use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -131,17 +132,15 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .filter(|i| i.spec.ordinal >= replicas)
         .collect();
     excess.sort_by_key(|i| std::cmp::Reverse(i.spec.ordinal));
-    for i in &excess {
-        delete(&api, &i.metadata.name).await?;
-        ctx.recorder
-            .record(
-                svc.as_ref(),
-                EventType::Normal,
-                "ScaledDown",
-                &format!("deleted instance {}", i.metadata.name),
-            )
-            .await;
-    }
+    let deletes: Vec<_> = excess
+        .iter()
+        .map(|i| {
+            let (api, name) = (api.clone(), i.metadata.name.clone());
+            async move { delete(&api, &name).await.map(|()| Some(name)) }
+        })
+        .collect();
+    let deleted = parallel(deletes.into_iter()).await?;
+    record_batch(&ctx, &svc, "ScaledDown", "deleted", deleted).await;
     let kept: Vec<_> = current
         .iter()
         .filter(|i| i.spec.ordinal < replicas)
@@ -158,19 +157,22 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     } else {
         0
     };
-    for ordinal in missing.iter().take(to_create) {
-        let instance = new_instance(&svc, &hash, *ordinal);
-        match api.create(&instance).await {
-            Ok(_) => {
-                let message = format!("created instance {}", instance.metadata.name);
-                ctx.recorder
-                    .record(svc.as_ref(), EventType::Normal, "ScaledUp", &message)
-                    .await;
+    let creates: Vec<_> = missing
+        .iter()
+        .take(to_create)
+        .map(|ordinal| {
+            let (api, instance) = (api.clone(), new_instance(&svc, &hash, *ordinal));
+            async move {
+                match api.create(&instance).await {
+                    Ok(_) => Ok(Some(instance.metadata.name)),
+                    Err(e) if e.is_conflict() => Ok(None), // already there; the cache is behind
+                    Err(e) => Err(e),
+                }
             }
-            Err(e) if e.is_conflict() => {} // already there; the cache is behind
-            Err(e) => return Err(e.into()),
-        }
-    }
+        })
+        .collect();
+    let created = parallel(creates.into_iter()).await?;
+    record_batch(&ctx, &svc, "ScaledUp", "created", created).await;
 
     // Rollout: an old Instance goes for each new one that runs.
     let ready_new = kept.iter().filter(|i| running(i)).count();
@@ -190,6 +192,47 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
 
     update_status(&svc, &ctx, &mine, replicas).await?;
     Ok(Action::await_change())
+}
+
+/// Run the writes of one reconcile concurrently (the store commits them together);
+/// returns the names that were written.
+async fn parallel<F, E>(writes: impl Iterator<Item = F>) -> Result<Vec<String>, Error>
+where
+    F: std::future::Future<Output = Result<Option<String>, E>>,
+    Error: From<E>,
+{
+    let results: Vec<Result<Option<String>, E>> = futures::stream::iter(writes)
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut names = Vec::new();
+    for r in results {
+        names.extend(r?);
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// One Event for a batch of Instances ("created 3 instances: a, b, c").
+async fn record_batch(ctx: &Ctx, svc: &Service, reason: &str, verb: &str, names: Vec<String>) {
+    if names.is_empty() {
+        return;
+    }
+    let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+    let more = if names.len() > shown.len() {
+        format!(" and {} more", names.len() - shown.len())
+    } else {
+        String::new()
+    };
+    let noun = if names.len() == 1 {
+        "instance"
+    } else {
+        "instances"
+    };
+    let message = format!("{verb} {} {noun}: {}{more}", names.len(), shown.join(", "));
+    ctx.recorder
+        .record(svc, EventType::Normal, reason, &message)
+        .await;
 }
 
 async fn delete(api: &Api<Instance>, name: &str) -> Result<(), Error> {

@@ -310,29 +310,19 @@ impl RootServer {
             inner,
         }
     }
+}
 
-    pub fn url(&self) -> String {
-        self.inner.url()
+/// `url`, `pid`, `kill9`, `restart` and `log` are those of the process.
+impl std::ops::Deref for RootServer {
+    type Target = Oakestra;
+    fn deref(&self) -> &Oakestra {
+        &self.inner
     }
+}
 
-    /// Process id of the running server.
-    pub fn pid(&self) -> Option<u32> {
-        self.inner.pid()
-    }
-
-    /// `kill -9` the server.
-    pub fn kill9(&mut self) {
-        self.inner.kill9();
-    }
-
-    /// Start it again on the same port and store.
-    pub fn restart(&mut self) {
-        self.inner.restart();
-    }
-
-    /// What the server logged so far (for failure messages).
-    pub fn log(&self) -> String {
-        self.inner.log()
+impl std::ops::DerefMut for RootServer {
+    fn deref_mut(&mut self) -> &mut Oakestra {
+        &mut self.inner
     }
 }
 

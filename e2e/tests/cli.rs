@@ -109,10 +109,7 @@ fn oakctl_apply_get_describe_delete() {
         "{all}"
     );
     let yaml = ok(cli.oakctl(&["get", "svc", "web", "-n", "demo", "-o", "yaml"]));
-    assert!(
-        yaml.contains("executable: /bin/sh"),
-        "{yaml}"
-    );
+    assert!(yaml.contains("executable: /bin/sh"), "{yaml}");
     let names = ok(cli.oakctl(&["get", "cl", "-o", "name"]));
     assert_eq!(names, "cluster/berlin-1\ncluster/munich-1\n");
 
