@@ -38,6 +38,8 @@ pub struct ClusterConfig {
     /// How long a node may be NotReady before its Instances move to other nodes.
     pub eviction: Duration,
     pub concurrency: usize,
+    /// Prefix length of each node's subnet (a block of the cluster's subnet).
+    pub node_prefix: u8,
     /// URL of this cluster's API as others reach it (reported to the root).
     pub api_endpoint: Option<String>,
 }
@@ -51,6 +53,7 @@ impl ClusterConfig {
             node_heartbeat_timeout: Duration::from_secs(20),
             eviction: Duration::from_secs(30),
             concurrency: 8,
+            node_prefix: 26,
             api_endpoint: None,
         }
     }
@@ -78,7 +81,12 @@ pub async fn run_cluster(
             config.concurrency,
             shutdown.clone()
         ),
-        crate::lifecycle::run::<Node>(local, config.node_heartbeat_timeout, shutdown),
+        crate::lifecycle::run::<Node>(
+            local.clone(),
+            config.node_heartbeat_timeout,
+            shutdown.clone()
+        ),
+        crate::subnets::run_cluster(local, config.name.clone(), config.node_prefix, shutdown),
     );
 }
 

@@ -104,8 +104,12 @@ fn new_instance(svc: &Service, hash: &str, ordinal: u32) -> Instance {
     }
 }
 
+/// Ready: running, or — for a one-shot workload (`restartPolicy: Never`) — finished well.
 fn running(i: &Instance) -> bool {
-    i.status.as_ref().is_some_and(|s| s.phase == Phase::Running)
+    let one_shot = i.spec.template.restart_policy == crds::RestartPolicy::Never;
+    i.status
+        .as_ref()
+        .is_some_and(|s| s.phase == Phase::Running || (one_shot && s.phase == Phase::Succeeded))
 }
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {

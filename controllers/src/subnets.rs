@@ -1,303 +1,390 @@
-//! The root subnet allocator: a subnet per Cluster (`status.subnet`, a block of
-//! `--cluster-cidr`) and a service IP per Service (`status.serviceIP`, from
-//! `--service-cidr`, honouring `spec.addressing.roundRobinIP` when it is free).
+//! Address allocation, one mechanism for four uses:
+//!
+//! | object | field | pool | tier |
+//! |---|---|---|---|
+//! | Cluster | `status.subnet` | a `/--cluster-prefix` block of `--cluster-cidr` | root |
+//! | Service | `status.serviceIP` | an address of `--service-cidr`; `spec.addressing.roundRobinIP` honoured when free | root |
+//! | Node | `status.subnet` | a `/--node-prefix` block of the cluster's subnet | cluster |
+//! | Instance | `status.instanceIP` | an address of its node's subnet | cluster |
 //!
 //! Allocations are recorded in the objects themselves, so after a restart the table is
 //! rebuilt from the API. Each allocator reconciles one object at a time and remembers
 //! what it wrote until its cache shows it, so no address is handed out twice even when
-//! the cache lags. Deleting an object returns its address to the pool.
+//! the cache lags. Deleting an object (or moving an Instance to another node) returns
+//! its address to the pool.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::Utc;
 use client::runtime::{Action, Controller, ObjectRef, Recorder, Store};
-use client::{Api, Client, ListParams};
-use crds::{set_condition, Cluster, ConditionStatus, EventType, Service};
+use client::{Client, ListParams};
+use crds::{
+    set_condition, Cluster, Condition, ConditionStatus, EventType, Instance, Node, Resource,
+    Service,
+};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::ipam::Cidr;
 use crate::{Error, RootConfig};
 
+/// An object that holds an address taken from a pool.
+pub trait Addressed: Resource {
+    /// The status field that holds the address.
+    const FIELD: &'static str;
+    /// The condition that reports the allocation.
+    const CONDITION: &'static str;
+    fn address(&self) -> Option<String>;
+    /// An address the user asked for.
+    fn requested(&self) -> Option<Ipv4Addr> {
+        None
+    }
+    fn conditions(&self) -> Vec<Condition>;
+}
+
+impl Addressed for Cluster {
+    const FIELD: &'static str = "subnet";
+    const CONDITION: &'static str = "SubnetAssigned";
+    fn address(&self) -> Option<String> {
+        self.status.as_ref()?.subnet.clone()
+    }
+    fn conditions(&self) -> Vec<Condition> {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Addressed for Node {
+    const FIELD: &'static str = "subnet";
+    const CONDITION: &'static str = "SubnetAssigned";
+    fn address(&self) -> Option<String> {
+        self.status.as_ref()?.subnet.clone()
+    }
+    fn conditions(&self) -> Vec<Condition> {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Addressed for Service {
+    const FIELD: &'static str = "serviceIP";
+    const CONDITION: &'static str = "ServiceIPAssigned";
+    fn address(&self) -> Option<String> {
+        Some(self.status.as_ref()?.service_ip?.to_string())
+    }
+    fn requested(&self) -> Option<Ipv4Addr> {
+        self.spec.addressing.round_robin_ip
+    }
+    fn conditions(&self) -> Vec<Condition> {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Addressed for Instance {
+    const FIELD: &'static str = "instanceIP";
+    const CONDITION: &'static str = "InstanceIPAssigned";
+    fn address(&self) -> Option<String> {
+        Some(self.status.as_ref()?.instance_ip?.to_string())
+    }
+    fn conditions(&self) -> Vec<Condition> {
+        self.status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// What an object draws from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pool {
+    /// Subnets of `prefix` length inside `cidr`.
+    Blocks { cidr: Cidr, prefix: u8 },
+    /// Single addresses of `cidr`.
+    Addresses(Cidr),
+}
+
+impl Pool {
+    fn holds(&self, address: &str) -> bool {
+        match self {
+            Pool::Blocks { cidr, prefix } => address
+                .parse::<Cidr>()
+                .is_ok_and(|c| c.prefix == *prefix && cidr.contains(c.base)),
+            Pool::Addresses(cidr) => address
+                .parse::<Ipv4Addr>()
+                .is_ok_and(|ip| cidr.contains(ip)),
+        }
+    }
+
+    fn first_free(&self, used: &HashMap<String, String>) -> Option<String> {
+        match self {
+            Pool::Blocks { cidr, prefix } => {
+                let used = used.keys().cloned().collect();
+                cidr.first_free_block(*prefix, &used).map(|c| c.to_string())
+            }
+            Pool::Addresses(cidr) => {
+                let used = used.keys().filter_map(|a| a.parse().ok()).collect();
+                cidr.first_free_address(&used).map(|ip| ip.to_string())
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pool::Blocks { cidr, prefix } => write!(f, "/{prefix} blocks of {cidr}"),
+            Pool::Addresses(cidr) => write!(f, "{cidr}"),
+        }
+    }
+}
+
+/// The pool of an object and its scope (objects of one scope share the pool), or `None`
+/// while it is not known (e.g. the Instance's node has no subnet yet).
+type PoolOf<K> = Box<dyn Fn(&K) -> Option<(Pool, String)> + Send + Sync>;
+
+struct Ctx<K> {
+    client: Client,
+    store: Store<K>,
+    recorder: Recorder,
+    pool_of: PoolOf<K>,
+    /// Written, not yet in the cache: object → (scope, address).
+    pending: Mutex<HashMap<ObjectRef, (String, String)>>,
+}
+
+/// Run one allocator over the objects of `controller`.
+async fn run_allocator<K: Addressed>(
+    controller: Controller<K>,
+    client: Client,
+    pool_of: PoolOf<K>,
+    shutdown: CancellationToken,
+) {
+    let ctx = Arc::new(Ctx {
+        store: controller.store(),
+        recorder: Recorder::new(client.clone(), "subnet-allocator"),
+        client,
+        pool_of,
+        pending: Mutex::default(),
+    });
+    controller
+        .run(
+            move |k| reconcile(k, ctx.clone()),
+            shutdown.cancelled_owned(),
+        )
+        .await;
+}
+
+fn allocator<K: Addressed>(client: &Client, name: &str) -> Controller<K> {
+    Controller::new(client.api::<K>(None), ListParams::default())
+        .name(name)
+        .concurrency(1)
+}
+
+/// The root's allocators: cluster subnets and service IPs.
 pub async fn run(client: Client, config: &RootConfig, shutdown: CancellationToken) {
+    let clusters = Pool::Blocks {
+        cidr: config.cluster_cidr,
+        prefix: config.cluster_prefix,
+    };
+    let services = Pool::Addresses(config.service_cidr);
     tokio::join!(
-        run_clusters(
+        run_allocator::<Cluster>(
+            allocator(&client, "cluster-subnets"),
             client.clone(),
-            config.cluster_cidr,
-            config.cluster_prefix,
+            Box::new(move |_| Some((clusters, String::new()))),
             shutdown.clone()
         ),
-        run_services(client, config.service_cidr, shutdown),
+        run_allocator::<Service>(
+            allocator(&client, "service-ips"),
+            client.clone(),
+            Box::new(move |_| Some((services, String::new()))),
+            shutdown
+        ),
     );
 }
 
-/// Addresses written but not yet seen in the cache, per object.
-type Pending<T> = Mutex<HashMap<ObjectRef, T>>;
-
-struct ClusterCtx {
+/// A cluster's allocators: a subnet per Node from the cluster's own subnet (its local
+/// `Cluster` object named `cluster`), and an IP per Instance from its node's subnet.
+pub async fn run_cluster(
     client: Client,
-    store: Store<Cluster>,
-    pool: Cidr,
-    prefix: u8,
-    pending: Pending<String>,
-    recorder: Recorder,
-}
-
-async fn run_clusters(client: Client, pool: Cidr, prefix: u8, shutdown: CancellationToken) {
-    let controller = Controller::new(client.api::<Cluster>(None), ListParams::default())
-        .name("cluster-subnets")
-        .concurrency(1);
-    let ctx = Arc::new(ClusterCtx {
-        store: controller.store(),
-        recorder: Recorder::new(client.clone(), "subnet-allocator"),
-        client,
-        pool,
-        prefix,
-        pending: Mutex::default(),
-    });
-    controller
-        .run(
-            move |c| reconcile_cluster(c, ctx.clone()),
-            shutdown.cancelled_owned(),
-        )
-        .await;
-}
-
-async fn reconcile_cluster(cluster: Arc<Cluster>, ctx: Arc<ClusterCtx>) -> Result<Action, Error> {
-    let key = ObjectRef::of(cluster.as_ref());
-    if cluster.status.as_ref().is_some_and(|s| s.subnet.is_some())
-        || cluster.metadata.deletion_timestamp.is_some()
-    {
-        ctx.pending.lock().expect("pending lock").remove(&key);
-        return Ok(Action::await_change());
-    }
-    let chosen = {
-        let mut pending = ctx.pending.lock().expect("pending lock");
-        if let Some(already) = pending.get(&key) {
-            Some(already.clone()) // written, cache not caught up yet
-        } else {
-            pending.retain(|k, _| {
-                ctx.store
-                    .get(k)
-                    .is_some_and(|c| c.status.as_ref().is_none_or(|s| s.subnet.is_none()))
-            });
-            let mut used: HashSet<String> = ctx
-                .store
+    cluster: String,
+    node_prefix: u8,
+    shutdown: CancellationToken,
+) {
+    let mut nodes = allocator::<Node>(&client, "node-subnets");
+    let node_store = nodes.store();
+    let clusters = nodes.watches(
+        client.api::<Cluster>(None),
+        ListParams::default(),
+        move |_: &Cluster| {
+            node_store
                 .state()
                 .iter()
-                .filter_map(|c| c.status.as_ref()?.subnet.clone())
-                .collect();
-            used.extend(pending.values().cloned());
-            let chosen = ctx
-                .pool
-                .first_free_block(ctx.prefix, &used)
-                .map(|c| c.to_string());
-            if let Some(c) = &chosen {
-                pending.insert(key.clone(), c.clone());
-            }
-            chosen
-        }
-    };
-    let api: Api<Cluster> = ctx.client.api(None);
-    let mut conditions = cluster.status.clone().unwrap_or_default().conditions;
-    let now = Utc::now();
-    match chosen {
-        Some(subnet) => {
-            set_condition(
-                &mut conditions,
-                "SubnetAssigned",
-                ConditionStatus::True,
-                "Assigned",
-                &subnet,
-                now,
-            );
-            let patch = json!({
-                "metadata": {"resourceVersion": cluster.metadata.resource_version},
-                "status": {"subnet": subnet, "conditions": conditions},
-            });
-            if let Err(e) = api.patch_status(&cluster.metadata.name, &patch).await {
-                ctx.pending.lock().expect("pending lock").remove(&key);
-                return Err(e.into());
-            }
-            ctx.recorder
-                .record(
-                    cluster.as_ref(),
-                    EventType::Normal,
-                    "SubnetAssigned",
-                    &format!("assigned subnet {subnet}"),
-                )
-                .await;
-        }
-        None => {
-            let message = format!("no free /{} left in {}", ctx.prefix, ctx.pool);
-            if set_condition(
-                &mut conditions,
-                "SubnetAssigned",
-                ConditionStatus::False,
-                "PoolExhausted",
-                &message,
-                now,
-            ) {
-                api.patch_status(
-                    &cluster.metadata.name,
-                    &json!({"status": {"conditions": conditions}}),
-                )
-                .await?;
-                ctx.recorder
-                    .record(
-                        cluster.as_ref(),
-                        EventType::Warning,
-                        "PoolExhausted",
-                        &message,
-                    )
-                    .await;
-            }
-            return Ok(Action::requeue(std::time::Duration::from_secs(30)));
-        }
-    }
-    Ok(Action::await_change())
-}
-
-struct ServiceCtx {
-    client: Client,
-    store: Store<Service>,
-    pool: Cidr,
-    pending: Pending<Ipv4Addr>,
-    recorder: Recorder,
-}
-
-async fn run_services(client: Client, pool: Cidr, shutdown: CancellationToken) {
-    let controller = Controller::new(client.api::<Service>(None), ListParams::default())
-        .name("service-ips")
-        .concurrency(1);
-    let ctx = Arc::new(ServiceCtx {
-        store: controller.store(),
-        recorder: Recorder::new(client.clone(), "subnet-allocator"),
-        client,
-        pool,
-        pending: Mutex::default(),
+                .map(|n| ObjectRef::of(n.as_ref()))
+                .collect()
+        },
+    );
+    let node_pool: PoolOf<Node> = Box::new(move |_| {
+        let subnet: Cidr = clusters
+            .get(&ObjectRef::new(None, &cluster))?
+            .address()?
+            .parse()
+            .ok()?;
+        Some((
+            Pool::Blocks {
+                cidr: subnet,
+                prefix: node_prefix,
+            },
+            String::new(),
+        ))
     });
-    controller
-        .run(
-            move |s| reconcile_service(s, ctx.clone()),
-            shutdown.cancelled_owned(),
-        )
-        .await;
+    let mut instances = allocator::<Instance>(&client, "instance-ips");
+    let instance_store = instances.store();
+    let node_cache = instances.watches(
+        client.api::<Node>(None),
+        ListParams::default(),
+        move |n: &Node| {
+            let name = &n.metadata.name;
+            instance_store
+                .find(|i| i.spec.node.as_deref() == Some(name.as_str()))
+                .iter()
+                .map(|i| ObjectRef::of(i.as_ref()))
+                .collect()
+        },
+    );
+    let instance_pool: PoolOf<Instance> = Box::new(move |i| {
+        let node = i.spec.node.clone()?;
+        let subnet: Cidr = node_cache
+            .get(&ObjectRef::new(None, &node))?
+            .address()?
+            .parse()
+            .ok()?;
+        Some((Pool::Addresses(subnet), node))
+    });
+    tokio::join!(
+        run_allocator(nodes, client.clone(), node_pool, shutdown.clone()),
+        run_allocator(instances, client, instance_pool, shutdown),
+    );
 }
 
-async fn reconcile_service(svc: Arc<Service>, ctx: Arc<ServiceCtx>) -> Result<Action, Error> {
-    let key = ObjectRef::of(svc.as_ref());
-    let current = svc.status.as_ref().and_then(|s| s.service_ip);
-    let requested = svc.spec.addressing.round_robin_ip;
-    if svc.metadata.deletion_timestamp.is_some()
-        || (current.is_some() && (requested.is_none() || requested == current))
-    {
+async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, Error> {
+    let key = ObjectRef::of(k.as_ref());
+    let pool = (ctx.pool_of)(&k);
+    let current = k.address();
+    let settled = |pool: &Pool| {
+        current.as_deref().is_some_and(|a| pool.holds(a))
+            && k.requested().is_none_or(|r| Some(r.to_string()) == current)
+    };
+    let Some((pool, scope)) = pool.filter(|_| k.metadata().deletion_timestamp.is_none()) else {
+        // Being deleted, or its pool is not known yet: a change of either queues it again.
+        ctx.pending.lock().expect("pending lock").remove(&key);
+        return Ok(Action::await_change());
+    };
+    if settled(&pool) {
         ctx.pending.lock().expect("pending lock").remove(&key);
         return Ok(Action::await_change());
     }
-    let outcome: Result<Ipv4Addr, (&str, String)> = {
+    let outcome: Result<String, (&str, String)> = {
         let mut pending = ctx.pending.lock().expect("pending lock");
-        pending.retain(|k, ip| {
+        // Forget what the cache shows now (or whose object is gone).
+        pending.retain(|k, (_, a)| {
             ctx.store
                 .get(k)
-                .is_some_and(|s| s.status.as_ref().and_then(|s| s.service_ip) != Some(*ip))
+                .is_some_and(|o| o.address().as_ref() != Some(a))
         });
-        let mut owners: HashMap<Ipv4Addr, String> = ctx
+        let mut owners: HashMap<String, String> = ctx
             .store
             .state()
             .iter()
-            .filter(|s| ObjectRef::of(s.as_ref()) != key)
-            .filter_map(|s| {
-                Some((
-                    s.status.as_ref()?.service_ip?,
-                    ObjectRef::of(s.as_ref()).to_string(),
-                ))
-            })
+            .filter(|o| ObjectRef::of(o.as_ref()) != key)
+            .filter(|o| (ctx.pool_of)(o).is_some_and(|(_, s)| s == scope))
+            .filter_map(|o| Some((o.address()?, ObjectRef::of(o.as_ref()).to_string())))
             .collect();
         owners.extend(
             pending
                 .iter()
-                .filter(|(k, _)| **k != key)
-                .map(|(k, ip)| (*ip, k.to_string())),
+                .filter(|(k, (s, _))| **k != key && *s == scope)
+                .map(|(k, (_, a))| (a.clone(), k.to_string())),
         );
-        let used: HashSet<Ipv4Addr> = owners.keys().copied().collect();
-        let outcome = match requested {
-            Some(ip) if !ctx.pool.contains(ip) => Err((
+        let outcome = match k.requested() {
+            Some(ip) if !pool.holds(&ip.to_string()) => Err((
                 "RequestedIPUnavailable",
-                format!("{ip} is outside the service pool {}", ctx.pool),
+                format!("{ip} is outside the pool {pool}"),
             )),
-            Some(ip) => match owners.get(&ip) {
+            Some(ip) => match owners.get(&ip.to_string()) {
                 Some(owner) => Err((
                     "RequestedIPUnavailable",
-                    format!("{ip} is already the service IP of {owner}"),
+                    format!("{ip} is already the address of {owner}"),
                 )),
-                None => Ok(ip),
+                None => Ok(ip.to_string()),
             },
-            None => match pending.get(&key) {
-                Some(ip) => Ok(*ip),
-                None => ctx.pool.first_free_address(&used).ok_or((
-                    "PoolExhausted",
-                    format!("no free address left in {}", ctx.pool),
-                )),
+            None => match pending.get(&key).filter(|(s, _)| *s == scope) {
+                Some((_, a)) => Ok(a.clone()),
+                None => pool
+                    .first_free(&owners)
+                    .ok_or(("PoolExhausted", format!("no free address left in {pool}"))),
             },
         };
-        if let Ok(ip) = outcome {
-            pending.insert(key.clone(), ip);
+        if let Ok(a) = &outcome {
+            pending.insert(key.clone(), (scope.clone(), a.clone()));
         }
         outcome
     };
-    let api: Api<Service> = ctx.client.api(svc.metadata.namespace.as_deref());
-    let mut conditions = svc.status.clone().unwrap_or_default().conditions;
+    let api = ctx.client.api::<K>(k.metadata().namespace.as_deref());
+    let mut conditions = k.conditions();
     let now = Utc::now();
     match outcome {
-        Ok(ip) => {
+        Ok(address) => {
             set_condition(
                 &mut conditions,
-                "ServiceIPAssigned",
+                K::CONDITION,
                 ConditionStatus::True,
                 "Assigned",
-                &ip.to_string(),
+                &address,
                 now,
             );
             let patch = json!({
-                "metadata": {"resourceVersion": svc.metadata.resource_version},
-                "status": {"serviceIP": ip, "conditions": conditions},
+                "metadata": {"resourceVersion": k.metadata().resource_version},
+                "status": {K::FIELD: address, "conditions": conditions},
             });
-            if let Err(e) = api.patch_status(&svc.metadata.name, &patch).await {
+            if let Err(e) = api.patch_status(&k.metadata().name, &patch).await {
                 ctx.pending.lock().expect("pending lock").remove(&key);
                 return Err(e.into());
             }
+            let message = format!("{} {address}", K::FIELD);
             ctx.recorder
-                .record(
-                    svc.as_ref(),
-                    EventType::Normal,
-                    "ServiceIPAssigned",
-                    &format!("service IP {ip}"),
-                )
+                .record(k.as_ref(), EventType::Normal, K::CONDITION, &message)
                 .await;
             Ok(Action::await_change())
         }
         Err((reason, message)) => {
             if set_condition(
                 &mut conditions,
-                "ServiceIPAssigned",
+                K::CONDITION,
                 ConditionStatus::False,
                 reason,
                 &message,
                 now,
             ) {
                 let patch = json!({
-                    "metadata": {"resourceVersion": svc.metadata.resource_version},
+                    "metadata": {"resourceVersion": k.metadata().resource_version},
                     "status": {"conditions": conditions},
                 });
-                api.patch_status(&svc.metadata.name, &patch).await?;
+                api.patch_status(&k.metadata().name, &patch).await?;
                 ctx.recorder
-                    .record(svc.as_ref(), EventType::Warning, reason, &message)
+                    .record(k.as_ref(), EventType::Warning, reason, &message)
                     .await;
             }
-            Ok(Action::requeue(std::time::Duration::from_secs(30)))
+            Ok(Action::requeue(Duration::from_secs(30)))
         }
     }
 }

@@ -229,6 +229,64 @@ async fn hierarchy_with_processes() {
         "replicas spread over both clusters: {per:?}"
     );
 
+    // Addresses: each node a distinct subnet of its cluster's subnet, each instance a
+    // distinct IP of its node's subnet (reported up to the root).
+    let (clusters, _) = t
+        .api
+        .api::<crds::Cluster>(None)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let cluster_subnets: HashSet<String> = clusters
+        .iter()
+        .filter_map(|c| c.status.as_ref()?.subnet.clone())
+        .collect();
+    assert_eq!(cluster_subnets.len(), 2, "{cluster_subnets:?}");
+    let mut node_subnets = BTreeMap::new();
+    for c in &t.clusters {
+        let nodes: Api<crds::Node> = Client::new(&c.url()).unwrap().api(None);
+        let subnets = eventually("node subnets", WAIT, || async {
+            let (items, _) = nodes.list(&ListParams::default()).await.ok()?;
+            items
+                .iter()
+                .map(|n| Some((n.metadata.name.clone(), n.status.as_ref()?.subnet.clone()?)))
+                .collect::<Option<Vec<_>>>()
+        })
+        .await;
+        node_subnets.extend(subnets);
+    }
+    assert_eq!(
+        node_subnets.values().collect::<HashSet<_>>().len(),
+        3,
+        "{node_subnets:?}"
+    );
+    assert!(
+        node_subnets.values().all(|s| s.ends_with("/26")),
+        "{node_subnets:?}"
+    );
+    let ips = eventually("instance IPs at the root", WAIT, || async {
+        let (items, _) = t.instances().list(&ListParams::default()).await.ok()?;
+        items
+            .iter()
+            .map(|i| Some((i.spec.node.clone()?, i.status.as_ref()?.instance_ip?)))
+            .collect::<Option<Vec<_>>>()
+    })
+    .await;
+    assert_eq!(
+        ips.iter().map(|(_, ip)| ip).collect::<HashSet<_>>().len(),
+        3,
+        "{ips:?}"
+    );
+    for (node, ip) in &ips {
+        let subnet = &node_subnets[node];
+        let base: std::net::Ipv4Addr = subnet.split('/').next().unwrap().parse().unwrap();
+        assert_eq!(
+            u32::from(*ip) & !63,
+            u32::from(base),
+            "{ip} is in {node}'s subnet {subnet}"
+        );
+    }
+
     // Logs come from the agent of the node, found through the root and the cluster.
     let (items, _) = t.instances().list(&ListParams::default()).await.unwrap();
     for i in &items {

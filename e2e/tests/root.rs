@@ -191,10 +191,7 @@ async fn scenario(backend: &str) {
         (c.reason == "RequestedIPUnavailable").then_some(c.message)
     })
     .await;
-    assert_eq!(
-        message,
-        "10.30.30.30 is already the service IP of default/rr"
-    );
+    assert_eq!(message, "10.30.30.30 is already the address of default/rr");
 
     // A constraint no cluster meets: the precise reason, on the Instance and the Service.
     root.apply_service("far", 1, json!({"template": {"placement": {"geo": {"latitude": 40.7, "longitude": -74.0, "maxDistanceKm": 500}}}})).await;
