@@ -83,7 +83,7 @@ async fn kill_during_writes(server: &mut RootServer) {
 async fn kill9_loses_no_acknowledged_write_embedded() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("embedded:{}", dir.path().join("store").display());
-    let mut server = RootServer::start(&store, dir.path());
+    let mut server = RootServer::start_with(&store, dir.path(), &["--no-controllers"]);
     kill_during_writes(&mut server).await;
 }
 
@@ -91,6 +91,10 @@ async fn kill9_loses_no_acknowledged_write_embedded() {
 async fn kill9_loses_no_acknowledged_write_etcd() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start();
-    let mut server = RootServer::start(&format!("etcd:{}", etcd.url()), dir.path());
+    let mut server = RootServer::start_with(
+        &format!("etcd:{}", etcd.url()),
+        dir.path(),
+        &["--no-controllers"],
+    );
     kill_during_writes(&mut server).await;
 }
