@@ -34,6 +34,24 @@ pub struct Binder {
     recent: Mutex<HashMap<ObjectRef, Recent>>,
 }
 
+/// Annotation listing the clusters that handed an Instance back for lack of room.
+pub const REJECTED_BY: &str = "oakestra.io/rejected-by";
+
+/// The clusters that handed `instance` back.
+pub fn rejected_by(instance: &Instance) -> Vec<String> {
+    instance
+        .metadata
+        .annotations
+        .get(REJECTED_BY)
+        .map(|v| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The field an Instance's target is in.
 pub fn target_of(tier: Tier, i: &Instance) -> Option<&String> {
     match tier {
@@ -139,11 +157,13 @@ impl Binder {
                     .is_some_and(|i| target_of(self.tier, &i) != Some(&r.target))
             });
             self.complete(instance, &mut candidates, &recent);
+            let excluded = rejected_by(instance);
             let request = Request {
                 tier: self.tier,
                 runtime: instance.spec.template.runtime,
                 resources: &instance.spec.template.resources,
                 placement: &instance.spec.template.placement,
+                excluded: &excluded,
             };
             let decision = scheduler::schedule(&candidates, &request);
             if let Decision::Place(target) = &decision {

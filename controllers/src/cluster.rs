@@ -40,6 +40,9 @@ pub struct ClusterConfig {
     pub concurrency: usize,
     /// Prefix length of each node's subnet (a block of the cluster's subnet).
     pub node_prefix: u8,
+    /// How long an Instance may find no node with room before it is handed back to the
+    /// root to be placed on another cluster.
+    pub handback: Duration,
     /// URL of this cluster's API as others reach it (reported to the root).
     pub api_endpoint: Option<String>,
 }
@@ -54,6 +57,7 @@ impl ClusterConfig {
             eviction: Duration::from_secs(30),
             concurrency: 8,
             node_prefix: 26,
+            handback: Duration::from_secs(30),
             api_endpoint: None,
         }
     }
@@ -74,7 +78,13 @@ pub async fn run_cluster(
             config.clone(),
             shutdown.clone()
         ),
-        sync_instances(local.clone(), root, config.name.clone(), shutdown.clone()),
+        sync_instances(
+            local.clone(),
+            root,
+            config.name.clone(),
+            config.handback,
+            shutdown.clone()
+        ),
         crate::placement::run::<Node>(
             local.clone(),
             config.eviction,
@@ -271,13 +281,20 @@ struct SyncCtx {
     local: Client,
     root: Client,
     cluster: String,
+    handback: Duration,
     locals: Store<Instance>,
     namespaces: Mutex<HashSet<String>>,
 }
 
 /// Down: root Instances placed here get a local copy. Up: the local binding and status
 /// go to the root Instance. Gone or moved at the root: the local copy is deleted.
-async fn sync_instances(local: Client, root: Client, cluster: String, shutdown: CancellationToken) {
+async fn sync_instances(
+    local: Client,
+    root: Client,
+    cluster: String,
+    handback: Duration,
+    shutdown: CancellationToken,
+) {
     let mut controller =
         Controller::new(root.api::<Instance>(None), ListParams::default()).name("cluster-sync");
     let locals = controller.watches(
@@ -289,6 +306,7 @@ async fn sync_instances(local: Client, root: Client, cluster: String, shutdown: 
         local,
         root,
         cluster,
+        handback,
         locals,
         namespaces: Mutex::default(),
     });
@@ -357,6 +375,55 @@ async fn sync_one(
             root_api.replace_status(&up).await?;
         }
     }
+    hand_back_if_no_room(&ctx, &local, &remote).await
+}
+
+/// An Instance no node here has room for goes back to the root, which places it on
+/// another cluster (never again on this one).
+async fn hand_back_if_no_room(
+    ctx: &SyncCtx,
+    local: &Instance,
+    remote: &Instance,
+) -> Result<Action, Error> {
+    let stuck = local.spec.node.is_none().then_some(()).and_then(|()| {
+        let c = local
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Scheduled")?;
+        let no_room = c.status == ConditionStatus::False
+            && matches!(c.reason.as_str(), "NoResourcesAvailable" | "NoTargetNode");
+        no_room.then(|| {
+            (
+                c.last_transition_time.unwrap_or_else(Utc::now),
+                c.message.clone(),
+            )
+        })
+    });
+    let Some((since, why)) = stuck else {
+        return Ok(Action::await_change());
+    };
+    let waited = (Utc::now() - since).to_std().unwrap_or_default();
+    if waited < ctx.handback {
+        return Ok(Action::requeue(
+            ctx.handback - waited + Duration::from_millis(100),
+        ));
+    }
+    let mut rejected = crate::bind::rejected_by(remote);
+    rejected.push(ctx.cluster.clone());
+    tracing::info!(instance = %ObjectRef::of(remote), cluster = %ctx.cluster, reason = %why, "no node has room; handing the instance back to the root");
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": remote.metadata.resource_version,
+            "annotations": {crate::bind::REJECTED_BY: rejected.join(",")},
+        },
+        "spec": {"cluster": null, "node": null},
+    });
+    ctx.root
+        .api::<Instance>(remote.metadata.namespace.as_deref())
+        .patch(&remote.metadata.name, &patch)
+        .await?;
     Ok(Action::await_change())
 }
 

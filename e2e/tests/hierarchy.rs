@@ -67,6 +67,8 @@ impl Topology {
                     "3",
                     "--eviction-seconds",
                     "2",
+                    "--handback-seconds",
+                    "1",
                 ]),
                 Some(port),
                 dir.path(),
@@ -365,6 +367,49 @@ async fn hierarchy_with_processes() {
     // removes what is no longer bound to it.
     t.workers.get_mut(&victim).unwrap().restart();
     t.running(2, &marker2).await;
+
+    // Fits the cluster's total but none of its nodes: the cluster hands it back and the
+    // root says precisely why nothing fits.
+    let big = serde_json::json!({"apiVersion": "oakestra.io/v1", "kind": "Service", "metadata": {"name": "big"},
+        "spec": {"replicas": 1, "template": {"runtime": "process", "executable": "/bin/true",
+            "resources": {"cpuMillicores": 2500}}}});
+    t.api
+        .api::<crds::Service>(Some("default"))
+        .dynamic()
+        .create(&big)
+        .await
+        .unwrap();
+    let message = eventually("big handed back and unplaceable", WAIT, || async {
+        let params = ListParams {
+            label_selector: Some("oakestra.io/service=big".into()),
+            ..Default::default()
+        };
+        let (items, _) = t.instances().list(&params).await.ok()?;
+        let i = items.first()?;
+        let rejected = i.metadata.annotations.get("oakestra.io/rejected-by")?;
+        let c = i
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Scheduled")?;
+        (rejected == "c1"
+            && i.spec.cluster.is_none()
+            && c.reason == "NoResourcesAvailable"
+            && c.message.contains("clusters fit"))
+        .then(|| c.message.clone())
+    })
+    .await;
+    assert!(
+        message.contains("c1: turned this instance down before (no room)"),
+        "{message}"
+    );
+    assert!(message.contains("c2: cpu"), "{message}");
+    t.api
+        .api::<crds::Service>(Some("default"))
+        .delete("big")
+        .await
+        .unwrap();
 
     // Delete: every process goes.
     let out = std::process::Command::new(e2e::binary("oakctl"))

@@ -102,6 +102,9 @@ struct ClusterFlags {
     /// A node NotReady for this long loses its Instances to other nodes.
     #[arg(long, default_value_t = 30)]
     eviction_seconds: u64,
+    /// Seconds an Instance may find no node with room before it goes back to the root.
+    #[arg(long, default_value_t = 30)]
+    handback_seconds: u64,
     /// URL of this cluster's API as clients reach it (default: from --listen).
     #[arg(long)]
     advertise_url: Option<String>,
@@ -177,6 +180,7 @@ impl ClusterFlags {
             heartbeat: Duration::from_secs(self.heartbeat_seconds.max(1)),
             node_heartbeat_timeout: Duration::from_secs(self.node_heartbeat_timeout_seconds),
             eviction: Duration::from_secs(self.eviction_seconds),
+            handback: Duration::from_secs(self.handback_seconds),
             ..ClusterConfig::new(name)
         }
     }

@@ -61,6 +61,8 @@ pub struct Request<'a> {
     pub runtime: Runtime,
     pub resources: &'a Resources,
     pub placement: &'a Placement,
+    /// Candidates that already turned this Instance down.
+    pub excluded: &'a [String],
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +91,9 @@ pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
 
 /// Why a candidate fails the constraints (not resources), if it does.
 fn constraint_failure(c: &Candidate, r: &Request) -> Option<String> {
+    if r.excluded.contains(&c.name) {
+        return Some("turned this instance down before (no room)".into());
+    }
     if !c.ready {
         return Some("not ready".into());
     }
@@ -258,6 +263,7 @@ mod tests {
             runtime: Runtime::Container,
             resources,
             placement,
+            excluded: &[],
         }
     }
 
@@ -384,6 +390,27 @@ mod tests {
     }
 
     #[test]
+    fn a_candidate_that_turned_the_instance_down_is_skipped() {
+        let res = Resources::default();
+        let none = Placement::default();
+        let excluded = vec!["a".to_string()];
+        let r = Request {
+            excluded: &excluded,
+            ..request(&res, &none)
+        };
+        let d = schedule(&[cluster("a", 9000, 9000), cluster("b", 1000, 1000)], &r);
+        assert_eq!(d, Decision::Place("b".into()));
+        let d = schedule(&[cluster("a", 9000, 9000)], &r);
+        assert_eq!(
+            d,
+            Decision::Unschedulable {
+                reason: "NoTargetCluster",
+                message: "0/1 clusters fit: a: turned this instance down before (no room)".into()
+            }
+        );
+    }
+
+    #[test]
     fn runtime_must_be_supported() {
         let res = Resources::default();
         let none = Placement::default();
@@ -392,6 +419,7 @@ mod tests {
             runtime: Runtime::Process,
             resources: &res,
             placement: &none,
+            excluded: &[],
         };
         let d = schedule(&[cluster("n1", 1000, 1000)], &r);
         assert_eq!(
