@@ -384,7 +384,8 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
                     .record(k.as_ref(), EventType::Warning, reason, &message)
                     .await;
             }
-            Ok(Action::requeue(Duration::from_secs(30)))
+            // A released address frees the pool for it: look again soon.
+            Ok(Action::requeue(Duration::from_secs(5)))
         }
     }
 }

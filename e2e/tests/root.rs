@@ -192,6 +192,14 @@ async fn scenario(backend: &str) {
     })
     .await;
     assert_eq!(message, "10.30.30.30 is already the address of default/rr");
+    // Deleting rr returns its address to the pool: taken gets it.
+    root.services().delete("rr").await.unwrap();
+    eventually("taken gets 10.30.30.30 once rr is gone", WAIT, || async {
+        let s = root.services().get("taken").await.unwrap();
+        (s.status?.service_ip? == "10.30.30.30".parse::<std::net::Ipv4Addr>().unwrap())
+            .then_some(())
+    })
+    .await;
 
     // A constraint no cluster meets: the precise reason, on the Instance and the Service.
     root.apply_service("far", 1, json!({"template": {"placement": {"geo": {"latitude": 40.7, "longitude": -74.0, "maxDistanceKm": 500}}}})).await;
