@@ -8,6 +8,7 @@
 //! Instance on this node is removed.
 
 pub mod cgroup;
+pub mod metrics;
 pub mod process;
 pub mod runtime;
 pub mod serve;
@@ -110,6 +111,7 @@ struct Ctx {
     kinds: Vec<Kind>,
     /// URL of the agent's HTTP endpoint, as reported in the Node's status.
     endpoint: String,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// Run the agent with `runtime` (which reports exits on `exits`) until `shutdown`.
@@ -129,13 +131,15 @@ pub async fn run(
         .map_err(AgentError::Listen)?;
     let port = listener.local_addr().map_err(AgentError::Listen)?.port();
     let endpoint = format!("http://{}:{port}", config.address);
-    tokio::spawn(serve::serve(listener, runtime.clone()));
+    let metrics = Arc::new(metrics::Metrics::default());
+    tokio::spawn(serve::serve(listener, runtime.clone(), metrics.clone()));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         config: config.clone(),
         runtime: runtime.clone(),
         kinds,
         endpoint,
+        metrics,
     });
     register(&ctx).await?;
     tracing::info!(node = %config.node, runtime = runtime.name(), "worker agent registered");
@@ -304,6 +308,15 @@ async fn reconcile(
                 (false, None) => "ExitedWhileAgentDown",
                 (false, Some(_)) => "Error",
             };
+            if status.phase == Phase::Running {
+                // First time this exit is seen.
+                ctx.metrics
+                    .exits
+                    .get_or_create(&metrics::ReasonLabel {
+                        reason: reason.into(),
+                    })
+                    .inc();
+            }
             if !restart {
                 let phase = if code == Some(0) {
                     Phase::Succeeded
@@ -366,6 +379,10 @@ where
             started,
         }) => {
             tracing::info!(instance = %id, runtime_id, restarts, "started");
+            ctx.metrics.starts.inc();
+            if restarts > 0 {
+                ctx.metrics.restarts.inc();
+            }
             update(json!({"phase": Phase::Running, "runtimeId": runtime_id, "startTime": started, "hostIP": ctx.config.address,
                 "restartCount": restarts, "reason": null, "message": null, "exitCode": null}))
             .await?;

@@ -107,4 +107,15 @@ async fn oakestra_up_runs_a_service() {
     )
     .await;
     assert!(logs.lines().count() <= 5, "{logs}");
+
+    // The agent's metrics, found through the Node in the cluster API.
+    let cluster = Client::new(&format!("http://127.0.0.1:{cluster_port}")).unwrap();
+    let node = cluster.api::<crds::Node>(None).get("local").await.unwrap();
+    let agent = Client::new(&node.status.unwrap().agent_endpoint.unwrap()).unwrap();
+    let metrics = agent.get_text("/metrics").await.unwrap();
+    assert!(metrics.contains("oakestra_agent_instances 2"), "{metrics}");
+    assert!(
+        metrics.contains("oakestra_agent_starts_total 2"),
+        "{metrics}"
+    );
 }
