@@ -193,9 +193,8 @@ async fn api(
         target.kind.plural.to_string()
     };
     let span = tracing::info_span!("request", verb, resource = %resource, namespace = target.namespace.as_deref(), name = target.name.as_deref());
-    let _entered = span.enter();
-    drop(_entered);
-    let response = match handle(&state, &method, &target, &query, &headers, body).await {
+    let handled = handle(&state, &method, &target, &query, &headers, body);
+    let response = match tracing::Instrument::instrument(handled, span.clone()).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(parent: &span, error = %e, "rejected");

@@ -58,10 +58,8 @@ impl ReconcileError for crate::ClientError {
     }
 }
 
-/// The default error policy: retry with per-key exponential backoff (100 ms .. 60 s).
-pub fn backoff_policy() -> Duration {
-    Duration::from_millis(100)
-}
+/// A failed reconcile is retried with per-key exponential backoff between these bounds.
+const ERROR_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(60));
 
 type Trigger = mpsc::UnboundedSender<ObjectRef>;
 
@@ -237,7 +235,7 @@ impl<K: Resource> Controller<K> {
                         Err(e) => {
                             let delay = backoffs
                                 .entry(key.clone())
-                                .or_insert_with(|| Backoff::new(backoff_policy(), Duration::from_secs(60)))
+                                .or_insert_with(|| Backoff::new(ERROR_BACKOFF.0, ERROR_BACKOFF.1))
                                 .next_delay();
                             let (conflict, e) = e;
                             if conflict {
