@@ -143,7 +143,12 @@ pub async fn run(
     });
     register(&ctx).await?;
     tracing::info!(node = %config.node, runtime = runtime.name(), "worker agent registered");
-    let controller = Controller::new(client.api::<Instance>(None), ListParams::default())
+    // Only the Instances bound here; one that leaves arrives as a deletion.
+    let bound_here = ListParams {
+        field_selector: Some(format!("spec.node={}", config.node)),
+        ..Default::default()
+    };
+    let controller = Controller::new(client.api::<Instance>(None), bound_here)
         .name("agent")
         .concurrency(4);
     let trigger = controller.trigger();

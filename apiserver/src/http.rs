@@ -443,6 +443,22 @@ fn to_table(kind: &KindInfo, source: &Value, items: &Value, with_columns: bool) 
     table
 }
 
+/// The event a selective watcher gets for a change: a modified object that starts
+/// matching is `ADDED`, one that stops matching is `DELETED`, as in Kubernetes.
+/// `matched_before` is `None` when the previous object is unknown.
+fn selected_type(
+    kind: &'static str,
+    matched_before: Option<bool>,
+    matches_now: bool,
+) -> Option<&'static str> {
+    match (kind, matched_before, matches_now) {
+        ("MODIFIED", Some(false), true) => Some("ADDED"),
+        ("MODIFIED", Some(true), false) => Some("DELETED"),
+        (_, _, true) => Some(kind),
+        _ => None,
+    }
+}
+
 fn event_line(type_: &str, object: &[u8]) -> Bytes {
     let mut line = Vec::with_capacity(object.len() + 32);
     line.extend_from_slice(b"{\"type\":\"");
@@ -530,10 +546,11 @@ async fn watch(
     let (labels, fields) = (opts.labels, opts.fields);
     let changes = live.filter_map(move |change| {
         let out = match change {
-            Ok(c) if labels.matches(&c.object) && fields.matches(&c.object) => {
-                Some(encode(c.kind, &c.object, Some(&c.json)))
+            Ok(c) => {
+                let matches = |o: &Value| labels.matches(o) && fields.matches(o);
+                selected_type(c.kind, c.previous.as_ref().map(matches), matches(&c.object))
+                    .map(|t| encode(t, &c.object, Some(&c.json)))
             }
-            Ok(_) => None,
             Err(WatchError::TooOld { .. } | WatchError::Expired) => {
                 Some(error_line(&ApiError::Gone(
                     "the watch expired: list again and watch from the new resourceVersion".into(),

@@ -27,24 +27,31 @@ pub struct Change {
     pub object: serde_json::Value,
     /// `object` serialized.
     pub json: bytes::Bytes,
+    /// For `MODIFIED`: the object before the change (to tell selector transitions).
+    pub previous: Option<serde_json::Value>,
 }
 
 impl Change {
     fn from_event(event: &WatchEvent) -> Option<Change> {
         let kind = match event {
             WatchEvent::Created(_) => "ADDED",
-            WatchEvent::Updated(_) => "MODIFIED",
+            WatchEvent::Updated { .. } => "MODIFIED",
             WatchEvent::Deleted(_) => "DELETED",
         };
         let kv = event.kv();
         let object = object::decode(kv).ok()?;
         let json = serde_json::to_vec(&object).ok()?.into();
+        let previous = match event {
+            WatchEvent::Updated { prev: Some(p), .. } => object::decode(p).ok(),
+            _ => None,
+        };
         Some(Change {
             kind,
             key: kv.key.clone(),
             revision: kv.mod_revision,
             object,
             json,
+            previous,
         })
     }
 }

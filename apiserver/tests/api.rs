@@ -414,6 +414,49 @@ async fn watches(c: &Client) {
     };
     assert!(bookmark.parse::<i64>().unwrap() >= rv(&a2).parse::<i64>().unwrap());
 
+    // A selective watch sees objects enter (ADDED) and leave (DELETED) its selection.
+    let (_, now) = clusters.list_all(&ListParams::default()).await.unwrap();
+    let gold = ListParams {
+        label_selector: Some("tier=gold".into()),
+        resource_version: Some(now),
+        ..Default::default()
+    };
+    let mut selective = clusters.watch(&gold).await.unwrap();
+    clusters.create(&cluster("g")).await.unwrap();
+    clusters
+        .patch("g", &json!({"metadata": {"labels": {"tier": "gold"}}}))
+        .await
+        .unwrap();
+    clusters
+        .patch("g", &json!({"metadata": {"labels": {"zone": "a"}}}))
+        .await
+        .unwrap();
+    clusters
+        .patch("g", &json!({"metadata": {"labels": {"tier": "silver"}}}))
+        .await
+        .unwrap();
+    clusters.delete("g", None).await.unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        match next_event(&mut selective).await {
+            WatchEvent::Added(_) => kinds.push("ADDED"),
+            WatchEvent::Modified(_) => kinds.push("MODIFIED"),
+            WatchEvent::Deleted(o) => {
+                assert_eq!(
+                    o["metadata"]["labels"]["tier"], "silver",
+                    "the object as it left"
+                );
+                kinds.push("DELETED")
+            }
+            WatchEvent::Bookmark(_) => {}
+        }
+    }
+    assert_eq!(
+        kinds,
+        ["ADDED", "MODIFIED", "DELETED"],
+        "not matching before or after: no event"
+    );
+
     // Resume from the middle: exactly what came after.
     let mut resumed = clusters
         .watch(&ListParams {

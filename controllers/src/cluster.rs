@@ -295,8 +295,13 @@ async fn sync_instances(
     handback: Duration,
     shutdown: CancellationToken,
 ) {
+    // Only the root Instances placed here; one placed elsewhere arrives as a deletion.
+    let placed_here = ListParams {
+        field_selector: Some(format!("spec.cluster={cluster}")),
+        ..Default::default()
+    };
     let mut controller =
-        Controller::new(root.api::<Instance>(None), ListParams::default()).name("cluster-sync");
+        Controller::new(root.api::<Instance>(None), placed_here).name("cluster-sync");
     let locals = controller.watches(
         local.api::<Instance>(None),
         ListParams::default(),

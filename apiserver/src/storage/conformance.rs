@@ -274,6 +274,24 @@ async fn watch_order(s: &dyn Store) {
         }
     }
     assert!(matches!(events[0], WatchEvent::Created(_)));
+    // An update carries the value it replaced: the key's previous event's value.
+    let mut last: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
+    for e in &events {
+        if let WatchEvent::Updated { kv, prev } = e {
+            let prev = prev.as_ref().expect("an update carries the previous value");
+            assert_eq!(
+                Some(&prev.value),
+                last.get(&kv.key),
+                "previous value of {}",
+                kv.key
+            );
+            assert!(prev.mod_revision < kv.mod_revision);
+        }
+        match e {
+            WatchEvent::Deleted(kv) => last.remove(&kv.key),
+            other => last.insert(other.kv().key.clone(), other.kv().value.clone()),
+        };
+    }
 }
 
 async fn watch_resume(s: &dyn Store) {

@@ -315,7 +315,13 @@ fn apply_one(
                     encode(cur.create_revision, *revision, value).as_slice(),
                 )
                 .map_err(backend_err)?;
-            Ok((kv.clone(), WatchEvent::Updated(kv)))
+            Ok((
+                kv.clone(),
+                WatchEvent::Updated {
+                    kv,
+                    prev: Some(cur),
+                },
+            ))
         }
         (Op::Delete { .. }, Some(mut cur)) => {
             *revision += 1;

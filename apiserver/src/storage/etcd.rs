@@ -321,7 +321,10 @@ impl WatchState {
                     EventType::Put if kv.create_revision == kv.mod_revision => {
                         WatchEvent::Created(kv)
                     }
-                    EventType::Put => WatchEvent::Updated(kv),
+                    EventType::Put => WatchEvent::Updated {
+                        kv,
+                        prev: event.prev_kv().map(|p| self.store.convert(p)),
+                    },
                     EventType::Delete => {
                         let mut last = event
                             .prev_kv()

@@ -29,7 +29,12 @@ pub struct KeyValue {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
     Created(KeyValue),
-    Updated(KeyValue),
+    /// The new value, and the value it replaced (so watchers can tell an object that
+    /// stopped matching a selector).
+    Updated {
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
     /// The value is the last one stored; `mod_revision` is the deletion's revision.
     Deleted(KeyValue),
 }
@@ -37,7 +42,9 @@ pub enum WatchEvent {
 impl WatchEvent {
     pub fn kv(&self) -> &KeyValue {
         match self {
-            WatchEvent::Created(kv) | WatchEvent::Updated(kv) | WatchEvent::Deleted(kv) => kv,
+            WatchEvent::Created(kv) | WatchEvent::Updated { kv, .. } | WatchEvent::Deleted(kv) => {
+                kv
+            }
         }
     }
     pub fn revision(&self) -> i64 {

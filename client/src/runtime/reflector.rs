@@ -128,33 +128,38 @@ impl<K: Resource> Store<K> {
 }
 
 impl<K: Resource> Writer<K> {
-    pub fn apply(&mut self, event: &Event<K>) {
+    /// Apply an event; for a relist, returns the objects the relist dropped (deleted
+    /// while the watch was away).
+    pub fn apply(&mut self, event: &Event<K>) -> Vec<Arc<K>> {
+        let mut map = self.map.write().expect("store lock");
         match event {
             Event::Applied(k) => {
-                self.map
-                    .write()
-                    .expect("store lock")
-                    .insert(ObjectRef::of(k), Arc::new(k.clone()));
+                map.insert(ObjectRef::of(k), Arc::new(k.clone()));
+                vec![]
             }
             Event::Deleted(k) => {
-                self.map
-                    .write()
-                    .expect("store lock")
-                    .remove(&ObjectRef::of(k));
+                map.remove(&ObjectRef::of(k));
+                vec![]
             }
             Event::Restarted(all) => {
                 let fresh: HashMap<_, _> = all
                     .iter()
                     .map(|k| (ObjectRef::of(k), Arc::new(k.clone())))
                     .collect();
-                *self.map.write().expect("store lock") = fresh;
+                let old = std::mem::replace(&mut *map, fresh);
                 self.ready.send_replace(true);
+                old.into_iter()
+                    .filter(|(key, _)| !map.contains_key(key))
+                    .map(|(_, k)| k)
+                    .collect()
             }
         }
     }
 }
 
-/// Apply every event of `stream` to `writer`, passing the events on.
+/// Apply every event of `stream` to `writer`, passing the events on. After a relist,
+/// each object it dropped follows as a `Deleted` event, so consumers hear of deletions
+/// that happened while the watch was away.
 pub fn reflector<K: Resource, S, E>(
     mut writer: Writer<K>,
     stream: S,
@@ -162,10 +167,14 @@ pub fn reflector<K: Resource, S, E>(
 where
     S: Stream<Item = Result<Event<K>, E>>,
 {
-    stream.map(move |event| {
-        if let Ok(e) = &event {
-            writer.apply(e);
-        }
-        event
+    stream.flat_map(move |event| {
+        let dropped = match &event {
+            Ok(e) => writer.apply(e),
+            Err(_) => vec![],
+        };
+        let deletions = dropped
+            .into_iter()
+            .map(|k| Ok(Event::Deleted(k.as_ref().clone())));
+        futures::stream::iter(std::iter::once(event).chain(deletions))
     })
 }
