@@ -214,6 +214,8 @@ pub fn workspace_root() -> PathBuf {
 pub struct Oakestra {
     /// The port it serves on, if it serves.
     pub port: Option<u16>,
+    /// The `oakestra` binary it runs.
+    pub binary: PathBuf,
     args: Vec<String>,
     process: Process,
     log: PathBuf,
@@ -223,18 +225,30 @@ impl Oakestra {
     /// Start `oakestra ARGS…`; with `port`, wait until it listens there. Output is
     /// appended to `log_dir/oakestra-<name>.log`.
     pub fn start(name: &str, args: &[String], port: Option<u16>, log_dir: &Path) -> Oakestra {
+        Self::start_binary(&binary("oakestra"), name, args, port, log_dir)
+    }
+
+    /// Like [`start`](Self::start), with a given `oakestra` binary (e.g. a release build).
+    pub fn start_binary(
+        binary: &Path,
+        name: &str,
+        args: &[String],
+        port: Option<u16>,
+        log_dir: &Path,
+    ) -> Oakestra {
         let log = log_dir.join(format!("oakestra-{name}.log"));
-        let process = Self::launch(args, port, &log);
+        let process = Self::launch(binary, args, port, &log);
         Oakestra {
             port,
+            binary: binary.to_path_buf(),
             args: args.to_vec(),
             process,
             log,
         }
     }
 
-    fn launch(args: &[String], port: Option<u16>, log: &Path) -> Process {
-        let mut cmd = Command::new(binary("oakestra"));
+    fn launch(binary: &Path, args: &[String], port: Option<u16>, log: &Path) -> Process {
+        let mut cmd = Command::new(binary);
         cmd.args(args);
         // Append, so a restart keeps what the first run logged.
         let process = Process::spawn_appending("oakestra", cmd, log);
@@ -267,7 +281,7 @@ impl Oakestra {
     /// Start it again with the same arguments.
     pub fn restart(&mut self) {
         self.process.kill9();
-        self.process = Self::launch(&self.args, self.port, &self.log);
+        self.process = Self::launch(&self.binary, &self.args, self.port, &self.log);
     }
 
     /// What it logged so far (for failure messages).
@@ -291,6 +305,11 @@ impl RootServer {
 
     /// Start `oakestra root --store STORE EXTRA…`.
     pub fn start_with(store: &str, log_dir: &Path, extra: &[&str]) -> RootServer {
+        Self::start_binary(&binary("oakestra"), store, log_dir, extra)
+    }
+
+    /// Like [`start_with`](Self::start_with), with a given `oakestra` binary.
+    pub fn start_binary(binary: &Path, store: &str, log_dir: &Path, extra: &[&str]) -> RootServer {
         let port = free_port();
         let mut args: Vec<String> = [
             "root",
@@ -303,7 +322,8 @@ impl RootServer {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let inner = Oakestra::start(&format!("root-{port}"), &args, Some(port), log_dir);
+        let inner =
+            Oakestra::start_binary(binary, &format!("root-{port}"), &args, Some(port), log_dir);
         RootServer {
             port,
             store: store.to_string(),

@@ -1,0 +1,621 @@
+//! Scenario `api-writes`: creates per second and latency of `Cluster` creates through
+//! the HTTP API, on the embedded store and on etcd, next to raw etcd writes of the same
+//! bytes as the lower bound.
+//!
+//! For each concurrency level, in this order, each run on a fresh store or key prefix:
+//!
+//! 1. `api/embedded`: an in-process API server on a new embedded store (temp dir);
+//! 2. `api/etcd`: an in-process API server on the shared etcd, under a new key root;
+//! 3. `raw/etcd-put`: plain etcd-client puts of the bytes the server stored in run 2;
+//! 4. `raw/etcd-txn`: the same bytes written with the create-if-absent transaction
+//!    that `EtcdStore::create` sends (compare `create_revision == 0`, then put);
+//! 5. `raw/etcd-txn+watch`: the same transactions while one etcd watch with `prev_kv`
+//!    is open on the run's prefix and drained (not decoded), as the API server's watch
+//!    hub keeps one on its root.
+//!
+//! Besides client-side latency, each run records the CPU time this process (load
+//! generator, plus the in-process server for `api/*`) and the etcd process spent per
+//! acknowledged write, and for `api/*` the server's own mean request and storage
+//! times from its `/metrics`.
+//!
+//! Each in-process server runs on its own Tokio runtime (its own worker threads),
+//! separate from the load generator's, and the whole runtime is shut down after the
+//! run, so no task of an earlier run (the watch hub's storage watch, the embedded
+//! writer) keeps running during a later one. Every run first writes `2 × concurrency`
+//! unmeasured warm-up objects so connections are open before timing starts.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use apiserver::storage::{embedded, etcd, Store};
+use apiserver::{Server, ServerConfig};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use serde_json::{json, Value};
+
+use crate::procfs;
+use crate::prom::{mean_ms, scrape};
+use crate::stats::{round3, Summary};
+
+/// Labels of the server's request series for `Cluster` creates.
+const CREATE_CLUSTERS: &str = "verb=\"create\",resource=\"clusters\"";
+/// Bound on one request; a slower one counts as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Options {
+    /// Measured objects per run.
+    pub count: usize,
+    pub concurrency: Vec<usize>,
+    /// Bound on one run's measured phase; objects not started by then are not written.
+    pub run_timeout: Duration,
+}
+
+/// What one run wrote to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    ApiEmbedded,
+    ApiEtcd,
+    RawPut,
+    RawTxn,
+    RawTxnWatched,
+}
+
+impl Target {
+    pub fn label(self) -> &'static str {
+        match self {
+            Target::ApiEmbedded => "api/embedded",
+            Target::ApiEtcd => "api/etcd",
+            Target::RawPut => "raw/etcd-put",
+            Target::RawTxn => "raw/etcd-txn",
+            Target::RawTxnWatched => "raw/etcd-txn+watch",
+        }
+    }
+}
+
+/// Server-side means over a run's measured requests, from the server's `/metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerSide {
+    /// `request_duration_seconds` of creates: from the start of the handler (headers
+    /// parsed, body not yet read) until the response is built, before it is sent.
+    pub request_mean_ms: f64,
+    /// `storage_duration_seconds` of `create`: the store call alone.
+    pub storage_create_mean_ms: f64,
+}
+
+/// CPU time spent in a measured phase.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuPerWrite {
+    /// µs per acknowledged write in this process's other threads: the load generator.
+    pub client_us: Option<f64>,
+    /// µs per acknowledged write in the in-process server's threads (`api/*` only).
+    pub server_us: Option<f64>,
+    /// µs per acknowledged write in etcd.
+    pub etcd_us: Option<f64>,
+    /// Everything else busy on the machine meanwhile, in cores: should be near 0, or
+    /// another workload was competing for the CPUs.
+    pub rest_cores: Option<f64>,
+}
+
+/// The figures of one (target, concurrency) run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub target: Target,
+    pub concurrency: usize,
+    /// Writes acknowledged.
+    pub ok: usize,
+    pub errors: usize,
+    pub first_error: Option<String>,
+    pub elapsed: Duration,
+    pub latency: Summary,
+    pub server: Option<ServerSide>,
+    pub cpu: CpuPerWrite,
+}
+
+impl Run {
+    pub fn per_second(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Run every target at every concurrency level against `etcd_url`.
+pub async fn run(opts: &Options, etcd_url: &str) -> anyhow::Result<Vec<Run>> {
+    let bench = Bench {
+        opts,
+        etcd_url,
+        etcd_pid: procfs::find_pid_with_arg(&format!("--listen-client-urls={etcd_url}")),
+    };
+    if bench.etcd_pid.is_none() {
+        eprintln!("api-writes: etcd's PID not found in /proc; its CPU time is not reported");
+    }
+    let mut runs = Vec::new();
+    for &c in &opts.concurrency {
+        let dir = tempfile::tempdir().context("temp dir for the embedded store")?;
+        let server = InProcessServer::start(ServerStore::Embedded(dir.path().join("store")))
+            .await
+            .context("starting the API server on the embedded store")?;
+        runs.push(bench.api_run(Target::ApiEmbedded, c, &server.url).await?);
+        drop(server);
+        drop(dir);
+
+        let root = format!("/oakbench/api-c{c}");
+        let server = InProcessServer::start(ServerStore::Etcd {
+            url: etcd_url.to_string(),
+            root: root.clone(),
+        })
+        .await
+        .context("starting the API server on etcd")?;
+        runs.push(bench.api_run(Target::ApiEtcd, c, &server.url).await?);
+        drop(server);
+
+        let template = stored_bytes(etcd_url, &format!("{root}{}", cluster_key(&name(0))))
+            .await
+            .context("reading an object the API server stored in etcd")?;
+        for target in [Target::RawPut, Target::RawTxn, Target::RawTxnWatched] {
+            runs.push(bench.raw_run(target, c, &template).await?);
+        }
+    }
+    Ok(runs)
+}
+
+fn name(i: usize) -> String {
+    format!("obj-{i:06}")
+}
+
+fn warm_name(i: usize) -> String {
+    format!("warm-{i:06}")
+}
+
+/// The storage key of a `Cluster` (as `apiserver::object::key` makes it).
+fn cluster_key(name: &str) -> String {
+    format!("/oakestra.io/clusters/{name}")
+}
+
+fn cluster(name: &str) -> Value {
+    json!({
+        "apiVersion": "oakestra.io/v1",
+        "kind": "Cluster",
+        "metadata": {"name": name},
+        "spec": {},
+    })
+}
+
+struct Bench<'a> {
+    opts: &'a Options,
+    etcd_url: &'a str,
+    etcd_pid: Option<u32>,
+}
+
+impl Bench<'_> {
+    async fn api_run(&self, target: Target, concurrency: usize, url: &str) -> anyhow::Result<Run> {
+        let kind = crds::kind_by_name("Cluster").context("Cluster is a served kind")?;
+        let api = client::Client::new(url)?.dynamic(kind, None);
+        let create = |name_of: fn(usize) -> String| {
+            let api = api.clone();
+            move |i: usize| {
+                let api = api.clone();
+                async move {
+                    api.create(&cluster(&name_of(i)))
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
+            }
+        };
+        self.warm_up(target, concurrency, create(warm_name)).await?;
+        let before = scrape(url).await?;
+        let (outcome, cpu) = self.measure(concurrency, create(name)).await;
+        let after = scrape(url).await?;
+        let server = Some(ServerSide {
+            request_mean_ms: mean_ms(&before, &after, "request_duration_seconds", CREATE_CLUSTERS),
+            storage_create_mean_ms: mean_ms(
+                &before,
+                &after,
+                "storage_duration_seconds",
+                "operation=\"create\"",
+            ),
+        });
+        Ok(outcome.into_run(target, concurrency, server, cpu))
+    }
+
+    async fn raw_run(
+        &self,
+        target: Target,
+        concurrency: usize,
+        template: &[u8],
+    ) -> anyhow::Result<Run> {
+        let root = match target {
+            Target::RawPut => format!("/oakbench/put-c{concurrency}"),
+            Target::RawTxn => format!("/oakbench/txn-c{concurrency}"),
+            _ => format!("/oakbench/txnw-c{concurrency}"),
+        };
+        // The values are made before timing starts: the object the server stored, renamed.
+        let template: Value = serde_json::from_slice(template).context("stored object is JSON")?;
+        let object = |name: &str| -> (String, Vec<u8>) {
+            let mut o = template.clone();
+            o["metadata"]["name"] = name.into();
+            (
+                format!("{root}{}", cluster_key(name)),
+                serde_json::to_vec(&o).expect("JSON serializes"),
+            )
+        };
+        let warm: Arc<Vec<_>> = Arc::new(
+            (0..2 * concurrency)
+                .map(|i| object(&warm_name(i)))
+                .collect(),
+        );
+        let measured: Arc<Vec<_>> =
+            Arc::new((0..self.opts.count).map(|i| object(&name(i))).collect());
+        let mut etcd = etcd_client::Client::connect([self.etcd_url], None)
+            .await
+            .context("connecting to etcd")?;
+        let watch = match target {
+            Target::RawTxnWatched => Some(drain_watch(&mut etcd, &format!("{root}/")).await?),
+            _ => None,
+        };
+        let kv = etcd.kv_client();
+        let write = |objects: Arc<Vec<(String, Vec<u8>)>>| {
+            let kv = kv.clone();
+            move |i: usize| {
+                let mut kv = kv.clone();
+                let (key, value) = objects[i].clone();
+                async move {
+                    if target == Target::RawPut {
+                        return kv
+                            .put(key, value, None)
+                            .await
+                            .map(drop)
+                            .map_err(|e| e.to_string());
+                    }
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(key.clone(), value, None)])
+                        .or_else([TxnOp::get(key.clone(), None)]);
+                    match kv.txn(txn).await {
+                        Ok(r) if r.succeeded() => Ok(()),
+                        Ok(_) => Err(format!("{key} already exists")),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            }
+        };
+        self.warm_up(target, concurrency, write(warm)).await?;
+        let (outcome, cpu) = self.measure(concurrency, write(measured)).await;
+        if let Some(watch) = watch {
+            watch.abort();
+        }
+        Ok(outcome.into_run(target, concurrency, None, cpu))
+    }
+
+    /// `2 × concurrency` unmeasured writes, so every connection is open.
+    async fn warm_up<F, Fut>(&self, target: Target, concurrency: usize, op: F) -> anyhow::Result<()>
+    where
+        F: Fn(usize) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<(), String>> + Send,
+    {
+        let warm = drive(2 * concurrency, concurrency, self.opts.run_timeout, op).await;
+        anyhow::ensure!(
+            warm.errors == 0,
+            "{} warm-up failed: {}",
+            target.label(),
+            warm.first_error.unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    /// The measured phase: `opts.count` calls of `op`, and the CPU time spent on them.
+    async fn measure<F, Fut>(&self, concurrency: usize, op: F) -> (Outcome, CpuPerWrite)
+    where
+        F: Fn(usize) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<(), String>> + Send,
+    {
+        let server_threads = || procfs::own_threads_cpu_seconds(is_server_thread);
+        let (before, server_before) = (procfs::CpuSample::take(self.etcd_pid), server_threads());
+        let outcome = drive(self.opts.count, concurrency, self.opts.run_timeout, op).await;
+        let (spent, server_after) = (
+            procfs::CpuSample::take(self.etcd_pid).since(&before),
+            server_threads(),
+        );
+        let writes = outcome.latencies.len().max(1) as f64;
+        let server = server_after
+            .zip(server_before)
+            .map(|(a, b)| a - b)
+            .filter(|s| *s > 0.0);
+        let cpu = CpuPerWrite {
+            client_us: spent
+                .own
+                .map(|s| (s - server.unwrap_or(0.0)) * 1e6 / writes),
+            server_us: server.map(|s| s * 1e6 / writes),
+            etcd_us: spent.other_process.map(|s| s * 1e6 / writes),
+            rest_cores: spent.rest_cores,
+        };
+        (outcome, cpu)
+    }
+}
+
+/// Threads of an [`InProcessServer`]: its runtime's and the embedded store's writer
+/// (`comm` holds at most 15 bytes).
+fn is_server_thread(comm: &str) -> bool {
+    comm == SERVER_THREAD || comm.starts_with("embedded-store")
+}
+
+/// Name of the threads of an [`InProcessServer`]'s runtime.
+const SERVER_THREAD: &str = "apiserver";
+
+/// Open a watch of every key under `prefix` (with previous values, as `EtcdStore`
+/// watches) and drain its events in a task.
+async fn drain_watch(
+    etcd: &mut etcd_client::Client,
+    prefix: &str,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let options = etcd_client::WatchOptions::new()
+        .with_prefix()
+        .with_prev_key();
+    let mut stream = etcd
+        .watch(prefix, Some(options))
+        .await
+        .context("opening an etcd watch")?;
+    Ok(tokio::spawn(async move {
+        while let Ok(Some(_)) = stream.message().await {}
+    }))
+}
+
+/// What [`drive`] observed.
+struct Outcome {
+    latencies: Vec<Duration>,
+    errors: usize,
+    first_error: Option<String>,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    fn into_run(
+        mut self,
+        target: Target,
+        concurrency: usize,
+        server: Option<ServerSide>,
+        cpu: CpuPerWrite,
+    ) -> Run {
+        Run {
+            target,
+            concurrency,
+            ok: self.latencies.len(),
+            errors: self.errors,
+            first_error: self.first_error,
+            elapsed: self.elapsed,
+            latency: Summary::of(&mut self.latencies),
+            server,
+            cpu,
+        }
+    }
+}
+
+/// Call `op(i)` for `i` in `0..count` from `concurrency` tasks, each taking the next
+/// index when its previous call is done. Stops taking indexes after `time_bound`; every
+/// call is bounded by [`REQUEST_TIMEOUT`].
+async fn drive<F, Fut>(count: usize, concurrency: usize, time_bound: Duration, op: F) -> Outcome
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let first_error = Arc::new(Mutex::new(None::<String>));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (next, op, first_error) = (next.clone(), op.clone(), first_error.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(count / concurrency + 1);
+                let mut errors = 0;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count || start.elapsed() > time_bound {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    let error = match tokio::time::timeout(REQUEST_TIMEOUT, op(i)).await {
+                        Ok(Ok(())) => {
+                            latencies.push(t0.elapsed());
+                            continue;
+                        }
+                        Ok(Err(e)) => e,
+                        Err(_) => format!("no answer within {REQUEST_TIMEOUT:?}"),
+                    };
+                    errors += 1;
+                    first_error.lock().expect("error lock").get_or_insert(error);
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut outcome = Outcome {
+        latencies: Vec::with_capacity(count),
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+    };
+    for task in futures::future::join_all(tasks).await {
+        let (latencies, errors) = task.expect("load task panicked");
+        outcome.latencies.extend(latencies);
+        outcome.errors += errors;
+    }
+    outcome.elapsed = start.elapsed();
+    outcome.first_error = first_error.lock().expect("error lock").take();
+    outcome
+}
+
+/// The raw value etcd holds under `key`.
+async fn stored_bytes(etcd_url: &str, key: &str) -> anyhow::Result<Vec<u8>> {
+    let mut client = etcd_client::Client::connect([etcd_url], None).await?;
+    let resp = client.get(key, None).await?;
+    let kv = resp
+        .kvs()
+        .first()
+        .with_context(|| format!("{key} is not in etcd"))?;
+    Ok(kv.value().to_vec())
+}
+
+enum ServerStore {
+    Embedded(PathBuf),
+    Etcd { url: String, root: String },
+}
+
+/// An API server in this process, on its own runtime, on `127.0.0.1:0`.
+struct InProcessServer {
+    url: String,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl InProcessServer {
+    async fn start(store: ServerStore) -> anyhow::Result<InProcessServer> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name(SERVER_THREAD)
+            .build()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        runtime.spawn(async move {
+            let store: Result<Arc<dyn Store>, String> = match store {
+                ServerStore::Embedded(dir) => {
+                    embedded::EmbeddedStore::open(&dir, embedded::EmbeddedOptions::default())
+                        .map(|s| Arc::new(s) as Arc<dyn Store>)
+                        .map_err(|e| e.to_string())
+                }
+                ServerStore::Etcd { url, root } => etcd::EtcdStore::connect(&[url], &root)
+                    .await
+                    .map(|s| Arc::new(s) as Arc<dyn Store>)
+                    .map_err(|e| e.to_string()),
+            };
+            let started = match store {
+                Ok(store) => Server::start_with_store(
+                    ([127, 0, 0, 1], 0).into(),
+                    store,
+                    ServerConfig::default(),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok(server) => {
+                    let _ = tx.send(Ok(server.addr));
+                    server.wait().await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+        let addr = rx
+            .await
+            .context("the server task ended")?
+            .map_err(anyhow::Error::msg)?;
+        Ok(InProcessServer {
+            url: format!("http://{addr}"),
+            runtime: Some(runtime),
+        })
+    }
+}
+
+impl Drop for InProcessServer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+pub fn to_json(runs: &[Run]) -> Value {
+    Value::Array(
+        runs.iter()
+            .map(|r| {
+                let raw = raw_of(runs, r);
+                json!({
+                    "target": r.target.label(),
+                    "concurrency": r.concurrency,
+                    "ok": r.ok,
+                    "errors": r.errors,
+                    "first_error": r.first_error,
+                    "elapsed_s": round3(r.elapsed.as_secs_f64()),
+                    "creates_per_s": round3(r.per_second()),
+                    "latency": r.latency.to_json(),
+                    "server_request_mean_ms": r.server.map(|s| round3(s.request_mean_ms)),
+                    "server_storage_create_mean_ms": r.server.map(|s| round3(s.storage_create_mean_ms)),
+                    "cpu_us_per_write": {
+                        "client": r.cpu.client_us.map(round3),
+                        "server": r.cpu.server_us.map(round3),
+                        "etcd": r.cpu.etcd_us.map(round3),
+                    },
+                    "other_load_cores": r.cpu.rest_cores.map(round3),
+                    "api_over_raw_put_throughput": raw.map(|p| round3(r.per_second() / p.per_second())),
+                    "api_over_raw_put_p99": raw.map(|p| round3(r.latency.p99_ms / p.latency.p99_ms)),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// For an `api/etcd` run, the raw put run at the same concurrency.
+pub fn raw_of<'a>(runs: &'a [Run], run: &Run) -> Option<&'a Run> {
+    if run.target != Target::ApiEtcd {
+        return None;
+    }
+    runs.iter()
+        .find(|p| p.target == Target::RawPut && p.concurrency == run.concurrency)
+}
+
+pub fn print(runs: &[Run]) {
+    println!(
+        "\napi-writes: Cluster creates ({} per run; srv = the server's own mean times; \
+         cpu = µs of CPU per write in the load generator, the server and etcd; \
+         other = cores busy with anything else)",
+        runs.first().map(|r| r.ok + r.errors).unwrap_or_default()
+    );
+    println!(
+        "{:<18} {:>4} {:>5} {:>3} {:>9} {:>7} {:>7} {:>6} {:>9} {:>6} {:>6} {:>6} {:>5} {:>7} {:>7}",
+        "target",
+        "conc",
+        "ok",
+        "err",
+        "creates/s",
+        "p50 ms",
+        "p99 ms",
+        "srv ms",
+        "srv store",
+        "client",
+        "server",
+        "etcd",
+        "other",
+        "thr/raw",
+        "p99/raw"
+    );
+    let opt = |v: Option<f64>, prec: usize| match v {
+        Some(v) => format!("{v:.prec$}"),
+        None => "-".into(),
+    };
+    for r in runs {
+        let raw = raw_of(runs, r);
+        println!(
+            "{:<18} {:>4} {:>5} {:>3} {:>9.0} {:>7.2} {:>7.2} {:>6} {:>9} {:>6} {:>6} {:>6} {:>5} {:>7} {:>7}",
+            r.target.label(),
+            r.concurrency,
+            r.ok,
+            r.errors,
+            r.per_second(),
+            r.latency.p50_ms,
+            r.latency.p99_ms,
+            opt(r.server.map(|s| s.request_mean_ms), 2),
+            opt(r.server.map(|s| s.storage_create_mean_ms), 2),
+            opt(r.cpu.client_us, 0),
+            opt(r.cpu.server_us, 0),
+            opt(r.cpu.etcd_us, 0),
+            opt(r.cpu.rest_cores, 2),
+            opt(raw.map(|p| r.per_second() / p.per_second()), 2),
+            opt(raw.map(|p| r.latency.p99_ms / p.latency.p99_ms), 2),
+        );
+        if let Some(e) = &r.first_error {
+            println!("    first error: {e}");
+        }
+    }
+}

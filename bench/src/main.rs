@@ -1,0 +1,226 @@
+//! `oakbench`: the benchmark harness of the workspace (a program, not tests).
+//!
+//! It owns the benchmark scenarios and everything they run against: it starts a real
+//! `etcd` (`e2e::Etcd`), API servers in this process (`apiserver::Server` on
+//! `127.0.0.1:0`) or as a real `oakestra root` process when the server's memory is
+//! measured, drives load from this process over loopback only, prints a table and
+//! writes the figures as JSON. Every request loop is bounded in count and in time.
+//!
+//! - [`api_writes`]: `Cluster` creates through the API (embedded store and etcd) against
+//!   raw etcd writes of the same bytes;
+//! - [`watch_fanout`]: delivery delay of changes to many watchers and server RSS per
+//!   watcher;
+//! - [`placement`]: a Service of N replicas to N placed Instances through the root
+//!   controllers.
+//!
+//! How to run it and the figures of a run are in `docs/benchmarks.md`.
+
+mod api_writes;
+mod placement;
+mod procfs;
+mod prom;
+mod stats;
+mod watch_fanout;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    ApiWrites,
+    WatchFanout,
+    Placement,
+    All,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "oakbench", about = "Benchmarks of the Oakestra API server")]
+struct Cli {
+    /// Which scenario to run.
+    #[arg(long, value_enum, default_value_t = Scenario::All)]
+    scenario: Scenario,
+    /// api-writes: measured objects per run (per backend and concurrency).
+    #[arg(long, default_value_t = 2000)]
+    count: usize,
+    /// api-writes: concurrency levels (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 64])]
+    concurrency: Vec<usize>,
+    /// watch-fanout: concurrent watchers.
+    #[arg(long, default_value_t = 1000)]
+    watchers: usize,
+    /// watch-fanout: objects created one at a time while the watchers listen.
+    #[arg(long, default_value_t = 200)]
+    events: usize,
+    /// placement: replicas of the Service.
+    #[arg(long, default_value_t = 1000)]
+    instances: usize,
+    /// placement: clusters to spread them over.
+    #[arg(long, default_value_t = 10)]
+    clusters: usize,
+    /// Small numbers for a smoke run (200 objects, 50 watchers, 20 events, 100 instances).
+    #[arg(long)]
+    quick: bool,
+    /// Bound on each measured phase, in seconds.
+    #[arg(long, default_value_t = 120)]
+    run_timeout: u64,
+    /// watch-fanout: the `oakestra` binary to run [default: `e2e::RootServer`'s, the
+    /// debug build that `e2e::binary` builds, target/debug/oakestra].
+    #[arg(long)]
+    oakestra: Option<PathBuf>,
+    /// watch-fanout: also run the root controllers in the server process (by default
+    /// it runs with `--no-controllers`: the API server alone).
+    #[arg(long)]
+    controllers: bool,
+    /// Where to write the figures as JSON.
+    #[arg(long, default_value = "target/oakbench.json")]
+    json: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut cli = Cli::parse();
+    if cli.quick {
+        cli.count = 200;
+        cli.watchers = 50;
+        cli.events = 20;
+        cli.instances = 100;
+    }
+    anyhow::ensure!(
+        cli.count > 0 && cli.concurrency.iter().all(|&c| c > 0),
+        "--count and --concurrency must be positive"
+    );
+    let run_timeout = Duration::from_secs(cli.run_timeout);
+    if let Some(load) = procfs::loadavg().filter(|l| *l > 0.5) {
+        eprintln!(
+            "note: the 1-minute load average is {load:.2} (it counts the last minute, \
+             earlier runs included): the `other` figures show whether anything else \
+             competed for the CPUs during a measurement"
+        );
+    }
+    let mut report = json!({
+        "machine": machine(),
+        "options": {
+            "count": cli.count,
+            "concurrency": cli.concurrency,
+            "watchers": cli.watchers,
+            "events": cli.events,
+            "quick": cli.quick,
+            "controllers": cli.controllers,
+        },
+        "git_at_run_time": git(),
+    });
+
+    if matches!(cli.scenario, Scenario::ApiWrites | Scenario::All) {
+        eprintln!("api-writes: starting etcd");
+        let etcd = tokio::task::spawn_blocking(e2e::Etcd::start)
+            .await
+            .context("starting etcd (is `etcd` on PATH? Debian: etcd-server)")?;
+        let opts = api_writes::Options {
+            count: cli.count,
+            concurrency: cli.concurrency.clone(),
+            run_timeout,
+        };
+        eprintln!(
+            "api-writes: {} creates per run at concurrency {:?}",
+            cli.count, cli.concurrency
+        );
+        let runs = api_writes::run(&opts, &etcd.url()).await?;
+        api_writes::print(&runs);
+        report["api_writes"] = api_writes::to_json(&runs);
+        drop(etcd);
+    }
+
+    if matches!(cli.scenario, Scenario::WatchFanout | Scenario::All) {
+        if cli.oakestra.is_none() {
+            eprintln!("watch-fanout: building the debug oakestra binary (e2e::binary)");
+        }
+        let opts = watch_fanout::Options {
+            watchers: cli.watchers,
+            events: cli.events,
+            oakestra: cli.oakestra.clone(),
+            controllers: cli.controllers,
+            time_bound: run_timeout,
+        };
+        eprintln!(
+            "watch-fanout: {} watchers, {} creates",
+            cli.watchers, cli.events
+        );
+        let fanout = watch_fanout::run(&opts).await?;
+        watch_fanout::print(&fanout);
+        report["watch_fanout"] = watch_fanout::to_json(&fanout);
+    }
+
+    if matches!(cli.scenario, Scenario::Placement | Scenario::All) {
+        let opts = placement::Options {
+            instances: cli.instances,
+            clusters: cli.clusters,
+            oakestra: cli.oakestra.clone(),
+            time_bound: run_timeout,
+        };
+        let placement_report = placement::run(&opts).await?;
+        placement::print(&placement_report);
+        report["placement"] = placement::to_json(&placement_report);
+    }
+
+    if let Some(parent) = cli.json.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    report["machine"]["loadavg_1min_end"] = json!(procfs::loadavg());
+    std::fs::write(&cli.json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", cli.json.display()))?;
+    println!("\nfigures written to {}", cli.json.display());
+    Ok(())
+}
+
+/// The workspace's commit when the figures were taken, and whether the working tree
+/// differed from it (the binaries may have been built from an earlier state).
+fn git() -> serde_json::Value {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(e2e::workspace_root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    json!({
+        "revision": run(&["rev-parse", "HEAD"]),
+        "dirty": run(&["status", "--porcelain"]).map(|s| !s.is_empty()),
+    })
+}
+
+/// What the figures ran on.
+fn machine() -> serde_json::Value {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let field = |text: &str, key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let etcd = std::process::Command::new(e2e::etcd_binary())
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_string));
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": field(&cpuinfo, "model name"),
+        "mem_total": field(&read("/proc/meminfo"), "MemTotal"),
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "loadavg_1min_start": procfs::loadavg(),
+        "etcd": etcd,
+        "unix_time": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    })
+}
