@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use client::runtime::{Action, Controller, ObjectRef, Store};
 use client::{Client, ListParams};
-use crds::{Cluster, Condition, Instance, Node, Resource};
+use crds::{Cluster, HasConditions, Instance, Node, Resource};
 use scheduler::{Candidate, Tier};
 use tokio_util::sync::CancellationToken;
 
@@ -20,11 +20,10 @@ use crate::bind::{target_of, Binder};
 use crate::{not_ready_for, Error};
 
 /// A kind Instances are bound to.
-pub trait Target: Resource {
+pub trait Target: Resource + HasConditions {
     const TIER: Tier;
     /// The target as the scheduler sees it (without in-flight work).
     fn candidate(&self) -> Candidate;
-    fn conditions(&self) -> &[Condition];
 }
 
 impl Target for Cluster {
@@ -43,12 +42,6 @@ impl Target for Cluster {
             ..Default::default()
         }
     }
-    fn conditions(&self) -> &[Condition] {
-        self.status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or_default()
-    }
 }
 
 impl Target for Node {
@@ -66,12 +59,6 @@ impl Target for Node {
             allocatable: status.allocatable.unwrap_or_default(),
             ..Default::default()
         }
-    }
-    fn conditions(&self) -> &[Condition] {
-        self.status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or_default()
     }
 }
 

@@ -22,7 +22,7 @@ use chrono::Utc;
 use client::runtime::{Action, Controller, ObjectRef, Recorder, Store};
 use client::{Client, ListParams};
 use crds::{
-    set_condition, Cluster, Condition, ConditionStatus, EventType, Instance, Node, Resource,
+    set_condition, Cluster, ConditionStatus, EventType, HasConditions, Instance, Node, Resource,
     Service,
 };
 use serde_json::json;
@@ -32,7 +32,7 @@ use crate::ipam::Cidr;
 use crate::{Error, RootConfig};
 
 /// An object that holds an address taken from a pool.
-pub trait Addressed: Resource {
+pub trait Addressed: Resource + HasConditions {
     /// The status field that holds the address.
     const FIELD: &'static str;
     /// The condition that reports the allocation.
@@ -42,7 +42,6 @@ pub trait Addressed: Resource {
     fn requested(&self) -> Option<Ipv4Addr> {
         None
     }
-    fn conditions(&self) -> Vec<Condition>;
 }
 
 impl Addressed for Cluster {
@@ -51,12 +50,6 @@ impl Addressed for Cluster {
     fn address(&self) -> Option<String> {
         self.status.as_ref()?.subnet.clone()
     }
-    fn conditions(&self) -> Vec<Condition> {
-        self.status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default()
-    }
 }
 
 impl Addressed for Node {
@@ -64,12 +57,6 @@ impl Addressed for Node {
     const CONDITION: &'static str = "SubnetAssigned";
     fn address(&self) -> Option<String> {
         self.status.as_ref()?.subnet.clone()
-    }
-    fn conditions(&self) -> Vec<Condition> {
-        self.status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default()
     }
 }
 
@@ -82,12 +69,6 @@ impl Addressed for Service {
     fn requested(&self) -> Option<Ipv4Addr> {
         self.spec.addressing.round_robin_ip
     }
-    fn conditions(&self) -> Vec<Condition> {
-        self.status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default()
-    }
 }
 
 impl Addressed for Instance {
@@ -95,12 +76,6 @@ impl Addressed for Instance {
     const CONDITION: &'static str = "InstanceIPAssigned";
     fn address(&self) -> Option<String> {
         Some(self.status.as_ref()?.instance_ip?.to_string())
-    }
-    fn conditions(&self) -> Vec<Condition> {
-        self.status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default()
     }
 }
 
@@ -340,7 +315,7 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
         outcome
     };
     let api = ctx.client.api::<K>(k.metadata().namespace.as_deref());
-    let mut conditions = k.conditions();
+    let mut conditions = k.conditions().to_vec();
     let now = Utc::now();
     match outcome {
         Ok(address) => {

@@ -123,7 +123,19 @@ macro_rules! resource {
                 }
             }
         }
+
+        impl HasConditions for $name {
+            fn conditions(&self) -> &[Condition] {
+                self.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default()
+            }
+        }
     };
+}
+
+/// A kind whose status carries conditions.
+pub trait HasConditions {
+    /// The status conditions (empty without a status).
+    fn conditions(&self) -> &[Condition];
 }
 
 resource!(
