@@ -11,11 +11,13 @@
 //! - [`watch_fanout`]: delivery delay of changes to many watchers and server RSS per
 //!   watcher;
 //! - [`placement`]: a Service of N replicas to N placed Instances through the root
-//!   controllers.
+//!   controllers;
+//! - [`footprint`]: memory and idle CPU of root, cluster and worker processes.
 //!
 //! How to run it and the figures of a run are in `docs/benchmarks.md`.
 
 mod api_writes;
+mod footprint;
 mod placement;
 mod procfs;
 mod prom;
@@ -34,6 +36,7 @@ enum Scenario {
     ApiWrites,
     WatchFanout,
     Placement,
+    Footprint,
     All,
 }
 
@@ -164,6 +167,16 @@ async fn main() -> anyhow::Result<()> {
         let placement_report = placement::run(&opts).await?;
         placement::print(&placement_report);
         report["placement"] = placement::to_json(&placement_report);
+    }
+
+    if matches!(cli.scenario, Scenario::Footprint | Scenario::All) {
+        let opts = footprint::Options {
+            oakestra: cli.oakestra.clone(),
+            idle: Duration::from_secs(if cli.quick { 3 } else { 10 }),
+        };
+        let footprint_report = footprint::run(&opts).await?;
+        footprint::print(&footprint_report);
+        report["footprint"] = footprint::to_json(&footprint_report);
     }
 
     if let Some(parent) = cli.json.parent().filter(|p| !p.as_os_str().is_empty()) {
