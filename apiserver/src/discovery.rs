@@ -33,15 +33,18 @@ pub fn group(name: &str) -> Option<Value> {
     })
 }
 
-/// The `APIResourceList` of one group version (`""` for core).
-pub fn resources(group: &str, version: &str) -> Option<Value> {
+/// The kinds of one group version, or `None` when it is not served.
+fn served(group: &str, version: &str) -> Option<Vec<&'static KindInfo>> {
     let kinds: Vec<&KindInfo> = KINDS
         .iter()
         .filter(|k| k.group == group && k.version == version)
         .collect();
-    if kinds.is_empty() {
-        return None;
-    }
+    (!kinds.is_empty()).then_some(kinds)
+}
+
+/// The `APIResourceList` of one group version (`""` for core).
+pub fn resources(group: &str, version: &str) -> Option<Value> {
+    let kinds = served(group, version)?;
     let mut resources = Vec::new();
     for k in kinds {
         resources.push(json!({
@@ -101,13 +104,7 @@ pub fn openapi_index() -> Value {
 
 /// The OpenAPI v3 document of one group version, schemas generated from the types.
 pub fn openapi(group: &str, version: &str) -> Option<Value> {
-    let kinds: Vec<&KindInfo> = KINDS
-        .iter()
-        .filter(|k| k.group == group && k.version == version)
-        .collect();
-    if kinds.is_empty() {
-        return None;
-    }
+    let kinds = served(group, version)?;
     let mut schemas = serde_json::Map::new();
     let mut paths = serde_json::Map::new();
     let params = json!([

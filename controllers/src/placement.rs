@@ -26,20 +26,31 @@ pub trait Target: Resource + HasConditions {
     fn candidate(&self) -> Candidate;
 }
 
+/// The parts every target reports the same way; the rest comes from its kind.
+fn candidate_of<T: Target>(
+    t: &T,
+    runtimes: Vec<crds::Runtime>,
+    allocatable: Option<crds::Capacity>,
+) -> Candidate {
+    let meta = t.metadata();
+    Candidate {
+        name: meta.name.clone(),
+        labels: meta.labels.clone(),
+        ready: crds::is_true(t.conditions(), "Ready") && meta.deletion_timestamp.is_none(),
+        schedulable: true,
+        runtimes,
+        allocatable: allocatable.unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
 impl Target for Cluster {
     const TIER: Tier = Tier::Cluster;
     fn candidate(&self) -> Candidate {
         let status = self.status.clone().unwrap_or_default();
         Candidate {
-            name: self.metadata.name.clone(),
-            labels: self.metadata.labels.clone(),
-            ready: crds::is_true(&status.conditions, "Ready")
-                && self.metadata.deletion_timestamp.is_none(),
-            schedulable: true,
-            runtimes: status.runtimes,
             location: self.spec.location.clone(),
-            allocatable: status.allocatable.unwrap_or_default(),
-            ..Default::default()
+            ..candidate_of(self, status.runtimes, status.allocatable)
         }
     }
 }
@@ -47,17 +58,11 @@ impl Target for Cluster {
 impl Target for Node {
     const TIER: Tier = Tier::Node;
     fn candidate(&self) -> Candidate {
-        let status = self.status.clone().unwrap_or_default();
+        let allocatable = self.status.as_ref().and_then(|s| s.allocatable.clone());
         Candidate {
-            name: self.metadata.name.clone(),
-            labels: self.metadata.labels.clone(),
-            ready: crds::is_true(&status.conditions, "Ready")
-                && self.metadata.deletion_timestamp.is_none(),
             schedulable: !self.spec.unschedulable,
-            runtimes: self.spec.runtimes.clone(),
             location: self.spec.location.clone(),
-            allocatable: status.allocatable.unwrap_or_default(),
-            ..Default::default()
+            ..candidate_of(self, self.spec.runtimes.clone(), allocatable)
         }
     }
 }

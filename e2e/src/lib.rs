@@ -57,34 +57,29 @@ pub struct Process {
 
 impl Process {
     /// Spawn `command`, with its output going to `log` (a file) when given.
-    pub fn spawn(name: &str, mut command: Command, log: Option<&Path>) -> Process {
-        if let Some(log) = log {
-            let file = std::fs::File::create(log).expect("create log file");
-            command
-                .stdout(file.try_clone().expect("clone log file"))
-                .stderr(file);
-        } else {
-            command.stdout(Stdio::null()).stderr(Stdio::null());
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Process {
-            child: Some(child),
-            name: name.to_string(),
-        }
+    pub fn spawn(name: &str, command: Command, log: Option<&Path>) -> Process {
+        let file = log.map(|log| std::fs::File::create(log).expect("create log file"));
+        Self::start(name, command, file)
     }
 
     /// Spawn `command` with its output appended to `log`.
-    pub fn spawn_appending(name: &str, mut command: Command, log: &Path) -> Process {
+    pub fn spawn_appending(name: &str, command: Command, log: &Path) -> Process {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("open log file");
-        command
-            .stdout(file.try_clone().expect("clone log file"))
-            .stderr(file);
+        Self::start(name, command, Some(file))
+    }
+
+    /// Start `command` with stdout and stderr going to `output` (or nowhere).
+    fn start(name: &str, mut command: Command, output: Option<std::fs::File>) -> Process {
+        match output {
+            Some(file) => command
+                .stdout(file.try_clone().expect("clone log file"))
+                .stderr(file),
+            None => command.stdout(Stdio::null()).stderr(Stdio::null()),
+        };
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
@@ -381,4 +376,14 @@ impl Drop for KillMatching {
             }
         }
     }
+}
+
+/// Run the `oakctl` binary against `server` with `args` and wait for it.
+pub fn oakctl(server: &str, args: &[&str]) -> std::process::Output {
+    Command::new(binary("oakctl"))
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .output()
+        .expect("run oakctl")
 }

@@ -114,16 +114,7 @@ impl Topology {
         );
         let path = self.dir.path().join("work.yaml");
         std::fs::write(&path, manifest).unwrap();
-        let out = std::process::Command::new(e2e::binary("oakctl"))
-            .args([
-                "--server",
-                &self.root.url(),
-                "apply",
-                "-f",
-                path.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
+        let out = e2e::oakctl(&self.root.url(), &["apply", "-f", path.to_str().unwrap()]);
         assert!(
             out.status.success(),
             "{}",
@@ -293,10 +284,7 @@ async fn hierarchy_with_processes() {
     let (items, _) = t.instances().list(&ListParams::default()).await.unwrap();
     for i in &items {
         let name = &i.metadata.name;
-        let out = std::process::Command::new(e2e::binary("oakctl"))
-            .args(["--server", &t.root.url(), "logs", name])
-            .output()
-            .unwrap();
+        let out = e2e::oakctl(&t.root.url(), &["logs", name]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
             text,
@@ -412,17 +400,7 @@ async fn hierarchy_with_processes() {
         .unwrap();
 
     // Delete: every process goes.
-    let out = std::process::Command::new(e2e::binary("oakctl"))
-        .args([
-            "--server",
-            &t.root.url(),
-            "delete",
-            "service",
-            "work",
-            "--wait",
-        ])
-        .output()
-        .unwrap();
+    let out = e2e::oakctl(&t.root.url(), &["delete", "service", "work", "--wait"]);
     assert!(
         out.status.success(),
         "{}",

@@ -56,10 +56,7 @@ async fn oakestra_up_runs_a_service() {
     );
     let path = dir.path().join("web.yaml");
     std::fs::write(&path, manifest).unwrap();
-    let out = std::process::Command::new(e2e::binary("oakctl"))
-        .args(["--server", &up.url(), "apply", "-f", path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = e2e::oakctl(&up.url(), &["apply", "-f", path.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
@@ -90,17 +87,7 @@ async fn oakestra_up_runs_a_service() {
         "the request in the logs",
         Duration::from_secs(30),
         || async {
-            let out = std::process::Command::new(e2e::binary("oakctl"))
-                .args([
-                    "--server",
-                    &up.url(),
-                    "logs",
-                    &items[0].metadata.name,
-                    "--tail",
-                    "5",
-                ])
-                .output()
-                .ok()?;
+            let out = e2e::oakctl(&up.url(), &["logs", &items[0].metadata.name, "--tail", "5"]);
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             text.contains("\"GET / HTTP/1.0\" 200").then_some(text)
         },

@@ -219,16 +219,10 @@ async fn scenario(backend: &str) {
             && message.contains("munich-1: is 6489 km away"),
         "{message}"
     );
-    let described = std::process::Command::new(e2e::binary("oakctl"))
-        .args([
-            "--server",
-            &root.server.url(),
-            "describe",
-            "instance",
-            &root.placements("far").await[0].0,
-        ])
-        .output()
-        .unwrap();
+    let described = e2e::oakctl(
+        &root.server.url(),
+        &["describe", "instance", &root.placements("far").await[0].0],
+    );
     let described = String::from_utf8_lossy(&described.stdout);
     assert!(
         described.contains("NoTargetCluster") && described.contains("FailedPlacement"),
