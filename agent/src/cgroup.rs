@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crds::Resources;
 
 /// CFS period used for CPU quotas.
-const PERIOD_US: u64 = 100_000;
+pub const PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, Clone)]
 enum Layout {

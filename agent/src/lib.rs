@@ -8,6 +8,7 @@
 //! Instance on this node is removed.
 
 pub mod cgroup;
+pub mod containerd;
 pub mod metrics;
 pub mod process;
 pub mod runtime;
@@ -397,6 +398,7 @@ where
         Err(e) => {
             let reason = match e {
                 RuntimeError::Start { .. } => "StartFailed",
+                RuntimeError::ImagePull { .. } => "ImagePullFailed",
                 RuntimeError::Io { .. } => "RuntimeError",
             };
             update(json!({"phase": Phase::Failed, "reason": reason, "message": e.to_string(), "restartCount": restarts})).await?;

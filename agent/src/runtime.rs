@@ -54,6 +54,8 @@ pub enum State {
 pub enum RuntimeError {
     #[error("{instance}: cannot start: {message}")]
     Start { instance: String, message: String },
+    #[error("{instance}: pulling the image: {message}")]
+    ImagePull { instance: String, message: String },
     #[error("{instance}: {step}: {source}")]
     Io {
         instance: String,
@@ -62,7 +64,7 @@ pub enum RuntimeError {
     },
 }
 
-/// Runs workloads. Implemented by the process runtime (and, later, containerd).
+/// Runs workloads. Implemented by the process runtime and the containerd runtime.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     fn name(&self) -> &'static str;

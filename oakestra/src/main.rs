@@ -85,7 +85,27 @@ enum Role {
         api: ApiFlags,
         #[command(flatten)]
         root: RootFlags,
+        #[command(flatten)]
+        runtime: RuntimeFlags,
     },
+}
+
+/// Which runtime a worker runs its Instances with.
+#[derive(Args, Clone)]
+struct RuntimeFlags {
+    /// `containerd` runs containers, `process` native executables; `auto` picks
+    /// containerd when its socket is there.
+    #[arg(long, default_value = "auto")]
+    runtime: String,
+    /// containerd's gRPC socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: PathBuf,
+    /// Registries (host[:port]) to pull from over plain HTTP; loopback ones always are.
+    #[arg(long, value_delimiter = ',')]
+    insecure_registry: Vec<String>,
+    /// cgroup file system root, for instance limits.
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
 }
 
 #[derive(Args)]
@@ -115,9 +135,8 @@ struct WorkerFlags {
     /// Node name (default: the host name).
     #[arg(long)]
     name: Option<String>,
-    /// `process` runs native executables; `containerd` is not built yet.
-    #[arg(long, default_value = "process")]
-    runtime: String,
+    #[command(flatten)]
+    runtime: RuntimeFlags,
     /// Address the node is reached at.
     #[arg(long, default_value = "127.0.0.1")]
     address: String,
@@ -133,9 +152,6 @@ struct WorkerFlags {
     /// Node labels, KEY=VALUE[,KEY=VALUE…].
     #[arg(long, value_parser = parse_labels, default_value = "")]
     labels: BTreeMap<String, String>,
-    /// cgroup file system root, for instance limits.
-    #[arg(long, default_value = "/sys/fs/cgroup")]
-    cgroup_root: PathBuf,
     /// Where the agent serves instance logs (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -182,6 +198,17 @@ impl ClusterFlags {
             eviction: Duration::from_secs(self.eviction_seconds),
             handback: Duration::from_secs(self.handback_seconds),
             ..ClusterConfig::new(name)
+        }
+    }
+}
+
+impl RuntimeFlags {
+    /// The runtime to use: `auto` becomes containerd when its socket exists.
+    fn resolve(&self) -> &str {
+        match self.runtime.as_str() {
+            "auto" if self.containerd_socket.exists() => "containerd",
+            "auto" => "process",
+            other => other,
         }
     }
 }
@@ -344,7 +371,6 @@ async fn main() -> anyhow::Result<()> {
                 client,
                 config,
                 worker.runtime.clone(),
-                worker.cgroup_root.clone(),
                 shutdown.clone(),
             ));
             tokio::select! {
@@ -361,6 +387,7 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             api,
             root,
+            runtime,
         } => {
             let config = root.config()?;
             let server = Server::start(
@@ -387,13 +414,12 @@ async fn main() -> anyhow::Result<()> {
             let cluster_client = local_client(&cluster_server)?;
             let worker = WorkerFlags {
                 name: Some("local".into()),
-                runtime: "process".into(),
+                runtime: runtime.clone(),
                 address: "127.0.0.1".into(),
                 data_dir: Some(data_dir.join("worker")),
                 heartbeat_seconds: 2,
                 location: None,
                 labels: BTreeMap::new(),
-                cgroup_root: "/sys/fs/cgroup".into(),
                 listen: "127.0.0.1:0".parse().expect("valid address"),
             };
             let cluster_config = ClusterConfig {
@@ -417,21 +443,14 @@ async fn main() -> anyhow::Result<()> {
                     let (config, shutdown) =
                         (worker.config(data_dir.join("worker"))?, shutdown.clone());
                     async move {
-                        if let Err(e) = run_worker(
-                            cluster_client,
-                            config,
-                            "process".into(),
-                            "/sys/fs/cgroup".into(),
-                            shutdown,
-                        )
-                        .await
+                        if let Err(e) = run_worker(cluster_client, config, runtime, shutdown).await
                         {
                             tracing::error!(error = %e, "worker stopped");
                         }
                     }
                 }),
             ];
-            println!("oakestra up (one device: root, cluster \"local\", worker \"local\" with the process runtime)");
+            println!("oakestra up (one device: root, cluster \"local\", worker \"local\" with the {} runtime)", worker.runtime.resolve());
             println!("  API:   http://{}", server.addr);
             println!("  data:  {}", data_dir.display());
             println!(
@@ -488,27 +507,36 @@ async fn until_stopped(
     result
 }
 
-/// Run a worker agent with the named runtime.
+/// Run a worker agent with the runtime its flags name.
 async fn run_worker(
     cluster: client::Client,
     config: AgentConfig,
-    runtime: String,
-    cgroup_root: PathBuf,
+    flags: RuntimeFlags,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (exits_tx, exits) = tokio::sync::mpsc::unbounded_channel();
-    let runtime: Arc<dyn agent::runtime::Runtime> = match runtime.as_str() {
-        "process" => {
-            let cgroups = agent::cgroup::Cgroups::detect(&cgroup_root, &config.node);
+    let cgroups = agent::cgroup::Cgroups::detect(&flags.cgroup_root, &config.node);
+    let runtime: Arc<dyn agent::runtime::Runtime> = match flags.resolve() {
+        "process" => Arc::new(
+            agent::process::ProcessRuntime::new(&config.data_dir, cgroups, exits_tx)
+                .with_context(|| format!("preparing {}", config.data_dir.display()))?,
+        ),
+        "containerd" => {
+            let settings = agent::containerd::ContainerdConfig {
+                socket: flags.containerd_socket.clone(),
+                node: config.node.clone(),
+                data_dir: config.data_dir.clone(),
+                insecure_registries: flags.insecure_registry.clone(),
+            };
             Arc::new(
-                agent::process::ProcessRuntime::new(&config.data_dir, cgroups, exits_tx)
-                    .with_context(|| format!("preparing {}", config.data_dir.display()))?,
+                agent::containerd::ContainerdRuntime::new(settings, cgroups, exits_tx)
+                    .await
+                    .context(
+                        "--runtime containerd (is containerd running? see --containerd-socket)",
+                    )?,
             )
         }
-        "containerd" => {
-            anyhow::bail!("--runtime containerd is not built yet; use --runtime process")
-        }
-        other => anyhow::bail!("--runtime {other:?}: expected process or containerd"),
+        other => anyhow::bail!("--runtime {other:?}: expected auto, process or containerd"),
     };
     agent::run(cluster, config, runtime, exits, shutdown).await?;
     Ok(())
