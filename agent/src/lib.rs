@@ -29,7 +29,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::{InstanceId, Runtime, RuntimeError, State};
+use crate::runtime::{InstanceAddress, InstanceId, Runtime, RuntimeError, State};
 
 /// Settings of one agent.
 #[derive(Debug, Clone)]
@@ -113,6 +113,8 @@ struct Ctx {
     /// URL of the agent's HTTP endpoint, as reported in the Node's status.
     endpoint: String,
     metrics: Arc<metrics::Metrics>,
+    /// The node's subnet, once the cluster has assigned it (read at each heartbeat).
+    subnet: std::sync::Mutex<Option<crds::ipam::Cidr>>,
 }
 
 /// Run the agent with `runtime` (which reports exits on `exits`) until `shutdown`.
@@ -141,6 +143,7 @@ pub async fn run(
         kinds,
         endpoint,
         metrics,
+        subnet: Default::default(),
     });
     register(&ctx).await?;
     tracing::info!(node = %config.node, runtime = runtime.name(), "worker agent registered");
@@ -208,6 +211,8 @@ async fn beat(ctx: &Ctx) -> Result<(), AgentError> {
     let api: Api<Node> = ctx.client.api(None);
     let node = api.get(&ctx.config.node).await?;
     let mut status = node.status.unwrap_or_default();
+    *ctx.subnet.lock().expect("not poisoned") =
+        status.subnet.as_deref().and_then(|s| s.parse().ok());
     let now = Utc::now();
     set_condition(
         &mut status.conditions,
@@ -377,9 +382,35 @@ where
         ),
         ("OAKESTRA_NODE".to_string(), ctx.config.node.clone()),
     ];
+    let address = if ctx.runtime.wants_address() {
+        let subnet = *ctx.subnet.lock().expect("not poisoned");
+        let ip = instance.status.as_ref().and_then(|s| s.instance_ip);
+        match (ip, subnet) {
+            (Some(ip), Some(subnet)) if subnet.contains(ip) => Some(InstanceAddress {
+                ip,
+                prefix: subnet.prefix,
+                gateway: subnet.gateway(),
+            }),
+            _ => {
+                let status = instance.status.clone().unwrap_or_default();
+                if status.reason != "WaitingForAddress" {
+                    update(json!({"phase": Phase::Starting, "reason": "WaitingForAddress",
+                        "message": "waiting for the cluster to assign the node a subnet and the instance an IP"}))
+                    .await?;
+                }
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+        }
+    } else {
+        None
+    };
     // A left-over record of an earlier run is replaced.
     ctx.runtime.remove(id).await?;
-    match ctx.runtime.start(id, &instance.spec.template, &env).await {
+    match ctx
+        .runtime
+        .start(id, &instance.spec.template, &env, address.as_ref())
+        .await
+    {
         Ok(State::Running {
             runtime_id,
             started,
@@ -399,6 +430,7 @@ where
             let reason = match e {
                 RuntimeError::Start { .. } => "StartFailed",
                 RuntimeError::ImagePull { .. } => "ImagePullFailed",
+                RuntimeError::Network { .. } => "NetworkFailed",
                 RuntimeError::Io { .. } => "RuntimeError",
             };
             update(json!({"phase": Phase::Failed, "reason": reason, "message": e.to_string(), "restartCount": restarts})).await?;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::cgroup::Cgroups;
-use crate::runtime::{InstanceId, Runtime, RuntimeError, State};
+use crate::runtime::{InstanceAddress, InstanceId, Runtime, RuntimeError, State};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
@@ -145,6 +145,7 @@ impl Runtime for ProcessRuntime {
         id: &InstanceId,
         workload: &Workload,
         env: &[(String, String)],
+        _address: Option<&InstanceAddress>,
     ) -> Result<State, RuntimeError> {
         let argv = argv(workload).ok_or_else(|| RuntimeError::Start {
             instance: id.to_string(),

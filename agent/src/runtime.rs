@@ -34,6 +34,14 @@ impl std::fmt::Display for InstanceId {
     }
 }
 
+/// Where an Instance sits on its node's network: its IP in the node subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceAddress {
+    pub ip: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: std::net::Ipv4Addr,
+}
+
 /// What a runtime knows about one Instance's workload.
 #[derive(Debug, Clone, PartialEq)]
 pub enum State {
@@ -54,6 +62,8 @@ pub enum State {
 pub enum RuntimeError {
     #[error("{instance}: cannot start: {message}")]
     Start { instance: String, message: String },
+    #[error("{instance}: network: {message}")]
+    Network { instance: String, message: String },
     #[error("{instance}: pulling the image: {message}")]
     ImagePull { instance: String, message: String },
     #[error("{instance}: {step}: {source}")]
@@ -68,12 +78,18 @@ pub enum RuntimeError {
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
-    /// Start the workload. `env` comes first, then the template's env.
+    /// Whether workloads get their own network and so must wait for an instance IP.
+    fn wants_address(&self) -> bool {
+        false
+    }
+    /// Start the workload. `env` comes first, then the template's env; `address` is
+    /// given when [`wants_address`](Self::wants_address).
     async fn start(
         &self,
         id: &InstanceId,
         workload: &Workload,
         env: &[(String, String)],
+        address: Option<&InstanceAddress>,
     ) -> Result<State, RuntimeError>;
     /// The workload's state, if the runtime has it (running or exited).
     async fn state(&self, id: &InstanceId) -> Result<Option<State>, RuntimeError>;

@@ -68,6 +68,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         &format!("http://127.0.0.1:{cluster_port}"),
         "--name",
         "w1",
+        "--runtime",
+        "process",
         "--data-dir",
         &d.join("worker").display().to_string(),
     ]);

@@ -16,7 +16,7 @@
 pub mod bind;
 pub mod cluster;
 pub mod gc;
-pub mod ipam;
+pub use crds::ipam;
 pub mod lifecycle;
 pub mod placement;
 pub mod service;

@@ -5,6 +5,7 @@
 //! schemas generated from the structs with `schemars`, and the validation every write
 //! goes through. It performs no IO, so every other crate can depend on it.
 
+pub mod ipam;
 pub mod meta;
 pub mod types;
 pub mod validate;

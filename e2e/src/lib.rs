@@ -4,6 +4,8 @@
 //! Every process started here is killed when its guard is dropped, also when a test
 //! panics. The end-to-end scenarios themselves are in `tests/`.
 
+pub mod containers;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -84,6 +84,8 @@ impl Topology {
                         node,
                         "--heartbeat-seconds",
                         "1",
+                        "--runtime",
+                        "process",
                         "--data-dir",
                         &dir.path().join("workers").display().to_string(),
                     ]),

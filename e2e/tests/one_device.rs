@@ -41,6 +41,8 @@ async fn oakestra_up_runs_a_service() {
         &format!("127.0.0.1:{cluster_port}"),
         "--data-dir",
         &dir.path().join("data").display().to_string(),
+        "--runtime",
+        "process",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -106,6 +106,13 @@ struct RuntimeFlags {
     /// cgroup file system root, for instance limits.
     #[arg(long, default_value = "/sys/fs/cgroup")]
     cgroup_root: PathBuf,
+    /// Container networking: `bridge` gives each container its own namespace and its
+    /// instance IP (needs the CNI plugins), `host` shares the node's network.
+    #[arg(long, default_value = "bridge")]
+    network: String,
+    /// Where the CNI plugins are.
+    #[arg(long, default_value = agent::containerd::network::DEFAULT_CNI_PATH)]
+    cni_path: PathBuf,
 }
 
 #[derive(Args)]
@@ -526,7 +533,19 @@ async fn run_worker(
                 socket: flags.containerd_socket.clone(),
                 node: config.node.clone(),
                 data_dir: config.data_dir.clone(),
-                insecure_registries: flags.insecure_registry.clone(),
+                                insecure_registries: flags.insecure_registry.clone(),
+                network: match flags.network.as_str() {
+                    "host" => None,
+                    "bridge" => Some(
+                        agent::containerd::network::Bridge::for_node(&config.node, &flags.cni_path)
+                            .with_context(|| format!("--network bridge needs the CNI bridge and static plugins in {} (Debian: containernetworking-plugins), or use --network host", flags.cni_path.display()))?,
+                    ),
+                    other => anyhow::bail!("--network {other:?}: expected bridge or host"),
+                },
+                publish_address: config
+                    .address
+                    .parse()
+                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
             };
             Arc::new(
                 agent::containerd::ContainerdRuntime::new(settings, cgroups, exits_tx)

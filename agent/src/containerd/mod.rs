@@ -9,6 +9,7 @@
 //! an OOM kill is read from the container's memory cgroup before the task is deleted.
 
 pub mod image;
+pub mod network;
 pub mod registry;
 pub mod spec;
 
@@ -44,7 +45,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use crate::cgroup::Cgroups;
-use crate::runtime::{InstanceId, Runtime, RuntimeError, State};
+use crate::runtime::{InstanceAddress, InstanceId, Runtime, RuntimeError, State};
 
 /// containerd's overlay snapshotter (the default on Linux).
 pub const SNAPSHOTTER: &str = "overlayfs";
@@ -53,6 +54,24 @@ const RUNTIME: &str = "io.containerd.runc.v2";
 const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// Label carrying the Instance a container belongs to.
 const INSTANCE_LABEL: &str = "oakestra.io/instance";
+/// Label carrying the container's address (`ip/prefix gateway`), to detach it later.
+const ADDRESS_LABEL: &str = "oakestra.io/address";
+/// Label carrying the published ports (JSON), to publish them again after a restart.
+const PORTS_LABEL: &str = "oakestra.io/ports";
+
+fn address_label(a: &InstanceAddress) -> String {
+    format!("{}/{} {}", a.ip, a.prefix, a.gateway)
+}
+
+fn parse_address_label(s: &str) -> Option<InstanceAddress> {
+    let (cidr, gateway) = s.split_once(' ')?;
+    let (ip, prefix) = cidr.split_once('/')?;
+    Some(InstanceAddress {
+        ip: ip.parse().ok()?,
+        prefix: prefix.parse().ok()?,
+        gateway: gateway.parse().ok()?,
+    })
+}
 
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
@@ -188,6 +207,11 @@ pub struct ContainerdConfig {
     pub data_dir: PathBuf,
     /// Registries (`host[:port]`) spoken to over plain HTTP (loopback always is).
     pub insecure_registries: Vec<String>,
+    /// Each container in its own network namespace on this bridge; `None`: the node's
+    /// network (ports are then the container's own).
+    pub network: Option<network::Bridge>,
+    /// Where published ports listen.
+    pub publish_address: std::net::Ipv4Addr,
 }
 
 pub struct ContainerdRuntime {
@@ -195,6 +219,7 @@ pub struct ContainerdRuntime {
     config: ContainerdConfig,
     http: reqwest::Client,
     cgroups: Cgroups,
+    publisher: network::Publisher,
     /// One pull at a time per image reference.
     pulls: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -257,6 +282,7 @@ impl ContainerdRuntime {
                 .expect("a default HTTP client builds"),
             config,
             cgroups,
+            publisher: Default::default(),
             pulls: Default::default(),
         })
     }
@@ -288,6 +314,7 @@ impl ContainerdRuntime {
         id: &InstanceId,
         workload: &Workload,
         env: &[(String, String)],
+        address: Option<&InstanceAddress>,
     ) -> Result<u32, RuntimeError> {
         let reference = workload
             .image
@@ -313,6 +340,23 @@ impl ContainerdRuntime {
             .clone()
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| "/".into());
+        let token = id.token();
+        let mut labels = HashMap::new();
+        labels.insert(INSTANCE_LABEL.to_string(), id.to_string());
+        let network =
+            match (&self.config.network, address) {
+                (Some(bridge), Some(address)) => {
+                    labels.insert(ADDRESS_LABEL.to_string(), address_label(address));
+                    let path = bridge.attach(&token, address).await.map_err(|e| {
+                        RuntimeError::Network {
+                            instance: id.to_string(),
+                            message: e.to_string(),
+                        }
+                    })?;
+                    spec::Network::Path(path)
+                }
+                _ => spec::Network::Host,
+            };
         let spec = spec::build(
             &id.name,
             args,
@@ -320,9 +364,8 @@ impl ContainerdRuntime {
             &cwd,
             workload,
             &self.cgroups_path(id),
-            &spec::Network::Host,
+            &network,
         );
-        let token = id.token();
         let ctr = &self.ctr;
         let mounts = ctr
             .snapshots()
@@ -338,8 +381,25 @@ impl ContainerdRuntime {
             })?
             .into_inner()
             .mounts;
-        let mut labels = HashMap::new();
-        labels.insert(INSTANCE_LABEL.to_string(), id.to_string());
+        let published: Vec<_> = workload
+            .ports
+            .iter()
+            .filter(|p| p.host_port.is_some())
+            .cloned()
+            .collect();
+        if let (Some(address), false) = (address, published.is_empty()) {
+            self.publisher
+                .publish(&token, self.config.publish_address, address.ip, &published)
+                .await
+                .map_err(|e| RuntimeError::Network {
+                    instance: id.to_string(),
+                    message: e.to_string(),
+                })?;
+            labels.insert(
+                PORTS_LABEL.to_string(),
+                serde_json::to_string(&published).expect("ports serialize"),
+            );
+        }
         let container = Container {
             id: token.clone(),
             labels,
@@ -390,6 +450,28 @@ impl ContainerdRuntime {
             .await
             .map_err(|s| failed(id, "starting the task")(CtrError::call("tasks.start", s)))?;
         Ok(started.into_inner().pid)
+    }
+
+    /// Publish the ports of a running container found after an agent restart.
+    async fn republish(&self, token: &str, labels: &HashMap<String, String>) {
+        if self.publisher.has(token) {
+            return;
+        }
+        let address = labels
+            .get(ADDRESS_LABEL)
+            .and_then(|a| parse_address_label(a));
+        let ports: Option<Vec<crds::ServicePort>> = labels
+            .get(PORTS_LABEL)
+            .and_then(|p| serde_json::from_str(p).ok());
+        if let (Some(address), Some(ports)) = (address, ports) {
+            if let Err(e) = self
+                .publisher
+                .publish(token, self.config.publish_address, address.ip, &ports)
+                .await
+            {
+                tracing::warn!(container = token, error = %e, "publishing ports again failed");
+            }
+        }
     }
 
     /// Whether the task runs: `None` when there is no task.
@@ -463,14 +545,19 @@ impl Runtime for ContainerdRuntime {
         "containerd"
     }
 
+    fn wants_address(&self) -> bool {
+        self.config.network.is_some()
+    }
+
     async fn start(
         &self,
         id: &InstanceId,
         workload: &Workload,
         env: &[(String, String)],
+        address: Option<&InstanceAddress>,
     ) -> Result<State, RuntimeError> {
         let started = Utc::now();
-        let result = self.create(id, workload, env).await;
+        let result = self.create(id, workload, env, address).await;
         match result {
             Ok(pid) => {
                 tracing::debug!(instance = %id, pid, "container started");
@@ -480,8 +567,12 @@ impl Runtime for ContainerdRuntime {
                 })
             }
             Err(e) => {
-                // Leave nothing half-made behind.
+                // Leave nothing half-made behind (the network may be attached before the
+                // container that records it exists).
                 let _ = self.remove(id).await;
+                if let (Some(bridge), Some(address)) = (&self.config.network, address) {
+                    let _ = bridge.detach(&id.token(), address).await;
+                }
                 Err(e)
             }
         }
@@ -508,8 +599,9 @@ impl Runtime for ContainerdRuntime {
         let container = container
             .map_err(io_err("containers.get"))?
             .into_inner()
-            .container;
-        let started = time(container.and_then(|c| c.created_at)).unwrap_or_else(Utc::now);
+            .container
+            .unwrap_or_default();
+        let started = time(container.created_at).unwrap_or_else(Utc::now);
         let task = ctr
             .tasks()
             .get(ctr.req(GetRequest {
@@ -540,10 +632,13 @@ impl Runtime for ContainerdRuntime {
                 started,
                 finished: time(process.exited_at).unwrap_or_else(Utc::now),
             },
-            _ => State::Running {
-                runtime_id: token,
-                started,
-            },
+            _ => {
+                self.republish(&token, &container.labels).await;
+                State::Running {
+                    runtime_id: token,
+                    started,
+                }
+            }
         }))
     }
 
@@ -558,9 +653,27 @@ impl Runtime for ContainerdRuntime {
                 source: std::io::Error::other(s.message().to_string()),
             }
         };
+        self.publisher.unpublish(&token);
         self.stop_task(&token)
             .await
             .map_err(io_err("stopping the task"))?;
+        let container = ctr
+            .containers()
+            .get(ctr.req(GetContainerRequest { id: token.clone() }))
+            .await;
+        let address = container
+            .ok()
+            .and_then(|c| c.into_inner().container)
+            .and_then(|c| parse_address_label(c.labels.get(ADDRESS_LABEL)?));
+        if let (Some(bridge), Some(address)) = (&self.config.network, address) {
+            bridge
+                .detach(&token, &address)
+                .await
+                .map_err(|e| RuntimeError::Network {
+                    instance: id.to_string(),
+                    message: e.to_string(),
+                })?;
+        }
         let deleted = ctr
             .containers()
             .delete(ctr.req(DeleteContainerRequest { id: token.clone() }))

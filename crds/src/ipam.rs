@@ -76,13 +76,19 @@ impl Cidr {
             .find(|c| !used.contains(&c.to_string()))
     }
 
-    /// The lowest host address (not the network or broadcast address) not in `used`.
+    /// The first host address: a node's bridge (the Instances' gateway) in a node subnet.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.base) + 1)
+    }
+
+    /// The lowest host address not in `used`: not the network or broadcast address, and
+    /// not the [`gateway`](Self::gateway) when the prefix has room for more than two hosts.
     pub fn first_free_address(&self, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
         let size = 1u64 << (32 - self.prefix);
-        let (first, last) = if size > 2 {
-            (1, size - 2)
-        } else {
-            (0, size - 1)
+        let (first, last) = match size {
+            0..=2 => (0, size - 1),
+            3..=4 => (1, size - 2),
+            _ => (2, size - 2),
         };
         (first..=last)
             .map(|i| Ipv4Addr::from(u32::from(self.base) + i as u32))
@@ -113,10 +119,12 @@ mod tests {
         let svc: Cidr = "10.30.0.0/16".parse().unwrap();
         assert!(svc.contains("10.30.30.30".parse().unwrap()));
         assert!(!svc.contains("192.168.178.4".parse().unwrap()));
-        let used: HashSet<Ipv4Addr> = ["10.30.0.1".parse().unwrap()].into();
+        assert_eq!(svc.gateway(), "10.30.0.1".parse::<Ipv4Addr>().unwrap());
+        let used: HashSet<Ipv4Addr> = ["10.30.0.2".parse().unwrap()].into();
         assert_eq!(
             svc.first_free_address(&used),
-            Some("10.30.0.2".parse().unwrap())
+            Some("10.30.0.3".parse().unwrap()),
+            "the gateway is never handed out"
         );
         assert!("10.30.0.1/16"
             .parse::<Cidr>()
