@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Install what building and testing Oakestra needs on a fresh Debian/Ubuntu machine.
 set -euo pipefail
+packages=(
+  protobuf-compiler            # the containerd gRPC client is generated at build time
+  etcd-server etcd-client      # the etcd store and its tests
+  curl
+  python3                      # the example services serve HTTP with http.server
+  containerd runc              # the containerd runtime
+  containernetworking-plugins  # per-container network namespaces (CNI bridge + static)
+  iproute2 iptables
+  docker-registry skopeo umoci busybox-static  # a local registry and test images
+)
 need=()
-command -v protoc >/dev/null || need+=(protobuf-compiler)
-command -v etcd >/dev/null || need+=(etcd-server)
-command -v etcdctl >/dev/null || need+=(etcd-client)
-command -v curl >/dev/null || need+=(curl)
-# The example services and the 1-DOC test serve HTTP with Python's http.server.
-command -v python3 >/dev/null || need+=(python3)
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -125,10 +125,7 @@ pub async fn run(
     mut exits: mpsc::UnboundedReceiver<InstanceId>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    let kinds = match runtime.name() {
-        "process" => vec![Kind::Process],
-        _ => vec![Kind::Container],
-    };
+    let kinds = runtime.kinds();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(AgentError::Listen)?;
@@ -382,7 +379,7 @@ where
         ),
         ("OAKESTRA_NODE".to_string(), ctx.config.node.clone()),
     ];
-    let address = if ctx.runtime.wants_address() {
+    let address = if ctx.runtime.wants_address(&instance.spec.template) {
         let subnet = *ctx.subnet.lock().expect("not poisoned");
         let ip = instance.status.as_ref().and_then(|s| s.instance_ip);
         match (ip, subnet) {

@@ -140,6 +140,10 @@ impl Runtime for ProcessRuntime {
         "process"
     }
 
+    fn kinds(&self) -> Vec<crds::Runtime> {
+        vec![crds::Runtime::Process]
+    }
+
     async fn start(
         &self,
         id: &InstanceId,

@@ -78,8 +78,10 @@ pub enum RuntimeError {
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
-    /// Whether workloads get their own network and so must wait for an instance IP.
-    fn wants_address(&self) -> bool {
+    /// The workload kinds it runs (reported in the Node's spec).
+    fn kinds(&self) -> Vec<crds::Runtime>;
+    /// Whether `workload` gets its own network and so must wait for an instance IP.
+    fn wants_address(&self, _workload: &Workload) -> bool {
         false
     }
     /// Start the workload. `env` comes first, then the template's env; `address` is
@@ -99,4 +101,83 @@ pub trait Runtime: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<InstanceId>, RuntimeError>;
     /// Where the workload's output is kept.
     fn log_path(&self, id: &InstanceId) -> PathBuf;
+}
+
+/// Containers through one runtime and native processes through another, on one node.
+pub struct Combined {
+    pub containers: std::sync::Arc<dyn Runtime>,
+    pub processes: std::sync::Arc<dyn Runtime>,
+}
+
+impl Combined {
+    fn for_kind(&self, kind: crds::Runtime) -> &dyn Runtime {
+        match kind {
+            crds::Runtime::Process => self.processes.as_ref(),
+            _ => self.containers.as_ref(),
+        }
+    }
+
+    fn both(&self) -> [&dyn Runtime; 2] {
+        [self.containers.as_ref(), self.processes.as_ref()]
+    }
+}
+
+#[async_trait]
+impl Runtime for Combined {
+    fn name(&self) -> &'static str {
+        self.containers.name()
+    }
+
+    fn kinds(&self) -> Vec<crds::Runtime> {
+        self.both().iter().flat_map(|r| r.kinds()).collect()
+    }
+
+    fn wants_address(&self, workload: &Workload) -> bool {
+        self.for_kind(workload.runtime).wants_address(workload)
+    }
+
+    async fn start(
+        &self,
+        id: &InstanceId,
+        workload: &Workload,
+        env: &[(String, String)],
+        address: Option<&InstanceAddress>,
+    ) -> Result<State, RuntimeError> {
+        self.for_kind(workload.runtime)
+            .start(id, workload, env, address)
+            .await
+    }
+
+    async fn state(&self, id: &InstanceId) -> Result<Option<State>, RuntimeError> {
+        for r in self.both() {
+            if let Some(state) = r.state(id).await? {
+                return Ok(Some(state));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn remove(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        for r in self.both() {
+            r.remove(id).await?;
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<InstanceId>, RuntimeError> {
+        let mut all = self.containers.list().await?;
+        all.extend(self.processes.list().await?);
+        all.sort();
+        all.dedup();
+        Ok(all)
+    }
+
+    fn log_path(&self, id: &InstanceId) -> PathBuf {
+        let container = self.containers.log_path(id);
+        if container.exists() {
+            container
+        } else {
+            self.processes.log_path(id)
+        }
+    }
 }

@@ -170,11 +170,11 @@ pub fn remove_empty_bridges() {
 }
 
 /// Container tests share the machine's network (bridges, routes): one at a time.
-pub static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Take [`EXCLUSIVE`] (also after a test that panicked while holding it).
-pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner())
+/// Wait for the machine's container networking to be this test's alone.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    EXCLUSIVE.lock().await
 }
 
 /// A `docker-registry` on a free loopback port, storing into a temporary directory.

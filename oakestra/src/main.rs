@@ -547,13 +547,21 @@ async fn run_worker(
                     .parse()
                     .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
             };
-            Arc::new(
-                agent::containerd::ContainerdRuntime::new(settings, cgroups, exits_tx)
-                    .await
-                    .context(
-                        "--runtime containerd (is containerd running? see --containerd-socket)",
-                    )?,
+            let containers = agent::containerd::ContainerdRuntime::new(
+                settings,
+                cgroups.clone(),
+                exits_tx.clone(),
             )
+            .await
+            .context("--runtime containerd (is containerd running? see --containerd-socket)")?;
+            // A containerd node runs native executables too.
+            let processes =
+                agent::process::ProcessRuntime::new(&config.data_dir, cgroups, exits_tx)
+                    .with_context(|| format!("preparing {}", config.data_dir.display()))?;
+            Arc::new(agent::runtime::Combined {
+                containers: Arc::new(containers),
+                processes: Arc::new(processes),
+            })
         }
         other => anyhow::bail!("--runtime {other:?}: expected auto, process or containerd"),
     };

@@ -545,7 +545,11 @@ impl Runtime for ContainerdRuntime {
         "containerd"
     }
 
-    fn wants_address(&self) -> bool {
+    fn kinds(&self) -> Vec<crds::Runtime> {
+        vec![crds::Runtime::Container]
+    }
+
+    fn wants_address(&self, _workload: &Workload) -> bool {
         self.config.network.is_some()
     }
 
