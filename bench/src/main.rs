@@ -21,6 +21,7 @@ mod footprint;
 mod placement;
 mod procfs;
 mod prom;
+mod start_latency;
 mod stats;
 mod watch_fanout;
 
@@ -37,6 +38,7 @@ enum Scenario {
     WatchFanout,
     Placement,
     Footprint,
+    StartLatency,
     All,
 }
 
@@ -78,6 +80,12 @@ struct Cli {
     /// it runs with `--no-controllers`: the API server alone).
     #[arg(long)]
     controllers: bool,
+    /// start-latency: rounds of apply -> Running (and of `ctr run`).
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+    /// start-latency: container networking of the worker (bridge or host).
+    #[arg(long, default_value = "bridge")]
+    network: String,
     /// Where to write the figures as JSON.
     #[arg(long, default_value = "target/oakbench.json")]
     json: PathBuf,
@@ -177,6 +185,17 @@ async fn main() -> anyhow::Result<()> {
         let footprint_report = footprint::run(&opts).await?;
         footprint::print(&footprint_report);
         report["footprint"] = footprint::to_json(&footprint_report);
+    }
+
+    if matches!(cli.scenario, Scenario::StartLatency | Scenario::All) {
+        let opts = start_latency::Options {
+            rounds: if cli.quick { 3 } else { cli.rounds },
+            oakestra: cli.oakestra.clone(),
+            network: cli.network.clone(),
+        };
+        let start_report = start_latency::run(&opts).await?;
+        start_latency::print(&start_report);
+        report["start_latency"] = start_latency::to_json(&start_report);
     }
 
     if let Some(parent) = cli.json.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -139,6 +139,10 @@ fn oakctl_apply_get_describe_delete() {
     assert!(out.contains("service \"web\" deleted"), "{out}");
     let err = fails(cli.oakctl(&["get", "svc", "web", "-n", "demo"]));
     assert_eq!(err, "error: services \"web\" not found\n");
+
+    // The container example of the README is a valid Service.
+    let out = ok(cli.oakctl(&["apply", "-f", "examples/web-container.yaml"]));
+    assert_eq!(out, "service/nginx created\n");
 }
 
 #[test]
