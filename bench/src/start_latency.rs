@@ -46,22 +46,13 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         .clone()
         .unwrap_or_else(|| e2e::binary("oakestra"));
     let (port, cluster_port) = (e2e::free_port(), e2e::free_port());
-    let args: Vec<String> = [
-        "up",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--cluster-listen",
-        &format!("127.0.0.1:{cluster_port}"),
-        "--data-dir",
-        &dir.path().join("data").display().to_string(),
-        "--containerd-socket",
-        &containerd.socket.display().to_string(),
-        "--network",
-        &opts.network,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let socket = containerd.socket.display().to_string();
+    let args = e2e::up_args(
+        port,
+        cluster_port,
+        &dir.path().join("data"),
+        &["--containerd-socket", &socket, "--network", &opts.network],
+    );
     let up = e2e::Oakestra::start_binary(&binary, "up", &args, Some(port), dir.path());
     let client = Client::new(&up.url())?;
     let services = client.dynamic(

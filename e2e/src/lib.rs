@@ -287,6 +287,22 @@ impl Oakestra {
     }
 }
 
+/// Arguments of `oakestra up` serving the root API on `api_port` and the cluster API on
+/// `cluster_port`, with its data under `data_dir`, then `extra`.
+pub fn up_args(api_port: u16, cluster_port: u16, data_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "up".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{api_port}"),
+        "--cluster-listen".into(),
+        format!("127.0.0.1:{cluster_port}"),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// An `oakestra root` process on a free port.
 pub struct RootServer {
     pub port: u16,

@@ -105,17 +105,15 @@ async fn one_device_runs_containers() {
     let v1 = web_image(&registry, "v1");
     let dir = tempfile::tempdir().unwrap();
     let (api_port, cluster_port) = (free_port(), free_port());
-    let up_args = args(&[
-        "up",
-        "--listen",
-        &format!("127.0.0.1:{api_port}"),
-        "--cluster-listen",
-        &format!("127.0.0.1:{cluster_port}"),
-        "--data-dir",
-        &dir.path().join("data").display().to_string(),
-        "--containerd-socket",
-        &containerd.socket.display().to_string(),
-    ]);
+    let up_args = e2e::up_args(
+        api_port,
+        cluster_port,
+        &dir.path().join("data"),
+        &[
+            "--containerd-socket",
+            &containerd.socket.display().to_string(),
+        ],
+    );
     let mut up = Oakestra::start("up", &up_args, Some(api_port), dir.path());
     let server = up.url();
     let api: Api<Instance> = Client::new(&server).unwrap().api(Some("default"));

@@ -33,20 +33,12 @@ fn http_get(port: u16) -> Option<String> {
 async fn oakestra_up_runs_a_service() {
     let dir = tempfile::tempdir().unwrap();
     let (api_port, cluster_port) = (free_port(), free_port());
-    let args: Vec<String> = [
-        "up",
-        "--listen",
-        &format!("127.0.0.1:{api_port}"),
-        "--cluster-listen",
-        &format!("127.0.0.1:{cluster_port}"),
-        "--data-dir",
-        &dir.path().join("data").display().to_string(),
-        "--runtime",
-        "process",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = e2e::up_args(
+        api_port,
+        cluster_port,
+        &dir.path().join("data"),
+        &["--runtime", "process"],
+    );
     let up = Oakestra::start("up", &args, Some(api_port), dir.path());
     let base = two_free_ports();
     let _cleanup = e2e::KillMatching(vec![

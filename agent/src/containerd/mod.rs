@@ -239,6 +239,16 @@ fn failed(id: &InstanceId, step: &'static str) -> impl FnOnce(CtrError) -> Runti
     }
 }
 
+/// Map a failed containerd call at `step` of Instance `id` to the agent's error.
+fn grpc_failed(id: &InstanceId, step: &'static str) -> impl FnOnce(Status) -> RuntimeError {
+    let instance = id.to_string();
+    move |s| RuntimeError::Io {
+        instance,
+        step,
+        source: std::io::Error::other(s.message().to_string()),
+    }
+}
+
 fn not_found(r: &Result<impl Sized, Status>) -> bool {
     matches!(r, Err(s) if s.code() == Code::NotFound)
 }
@@ -585,14 +595,6 @@ impl Runtime for ContainerdRuntime {
     async fn state(&self, id: &InstanceId) -> Result<Option<State>, RuntimeError> {
         let ctr = &self.ctr;
         let token = id.token();
-        let io_err = |step: &'static str| {
-            let instance = id.to_string();
-            move |s: Status| RuntimeError::Io {
-                instance,
-                step,
-                source: std::io::Error::other(s.message().to_string()),
-            }
-        };
         let container = ctr
             .containers()
             .get(ctr.req(GetContainerRequest { id: token.clone() }))
@@ -601,7 +603,7 @@ impl Runtime for ContainerdRuntime {
             return Ok(None);
         }
         let container = container
-            .map_err(io_err("containers.get"))?
+            .map_err(grpc_failed(id, "containers.get"))?
             .into_inner()
             .container
             .unwrap_or_default();
@@ -624,7 +626,7 @@ impl Runtime for ContainerdRuntime {
             }));
         }
         let process = task
-            .map_err(io_err("tasks.get"))?
+            .map_err(grpc_failed(id, "tasks.get"))?
             .into_inner()
             .process
             .unwrap_or_default();
@@ -649,18 +651,10 @@ impl Runtime for ContainerdRuntime {
     async fn remove(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         let ctr = &self.ctr;
         let token = id.token();
-        let io_err = |step: &'static str| {
-            let instance = id.to_string();
-            move |s: Status| RuntimeError::Io {
-                instance,
-                step,
-                source: std::io::Error::other(s.message().to_string()),
-            }
-        };
         self.publisher.unpublish(&token);
         self.stop_task(&token)
             .await
-            .map_err(io_err("stopping the task"))?;
+            .map_err(grpc_failed(id, "stopping the task"))?;
         let container = ctr
             .containers()
             .get(ctr.req(GetContainerRequest { id: token.clone() }))
@@ -683,7 +677,7 @@ impl Runtime for ContainerdRuntime {
             .delete(ctr.req(DeleteContainerRequest { id: token.clone() }))
             .await;
         if !not_found(&deleted) {
-            deleted.map_err(io_err("containers.delete"))?;
+            deleted.map_err(grpc_failed(id, "containers.delete"))?;
         }
         let removed = ctr
             .snapshots()
@@ -693,7 +687,7 @@ impl Runtime for ContainerdRuntime {
             }))
             .await;
         if !not_found(&removed) {
-            removed.map_err(io_err("snapshots.remove"))?;
+            removed.map_err(grpc_failed(id, "snapshots.remove"))?;
         }
         match std::fs::remove_dir_all(self.container_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::Io {

@@ -38,6 +38,8 @@ pub struct Bridge {
     pub bridge: String,
     /// CNI network name.
     pub name: String,
+    /// Masquerade traffic leaving the node (needs `iptables`).
+    pub masquerade: bool,
 }
 
 /// Where the Debian package puts the CNI plugins.
@@ -54,6 +56,7 @@ impl Bridge {
             cni_path: cni_path.to_path_buf(),
             bridge: format!("oak{}", &digest[7..17]),
             name: format!("oakestra-{node}"),
+            masquerade: which("iptables"),
         })
     }
 
@@ -73,7 +76,7 @@ impl Bridge {
             "type": "bridge",
             "bridge": self.bridge,
             "isGateway": true,
-            "ipMasq": which("iptables"),
+                        "ipMasq": self.masquerade,
             "hairpinMode": true,
             "ipam": {
                 "type": "static",

@@ -90,7 +90,6 @@ pub fn build(
     cgroups_path: &str,
     network: &Network,
 ) -> Value {
-    let caps: Vec<&str> = CAPABILITIES.to_vec();
     let mut namespaces = vec![
         json!({"type": "pid"}),
         json!({"type": "ipc"}),
@@ -133,7 +132,7 @@ pub fn build(
             "args": args,
             "env": env,
             "cwd": cwd,
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "capabilities": {"bounding": CAPABILITIES, "effective": CAPABILITIES, "permitted": CAPABILITIES},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
             "noNewPrivileges": true
         },
