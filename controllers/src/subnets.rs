@@ -100,7 +100,8 @@ impl Pool {
         }
     }
 
-    fn first_free(&self, used: &HashMap<String, String>) -> Option<String> {
+    /// A free subnet (the lowest) or address (the next above those in use).
+    fn free(&self, used: &HashMap<String, String>) -> Option<String> {
         match self {
             Pool::Blocks { cidr, prefix } => {
                 let used = used.keys().cloned().collect();
@@ -108,7 +109,7 @@ impl Pool {
             }
             Pool::Addresses(cidr) => {
                 let used = used.keys().filter_map(|a| a.parse().ok()).collect();
-                cidr.first_free_address(&used).map(|ip| ip.to_string())
+                cidr.next_free_address(&used).map(|ip| ip.to_string())
             }
         }
     }
@@ -305,7 +306,7 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
             None => match pending.get(&key).filter(|(s, _)| *s == scope) {
                 Some((_, a)) => Ok(a.clone()),
                 None => pool
-                    .first_free(&owners)
+                    .free(&owners)
                     .ok_or(("PoolExhausted", format!("no free address left in {pool}"))),
             },
         };

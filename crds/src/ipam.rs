@@ -81,18 +81,35 @@ impl Cidr {
         Ipv4Addr::from(u32::from(self.base) + 1)
     }
 
-    /// The lowest host address not in `used`: not the network or broadcast address, and
-    /// not the [`gateway`](Self::gateway) when the prefix has room for more than two hosts.
-    pub fn first_free_address(&self, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    /// The host addresses that may be handed out, lowest first: not the network or
+    /// broadcast address, and not the [`gateway`](Self::gateway) when the prefix has room
+    /// for more than two hosts.
+    fn host_addresses(&self) -> impl DoubleEndedIterator<Item = Ipv4Addr> + Clone + '_ {
         let size = 1u64 << (32 - self.prefix);
         let (first, last) = match size {
             0..=2 => (0, size - 1),
             3..=4 => (1, size - 2),
             _ => (2, size - 2),
         };
-        (first..=last)
-            .map(|i| Ipv4Addr::from(u32::from(self.base) + i as u32))
-            .find(|ip| !used.contains(ip))
+        (first..=last).map(|i| Ipv4Addr::from(u32::from(self.base) + i as u32))
+    }
+
+    /// The lowest host address not in `used`.
+    pub fn first_free_address(&self, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        self.host_addresses().find(|ip| !used.contains(ip))
+    }
+
+    /// A free host address above every used one, else (the top is taken) the lowest free
+    /// one: an address that was just released is not handed out again at once while
+    /// higher ones are free, so a replacement does not get the address of what it
+    /// replaces while that may still be stopping (and hosts still cache its MAC).
+    pub fn next_free_address(&self, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        let above_all = self
+            .host_addresses()
+            .rev()
+            .take_while(|ip| !used.contains(ip))
+            .last();
+        above_all.or_else(|| self.first_free_address(used))
     }
 }
 
@@ -125,6 +142,26 @@ mod tests {
             svc.first_free_address(&used),
             Some("10.30.0.3".parse().unwrap()),
             "the gateway is never handed out"
+        );
+        let node: Cidr = "10.128.0.0/29".parse().unwrap();
+        let used: HashSet<Ipv4Addr> = ["10.128.0.3".parse().unwrap()].into();
+        assert_eq!(
+            node.next_free_address(&used),
+            Some("10.128.0.4".parse().unwrap()),
+            "not .2, which may just have been released"
+        );
+        let used: HashSet<Ipv4Addr> = ["10.128.0.3", "10.128.0.6"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(
+            node.next_free_address(&used),
+            Some("10.128.0.2".parse().unwrap()),
+            "the top (.6; .7 is broadcast) is taken: the lowest free"
+        );
+        assert_eq!(
+            node.next_free_address(&HashSet::new()),
+            Some("10.128.0.2".parse().unwrap())
         );
         assert!("10.30.0.1/16"
             .parse::<Cidr>()

@@ -56,6 +56,9 @@ const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 const INSTANCE_LABEL: &str = "oakestra.io/instance";
 /// Label carrying the container's address (`ip/prefix gateway`), to detach it later.
 const ADDRESS_LABEL: &str = "oakestra.io/address";
+/// How long a start waits for another container of the node to release its address
+/// (longer than a stop: TERM, then KILL after 5 s).
+const ADDRESS_WAIT: Duration = Duration::from_secs(15);
 /// Label carrying the published ports (JSON), to publish them again after a restart.
 const PORTS_LABEL: &str = "oakestra.io/ports";
 
@@ -239,8 +242,12 @@ fn failed(id: &InstanceId, step: &'static str) -> impl FnOnce(CtrError) -> Runti
     }
 }
 
-/// Map a failed containerd call at `step` of Instance `id` to the agent's error.
-fn grpc_failed(id: &InstanceId, step: &'static str) -> impl FnOnce(Status) -> RuntimeError {
+/// Map a failed containerd call at `step` of Instance `id` (`*` when of all) to the
+/// agent's error.
+fn grpc_failed(
+    id: &dyn std::fmt::Display,
+    step: &'static str,
+) -> impl FnOnce(Status) -> RuntimeError {
     let instance = id.to_string();
     move |s| RuntimeError::Io {
         instance,
@@ -319,6 +326,58 @@ impl ContainerdRuntime {
             .await
     }
 
+    /// The containers of this node's namespace.
+    async fn containers(&self) -> Result<Vec<containerd_client::services::v1::Container>, Status> {
+        let ctr = &self.ctr;
+        let listed = ctr
+            .containers()
+            .list(ctr.req(ListContainersRequest::default()))
+            .await?;
+        Ok(listed.into_inner().containers)
+    }
+
+    /// Wait until no other container of this node holds `address` (one that is being
+    /// removed, e.g. the Instance this one replaces, still stopping): two containers
+    /// with one IP on the bridge would split its traffic. Gives up after
+    /// [`ADDRESS_WAIT`].
+    async fn wait_for_address(
+        &self,
+        id: &InstanceId,
+        address: &InstanceAddress,
+    ) -> Result<(), RuntimeError> {
+        let token = id.token();
+        let deadline = tokio::time::Instant::now() + ADDRESS_WAIT;
+        loop {
+            let containers = self
+                .containers()
+                .await
+                .map_err(grpc_failed(id, "listing containers"))?;
+            let holder = containers.iter().find(|c| {
+                c.id != token
+                    && c.labels
+                        .get(ADDRESS_LABEL)
+                        .and_then(|l| parse_address_label(l))
+                        .is_some_and(|a| a.ip == address.ip)
+            });
+            let Some(holder) = holder else {
+                return Ok(());
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RuntimeError::Network {
+                    instance: id.to_string(),
+                    message: format!(
+                        "address {} is still held by container {} after {}s",
+                        address.ip,
+                        holder.id,
+                        ADDRESS_WAIT.as_secs()
+                    ),
+                });
+            }
+            tracing::debug!(instance = %id, address = %address.ip, holder = %holder.id, "waiting for the address to be released");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn create(
         &self,
         id: &InstanceId,
@@ -356,6 +415,7 @@ impl ContainerdRuntime {
         let network =
             match (&self.config.network, address) {
                 (Some(bridge), Some(address)) => {
+                    self.wait_for_address(id, address).await?;
                     labels.insert(ADDRESS_LABEL.to_string(), address_label(address));
                     let path = bridge.attach(&token, address).await.map_err(|e| {
                         RuntimeError::Network {
@@ -700,19 +760,11 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn list(&self) -> Result<Vec<InstanceId>, RuntimeError> {
-        let ctr = &self.ctr;
-        let listed = ctr
+        let listed = self
             .containers()
-            .list(ctr.req(ListContainersRequest::default()))
             .await
-            .map_err(|s| RuntimeError::Io {
-                instance: "*".into(),
-                step: "listing containers",
-                source: std::io::Error::other(s.message().to_string()),
-            })?;
+            .map_err(grpc_failed(&"*", "listing containers"))?;
         Ok(listed
-            .into_inner()
-            .containers
             .iter()
             .filter_map(|c| InstanceId::from_token(&c.id))
             .collect())
