@@ -4,8 +4,8 @@
 //! The caller supplies the candidates as they report themselves; the binder adds what
 //! they cannot know yet: the requests of Instances bound to them but not yet reflected
 //! in their allocatable ("in flight"), including this binder's own recent bindings
-//! until its cache shows them, and how many replicas of the same Service each already
-//! has (for spreading). Decisions are serialized, so a burst does not over-commit.
+//! until its cache shows them, how many replicas of the same Service each already
+//! has (for spreading) and, for nodes, the host ports their Instances publish. Decisions are serialized, so a burst does not over-commit.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::Utc;
 use client::runtime::{Action, ObjectRef, Recorder, Store};
 use client::{Api, Client};
-use crds::{set_condition, ConditionStatus, EventType, Instance, Phase, Resources};
+use crds::{set_condition, ConditionStatus, EventType, Instance, Phase, Protocol, Resources};
 use scheduler::{Candidate, Decision, Request, Tier};
 use serde_json::json;
 
@@ -24,6 +24,17 @@ struct Recent {
     target: String,
     resources: Resources,
     service: String,
+    host_ports: Vec<(u16, Protocol)>,
+}
+
+/// The host ports an Instance publishes.
+fn host_ports(i: &Instance) -> Vec<(u16, Protocol)> {
+    i.spec
+        .template
+        .ports
+        .iter()
+        .filter_map(|p| Some((p.host_port?, p.protocol)))
+        .collect()
 }
 
 pub struct Binder {
@@ -36,6 +47,10 @@ pub struct Binder {
 
 /// Annotation listing the clusters that handed an Instance back for lack of room.
 pub const REJECTED_BY: &str = "oakestra.io/rejected-by";
+
+/// How long an Instance that no cluster takes waits before the clusters that handed it
+/// back are asked again.
+const RETRY_HANDED_BACK: Duration = Duration::from_secs(30);
 
 /// The clusters that handed `instance` back.
 pub fn rejected_by(instance: &Instance) -> Vec<String> {
@@ -111,6 +126,7 @@ impl Binder {
     ) {
         let mut in_flight: HashMap<String, Resources> = HashMap::new();
         let mut replicas: HashMap<String, u32> = HashMap::new();
+        let mut ports: HashMap<String, Vec<(u16, Protocol)>> = HashMap::new();
         let same_service = |i: &Instance| {
             i.spec.service == instance.spec.service
                 && i.metadata.namespace == instance.metadata.namespace
@@ -124,6 +140,12 @@ impl Binder {
                     in_flight.entry(target.clone()).or_default(),
                     &i.spec.template.resources,
                 );
+                if self.tier == Tier::Node {
+                    ports
+                        .entry(target.clone())
+                        .or_default()
+                        .extend(host_ports(&i));
+                }
             }
             if same_service(&i) {
                 *replicas.entry(target.clone()).or_default() += 1;
@@ -131,6 +153,10 @@ impl Binder {
         }
         for r in recent.values() {
             add(in_flight.entry(r.target.clone()).or_default(), &r.resources);
+            ports
+                .entry(r.target.clone())
+                .or_default()
+                .extend(r.host_ports.iter().copied());
             if r.service == instance.spec.service {
                 *replicas.entry(r.target.clone()).or_default() += 1;
             }
@@ -138,6 +164,7 @@ impl Binder {
         for c in candidates {
             c.in_flight = in_flight.get(&c.name).cloned().unwrap_or_default();
             c.replicas_here = replicas.get(&c.name).copied().unwrap_or_default();
+            c.host_ports = ports.remove(&c.name).unwrap_or_default();
         }
     }
 
@@ -158,12 +185,14 @@ impl Binder {
             });
             self.complete(instance, &mut candidates, &recent);
             let excluded = rejected_by(instance);
+            let wanted = host_ports(instance);
             let request = Request {
                 tier: self.tier,
                 runtime: instance.spec.template.runtime,
                 resources: &instance.spec.template.resources,
                 placement: &instance.spec.template.placement,
                 excluded: &excluded,
+                host_ports: &wanted,
             };
             let decision = scheduler::schedule(&candidates, &request);
             if let Decision::Place(target) = &decision {
@@ -171,6 +200,7 @@ impl Binder {
                     target: target.clone(),
                     resources: instance.spec.template.resources.clone(),
                     service: instance.spec.service.clone(),
+                    host_ports: wanted.clone(),
                 };
                 recent.insert(key.clone(), r);
             }
@@ -212,6 +242,24 @@ impl Binder {
                 Ok(Action::await_change())
             }
             Decision::Unschedulable { reason, message } => {
+                let unplaced_since = status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Scheduled" && c.status == ConditionStatus::False)
+                    .and_then(|c| c.last_transition_time);
+                let unplaced_for = unplaced_since
+                    .and_then(|t| (now - t).to_std().ok())
+                    .unwrap_or_default();
+                if self.tier == Tier::Cluster
+                    && !rejected_by(instance).is_empty()
+                    && unplaced_for >= RETRY_HANDED_BACK
+                {
+                    // Every cluster that may take it is full or handed it back, for a
+                    // while now: forget the hand-backs, so that the next attempt asks
+                    // them all again (room may have come free since).
+                    let patch = json!({"metadata": {"annotations": {REJECTED_BY: null}}});
+                    api.patch(&instance.metadata.name, &patch).await?;
+                }
                 if set_condition(
                     &mut status.conditions,
                     "Scheduled",

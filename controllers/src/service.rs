@@ -4,7 +4,8 @@
 //! from a cache that lags behind its own writes creates nothing twice (the second
 //! create is a 409). A template change is rolled out one Instance at a time with one
 //! extra Instance at most: a new one is created, and an old one goes only once a new
-//! one is Running.
+//! one is Running — or once a new one cannot be placed at all, since the old ones may
+//! hold what it needs (the room of a full cluster, a node's host port).
 
 use std::sync::Arc;
 
@@ -112,6 +113,16 @@ fn running(i: &Instance) -> bool {
         .is_some_and(|s| s.phase == Phase::Running || (one_shot && s.phase == Phase::Succeeded))
 }
 
+/// Pending because no cluster or node could take it.
+fn unplaceable(i: &Instance) -> bool {
+    i.status.as_ref().is_some_and(|s| {
+        s.phase == Phase::Pending
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Scheduled" && c.status == ConditionStatus::False)
+    })
+}
+
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if svc.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -178,9 +189,11 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let created = parallel(creates.into_iter()).await?;
     record_batch(&ctx, &svc, "ScaledUp", "created", created).await;
 
-    // Rollout: an old Instance goes for each new one that runs.
+    // Rollout: an old Instance goes for each new one that runs, and for each new one that
+    // cannot be placed (the old ones may hold what it needs: room, a host port).
     let ready_new = kept.iter().filter(|i| running(i)).count();
-    let old_to_keep = (replicas as usize).saturating_sub(ready_new);
+    let stuck_new = kept.iter().filter(|i| unplaceable(i)).count();
+    let old_to_keep = (replicas as usize).saturating_sub(ready_new + stuck_new);
     let mut old_sorted: Vec<_> = old.iter().collect();
     old_sorted.sort_by_key(|i| (running(i), std::cmp::Reverse(i.spec.ordinal)));
     for i in old_sorted

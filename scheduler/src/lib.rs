@@ -2,14 +2,15 @@
 //! cluster scheduler (candidates are nodes).
 //!
 //! Plain data in, plain data out: [`schedule`] filters the candidates (ready,
-//! schedulable, runtime, allowed names, labels, geo distance, free resources) and
+//! schedulable, runtime, allowed names, labels, geo distance, host ports, free
+//! resources) and
 //! scores the rest (spread a Service's replicas, then prefer the most free capacity
 //! after placement). When nothing fits it says why, candidate by candidate, with
 //! Oakestra's reasons `NoTargetCluster` / `NoResourcesAvailable`.
 
 use std::collections::BTreeMap;
 
-use crds::{Capacity, Location, Placement, Resources, Runtime};
+use crds::{Capacity, Location, Placement, Protocol, Resources, Runtime};
 
 /// What is being chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,8 @@ pub struct Candidate {
     pub in_flight: Resources,
     /// Replicas of the same Service already here.
     pub replicas_here: u32,
+    /// Host ports already published here (nodes only; a cluster does not know them).
+    pub host_ports: Vec<(u16, Protocol)>,
 }
 
 /// What one Instance needs.
@@ -63,6 +66,8 @@ pub struct Request<'a> {
     pub placement: &'a Placement,
     /// Candidates that already turned this Instance down.
     pub excluded: &'a [String],
+    /// Host ports the Instance publishes (checked at the node tier only).
+    pub host_ports: &'a [(u16, Protocol)],
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +120,12 @@ fn constraint_failure(c: &Candidate, r: &Request) -> Option<String> {
     }
     if let Some((k, v)) = selector.iter().find(|(k, v)| c.labels.get(*k) != Some(v)) {
         return Some(format!("lacks label {k}={v}"));
+    }
+    if r.tier == Tier::Node {
+        if let Some((port, proto)) = r.host_ports.iter().find(|p| c.host_ports.contains(p)) {
+            let proto = format!("{proto:?}").to_lowercase();
+            return Some(format!("host port {port}/{proto} is taken"));
+        }
     }
     if let Some(geo) = &r.placement.geo {
         match &c.location {
@@ -264,6 +275,7 @@ mod tests {
             resources,
             placement,
             excluded: &[],
+            host_ports: &[],
         }
     }
 
@@ -420,6 +432,7 @@ mod tests {
             resources: &res,
             placement: &none,
             excluded: &[],
+            host_ports: &[],
         };
         let d = schedule(&[cluster("n1", 1000, 1000)], &r);
         assert_eq!(
@@ -428,6 +441,44 @@ mod tests {
                 reason: "NoTargetNode",
                 message: "0/1 nodes fit: n1: does not support runtime process".into()
             }
+        );
+    }
+
+    #[test]
+    fn a_node_with_the_host_port_taken_is_filtered() {
+        let res = Resources::default();
+        let none = Placement::default();
+        let wanted = [(8080, Protocol::Tcp)];
+        let r = Request {
+            tier: Tier::Node,
+            host_ports: &wanted,
+            ..request(&res, &none)
+        };
+        let taken = |name: &str, ports: Vec<(u16, Protocol)>| Candidate {
+            host_ports: ports,
+            ..cluster(name, 1000, 1000)
+        };
+        // n1 would win the tie by name, but its port is taken (tcp and udp differ).
+        let nodes = [
+            taken("n1", vec![(8080, Protocol::Tcp)]),
+            taken("n2", vec![(8080, Protocol::Udp)]),
+        ];
+        assert_eq!(schedule(&nodes, &r), Decision::Place("n2".into()));
+        assert_eq!(
+            schedule(&nodes[..1], &r),
+            Decision::Unschedulable {
+                reason: "NoTargetNode",
+                message: "0/1 nodes fit: n1: host port 8080/tcp is taken".into()
+            }
+        );
+        // Clusters do not know their nodes' ports: not a filter there.
+        let at_root = Request {
+            tier: Tier::Cluster,
+            ..r
+        };
+        assert_eq!(
+            schedule(&nodes[..1], &at_root),
+            Decision::Place("n1".into())
         );
     }
 
