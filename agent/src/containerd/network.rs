@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crds::{Protocol, ServicePort};
 use serde_json::json;
@@ -26,8 +26,6 @@ pub enum NetworkError {
         proto: &'static str,
         source: std::io::Error,
     },
-    #[error("port {0}: only tcp ports are published so far")]
-    Unsupported(u16),
 }
 
 /// The node's bridge network, through the CNI plugins in `cni_path`.
@@ -232,22 +230,34 @@ impl Publisher {
             let Some(host_port) = p.host_port else {
                 continue;
             };
-            if p.protocol != Protocol::Tcp {
-                return Err(NetworkError::Unsupported(host_port));
-            }
-            let listener = tokio::net::TcpListener::bind((host, host_port))
-                .await
-                .map_err(|source| NetworkError::PortInUse {
+            let in_use = |proto| {
+                move |source| NetworkError::PortInUse {
                     address: host.to_string(),
                     port: host_port,
-                    proto: "tcp",
+                    proto,
                     source,
-                })?;
+                }
+            };
+            let listener = match p.protocol {
+                Protocol::Tcp => Listener::Tcp(
+                    tokio::net::TcpListener::bind((host, host_port))
+                        .await
+                        .map_err(in_use("tcp"))?,
+                ),
+                Protocol::Udp => Listener::Udp(
+                    tokio::net::UdpSocket::bind((host, host_port))
+                        .await
+                        .map_err(in_use("udp"))?,
+                ),
+            };
             listeners.push((listener, SocketAddr::from((target, p.container_port))));
         }
         let tasks = listeners
             .into_iter()
-            .map(|(listener, to)| tokio::spawn(forward(listener, to)))
+            .map(|(listener, to)| match listener {
+                Listener::Tcp(l) => tokio::spawn(forward(l, to)),
+                Listener::Udp(socket) => tokio::spawn(relay(socket, to)),
+            })
             .collect();
         self.published
             .lock()
@@ -259,6 +269,57 @@ impl Publisher {
     pub fn unpublish(&self, token: &str) {
         if let Some(tasks) = self.published.lock().expect("not poisoned").remove(token) {
             tasks.iter().for_each(|t| t.abort());
+        }
+    }
+}
+
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
+/// A UDP flow without a datagram either way for this long is forgotten.
+const UDP_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Relay datagrams between clients of `socket` and `to`: each client gets a socket of
+/// its own towards the instance (so replies find their way back), dropped when idle.
+/// Aborting the relay drops every flow with it.
+async fn relay(socket: tokio::net::UdpSocket, to: SocketAddr) {
+    let socket = Arc::new(socket);
+    let flows: Arc<Mutex<HashMap<SocketAddr, Arc<tokio::net::UdpSocket>>>> = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let Ok((n, client)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        while tasks.try_join_next().is_some() {}
+        let known = flows.lock().expect("not poisoned").get(&client).cloned();
+        let flow = match known {
+            Some(flow) => flow,
+            None => {
+                let flow = match tokio::net::UdpSocket::bind("0.0.0.0:0").await {
+                    Ok(f) if f.connect(to).await.is_ok() => Arc::new(f),
+                    _ => continue,
+                };
+                flows
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(client, flow.clone());
+                let (socket, flows, back) = (socket.clone(), flows.clone(), flow.clone());
+                tasks.spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, back.recv(&mut buf)).await
+                    {
+                        let _ = socket.send_to(&buf[..n], client).await;
+                    }
+                    flows.lock().expect("not poisoned").remove(&client);
+                });
+                flow
+            }
+        };
+        if let Err(e) = flow.send(&buf[..n]).await {
+            tracing::debug!(%to, error = %e, "published udp port: instance unreachable");
         }
     }
 }
@@ -352,5 +413,68 @@ mod tests {
         assert_eq!(got, "hello");
         publisher.unpublish("x");
         assert!(!publisher.has("x"));
+    }
+
+    #[tokio::test]
+    async fn published_udp_ports_relay_both_ways() {
+        // An echo server that prefixes what it answers.
+        let backend = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let backend_port = backend.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            while let Ok((n, from)) = backend.recv_from(&mut buf).await {
+                let reply = [b"echo ".as_slice(), &buf[..n]].concat();
+                backend.send_to(&reply, from).await.unwrap();
+            }
+        });
+        let host_port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let publisher = Publisher::default();
+        let ports = vec![ServicePort {
+            container_port: backend_port,
+            host_port: Some(host_port),
+            protocol: Protocol::Udp,
+        }];
+        publisher
+            .publish("u", Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, &ports)
+            .await
+            .unwrap();
+        // Two clients, each gets its own answers.
+        for word in ["one", "two"] {
+            let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            client.connect(("127.0.0.1", host_port)).await.unwrap();
+            client.send(word.as_bytes()).await.unwrap();
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), client.recv(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert_eq!(&buf[..n], format!("echo {word}").as_bytes());
+        }
+        // A taken UDP port is a clear error too.
+        let again = Publisher::default();
+        let err = again
+            .publish("v", Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, &ports)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("host port {host_port}/udp")),
+            "{err}"
+        );
+        publisher.unpublish("u");
+        // The relay and its flows are aborted, which drops the socket soon after.
+        let mut released = false;
+        for _ in 0..50 {
+            if std::net::UdpSocket::bind(("127.0.0.1", host_port)).is_ok() {
+                released = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(released, "the host port is free again after unpublish");
     }
 }
