@@ -287,6 +287,30 @@ impl Oakestra {
     }
 }
 
+/// A failing test shows the end of what each of its `oakestra` processes logged
+/// (`OAKESTRA_E2E_LOG_LINES` lines, 40 unless set), since the log files go with the
+/// test's temporary directory.
+impl Drop for Oakestra {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let lines: usize = std::env::var("OAKESTRA_E2E_LOG_LINES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(40);
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        let tail = &all[all.len().saturating_sub(lines)..];
+        eprintln!(
+            "--- last {} lines of {} ---\n{}",
+            tail.len(),
+            self.log.display(),
+            tail.join("\n")
+        );
+    }
+}
+
 /// Arguments of `oakestra up` serving the root API on `api_port` and the cluster API on
 /// `cluster_port`, with its data under `data_dir`, then `extra`.
 pub fn up_args(api_port: u16, cluster_port: u16, data_dir: &Path, extra: &[&str]) -> Vec<String> {

@@ -1,6 +1,6 @@
 //! Real containers: a private containerd, a local docker-registry and busybox images built
 //! for the test. 1-DOC through `oakestra up` (instance IPs, published ports, logs, OOM,
-//! a missing image, adoption after kill -9, clean delete), and
+//! a missing image, a rolling image change, adoption after kill -9, clean delete), and
 //! the hierarchy with two containerd workers sharing one containerd beside a process
 //! worker.
 
@@ -20,8 +20,9 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
+/// One bounded HTTP/1.0 GET (2 s to connect, 5 s to answer); the body on a 200.
 fn http_get(addr: &str, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
     let mut out = String::new();
@@ -103,6 +104,7 @@ async fn one_device_runs_containers() {
     let containerd = Containerd::start();
     let registry = Registry::start();
     let v1 = web_image(&registry, "v1");
+    let v2 = web_image(&registry, "v2");
     let dir = tempfile::tempdir().unwrap();
     let (api_port, cluster_port) = (free_port(), free_port());
     let up_args = e2e::up_args(
@@ -162,16 +164,14 @@ async fn one_device_runs_containers() {
 
     // A published port on the node's address.
     let host_port = free_port();
-    apply(
-        &server,
-        dir.path(),
-        "front",
-        &service(
+    let front = |replicas: u32, image: &str| {
+        service(
             "front",
-            1,
-            &format!("    runtime: container\n    image: {v1}\n    ports:\n    - {{containerPort: 80, hostPort: {host_port}}}\n"),
-        ),
-    );
+            replicas,
+            &format!("    runtime: container\n    image: {image}\n    ports:\n    - {{containerPort: 80, hostPort: {host_port}}}\n"),
+        )
+    };
+    apply(&server, dir.path(), "front", &front(1, &v1));
     running(&api, "front", 1).await;
     let page = eventually("HTTP on the published port", WAIT, || async {
         http_get(&format!("127.0.0.1:{host_port}"), "/index.html")
@@ -223,6 +223,39 @@ async fn one_device_runs_containers() {
             .success());
     }
 
+    // Change the image: both replicas are replaced by v2 containers, one at a time.
+    let rolled = Instant::now();
+    apply(&server, dir.path(), "web", &web(&v2));
+    eventually("both replicas serving v2", WAIT, || async {
+        let items = instances_of(&api, "web").await;
+        let mut v2_pages = 0;
+        for i in &items {
+            let s = i.status.as_ref()?;
+            if s.phase != Phase::Running || i.spec.template.image.as_deref() != Some(v2.as_str()) {
+                return None;
+            }
+            let page = http_get(&format!("{}:80", s.instance_ip?), "/index.html")?;
+            v2_pages += page.contains(&format!("{} v2", i.metadata.name)) as usize;
+        }
+        (items.len() == 2 && v2_pages == 2).then_some(())
+    })
+    .await;
+    println!(
+        "image change -> 2 v2 containers serving: {:?}",
+        rolled.elapsed()
+    );
+    let web_images = eventually("the v1 web containers removed", WAIT, || async {
+        let listed = containerd.ctr(ns, &["containers", "ls"]);
+        let web: Vec<String> = listed
+            .lines()
+            .filter(|l| l.starts_with("default_web-"))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_string())
+            .collect();
+        (!web.contains(&v1)).then_some(web)
+    })
+    .await;
+    assert_eq!(web_images, vec![v2.clone(), v2.clone()]);
+
     // kill -9 everything of oakestra: the containers run on; a restart adopts them.
     let before = eventually("only web and front containers", WAIT, || async {
         let tasks = containerd.tasks(ns);
@@ -247,6 +280,26 @@ async fn one_device_runs_containers() {
     )
     .await;
     assert!(page.contains("front-"), "{page}");
+
+    // A new image for the service with the host port: on the only node the old instance
+    // holds the port, so the new one cannot be placed until the old one has gone.
+    apply(&server, dir.path(), "front", &front(1, &v2));
+    let page = eventually("v2 on the published port", WAIT, || async {
+        let page = http_get(&format!("127.0.0.1:{host_port}"), "/index.html")?;
+        page.contains(" v2").then_some(page)
+    })
+    .await;
+    let items = running(&api, "front", 1).await;
+    assert!(page.contains(&items[0].metadata.name), "{page}");
+    // Two replicas cannot share the port of one node: the second says so.
+    apply(&server, dir.path(), "front", &front(2, &v2));
+    let port_taken = format!("host port {host_port}/tcp is taken");
+    eventually("the second replica waits for the port", WAIT, || async {
+        let items = instances_of(&api, "front").await;
+        let pending = items.iter().find(|i| i.spec.ordinal == 1)?.status.clone()?;
+        (pending.phase == Phase::Pending && pending.message.contains(&port_taken)).then_some(())
+    })
+    .await;
 
     // Delete: no container, no task, no network namespace left.
     for svc in ["web", "front"] {
@@ -273,13 +326,13 @@ async fn containers_across_the_hierarchy() {
     let registry = Registry::start();
     let image = registry.push_busybox("sleeper", "1", &["/bin/sleep", "3600"], "1");
     let dir = tempfile::tempdir().unwrap();
-    let root = RootServer::start(
+    let mut root = RootServer::start(
         &format!("embedded:{}", dir.path().join("root").display()),
         dir.path(),
     );
     let socket = containerd.socket.display().to_string();
-    let mut processes = Vec::new();
-    for (cluster, workers) in [
+    let (mut clusters, mut workers) = (Vec::new(), BTreeMap::new());
+    for (cluster, nodes) in [
         ("ca", vec![("ca1", "containerd")]),
         ("cb", vec![("cb1", "containerd"), ("cb2", "process")]),
     ] {
@@ -298,12 +351,18 @@ async fn containers_across_the_hierarchy() {
                 &format!("embedded:{}", dir.path().join(cluster).display()),
                 "--heartbeat-seconds",
                 "1",
+                "--node-heartbeat-timeout-seconds",
+                "3",
+                "--eviction-seconds",
+                "2",
+                "--handback-seconds",
+                "1",
             ]),
             Some(port),
             dir.path(),
         );
-        for (node, runtime) in workers {
-            processes.push(Oakestra::start(
+        for (node, runtime) in nodes {
+            let worker = Oakestra::start(
                 node,
                 &args(&[
                     "worker",
@@ -322,9 +381,10 @@ async fn containers_across_the_hierarchy() {
                 ]),
                 None,
                 dir.path(),
-            ));
+            );
+            workers.insert(node, worker);
         }
-        processes.push(c);
+        clusters.push(c);
     }
     let server = root.url();
     let root_client = Client::new(&server).unwrap();
@@ -343,7 +403,8 @@ async fn containers_across_the_hierarchy() {
         (ready.count() == 2).then_some(())
     })
     .await;
-    let marker = format!("oakestra-e2e-{}", free_port());
+    // A number, so that `sleep` takes it as its duration.
+    let marker = format!("7{:05}1", free_port());
     let _cleanup = e2e::KillMatching(vec![marker.clone()]);
     let sleepers = |n: u32| {
         service(
@@ -360,7 +421,7 @@ async fn containers_across_the_hierarchy() {
         &service(
             "native",
             1,
-            &format!("    runtime: process\n    executable: /bin/sh\n    command: [-c, 'exec sleep 3600 {marker}']\n"),
+            &format!("    runtime: process\n    executable: /bin/sh\n    command: [-c, 'exec sleep {marker}']\n"),
         ),
     );
     let items = running(&api, "sleepers", 4).await;
@@ -377,6 +438,56 @@ async fn containers_across_the_hierarchy() {
     assert_eq!(containerd.tasks("oakestra-cb1").len(), 2);
     // Native processes run on any node: containerd workers supervise them too.
     running(&api, "native", 1).await;
+    eventually("the native process", WAIT, || async {
+        (e2e::processes_matching(&marker).len() == 1).then_some(())
+    })
+    .await;
+
+    // The root goes away: the containers run on; it comes back, nothing is duplicated.
+    let tasks = || {
+        let mut all = containerd.tasks("oakestra-ca1");
+        all.extend(containerd.tasks("oakestra-cb1"));
+        all
+    };
+    let before = tasks();
+    root.kill9();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(tasks(), before, "containers kept running without the root");
+    root.restart();
+    running(&api, "sleepers", 4).await;
+    assert_eq!(
+        tasks(),
+        before,
+        "the same containers after the root is back"
+    );
+
+    // A containerd worker dies: its containers run again on the other cluster's
+    // containerd node (cb2 runs processes only), after heartbeat timeout + eviction +
+    // hand-back.
+    workers.get_mut("cb1").unwrap().kill9();
+    let killed = Instant::now();
+    eventually("the 4 sleepers Running on ca1", WAIT, || async {
+        let items = instances_of(&api, "sleepers").await;
+        let moved = items.len() == 4
+            && items.iter().all(|i| {
+                i.spec.node.as_deref() == Some("ca1")
+                    && i.status.as_ref().is_some_and(|s| s.phase == Phase::Running)
+            });
+        moved.then_some(())
+    })
+    .await;
+    println!("containers failed over from cb1 in {:?}", killed.elapsed());
+    assert_eq!(containerd.tasks("oakestra-ca1").len(), 4);
+    // Its containers outlived it; back, it removes what is no longer bound to it.
+    assert_eq!(containerd.tasks("oakestra-cb1").len(), 2);
+    workers.get_mut("cb1").unwrap().restart();
+    eventually("cb1's stale containers removed", WAIT, || async {
+        containerd
+            .containers("oakestra-cb1")
+            .is_empty()
+            .then_some(())
+    })
+    .await;
 
     // Scale down, then delete: containerd is left empty in both namespaces.
     apply(&server, dir.path(), "sleepers", &sleepers(2));
@@ -393,7 +504,8 @@ async fn containers_across_the_hierarchy() {
     }
     eventually("no container in either namespace", WAIT, || async {
         (containerd.containers("oakestra-ca1").is_empty()
-            && containerd.containers("oakestra-cb1").is_empty())
+            && containerd.containers("oakestra-cb1").is_empty()
+            && e2e::processes_matching(&marker).is_empty())
         .then_some(())
     })
     .await;
