@@ -2,7 +2,8 @@
 //! for the test. 1-DOC through `oakestra up` (instance IPs, published ports, logs, OOM,
 //! a missing image, a rolling image change, adoption after kill -9, clean delete), and
 //! the hierarchy with two containerd workers sharing one containerd beside a process
-//! worker.
+//! worker (spread, a root outage, a worker failover, an image rollout, scale down,
+//! delete).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -325,6 +326,7 @@ async fn containers_across_the_hierarchy() {
     let containerd = Containerd::start();
     let registry = Registry::start();
     let image = registry.push_busybox("sleeper", "1", &["/bin/sleep", "3600"], "1");
+    let image2 = registry.push_busybox("sleeper", "2", &["/bin/sleep", "3600"], "2");
     let dir = tempfile::tempdir().unwrap();
     let mut root = RootServer::start(
         &format!("embedded:{}", dir.path().join("root").display()),
@@ -406,14 +408,14 @@ async fn containers_across_the_hierarchy() {
     // A number, so that `sleep` takes it as its duration.
     let marker = format!("7{:05}1", free_port());
     let _cleanup = e2e::KillMatching(vec![marker.clone()]);
-    let sleepers = |n: u32| {
+    let sleepers = |n: u32, image: &str| {
         service(
             "sleepers",
             n,
             &format!("    runtime: container\n    image: {image}\n    resources: {{cpuMillicores: 100, memoryMiB: 16}}\n"),
         )
     };
-    apply(&server, dir.path(), "sleepers", &sleepers(4));
+    apply(&server, dir.path(), "sleepers", &sleepers(4, &image));
     apply(
         &server,
         dir.path(),
@@ -489,8 +491,37 @@ async fn containers_across_the_hierarchy() {
     })
     .await;
 
+    // A new image tag rolls through both clusters (cb1 is back in use).
+    apply(&server, dir.path(), "sleepers", &sleepers(4, &image2));
+    let images = || {
+        ["oakestra-ca1", "oakestra-cb1"]
+            .iter()
+            .flat_map(|ns| {
+                let listed = containerd.ctr(ns, &["containers", "ls"]);
+                listed
+                    .lines()
+                    .skip(1)
+                    .filter_map(|l| Some(l.split_whitespace().nth(1)?.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    eventually(
+        "4 containers of the new tag, none of the old",
+        WAIT,
+        || async {
+            let rolled = running(&api, "sleepers", 4)
+                .await
+                .iter()
+                .all(|i| i.spec.template.image.as_deref() == Some(image2.as_str()));
+            (rolled && images() == vec![image2.clone(); 4]).then_some(())
+        },
+    )
+    .await;
+    assert!(!containerd.tasks("oakestra-cb1").is_empty(), "spread again");
+
     // Scale down, then delete: containerd is left empty in both namespaces.
-    apply(&server, dir.path(), "sleepers", &sleepers(2));
+    apply(&server, dir.path(), "sleepers", &sleepers(2, &image2));
     eventually("two containers left", WAIT, || async {
         let n = containerd.containers("oakestra-ca1").len()
             + containerd.containers("oakestra-cb1").len();
