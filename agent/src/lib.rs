@@ -389,7 +389,20 @@ where
                 gateway: subnet.gateway(),
             }),
             _ => {
+                                tracing::debug!(instance = %id, ?ip, ?subnet, "waiting for an address");
                 let status = instance.status.clone().unwrap_or_default();
+                // The address usually follows the binding within milliseconds: say so
+                // only when it does not, and leave the allocator's write uncontended.
+                let bound_for = status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Scheduled")
+                    .and_then(|c| c.last_transition_time)
+                    .and_then(|t| (Utc::now() - t).to_std().ok())
+                    .unwrap_or_default();
+                if bound_for < Duration::from_secs(1) {
+                    return Ok(Action::requeue(Duration::from_secs(1) - bound_for));
+                }
                 if status.reason != "WaitingForAddress" {
                     update(json!({"phase": Phase::Starting, "reason": "WaitingForAddress",
                         "message": "waiting for the cluster to assign the node a subnet and the instance an IP"}))
@@ -402,7 +415,9 @@ where
         None
     };
     // A left-over record of an earlier run is replaced.
+    let begun = std::time::Instant::now();
     ctx.runtime.remove(id).await?;
+    tracing::debug!(instance = %id, took_ms = begun.elapsed().as_millis(), "cleared earlier record");
     match ctx
         .runtime
         .start(id, &instance.spec.template, &env, address.as_ref())

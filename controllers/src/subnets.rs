@@ -100,8 +100,9 @@ impl Pool {
         }
     }
 
-    /// A free subnet (the lowest) or address (the next above those in use).
-    fn free(&self, used: &HashMap<String, String>) -> Option<String> {
+    /// A free subnet (the lowest) or address (the next after `last`, the last one handed
+    /// out in this pool, going round).
+    fn free(&self, used: &HashMap<String, String>, last: Option<&String>) -> Option<String> {
         match self {
             Pool::Blocks { cidr, prefix } => {
                 let used = used.keys().cloned().collect();
@@ -109,7 +110,8 @@ impl Pool {
             }
             Pool::Addresses(cidr) => {
                 let used = used.keys().filter_map(|a| a.parse().ok()).collect();
-                cidr.next_free_address(&used).map(|ip| ip.to_string())
+                let last = last.and_then(|a| a.parse().ok());
+                cidr.next_free_address(&used, last).map(|ip| ip.to_string())
             }
         }
     }
@@ -135,6 +137,8 @@ struct Ctx<K> {
     pool_of: PoolOf<K>,
     /// Written, not yet in the cache: object → (scope, address).
     pending: Mutex<HashMap<ObjectRef, (String, String)>>,
+    /// The last address handed out per scope (since this process started).
+    last: Mutex<HashMap<String, String>>,
 }
 
 /// Run one allocator over the objects of `controller`.
@@ -150,6 +154,7 @@ async fn run_allocator<K: Addressed>(
         client,
         pool_of,
         pending: Mutex::default(),
+        last: Mutex::default(),
     });
     controller
         .run(
@@ -305,9 +310,14 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
             },
             None => match pending.get(&key).filter(|(s, _)| *s == scope) {
                 Some((_, a)) => Ok(a.clone()),
-                None => pool
-                    .free(&owners)
-                    .ok_or(("PoolExhausted", format!("no free address left in {pool}"))),
+                None => {
+                    let mut last = ctx.last.lock().expect("last lock");
+                    let free = pool.free(&owners, last.get(&scope));
+                    if let Some(a) = &free {
+                        last.insert(scope.clone(), a.clone());
+                    }
+                    free.ok_or(("PoolExhausted", format!("no free address left in {pool}")))
+                }
             },
         };
         if let Ok(a) = &outcome {

@@ -99,17 +99,23 @@ impl Cidr {
         self.host_addresses().find(|ip| !used.contains(ip))
     }
 
-    /// A free host address above every used one, else (the top is taken) the lowest free
-    /// one: an address that was just released is not handed out again at once while
-    /// higher ones are free, so a replacement does not get the address of what it
-    /// replaces while that may still be stopping (and hosts still cache its MAC).
-    pub fn next_free_address(&self, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
-        let above_all = self
-            .host_addresses()
-            .rev()
-            .take_while(|ip| !used.contains(ip))
-            .last();
-        above_all.or_else(|| self.first_free_address(used))
+    /// The first free host address after `after` (the last one handed out), wrapping
+    /// around at the top; without `after` (say, after a restart), after the highest used
+    /// one. Addresses go round the pool, so one that was just released is not handed out
+    /// again at once: a replacement does not get the address of what it replaces while
+    /// that may still be stopping (and hosts still cache its MAC).
+    pub fn next_free_address(
+        &self,
+        used: &HashSet<Ipv4Addr>,
+        after: Option<Ipv4Addr>,
+    ) -> Option<Ipv4Addr> {
+        let after = after
+            .filter(|a| self.contains(*a))
+            .or_else(|| used.iter().filter(|a| self.contains(**a)).max().copied());
+        self.host_addresses()
+            .skip_while(|ip| after.is_some_and(|a| *ip <= a))
+            .find(|ip| !used.contains(ip))
+            .or_else(|| self.first_free_address(used))
     }
 }
 
@@ -144,25 +150,35 @@ mod tests {
             "the gateway is never handed out"
         );
         let node: Cidr = "10.128.0.0/29".parse().unwrap();
-        let used: HashSet<Ipv4Addr> = ["10.128.0.3".parse().unwrap()].into();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let set = |list: &[&str]| list.iter().map(|a| ip(a)).collect::<HashSet<_>>();
         assert_eq!(
-            node.next_free_address(&used),
-            Some("10.128.0.4".parse().unwrap()),
-            "not .2, which may just have been released"
-        );
-        let used: HashSet<Ipv4Addr> = ["10.128.0.3", "10.128.0.6"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect();
-        assert_eq!(
-            node.next_free_address(&used),
-            Some("10.128.0.2".parse().unwrap()),
-            "the top (.6; .7 is broadcast) is taken: the lowest free"
+            node.next_free_address(&set(&[]), None),
+            Some(ip("10.128.0.2"))
         );
         assert_eq!(
-            node.next_free_address(&HashSet::new()),
-            Some("10.128.0.2".parse().unwrap())
+            node.next_free_address(&set(&["10.128.0.3"]), None),
+            Some(ip("10.128.0.4")),
+            "after a restart: above the highest in use, not .2"
         );
+        assert_eq!(
+            node.next_free_address(&set(&[]), Some(ip("10.128.0.2"))),
+            Some(ip("10.128.0.3")),
+            "the pool is empty again, but .2 was the last handed out"
+        );
+        assert_eq!(
+            node.next_free_address(&set(&["10.128.0.3"]), Some(ip("10.128.0.6"))),
+            Some(ip("10.128.0.2")),
+            "past the top (.7 is broadcast): round from the bottom"
+        );
+        let full = set(&[
+            "10.128.0.2",
+            "10.128.0.3",
+            "10.128.0.4",
+            "10.128.0.5",
+            "10.128.0.6",
+        ]);
+        assert_eq!(node.next_free_address(&full, Some(ip("10.128.0.4"))), None);
         assert!("10.30.0.1/16"
             .parse::<Cidr>()
             .unwrap_err()

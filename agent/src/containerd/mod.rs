@@ -227,6 +227,37 @@ pub struct ContainerdRuntime {
     pulls: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// How long each step of a start took, for the debug log (`image=2ms network=35ms …`).
+struct Laps {
+    last: std::time::Instant,
+    laps: Vec<(&'static str, Duration)>,
+}
+
+impl Laps {
+    fn start() -> Laps {
+        Laps {
+            last: std::time::Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        self.laps.push((step, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Laps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (step, took)) in self.laps.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{step}={}ms", took.as_millis())?;
+        }
+        Ok(())
+    }
+}
+
 /// Map a containerd failure at `step` of Instance `id` to the agent's error.
 fn failed(id: &InstanceId, step: &'static str) -> impl FnOnce(CtrError) -> RuntimeError {
     let instance = id.to_string();
@@ -392,7 +423,9 @@ impl ContainerdRuntime {
                 instance: id.to_string(),
                 message: "no image".into(),
             })?;
+        let mut laps = Laps::start();
         let image = self.image(reference).await.map_err(failed(id, "image"))?;
+        laps.lap("image");
         let args = spec::argv(workload, &image.config);
         if args.is_empty() {
             return Err(RuntimeError::Start {
@@ -427,6 +460,7 @@ impl ContainerdRuntime {
                 }
                 _ => spec::Network::Host,
             };
+        laps.lap("network");
         let spec = spec::build(
             &id.name,
             args,
@@ -451,6 +485,7 @@ impl ContainerdRuntime {
             })?
             .into_inner()
             .mounts;
+        laps.lap("rootfs");
         let published: Vec<_> = workload
             .ports
             .iter()
@@ -494,6 +529,7 @@ impl ContainerdRuntime {
             .map_err(|s| {
                 failed(id, "creating the container")(CtrError::call("containers.create", s))
             })?;
+        laps.lap("container");
         let dir = self.container_dir(id);
         std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::Io {
             instance: id.to_string(),
@@ -511,6 +547,7 @@ impl ContainerdRuntime {
             }))
             .await
             .map_err(|s| failed(id, "creating the task")(CtrError::call("tasks.create", s)))?;
+        laps.lap("task");
         let started = ctr
             .tasks()
             .start(ctr.req(StartRequest {
@@ -519,6 +556,8 @@ impl ContainerdRuntime {
             }))
             .await
             .map_err(|s| failed(id, "starting the task")(CtrError::call("tasks.start", s)))?;
+        laps.lap("start");
+        tracing::debug!(instance = %id, took = %laps, "container created and started");
         Ok(started.into_inner().pid)
     }
 

@@ -38,6 +38,8 @@ pub struct Bridge {
     pub name: String,
     /// Masquerade traffic leaving the node (needs `iptables`).
     pub masquerade: bool,
+    /// Set once the masquerade rule of the node subnet is in place.
+    masquerading: Arc<tokio::sync::OnceCell<()>>,
 }
 
 /// Where the Debian package puts the CNI plugins.
@@ -55,7 +57,56 @@ impl Bridge {
             bridge: format!("oak{}", &digest[7..17]),
             name: format!("oakestra-{node}"),
             masquerade: which("iptables"),
+            masquerading: Arc::default(),
         })
+    }
+
+    /// Masquerade what the node subnet sends beyond it: one `nat POSTROUTING` rule per
+    /// bridge, checked for and added at the first attach. (The CNI plugin's `ipMasq`
+    /// would add a chain per container and remove it again, about 100 ms each way.)
+    async fn ensure_masquerade(&self, address: &InstanceAddress) -> Result<(), NetworkError> {
+        if !self.masquerade {
+            return Ok(());
+        }
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(address.prefix))
+            .unwrap_or(0);
+        let subnet = format!(
+            "{}/{}",
+            Ipv4Addr::from(u32::from(address.ip) & mask),
+            address.prefix
+        );
+        let comment = format!("oakestra {}", self.bridge);
+        self.masquerading
+            .get_or_try_init(|| async {
+                let rule = |op: &'static str| {
+                    [
+                        "-w",
+                        "-t",
+                        "nat",
+                        op,
+                        "POSTROUTING",
+                        "-s",
+                        &subnet,
+                        "!",
+                        "-d",
+                        &subnet,
+                        "-m",
+                        "comment",
+                        "--comment",
+                        &comment,
+                        "-j",
+                        "MASQUERADE",
+                    ]
+                    .map(str::to_string)
+                };
+                if run("iptables", &rule("-C")).await.is_err() {
+                    run("iptables", &rule("-A")).await?;
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
     }
 
     fn netns(token: &str) -> String {
@@ -74,7 +125,7 @@ impl Bridge {
             "type": "bridge",
             "bridge": self.bridge,
             "isGateway": true,
-                        "ipMasq": self.masquerade,
+                                    "ipMasq": false,
             "hairpinMode": true,
             "ipam": {
                 "type": "static",
@@ -148,6 +199,7 @@ impl Bridge {
         address: &InstanceAddress,
     ) -> Result<String, NetworkError> {
         let _ = self.detach(token, address).await;
+        self.ensure_masquerade(address).await?;
         ip(&["netns", "add", &Self::netns(token)]).await?;
         ip(&["-n", &Self::netns(token), "link", "set", "lo", "up"]).await?;
         if let Err(e) = self.cni("ADD", token, address).await {
@@ -183,16 +235,25 @@ fn which(binary: &str) -> bool {
 }
 
 async fn ip(args: &[&str]) -> Result<(), NetworkError> {
-    let out = tokio::process::Command::new("ip")
+    run("ip", args).await
+}
+
+/// Run `program args…`; a failure carries its stderr.
+async fn run(program: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> Result<(), NetworkError> {
+    let step = || {
+        let args: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+        format!("{program} {}", args.join(" "))
+    };
+    let out = tokio::process::Command::new(program)
         .args(args)
         .output()
         .await
-        .map_err(|e| setup(format!("ip {}", args.join(" ")), e))?;
+        .map_err(|e| setup(step(), e))?;
     if out.status.success() {
         Ok(())
     } else {
         Err(NetworkError::Setup {
-            step: format!("ip {}", args.join(" ")),
+            step: step(),
             message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         })
     }
