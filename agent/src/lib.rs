@@ -389,7 +389,7 @@ where
                 gateway: subnet.gateway(),
             }),
             _ => {
-                                tracing::debug!(instance = %id, ?ip, ?subnet, "waiting for an address");
+                tracing::debug!(instance = %id, ?ip, ?subnet, "waiting for an address");
                 let status = instance.status.clone().unwrap_or_default();
                 // The address usually follows the binding within milliseconds: say so
                 // only when it does not, and leave the allocator's write uncontended.

@@ -12,11 +12,14 @@
 //!   watcher;
 //! - [`placement`]: a Service of N replicas to N placed Instances through the root
 //!   controllers;
-//! - [`footprint`]: memory and idle CPU of root, cluster and worker processes.
+//! - [`footprint`]: memory and idle CPU of root, cluster and worker processes;
+//! - [`start_latency`]: apply → Running of a container against raw `ctr run`;
+//! - [`failover`]: a worker killed with its Instances → all Running elsewhere.
 //!
 //! How to run it and the figures of a run are in `docs/benchmarks.md`.
 
 mod api_writes;
+mod failover;
 mod footprint;
 mod placement;
 mod procfs;
@@ -39,6 +42,7 @@ enum Scenario {
     Placement,
     Footprint,
     StartLatency,
+    Failover,
     All,
 }
 
@@ -86,6 +90,15 @@ struct Cli {
     /// start-latency: container networking of the worker (bridge or host).
     #[arg(long, default_value = "bridge")]
     network: String,
+    /// failover: Instances on the worker that is killed.
+    #[arg(long, default_value_t = 10)]
+    failover_instances: usize,
+    /// failover: the cluster's node heartbeat timeout, in seconds.
+    #[arg(long, default_value_t = 3)]
+    node_timeout: u64,
+    /// failover: the cluster's eviction timeout, in seconds.
+    #[arg(long, default_value_t = 2)]
+    eviction: u64,
     /// Where to write the figures as JSON.
     #[arg(long, default_value = "target/oakbench.json")]
     json: PathBuf,
@@ -196,6 +209,19 @@ async fn main() -> anyhow::Result<()> {
         let start_report = start_latency::run(&opts).await?;
         start_latency::print(&start_report);
         report["start_latency"] = start_latency::to_json(&start_report);
+    }
+
+    if matches!(cli.scenario, Scenario::Failover | Scenario::All) {
+        let opts = failover::Options {
+            instances: cli.failover_instances,
+            oakestra: cli.oakestra.clone(),
+            heartbeat_timeout: Duration::from_secs(cli.node_timeout),
+            eviction: Duration::from_secs(cli.eviction),
+            time_bound: run_timeout,
+        };
+        let failover_report = failover::run(&opts).await?;
+        failover::print(&failover_report);
+        report["failover"] = failover::to_json(&failover_report);
     }
 
     if let Some(parent) = cli.json.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -327,6 +327,59 @@ pub fn up_args(api_port: u16, cluster_port: u16, data_dir: &Path, extra: &[&str]
     args
 }
 
+/// Cluster flags for tests: 1 s heartbeats, a node lost after 3 s without one, its
+/// Instances moved 2 s later, and what finds no room handed back after 1 s.
+pub const QUICK_CLUSTER: &[&str] = &[
+    "--heartbeat-seconds",
+    "1",
+    "--node-heartbeat-timeout-seconds",
+    "3",
+    "--eviction-seconds",
+    "2",
+    "--handback-seconds",
+    "1",
+];
+
+/// Arguments of `oakestra cluster --name NAME` reporting to `root`, serving on `port`,
+/// its embedded store in `data_dir/NAME`, then `extra`.
+pub fn cluster_args(
+    name: &str,
+    root: &str,
+    port: u16,
+    data_dir: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "cluster".into(),
+        "--name".into(),
+        name.into(),
+        "--root".into(),
+        root.into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--store".into(),
+        format!("embedded:{}", data_dir.join(name).display()),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Arguments of `oakestra worker --name NAME` in `cluster`, its data under
+/// `data_dir/workers`, then `extra`.
+pub fn worker_args(name: &str, cluster: &str, data_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "worker".into(),
+        "--cluster".into(),
+        cluster.into(),
+        "--name".into(),
+        name.into(),
+        "--data-dir".into(),
+        data_dir.join("workers").display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// An `oakestra root` process on a free port.
 pub struct RootServer {
     pub port: u16,

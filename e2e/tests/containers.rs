@@ -17,10 +17,6 @@ use e2e::{eventually, free_port, Oakestra, RootServer};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
-
 /// One bounded HTTP/1.0 GET (2 s to connect, 5 s to answer); the body on a 200.
 fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
@@ -341,46 +337,26 @@ async fn containers_across_the_hierarchy() {
         let port = free_port();
         let c = Oakestra::start(
             cluster,
-            &args(&[
-                "cluster",
-                "--name",
-                cluster,
-                "--root",
-                &root.url(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--store",
-                &format!("embedded:{}", dir.path().join(cluster).display()),
-                "--heartbeat-seconds",
-                "1",
-                "--node-heartbeat-timeout-seconds",
-                "3",
-                "--eviction-seconds",
-                "2",
-                "--handback-seconds",
-                "1",
-            ]),
+            &e2e::cluster_args(cluster, &root.url(), port, dir.path(), e2e::QUICK_CLUSTER),
             Some(port),
             dir.path(),
         );
         for (node, runtime) in nodes {
             let worker = Oakestra::start(
                 node,
-                &args(&[
-                    "worker",
-                    "--cluster",
-                    &c.url(),
-                    "--name",
+                &e2e::worker_args(
                     node,
-                    "--runtime",
-                    runtime,
-                    "--containerd-socket",
-                    &socket,
-                    "--heartbeat-seconds",
-                    "1",
-                    "--data-dir",
-                    &dir.path().join("workers").display().to_string(),
-                ]),
+                    &c.url(),
+                    dir.path(),
+                    &[
+                        "--runtime",
+                        runtime,
+                        "--containerd-socket",
+                        &socket,
+                        "--heartbeat-seconds",
+                        "1",
+                    ],
+                ),
                 None,
                 dir.path(),
             );

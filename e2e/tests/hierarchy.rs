@@ -11,10 +11,6 @@ use e2e::{eventually, free_port, Oakestra, RootServer};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
-
 fn processes(marker: &str) -> BTreeMap<u32, String> {
     e2e::processes_matching(marker)
 }
@@ -47,48 +43,23 @@ impl Topology {
             ("c2", "52.5,13.4", vec!["w3"]),
         ] {
             let port = free_port();
+            let mut flags = vec!["--location", location];
+            flags.extend_from_slice(e2e::QUICK_CLUSTER);
             let cluster = Oakestra::start(
                 name,
-                &args(&[
-                    "cluster",
-                    "--name",
-                    name,
-                    "--root",
-                    &root.url(),
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--store",
-                    &format!("embedded:{}", dir.path().join(name).display()),
-                    "--location",
-                    location,
-                    "--heartbeat-seconds",
-                    "1",
-                    "--node-heartbeat-timeout-seconds",
-                    "3",
-                    "--eviction-seconds",
-                    "2",
-                    "--handback-seconds",
-                    "1",
-                ]),
+                &e2e::cluster_args(name, &root.url(), port, dir.path(), &flags),
                 Some(port),
                 dir.path(),
             );
             for node in nodes {
                 let worker = Oakestra::start(
                     node,
-                    &args(&[
-                        "worker",
-                        "--cluster",
-                        &cluster.url(),
-                        "--name",
+                    &e2e::worker_args(
                         node,
-                        "--heartbeat-seconds",
-                        "1",
-                        "--runtime",
-                        "process",
-                        "--data-dir",
-                        &dir.path().join("workers").display().to_string(),
-                    ]),
+                        &cluster.url(),
+                        dir.path(),
+                        &["--heartbeat-seconds", "1", "--runtime", "process"],
+                    ),
                     None,
                     dir.path(),
                 );
