@@ -354,6 +354,10 @@ async fn start_fleet(opts: &Options, dir: &Path) -> anyhow::Result<Fleet> {
                 &format!("127.0.0.1:{port}"),
                 "--store",
                 &store(&name),
+                // A node is NotReady after three missed heartbeats (at least the
+                // default 20 s), so a slow heartbeat setting does not lose nodes.
+                "--node-heartbeat-timeout-seconds",
+                &(3 * heartbeat).max(20).to_string(),
             ]);
             let cluster = e2e::Oakestra::start_binary(&binary, &name, &args, Some(port), &dir);
             let args = strings(&[
@@ -503,6 +507,9 @@ async fn follow(
     }
 }
 
+/// Reads one CPU counter (seconds) out of a sample.
+type CpuOf = dyn Fn(&Sample) -> f64;
+
 /// Samples RSS and CPU of the watched processes once a second in a thread.
 struct Sampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -596,7 +603,7 @@ impl Sampler {
                 }
             })
             .collect();
-        let groups: [(String, &dyn Fn(&Sample) -> f64); 3] = [
+        let groups: [(String, &CpuOf); 3] = [
             (format!("all {} clusters", fleet.clusters.len()), &|s| {
                 s.clusters_cpu
             }),
