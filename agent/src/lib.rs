@@ -6,9 +6,14 @@
 //! (Oakestra's `one_shot`) runs once; restarts back off exponentially (1 s .. 30 s).
 //! After an agent restart, what is already running is adopted and what no longer has an
 //! Instance on this node is removed.
+//!
+//! [`register_node`] and [`heartbeat_node`] are the Node's side of the protocol, shared
+//! with [`hollow`]: simulated nodes that register and heartbeat like this agent but run
+//! nothing (for scale tests).
 
 pub mod cgroup;
 pub mod containerd;
+pub mod hollow;
 pub mod metrics;
 pub mod process;
 pub mod runtime;
@@ -177,39 +182,65 @@ pub async fn run(
     Ok(())
 }
 
-async fn register(ctx: &Ctx) -> Result<(), AgentError> {
-    let api: Api<Node> = ctx.client.api(None);
-    let c = &ctx.config;
+/// What a node says about itself when it registers: the same for a real agent and for a
+/// hollow node ([`hollow`]).
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Address other nodes and users reach the node at.
+    pub address: String,
+    pub runtimes: Vec<Kind>,
+    pub location: Option<Location>,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// What a node reports in each heartbeat.
+#[derive(Debug, Clone)]
+pub struct NodeReport {
+    pub capacity: Capacity,
+    pub usage: Capacity,
+    /// URL of the agent's endpoint (logs); hollow nodes have none.
+    pub agent_endpoint: Option<String>,
+}
+
+/// Create the Node `info.name`, or refresh what the agent knows of an existing one
+/// (address, runtimes, location, labels), keeping what an operator set
+/// (`unschedulable`).
+pub async fn register_node(api: &Api<Node>, info: &NodeInfo) -> Result<(), ClientError> {
     let spec = NodeSpec {
-        address: c.address.clone(),
-        runtimes: ctx.kinds.clone(),
-        location: c.location.clone(),
+        address: info.address.clone(),
+        runtimes: info.runtimes.clone(),
+        location: info.location.clone(),
         unschedulable: false,
     };
-    match api.dynamic().get_opt(&c.node).await? {
+    match api.dynamic().get_opt(&info.name).await? {
         None => {
-            let mut node = Node::new(&c.node, spec);
-            node.metadata.labels = c.labels.clone();
+            let mut node = Node::new(&info.name, spec);
+            node.metadata.labels = info.labels.clone();
             match api.create(&node).await {
-                Err(e) if !e.is_conflict() => return Err(e.into()),
+                Err(e) if !e.is_conflict() => return Err(e),
                 _ => {}
             }
         }
         Some(_) => {
-            // Keep what an operator set (unschedulable); refresh what the agent knows.
-            let patch = json!({"metadata": {"labels": c.labels}, "spec": {"address": spec.address, "runtimes": spec.runtimes, "location": spec.location}});
-            api.patch(&c.node, &patch).await?;
+            let patch = json!({"metadata": {"labels": info.labels}, "spec": {"address": spec.address, "runtimes": spec.runtimes, "location": spec.location}});
+            api.patch(&info.name, &patch).await?;
         }
     }
-    beat(ctx).await
+    Ok(())
 }
 
-async fn beat(ctx: &Ctx) -> Result<(), AgentError> {
-    let api: Api<Node> = ctx.client.api(None);
-    let node = api.get(&ctx.config.node).await?;
+/// One heartbeat of Node `name`: `Ready=True` (reason `AgentReady`), capacity,
+/// allocatable (= capacity), usage, agent endpoint and `lastHeartbeat`. Returns the
+/// subnet the cluster assigned to the node, if any.
+pub async fn heartbeat_node(
+    api: &Api<Node>,
+    name: &str,
+    report: &NodeReport,
+) -> Result<Option<crds::ipam::Cidr>, ClientError> {
+    let node = api.get(name).await?;
     let mut status = node.status.unwrap_or_default();
-    *ctx.subnet.lock().expect("not poisoned") =
-        status.subnet.as_deref().and_then(|s| s.parse().ok());
+    let subnet = status.subnet.as_deref().and_then(|s| s.parse().ok());
     let now = Utc::now();
     set_condition(
         &mut status.conditions,
@@ -219,16 +250,39 @@ async fn beat(ctx: &Ctx) -> Result<(), AgentError> {
         "the agent is heartbeating",
         now,
     );
-    let capacity = ctx.config.capacity.clone().unwrap_or_else(detect_capacity);
     let patch = json!({"status": {
-        "capacity": capacity,
-        "allocatable": capacity,
-        "usage": usage(),
-        "agentEndpoint": ctx.endpoint,
+        "capacity": report.capacity,
+        "allocatable": report.capacity,
+        "usage": report.usage,
+        "agentEndpoint": report.agent_endpoint,
         "conditions": status.conditions,
         "lastHeartbeat": now,
     }});
-    api.patch_status(&ctx.config.node, &patch).await?;
+    api.patch_status(name, &patch).await?;
+    Ok(subnet)
+}
+
+async fn register(ctx: &Ctx) -> Result<(), AgentError> {
+    let c = &ctx.config;
+    let info = NodeInfo {
+        name: c.node.clone(),
+        address: c.address.clone(),
+        runtimes: ctx.kinds.clone(),
+        location: c.location.clone(),
+        labels: c.labels.clone(),
+    };
+    register_node(&ctx.client.api(None), &info).await?;
+    beat(ctx).await
+}
+
+async fn beat(ctx: &Ctx) -> Result<(), AgentError> {
+    let report = NodeReport {
+        capacity: ctx.config.capacity.clone().unwrap_or_else(detect_capacity),
+        usage: usage(),
+        agent_endpoint: Some(ctx.endpoint.clone()),
+    };
+    let subnet = heartbeat_node(&ctx.client.api(None), &ctx.config.node, &report).await?;
+    *ctx.subnet.lock().expect("not poisoned") = subnet;
     Ok(())
 }
 

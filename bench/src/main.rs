@@ -15,6 +15,8 @@
 //! - [`footprint`]: memory and idle CPU of root, cluster and worker processes;
 //! - [`start_latency`]: apply → Running of a container against raw `ctr run`;
 //! - [`failover`]: a worker killed with its Instances → all Running elsewhere.
+//! - [`scheduling`]: scheduling at scale over hollow nodes (clusters × nodes, a burst of
+//!   Instances) with the footprint of root, cluster and hollow processes meanwhile.
 //!
 //! How to run it and the figures of a run are in `docs/benchmarks.md`.
 
@@ -24,6 +26,7 @@ mod footprint;
 mod placement;
 mod procfs;
 mod prom;
+mod scheduling;
 mod start_latency;
 mod stats;
 mod watch_fanout;
@@ -43,6 +46,7 @@ enum Scenario {
     Footprint,
     StartLatency,
     Failover,
+    Scheduling,
     All,
 }
 
@@ -64,13 +68,29 @@ struct Cli {
     /// watch-fanout: objects created one at a time while the watchers listen.
     #[arg(long, default_value_t = 200)]
     events: usize,
-    /// placement: replicas of the Service.
-    #[arg(long, default_value_t = 1000)]
-    instances: usize,
+    /// placement: replicas of the Service [default: 1000]; scheduling: Instances in all
+    /// [default: 10000].
+    #[arg(long)]
+    instances: Option<usize>,
     /// placement: clusters to spread them over.
     #[arg(long, default_value_t = 10)]
     clusters: usize,
-    /// Small numbers for a smoke run (200 objects, 50 watchers, 20 events, 100 instances).
+    /// scheduling: hollow nodes per cluster (with --clusters clusters and --instances
+    /// Instances; the full size of #5 is 10 × 500 and 10000).
+    #[arg(long, default_value_t = 500)]
+    nodes_per_cluster: usize,
+    /// scheduling: Services the Instances are split over.
+    #[arg(long, default_value_t = 10)]
+    services: usize,
+    /// scheduling: seconds between two heartbeats of one hollow node.
+    #[arg(long, default_value_t = 10)]
+    hollow_heartbeat_seconds: u64,
+    /// scheduling: keep stores and process logs in this directory (default: a temp dir,
+    /// removed afterwards).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Small numbers for a smoke run (200 objects, 50 watchers, 20 events, 100
+    /// instances; scheduling: 2 clusters × 20 nodes, 200 Instances in 2 Services).
     #[arg(long)]
     quick: bool,
     /// Bound on each measured phase, in seconds.
@@ -111,7 +131,8 @@ async fn main() -> anyhow::Result<()> {
         cli.count = 200;
         cli.watchers = 50;
         cli.events = 20;
-        cli.instances = 100;
+        cli.instances = Some(100);
+        cli.nodes_per_cluster = 20;
     }
     anyhow::ensure!(
         cli.count > 0 && cli.concurrency.iter().all(|&c| c > 0),
@@ -180,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
 
     if matches!(cli.scenario, Scenario::Placement | Scenario::All) {
         let opts = placement::Options {
-            instances: cli.instances,
+            instances: cli.instances.unwrap_or(1000),
             clusters: cli.clusters,
             oakestra: cli.oakestra.clone(),
             time_bound: run_timeout,
@@ -222,6 +243,28 @@ async fn main() -> anyhow::Result<()> {
         let failover_report = failover::run(&opts).await?;
         failover::print(&failover_report);
         report["failover"] = failover::to_json(&failover_report);
+    }
+
+    // Not part of `all`: at full size it runs for minutes and starts 21 processes.
+    if cli.scenario == Scenario::Scheduling {
+        let (clusters, instances, services) = if cli.quick {
+            (2, 200, 2)
+        } else {
+            (cli.clusters, cli.instances.unwrap_or(10_000), cli.services)
+        };
+        let opts = scheduling::Options {
+            clusters,
+            nodes_per_cluster: cli.nodes_per_cluster,
+            instances,
+            services,
+            heartbeat_seconds: cli.hollow_heartbeat_seconds,
+            oakestra: cli.oakestra.clone(),
+            work_dir: cli.work_dir.clone(),
+            time_bound: run_timeout,
+        };
+        let scheduling_report = scheduling::run(&opts).await?;
+        scheduling::print(&scheduling_report);
+        report["scheduling"] = scheduling::to_json(&scheduling_report);
     }
 
     if let Some(parent) = cli.json.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -52,6 +52,39 @@ pub fn sample(text: &str, name: &str, label: &str) -> f64 {
         .fold(0.0, |a, b| a + b)
 }
 
+/// Per label set of the histogram `metric` (without [`PREFIX`]): how many observations
+/// and their mean in ms between two scrapes, busiest first; label sets without any are
+/// left out.
+pub fn deltas(before: &str, after: &str, metric: &str) -> Vec<(String, f64, f64)> {
+    let series = |text: &str, suffix: &str| -> std::collections::BTreeMap<String, f64> {
+        let name = format!("{PREFIX}{metric}_{suffix}");
+        text.lines()
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let (metric, labels) = series.split_once('{')?;
+                (metric == name).then(|| {
+                    (
+                        labels.trim_end_matches('}').to_string(),
+                        value.parse().unwrap_or(0.0),
+                    )
+                })
+            })
+            .collect()
+    };
+    let (count0, count1) = (series(before, "count"), series(after, "count"));
+    let (sum0, sum1) = (series(before, "sum"), series(after, "sum"));
+    let mut out: Vec<(String, f64, f64)> = count1
+        .iter()
+        .filter_map(|(labels, c1)| {
+            let count = c1 - count0.get(labels).unwrap_or(&0.0);
+            let sum = sum1.get(labels)? - sum0.get(labels).unwrap_or(&0.0);
+            (count > 0.0).then(|| (labels.clone(), count, sum / count * 1e3))
+        })
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,6 +83,7 @@ pub async fn run_cluster(
             root,
             config.name.clone(),
             config.handback,
+            config.concurrency,
             shutdown.clone()
         ),
         crate::placement::run::<Node>(
@@ -293,6 +294,7 @@ async fn sync_instances(
     root: Client,
     cluster: String,
     handback: Duration,
+    concurrency: usize,
     shutdown: CancellationToken,
 ) {
     // Only the root Instances placed here; one placed elsewhere arrives as a deletion.
@@ -300,8 +302,9 @@ async fn sync_instances(
         field_selector: Some(format!("spec.cluster={cluster}")),
         ..Default::default()
     };
-    let mut controller =
-        Controller::new(root.api::<Instance>(None), placed_here).name("cluster-sync");
+    let mut controller = Controller::new(root.api::<Instance>(None), placed_here)
+        .name("cluster-sync")
+        .concurrency(concurrency);
     let locals = controller.watches(
         local.api::<Instance>(None),
         ListParams::default(),

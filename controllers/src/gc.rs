@@ -6,7 +6,7 @@
 //!   `foregroundDeletion` finalizer: its Instances are deleted first, and the finalizer
 //!   is removed (so the Service goes) once none is left.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use client::runtime::{Action, Controller, ObjectRef, Store};
@@ -35,10 +35,25 @@ async fn orphans(client: Client, config: &RootConfig, shutdown: CancellationToke
         .name("gc")
         .concurrency(config.concurrency);
     let instances = controller.store();
+    // The Services cache, for the mapper (it exists only once `watches` returns).
+    let cache: Arc<OnceLock<Store<Service>>> = Arc::default();
+    let seen = cache.clone();
     let services = controller.watches(
         client.api::<Service>(None),
         ListParams::default(),
         move |s: &Service| {
+            // Only a Service that is gone (or replaced, or being deleted) can leave
+            // orphans. The cache already holds this change: a Service still there with
+            // the same uid is an ordinary update (a status write: several per second
+            // during a burst), and queueing its thousands of Instances for nothing
+            // would crowd out real work.
+            let key = ObjectRef::of(s);
+            let live = seen.get().and_then(|c| c.get(&key)).is_some_and(|c| {
+                c.metadata.uid == s.metadata.uid && c.metadata.deletion_timestamp.is_none()
+            });
+            if live {
+                return Vec::new();
+            }
             let uid = s.metadata.uid.clone().unwrap_or_default();
             instances
                 .find(|i| owned_by(&i.metadata, &uid))
@@ -47,6 +62,7 @@ async fn orphans(client: Client, config: &RootConfig, shutdown: CancellationToke
                 .collect()
         },
     );
+    let _ = cache.set(services.clone());
     let ctx = Arc::new(Ctx { client, services });
     controller
         .run(move |i| collect(i, ctx.clone()), shutdown.cancelled_owned())

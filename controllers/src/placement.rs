@@ -7,7 +7,7 @@
 //! and is retried when targets change. The Instances of a target that stays NotReady
 //! (or disappears) longer than the grace period are bound again elsewhere.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use client::runtime::{Action, Controller, ObjectRef, Store};
@@ -87,19 +87,36 @@ pub async fn run<T: Target>(
         .concurrency(concurrency);
     let instances = controller.store();
     let for_mapper = instances.clone();
-    // A target change queues the Instances waiting for one and those on it.
+    // The targets cache, for the mapper (it exists only once `watches` returns).
+    let cache: Arc<OnceLock<Store<T>>> = Arc::default();
+    let seen = cache.clone();
+    // A target change queues the Instances waiting for one, and those on it when it is
+    // not Ready or gone (the cache already holds this change). The Instances on a Ready
+    // target have nothing to do; queueing them at each of its heartbeats cost
+    // thousands of empty reconciles per second at scale.
     let targets = controller.watches(
         client.api::<T>(None),
         ListParams::default(),
         move |t: &T| {
             let name = &t.metadata().name;
+            let ready = seen
+                .get()
+                .and_then(|c| c.get(&ObjectRef::new(None, name)))
+                .is_some_and(|cur| {
+                    crds::is_true(cur.conditions(), "Ready")
+                        && cur.metadata().deletion_timestamp.is_none()
+                });
             for_mapper
-                .find(|i| target_of(T::TIER, i).is_none_or(|n| n == name))
+                .find(|i| match target_of(T::TIER, i) {
+                    None => true,
+                    Some(n) => !ready && n == name,
+                })
                 .iter()
                 .map(|i| ObjectRef::of(i.as_ref()))
                 .collect()
         },
     );
+    let _ = cache.set(targets.clone());
     let source = match T::TIER {
         Tier::Cluster => "root-placement",
         Tier::Node => "cluster-scheduler",

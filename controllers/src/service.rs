@@ -7,7 +7,9 @@
 //! one is Running — or once a new one cannot be placed at all, since the old ones may
 //! hold what it needs (the room of a full cluster, a node's host port).
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use client::runtime::{Action, Controller, ObjectRef, Recorder, Store};
@@ -31,7 +33,15 @@ struct Ctx {
     client: Client,
     instances: Store<Instance>,
     recorder: Recorder,
+    /// Instances this controller created (or found existing) that its cache may not
+    /// show yet, with when: a reconcile from a lagging cache does not send their
+    /// creates again (each would be a 409 through the store's writer). Forgotten once
+    /// the cache shows them, or after [`EXPECTATION_TTL`].
+    expected: Mutex<HashMap<ObjectRef, Instant>>,
 }
+
+/// How long a create this controller made is trusted without the cache showing it.
+const EXPECTATION_TTL: Duration = Duration::from_secs(30);
 
 pub async fn run(client: Client, config: &RootConfig, shutdown: CancellationToken) {
     let mut controller = Controller::new(client.api::<Service>(None), ListParams::default())
@@ -52,6 +62,7 @@ pub async fn run(client: Client, config: &RootConfig, shutdown: CancellationToke
         recorder: Recorder::new(client.clone(), "service-controller"),
         client,
         instances,
+        expected: Mutex::default(),
     });
     controller
         .run(
@@ -160,9 +171,18 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .iter()
         .filter(|i| i.spec.ordinal < replicas)
         .collect();
-    let missing: Vec<u32> = (0..replicas)
-        .filter(|o| !kept.iter().any(|i| i.spec.ordinal == *o))
-        .collect();
+    let have: HashSet<u32> = kept.iter().map(|i| i.spec.ordinal).collect();
+    let missing: Vec<u32> = {
+        let mut expected = ctx.expected.lock().expect("expectations lock");
+        expected.retain(|k, at| at.elapsed() < EXPECTATION_TTL && ctx.instances.get(k).is_none());
+        (0..replicas)
+            .filter(|o| !have.contains(o))
+            .filter(|o| {
+                let name = instance_name(&svc.metadata.name, &hash, *o);
+                !expected.contains_key(&ObjectRef::new(ns.as_deref(), &name))
+            })
+            .collect()
+    };
 
     // Create: all missing at once, or one at a time (surge of one) during a rollout.
     let to_create = if old.is_empty() {
@@ -177,12 +197,20 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .take(to_create)
         .map(|ordinal| {
             let (api, instance) = (api.clone(), new_instance(&svc, &hash, *ordinal));
+            let ctx = ctx.clone();
             async move {
-                match api.create(&instance).await {
-                    Ok(_) => Ok(Some(instance.metadata.name)),
+                let result = match api.create(&instance).await {
+                    Ok(_) => Ok(Some(instance.metadata.name.clone())),
                     Err(e) if e.is_conflict() => Ok(None), // already there; the cache is behind
                     Err(e) => Err(e),
+                };
+                if result.is_ok() {
+                    ctx.expected
+                        .lock()
+                        .expect("expectations lock")
+                        .insert(ObjectRef::of(&instance), Instant::now());
                 }
+                result
             }
         })
         .collect();

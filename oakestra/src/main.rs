@@ -25,6 +25,10 @@ struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. `info,apiserver=debug`.
     #[arg(long, global = true, env = "OAKESTRA_LOG", default_value = "info")]
     log: String,
+    /// Also log when each enabled span closes, with its busy and idle time (e.g. every
+    /// reconcile with `--log info,client::runtime::controller=debug`): for profiling.
+    #[arg(long, global = true, env = "OAKESTRA_LOG_SPANS")]
+    log_spans: bool,
 }
 
 #[derive(Subcommand)]
@@ -68,6 +72,35 @@ enum Role {
         cluster: String,
         #[command(flatten)]
         worker: WorkerFlags,
+    },
+    /// Simulate many worker nodes for scale tests (like kubemark/KWOK): registers
+    /// `PREFIX-0` … `PREFIX-{N-1}` at the cluster, heartbeats them, and reports every
+    /// Instance bound to them `Running` without running anything.
+    Hollow {
+        /// URL of the cluster API, e.g. http://10.0.0.2:10100.
+        #[arg(long)]
+        cluster: String,
+        /// How many nodes to simulate.
+        #[arg(long)]
+        nodes: usize,
+        /// Node names are PREFIX-0 … PREFIX-{N-1}.
+        #[arg(long)]
+        prefix: String,
+        /// Seconds between two heartbeats of one node (spread over all nodes).
+        #[arg(long, default_value_t = 10)]
+        heartbeat_seconds: u64,
+        /// CPU capacity of each node, in millicores.
+        #[arg(long, default_value_t = 4000)]
+        cpu_millicores: u64,
+        /// Memory capacity of each node, in MiB.
+        #[arg(long, default_value_t = 8192)]
+        memory_mib: u64,
+        /// Address the nodes report (and their Instances' hostIP).
+        #[arg(long, default_value = "127.0.0.1")]
+        address: String,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
     },
     /// Run everything on this one device (1-DOC): root, one cluster and one worker, with
     /// embedded stores.
@@ -317,6 +350,11 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_new(&cli.log).context("invalid --log filter")?,
         )
         .with_writer(std::io::stderr)
+        .with_span_events(if cli.log_spans {
+            tracing_subscriber::fmt::format::FmtSpan::CLOSE
+        } else {
+            tracing_subscriber::fmt::format::FmtSpan::NONE
+        })
         .init();
     match cli.role {
         Role::Root {
@@ -382,6 +420,48 @@ async fn main() -> anyhow::Result<()> {
             ));
             tokio::select! {
                 r = task => r.context("worker task")?,
+                _ = tokio::signal::ctrl_c() => {
+                    shutdown.cancel();
+                    Ok(())
+                }
+            }
+        }
+        Role::Hollow {
+            cluster,
+            nodes,
+            prefix,
+            heartbeat_seconds,
+            cpu_millicores,
+            memory_mib,
+            address,
+            concurrency,
+        } => {
+            anyhow::ensure!(nodes > 0, "--nodes must be positive");
+            let client = client::Client::new(&cluster).context("--cluster")?;
+            let config = agent::hollow::HollowConfig {
+                prefix,
+                nodes,
+                address,
+                heartbeat: Duration::from_secs(heartbeat_seconds.max(1)),
+                capacity: crds::Capacity {
+                    cpu_millicores,
+                    memory_mib,
+                    gpus: 0,
+                    nodes: 1,
+                },
+                concurrency,
+            };
+            println!(
+                "oakestra hollow: {nodes} nodes {}-0…{}-{} at cluster {}",
+                config.prefix,
+                config.prefix,
+                nodes - 1,
+                client.base()
+            );
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(agent::hollow::run(client, config, shutdown.clone()));
+            tokio::select! {
+                r = task => Ok(r.context("hollow task")??),
                 _ = tokio::signal::ctrl_c() => {
                     shutdown.cancel();
                     Ok(())

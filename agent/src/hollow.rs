@@ -1,0 +1,252 @@
+//! Hollow nodes: simulated workers for scale tests, in the manner of Kubernetes'
+//! kubemark and KWOK.
+//!
+//! One process stands in for many nodes of one cluster. It registers N `Node` objects
+//! (`PREFIX-0` … `PREFIX-{N-1}`) with a given capacity and the `container` and `process`
+//! runtimes, through the same [`register_node`](crate::register_node) and
+//! [`heartbeat_node`](crate::heartbeat_node) the real agent uses, so the cluster sees
+//! exactly the writes a real node makes. Heartbeats are spread evenly over the interval
+//! (one node every `interval / N`), not sent all at once.
+//!
+//! Nothing runs. One watch of the cluster's Instances serves all N nodes: every
+//! Instance bound to one of them is marked `Running` (phase, `hostIP`, `startTime`) as if
+//! it had started, and stays so until it is deleted or bound elsewhere.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use client::runtime::{Action, Controller};
+use client::{Api, Client, ClientError, ListParams};
+use crds::{Capacity, Instance, Node, Phase, Runtime as Kind};
+use futures::StreamExt;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::{heartbeat_node, register_node, NodeInfo, NodeReport};
+
+/// Settings of one hollow-node process.
+#[derive(Debug, Clone)]
+pub struct HollowConfig {
+    /// Node names are `PREFIX-0` … `PREFIX-{nodes-1}`.
+    pub prefix: String,
+    pub nodes: usize,
+    /// Address every hollow node reports (`spec.address`, the Instances' `hostIP`).
+    pub address: String,
+    /// Each node heartbeats once per interval.
+    pub heartbeat: Duration,
+    /// Capacity (and allocatable) each node reports.
+    pub capacity: Capacity,
+    /// Requests in flight at once (registration, heartbeats, status writes each).
+    pub concurrency: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HollowError {
+    #[error("API request failed: {0}")]
+    Api(#[from] ClientError),
+    #[error("node name {name:?}: {message}")]
+    Name { name: String, message: String },
+}
+
+impl client::runtime::ReconcileError for HollowError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, HollowError::Api(e) if e.is_conflict())
+    }
+}
+
+impl HollowConfig {
+    /// The node names this process simulates.
+    pub fn node_names(&self) -> Vec<String> {
+        (0..self.nodes)
+            .map(|i| format!("{}-{i}", self.prefix))
+            .collect()
+    }
+
+    fn report(&self) -> NodeReport {
+        NodeReport {
+            capacity: self.capacity.clone(),
+            usage: Capacity {
+                nodes: 1,
+                ..Capacity::default()
+            },
+            agent_endpoint: None,
+        }
+    }
+}
+
+/// Register the nodes, then heartbeat them and mark the Instances bound to them
+/// `Running`, until `shutdown`.
+pub async fn run(
+    client: Client,
+    config: HollowConfig,
+    shutdown: CancellationToken,
+) -> Result<(), HollowError> {
+    let names = config.node_names();
+    for name in &names {
+        crds::validate::name(name).map_err(|e| HollowError::Name {
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    let span = tracing::info_span!("hollow", prefix = %config.prefix, nodes = config.nodes);
+    tracing::Instrument::instrument(serve(client, config, names, shutdown), span).await
+}
+
+async fn serve(
+    client: Client,
+    config: HollowConfig,
+    names: Vec<String>,
+    shutdown: CancellationToken,
+) -> Result<(), HollowError> {
+    let started = Instant::now();
+    let nodes: Api<Node> = client.api(None);
+    let report = config.report();
+    // Register and send a first heartbeat, so every node is Ready when this returns.
+    let results: Vec<Result<(), ClientError>> = futures::stream::iter(names.iter().cloned())
+        .map(|name| {
+            let (nodes, report, info) = (nodes.clone(), report.clone(), node_info(&config, &name));
+            async move {
+                register_node(&nodes, &info).await?;
+                heartbeat_node(&nodes, &name, &report).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(config.concurrency.max(1))
+        .collect()
+        .await;
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        return Err(e.into());
+    }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "hollow nodes registered and Ready"
+    );
+    let beats = tokio::spawn(tracing::Instrument::in_current_span(heartbeats(
+        nodes,
+        config.clone(),
+        names.clone(),
+        shutdown.clone(),
+    )));
+    run_instances(client, config, names, shutdown).await;
+    beats.abort();
+    Ok(())
+}
+
+fn node_info(config: &HollowConfig, name: &str) -> NodeInfo {
+    NodeInfo {
+        name: name.to_string(),
+        address: config.address.clone(),
+        runtimes: vec![Kind::Container, Kind::Process],
+        location: None,
+        labels: [("oakestra.io/hollow".to_string(), "true".to_string())].into(),
+    }
+}
+
+/// Heartbeat node `k mod N` every `interval / N`, at most `concurrency` at once. Each
+/// round over all nodes is logged with its slowest heartbeat and its failures, so an
+/// overloaded cluster API shows in the log.
+async fn heartbeats(
+    api: Api<Node>,
+    config: HollowConfig,
+    names: Vec<String>,
+    shutdown: CancellationToken,
+) {
+    let period = (config.heartbeat / names.len().max(1) as u32).max(Duration::from_millis(1));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let permits = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
+    let report = Arc::new(config.report());
+    let slowest_us = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let mut round_start = Instant::now();
+    for (k, name) in names.iter().cycle().enumerate() {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if k > 0 && k % names.len() == 0 {
+            tracing::info!(
+                round_ms = round_start.elapsed().as_millis() as u64,
+                slowest_beat_ms = slowest_us.swap(0, Ordering::Relaxed) / 1000,
+                failures = failures.swap(0, Ordering::Relaxed),
+                "heartbeat round"
+            );
+            round_start = Instant::now();
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (api, name, report) = (api.clone(), name.clone(), report.clone());
+        let (slowest_us, failures) = (slowest_us.clone(), failures.clone());
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            if let Err(e) = heartbeat_node(&api, &name, &report).await {
+                failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = %name, error = %e, "heartbeat failed");
+            }
+            slowest_us.fetch_max(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+struct Ctx {
+    client: Client,
+    nodes: HashSet<String>,
+    address: String,
+    marked: AtomicU64,
+}
+
+/// One controller over all the cluster's Instances: those bound to one of `names` are
+/// reported `Running`.
+async fn run_instances(
+    client: Client,
+    config: HollowConfig,
+    names: Vec<String>,
+    shutdown: CancellationToken,
+) {
+    let controller = Controller::new(client.api::<Instance>(None), ListParams::default())
+        .name(&format!("hollow-{}", config.prefix))
+        .concurrency(config.concurrency.max(1));
+    let ctx = Arc::new(Ctx {
+        client,
+        nodes: names.into_iter().collect(),
+        address: config.address.clone(),
+        marked: AtomicU64::new(0),
+    });
+    controller
+        .run(
+            move |i| mark_running(i, ctx.clone()),
+            shutdown.cancelled_owned(),
+        )
+        .await;
+}
+
+async fn mark_running(instance: Arc<Instance>, ctx: Arc<Ctx>) -> Result<Action, HollowError> {
+    let Some(node) = instance.spec.node.as_deref() else {
+        return Ok(Action::await_change());
+    };
+    if !ctx.nodes.contains(node) || instance.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let status = instance.status.clone().unwrap_or_default();
+    if status.phase == Phase::Running && status.host_ip.as_deref() == Some(ctx.address.as_str()) {
+        return Ok(Action::await_change());
+    }
+    let name = &instance.metadata.name;
+    let api: Api<Instance> = ctx.client.api(instance.metadata.namespace.as_deref());
+    api.patch_status(
+        name,
+        &json!({"status": {"phase": Phase::Running, "hostIP": ctx.address, "startTime": Utc::now(),
+            "runtimeId": format!("hollow/{node}/{name}"), "reason": null, "message": null, "exitCode": null}}),
+    )
+    .await?;
+    let marked = ctx.marked.fetch_add(1, Ordering::Relaxed) + 1;
+    tracing::debug!(instance = %name, node, "hollow instance Running");
+    if marked.is_multiple_of(1000) {
+        tracing::info!(marked, "instances marked Running");
+    }
+    Ok(Action::await_change())
+}

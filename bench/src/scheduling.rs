@@ -1,0 +1,761 @@
+//! Scenario `scheduling`: scheduling at scale over hollow nodes (issue #5, scenario 3),
+//! and the footprint of root, cluster and hollow-node processes under that load.
+//!
+//! It starts, as separate processes with embedded stores in one directory: a real
+//! `oakestra root` (with its controllers), C `oakestra cluster`s registered at it, and
+//! for each cluster one `oakestra hollow` simulating N nodes (`agent::hollow`). Once
+//! every cluster is Ready at the root with N Ready nodes, it creates S Services whose
+//! replicas add up to the requested Instances, all at once, and watches Instances:
+//!
+//! - at the root: created (first seen), placed (`spec.cluster` set by root placement),
+//!   bound (`spec.node`, which cluster sync copies up from the cluster) and Running
+//!   (`status.phase`, which the hollow node writes in the cluster and cluster sync
+//!   copies up);
+//! - at each cluster: bound (`spec.node` set by that cluster's scheduler), i.e. the
+//!   binding itself, before cluster sync reports it to the root.
+//!
+//! Every time is when `oakbench` received the event, relative to the Instance's
+//! creation as seen at the root. Meanwhile it samples, once a second, the resident
+//! memory and CPU of the root, of the first cluster and of the first hollow process
+//! (and the CPU of all clusters and all hollow processes together).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use client::{Client, ListParams, WatchEvent};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::procfs;
+use crate::stats::{ms, round3, Summary};
+
+pub struct Options {
+    pub clusters: usize,
+    pub nodes_per_cluster: usize,
+    pub instances: usize,
+    pub services: usize,
+    /// Seconds between two heartbeats of one hollow node.
+    pub heartbeat_seconds: u64,
+    pub oakestra: Option<PathBuf>,
+    /// Where stores and logs go (kept); a temp dir (removed) when `None`.
+    pub work_dir: Option<PathBuf>,
+    pub time_bound: Duration,
+}
+
+/// A milestone of one Instance, as a watch saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mark {
+    Created,
+    Placed,
+    BoundAtCluster,
+    BoundAtRoot,
+    Running,
+}
+
+const MARKS: [Mark; 5] = [
+    Mark::Created,
+    Mark::Placed,
+    Mark::BoundAtCluster,
+    Mark::BoundAtRoot,
+    Mark::Running,
+];
+
+impl Mark {
+    fn label(self) -> &'static str {
+        match self {
+            Mark::Created => "created",
+            Mark::Placed => "placed",
+            Mark::BoundAtCluster => "bound (cluster)",
+            Mark::BoundAtRoot => "bound (root)",
+            Mark::Running => "running (root)",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Mark::Created => "created",
+            Mark::Placed => "placed",
+            Mark::BoundAtCluster => "bound_at_cluster",
+            Mark::BoundAtRoot => "bound_at_root",
+            Mark::Running => "running",
+        }
+    }
+}
+
+/// Resident memory and CPU of one process (or, for CPU, a group) over the burst.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    pub role: String,
+    pub rss_peak_kib: u64,
+    pub rss_mean_kib: u64,
+    /// CPU as a share of one core: mean over the burst, and the busiest 1 s sample.
+    pub cpu_mean: f64,
+    pub cpu_peak: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub binary: PathBuf,
+    pub clusters: usize,
+    pub nodes_per_cluster: usize,
+    pub instances: usize,
+    pub services: usize,
+    pub setup: Duration,
+    /// Per milestone: how many Instances reached it, and when the last one did
+    /// (from the first Service create), if all did.
+    pub reached: Vec<(Mark, usize, Option<Duration>)>,
+    /// Per milestone after creation: creation → milestone.
+    pub latency: Vec<(Mark, Summary)>,
+    /// Instances bound at a cluster in each second after the first Service create.
+    pub bound_per_second: Vec<usize>,
+    pub usage: Vec<Usage>,
+    pub other_load_cores: Option<f64>,
+    pub loadavg_start: Option<f64>,
+    pub watch_restarts: usize,
+    /// Per API (root, cluster c0): requests and storage operations during the burst,
+    /// as (labels, count, mean ms), busiest first.
+    pub api_load: Vec<ApiLoad>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiLoad {
+    pub api: String,
+    pub requests: Vec<(String, f64, f64)>,
+    pub storage: Vec<(String, f64, f64)>,
+}
+
+impl Report {
+    fn all_after(&self, mark: Mark) -> Option<Duration> {
+        self.reached.iter().find(|r| r.0 == mark).and_then(|r| r.2)
+    }
+
+    /// Instances placed and bound per second: all Instances / time until all were bound
+    /// in their clusters.
+    pub fn bound_rate(&self) -> Option<f64> {
+        self.all_after(Mark::BoundAtCluster)
+            .map(|d| self.instances as f64 / d.as_secs_f64())
+    }
+}
+
+/// The processes of a run; dropping it kills them all.
+struct Fleet {
+    root: e2e::RootServer,
+    clusters: Vec<e2e::Oakestra>,
+    hollows: Vec<e2e::Oakestra>,
+    nodes_per_hollow: usize,
+}
+
+pub async fn run(opts: &Options) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        opts.clusters > 0 && opts.nodes_per_cluster > 0 && opts.services > 0,
+        "--clusters, --nodes-per-cluster and --services must be positive"
+    );
+    let temp = tempfile::tempdir()?;
+    let dir = match &opts.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.clone()
+        }
+        None => temp.path().to_path_buf(),
+    };
+    if let Some(binary) = &opts.oakestra {
+        anyhow::ensure!(binary.is_file(), "{} does not exist", binary.display());
+    }
+    let setup_start = Instant::now();
+    let fleet = start_fleet(opts, &dir).await?;
+    let binary = fleet.root.binary.clone();
+    let root = Client::new(&fleet.root.url())?;
+    eprintln!(
+        "scheduling: waiting for {} clusters with {} Ready nodes each",
+        opts.clusters, opts.nodes_per_cluster
+    );
+    wait_clusters_ready(&root, opts, &fleet).await?;
+    let setup = setup_start.elapsed();
+    eprintln!("scheduling: ready after {:.1} s", setup.as_secs_f64());
+
+    // Watches first, then the burst.
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Mark, String, Instant)>();
+    let restarts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut watchers = vec![tokio::spawn(follow(
+        root.clone(),
+        Side::Root,
+        tx.clone(),
+        restarts.clone(),
+    ))];
+    for c in &fleet.clusters {
+        watchers.push(tokio::spawn(follow(
+            Client::new(&c.url())?,
+            Side::Cluster,
+            tx.clone(),
+            restarts.clone(),
+        )));
+    }
+    drop(tx);
+    // Let the watches open before the first create.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let loadavg_start = procfs::loadavg();
+    let scraped = [fleet.root.url(), fleet.clusters[0].url()];
+    let mut metrics_before = Vec::new();
+    for url in &scraped {
+        metrics_before.push(crate::prom::scrape(url).await.unwrap_or_default());
+    }
+    let sampler = Sampler::start(&fleet);
+    let services = root.dynamic(
+        crds::kind_by_name("services").expect("served"),
+        Some("default"),
+    );
+    let start = Instant::now();
+    let creates = (0..opts.services).map(|s| {
+        let replicas =
+            opts.instances / opts.services + usize::from(s < opts.instances % opts.services);
+        let service = json!({"apiVersion": "oakestra.io/v1", "kind": "Service",
+            "metadata": {"name": format!("burst-{s}")},
+            "spec": {"replicas": replicas, "template": {"image": "bench",
+                "resources": {"cpuMillicores": 10, "memoryMiB": 16}}}});
+        let services = services.clone();
+        async move { services.create(&service).await }
+    });
+    for created in futures::future::join_all(creates).await {
+        created.context("creating a Service")?;
+    }
+    eprintln!(
+        "scheduling: {} Services of {} Instances in all created after {:.2} s",
+        opts.services,
+        opts.instances,
+        start.elapsed().as_secs_f64()
+    );
+
+    let mut seen: HashMap<Mark, HashMap<String, Instant>> = HashMap::new();
+    let mut all_after: HashMap<Mark, Duration> = HashMap::new();
+    let deadline = start + opts.time_bound;
+    let mut progress = Instant::now();
+    while all_after.len() < MARKS.len() {
+        let next = tokio::time::timeout_at(deadline.into(), rx.recv()).await;
+        let Ok(Some((mark, name, at))) = next else {
+            break;
+        };
+        let marks = seen.entry(mark).or_default();
+        marks.entry(name).or_insert(at);
+        if marks.len() == opts.instances {
+            all_after.entry(mark).or_insert(at - start);
+        }
+        if progress.elapsed() > Duration::from_secs(10) {
+            progress = Instant::now();
+            eprintln!(
+                "scheduling: after {:>4.0} s: {}",
+                start.elapsed().as_secs_f64(),
+                MARKS
+                    .iter()
+                    .map(|m| format!(
+                        "{} {}",
+                        m.label(),
+                        seen.get(m).map(HashMap::len).unwrap_or(0)
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let usage = sampler.stop(&fleet);
+    let mut api_load = Vec::new();
+    for ((url, before), api) in scraped
+        .iter()
+        .zip(&metrics_before)
+        .zip(["root", "cluster c0"])
+    {
+        let after = crate::prom::scrape(url).await.unwrap_or_default();
+        api_load.push(ApiLoad {
+            api: api.to_string(),
+            requests: crate::prom::deltas(before, &after, "request_duration_seconds"),
+            storage: crate::prom::deltas(before, &after, "storage_duration_seconds"),
+        });
+    }
+    for w in watchers {
+        w.abort();
+    }
+    let empty = HashMap::new();
+    let created = seen.get(&Mark::Created).unwrap_or(&empty);
+    let reached = MARKS
+        .iter()
+        .map(|m| {
+            (
+                *m,
+                seen.get(m).map(HashMap::len).unwrap_or(0),
+                all_after.get(m).copied(),
+            )
+        })
+        .collect();
+    let latency = MARKS[1..]
+        .iter()
+        .map(|m| {
+            let mut samples: Vec<Duration> = seen
+                .get(m)
+                .unwrap_or(&empty)
+                .iter()
+                .filter_map(|(n, t)| Some(t.saturating_duration_since(*created.get(n)?)))
+                .collect();
+            (*m, Summary::of(&mut samples))
+        })
+        .collect();
+    let mut bound_per_second = Vec::new();
+    for t in seen.get(&Mark::BoundAtCluster).unwrap_or(&empty).values() {
+        let s = t.saturating_duration_since(start).as_secs() as usize;
+        if bound_per_second.len() <= s {
+            bound_per_second.resize(s + 1, 0);
+        }
+        bound_per_second[s] += 1;
+    }
+    drop(fleet);
+    Ok(Report {
+        binary,
+        clusters: opts.clusters,
+        nodes_per_cluster: opts.nodes_per_cluster,
+        instances: opts.instances,
+        services: opts.services,
+        setup,
+        reached,
+        latency,
+        bound_per_second,
+        other_load_cores: usage.1,
+        usage: usage.0,
+        loadavg_start,
+        watch_restarts: restarts.load(std::sync::atomic::Ordering::Relaxed),
+        api_load,
+    })
+}
+
+async fn start_fleet(opts: &Options, dir: &Path) -> anyhow::Result<Fleet> {
+    let (oakestra, dir) = (opts.oakestra.clone(), dir.to_path_buf());
+    let (clusters, nodes, heartbeat) = (
+        opts.clusters,
+        opts.nodes_per_cluster,
+        opts.heartbeat_seconds,
+    );
+    tokio::task::spawn_blocking(move || {
+        let binary = oakestra.unwrap_or_else(|| e2e::binary("oakestra"));
+        let store = |name: &str| format!("embedded:{}", dir.join(name).display());
+        let root = e2e::RootServer::start_binary(&binary, &store("root"), &dir, &[]);
+        let mut cluster_processes = Vec::new();
+        let mut hollows = Vec::new();
+        for c in 0..clusters {
+            let port = e2e::free_port();
+            let name = format!("c{c}");
+            let args = strings(&[
+                "cluster",
+                "--name",
+                &name,
+                "--root",
+                &root.url(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--store",
+                &store(&name),
+                // A node is NotReady after three missed heartbeats (at least the
+                // default 20 s), so a slow heartbeat setting does not lose nodes.
+                "--node-heartbeat-timeout-seconds",
+                &(3 * heartbeat).max(20).to_string(),
+            ]);
+            let cluster = e2e::Oakestra::start_binary(&binary, &name, &args, Some(port), &dir);
+            let args = strings(&[
+                "hollow",
+                "--cluster",
+                &cluster.url(),
+                "--nodes",
+                &nodes.to_string(),
+                "--prefix",
+                &format!("{name}-n"),
+                "--heartbeat-seconds",
+                &heartbeat.to_string(),
+            ]);
+            hollows.push(e2e::Oakestra::start_binary(
+                &binary,
+                &format!("{name}-hollow"),
+                &args,
+                None,
+                &dir,
+            ));
+            cluster_processes.push(cluster);
+        }
+        Fleet {
+            root,
+            clusters: cluster_processes,
+            hollows,
+            nodes_per_hollow: nodes,
+        }
+    })
+    .await
+    .context("starting the processes")
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Wait until every cluster is Ready at the root and reports all its nodes Ready.
+async fn wait_clusters_ready(root: &Client, opts: &Options, fleet: &Fleet) -> anyhow::Result<()> {
+    let clusters = root.api::<crds::Cluster>(None);
+    let deadline = Instant::now() + Duration::from_secs(120 + opts.nodes_per_cluster as u64 / 5);
+    loop {
+        let (list, _) = clusters.list(&ListParams::default()).await?;
+        let ready = list
+            .iter()
+            .filter(|c| {
+                let Some(s) = c.status.as_ref() else {
+                    return false;
+                };
+                crds::is_true(&s.conditions, "Ready")
+                    && s.allocatable.as_ref().map(|a| a.nodes)
+                        == Some(opts.nodes_per_cluster as u32)
+            })
+            .count();
+        if ready == opts.clusters {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let logs: String = fleet
+                .hollows
+                .iter()
+                .take(1)
+                .map(|h| h.log())
+                .collect::<String>();
+            anyhow::bail!(
+                "only {ready} of {} clusters Ready with {} nodes; first hollow log:\n{}",
+                opts.clusters,
+                opts.nodes_per_cluster,
+                logs.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Root,
+    Cluster,
+}
+
+/// List and watch Instances at one API, sending each milestone the first time an
+/// object shows it (the receiver keeps the first). On a watch error or end it lists
+/// again: what the list shows is marked at the time of the list.
+async fn follow(
+    client: Client,
+    side: Side,
+    tx: mpsc::UnboundedSender<(Mark, String, Instant)>,
+    restarts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let api = client.dynamic(
+        crds::kind_by_name("instances").expect("served"),
+        Some("default"),
+    );
+    let send = |object: &Value| {
+        let now = Instant::now();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let spec = &object["spec"];
+        let mut marks = Vec::new();
+        match side {
+            Side::Root => {
+                marks.push(Mark::Created);
+                if spec["cluster"].is_string() {
+                    marks.push(Mark::Placed);
+                }
+                if spec["node"].is_string() {
+                    marks.push(Mark::BoundAtRoot);
+                }
+                if object["status"]["phase"] == "Running" {
+                    marks.push(Mark::Running);
+                }
+            }
+            Side::Cluster => {
+                if spec["node"].is_string() {
+                    marks.push(Mark::BoundAtCluster);
+                }
+            }
+        }
+        for m in marks {
+            let _ = tx.send((m, name.clone(), now));
+        }
+    };
+    loop {
+        let Ok((items, version)) = api.list_all(&ListParams::default()).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        items.iter().for_each(send);
+        let params = ListParams {
+            resource_version: Some(version),
+            ..Default::default()
+        };
+        if let Ok(mut events) = api.watch(&params).await {
+            while let Some(Ok(event)) = events.next().await {
+                if let WatchEvent::Added(o) | WatchEvent::Modified(o) = event {
+                    send(&o);
+                }
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Reads one CPU counter (seconds) out of a sample.
+type CpuOf = dyn Fn(&Sample) -> f64;
+
+/// Samples RSS and CPU of the watched processes once a second in a thread.
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Sample>>,
+}
+
+#[derive(Debug, Clone)]
+struct Sample {
+    at: Instant,
+    /// Per watched process: (RSS KiB, CPU seconds so far).
+    procs: Vec<(u64, f64)>,
+    /// CPU seconds so far of all clusters, all hollows, oakbench, and the machine.
+    clusters_cpu: f64,
+    hollows_cpu: f64,
+    own_cpu: f64,
+    machine_busy: f64,
+}
+
+impl Sampler {
+    fn start(fleet: &Fleet) -> Sampler {
+        let watched: Vec<u32> = [
+            fleet.root.pid(),
+            fleet.clusters[0].pid(),
+            fleet.hollows[0].pid(),
+        ]
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect();
+        let clusters: Vec<u32> = fleet.clusters.iter().filter_map(|c| c.pid()).collect();
+        let hollows: Vec<u32> = fleet.hollows.iter().filter_map(|c| c.pid()).collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let cpu = |p: &u32| procfs::cpu_seconds(&p.to_string()).unwrap_or(0.0);
+            let mut samples = Vec::new();
+            loop {
+                samples.push(Sample {
+                    at: Instant::now(),
+                    procs: watched
+                        .iter()
+                        .map(|p| (procfs::rss_kib(*p).unwrap_or(0), cpu(p)))
+                        .collect(),
+                    clusters_cpu: clusters.iter().map(cpu).sum(),
+                    hollows_cpu: hollows.iter().map(cpu).sum(),
+                    own_cpu: procfs::cpu_seconds("self").unwrap_or(0.0),
+                    machine_busy: procfs::machine_busy_seconds().unwrap_or(0.0),
+                });
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    return samples;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        Sampler { stop, thread }
+    }
+
+    /// Stop sampling; per role the RSS and CPU figures, and the rest of the machine's
+    /// load in cores.
+    fn stop(self, fleet: &Fleet) -> (Vec<Usage>, Option<f64>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let samples = self.thread.join().unwrap_or_default();
+        let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+            return (Vec::new(), None);
+        };
+        let secs = (last.at - first.at).as_secs_f64().max(1e-9);
+        let share = |f: &dyn Fn(&Sample) -> f64| {
+            let mean = (f(last) - f(first)) / secs;
+            let peak = samples
+                .windows(2)
+                .map(|w| (f(&w[1]) - f(&w[0])) / (w[1].at - w[0].at).as_secs_f64().max(1e-9))
+                .fold(0.0, f64::max);
+            (mean, peak)
+        };
+        let names = [
+            "root".to_string(),
+            "cluster c0".to_string(),
+            format!("hollow c0 ({} nodes)", fleet.nodes_per_hollow),
+        ];
+        let mut usage: Vec<Usage> = names
+            .iter()
+            .enumerate()
+            .map(|(i, role)| {
+                let rss: Vec<u64> = samples.iter().map(|s| s.procs[i].0).collect();
+                let (cpu_mean, cpu_peak) = share(&|s: &Sample| s.procs[i].1);
+                Usage {
+                    role: role.clone(),
+                    rss_peak_kib: rss.iter().copied().max().unwrap_or(0),
+                    rss_mean_kib: rss.iter().sum::<u64>() / rss.len().max(1) as u64,
+                    cpu_mean,
+                    cpu_peak,
+                }
+            })
+            .collect();
+        let groups: [(String, &CpuOf); 3] = [
+            (format!("all {} clusters", fleet.clusters.len()), &|s| {
+                s.clusters_cpu
+            }),
+            (
+                format!("all {} hollow processes", fleet.hollows.len()),
+                &|s| s.hollows_cpu,
+            ),
+            ("oakbench (watching)".to_string(), &|s| s.own_cpu),
+        ];
+        for (role, f) in groups {
+            let (cpu_mean, cpu_peak) = share(f);
+            usage.push(Usage {
+                role,
+                cpu_mean,
+                cpu_peak,
+                ..Usage::default()
+            });
+        }
+        let ours = |s: &Sample| s.procs[0].1 + s.clusters_cpu + s.hollows_cpu + s.own_cpu;
+        let other = ((last.machine_busy - first.machine_busy) - (ours(last) - ours(first))) / secs;
+        (usage, Some(other.max(0.0)))
+    }
+}
+
+pub fn to_json(r: &Report) -> Value {
+    json!({
+        "binary": r.binary.display().to_string(),
+        "clusters": r.clusters,
+        "nodes_per_cluster": r.nodes_per_cluster,
+        "nodes": r.clusters * r.nodes_per_cluster,
+        "instances": r.instances,
+        "services": r.services,
+        "setup_s": round3(r.setup.as_secs_f64()),
+        "reached": r.reached.iter().map(|(m, n, all)| (m.key().to_string(), json!({
+            "count": n,
+            "all_after_ms": all.map(|d| round3(ms(d))),
+        }))).collect::<serde_json::Map<_, _>>(),
+        "placed_and_bound_per_second": r.bound_rate().map(round3),
+        "from_creation": r.latency.iter().map(|(m, s)| (m.key().to_string(), s.to_json()))
+            .collect::<serde_json::Map<_, _>>(),
+        "bound_per_second": r.bound_per_second,
+        "usage": r.usage.iter().map(|u| json!({
+            "role": u.role,
+            "rss_peak_kib": u.rss_peak_kib,
+            "rss_mean_kib": u.rss_mean_kib,
+            "cpu_mean_share": round3(u.cpu_mean),
+            "cpu_peak_share": round3(u.cpu_peak),
+        })).collect::<Vec<_>>(),
+        "other_load_cores": r.other_load_cores.map(round3),
+        "loadavg_1min_start": r.loadavg_start,
+        "watch_restarts": r.watch_restarts,
+        "api_load": r.api_load.iter().map(|a| {
+            let rows = |v: &[(String, f64, f64)]| v.iter().map(|(l, c, m)| json!({
+                "labels": l, "count": c, "mean_ms": round3(*m),
+            })).collect::<Vec<_>>();
+            json!({"api": a.api, "requests": rows(&a.requests), "storage": rows(&a.storage)})
+        }).collect::<Vec<_>>(),
+    })
+}
+
+pub fn print(r: &Report) {
+    println!(
+        "\nscheduling: {} clusters × {} hollow nodes, {} Services × {} Instances in all, binary {}",
+        r.clusters,
+        r.nodes_per_cluster,
+        r.services,
+        r.instances,
+        r.binary.display()
+    );
+    println!(
+        "  setup (processes up, all nodes Ready at the root): {:.1} s",
+        r.setup.as_secs_f64()
+    );
+    println!(
+        "  {:<16} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "milestone", "reached", "all after", "p50 ms", "p99 ms", "max ms"
+    );
+    for (m, n, all) in &r.reached {
+        let lat = r.latency.iter().find(|l| l.0 == *m).map(|l| l.1);
+        let f = |x: Option<f64>| x.map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into());
+        println!(
+            "  {:<16} {:>8} {:>10} {:>10} {:>10} {:>10}",
+            m.label(),
+            n,
+            all.map(|d| format!("{:.2} s", d.as_secs_f64()))
+                .unwrap_or_else(|| "not reached".into()),
+            f(lat.map(|l| l.p50_ms)),
+            f(lat.map(|l| l.p99_ms)),
+            f(lat.map(|l| l.max_ms)),
+        );
+    }
+    match r.bound_rate() {
+        Some(rate) => println!("  placed and bound: {rate:.0} Instances/s (target ≥ 1000)"),
+        None => println!("  placed and bound: not all Instances were bound in time"),
+    }
+    let p99 = r
+        .latency
+        .iter()
+        .find(|l| l.0 == Mark::BoundAtCluster)
+        .map(|l| l.1.p99_ms);
+    if let Some(p99) = p99 {
+        println!("  creation → bound p99: {p99:.0} ms (target ≤ 2000)");
+    }
+    println!(
+        "  bound per second: {}",
+        r.bound_per_second
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "  {:<30} {:>10} {:>10} {:>10} {:>10}",
+        "process", "RSS peak", "RSS mean", "CPU mean", "CPU peak"
+    );
+    for u in &r.usage {
+        let rss = |k: u64| {
+            if k == 0 {
+                "–".to_string()
+            } else {
+                format!("{:.1} MiB", k as f64 / 1024.0)
+            }
+        };
+        println!(
+            "  {:<30} {:>10} {:>10} {:>9.0}% {:>9.0}%",
+            u.role,
+            rss(u.rss_peak_kib),
+            rss(u.rss_mean_kib),
+            u.cpu_mean * 100.0,
+            u.cpu_peak * 100.0
+        );
+    }
+    if let Some(other) = r.other_load_cores {
+        println!("  rest of the machine meanwhile: {other:.2} cores");
+    }
+    for a in &r.api_load {
+        let total: f64 = a.requests.iter().map(|x| x.1).sum();
+        println!(
+            "  API {} during the burst: {:.0} requests; busiest (count, mean ms):",
+            a.api, total
+        );
+        for (labels, count, mean) in a.requests.iter().take(8) {
+            println!("    {count:>8.0} {mean:>8.1}  {labels}");
+        }
+        for (labels, count, mean) in &a.storage {
+            println!("    {count:>8.0} {mean:>8.1}  storage {labels}");
+        }
+    }
+    if r.watch_restarts > 0 {
+        println!(
+            "  note: oakbench's watches restarted {} times (relisted)",
+            r.watch_restarts
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! Hollow nodes (`oakestra hollow`): one process registers 20 simulated nodes in a
+//! cluster, they become Ready at the cluster and count at the root, and a Service of 40
+//! replicas ends with every Instance Running on one of them, as a user would check it.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use client::{Client, ListParams};
+use crds::{Instance, Node, Phase, Service};
+use e2e::{eventually, free_port, Oakestra, RootServer};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn hollow_nodes_register_heartbeat_and_run_a_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = RootServer::start(
+        &format!("embedded:{}", dir.path().join("root").display()),
+        dir.path(),
+    );
+    let port = free_port();
+    let cluster = Oakestra::start(
+        "c1",
+        &args(&[
+            "cluster",
+            "--name",
+            "c1",
+            "--root",
+            &root.url(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--store",
+            &format!("embedded:{}", dir.path().join("c1").display()),
+            "--heartbeat-seconds",
+            "1",
+        ]),
+        Some(port),
+        dir.path(),
+    );
+    let _hollow = Oakestra::start(
+        "hollow",
+        &args(&[
+            "hollow",
+            "--cluster",
+            &cluster.url(),
+            "--nodes",
+            "20",
+            "--prefix",
+            "h",
+            "--heartbeat-seconds",
+            "2",
+            "--cpu-millicores",
+            "1000",
+            "--memory-mib",
+            "2048",
+        ]),
+        None,
+        dir.path(),
+    );
+
+    // 20 Ready nodes at the cluster, with the capacity given and both runtimes.
+    let nodes = Client::new(&cluster.url()).unwrap().api::<Node>(None);
+    let listed = eventually("20 Ready hollow nodes", WAIT, || async {
+        let (list, _) = nodes.list(&ListParams::default()).await.ok()?;
+        let ready = list.iter().filter(|n| {
+            crds::is_true(
+                n.status
+                    .as_ref()
+                    .map(|s| s.conditions.as_slice())
+                    .unwrap_or_default(),
+                "Ready",
+            )
+        });
+        (ready.count() == 20).then_some(list)
+    })
+    .await;
+    let names: HashSet<String> = listed.iter().map(|n| n.metadata.name.clone()).collect();
+    let expected: HashSet<String> = (0..20).map(|i| format!("h-{i}")).collect();
+    assert_eq!(names, expected);
+    let node = &listed[0];
+    let status = node.status.as_ref().unwrap();
+    assert_eq!(status.capacity.as_ref().unwrap().cpu_millicores, 1000);
+    assert_eq!(status.allocatable.as_ref().unwrap().memory_mib, 2048);
+    assert!(status.last_heartbeat.is_some());
+    assert_eq!(node.spec.runtimes.len(), 2, "container and process");
+
+    // The heartbeat goes on: lastHeartbeat moves.
+    let first = status.last_heartbeat.unwrap();
+    let name = node.metadata.name.clone();
+    eventually("a second heartbeat", WAIT, || async {
+        let n = nodes.get(&name).await.ok()?;
+        (n.status?.last_heartbeat? > first).then_some(())
+    })
+    .await;
+
+    // The root sees the cluster with 20 nodes.
+    let api = Client::new(&root.url()).unwrap();
+    let clusters = api.api::<crds::Cluster>(None);
+    eventually(
+        "cluster c1 Ready with 20 nodes at the root",
+        WAIT,
+        || async {
+            let c = clusters.get("c1").await.ok()?;
+            let s = c.status?;
+            (crds::is_true(&s.conditions, "Ready") && s.allocatable?.nodes == 20).then_some(())
+        },
+    )
+    .await;
+
+    // A Service of 40 replicas: every Instance bound to a hollow node and Running.
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "oakestra.io/v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"replicas": 40, "template": {"image": "nginx",
+            "resources": {"cpuMillicores": 100, "memoryMiB": 64}}}
+    }))
+    .unwrap();
+    api.api::<Service>(Some("default"))
+        .create(&service)
+        .await
+        .unwrap();
+    let instances = api.api::<Instance>(Some("default"));
+    let running = eventually("40 Instances Running at the root", WAIT, || async {
+        let (list, _) = instances.list(&ListParams::default()).await.ok()?;
+        let running: Vec<Instance> = list
+            .into_iter()
+            .filter(|i| i.status.as_ref().is_some_and(|s| s.phase == Phase::Running))
+            .collect();
+        (running.len() == 40).then_some(running)
+    })
+    .await;
+    for i in &running {
+        let node = i.spec.node.as_deref().expect("bound");
+        assert!(expected.contains(node), "{node} is a hollow node");
+        assert_eq!(i.spec.cluster.as_deref(), Some("c1"));
+        let status = i.status.as_ref().unwrap();
+        assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
+        assert!(status.start_time.is_some());
+    }
+    // Spread: 40 replicas of one Service over 20 nodes, 2 each.
+    let used: HashSet<&str> = running
+        .iter()
+        .filter_map(|i| i.spec.node.as_deref())
+        .collect();
+    assert_eq!(used.len(), 20, "replicas spread over every node");
+    drop(root);
+}
