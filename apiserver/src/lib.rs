@@ -111,7 +111,7 @@ impl Server {
                 source,
             })?;
         let app = http::router(state);
-                // Watch events are small writes that follow each other: without TCP_NODELAY,
+        // Watch events are small writes that follow each other: without TCP_NODELAY,
         // Nagle holds one back until the previous is acknowledged, which a delayed ACK
         // makes 40 ms on Linux (seen as 40 ms on every hop of a start).
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
