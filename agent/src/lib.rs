@@ -120,6 +120,38 @@ struct Ctx {
     metrics: Arc<metrics::Metrics>,
     /// The node's subnet, once the cluster has assigned it (read at each heartbeat).
     subnet: std::sync::Mutex<Option<crds::ipam::Cidr>>,
+    /// Instances whose removal runs in the background (a stop may take its grace
+    /// period: it must not hold one of the few reconcile slots that starts need).
+    removing: Arc<std::sync::Mutex<std::collections::HashSet<InstanceId>>>,
+}
+
+/// Remove `id` from the runtime in the background, retried a few times; a second call
+/// while one runs does nothing.
+fn remove_in_background(ctx: &Ctx, id: InstanceId) {
+    if !ctx
+        .removing
+        .lock()
+        .expect("not poisoned")
+        .insert(id.clone())
+    {
+        return;
+    }
+    let (runtime, removing) = (ctx.runtime.clone(), ctx.removing.clone());
+    tokio::spawn(async move {
+        for attempt in 0..4u32 {
+            match runtime.remove(&id).await {
+                Ok(()) => break,
+                Err(e) if attempt == 3 => {
+                    tracing::error!(instance = %id, error = %e, "removal failed; it is retried when the agent restarts");
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %id, error = %e, "removal failed; retrying");
+                    tokio::time::sleep(restart_backoff(attempt)).await;
+                }
+            }
+        }
+        removing.lock().expect("not poisoned").remove(&id);
+    });
 }
 
 /// Run the agent with `runtime` (which reports exits on `exits`) until `shutdown`.
@@ -146,6 +178,7 @@ pub async fn run(
         endpoint,
         metrics,
         subnet: Default::default(),
+        removing: Default::default(),
     });
     register(&ctx).await?;
     tracing::info!(node = %config.node, runtime = runtime.name(), "worker agent registered");
@@ -322,7 +355,7 @@ async fn reconcile(
     let Some(instance) = mine else {
         if state.is_some() {
             tracing::info!(instance = %id, "no longer bound here; removing");
-            ctx.runtime.remove(&id).await?;
+            remove_in_background(&ctx, id);
         }
         return Ok(Action::await_change());
     };
@@ -468,6 +501,10 @@ where
     } else {
         None
     };
+    if ctx.removing.lock().expect("not poisoned").contains(id) {
+        // The container of an earlier Instance of this name is still stopping.
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
     // A left-over record of an earlier run is replaced.
     let begun = std::time::Instant::now();
     ctx.runtime.remove(id).await?;
