@@ -271,10 +271,25 @@ pub async fn heartbeat_node(
     name: &str,
     report: &NodeReport,
 ) -> Result<Option<crds::ipam::Cidr>, ClientError> {
-    let node = api.get(name).await?;
+    let now = Utc::now();
+    // Usually the Node is Ready already: one write, and its answer shows the rest.
+    let beat = json!({"status": {
+        "capacity": report.capacity,
+        "allocatable": report.capacity,
+        "usage": report.usage,
+        "agentEndpoint": report.agent_endpoint,
+        "lastHeartbeat": now,
+    }});
+    let node = api.patch_status(name, &beat).await?;
     let mut status = node.status.unwrap_or_default();
     let subnet = status.subnet.as_deref().and_then(|s| s.parse().ok());
-    let now = Utc::now();
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == ConditionStatus::True);
+    if ready {
+        return Ok(subnet);
+    }
     set_condition(
         &mut status.conditions,
         "Ready",
@@ -283,14 +298,12 @@ pub async fn heartbeat_node(
         "the agent is heartbeating",
         now,
     );
-    let patch = json!({"status": {
-        "capacity": report.capacity,
-        "allocatable": report.capacity,
-        "usage": report.usage,
-        "agentEndpoint": report.agent_endpoint,
-        "conditions": status.conditions,
-        "lastHeartbeat": now,
-    }});
+    // Not Ready (new, or declared lost): say Ready, keeping the other conditions, at
+    // the version just read.
+    let patch = json!({
+        "metadata": {"resourceVersion": node.metadata.resource_version},
+        "status": {"conditions": status.conditions},
+    });
     api.patch_status(name, &patch).await?;
     Ok(subnet)
 }

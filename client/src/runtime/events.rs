@@ -54,42 +54,44 @@ impl Recorder {
         let name = format!("{prefix}.{:016x}", hasher.finish());
         let api: Api<Event> = self.client.api(Some(&namespace));
         let now = Utc::now();
+        let event = Event {
+            api_version: API_VERSION.into(),
+            kind: "Event".into(),
+            metadata: ObjectMeta {
+                name: name.clone(),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                kind: K::KIND.into(),
+                name: meta.name.clone(),
+                namespace: meta.namespace.clone(),
+                uid: meta.uid.clone(),
+            },
+            reason: reason.into(),
+            message: message.into(),
+            type_,
+            count: 1,
+            first_timestamp: Some(now),
+            last_timestamp: Some(now),
+            source: self.source.clone(),
+        };
         for _ in 0..3 {
-            if let Some(existing) = api.dynamic().get_opt(&name).await? {
-                let count = existing["count"].as_u64().unwrap_or(1) + 1;
-                let patch = json!({
-                    "metadata": {"resourceVersion": existing["metadata"]["resourceVersion"]},
-                    "count": count,
-                    "lastTimestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                });
-                match api.patch(&name, &patch).await {
-                    Err(e) if e.is_conflict() => continue,
-                    other => return other.map(|_| ()),
-                }
-            }
-            let event = Event {
-                api_version: API_VERSION.into(),
-                kind: "Event".into(),
-                metadata: ObjectMeta {
-                    name: name.clone(),
-                    namespace: Some(namespace.clone()),
-                    ..Default::default()
-                },
-                involved_object: ObjectReference {
-                    kind: K::KIND.into(),
-                    name: meta.name.clone(),
-                    namespace: meta.namespace.clone(),
-                    uid: meta.uid.clone(),
-                },
-                reason: reason.into(),
-                message: message.into(),
-                type_,
-                count: 1,
-                first_timestamp: Some(now),
-                last_timestamp: Some(now),
-                source: self.source.clone(),
-            };
+            // Most events are new: create first; count up only when it exists (409).
             match api.create(&event).await {
+                Err(e) if e.is_conflict() => {}
+                other => return other.map(|_| ()),
+            }
+            let Some(existing) = api.dynamic().get_opt(&name).await? else {
+                continue; // deleted in between: create again
+            };
+            let count = existing["count"].as_u64().unwrap_or(1) + 1;
+            let patch = json!({
+                "metadata": {"resourceVersion": existing["metadata"]["resourceVersion"]},
+                "count": count,
+                "lastTimestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            });
+            match api.patch(&name, &patch).await {
                 Err(e) if e.is_conflict() => continue,
                 other => return other.map(|_| ()),
             }
