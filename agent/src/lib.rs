@@ -290,21 +290,34 @@ pub async fn heartbeat_node(
     if ready {
         return Ok(subnet);
     }
-    set_condition(
-        &mut status.conditions,
-        "Ready",
-        ConditionStatus::True,
-        "AgentReady",
-        "the agent is heartbeating",
-        now,
-    );
-    // Not Ready (new, or declared lost): say Ready, keeping the other conditions, at
-    // the version just read.
-    let patch = json!({
-        "metadata": {"resourceVersion": node.metadata.resource_version},
-        "status": {"conditions": status.conditions},
-    });
-    api.patch_status(name, &patch).await?;
+    // Not Ready (new, or declared lost): say Ready, keeping the other conditions, at the
+    // version read; another controller may write the Node meanwhile (its subnet, say).
+    let mut version = node.metadata.resource_version;
+    for attempt in 1.. {
+        set_condition(
+            &mut status.conditions,
+            "Ready",
+            ConditionStatus::True,
+            "AgentReady",
+            "the agent is heartbeating",
+            now,
+        );
+        let patch = json!({
+            "metadata": {"resourceVersion": version},
+            "status": {"conditions": status.conditions},
+        });
+        match api.patch_status(name, &patch).await {
+            Err(e) if e.is_conflict() && attempt < 5 => {
+                let node = api.get(name).await?;
+                status = node.status.unwrap_or_default();
+                version = node.metadata.resource_version;
+            }
+            other => {
+                other?;
+                break;
+            }
+        }
+    }
     Ok(subnet)
 }
 

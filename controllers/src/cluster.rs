@@ -372,18 +372,64 @@ async fn sync_one(
     };
     let root_api: Api<Instance> = ctx.root.api(ns);
     if local.spec.node != remote.spec.node {
-        let patch = json!({"metadata": {"resourceVersion": remote.metadata.resource_version}, "spec": {"node": local.spec.node}});
-        root_api.patch(&remote.metadata.name, &patch).await?;
+        let node = local.spec.node.clone();
+        write_up(&ctx, &root_api, &remote, |at| {
+            let patch = json!({"metadata": {"resourceVersion": at.metadata.resource_version}, "spec": {"node": node}});
+            let api = root_api.clone();
+            async move { api.patch(&at.metadata.name, &patch).await.map(|_| ()) }
+        })
+        .await?;
         return Ok(Action::await_change());
     }
     if let Some(status) = &local.status {
         if remote.status.as_ref() != Some(status) {
-            let mut up = remote.as_ref().clone();
-            up.status = Some(status.clone());
-            root_api.replace_status(&up).await?;
+            write_up(&ctx, &root_api, &remote, |mut up| {
+                up.status = Some(status.clone());
+                let api = root_api.clone();
+                async move { api.replace_status(&up).await.map(|_| ()) }
+            })
+            .await?;
         }
     }
     hand_back_if_no_room(&ctx, &local, &remote).await
+}
+
+/// Write to the root's `remote` at the version this cluster saw; when that version is
+/// stale (409: usually the root's own status write after placing it), read the
+/// Instance again and, while it is still placed here, write at the fresh version at
+/// once, instead of a retry with backoff from a cache that may lag still.
+async fn write_up<F, Fut>(
+    ctx: &SyncCtx,
+    root_api: &Api<Instance>,
+    remote: &Instance,
+    write: F,
+) -> Result<(), Error>
+where
+    F: Fn(Instance) -> Fut,
+    Fut: std::future::Future<Output = Result<(), client::ClientError>>,
+{
+    let mut at = remote.clone();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match write(at).await {
+            // Still racing after three tries: the controller's retry takes it from here.
+            Err(e) if e.is_conflict() && attempts < 3 => {
+                let fresh = match root_api.get(&remote.metadata.name).await {
+                    Err(e) if e.is_not_found() => return Ok(()),
+                    other => other?,
+                };
+                let still_ours = fresh.spec.cluster.as_deref() == Some(ctx.cluster.as_str())
+                    && fresh.metadata.deletion_timestamp.is_none()
+                    && fresh.metadata.uid == remote.metadata.uid;
+                if !still_ours {
+                    return Ok(());
+                }
+                at = fresh;
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// An Instance no node here has room for goes back to the root, which places it on
