@@ -46,10 +46,7 @@ pub struct Report {
 
 pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
-    let binary = opts
-        .oakestra
-        .clone()
-        .unwrap_or_else(|| e2e::binary("oakestra"));
+    let binary = crate::oakestra_binary(opts.oakestra.clone());
     let marker = format!("9{:05}3", e2e::free_port());
     let _leftovers = e2e::KillMatching(vec![marker.clone()]);
     let (heartbeat_timeout, eviction) = (

@@ -37,10 +37,7 @@ pub struct Report {
 
 pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
-    let binary = opts
-        .oakestra
-        .clone()
-        .unwrap_or_else(|| e2e::binary("oakestra"));
+    let binary = crate::oakestra_binary(opts.oakestra.clone());
     let (root_port, cluster_port) = (e2e::free_port(), e2e::free_port());
     let d = dir.path().to_path_buf();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -51,28 +48,19 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         "--store",
         &format!("embedded:{}", d.join("root").display()),
     ]);
-    let cluster_args = s(&[
-        "cluster",
-        "--name",
+    let cluster_args = e2e::cluster_args(
         "c1",
-        "--root",
         &format!("http://127.0.0.1:{root_port}"),
-        "--listen",
-        &format!("127.0.0.1:{cluster_port}"),
-        "--store",
-        &format!("embedded:{}", d.join("cluster").display()),
-    ]);
-    let worker_args = s(&[
-        "worker",
-        "--cluster",
-        &format!("http://127.0.0.1:{cluster_port}"),
-        "--name",
+        cluster_port,
+        &d,
+        &[],
+    );
+    let worker_args = e2e::worker_args(
         "w1",
-        "--runtime",
-        "process",
-        "--data-dir",
-        &d.join("worker").display().to_string(),
-    ]);
+        &format!("http://127.0.0.1:{cluster_port}"),
+        &d,
+        &["--runtime", "process"],
+    );
     let (b, d2) = (binary.clone(), d.clone());
     let processes = tokio::task::spawn_blocking(move || {
         let root = e2e::Oakestra::start_binary(&b, "root", &root_args, Some(root_port), &d2);

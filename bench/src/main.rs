@@ -278,6 +278,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `oakestra` binary a scenario runs: `--oakestra`, else the debug build that
+/// `e2e::binary` builds (blocking: it runs cargo).
+fn oakestra_binary(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| e2e::binary("oakestra"))
+}
+
 /// The workspace's commit when the figures were taken, and whether the working tree
 /// differed from it (the binaries may have been built from an earlier state).
 fn git() -> serde_json::Value {

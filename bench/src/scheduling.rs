@@ -336,7 +336,7 @@ async fn start_fleet(opts: &Options, dir: &Path) -> anyhow::Result<Fleet> {
         opts.heartbeat_seconds,
     );
     tokio::task::spawn_blocking(move || {
-        let binary = oakestra.unwrap_or_else(|| e2e::binary("oakestra"));
+        let binary = crate::oakestra_binary(oakestra);
         let store = |name: &str| format!("embedded:{}", dir.join(name).display());
         let root = e2e::RootServer::start_binary(&binary, &store("root"), &dir, &[]);
         let mut cluster_processes = Vec::new();
@@ -344,21 +344,16 @@ async fn start_fleet(opts: &Options, dir: &Path) -> anyhow::Result<Fleet> {
         for c in 0..clusters {
             let port = e2e::free_port();
             let name = format!("c{c}");
-            let args = strings(&[
-                "cluster",
-                "--name",
+            // A node is NotReady after three missed heartbeats (at least the default
+            // 20 s), so a slow heartbeat setting does not lose nodes.
+            let timeout = (3 * heartbeat).max(20).to_string();
+            let args = e2e::cluster_args(
                 &name,
-                "--root",
                 &root.url(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--store",
-                &store(&name),
-                // A node is NotReady after three missed heartbeats (at least the
-                // default 20 s), so a slow heartbeat setting does not lose nodes.
-                "--node-heartbeat-timeout-seconds",
-                &(3 * heartbeat).max(20).to_string(),
-            ]);
+                port,
+                &dir,
+                &["--node-heartbeat-timeout-seconds", &timeout],
+            );
             let cluster = e2e::Oakestra::start_binary(&binary, &name, &args, Some(port), &dir);
             let args = strings(&[
                 "hollow",

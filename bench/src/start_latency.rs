@@ -61,10 +61,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     })
     .await?;
     let dir = tempfile::tempdir()?;
-    let binary = opts
-        .oakestra
-        .clone()
-        .unwrap_or_else(|| e2e::binary("oakestra"));
+    let binary = crate::oakestra_binary(opts.oakestra.clone());
     let (port, cluster_port) = (e2e::free_port(), e2e::free_port());
     let socket = containerd.socket.display().to_string();
     let args = e2e::up_args(

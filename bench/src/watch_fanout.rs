@@ -310,7 +310,7 @@ pub async fn start_server(
     }
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let binary = binary.unwrap_or_else(|| e2e::binary("oakestra"));
+        let binary = crate::oakestra_binary(binary);
         let extra: &[&str] = if controllers {
             &[]
         } else {
