@@ -4,8 +4,9 @@
 //! One process stands in for many nodes of one cluster. It registers N `Node` objects
 //! (`PREFIX-0` … `PREFIX-{N-1}`) with a given capacity and the `container` and `process`
 //! runtimes, through the same [`register_node`](crate::register_node) and
-//! [`heartbeat_node`](crate::heartbeat_node) the real agent uses, so the cluster sees
-//! exactly the writes a real node makes. Heartbeats are spread evenly over the interval
+//! [`NodeHeartbeat`](crate::NodeHeartbeat) the real agent uses, so the cluster sees
+//! exactly the writes a real node makes (a Lease renewal per beat, a status write when
+//! due). Heartbeats are spread evenly over the interval
 //! (one node every `interval / N`), not sent all at once.
 //!
 //! Nothing runs. One watch of the cluster's Instances serves all N nodes: every
@@ -25,7 +26,7 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::{heartbeat_node, register_node, NodeInfo, NodeReport};
+use crate::{register_node, NodeHeartbeat, NodeInfo, NodeReport};
 
 /// Settings of one hollow-node process.
 #[derive(Debug, Clone)]
@@ -104,13 +105,23 @@ async fn serve(
     let started = Instant::now();
     let nodes: Api<Node> = client.api(None);
     let report = config.report();
-    // Register and send a first heartbeat, so every node is Ready when this returns.
-    let results: Vec<Result<(), ClientError>> = futures::stream::iter(names.iter().cloned())
+    let beats: Vec<Arc<tokio::sync::Mutex<NodeHeartbeat>>> = names
+        .iter()
         .map(|name| {
-            let (nodes, report, info) = (nodes.clone(), report.clone(), node_info(&config, &name));
+            Arc::new(tokio::sync::Mutex::new(NodeHeartbeat::new(
+                name,
+                config.heartbeat,
+            )))
+        })
+        .collect();
+    // Register and send a first heartbeat, so every node is Ready when this returns.
+    let results: Vec<Result<(), ClientError>> = futures::stream::iter(names.iter().cloned().zip(beats.iter().cloned()))
+        .map(|(name, beat)| {
+            let (client, nodes, report) = (client.clone(), nodes.clone(), report.clone());
+            let info = node_info(&config, &name);
             async move {
                 register_node(&nodes, &info).await?;
-                heartbeat_node(&nodes, &name, &report).await.map(|_| ())
+                beat.lock().await.beat(&client, &report).await.map(|_| ())
             }
         })
         .buffer_unordered(config.concurrency.max(1))
@@ -124,9 +135,9 @@ async fn serve(
         "hollow nodes registered and Ready"
     );
     let beats = tokio::spawn(tracing::Instrument::in_current_span(heartbeats(
-        nodes,
+        client.clone(),
         config.clone(),
-        names.clone(),
+        beats,
         shutdown.clone(),
     )));
     run_instances(client, config, names, shutdown).await;
@@ -148,12 +159,12 @@ fn node_info(config: &HollowConfig, name: &str) -> NodeInfo {
 /// round over all nodes is logged with its slowest heartbeat and its failures, so an
 /// overloaded cluster API shows in the log.
 async fn heartbeats(
-    api: Api<Node>,
+    client: Client,
     config: HollowConfig,
-    names: Vec<String>,
+    nodes: Vec<Arc<tokio::sync::Mutex<NodeHeartbeat>>>,
     shutdown: CancellationToken,
 ) {
-    let period = (config.heartbeat / names.len().max(1) as u32).max(Duration::from_millis(1));
+    let period = (config.heartbeat / nodes.len().max(1) as u32).max(Duration::from_millis(1));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let permits = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
@@ -161,12 +172,12 @@ async fn heartbeats(
     let slowest_us = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let mut round_start = Instant::now();
-    for (k, name) in names.iter().cycle().enumerate() {
+    for (k, node) in nodes.iter().cycle().enumerate() {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        if k > 0 && k % names.len() == 0 {
+        if k > 0 && k % nodes.len() == 0 {
             tracing::info!(
                 round_ms = round_start.elapsed().as_millis() as u64,
                 slowest_beat_ms = slowest_us.swap(0, Ordering::Relaxed) / 1000,
@@ -178,13 +189,14 @@ async fn heartbeats(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let (api, name, report) = (api.clone(), name.clone(), report.clone());
+        let (client, node, report) = (client.clone(), node.clone(), report.clone());
         let (slowest_us, failures) = (slowest_us.clone(), failures.clone());
         tokio::spawn(async move {
             let sent = Instant::now();
-            if let Err(e) = heartbeat_node(&api, &name, &report).await {
+            let mut node = node.lock().await;
+            if let Err(e) = node.beat(&client, &report).await {
                 failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(node = %name, error = %e, "heartbeat failed");
+                tracing::warn!(node = %node.name(), error = %e, "heartbeat failed");
             }
             slowest_us.fetch_max(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
             drop(permit);

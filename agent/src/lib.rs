@@ -7,9 +7,10 @@
 //! After an agent restart, what is already running is adopted and what no longer has an
 //! Instance on this node is removed.
 //!
-//! [`register_node`] and [`heartbeat_node`] are the Node's side of the protocol, shared
+//! [`register_node`] and [`NodeHeartbeat`] are the Node's side of the protocol, shared
 //! with [`hollow`]: simulated nodes that register and heartbeat like this agent but run
-//! nothing (for scale tests).
+//! nothing (for scale tests). A heartbeat renews the node's `Lease`; the Node's status
+//! is written only when it changed and every [`STATUS_EVERY_BEATS`] beats otherwise.
 
 pub mod cgroup;
 pub mod containerd;
@@ -27,8 +28,8 @@ use chrono::Utc;
 use client::runtime::{Action, Controller, ObjectRef};
 use client::{Api, Client, ClientError, ListParams};
 use crds::{
-    set_condition, Capacity, ConditionStatus, Instance, Location, Node, NodeSpec, Phase,
-    RestartPolicy, Runtime as Kind,
+    set_condition, Capacity, ConditionStatus, Instance, Lease, LeaseSpec, Location, Node,
+    NodeSpec, Phase, RestartPolicy, Runtime as Kind,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -120,6 +121,8 @@ struct Ctx {
     metrics: Arc<metrics::Metrics>,
     /// The node's subnet, once the cluster has assigned it (read at each heartbeat).
     subnet: std::sync::Mutex<Option<crds::ipam::Cidr>>,
+    /// The Lease and status side of the heartbeats.
+    heartbeat: tokio::sync::Mutex<NodeHeartbeat>,
     /// Instances whose removal runs in the background (a stop may take its grace
     /// period: it must not hold one of the few reconcile slots that starts need).
     removing: Arc<std::sync::Mutex<std::collections::HashSet<InstanceId>>>,
@@ -178,6 +181,7 @@ pub async fn run(
         endpoint,
         metrics,
         subnet: Default::default(),
+        heartbeat: tokio::sync::Mutex::new(NodeHeartbeat::new(&config.node, config.heartbeat)),
         removing: Default::default(),
     });
     register(&ctx).await?;
@@ -228,7 +232,7 @@ pub struct NodeInfo {
 }
 
 /// What a node reports in each heartbeat.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeReport {
     pub capacity: Capacity,
     pub usage: Capacity,
@@ -263,10 +267,105 @@ pub async fn register_node(api: &Api<Node>, info: &NodeInfo) -> Result<(), Clien
     Ok(())
 }
 
-/// One heartbeat of Node `name`: `Ready=True` (reason `AgentReady`), capacity,
-/// allocatable (= capacity), usage, agent endpoint and `lastHeartbeat`. Returns the
-/// subnet the cluster assigned to the node, if any.
-pub async fn heartbeat_node(
+/// The node's side of liveness: every beat renews the node's [`Lease`] (one small write
+/// no Node watcher sees); the Node's status is written when it is due — at the first
+/// beat, after a failed beat, while the cluster has not assigned a subnet, when the
+/// capacity or the agent endpoint changed, and otherwise every `status_every`
+/// (Kubernetes' node lease and node status report frequency, scaled to the period).
+#[derive(Debug)]
+pub struct NodeHeartbeat {
+    name: String,
+    period: Duration,
+    status_every: Duration,
+    /// When the status was last written, and what it said.
+    reported: Option<(std::time::Instant, NodeReport)>,
+    failed: bool,
+    subnet: Option<crds::ipam::Cidr>,
+}
+
+/// Status writes happen at least every this many heartbeat periods.
+pub const STATUS_EVERY_BEATS: u32 = 6;
+
+impl NodeHeartbeat {
+    /// Heartbeats of Node `name`, one every `period`.
+    pub fn new(name: &str, period: Duration) -> Self {
+        NodeHeartbeat {
+            name: name.to_string(),
+            period,
+            status_every: period * STATUS_EVERY_BEATS,
+            reported: None,
+            failed: false,
+            subnet: None,
+        }
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn status_due(&self, report: &NodeReport) -> bool {
+        match &self.reported {
+            None => true,
+            Some((at, last)) => {
+                self.failed
+                    || self.subnet.is_none()
+                    || last.capacity != report.capacity
+                    || last.agent_endpoint != report.agent_endpoint
+                    || at.elapsed() >= self.status_every
+            }
+        }
+    }
+
+    /// One beat: renew the Lease, and write the status if it is due. Returns the subnet
+    /// the cluster assigned to the node, as last seen.
+    pub async fn beat(
+        &mut self,
+        client: &Client,
+        report: &NodeReport,
+    ) -> Result<Option<crds::ipam::Cidr>, ClientError> {
+        let result = self.try_beat(client, report).await;
+        self.failed = result.is_err();
+        result
+    }
+
+    async fn try_beat(
+        &mut self,
+        client: &Client,
+        report: &NodeReport,
+    ) -> Result<Option<crds::ipam::Cidr>, ClientError> {
+        if self.status_due(report) {
+            let subnet = report_status(&client.api(None), &self.name, report).await?;
+            self.subnet = subnet.or(self.subnet);
+            self.reported = Some((std::time::Instant::now(), report.clone()));
+        }
+        renew_lease(&client.api(None), &self.name, self.period).await?;
+        Ok(self.subnet)
+    }
+}
+
+/// Renew Lease `name` (create it the first time).
+async fn renew_lease(api: &Api<Lease>, name: &str, period: Duration) -> Result<(), ClientError> {
+    let spec = LeaseSpec {
+        holder_identity: Some(name.to_string()),
+        lease_duration_seconds: Some((period * 4).as_secs().max(1) as u32),
+        renew_time: Some(Utc::now()),
+    };
+    match api.patch(name, &json!({ "spec": spec })).await {
+        Err(e) if e.is_not_found() => match api.create(&Lease::new(name, spec.clone())).await {
+            // Created meanwhile by an earlier beat that timed out: renew it.
+            Err(e) if e.is_conflict() => api.patch(name, &json!({ "spec": spec })).await,
+            other => other,
+        },
+        other => other,
+    }
+    .map(|_| ())
+}
+
+/// The status part of a heartbeat of Node `name`: `Ready=True` (reason `AgentReady`),
+/// capacity, allocatable (= capacity), usage, agent endpoint and `lastHeartbeat`.
+/// Returns the subnet the cluster assigned to the node, if any.
+async fn report_status(
     api: &Api<Node>,
     name: &str,
     report: &NodeReport,
@@ -340,7 +439,7 @@ async fn beat(ctx: &Ctx) -> Result<(), AgentError> {
         usage: usage(),
         agent_endpoint: Some(ctx.endpoint.clone()),
     };
-    let subnet = heartbeat_node(&ctx.client.api(None), &ctx.config.node, &report).await?;
+    let subnet = ctx.heartbeat.lock().await.beat(&ctx.client, &report).await?;
     *ctx.subnet.lock().expect("not poisoned") = subnet;
     Ok(())
 }

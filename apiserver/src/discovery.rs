@@ -113,7 +113,7 @@ pub fn openapi(group: &str, version: &str) -> Option<Value> {
         {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
     ]);
     for k in kinds {
-        let mut schema = k.schema().to_value();
+        let mut schema = k.schema().clone().to_value();
         // Move `$defs` into components and point references there.
         if let Some(defs) = schema.as_object_mut().and_then(|o| o.remove("$defs")) {
             for (name, def) in defs.as_object().into_iter().flatten() {

@@ -18,7 +18,7 @@ use crds::{set_condition, ConditionStatus, EventType, Instance, Phase, Protocol,
 use scheduler::{Candidate, Decision, Request, Tier};
 use serde_json::json;
 
-use crate::Error;
+use crate::{index_by_service, service_key, Error, BY_SERVICE};
 
 struct Recent {
     target: String,
@@ -95,8 +95,17 @@ fn add(total: &mut Resources, r: &Resources) {
     total.storage_mib += r.storage_mib;
 }
 
+/// Name of the Instance-cache index of what counts in flight, by target.
+const IN_FLIGHT: &str = "in-flight";
+
 impl Binder {
     pub fn new(tier: Tier, client: Client, instances: Store<Instance>, source: &str) -> Self {
+        index_by_service(&instances);
+        instances.add_index(IN_FLIGHT, move |i| {
+            target_of(tier, i)
+                .filter(|_| counts_in_flight(tier, i))
+                .cloned()
+        });
         Binder {
             tier,
             recorder: Recorder::new(client.clone(), source),
@@ -117,7 +126,9 @@ impl Binder {
         }
     }
 
-    /// Fill in each candidate's in-flight requests and replicas of `instance`'s Service.
+    /// Fill in each candidate's in-flight requests and replicas of `instance`'s Service,
+    /// from the cache's indexes (a decision reads the Instances of the candidates and
+    /// of the Service, not the whole cache).
     fn complete(
         &self,
         instance: &Instance,
@@ -127,27 +138,23 @@ impl Binder {
         let mut in_flight: HashMap<String, Resources> = HashMap::new();
         let mut replicas: HashMap<String, u32> = HashMap::new();
         let mut ports: HashMap<String, Vec<(u16, Protocol)>> = HashMap::new();
-        let same_service = |i: &Instance| {
-            i.spec.service == instance.spec.service
-                && i.metadata.namespace == instance.metadata.namespace
-        };
-        for i in self.instances.state() {
-            let Some(target) = target_of(self.tier, &i) else {
-                continue;
-            };
-            if counts_in_flight(self.tier, &i) {
+        for c in candidates.iter() {
+            for i in self.instances.by_index(IN_FLIGHT, &c.name) {
                 add(
-                    in_flight.entry(target.clone()).or_default(),
+                    in_flight.entry(c.name.clone()).or_default(),
                     &i.spec.template.resources,
                 );
                 if self.tier == Tier::Node {
                     ports
-                        .entry(target.clone())
+                        .entry(c.name.clone())
                         .or_default()
                         .extend(host_ports(&i));
                 }
             }
-            if same_service(&i) {
+        }
+        let key = service_key(instance.metadata.namespace.as_deref(), &instance.spec.service);
+        for i in self.instances.by_index(BY_SERVICE, &key) {
+            if let Some(target) = target_of(self.tier, &i) {
                 *replicas.entry(target.clone()).or_default() += 1;
             }
         }

@@ -98,6 +98,21 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 }
 
 /// Whether `owned` names `owner_uid` among its owners.
+/// Name of the Instance-cache index by owning Service ([`service_key`]).
+pub const BY_SERVICE: &str = "service";
+
+/// The [`BY_SERVICE`] key of Instances of Service `service` in `namespace`.
+pub fn service_key(namespace: Option<&str>, service: &str) -> String {
+    format!("{}/{service}", namespace.unwrap_or_default())
+}
+
+/// Index an Instance cache by owning Service (the name in `spec.service`).
+pub fn index_by_service(instances: &client::runtime::Store<crds::Instance>) {
+    instances.add_index(BY_SERVICE, |i| {
+        Some(service_key(i.metadata.namespace.as_deref(), &i.spec.service))
+    });
+}
+
 pub fn owned_by(meta: &crds::ObjectMeta, owner_uid: &str) -> bool {
     meta.owner_references.iter().any(|o| o.uid == owner_uid)
 }

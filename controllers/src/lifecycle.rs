@@ -1,6 +1,8 @@
-//! Heartbeat lapse: a Cluster (at the root) or a Node (in a cluster) whose
-//! `status.lastHeartbeat` is older than the timeout becomes `Ready=False` with reason
-//! `HeartbeatLapsed`. Objects that never sent a heartbeat are left alone (they are
+//! Heartbeat lapse: a Cluster (at the root) or a Node (in a cluster) whose last
+//! heartbeat is older than the timeout becomes `Ready=False` with reason
+//! `HeartbeatLapsed`. A Cluster's last heartbeat is its `status.lastHeartbeat`; a Node's
+//! is the later of that and its `Lease`'s `renewTime` (its agent renews the Lease at
+//! every beat and writes the status only every few beats). Objects that never sent a heartbeat are left alone (they are
 //! managed by hand). What happens to the Instances of a NotReady target after its
 //! grace period is the placement controller's business.
 
@@ -8,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use client::runtime::{Action, Controller, Recorder};
+use client::runtime::{Action, Controller, ObjectRef, Recorder, Store};
 use client::{Client, ListParams};
-use crds::{set_condition, Cluster, ConditionStatus, EventType, Node, Time};
+use crds::{set_condition, Cluster, ConditionStatus, EventType, Lease, Node, Time};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +21,8 @@ use crate::Error;
 
 /// A kind that reports heartbeats.
 pub trait Heartbeats: Target {
+    /// Whether the kind also heartbeats through a `Lease` of the same name.
+    const LEASED: bool = false;
     fn last_heartbeat(&self) -> Option<Time>;
 }
 
@@ -29,6 +33,7 @@ impl Heartbeats for Cluster {
 }
 
 impl Heartbeats for Node {
+    const LEASED: bool = true;
     fn last_heartbeat(&self) -> Option<Time> {
         self.status.as_ref()?.last_heartbeat
     }
@@ -36,15 +41,19 @@ impl Heartbeats for Node {
 
 pub async fn run<K: Heartbeats>(client: Client, timeout: Duration, shutdown: CancellationToken) {
     let name = format!("{}-lifecycle", K::KIND.to_lowercase());
-    let controller = Controller::new(client.api::<K>(None), ListParams::default())
+    let mut controller = Controller::new(client.api::<K>(None), ListParams::default())
         .name(&name)
         .concurrency(2);
+    // A renewal queues nothing: each reconcile of a live object requeues itself for
+    // when its heartbeat would lapse, and reads the Lease then.
+    let leases = K::LEASED
+        .then(|| controller.watches(client.api::<Lease>(None), ListParams::default(), |_| vec![]));
     let recorder = Arc::new(Recorder::new(client.clone(), &name));
     controller
         .run(
             move |k| {
-                let (client, recorder) = (client.clone(), recorder.clone());
-                async move { reconcile(k, client, recorder, timeout).await }
+                let (client, recorder, leases) = (client.clone(), recorder.clone(), leases.clone());
+                async move { reconcile(k, client, recorder, leases, timeout).await }
             },
             shutdown.cancelled_owned(),
         )
@@ -55,9 +64,13 @@ async fn reconcile<K: Heartbeats>(
     k: Arc<K>,
     client: Client,
     recorder: Arc<Recorder>,
+    leases: Option<Store<Lease>>,
     timeout: Duration,
 ) -> Result<Action, Error> {
-    let Some(beat) = k.last_heartbeat() else {
+    let renewed = leases
+        .and_then(|l| l.get(&ObjectRef::new(None, &k.metadata().name)))
+        .and_then(|l| l.spec.renew_time);
+    let Some(beat) = k.last_heartbeat().max(renewed) else {
         return Ok(Action::await_change());
     };
     let age = (Utc::now() - beat).to_std().unwrap_or_default();

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::{owned_by, stable_hash, Error, RootConfig};
+use crate::{index_by_service, owned_by, service_key, stable_hash, Error, RootConfig, BY_SERVICE};
 
 /// Label with the owning Service's name.
 pub const SERVICE_LABEL: &str = "oakestra.io/service";
@@ -58,6 +58,7 @@ pub async fn run(client: Client, config: &RootConfig, shutdown: CancellationToke
             )]
         },
     );
+    index_by_service(&instances);
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), "service-controller"),
         client,
@@ -143,11 +144,10 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let api: Api<Instance> = ctx.client.api(ns.as_deref());
     let hash = template_hash(&svc);
     let replicas = svc.spec.replicas.max(0) as u32;
-    let mine = ctx.instances.find(|i| {
-        i.metadata.namespace == ns
-            && owned_by(&i.metadata, &uid)
-            && i.metadata.deletion_timestamp.is_none()
-    });
+    let mut mine = ctx
+        .instances
+        .by_index(BY_SERVICE, &service_key(ns.as_deref(), &svc.metadata.name));
+    mine.retain(|i| owned_by(&i.metadata, &uid) && i.metadata.deletion_timestamp.is_none());
     let (current, old): (Vec<_>, Vec<_>) = mine
         .iter()
         .partition(|i| i.metadata.labels.get(TEMPLATE_LABEL) == Some(&hash));

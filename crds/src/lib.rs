@@ -44,7 +44,7 @@ pub struct KindInfo {
     /// More columns shown by `get -o wide`.
     pub wide_columns: &'static [(&'static str, &'static str)],
     validate: fn(&serde_json::Value) -> Result<serde_json::Value, ValidationError>,
-    schema: fn() -> schemars::Schema,
+    schema: fn() -> &'static schemars::Schema,
 }
 
 impl KindInfo {
@@ -66,8 +66,9 @@ impl KindInfo {
         (self.validate)(object)
     }
 
-    /// The JSON schema of the whole object.
-    pub fn schema(&self) -> schemars::Schema {
+    /// The JSON schema of the whole object (generated once per kind: every write's
+    /// validation walks it).
+    pub fn schema(&self) -> &'static schemars::Schema {
         (self.schema)()
     }
 
@@ -178,6 +179,35 @@ pub struct Event {
     pub source: String,
 }
 
+/// A node's liveness record (as Kubernetes' `coordination.k8s.io` Lease): its agent
+/// renews it at every heartbeat, a small write that no Node watcher sees. The Node's
+/// status is written only when it changes, and every few heartbeats otherwise.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: LeaseSpec,
+}
+
+impl Lease {
+    /// A new Lease with the given name and spec.
+    pub fn new(name: &str, spec: LeaseSpec) -> Self {
+        Lease {
+            api_version: API_VERSION.to_string(),
+            kind: "Lease".to_string(),
+            metadata: ObjectMeta {
+                name: name.to_string(),
+                ..Default::default()
+            },
+            spec,
+        }
+    }
+}
+
 fn one_u32() -> u32 {
     1
 }
@@ -263,11 +293,22 @@ impl_resource!(
     }
 );
 impl_resource!(Event);
+impl_resource!(Lease);
 impl_resource!(Namespace);
 
 const NO_COLUMNS: &[(&str, &str)] = &[];
 
 /// Every kind the API serves.
+/// A function returning `T`'s schema, generated on first use.
+macro_rules! schema_of {
+    ($t:ty) => {
+        || {
+            static SCHEMA: std::sync::OnceLock<schemars::Schema> = std::sync::OnceLock::new();
+            SCHEMA.get_or_init(|| schemars::schema_for!($t))
+        }
+    };
+}
+
 pub static KINDS: &[KindInfo] = &[
     KindInfo {
         group: "",
@@ -282,7 +323,7 @@ pub static KINDS: &[KindInfo] = &[
         columns: NO_COLUMNS,
         wide_columns: NO_COLUMNS,
         validate: validate::object::<Namespace>,
-        schema: || schemars::schema_for!(Namespace),
+        schema: schema_of!(Namespace),
     },
     KindInfo {
         group: GROUP,
@@ -307,7 +348,7 @@ pub static KINDS: &[KindInfo] = &[
             ("HEARTBEAT", "/status/lastHeartbeat"),
         ],
         validate: validate::object::<Cluster>,
-        schema: || schemars::schema_for!(Cluster),
+        schema: schema_of!(Cluster),
     },
     KindInfo {
         group: GROUP,
@@ -329,10 +370,10 @@ pub static KINDS: &[KindInfo] = &[
         wide_columns: &[
             ("RUNTIMES", "/spec/runtimes"),
             ("UNSCHEDULABLE", "/spec/unschedulable"),
-            ("HEARTBEAT", "/status/lastHeartbeat"),
+            ("REPORTED", "/status/lastHeartbeat"),
         ],
         validate: validate::object::<Node>,
-        schema: || schemars::schema_for!(Node),
+        schema: schema_of!(Node),
     },
     KindInfo {
         group: GROUP,
@@ -355,7 +396,7 @@ pub static KINDS: &[KindInfo] = &[
             ("EXECUTABLE", "/spec/template/executable"),
         ],
         validate: validate::object::<Service>,
-        schema: || schemars::schema_for!(Service),
+        schema: schema_of!(Service),
     },
     KindInfo {
         group: GROUP,
@@ -379,7 +420,7 @@ pub static KINDS: &[KindInfo] = &[
             ("REASON", "/status/reason"),
         ],
         validate: validate::object::<Instance>,
-        schema: || schemars::schema_for!(Instance),
+        schema: schema_of!(Instance),
     },
     KindInfo {
         group: GROUP,
@@ -400,7 +441,25 @@ pub static KINDS: &[KindInfo] = &[
         ],
         wide_columns: &[("SOURCE", "/source"), ("LAST", "/lastTimestamp")],
         validate: validate::object::<Event>,
-        schema: || schemars::schema_for!(Event),
+        schema: schema_of!(Event),
+    },
+    KindInfo {
+        group: GROUP,
+        version: VERSION,
+        kind: "Lease",
+        plural: "leases",
+        singular: "lease",
+        short_names: &[],
+        namespaced: false,
+        has_status: false,
+        immutable: &[],
+        columns: &[
+            ("HOLDER", "/spec/holderIdentity"),
+            ("RENEWED", "/spec/renewTime"),
+        ],
+        wide_columns: &[("DURATION", "/spec/leaseDurationSeconds")],
+        validate: validate::object::<Lease>,
+        schema: schema_of!(Lease),
     },
 ];
 

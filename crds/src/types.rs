@@ -1,4 +1,4 @@
-//! The served kinds: `Cluster`, `Node`, `Service`, `Instance`, `Event` and the core `Namespace`.
+//! The served kinds: `Cluster`, `Node`, `Service`, `Instance`, `Event`, `Lease` and the core `Namespace`.
 //!
 //! Units are part of the field names: `cpuMillicores` (1000 = one core), `memoryMiB`
 //! (mebibytes), `storageMiB`, `maxDistanceKm`, `maxMs`.
@@ -104,6 +104,21 @@ pub struct ClusterStatus {
 
 // ---------------------------------------------------------------- Node
 
+/// Who holds a Lease and when they last renewed it.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseSpec {
+    /// The holder: for a node's Lease, the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_identity: Option<String>,
+    /// How long the holder means the Lease to last after each renewal (informative:
+    /// the cluster's node lifecycle applies its own timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_duration_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_time: Option<Time>,
+}
+
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSpec {
@@ -131,6 +146,8 @@ pub struct NodeStatus {
     pub usage: Option<Capacity>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// When the agent last wrote this status: at changes and every few heartbeats
+    /// (each beat renews the node's `Lease`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<Time>,
     /// Subnet assigned by the cluster, in CIDR notation.

@@ -55,7 +55,7 @@ impl ValidationError {
 /// Validate `value` as an object of type `T`; returns it with defaults filled in.
 pub fn object<T: Resource>(value: &Value) -> Result<Value, ValidationError> {
     let mut errors = Vec::new();
-    unknown_fields(&T::info().schema(), value, &mut errors);
+    unknown_fields(T::info().schema(), value, &mut errors);
     if !errors.is_empty() {
         return Err(ValidationError { errors });
     }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use client::{Client, ListParams};
-use crds::{Instance, Node, Phase, Service};
+use crds::{Instance, Lease, Node, Phase, Service};
 use e2e::{eventually, free_port, Oakestra, RootServer};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -88,14 +88,19 @@ async fn hollow_nodes_register_heartbeat_and_run_a_service() {
     assert!(status.last_heartbeat.is_some());
     assert_eq!(node.spec.runtimes.len(), 2, "container and process");
 
-    // The heartbeat goes on: lastHeartbeat moves.
-    let first = status.last_heartbeat.unwrap();
+    // The heartbeat goes on: the node's Lease is renewed, held by the node.
     let name = node.metadata.name.clone();
-    eventually("a second heartbeat", WAIT, || async {
-        let n = nodes.get(&name).await.ok()?;
-        (n.status?.last_heartbeat? > first).then_some(())
+    let leases = Client::new(&cluster.url()).unwrap().api::<Lease>(None);
+    let first = eventually("the node's Lease", WAIT, || async {
+        leases.get(&name).await.ok()?.spec.renew_time
     })
     .await;
+    let renewed = eventually("a renewal of the Lease", WAIT, || async {
+        let lease = leases.get(&name).await.ok()?;
+        (lease.spec.renew_time? > first).then_some(lease)
+    })
+    .await;
+    assert_eq!(renewed.spec.holder_identity.as_deref(), Some(name.as_str()));
 
     // The root sees the cluster with 20 nodes.
     let api = Client::new(&root.url()).unwrap();

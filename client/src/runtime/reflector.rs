@@ -3,8 +3,12 @@
 //! [`store`] returns a reader ([`Store`], cheap to clone, shared by reconcilers and
 //! trigger mappers) and a [`Writer`] fed by a watcher. A relist replaces the whole map
 //! at once; the store is *ready* once the first list is in.
+//!
+//! A store can keep secondary indexes ([`Store::add_index`]): objects grouped by a key
+//! derived from each (an Instance's Service, say), kept up to date by the writer, so a
+//! reconciler asks for one group instead of scanning every cached object.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
@@ -46,7 +50,68 @@ impl std::fmt::Display for ObjectRef {
     }
 }
 
-type Map<K> = Arc<RwLock<HashMap<ObjectRef, Arc<K>>>>;
+/// The key an index files an object under (`None`: not in the index).
+type IndexKey<K> = Arc<dyn Fn(&K) -> Option<String> + Send + Sync>;
+
+struct Index<K> {
+    key: IndexKey<K>,
+    groups: HashMap<String, HashSet<ObjectRef>>,
+}
+
+impl<K> Index<K> {
+    fn insert(&mut self, r: &ObjectRef, k: &K) {
+        if let Some(g) = (self.key)(k) {
+            self.groups.entry(g).or_default().insert(r.clone());
+        }
+    }
+
+    fn remove(&mut self, r: &ObjectRef, k: &K) {
+        if let Some(g) = (self.key)(k) {
+            if let Some(set) = self.groups.get_mut(&g) {
+                set.remove(r);
+                if set.is_empty() {
+                    self.groups.remove(&g);
+                }
+            }
+        }
+    }
+}
+
+struct Inner<K> {
+    objects: HashMap<ObjectRef, Arc<K>>,
+    indexes: HashMap<&'static str, Index<K>>,
+}
+
+impl<K> Default for Inner<K> {
+    fn default() -> Self {
+        Inner {
+            objects: HashMap::new(),
+            indexes: HashMap::new(),
+        }
+    }
+}
+
+impl<K> Inner<K> {
+    fn insert(&mut self, r: ObjectRef, k: Arc<K>) {
+        for index in self.indexes.values_mut() {
+            if let Some(old) = self.objects.get(&r) {
+                index.remove(&r, old);
+            }
+            index.insert(&r, &k);
+        }
+        self.objects.insert(r, k);
+    }
+
+    fn remove(&mut self, r: &ObjectRef) -> Option<Arc<K>> {
+        let old = self.objects.remove(r)?;
+        for index in self.indexes.values_mut() {
+            index.remove(r, &old);
+        }
+        Some(old)
+    }
+}
+
+type Map<K> = Arc<RwLock<Inner<K>>>;
 
 /// Read side of the cache.
 pub struct Store<K> {
@@ -84,7 +149,7 @@ pub fn store<K>() -> (Store<K>, Writer<K>) {
 
 impl<K: Resource> Store<K> {
     pub fn get(&self, key: &ObjectRef) -> Option<Arc<K>> {
-        self.map.read().expect("store lock").get(key).cloned()
+        self.map.read().expect("store lock").objects.get(key).cloned()
     }
 
     /// Every cached object.
@@ -92,6 +157,7 @@ impl<K: Resource> Store<K> {
         self.map
             .read()
             .expect("store lock")
+            .objects
             .values()
             .cloned()
             .collect()
@@ -102,14 +168,48 @@ impl<K: Resource> Store<K> {
         self.map
             .read()
             .expect("store lock")
+            .objects
             .values()
             .filter(|k| filter(k))
             .cloned()
             .collect()
     }
 
+    /// Keep index `name`: every object filed under `key(object)` (objects for which it
+    /// is `None` are left out). Built from what is cached now and kept up to date by
+    /// the writer; adding a name again replaces that index.
+    pub fn add_index(
+        &self,
+        name: &'static str,
+        key: impl Fn(&K) -> Option<String> + Send + Sync + 'static,
+    ) {
+        let mut inner = self.map.write().expect("store lock");
+        let mut index = Index {
+            key: Arc::new(key),
+            groups: HashMap::new(),
+        };
+        for (r, k) in &inner.objects {
+            index.insert(r, k);
+        }
+        inner.indexes.insert(name, index);
+    }
+
+    /// The cached objects index `name` files under `value` (none if there is no such
+    /// index).
+    pub fn by_index(&self, name: &str, value: &str) -> Vec<Arc<K>> {
+        let inner = self.map.read().expect("store lock");
+        inner
+            .indexes
+            .get(name)
+            .and_then(|i| i.groups.get(value))
+            .into_iter()
+            .flatten()
+            .filter_map(|r| inner.objects.get(r).cloned())
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
-        self.map.read().expect("store lock").len()
+        self.map.read().expect("store lock").objects.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -131,14 +231,14 @@ impl<K: Resource> Writer<K> {
     /// Apply an event; for a relist, returns the objects the relist dropped (deleted
     /// while the watch was away).
     pub fn apply(&mut self, event: &Event<K>) -> Vec<Arc<K>> {
-        let mut map = self.map.write().expect("store lock");
+        let mut inner = self.map.write().expect("store lock");
         match event {
             Event::Applied(k) => {
-                map.insert(ObjectRef::of(k), Arc::new(k.clone()));
+                inner.insert(ObjectRef::of(k), Arc::new(k.clone()));
                 vec![]
             }
             Event::Deleted(k) => {
-                map.remove(&ObjectRef::of(k));
+                inner.remove(&ObjectRef::of(k));
                 vec![]
             }
             Event::Restarted(all) => {
@@ -146,10 +246,19 @@ impl<K: Resource> Writer<K> {
                     .iter()
                     .map(|k| (ObjectRef::of(k), Arc::new(k.clone())))
                     .collect();
-                let old = std::mem::replace(&mut *map, fresh);
+                let old = std::mem::replace(&mut inner.objects, fresh);
+                for index in inner.indexes.values_mut() {
+                    index.groups.clear();
+                }
+                let Inner { objects, indexes } = &mut *inner;
+                for index in indexes.values_mut() {
+                    for (r, k) in objects.iter() {
+                        index.insert(r, k);
+                    }
+                }
                 self.ready.send_replace(true);
                 old.into_iter()
-                    .filter(|(key, _)| !map.contains_key(key))
+                    .filter(|(key, _)| !inner.objects.contains_key(key))
                     .map(|(_, k)| k)
                     .collect()
             }
@@ -177,4 +286,55 @@ where
             .map(|k| Ok(Event::Deleted(k.as_ref().clone())));
         futures::stream::iter(std::iter::once(event).chain(deletions))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crds::{Instance, InstanceSpec, Workload};
+
+    fn instance(name: &str, service: &str) -> Instance {
+        let mut i = Instance::new(
+            name,
+            InstanceSpec {
+                service: service.into(),
+                ordinal: 0,
+                template: Workload::default(),
+                cluster: None,
+                node: None,
+            },
+        );
+        i.metadata.namespace = Some("default".into());
+        i
+    }
+
+    fn names(v: Vec<Arc<Instance>>) -> Vec<String> {
+        let mut n: Vec<String> = v.iter().map(|i| i.metadata.name.clone()).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn an_index_follows_applies_deletes_and_relists() {
+        let (store, mut writer) = store::<Instance>();
+        writer.apply(&Event::Applied(instance("a", "web")));
+        // Added after the first object: built from what is cached.
+        store.add_index("service", |i: &Instance| Some(i.spec.service.clone()));
+        writer.apply(&Event::Applied(instance("b", "web")));
+        writer.apply(&Event::Applied(instance("c", "db")));
+        assert_eq!(names(store.by_index("service", "web")), ["a", "b"]);
+        assert_eq!(names(store.by_index("service", "db")), ["c"]);
+
+        // A changed key moves the object; a deletion drops it.
+        writer.apply(&Event::Applied(instance("b", "db")));
+        writer.apply(&Event::Deleted(instance("c", "db")));
+        assert_eq!(names(store.by_index("service", "web")), ["a"]);
+        assert_eq!(names(store.by_index("service", "db")), ["b"]);
+
+        // A relist rebuilds it.
+        writer.apply(&Event::Restarted(vec![instance("d", "web")]));
+        assert_eq!(names(store.by_index("service", "web")), ["d"]);
+        assert!(store.by_index("service", "db").is_empty());
+        assert!(store.by_index("no-such-index", "web").is_empty());
+    }
 }
