@@ -65,6 +65,15 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if k.kind == "Instance" {
+            resources.push(json!({
+                "name": format!("{}/binding", k.plural),
+                "singularName": "",
+                "namespaced": k.namespaced,
+                "kind": "Binding",
+                "verbs": ["create"],
+            }));
+        }
     }
     let group_version = if group.is_empty() {
         version.to_string()

@@ -85,7 +85,16 @@ struct Target {
     kind: &'static KindInfo,
     namespace: Option<String>,
     name: Option<String>,
-    status: bool,
+    sub: Sub,
+}
+
+/// The subresource a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    None,
+    Status,
+    /// `instances/NAME/binding` (POST only).
+    Binding,
 }
 
 enum Route {
@@ -138,16 +147,17 @@ fn parse_path(path: &str) -> Result<Route, ApiError> {
     if namespace.is_some() && !kind.namespaced {
         return Err(missing());
     }
-    let status = match sub {
-        None => false,
-        Some("status") if kind.has_status => true,
+    let sub = match sub {
+        None => Sub::None,
+        Some("status") if kind.has_status => Sub::Status,
+        Some("binding") if kind.kind == "Instance" => Sub::Binding,
         Some(_) => return Err(missing()),
     };
     Ok(Route::Resource(Target {
         kind,
         namespace,
         name,
-        status,
+        sub,
     }))
 }
 
@@ -187,10 +197,10 @@ async fn api(
         Err(e) => return e.into_response(),
     };
     let verb = verb(&method, &target, &query);
-    let resource = if target.status {
-        format!("{}/status", target.kind.plural)
-    } else {
-        target.kind.plural.to_string()
+    let resource = match target.sub {
+        Sub::None => target.kind.plural.to_string(),
+        Sub::Status => format!("{}/status", target.kind.plural),
+        Sub::Binding => format!("{}/binding", target.kind.plural),
     };
     let span = tracing::info_span!("request", verb, resource = %resource, namespace = target.namespace.as_deref(), name = target.name.as_deref());
     let handled = handle(&state, &method, &target, &query, &headers, body);
@@ -288,7 +298,7 @@ async fn handle(
     let registry = &state.registry;
     let kind = target.kind;
     let ns = target.namespace.as_deref();
-    let part = if target.status {
+    let part = if target.sub == Sub::Status {
         Part::Status
     } else {
         Part::Main
@@ -297,6 +307,18 @@ async fn handle(
         .get(header::ACCEPT)
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.contains("as=Table"));
+    if target.sub == Sub::Binding {
+        return match (method, target.name.as_deref()) {
+            (&Method::POST, Some(name)) => {
+                let body = read_body(state, body).await?;
+                let bound = registry.bind(kind, ns, name, body).await?;
+                Ok((StatusCode::CREATED, Json(bound)).into_response())
+            }
+            _ => Err(ApiError::MethodNotAllowed(format!(
+                "{method} is not supported on a binding; POST one"
+            ))),
+        };
+    }
     match (method.clone(), target.name.as_deref()) {
         (Method::GET, None) if is_true(query.get("watch")) => {
             watch(state, target, query, table).await
@@ -343,7 +365,7 @@ async fn handle(
             let patch = read_body(state, body).await?;
             Ok(Json(registry.patch(kind, ns, name, patch, part).await?).into_response())
         }
-        (Method::DELETE, Some(name)) if !target.status => {
+        (Method::DELETE, Some(name)) if target.sub == Sub::None => {
             let body = axum::body::to_bytes(body, state.config.max_body_bytes)
                 .await
                 .map_err(|_| ApiError::TooLarge {

@@ -2,7 +2,8 @@
 //!
 //! Everything the server guarantees about an object lives here: server-owned metadata
 //! (uid, timestamps, generation), schema validation before any write, immutable
-//! fields, optimistic concurrency, the `status` subresource, and finalizers.
+//! fields, optimistic concurrency, the `status` subresource, the `binding` subresource
+//! of Instances, and finalizers.
 
 use std::sync::Arc;
 
@@ -358,6 +359,68 @@ impl Registry {
             object::merge_patch(&mut patched, &patch);
             check_type(kind, &patched)?;
             Ok(take_part(kind, current, &patched, part))
+        })
+        .await
+    }
+
+    /// The `binding` subresource of Instances (as Kubernetes' `pods/binding`): bind
+    /// Instance `name` to the target in `body` (`{"target": {"kind": "Cluster" | "Node",
+    /// "name": …}}`, optionally `metadata.resourceVersion`) — `spec.cluster` or
+    /// `spec.node`, phase `Scheduled` and the `Scheduled=True` condition — in one write.
+    /// An Instance already bound to another target is a 409.
+    pub async fn bind(
+        &self,
+        kind: &KindInfo,
+        ns: Option<&str>,
+        name: &str,
+        body: Value,
+    ) -> Result<Value, ApiError> {
+        let precondition = object::resource_version(&body).map_err(ApiError::BadRequest)?;
+        let target_name = body
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| ApiError::BadRequest("a binding needs target.name".into()))?;
+        let (field, noun) = match body.pointer("/target/kind").and_then(Value::as_str) {
+            Some("Cluster") => ("cluster", "cluster"),
+            Some("Node") => ("node", "node"),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "target.kind: {:?} is not one of Cluster, Node",
+                    other.unwrap_or_default()
+                )))
+            }
+        };
+        self.write(kind, ns, name, precondition, |current| {
+            let mut instance: crds::Instance =
+                serde_json::from_value(current.clone()).map_err(internal)?;
+            let bound = match field {
+                "cluster" => &mut instance.spec.cluster,
+                _ => &mut instance.spec.node,
+            };
+            match bound.as_deref() {
+                Some(b) if b != target_name => {
+                    return Err(ApiError::Conflict {
+                        plural: kind.plural.into(),
+                        name: name.into(),
+                        message: format!("the instance is already bound to {noun} {b}"),
+                    })
+                }
+                _ => *bound = Some(target_name.to_string()),
+            }
+            let status = instance.status.get_or_insert_with(Default::default);
+            status.phase = crds::Phase::Scheduled;
+            status.reason.clear();
+            status.message.clear();
+            crds::set_condition(
+                &mut status.conditions,
+                "Scheduled",
+                crds::ConditionStatus::True,
+                "Placed",
+                &format!("placed on {noun} {target_name}"),
+                Utc::now(),
+            );
+            serde_json::to_value(&instance).map_err(internal)
         })
         .await
     }

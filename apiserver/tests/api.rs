@@ -74,6 +74,7 @@ async fn all_scenarios(c: &Client) {
     crud_and_concurrency(c).await;
     validation_errors(c).await;
     status_subresource_and_generation(c).await;
+    binding_subresource(c).await;
     finalizers(c).await;
     paging_and_selectors(c).await;
     watches(c).await;
@@ -275,6 +276,78 @@ async fn status_subresource_and_generation(c: &Client) {
         (422, vec!["status.conditions[0].status".to_string()])
     );
     clusters.delete("munich-1", None).await.unwrap();
+}
+
+async fn binding_subresource(c: &Client) {
+    let inst = c.dynamic(kind("inst"), Some("default"));
+    let created = inst
+        .create(&json!({
+            "apiVersion": "oakestra.io/v1", "kind": "Instance", "metadata": {"name": "bind-0"},
+            "spec": {"service": "bind", "ordinal": 0, "template": {"image": "x"}},
+        }))
+        .await
+        .unwrap();
+
+    // A stale version is a 409 and writes nothing.
+    let stale = (rv(&created).parse::<i64>().unwrap() - 1).to_string();
+    let (code, _, _) = api_error(
+        inst.bind("bind-0", "Cluster", "c1", Some(&stale))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 409);
+    assert!(inst.get("bind-0").await.unwrap()["spec"]
+        .get("cluster")
+        .is_none());
+
+    // One write: the target field, the phase and the Scheduled condition.
+    let bound = inst
+        .bind("bind-0", "Cluster", "c1", Some(&rv(&created)))
+        .await
+        .unwrap();
+    assert_eq!(bound["spec"]["cluster"], "c1");
+    assert_eq!(bound["status"]["phase"], "Scheduled");
+    let scheduled = &bound["status"]["conditions"][0];
+    assert_eq!(
+        (&scheduled["type"], &scheduled["status"], &scheduled["message"]),
+        (&json!("Scheduled"), &json!("True"), &json!("placed on cluster c1"))
+    );
+    assert_eq!(
+        rv(&bound).parse::<i64>().unwrap(),
+        rv(&created).parse::<i64>().unwrap() + 1,
+        "one write"
+    );
+    let read = inst.get("bind-0").await.unwrap();
+    assert_eq!(read, bound);
+
+    // Then the node; binding the same target again changes nothing.
+    let on_node = inst.bind("bind-0", "Node", "n1", None).await.unwrap();
+    assert_eq!(
+        (&on_node["spec"]["cluster"], &on_node["spec"]["node"]),
+        (&json!("c1"), &json!("n1"))
+    );
+    let again = inst.bind("bind-0", "Node", "n1", None).await.unwrap();
+    assert_eq!(rv(&again), rv(&on_node));
+
+    // Another target is a 409 that names the one it has; a bad target a 400.
+    let (code, message, _) =
+        api_error(inst.bind("bind-0", "Cluster", "c2", None).await.unwrap_err());
+    assert_eq!(code, 409);
+    assert!(
+        message.contains("already bound to cluster c1"),
+        "{message}"
+    );
+    let (code, message, _) =
+        api_error(inst.bind("bind-0", "Widget", "w", None).await.unwrap_err());
+    assert_eq!(code, 400);
+    assert!(message.contains("target.kind"), "{message}");
+    let (code, _, _) = api_error(inst.bind("nobody", "Node", "n1", None).await.unwrap_err());
+    assert_eq!(code, 404);
+    // Only Instances have bindings.
+    let services = c.dynamic(kind("svc"), Some("default"));
+    let (code, _, _) = api_error(services.bind("web", "Node", "n1", None).await.unwrap_err());
+    assert_eq!(code, 404);
+    inst.delete("bind-0", None).await.unwrap();
 }
 
 async fn finalizers(c: &Client) {
@@ -556,7 +629,9 @@ async fn discovery(c: &Client) {
         "services",
         "services/status",
         "instances",
+        "instances/binding",
         "events",
+        "leases",
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }

@@ -317,6 +317,29 @@ impl DynamicApi {
             .await
     }
 
+    /// POST to the `binding` subresource (Instances): bind `name` to the target
+    /// `target_kind` (`Cluster` or `Node`) named `target`, at `resource_version` if
+    /// given; the server sets the target field and the `Scheduled` condition in one
+    /// write and answers with the object.
+    pub async fn bind(
+        &self,
+        name: &str,
+        target_kind: &str,
+        target: &str,
+        resource_version: Option<&str>,
+    ) -> Result<Value> {
+        let url = format!("{}/binding", self.item_url(name));
+        let body = serde_json::json!({
+            "apiVersion": crds::API_VERSION,
+            "kind": "Binding",
+            "metadata": {"name": name, "resourceVersion": resource_version},
+            "target": {"kind": target_kind, "name": target},
+        });
+        self.client
+            .json(self.client.http.post(&url).json(&body), &url)
+            .await
+    }
+
     async fn merge_patch_url(&self, url: String, patch: &Value) -> Result<Value> {
         let request = self
             .client
@@ -506,6 +529,21 @@ impl<K: Resource> Api<K> {
         typed(
             &self.inner.item_url(name),
             self.inner.patch(name, patch).await?,
+        )
+    }
+    /// See [`DynamicApi::bind`].
+    pub async fn bind(
+        &self,
+        name: &str,
+        target_kind: &str,
+        target: &str,
+        resource_version: Option<&str>,
+    ) -> Result<K> {
+        typed(
+            &self.inner.item_url(name),
+            self.inner
+                .bind(name, target_kind, target, resource_version)
+                .await?,
         )
     }
     pub async fn patch_status(&self, name: &str, patch: &Value) -> Result<K> {

@@ -219,30 +219,25 @@ impl Binder {
         let noun = self.noun();
         match decision {
             Decision::Place(target) => {
-                let field = match self.tier {
-                    Tier::Cluster => "cluster",
-                    Tier::Node => "node",
+                let target_kind = match self.tier {
+                    Tier::Cluster => "Cluster",
+                    Tier::Node => "Node",
                 };
-                let patch = json!({
-                    "metadata": {"resourceVersion": instance.metadata.resource_version},
-                    "spec": {field: target},
-                });
-                if let Err(e) = api.patch(&instance.metadata.name, &patch).await {
+                // Target field, phase and Scheduled condition in one write, at the
+                // version read.
+                let bound = api
+                    .bind(
+                        &instance.metadata.name,
+                        target_kind,
+                        &target,
+                        instance.metadata.resource_version.as_deref(),
+                    )
+                    .await;
+                if let Err(e) = bound {
                     self.recent.lock().expect("recent lock").remove(&key);
                     return Err(e.into());
                 }
                 let message = format!("placed on {noun} {target}");
-                status.phase = Phase::Scheduled;
-                set_condition(
-                    &mut status.conditions,
-                    "Scheduled",
-                    ConditionStatus::True,
-                    "Placed",
-                    &message,
-                    now,
-                );
-                let patch = json!({"status": {"phase": status.phase, "reason": null, "message": null, "conditions": status.conditions}});
-                api.patch_status(&instance.metadata.name, &patch).await?;
                 self.recorder
                     .record(instance, EventType::Normal, "Placed", &message)
                     .await;

@@ -37,6 +37,10 @@ pub trait Addressed: Resource + HasConditions {
     const FIELD: &'static str;
     /// The condition that reports the allocation.
     const CONDITION: &'static str;
+    /// Whether an allocation is also recorded as an Event. Not for Instances: one
+    /// Event per Instance IP was one more write per Instance at scale, and the
+    /// condition says the same.
+    const EVENT_ON_ASSIGN: bool = true;
     fn address(&self) -> Option<String>;
     /// An address the user asked for.
     fn requested(&self) -> Option<Ipv4Addr> {
@@ -74,6 +78,7 @@ impl Addressed for Service {
 impl Addressed for Instance {
     const FIELD: &'static str = "instanceIP";
     const CONDITION: &'static str = "InstanceIPAssigned";
+    const EVENT_ON_ASSIGN: bool = false;
     fn address(&self) -> Option<String> {
         Some(self.status.as_ref()?.instance_ip?.to_string())
     }
@@ -346,10 +351,12 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
                 ctx.pending.lock().expect("pending lock").remove(&key);
                 return Err(e.into());
             }
-            let message = format!("{} {address}", K::FIELD);
-            ctx.recorder
-                .record(k.as_ref(), EventType::Normal, K::CONDITION, &message)
-                .await;
+            if K::EVENT_ON_ASSIGN {
+                let message = format!("{} {address}", K::FIELD);
+                ctx.recorder
+                    .record(k.as_ref(), EventType::Normal, K::CONDITION, &message)
+                    .await;
+            }
             Ok(Action::await_change())
         }
         Err((reason, message)) => {
