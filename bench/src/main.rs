@@ -261,6 +261,12 @@ async fn main() -> anyhow::Result<()> {
             oakestra: cli.oakestra.clone(),
             work_dir: cli.work_dir.clone(),
             time_bound: run_timeout,
+            idle_for: Duration::from_secs(if cli.quick { 3 } else { 10 }),
+            settle_for: Duration::from_secs(if cli.quick {
+                0
+            } else {
+                2 * cli.hollow_heartbeat_seconds
+            }),
         };
         let scheduling_report = scheduling::run(&opts).await?;
         scheduling::print(&scheduling_report);

@@ -43,6 +43,11 @@ pub struct Options {
     /// Where stores and logs go (kept); a temp dir (removed) when `None`.
     pub work_dir: Option<PathBuf>,
     pub time_bound: Duration,
+    /// How long the fleet's CPU is measured at rest (all nodes Ready, nothing to
+    /// schedule) before the burst, and how long it first settles (the first heartbeats
+    /// write each node's status until the cluster has assigned its subnet).
+    pub idle_for: Duration,
+    pub settle_for: Duration,
 }
 
 /// A milestone of one Instance, as a watch saw it.
@@ -99,6 +104,8 @@ pub struct Usage {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub binary: PathBuf,
+    /// CPUs of the machine.
+    pub cpus: usize,
     pub clusters: usize,
     pub nodes_per_cluster: usize,
     pub instances: usize,
@@ -112,6 +119,12 @@ pub struct Report {
     /// Instances bound at a cluster in each second after the first Service create.
     pub bound_per_second: Vec<usize>,
     pub usage: Vec<Usage>,
+    /// CPU of the whole fleet (root, clusters, hollow processes) in cores: at rest,
+    /// and during the burst.
+    pub idle_fleet_cores: f64,
+    pub burst_fleet_cores: f64,
+    /// How long the burst was sampled.
+    pub burst_seconds: f64,
     pub other_load_cores: Option<f64>,
     pub loadavg_start: Option<f64>,
     pub watch_restarts: usize,
@@ -137,6 +150,26 @@ impl Report {
     pub fn bound_rate(&self) -> Option<f64> {
         self.all_after(Mark::BoundAtCluster)
             .map(|d| self.instances as f64 / d.as_secs_f64())
+    }
+
+    /// CPU milliseconds the fleet spent per bound Instance beyond its CPU at rest
+    /// (heartbeats and reports go on during the burst; this is what scheduling added).
+    /// `None` when the fleet kept most of the machine busy already at rest: then the
+    /// burst can only take CPU from the heartbeats, and the difference means nothing.
+    pub fn cpu_ms_per_instance(&self) -> Option<f64> {
+        if self.idle_fleet_cores > 0.75 * self.cpus as f64 {
+            return None;
+        }
+        let bound = self
+            .reached
+            .iter()
+            .find(|r| r.0 == Mark::BoundAtCluster)?
+            .1;
+        (bound > 0).then(|| {
+            (self.burst_fleet_cores - self.idle_fleet_cores).max(0.0) * self.burst_seconds
+                / bound as f64
+                * 1e3
+        })
     }
 }
 
@@ -203,6 +236,16 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     for url in &scraped {
         metrics_before.push(crate::prom::scrape(url).await.unwrap_or_default());
     }
+    // What the fleet costs at rest (heartbeats, Lease renewals, cluster reports), so
+    // that what the burst adds can be told apart.
+    tokio::time::sleep(opts.settle_for).await;
+    let idle = Sampler::start(&fleet);
+    tokio::time::sleep(opts.idle_for).await;
+    let idle = idle.stop(&fleet);
+    eprintln!(
+        "scheduling: at rest the fleet uses {:.2} cores",
+        idle.fleet_cores
+    );
     let sampler = Sampler::start(&fleet);
     let services = root.dynamic(
         crds::kind_by_name("services").expect("served"),
@@ -312,6 +355,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     drop(fleet);
     Ok(Report {
         binary,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         clusters: opts.clusters,
         nodes_per_cluster: opts.nodes_per_cluster,
         instances: opts.instances,
@@ -320,8 +364,11 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         reached,
         latency,
         bound_per_second,
-        other_load_cores: usage.1,
-        usage: usage.0,
+        other_load_cores: usage.other,
+        idle_fleet_cores: idle.fleet_cores,
+        burst_fleet_cores: usage.fleet_cores,
+        burst_seconds: usage.seconds,
+        usage: usage.usage,
         loadavg_start,
         watch_restarts: restarts.load(std::sync::atomic::Ordering::Relaxed),
         api_load,
@@ -505,6 +552,16 @@ async fn follow(
 /// Reads one CPU counter (seconds) out of a sample.
 type CpuOf = dyn Fn(&Sample) -> f64;
 
+/// What a [`Sampler`] measured.
+struct Measured {
+    usage: Vec<Usage>,
+    /// The rest of the machine's load, in cores.
+    other: Option<f64>,
+    /// Root, clusters and hollow processes together, in cores.
+    fleet_cores: f64,
+    seconds: f64,
+}
+
 /// Samples RSS and CPU of the watched processes once a second in a thread.
 struct Sampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -561,13 +618,18 @@ impl Sampler {
         Sampler { stop, thread }
     }
 
-    /// Stop sampling; per role the RSS and CPU figures, and the rest of the machine's
-    /// load in cores.
-    fn stop(self, fleet: &Fleet) -> (Vec<Usage>, Option<f64>) {
+    /// Stop sampling; per role the RSS and CPU figures, the fleet's CPU and the rest of
+    /// the machine's load in cores.
+    fn stop(self, fleet: &Fleet) -> Measured {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let samples = self.thread.join().unwrap_or_default();
         let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
-            return (Vec::new(), None);
+            return Measured {
+                usage: Vec::new(),
+                other: None,
+                fleet_cores: 0.0,
+                seconds: 0.0,
+            };
         };
         let secs = (last.at - first.at).as_secs_f64().max(1e-9);
         let share = |f: &dyn Fn(&Sample) -> f64| {
@@ -617,9 +679,15 @@ impl Sampler {
                 ..Usage::default()
             });
         }
-        let ours = |s: &Sample| s.procs[0].1 + s.clusters_cpu + s.hollows_cpu + s.own_cpu;
+        let fleet_cpu = |s: &Sample| s.procs[0].1 + s.clusters_cpu + s.hollows_cpu;
+        let ours = |s: &Sample| fleet_cpu(s) + s.own_cpu;
         let other = ((last.machine_busy - first.machine_busy) - (ours(last) - ours(first))) / secs;
-        (usage, Some(other.max(0.0)))
+        Measured {
+            usage,
+            other: Some(other.max(0.0)),
+            fleet_cores: (fleet_cpu(last) - fleet_cpu(first)) / secs,
+            seconds: secs,
+        }
     }
 }
 
@@ -648,6 +716,9 @@ pub fn to_json(r: &Report) -> Value {
             "cpu_peak_share": round3(u.cpu_peak),
         })).collect::<Vec<_>>(),
         "other_load_cores": r.other_load_cores.map(round3),
+        "fleet_cores_at_rest": round3(r.idle_fleet_cores),
+        "fleet_cores_in_burst": round3(r.burst_fleet_cores),
+        "fleet_cpu_ms_per_instance": r.cpu_ms_per_instance().map(round3),
         "loadavg_1min_start": r.loadavg_start,
         "watch_restarts": r.watch_restarts,
         "api_load": r.api_load.iter().map(|a| {
@@ -733,6 +804,20 @@ pub fn print(r: &Report) {
     }
     if let Some(other) = r.other_load_cores {
         println!("  rest of the machine meanwhile: {other:.2} cores");
+    }
+    println!(
+        "  fleet CPU (root, clusters, hollow): {:.2} cores at rest, {:.2} in the burst",
+        r.idle_fleet_cores, r.burst_fleet_cores
+    );
+    match r.cpu_ms_per_instance() {
+        Some(per) => println!(
+            "  CPU per Instance beyond the fleet at rest: {per:.1} ms (1000 Instances/s would need {:.1} cores for it)",
+            per
+        ),
+        None => println!(
+            "  CPU per Instance: not measurable, the fleet at rest keeps over 3/4 of the {} CPUs busy",
+            r.cpus
+        ),
     }
     for a in &r.api_load {
         let total: f64 = a.requests.iter().map(|x| x.1).sum();

@@ -9,7 +9,7 @@
 //! - **node lifecycle**: [`crate::lifecycle`] over Nodes; Instances of a node NotReady past
 //!   the eviction timeout are bound to other nodes by the scheduler.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -285,6 +285,44 @@ struct SyncCtx {
     handback: Duration,
     locals: Store<Instance>,
     namespaces: Mutex<HashSet<String>>,
+    /// The root Instances as this controller last wrote them, while its cache of the
+    /// root has not caught up: the next write up goes at that version, not at the
+    /// cache's older one (each write up — binding, then status a few times — would
+    /// otherwise be a 409 and a read).
+    written: Mutex<HashMap<ObjectRef, Instance>>,
+}
+
+/// The version of an object as a number (0 when it has none).
+fn version(i: &Instance) -> i64 {
+    i.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+impl SyncCtx {
+    /// The newer of the cached root Instance and the one this controller last wrote.
+    fn newest(&self, key: &ObjectRef, cached: Arc<Instance>) -> Arc<Instance> {
+        let mut written = self.written.lock().expect("written lock");
+        match written.get(key) {
+            Some(w) if w.metadata.uid == cached.metadata.uid && version(w) > version(&cached) => {
+                Arc::new(w.clone())
+            }
+            Some(_) => {
+                written.remove(key);
+                cached
+            }
+            None => cached,
+        }
+    }
+
+    fn wrote(&self, key: ObjectRef, instance: Instance) {
+        self.written
+            .lock()
+            .expect("written lock")
+            .insert(key, instance);
+    }
 }
 
 /// Down: root Instances placed here get a local copy. Up: the local binding and status
@@ -317,6 +355,7 @@ async fn sync_instances(
         handback,
         locals,
         namespaces: Mutex::default(),
+        written: Mutex::default(),
     });
     controller
         .run_keyed(
@@ -339,6 +378,7 @@ async fn sync_one(
             && r.metadata.deletion_timestamp.is_none()
     });
     let Some(remote) = ours else {
+        ctx.written.lock().expect("written lock").remove(&key);
         if let Some(l) = local {
             tracing::info!(instance = %key, "no longer placed on this cluster; removing the local copy");
             match local_api.delete(&l.metadata.name).await {
@@ -371,22 +411,23 @@ async fn sync_one(
         }
     };
     let root_api: Api<Instance> = ctx.root.api(ns);
+    let remote = ctx.newest(&key, remote);
     if local.spec.node != remote.spec.node {
         let node = local.spec.node.clone();
-        write_up(&ctx, &root_api, &remote, |at| {
+        write_up(&ctx, &key, &root_api, &remote, |at| {
             let patch = json!({"metadata": {"resourceVersion": at.metadata.resource_version}, "spec": {"node": node}});
             let api = root_api.clone();
-            async move { api.patch(&at.metadata.name, &patch).await.map(|_| ()) }
+            async move { api.patch(&at.metadata.name, &patch).await }
         })
         .await?;
         return Ok(Action::await_change());
     }
     if let Some(status) = &local.status {
         if remote.status.as_ref() != Some(status) {
-            write_up(&ctx, &root_api, &remote, |mut up| {
+            write_up(&ctx, &key, &root_api, &remote, |mut up| {
                 up.status = Some(status.clone());
                 let api = root_api.clone();
-                async move { api.replace_status(&up).await.map(|_| ()) }
+                async move { api.replace_status(&up).await }
             })
             .await?;
         }
@@ -400,13 +441,14 @@ async fn sync_one(
 /// once, instead of a retry with backoff from a cache that may lag still.
 async fn write_up<F, Fut>(
     ctx: &SyncCtx,
+    key: &ObjectRef,
     root_api: &Api<Instance>,
     remote: &Instance,
     write: F,
 ) -> Result<(), Error>
 where
     F: Fn(Instance) -> Fut,
-    Fut: std::future::Future<Output = Result<(), client::ClientError>>,
+    Fut: std::future::Future<Output = Result<Instance, client::ClientError>>,
 {
     let mut at = remote.clone();
     let mut attempts = 0;
@@ -427,7 +469,10 @@ where
                 }
                 at = fresh;
             }
-            other => return Ok(other?),
+            other => {
+                ctx.wrote(key.clone(), other?);
+                return Ok(());
+            }
         }
     }
 }

@@ -42,6 +42,11 @@ pub trait Addressed: Resource + HasConditions {
     /// condition says the same.
     const EVENT_ON_ASSIGN: bool = true;
     fn address(&self) -> Option<String>;
+    /// The scope the object's pool belongs to, as far as the object tells: objects of
+    /// one scope share one pool (an Instance: its node; `None` while unbound).
+    fn scope(&self) -> Option<String> {
+        Some(String::new())
+    }
     /// An address the user asked for.
     fn requested(&self) -> Option<Ipv4Addr> {
         None
@@ -81,6 +86,9 @@ impl Addressed for Instance {
     const EVENT_ON_ASSIGN: bool = false;
     fn address(&self) -> Option<String> {
         Some(self.status.as_ref()?.instance_ip?.to_string())
+    }
+    fn scope(&self) -> Option<String> {
+        self.spec.node.clone()
     }
 }
 
@@ -135,6 +143,9 @@ impl std::fmt::Display for Pool {
 /// while it is not known (e.g. the Instance's node has no subnet yet).
 type PoolOf<K> = Box<dyn Fn(&K) -> Option<(Pool, String)> + Send + Sync>;
 
+/// Name of the allocator cache's index by [`Addressed::scope`].
+const BY_SCOPE: &str = "scope";
+
 struct Ctx<K> {
     client: Client,
     store: Store<K>,
@@ -153,8 +164,10 @@ async fn run_allocator<K: Addressed>(
     pool_of: PoolOf<K>,
     shutdown: CancellationToken,
 ) {
+    let store = controller.store();
+    store.add_index(BY_SCOPE, K::scope);
     let ctx = Arc::new(Ctx {
-        store: controller.store(),
+        store,
         recorder: Recorder::new(client.clone(), "subnet-allocator"),
         client,
         pool_of,
@@ -235,13 +248,13 @@ pub async fn run_cluster(
     });
     let mut instances = allocator::<Instance>(&client, "instance-ips");
     let instance_store = instances.store();
+    instance_store.add_index(BY_SCOPE, Instance::scope);
     let node_cache = instances.watches(
         client.api::<Node>(None),
         ListParams::default(),
         move |n: &Node| {
-            let name = &n.metadata.name;
             instance_store
-                .find(|i| i.spec.node.as_deref() == Some(name.as_str()))
+                .by_index(BY_SCOPE, &n.metadata.name)
                 .iter()
                 .map(|i| ObjectRef::of(i.as_ref()))
                 .collect()
@@ -287,12 +300,12 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
                 .get(k)
                 .is_some_and(|o| o.address().as_ref() != Some(a))
         });
+        // The addresses of the pool's other objects (those of its scope).
         let mut owners: HashMap<String, String> = ctx
             .store
-            .state()
+            .by_index(BY_SCOPE, &scope)
             .iter()
             .filter(|o| ObjectRef::of(o.as_ref()) != key)
-            .filter(|o| (ctx.pool_of)(o).is_some_and(|(_, s)| s == scope))
             .filter_map(|o| Some((o.address()?, ObjectRef::of(o.as_ref()).to_string())))
             .collect();
         owners.extend(

@@ -8,7 +8,7 @@
 //! derived from each (an Instance's Service, say), kept up to date by the writer, so a
 //! reconciler asks for one group instead of scanning every cached object.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
@@ -55,13 +55,14 @@ type IndexKey<K> = Arc<dyn Fn(&K) -> Option<String> + Send + Sync>;
 
 struct Index<K> {
     key: IndexKey<K>,
-    groups: HashMap<String, HashSet<ObjectRef>>,
+    /// The objects of each group (held here too: reading a group looks nothing up).
+    groups: HashMap<String, HashMap<ObjectRef, Arc<K>>>,
 }
 
 impl<K> Index<K> {
-    fn insert(&mut self, r: &ObjectRef, k: &K) {
+    fn insert(&mut self, r: &ObjectRef, k: &Arc<K>) {
         if let Some(g) = (self.key)(k) {
-            self.groups.entry(g).or_default().insert(r.clone());
+            self.groups.entry(g).or_default().insert(r.clone(), k.clone());
         }
     }
 
@@ -202,10 +203,8 @@ impl<K: Resource> Store<K> {
             .indexes
             .get(name)
             .and_then(|i| i.groups.get(value))
-            .into_iter()
-            .flatten()
-            .filter_map(|r| inner.objects.get(r).cloned())
-            .collect()
+            .map(|g| g.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
