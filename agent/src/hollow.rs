@@ -115,18 +115,19 @@ async fn serve(
         })
         .collect();
     // Register and send a first heartbeat, so every node is Ready when this returns.
-    let results: Vec<Result<(), ClientError>> = futures::stream::iter(names.iter().cloned().zip(beats.iter().cloned()))
-        .map(|(name, beat)| {
-            let (client, nodes, report) = (client.clone(), nodes.clone(), report.clone());
-            let info = node_info(&config, &name);
-            async move {
-                register_node(&nodes, &info).await?;
-                beat.lock().await.beat(&client, &report).await.map(|_| ())
-            }
-        })
-        .buffer_unordered(config.concurrency.max(1))
-        .collect()
-        .await;
+    let results: Vec<Result<(), ClientError>> =
+        futures::stream::iter(names.iter().cloned().zip(beats.iter().cloned()))
+            .map(|(name, beat)| {
+                let (client, nodes, report) = (client.clone(), nodes.clone(), report.clone());
+                let info = node_info(&config, &name);
+                async move {
+                    register_node(&nodes, &info).await?;
+                    beat.lock().await.beat(&client, &report).await.map(|_| ())
+                }
+            })
+            .buffer_unordered(config.concurrency.max(1))
+            .collect()
+            .await;
     if let Some(e) = results.into_iter().find_map(Result::err) {
         return Err(e.into());
     }

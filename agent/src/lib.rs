@@ -28,8 +28,8 @@ use chrono::Utc;
 use client::runtime::{Action, Controller, ObjectRef};
 use client::{Api, Client, ClientError, ListParams};
 use crds::{
-    set_condition, Capacity, ConditionStatus, Instance, Lease, LeaseSpec, Location, Node,
-    NodeSpec, Phase, RestartPolicy, Runtime as Kind,
+    set_condition, Capacity, ConditionStatus, Instance, Lease, LeaseSpec, Location, Node, NodeSpec,
+    Phase, RestartPolicy, Runtime as Kind,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -439,7 +439,12 @@ async fn beat(ctx: &Ctx) -> Result<(), AgentError> {
         usage: usage(),
         agent_endpoint: Some(ctx.endpoint.clone()),
     };
-    let subnet = ctx.heartbeat.lock().await.beat(&ctx.client, &report).await?;
+    let subnet = ctx
+        .heartbeat
+        .lock()
+        .await
+        .beat(&ctx.client, &report)
+        .await?;
     *ctx.subnet.lock().expect("not poisoned") = subnet;
     Ok(())
 }

@@ -309,8 +309,16 @@ async fn binding_subresource(c: &Client) {
     assert_eq!(bound["status"]["phase"], "Scheduled");
     let scheduled = &bound["status"]["conditions"][0];
     assert_eq!(
-        (&scheduled["type"], &scheduled["status"], &scheduled["message"]),
-        (&json!("Scheduled"), &json!("True"), &json!("placed on cluster c1"))
+        (
+            &scheduled["type"],
+            &scheduled["status"],
+            &scheduled["message"]
+        ),
+        (
+            &json!("Scheduled"),
+            &json!("True"),
+            &json!("placed on cluster c1")
+        )
     );
     assert_eq!(
         rv(&bound).parse::<i64>().unwrap(),
@@ -330,15 +338,14 @@ async fn binding_subresource(c: &Client) {
     assert_eq!(rv(&again), rv(&on_node));
 
     // Another target is a 409 that names the one it has; a bad target a 400.
-    let (code, message, _) =
-        api_error(inst.bind("bind-0", "Cluster", "c2", None).await.unwrap_err());
-    assert_eq!(code, 409);
-    assert!(
-        message.contains("already bound to cluster c1"),
-        "{message}"
+    let (code, message, _) = api_error(
+        inst.bind("bind-0", "Cluster", "c2", None)
+            .await
+            .unwrap_err(),
     );
-    let (code, message, _) =
-        api_error(inst.bind("bind-0", "Widget", "w", None).await.unwrap_err());
+    assert_eq!(code, 409);
+    assert!(message.contains("already bound to cluster c1"), "{message}");
+    let (code, message, _) = api_error(inst.bind("bind-0", "Widget", "w", None).await.unwrap_err());
     assert_eq!(code, 400);
     assert!(message.contains("target.kind"), "{message}");
     let (code, _, _) = api_error(inst.bind("nobody", "Node", "n1", None).await.unwrap_err());

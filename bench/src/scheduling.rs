@@ -160,11 +160,7 @@ impl Report {
         if self.idle_fleet_cores > 0.75 * self.cpus as f64 {
             return None;
         }
-        let bound = self
-            .reached
-            .iter()
-            .find(|r| r.0 == Mark::BoundAtCluster)?
-            .1;
+        let bound = self.reached.iter().find(|r| r.0 == Mark::BoundAtCluster)?.1;
         (bound > 0).then(|| {
             (self.burst_fleet_cores - self.idle_fleet_cores).max(0.0) * self.burst_seconds
                 / bound as f64

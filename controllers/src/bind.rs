@@ -152,7 +152,10 @@ impl Binder {
                 }
             }
         }
-        let key = service_key(instance.metadata.namespace.as_deref(), &instance.spec.service);
+        let key = service_key(
+            instance.metadata.namespace.as_deref(),
+            &instance.spec.service,
+        );
         for i in self.instances.by_index(BY_SERVICE, &key) {
             if let Some(target) = target_of(self.tier, &i) {
                 *replicas.entry(target.clone()).or_default() += 1;

@@ -109,7 +109,10 @@ pub fn service_key(namespace: Option<&str>, service: &str) -> String {
 /// Index an Instance cache by owning Service (the name in `spec.service`).
 pub fn index_by_service(instances: &client::runtime::Store<crds::Instance>) {
     instances.add_index(BY_SERVICE, |i| {
-        Some(service_key(i.metadata.namespace.as_deref(), &i.spec.service))
+        Some(service_key(
+            i.metadata.namespace.as_deref(),
+            &i.spec.service,
+        ))
     });
 }
 

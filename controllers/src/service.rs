@@ -46,7 +46,10 @@ const EXPECTATION_TTL: Duration = Duration::from_secs(30);
 pub async fn run(client: Client, config: &RootConfig, shutdown: CancellationToken) {
     let mut controller = Controller::new(client.api::<Service>(None), ListParams::default())
         .name("service")
-        .concurrency(config.concurrency);
+        .concurrency(config.concurrency)
+        // A burst changes a Service's Instances thousands of times: one reconcile
+        // (a scan of its Instances and at most one status write) per 100 ms is enough.
+        .debounce(Duration::from_millis(100));
     // An Instance change queues its Service.
     let instances = controller.watches(
         client.api::<Instance>(None),

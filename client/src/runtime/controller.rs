@@ -71,6 +71,7 @@ pub struct Controller<K: Resource> {
     readiness: Vec<Box<dyn Fn() -> bool + Send + Sync>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     concurrency: usize,
+    debounce: Duration,
     name: String,
 }
 
@@ -98,6 +99,7 @@ impl<K: Resource> Controller<K> {
             readiness: vec![Box::new(move || readiness_store.is_ready())],
             tasks: vec![main],
             concurrency: 4,
+            debounce: Duration::ZERO,
             name: K::KIND.to_lowercase(),
         }
     }
@@ -105,6 +107,14 @@ impl<K: Resource> Controller<K> {
     /// The cache of the reconciled kind.
     pub fn store(&self) -> Store<K> {
         self.store.clone()
+    }
+
+    /// Hold each triggered key this long before it is queued; triggers meanwhile are
+    /// merged into it. For a controller that many changes trigger in a burst (a
+    /// Service with thousands of Instances), one reconcile then covers them all.
+    pub fn debounce(mut self, d: Duration) -> Self {
+        self.debounce = d;
+        self
     }
 
     /// Name used in logs.
@@ -202,6 +212,9 @@ impl<K: Resource> Controller<K> {
         let (done_tx, mut done_rx) =
             mpsc::unbounded_channel::<(ObjectRef, Result<Action, (bool, String)>)>();
         let mut backoffs: HashMap<ObjectRef, Backoff> = HashMap::new();
+        // Debounced keys wait here until they are due.
+        let mut held: HashSet<ObjectRef> = HashSet::new();
+        let (due_tx, mut due_rx) = mpsc::unbounded_channel::<ObjectRef>();
         for k in self.store.state() {
             queue.push(ObjectRef::of(k.as_ref()));
         }
@@ -225,7 +238,21 @@ impl<K: Resource> Controller<K> {
             }
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some(key) = self.trigger_rx.recv() => queue.push(key),
+                Some(key) = self.trigger_rx.recv() => {
+                    if self.debounce.is_zero() {
+                        queue.push(key);
+                    } else if held.insert(key.clone()) {
+                        let (due, d) = (due_tx.clone(), self.debounce);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(d).await;
+                            let _ = due.send(key);
+                        });
+                    }
+                }
+                Some(key) = due_rx.recv() => {
+                    held.remove(&key);
+                    queue.push(key);
+                }
                 Some((key, result)) = done_rx.recv() => {
                     let delay = match result {
                         Ok(action) => {

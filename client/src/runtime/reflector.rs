@@ -62,7 +62,10 @@ struct Index<K> {
 impl<K> Index<K> {
     fn insert(&mut self, r: &ObjectRef, k: &Arc<K>) {
         if let Some(g) = (self.key)(k) {
-            self.groups.entry(g).or_default().insert(r.clone(), k.clone());
+            self.groups
+                .entry(g)
+                .or_default()
+                .insert(r.clone(), k.clone());
         }
     }
 
@@ -150,7 +153,12 @@ pub fn store<K>() -> (Store<K>, Writer<K>) {
 
 impl<K: Resource> Store<K> {
     pub fn get(&self, key: &ObjectRef) -> Option<Arc<K>> {
-        self.map.read().expect("store lock").objects.get(key).cloned()
+        self.map
+            .read()
+            .expect("store lock")
+            .objects
+            .get(key)
+            .cloned()
     }
 
     /// Every cached object.
