@@ -232,7 +232,7 @@ pub struct NodeInfo {
 }
 
 /// What a node reports in each heartbeat.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct NodeReport {
     pub capacity: Capacity,
     pub usage: Capacity,
@@ -669,5 +669,48 @@ where
             update(json!({"phase": Phase::Failed, "reason": reason, "message": e.to_string(), "restartCount": restarts})).await?;
             Ok(Action::requeue(restart_backoff(restarts)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(cpu: u64) -> NodeReport {
+        NodeReport {
+            capacity: Capacity {
+                cpu_millicores: cpu,
+                ..Default::default()
+            },
+            usage: Capacity::default(),
+            agent_endpoint: None,
+        }
+    }
+
+    #[test]
+    fn the_status_is_written_when_due_and_not_at_every_beat() {
+        let mut beat = NodeHeartbeat::new("n1", Duration::from_secs(10));
+        assert!(beat.status_due(&report(1000)), "the first beat reports");
+        beat.reported = Some((std::time::Instant::now(), report(1000)));
+        assert!(
+            beat.status_due(&report(1000)),
+            "until the cluster has assigned a subnet"
+        );
+        beat.subnet = Some("10.0.0.0/26".parse().unwrap());
+        assert!(
+            !beat.status_due(&report(1000)),
+            "a plain beat renews the Lease only"
+        );
+        // Usage moves at every beat; that alone does not make a status write.
+        let mut busier = report(1000);
+        busier.usage.cpu_millicores = 500;
+        assert!(!beat.status_due(&busier));
+        assert!(beat.status_due(&report(2000)), "capacity changed");
+        beat.failed = true;
+        assert!(beat.status_due(&report(1000)), "after a failed beat");
+        beat.failed = false;
+        let long_ago = std::time::Instant::now() - Duration::from_secs(61);
+        beat.reported = Some((long_ago, report(1000)));
+        assert!(beat.status_due(&report(1000)), "every 6 beats (60 s)");
     }
 }
