@@ -20,6 +20,7 @@ use crds::{
     set_condition, Capacity, Cluster, ClusterSpec, ClusterStatus, ConditionStatus, Instance,
     Location, Node, ObjectMeta, Phase, Runtime, API_VERSION,
 };
+use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -112,7 +113,23 @@ pub struct Summary {
 
 /// Aggregate the nodes: capacity of all, allocatable of the Ready schedulable ones minus
 /// the requests of the Instances bound to them.
-pub fn summarize(nodes: &[Node], instances: &[Instance]) -> Summary {
+pub fn summarize(nodes: &[Arc<Node>], instances: &[Arc<Instance>]) -> Summary {
+    // Requests of the non-terminal Instances, per node.
+    let mut used: HashMap<&str, (u64, u64, u32)> = HashMap::new();
+    for i in instances {
+        let Some(node) = i.spec.node.as_deref() else {
+            continue;
+        };
+        let ended = matches!(
+            i.status.as_ref().map(|s| s.phase),
+            Some(Phase::Succeeded | Phase::Failed)
+        );
+        if !ended {
+            let r = &i.spec.template.resources;
+            let u = used.entry(node).or_default();
+            *u = (u.0 + r.cpu_millicores, u.1 + r.memory_mib, u.2 + r.gpus);
+        }
+    }
     let mut s = Summary::default();
     let mut runtimes = BTreeSet::new();
     for n in nodes {
@@ -128,19 +145,10 @@ pub fn summarize(nodes: &[Node], instances: &[Instance]) -> Summary {
         s.ready_nodes += 1;
         runtimes.extend(n.spec.runtimes.iter().map(|r| format!("{r:?}")));
         let alloc = status.allocatable.unwrap_or_default();
-        let used = instances
-            .iter()
-            .filter(|i| i.spec.node.as_deref() == Some(n.metadata.name.as_str()))
-            .filter(|i| {
-                !matches!(
-                    i.status.as_ref().map(|s| s.phase),
-                    Some(Phase::Succeeded | Phase::Failed)
-                )
-            })
-            .fold((0u64, 0u64, 0u32), |(c, m, g), i| {
-                let r = &i.spec.template.resources;
-                (c + r.cpu_millicores, m + r.memory_mib, g + r.gpus)
-            });
+        let used = used
+            .get(n.metadata.name.as_str())
+            .copied()
+            .unwrap_or_default();
         s.allocatable.cpu_millicores += alloc.cpu_millicores.saturating_sub(used.0);
         s.allocatable.memory_mib += alloc.memory_mib.saturating_sub(used.1);
         s.allocatable.gpus += alloc.gpus.saturating_sub(used.2);
@@ -153,6 +161,23 @@ pub fn summarize(nodes: &[Node], instances: &[Instance]) -> Summary {
     s
 }
 
+/// A cache of `api`'s objects, fed by a watch in a task of its own until `shutdown`.
+fn cache<K: crds::Resource>(api: Api<K>, shutdown: &CancellationToken) -> Store<K> {
+    let (store, writer) = client::runtime::reflector::store();
+    let events = client::runtime::reflector::reflector(
+        writer,
+        client::runtime::watcher(api, ListParams::default()),
+    );
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = events.for_each(|_| async {}) => {}
+        }
+    });
+    store
+}
+
 /// Register and heartbeat, forever; a root that cannot be reached is retried next beat.
 async fn heartbeat(
     local: Client,
@@ -160,6 +185,14 @@ async fn heartbeat(
     config: ClusterConfig,
     shutdown: CancellationToken,
 ) {
+    // The report is summed from caches: listing every Node and Instance at each beat
+    // cost about a tenth of an idle cluster's CPU at 500 nodes.
+    let nodes = cache(local.api::<Node>(None), &shutdown);
+    let instances = cache(local.api::<Instance>(None), &shutdown);
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = async { nodes.wait_ready().await; instances.wait_ready().await } => {}
+    }
     let mut ticker = tokio::time::interval(config.heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reachable = true;
@@ -168,7 +201,8 @@ async fn heartbeat(
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match beat(&local, &root, &config).await {
+        let summary = summarize(&nodes.state(), &instances.state());
+        match beat(&local, &root, &config, summary).await {
             Ok(()) if !reachable => {
                 tracing::info!(cluster = %config.name, "root reachable again");
                 reachable = true;
@@ -184,13 +218,12 @@ async fn heartbeat(
     }
 }
 
-async fn beat(local: &Client, root: &Client, config: &ClusterConfig) -> Result<(), Error> {
-    let (nodes, _) = local.api::<Node>(None).list(&ListParams::default()).await?;
-    let (instances, _) = local
-        .api::<Instance>(None)
-        .list(&ListParams::default())
-        .await?;
-    let summary = summarize(&nodes, &instances);
+async fn beat(
+    local: &Client,
+    root: &Client,
+    config: &ClusterConfig,
+    summary: Summary,
+) -> Result<(), Error> {
     let clusters: Api<Cluster> = root.api(None);
     let current = match clusters.dynamic().get_opt(&config.name).await? {
         Some(c) => {
