@@ -481,6 +481,13 @@ async fn reconcile(
         i.spec.node.as_deref() == Some(ctx.config.node.as_str())
             && i.metadata.deletion_timestamp.is_none()
     });
+    if ctx.removing.lock().expect("not poisoned").contains(&id) {
+        // The container of this name is still being removed (a stop may take its grace
+        // period). Asking the runtime for its state now would publish its ports again
+        // (adopted containers get their ports back that way) after the removal took
+        // them down, and the port would stay taken.
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
     let state = ctx.runtime.state(&id).await?;
     let Some(instance) = mine else {
         if state.is_some() {
@@ -631,10 +638,6 @@ where
     } else {
         None
     };
-    if ctx.removing.lock().expect("not poisoned").contains(id) {
-        // The container of an earlier Instance of this name is still stopping.
-        return Ok(Action::requeue(Duration::from_millis(500)));
-    }
     // A left-over record of an earlier run is replaced.
     let begun = std::time::Instant::now();
     ctx.runtime.remove(id).await?;

@@ -52,6 +52,9 @@ pub const REJECTED_BY: &str = "oakestra.io/rejected-by";
 /// back are asked again.
 const RETRY_HANDED_BACK: Duration = Duration::from_secs(30);
 
+/// How soon an Instance no node can take is tried again.
+const RETRY_UNPLACED_ON_NODES: Duration = Duration::from_secs(5);
+
 /// The clusters that handed `instance` back.
 pub fn rejected_by(instance: &Instance) -> Vec<String> {
     instance
@@ -279,8 +282,14 @@ impl Binder {
                         .record(instance, EventType::Warning, "FailedPlacement", &message)
                         .await;
                 }
-                // Changes of the candidates trigger a retry; this is the safety net.
-                Ok(Action::requeue(Duration::from_secs(30)))
+                // Changes of the candidates trigger a retry. Room that comes free on a
+                // node (an Instance deleted or ended there) changes no Node — node
+                // heartbeats renew Leases — so the node tier looks again every few
+                // seconds, well before its cluster would hand the Instance back.
+                Ok(Action::requeue(match self.tier {
+                    Tier::Cluster => Duration::from_secs(30),
+                    Tier::Node => RETRY_UNPLACED_ON_NODES,
+                }))
             }
         }
     }

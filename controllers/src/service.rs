@@ -164,8 +164,9 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let deletes: Vec<_> = excess
         .iter()
         .map(|i| {
-            let (api, name) = (api.clone(), i.metadata.name.clone());
-            async move { delete(&api, &name).await.map(|()| Some(name)) }
+            let (api, key) = (api.clone(), ObjectRef::of(i.as_ref()));
+            let ctx = ctx.clone();
+            async move { delete(&ctx, &api, &key).await.map(|()| Some(key.name)) }
         })
         .collect();
     let deleted = parallel(deletes.into_iter()).await?;
@@ -231,7 +232,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .iter()
         .take(old.len().saturating_sub(old_to_keep))
     {
-        delete(&api, &i.metadata.name).await?;
+        delete(&ctx, &api, &ObjectRef::of(i.as_ref())).await?;
         let message = format!("replaced instance {} (template changed)", i.metadata.name);
         ctx.recorder
             .record(svc.as_ref(), EventType::Normal, "RollingUpdate", &message)
@@ -283,8 +284,12 @@ async fn record_batch(ctx: &Ctx, svc: &Service, reason: &str, verb: &str, names:
         .await;
 }
 
-async fn delete(api: &Api<Instance>, name: &str) -> Result<(), Error> {
-    match api.delete(name).await {
+/// Delete Instance `key`, and forget that this controller expects to see it: a
+/// deletion the cache shows before a reconcile has seen the create would otherwise leave
+/// the expectation behind, and a scale-up within its TTL would not recreate the name.
+async fn delete(ctx: &Ctx, api: &Api<Instance>, key: &ObjectRef) -> Result<(), Error> {
+    ctx.expected.lock().expect("expectations lock").remove(key);
+    match api.delete(&key.name).await {
         Err(e) if e.is_not_found() => Ok(()),
         other => Ok(other?),
     }
