@@ -381,9 +381,10 @@ impl Registry {
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
             .ok_or_else(|| ApiError::BadRequest("a binding needs target.name".into()))?;
-        let (field, noun) = match body.pointer("/target/kind").and_then(Value::as_str) {
-            Some("Cluster") => ("cluster", "cluster"),
-            Some("Node") => ("node", "node"),
+        // The spec field, also the noun of messages.
+        let field = match body.pointer("/target/kind").and_then(Value::as_str) {
+            Some("Cluster") => "cluster",
+            Some("Node") => "node",
             other => {
                 return Err(ApiError::BadRequest(format!(
                     "target.kind: {:?} is not one of Cluster, Node",
@@ -403,7 +404,7 @@ impl Registry {
                     return Err(ApiError::Conflict {
                         plural: kind.plural.into(),
                         name: name.into(),
-                        message: format!("the instance is already bound to {noun} {b}"),
+                        message: format!("the instance is already bound to {field} {b}"),
                     })
                 }
                 _ => *bound = Some(target_name.to_string()),
@@ -417,7 +418,7 @@ impl Registry {
                 "Scheduled",
                 crds::ConditionStatus::True,
                 "Placed",
-                &format!("placed on {noun} {target_name}"),
+                &format!("placed on {field} {target_name}"),
                 Utc::now(),
             );
             serde_json::to_value(&instance).map_err(internal)

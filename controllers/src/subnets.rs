@@ -139,9 +139,9 @@ impl std::fmt::Display for Pool {
     }
 }
 
-/// The pool of an object and its scope (objects of one scope share the pool), or `None`
+/// The pool of an object (objects of one [`Addressed::scope`] share it), or `None`
 /// while it is not known (e.g. the Instance's node has no subnet yet).
-type PoolOf<K> = Box<dyn Fn(&K) -> Option<(Pool, String)> + Send + Sync>;
+type PoolOf<K> = Box<dyn Fn(&K) -> Option<Pool> + Send + Sync>;
 
 /// Name of the allocator cache's index by [`Addressed::scope`].
 const BY_SCOPE: &str = "scope";
@@ -164,10 +164,8 @@ async fn run_allocator<K: Addressed>(
     pool_of: PoolOf<K>,
     shutdown: CancellationToken,
 ) {
-    let store = controller.store();
-    store.add_index(BY_SCOPE, K::scope);
     let ctx = Arc::new(Ctx {
-        store,
+        store: controller.store(),
         recorder: Recorder::new(client.clone(), "subnet-allocator"),
         client,
         pool_of,
@@ -182,10 +180,14 @@ async fn run_allocator<K: Addressed>(
         .await;
 }
 
+/// The controller of one allocator, its cache indexed by scope from the start (the
+/// Instance allocator's Node mapper reads that index).
 fn allocator<K: Addressed>(client: &Client, name: &str) -> Controller<K> {
-    Controller::new(client.api::<K>(None), ListParams::default())
+    let controller = Controller::new(client.api::<K>(None), ListParams::default())
         .name(name)
-        .concurrency(1)
+        .concurrency(1);
+    controller.store().add_index(BY_SCOPE, K::scope);
+    controller
 }
 
 /// The root's allocators: cluster subnets and service IPs.
@@ -199,13 +201,13 @@ pub async fn run(client: Client, config: &RootConfig, shutdown: CancellationToke
         run_allocator::<Cluster>(
             allocator(&client, "cluster-subnets"),
             client.clone(),
-            Box::new(move |_| Some((clusters, String::new()))),
+            Box::new(move |_| Some(clusters)),
             shutdown.clone()
         ),
         run_allocator::<Service>(
             allocator(&client, "service-ips"),
             client.clone(),
-            Box::new(move |_| Some((services, String::new()))),
+            Box::new(move |_| Some(services)),
             shutdown
         ),
     );
@@ -238,17 +240,13 @@ pub async fn run_cluster(
             .address()?
             .parse()
             .ok()?;
-        Some((
-            Pool::Blocks {
-                cidr: subnet,
-                prefix: node_prefix,
-            },
-            String::new(),
-        ))
+        Some(Pool::Blocks {
+            cidr: subnet,
+            prefix: node_prefix,
+        })
     });
     let mut instances = allocator::<Instance>(&client, "instance-ips");
     let instance_store = instances.store();
-    instance_store.add_index(BY_SCOPE, Instance::scope);
     let node_cache = instances.watches(
         client.api::<Node>(None),
         ListParams::default(),
@@ -261,13 +259,12 @@ pub async fn run_cluster(
         },
     );
     let instance_pool: PoolOf<Instance> = Box::new(move |i| {
-        let node = i.spec.node.clone()?;
         let subnet: Cidr = node_cache
-            .get(&ObjectRef::new(None, &node))?
+            .get(&ObjectRef::new(None, i.spec.node.as_deref()?))?
             .address()?
             .parse()
             .ok()?;
-        Some((Pool::Addresses(subnet), node))
+        Some(Pool::Addresses(subnet))
     });
     tokio::join!(
         run_allocator(nodes, client.clone(), node_pool, shutdown.clone()),
@@ -283,11 +280,12 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
         current.as_deref().is_some_and(|a| pool.holds(a))
             && k.requested().is_none_or(|r| Some(r.to_string()) == current)
     };
-    let Some((pool, scope)) = pool.filter(|_| k.metadata().deletion_timestamp.is_none()) else {
+    let Some(pool) = pool.filter(|_| k.metadata().deletion_timestamp.is_none()) else {
         // Being deleted, or its pool is not known yet: a change of either queues it again.
         ctx.pending.lock().expect("pending lock").remove(&key);
         return Ok(Action::await_change());
     };
+    let scope = k.scope().unwrap_or_default();
     if settled(&pool) {
         ctx.pending.lock().expect("pending lock").remove(&key);
         return Ok(Action::await_change());

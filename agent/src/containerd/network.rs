@@ -441,6 +441,37 @@ mod tests {
         std::net::TcpListener::bind(("127.0.0.1", free)).expect("released");
     }
 
+    /// A publisher with `token`'s one port published: a free host port of `protocol`
+    /// on 127.0.0.1 to `backend_port` there. Returns the publisher, the host port and
+    /// the ports published.
+    async fn published(
+        token: &str,
+        backend_port: u16,
+        protocol: Protocol,
+    ) -> (Publisher, u16, Vec<ServicePort>) {
+        let host_port = match protocol {
+            Protocol::Tcp => std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr(),
+            Protocol::Udp => std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr(),
+        }
+        .unwrap()
+        .port();
+        let publisher = Publisher::default();
+        let ports = vec![ServicePort {
+            container_port: backend_port,
+            host_port: Some(host_port),
+            protocol,
+        }];
+        publisher
+            .publish(token, Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, &ports)
+            .await
+            .unwrap();
+        (publisher, host_port, ports)
+    }
+
     #[tokio::test]
     async fn published_ports_forward_to_the_instance() {
         let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -449,21 +480,7 @@ mod tests {
             let (mut s, _) = backend.accept().await.unwrap();
             s.write_all(b"hello").await.unwrap();
         });
-        let host_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let publisher = Publisher::default();
-        let ports = vec![ServicePort {
-            container_port: backend_port,
-            host_port: Some(host_port),
-            protocol: Protocol::Tcp,
-        }];
-        publisher
-            .publish("x", Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, &ports)
-            .await
-            .unwrap();
+        let (publisher, host_port, _) = published("x", backend_port, Protocol::Tcp).await;
         let mut client = tokio::net::TcpStream::connect(("127.0.0.1", host_port))
             .await
             .unwrap();
@@ -488,21 +505,7 @@ mod tests {
                 backend.send_to(&reply, from).await.unwrap();
             }
         });
-        let host_port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let publisher = Publisher::default();
-        let ports = vec![ServicePort {
-            container_port: backend_port,
-            host_port: Some(host_port),
-            protocol: Protocol::Udp,
-        }];
-        publisher
-            .publish("u", Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, &ports)
-            .await
-            .unwrap();
+        let (publisher, host_port, ports) = published("u", backend_port, Protocol::Udp).await;
         // Two clients, each gets its own answers.
         for word in ["one", "two"] {
             let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();

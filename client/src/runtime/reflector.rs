@@ -69,6 +69,14 @@ impl<K> Index<K> {
         }
     }
 
+    /// File every one of `objects` anew.
+    fn rebuild(&mut self, objects: &HashMap<ObjectRef, Arc<K>>) {
+        self.groups.clear();
+        for (r, k) in objects {
+            self.insert(r, k);
+        }
+    }
+
     fn remove(&mut self, r: &ObjectRef, k: &K) {
         if let Some(g) = (self.key)(k) {
             if let Some(set) = self.groups.get_mut(&g) {
@@ -97,13 +105,13 @@ impl<K> Default for Inner<K> {
 
 impl<K> Inner<K> {
     fn insert(&mut self, r: ObjectRef, k: Arc<K>) {
+        let old = self.objects.insert(r.clone(), k.clone());
         for index in self.indexes.values_mut() {
-            if let Some(old) = self.objects.get(&r) {
+            if let Some(old) = &old {
                 index.remove(&r, old);
             }
             index.insert(&r, &k);
         }
-        self.objects.insert(r, k);
     }
 
     fn remove(&mut self, r: &ObjectRef) -> Option<Arc<K>> {
@@ -197,9 +205,7 @@ impl<K: Resource> Store<K> {
             key: Arc::new(key),
             groups: HashMap::new(),
         };
-        for (r, k) in &inner.objects {
-            index.insert(r, k);
-        }
+        index.rebuild(&inner.objects);
         inner.indexes.insert(name, index);
     }
 
@@ -254,14 +260,9 @@ impl<K: Resource> Writer<K> {
                     .map(|k| (ObjectRef::of(k), Arc::new(k.clone())))
                     .collect();
                 let old = std::mem::replace(&mut inner.objects, fresh);
-                for index in inner.indexes.values_mut() {
-                    index.groups.clear();
-                }
                 let Inner { objects, indexes } = &mut *inner;
                 for index in indexes.values_mut() {
-                    for (r, k) in objects.iter() {
-                        index.insert(r, k);
-                    }
+                    index.rebuild(objects);
                 }
                 self.ready.send_replace(true);
                 old.into_iter()
