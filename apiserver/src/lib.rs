@@ -57,6 +57,16 @@ pub enum ServerError {
     Bootstrap(#[from] error::ApiError),
 }
 
+/// Storage key prefixes of the best-effort kinds (`KindInfo::best_effort`), which the
+/// embedded store may commit lazily.
+pub fn best_effort_prefixes() -> Vec<String> {
+    crds::KINDS
+        .iter()
+        .filter(|k| k.best_effort)
+        .map(|k| object::key(k, None, ""))
+        .collect()
+}
+
 /// A running API server.
 pub struct Server {
     pub addr: SocketAddr,
@@ -74,7 +84,10 @@ impl Server {
         let store: Arc<dyn storage::Store> = match &store {
             StoreConfig::Embedded(dir) => Arc::new(storage::embedded::EmbeddedStore::open(
                 dir,
-                storage::embedded::EmbeddedOptions::default(),
+                storage::embedded::EmbeddedOptions {
+                    lazy_prefixes: best_effort_prefixes(),
+                    ..Default::default()
+                },
             )?),
             StoreConfig::Etcd(endpoints) => {
                 Arc::new(storage::etcd::EtcdStore::connect(endpoints, "/oakestra").await?)

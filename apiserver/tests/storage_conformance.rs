@@ -11,29 +11,55 @@ use async_trait::async_trait;
 /// Embedded store in a temp dir, with a history small enough for the suite to overflow.
 struct Embedded {
     dirs: Vec<tempfile::TempDir>,
+    /// Every key under the lazy prefix `/`.
+    lazy: bool,
+}
+
+impl Embedded {
+    fn open(&self, dir: &std::path::Path) -> Arc<dyn Store> {
+        let options = EmbeddedOptions {
+            history: 64,
+            lazy_prefixes: if self.lazy { vec!["/".into()] } else { vec![] },
+        };
+        Arc::new(EmbeddedStore::open(dir, options).unwrap())
+    }
 }
 
 #[async_trait]
 impl Harness for Embedded {
     async fn fresh(&mut self) -> Arc<dyn Store> {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions { history: 64 }).unwrap();
+        let store = self.open(dir.path());
         self.dirs.push(dir);
-        Arc::new(store)
+        store
     }
     async fn crash_and_reopen(&mut self, store: Arc<dyn Store>) -> Arc<dyn Store> {
         // In-process the closest to a crash is dropping the handle without any flush;
         // the kill -9 test of the server process covers the real thing.
         drop(store);
         let dir = self.dirs.last().unwrap().path();
-        Arc::new(EmbeddedStore::open(dir, EmbeddedOptions { history: 64 }).unwrap())
+        self.open(dir)
     }
     async fn compact(&mut self, _store: &dyn Store, _revision: i64) {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_conforms() {
-    run_all(&mut Embedded { dirs: vec![] }).await;
+    run_all(&mut Embedded {
+        dirs: vec![],
+        lazy: false,
+    })
+    .await;
+}
+
+/// The same contract when every key may be committed lazily.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_with_lazy_commits_conforms() {
+    run_all(&mut Embedded {
+        dirs: vec![],
+        lazy: true,
+    })
+    .await;
 }
 
 /// A real etcd process per fresh store; crash = kill -9 of etcd.

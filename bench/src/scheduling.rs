@@ -227,11 +227,6 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let loadavg_start = procfs::loadavg();
-    let scraped = [fleet.root.url(), fleet.clusters[0].url()];
-    let mut metrics_before = Vec::new();
-    for url in &scraped {
-        metrics_before.push(crate::prom::scrape(url).await.unwrap_or_default());
-    }
     // What the fleet costs at rest (heartbeats, Lease renewals, cluster reports), so
     // that what the burst adds can be told apart.
     tokio::time::sleep(opts.settle_for).await;
@@ -242,6 +237,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         "scheduling: at rest the fleet uses {:.2} cores",
         idle.fleet_cores
     );
+    // The API's request counts cover the burst only (taken after the rest phases).
+    let scraped = [fleet.root.url(), fleet.clusters[0].url()];
+    let mut metrics_before = Vec::new();
+    for url in &scraped {
+        metrics_before.push(crate::prom::scrape(url).await.unwrap_or_default());
+    }
     let sampler = Sampler::start(&fleet);
     let services = root.dynamic(
         crds::kind_by_name("services").expect("served"),

@@ -37,6 +37,10 @@ pub struct KindInfo {
     pub namespaced: bool,
     /// Whether the kind has a `status` written through the `/status` subresource.
     pub has_status: bool,
+    /// Writes of this kind may be acknowledged before they are on disk (the embedded
+    /// store makes them durable within a second): records their writers repeat anyway,
+    /// node Leases and Events, as Kubernetes treats Events as best-effort.
+    pub best_effort: bool,
     /// Fields that cannot change after creation, as JSON pointers.
     pub immutable: &'static [&'static str],
     /// Table columns `(header, JSON pointer)` shown by `get`, after NAME.
@@ -319,6 +323,7 @@ pub static KINDS: &[KindInfo] = &[
         short_names: &["ns"],
         namespaced: false,
         has_status: false,
+        best_effort: false,
         immutable: &[],
         columns: NO_COLUMNS,
         wide_columns: NO_COLUMNS,
@@ -334,6 +339,7 @@ pub static KINDS: &[KindInfo] = &[
         short_names: &["cl"],
         namespaced: false,
         has_status: true,
+        best_effort: false,
         immutable: &[],
         columns: &[
             ("READY", "/status/conditions/Ready"),
@@ -359,6 +365,7 @@ pub static KINDS: &[KindInfo] = &[
         short_names: &["no"],
         namespaced: false,
         has_status: true,
+        best_effort: false,
         immutable: &[],
         columns: &[
             ("READY", "/status/conditions/Ready"),
@@ -384,6 +391,7 @@ pub static KINDS: &[KindInfo] = &[
         short_names: &["svc"],
         namespaced: true,
         has_status: true,
+        best_effort: false,
         immutable: &[],
         columns: &[
             ("RUNTIME", "/spec/template/runtime"),
@@ -407,6 +415,7 @@ pub static KINDS: &[KindInfo] = &[
         short_names: &["inst"],
         namespaced: true,
         has_status: true,
+        best_effort: false,
         immutable: &["/spec/service", "/spec/ordinal"],
         columns: &[
             ("SERVICE", "/spec/service"),
@@ -431,6 +440,7 @@ pub static KINDS: &[KindInfo] = &[
         short_names: &["ev"],
         namespaced: true,
         has_status: false,
+        best_effort: true,
         immutable: &["/involvedObject"],
         columns: &[
             ("TYPE", "/type"),
@@ -452,6 +462,7 @@ pub static KINDS: &[KindInfo] = &[
         short_names: &[],
         namespaced: false,
         has_status: false,
+        best_effort: true,
         immutable: &[],
         columns: &[
             ("HOLDER", "/spec/holderIdentity"),

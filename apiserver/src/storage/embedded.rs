@@ -6,6 +6,17 @@
 //! the next global revision. After a commit the writer appends the events to a bounded
 //! history and broadcasts them; a watch replays the history after its revision and then
 //! follows the broadcast. A revision older than the history is [`StorageError::TooOld`].
+//!
+//! **Lazy keys.** Writes under [`EmbeddedOptions::lazy_prefixes`] (the server passes
+//! its best-effort kinds: Leases and Events, which their writers repeat) may be
+//! acknowledged before they are on disk: a batch of only such writes is committed
+//! without `fsync`, and the writer makes everything durable at the next other write or
+//! within [`LAZY_FOR`], whichever comes first. A crash can lose up to that much of them,
+//! never anything else. Revisions stay safe: each durable commit reserves
+//! [`REVISION_RESERVE`] revisions ahead, lazy commits stay inside the reservation, and
+//! a store reopened after a crash starts past it, so no revision that a client may have
+//! seen is handed out twice; a watch resuming from before that point gets `TooOld` and
+//! relists. A clean close gives the reservation back.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -24,6 +35,13 @@ use super::{
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 const REVISION_KEY: &str = "revision";
+/// Revisions at or below this one may have been handed out by lazy commits that a
+/// crash lost: a reopened store starts past it.
+const RESERVED_KEY: &str = "reserved";
+/// Longest a lazy write waits before the writer makes it durable.
+pub const LAZY_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+/// Revisions each durable commit reserves for lazy commits after it.
+pub const REVISION_RESERVE: i64 = 1 << 20;
 /// Most operations applied in one transaction.
 const MAX_BATCH: usize = 512;
 
@@ -32,11 +50,16 @@ const MAX_BATCH: usize = 512;
 pub struct EmbeddedOptions {
     /// Events kept in memory for watches to resume from.
     pub history: usize,
+    /// Keys under these prefixes may be committed lazily (see the module docs).
+    pub lazy_prefixes: Vec<String>,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions { history: 10_000 }
+        EmbeddedOptions {
+            history: 10_000,
+            lazy_prefixes: Vec::new(),
+        }
     }
 }
 
@@ -54,6 +77,14 @@ enum Op {
         key: String,
         expected: Option<i64>,
     },
+}
+
+impl Op {
+    fn key(&self) -> &str {
+        match self {
+            Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key,
+        }
+    }
 }
 
 struct Request {
@@ -135,12 +166,18 @@ impl EmbeddedStore {
         let txn = db.begin_write().map_err(backend_err)?;
         let revision = {
             txn.open_table(OBJECTS).map_err(backend_err)?;
-            let meta = txn.open_table(META).map_err(backend_err)?;
-            let revision = meta
-                .get(REVISION_KEY)
-                .map_err(backend_err)?
-                .map(|g| g.value())
-                .unwrap_or(0);
+            let mut meta = txn.open_table(META).map_err(backend_err)?;
+            let value = |key| -> Result<i64> {
+                Ok(meta
+                    .get(key)
+                    .map_err(backend_err)?
+                    .map(|g| g.value())
+                    .unwrap_or(0))
+            };
+            // Past every revision a lost lazy commit may have handed out.
+            let revision = value(REVISION_KEY)?.max(value(RESERVED_KEY)?);
+            meta.insert(REVISION_KEY, revision).map_err(backend_err)?;
+            meta.insert(RESERVED_KEY, revision).map_err(backend_err)?;
             revision
         };
         txn.commit().map_err(backend_err)?;
@@ -156,10 +193,16 @@ impl EmbeddedStore {
             live,
         });
         let (writer, requests) = std::sync::mpsc::channel();
-        let for_writer = shared.clone();
+        let writer_state = Writer {
+            shared: shared.clone(),
+            lazy_prefixes: options.lazy_prefixes,
+            revision,
+            reserved: revision,
+            lazy_since: None,
+        };
         let writer_thread = std::thread::Builder::new()
             .name("embedded-store-writer".into())
-            .spawn(move || write_loop(for_writer, requests, revision))
+            .spawn(move || writer_state.run(requests))
             .map_err(backend_err)?;
         tracing::info!(path = %path.display(), revision, "embedded store opened");
         Ok(EmbeddedStore {
@@ -190,32 +233,80 @@ impl EmbeddedStore {
     }
 }
 
-/// The writer thread: batches queued operations into one durable transaction.
-fn write_loop(
+/// The writer thread's state.
+struct Writer {
     shared: Arc<Shared>,
-    requests: std::sync::mpsc::Receiver<Request>,
-    mut revision: i64,
-) {
-    while let Ok(first) = requests.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match requests.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+    lazy_prefixes: Vec<String>,
+    /// Revision of the last applied operation.
+    revision: i64,
+    /// The reservation on disk: lazy commits may hand out revisions up to it.
+    reserved: i64,
+    /// When the oldest lazy commit not yet on disk was made.
+    lazy_since: Option<std::time::Instant>,
+}
+
+impl Writer {
+    /// Apply queued operations in batches, one transaction each, until the store closes;
+    /// then make everything durable and give the reservation back.
+    fn run(mut self, requests: std::sync::mpsc::Receiver<Request>) {
+        loop {
+            let first = match self.lazy_since {
+                None => requests.recv().ok(),
+                Some(since) => {
+                    match requests.recv_timeout(LAZY_FOR.saturating_sub(since.elapsed())) {
+                        Ok(r) => Some(r),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            self.flush(false);
+                            continue;
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+                    }
+                }
+            };
+            let Some(first) = first else { break };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match requests.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
             }
+            self.commit_batch(batch);
         }
-        let start = revision;
-        let outcome = apply_batch(&shared.db, &batch, &mut revision);
-        match outcome {
+        self.flush(true);
+    }
+
+    /// Whether `batch` may be committed without `fsync`.
+    fn lazy(&self, batch: &[Request]) -> bool {
+        let fresh = self.lazy_since.is_none_or(|t| t.elapsed() < LAZY_FOR);
+        fresh
+            && self.revision + (batch.len() as i64) < self.reserved
+            && batch.iter().all(|r| {
+                let key = r.op.key();
+                self.lazy_prefixes
+                    .iter()
+                    .any(|p| key.starts_with(p.as_str()))
+            })
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Request>) {
+        let start = self.revision;
+        let lazy = self.lazy(&batch);
+        match self.apply_batch(&batch, lazy) {
             Ok(results) => {
+                if lazy {
+                    self.lazy_since.get_or_insert_with(std::time::Instant::now);
+                } else {
+                    self.lazy_since = None;
+                }
                 let events: Vec<Entry> = results.iter().filter_map(|(_, e)| e.clone()).collect();
-                publish(&shared, events);
+                publish(&self.shared, events);
                 for (req, (result, _)) in batch.into_iter().zip(results) {
                     let _ = req.reply.send(result);
                 }
             }
             Err(e) => {
-                revision = start;
+                self.revision = start;
                 let message = e.to_string();
                 tracing::error!(error = %message, "embedded store transaction failed");
                 for req in batch {
@@ -223,6 +314,58 @@ fn write_loop(
                 }
             }
         }
+    }
+
+    /// A durable commit of nothing but the reservation: makes lazy commits durable.
+    /// `closing`: give the reservation back, so a clean reopen continues where this
+    /// store stopped.
+    fn flush(&mut self, closing: bool) {
+        if self.lazy_since.is_none() && !closing {
+            return;
+        }
+        let reserve = if closing { 0 } else { REVISION_RESERVE };
+        let outcome = (|| -> Result<()> {
+            let txn = self.shared.db.begin_write().map_err(backend_err)?;
+            {
+                let mut meta = txn.open_table(META).map_err(backend_err)?;
+                meta.insert(RESERVED_KEY, self.revision + reserve)
+                    .map_err(backend_err)?;
+            }
+            txn.commit().map_err(backend_err)
+        })();
+        match outcome {
+            Ok(()) => {
+                self.lazy_since = None;
+                self.reserved = self.revision + reserve;
+            }
+            Err(e) => tracing::error!(error = %e, "embedded store: flushing lazy writes failed"),
+        }
+    }
+
+    fn apply_batch(&mut self, batch: &[Request], lazy: bool) -> Result<Vec<OpResult>> {
+        let mut txn = self.shared.db.begin_write().map_err(backend_err)?;
+        if lazy {
+            txn.set_durability(redb::Durability::None);
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        {
+            let mut objects = txn.open_table(OBJECTS).map_err(backend_err)?;
+            for req in batch {
+                results.push(apply_one(&mut objects, &req.op, &mut self.revision)?);
+            }
+            let mut meta = txn.open_table(META).map_err(backend_err)?;
+            meta.insert(REVISION_KEY, self.revision)
+                .map_err(backend_err)?;
+            if !lazy {
+                meta.insert(RESERVED_KEY, self.revision + REVISION_RESERVE)
+                    .map_err(backend_err)?;
+            }
+        }
+        txn.commit().map_err(backend_err)?;
+        if !lazy {
+            self.reserved = self.revision + REVISION_RESERVE;
+        }
+        Ok(results)
     }
 }
 
@@ -237,29 +380,12 @@ impl Clone for Entry {
     }
 }
 
-fn apply_batch(db: &Database, batch: &[Request], revision: &mut i64) -> Result<Vec<OpResult>> {
-    let txn = db.begin_write().map_err(backend_err)?;
-    let mut results = Vec::with_capacity(batch.len());
-    {
-        let mut objects = txn.open_table(OBJECTS).map_err(backend_err)?;
-        for req in batch {
-            results.push(apply_one(&mut objects, &req.op, revision)?);
-        }
-        let mut meta = txn.open_table(META).map_err(backend_err)?;
-        meta.insert(REVISION_KEY, *revision).map_err(backend_err)?;
-    }
-    txn.commit().map_err(backend_err)?;
-    Ok(results)
-}
-
 fn apply_one(
     objects: &mut redb::Table<&str, &[u8]>,
     op: &Op,
     revision: &mut i64,
 ) -> Result<OpResult> {
-    let key = match op {
-        Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key.as_str(),
-    };
+    let key = op.key();
     let current = objects
         .get(key)
         .map_err(backend_err)?
