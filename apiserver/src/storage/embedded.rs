@@ -11,7 +11,8 @@
 //! its best-effort kinds: Leases and Events, which their writers repeat) may be
 //! acknowledged before they are on disk: a batch of only such writes is committed
 //! without `fsync`, and the writer makes everything durable at the next other write or
-//! within [`LAZY_FOR`], whichever comes first. A crash can lose up to that much of them,
+//! within [`LAZY_FOR`], whichever comes first; such a batch first waits up to
+//! [`LAZY_LINGER`] for more writes to share its commit. A crash can lose up to that much of them,
 //! never anything else. Revisions stay safe: each durable commit reserves
 //! [`REVISION_RESERVE`] revisions ahead, lazy commits stay inside the reservation, and
 //! a store reopened after a crash starts past it, so no revision that a client may have
@@ -40,6 +41,10 @@ const REVISION_KEY: &str = "revision";
 const RESERVED_KEY: &str = "reserved";
 /// Longest a lazy write waits before the writer makes it durable.
 pub const LAZY_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest a batch of only lazy writes waits for more writes before it commits: node
+/// Leases arrive spread out, one per node per beat, and each commit of a copy-on-write
+/// B-tree rewrites whole pages, so a commit per renewal cost more than the renewal.
+pub const LAZY_LINGER: std::time::Duration = std::time::Duration::from_millis(50);
 /// Revisions each durable commit reserves for lazy commits after it.
 pub const REVISION_RESERVE: i64 = 1 << 20;
 /// Most operations applied in one transaction.
@@ -271,6 +276,9 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if self.lazy(&batch) {
+                self.linger(&requests, &mut batch);
+            }
             self.commit_batch(batch);
         }
         self.flush(true);
@@ -281,12 +289,30 @@ impl Writer {
         let fresh = self.lazy_since.is_none_or(|t| t.elapsed() < LAZY_FOR);
         fresh
             && self.revision + (batch.len() as i64) < self.reserved
-            && batch.iter().all(|r| {
-                let key = r.op.key();
-                self.lazy_prefixes
-                    .iter()
-                    .any(|p| key.starts_with(p.as_str()))
-            })
+            && batch.iter().all(|r| self.lazy_key(r.op.key()))
+    }
+
+    fn lazy_key(&self, key: &str) -> bool {
+        self.lazy_prefixes
+            .iter()
+            .any(|p| key.starts_with(p.as_str()))
+    }
+
+    /// Add to a lazy `batch` what arrives within [`LAZY_LINGER`]; a write that must be
+    /// durable ends the wait (the batch then commits durably, at once).
+    fn linger(&self, requests: &std::sync::mpsc::Receiver<Request>, batch: &mut Vec<Request>) {
+        let until = std::time::Instant::now() + LAZY_LINGER;
+        while batch.len() < MAX_BATCH {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let Ok(next) = requests.recv_timeout(left) else {
+                break;
+            };
+            let lazy = self.lazy_key(next.op.key());
+            batch.push(next);
+            if !lazy {
+                break;
+            }
+        }
     }
 
     fn commit_batch(&mut self, batch: Vec<Request>) {
