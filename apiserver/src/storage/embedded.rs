@@ -12,8 +12,8 @@
 //! acknowledged before they are on disk: a batch of only such writes is committed
 //! without `fsync`, and the writer makes everything durable at the next other write or
 //! within [`LAZY_FOR`], whichever comes first; such a batch first waits up to
-//! [`LAZY_LINGER`] for more writes to share its commit. A crash can lose up to that much of them,
-//! never anything else. Revisions stay safe: each durable commit reserves
+//! [`LAZY_LINGER`] for more writes to share its commit. A crash can lose up to
+//! [`LAZY_FOR`] of them, never anything else. Revisions stay safe: each durable commit reserves
 //! [`REVISION_RESERVE`] revisions ahead, lazy commits stay inside the reservation, and
 //! a store reopened after a crash starts past it, so no revision that a client may have
 //! seen is handed out twice; a watch resuming from before that point gets `TooOld` and
@@ -349,7 +349,7 @@ impl Writer {
         if self.lazy_since.is_none() && !closing {
             return;
         }
-        let reserve = if closing { 0 } else { REVISION_RESERVE };
+        let reserve = if closing { 0 } else { self.reserve() };
         let outcome = (|| -> Result<()> {
             let txn = self.shared.db.begin_write().map_err(backend_err)?;
             {
@@ -364,7 +364,11 @@ impl Writer {
                 self.lazy_since = None;
                 self.reserved = self.revision + reserve;
             }
-            Err(e) => tracing::error!(error = %e, "embedded store: flushing lazy writes failed"),
+            Err(e) => {
+                tracing::error!(error = %e, "embedded store: flushing lazy writes failed");
+                // Try again after another LAZY_FOR, not in a loop.
+                self.lazy_since = Some(std::time::Instant::now());
+            }
         }
     }
 
@@ -383,15 +387,25 @@ impl Writer {
             meta.insert(REVISION_KEY, self.revision)
                 .map_err(backend_err)?;
             if !lazy {
-                meta.insert(RESERVED_KEY, self.revision + REVISION_RESERVE)
+                meta.insert(RESERVED_KEY, self.revision + self.reserve())
                     .map_err(backend_err)?;
             }
         }
         txn.commit().map_err(backend_err)?;
         if !lazy {
-            self.reserved = self.revision + REVISION_RESERVE;
+            self.reserved = self.revision + self.reserve();
         }
         Ok(results)
+    }
+
+    /// Revisions a durable commit reserves ahead: none without lazy keys, so a store
+    /// without them never skips revisions, not even after a crash.
+    fn reserve(&self) -> i64 {
+        if self.lazy_prefixes.is_empty() {
+            0
+        } else {
+            REVISION_RESERVE
+        }
     }
 }
 
