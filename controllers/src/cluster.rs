@@ -18,7 +18,7 @@ use client::runtime::{Action, Controller, ObjectRef, Store};
 use client::{Api, Client, ListParams};
 use crds::{
     set_condition, Capacity, Cluster, ClusterSpec, ClusterStatus, ConditionStatus, Instance,
-    Location, Node, ObjectMeta, Phase, Runtime, API_VERSION,
+    InstanceStatus, Location, Node, ObjectMeta, Phase, Runtime, API_VERSION,
 };
 use futures::StreamExt;
 use serde_json::json;
@@ -457,6 +457,9 @@ async fn sync_one(
     }
     if let Some(status) = &local.status {
         if remote.status.as_ref() != Some(status) {
+            if let Some(wait) = settling(status) {
+                return Ok(Action::requeue(wait));
+            }
             write_up(&ctx, &key, &root_api, &remote, |mut up| {
                 up.status = Some(status.clone());
                 let api = root_api.clone();
@@ -466,6 +469,27 @@ async fn sync_one(
         }
     }
     hand_back_if_no_room(&ctx, &local, &remote).await
+}
+
+/// How long the status of a freshly bound local Instance waits before it is written
+/// up while its node has not reported on it yet: the instance IP and the agent's first
+/// report usually follow within milliseconds, and one write up then carries them all
+/// (the root already shows the Instance Scheduled, from its own binding).
+const SETTLE_UP: Duration = Duration::from_millis(100);
+
+/// Time left before `status` is worth writing up: while the Instance is only bound
+/// (phase Scheduled) and was bound less than [`SETTLE_UP`] ago.
+fn settling(status: &InstanceStatus) -> Option<Duration> {
+    if status.phase != Phase::Scheduled {
+        return None;
+    }
+    let bound = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Scheduled")?
+        .last_transition_time?;
+    let age = (Utc::now() - bound).to_std().ok()?;
+    SETTLE_UP.checked_sub(age).filter(|left| !left.is_zero())
 }
 
 /// Write to the root's `remote` at the version this cluster saw; when that version is
@@ -578,4 +602,42 @@ async fn ensure_namespace(ctx: &SyncCtx, ns: &str) -> Result<(), Error> {
         .expect("namespaces lock")
         .insert(ns.to_string());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(phase: Phase, ago: chrono::Duration) -> InstanceStatus {
+        let mut status = InstanceStatus {
+            phase,
+            ..Default::default()
+        };
+        set_condition(
+            &mut status.conditions,
+            "Scheduled",
+            ConditionStatus::True,
+            "Bound",
+            "on n1",
+            Utc::now() - ago,
+        );
+        status
+    }
+
+    #[test]
+    fn only_a_fresh_binding_waits_before_it_is_written_up() {
+        let fresh = settling(&bound(Phase::Scheduled, chrono::Duration::zero()));
+        assert!(fresh.is_some_and(|left| left <= SETTLE_UP), "{fresh:?}");
+        let old = chrono::Duration::milliseconds(2 * SETTLE_UP.as_millis() as i64);
+        assert_eq!(settling(&bound(Phase::Scheduled, old)), None);
+        // The agent has reported: write up at once.
+        let running = settling(&bound(Phase::Running, chrono::Duration::zero()));
+        assert_eq!(running, None);
+        // No binding time to go by: at once.
+        let unknown = InstanceStatus {
+            phase: Phase::Scheduled,
+            ..Default::default()
+        };
+        assert_eq!(settling(&unknown), None);
+    }
 }

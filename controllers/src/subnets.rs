@@ -272,6 +272,49 @@ pub async fn run_cluster(
     );
 }
 
+/// Write `address` and its condition into `k`'s status at the version this allocator
+/// read (the conditions are written whole). When another writer got there first —
+/// usually the node's agent reporting an Instance that was just bound Running — read it
+/// again and write at the fresh version at once, while it is still in the same pool,
+/// instead of giving the address up and retrying from a cache that may lag still.
+async fn write_address<K: Addressed>(
+    api: &client::Api<K>,
+    k: &K,
+    address: &str,
+) -> client::Result<()> {
+    const ATTEMPTS: usize = 3;
+    let name = &k.metadata().name;
+    let mut fresh = None;
+    let mut attempt = 1;
+    loop {
+        let at = fresh.as_ref().unwrap_or(k);
+        let mut conditions = at.conditions().to_vec();
+        set_condition(
+            &mut conditions,
+            K::CONDITION,
+            ConditionStatus::True,
+            "Assigned",
+            address,
+            Utc::now(),
+        );
+        let patch = json!({
+            "metadata": {"resourceVersion": at.metadata().resource_version},
+            "status": {K::FIELD: address, "conditions": conditions},
+        });
+        match api.patch_status(name, &patch).await {
+            Err(e) if e.is_conflict() && attempt < ATTEMPTS => {
+                let again = api.get(name).await?;
+                if again.scope() != k.scope() || again.metadata().deletion_timestamp.is_some() {
+                    return Err(e);
+                }
+                fresh = Some(again);
+                attempt += 1;
+            }
+            other => return other.map(|_| ()),
+        }
+    }
+}
+
 async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, Error> {
     let key = ObjectRef::of(k.as_ref());
     let pool = (ctx.pool_of)(&k);
@@ -346,19 +389,7 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
     let now = Utc::now();
     match outcome {
         Ok(address) => {
-            set_condition(
-                &mut conditions,
-                K::CONDITION,
-                ConditionStatus::True,
-                "Assigned",
-                &address,
-                now,
-            );
-            let patch = json!({
-                "metadata": {"resourceVersion": k.metadata().resource_version},
-                "status": {K::FIELD: address, "conditions": conditions},
-            });
-            if let Err(e) = api.patch_status(&k.metadata().name, &patch).await {
+            if let Err(e) = write_address(&api, &k, &address).await {
                 ctx.pending.lock().expect("pending lock").remove(&key);
                 return Err(e.into());
             }
