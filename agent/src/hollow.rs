@@ -11,7 +11,8 @@
 //!
 //! Nothing runs. One watch of the cluster's Instances serves all N nodes: every
 //! Instance bound to one of them is marked `Running` (phase, `hostIP`, `startTime`) as if
-//! it had started, and stays so until it is deleted or bound elsewhere.
+//! it had started, once the cluster has assigned its instance IP (as the real agent
+//! waits for it), and stays so until it is deleted or bound elsewhere.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -246,6 +247,12 @@ async fn mark_running(instance: Arc<Instance>, ctx: Arc<Ctx>) -> Result<Action, 
     }
     let status = instance.status.clone().unwrap_or_default();
     if status.phase == Phase::Running && status.host_ip.as_deref() == Some(ctx.address.as_str()) {
+        return Ok(Action::await_change());
+    }
+    // As the real agent does for a networked Instance: start once the cluster has
+    // assigned its address (its write then goes uncontended; the next change of the
+    // Instance, that address, queues it again).
+    if status.instance_ip.is_none() {
         return Ok(Action::await_change());
     }
     let name = &instance.metadata.name;
