@@ -273,10 +273,10 @@ pub async fn run_cluster(
 }
 
 /// Write `address` and its condition into `k`'s status at the version this allocator
-/// read (the conditions are written whole). When another writer got there first —
-/// usually the node's agent reporting an Instance that was just bound Running — read it
-/// again and write at the fresh version at once, while it is still in the same pool,
-/// instead of giving the address up and retrying from a cache that may lag still.
+/// read (the conditions are written whole). When another writer got there first — a
+/// node's agent reporting its status, say — read it again and write at the fresh
+/// version at once, while it is still in the same pool, instead of giving the address
+/// up and retrying from a cache that may lag still.
 async fn write_address<K: Addressed>(
     api: &client::Api<K>,
     k: &K,
