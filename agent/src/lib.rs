@@ -617,13 +617,8 @@ where
                 let status = instance.status.clone().unwrap_or_default();
                 // The address usually follows the binding within milliseconds: say so
                 // only when it does not, and leave the allocator's write uncontended.
-                let bound_for = status
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == "Scheduled")
-                    .and_then(|c| c.last_transition_time)
-                    .and_then(|t| (Utc::now() - t).to_std().ok())
-                    .unwrap_or_default();
+                let bound_for =
+                    crds::since_transition(&status.conditions, "Scheduled").unwrap_or_default();
                 if bound_for < Duration::from_secs(1) {
                     return Ok(Action::requeue(Duration::from_secs(1) - bound_for));
                 }

@@ -31,25 +31,24 @@ async fn crash_child() {
     let store = EmbeddedStore::open(std::path::Path::new(&dir), options()).unwrap();
     let durable = store.create("/durable/a", b"a".to_vec()).await.unwrap();
     println!("durable {}", durable.mod_revision);
-    for i in 0..3 {
-        let kv = store
-            .create(&format!("/lazy/early-{i}"), b"x".to_vec())
-            .await
-            .unwrap();
-        println!("early {}", kv.mod_revision);
-    }
+    create_and_report(&store, "early").await;
     // Past the window: the writer has made the early lazy writes durable by now.
     tokio::time::sleep(LAZY_FOR + Duration::from_millis(500)).await;
-    for i in 0..3 {
-        let kv = store
-            .create(&format!("/lazy/late-{i}"), b"y".to_vec())
-            .await
-            .unwrap();
-        println!("late {}", kv.mod_revision);
-    }
+    create_and_report(&store, "late").await;
     use std::io::Write;
     std::io::stdout().flush().unwrap();
     std::process::abort();
+}
+
+/// Create `/lazy/LABEL-0..3` and print `LABEL REVISION` for each.
+async fn create_and_report(store: &EmbeddedStore, label: &str) {
+    for i in 0..3 {
+        let kv = store
+            .create(&format!("/lazy/{label}-{i}"), label.as_bytes().to_vec())
+            .await
+            .unwrap();
+        println!("{label} {}", kv.mod_revision);
+    }
 }
 
 #[tokio::test]

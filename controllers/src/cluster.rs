@@ -483,12 +483,7 @@ fn settling(status: &InstanceStatus) -> Option<Duration> {
     if status.phase != Phase::Scheduled {
         return None;
     }
-    let bound = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Scheduled")?
-        .last_transition_time?;
-    let age = (Utc::now() - bound).to_std().ok()?;
+    let age = crds::since_transition(&status.conditions, "Scheduled")?;
     SETTLE_UP.checked_sub(age).filter(|left| !left.is_zero())
 }
 

@@ -385,8 +385,6 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
         outcome
     };
     let api = ctx.client.api::<K>(k.metadata().namespace.as_deref());
-    let mut conditions = k.conditions().to_vec();
-    let now = Utc::now();
     match outcome {
         Ok(address) => {
             if let Err(e) = write_address(&api, &k, &address).await {
@@ -402,13 +400,14 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
             Ok(Action::await_change())
         }
         Err((reason, message)) => {
+            let mut conditions = k.conditions().to_vec();
             if set_condition(
                 &mut conditions,
                 K::CONDITION,
                 ConditionStatus::False,
                 reason,
                 &message,
-                now,
+                Utc::now(),
             ) {
                 let patch = json!({
                     "metadata": {"resourceVersion": k.metadata().resource_version},

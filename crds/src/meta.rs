@@ -188,6 +188,13 @@ pub fn set_condition(
     }
 }
 
+/// How long ago condition `type_` last changed status (`None` without one, without a
+/// transition time, or with one in the future).
+pub fn since_transition(conditions: &[Condition], type_: &str) -> Option<std::time::Duration> {
+    let at = find_condition(conditions, type_)?.last_transition_time?;
+    (Utc::now() - at).to_std().ok()
+}
+
 /// Whether condition `type_` is `True`.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     find_condition(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True)

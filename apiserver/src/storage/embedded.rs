@@ -13,11 +13,11 @@
 //! without `fsync`, and the writer makes everything durable at the next other write or
 //! within [`LAZY_FOR`], whichever comes first; such a batch first waits up to
 //! [`LAZY_LINGER`] for more writes to share its commit. A crash can lose up to
-//! [`LAZY_FOR`] of them, never anything else. Revisions stay safe: each durable commit reserves
-//! [`REVISION_RESERVE`] revisions ahead, lazy commits stay inside the reservation, and
-//! a store reopened after a crash starts past it, so no revision that a client may have
-//! seen is handed out twice; a watch resuming from before that point gets `TooOld` and
-//! relists. A clean close gives the reservation back.
+//! [`LAZY_FOR`] of them, never anything else. Revisions stay safe: each durable commit
+//! reserves [`REVISION_RESERVE`] revisions ahead, lazy commits stay inside the
+//! reservation, and a store reopened after a crash starts past it, so no revision that
+//! a client may have seen is handed out twice; a watch resuming from before that point
+//! gets `TooOld` and relists. A clean close gives the reservation back.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -318,7 +318,7 @@ impl Writer {
     fn commit_batch(&mut self, batch: Vec<Request>) {
         let start = self.revision;
         let lazy = self.lazy(&batch);
-        match self.apply_batch(&batch, lazy) {
+        match self.apply_batch(&batch, lazy, self.reserve()) {
             Ok(results) => {
                 if lazy {
                     self.lazy_since.get_or_insert_with(std::time::Instant::now);
@@ -342,7 +342,7 @@ impl Writer {
         }
     }
 
-    /// A durable commit of nothing but the reservation: makes lazy commits durable.
+    /// A durable commit of no operation: makes lazy commits durable.
     /// `closing`: give the reservation back, so a clean reopen continues where this
     /// store stopped.
     fn flush(&mut self, closing: bool) {
@@ -350,20 +350,8 @@ impl Writer {
             return;
         }
         let reserve = if closing { 0 } else { self.reserve() };
-        let outcome = (|| -> Result<()> {
-            let txn = self.shared.db.begin_write().map_err(backend_err)?;
-            {
-                let mut meta = txn.open_table(META).map_err(backend_err)?;
-                meta.insert(RESERVED_KEY, self.revision + reserve)
-                    .map_err(backend_err)?;
-            }
-            txn.commit().map_err(backend_err)
-        })();
-        match outcome {
-            Ok(()) => {
-                self.lazy_since = None;
-                self.reserved = self.revision + reserve;
-            }
+        match self.apply_batch(&[], false, reserve) {
+            Ok(_) => self.lazy_since = None,
             Err(e) => {
                 tracing::error!(error = %e, "embedded store: flushing lazy writes failed");
                 // Try again after another LAZY_FOR, not in a loop.
@@ -372,7 +360,14 @@ impl Writer {
         }
     }
 
-    fn apply_batch(&mut self, batch: &[Request], lazy: bool) -> Result<Vec<OpResult>> {
+    /// One transaction: `batch`, the revision, and for a durable (not `lazy`) commit the
+    /// reservation `reserve` revisions ahead.
+    fn apply_batch(
+        &mut self,
+        batch: &[Request],
+        lazy: bool,
+        reserve: i64,
+    ) -> Result<Vec<OpResult>> {
         let mut txn = self.shared.db.begin_write().map_err(backend_err)?;
         if lazy {
             txn.set_durability(redb::Durability::None);
@@ -387,13 +382,13 @@ impl Writer {
             meta.insert(REVISION_KEY, self.revision)
                 .map_err(backend_err)?;
             if !lazy {
-                meta.insert(RESERVED_KEY, self.revision + self.reserve())
+                meta.insert(RESERVED_KEY, self.revision + reserve)
                     .map_err(backend_err)?;
             }
         }
         txn.commit().map_err(backend_err)?;
         if !lazy {
-            self.reserved = self.revision + self.reserve();
+            self.reserved = self.revision + reserve;
         }
         Ok(results)
     }
