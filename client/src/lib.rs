@@ -8,6 +8,7 @@
 pub mod runtime;
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use crds::{KindInfo, Resource, Status};
 use futures::stream::BoxStream;
@@ -75,6 +76,8 @@ pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// The shared informers of this client and its clones.
+    informers: Arc<runtime::informer::Registry>,
 }
 
 impl Client {
@@ -91,7 +94,11 @@ impl Client {
                 url: base.clone(),
                 source,
             })?;
-        Ok(Client { http, base })
+        Ok(Client {
+            http,
+            base,
+            informers: Arc::default(),
+        })
     }
 
     pub fn base(&self) -> &str {

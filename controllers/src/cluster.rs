@@ -14,13 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use client::runtime::{Action, Controller, ObjectRef, Store};
+use client::runtime::{cache, Action, Controller, ObjectRef, Store};
 use client::{Api, Client, ListParams};
 use crds::{
     set_condition, Capacity, Cluster, ClusterSpec, ClusterStatus, ConditionStatus, Instance,
     InstanceStatus, Location, Node, ObjectMeta, Phase, Runtime, API_VERSION,
 };
-use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -161,23 +160,6 @@ pub fn summarize(nodes: &[Arc<Node>], instances: &[Arc<Instance>]) -> Summary {
     s
 }
 
-/// A cache of `api`'s objects, fed by a watch in a task of its own until `shutdown`.
-fn cache<K: crds::Resource>(api: Api<K>, shutdown: &CancellationToken) -> Store<K> {
-    let (store, writer) = client::runtime::reflector::store();
-    let events = client::runtime::reflector::reflector(
-        writer,
-        client::runtime::watcher(api, ListParams::default()),
-    );
-    let shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = events.for_each(|_| async {}) => {}
-        }
-    });
-    store
-}
-
 /// Register and heartbeat, forever; a root that cannot be reached is retried next beat.
 async fn heartbeat(
     local: Client,
@@ -187,8 +169,9 @@ async fn heartbeat(
 ) {
     // The report is summed from caches: listing every Node and Instance at each beat
     // cost about a tenth of an idle cluster's CPU at 500 nodes.
-    let nodes = cache(local.api::<Node>(None), &shutdown);
-    let instances = cache(local.api::<Instance>(None), &shutdown);
+    let until = || shutdown.clone().cancelled_owned();
+    let nodes = cache(local.api::<Node>(None), ListParams::default(), until());
+    let instances = cache(local.api::<Instance>(None), ListParams::default(), until());
     tokio::select! {
         _ = shutdown.cancelled() => return,
         _ = async { nodes.wait_ready().await; instances.wait_ready().await } => {}

@@ -1,7 +1,7 @@
 //! The reconcile runtime against real API server processes: a watcher/reflector that
 //! survives a dropped stream and a restarted server, relists on 410, and a controller
 //! that loses nothing in a burst of 10,000 events and never reconciles a key twice at
-//! once.
+//! once, and controllers of one client that share one watch per kind.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -220,4 +220,119 @@ async fn burst_of_10000_events_loses_nothing_and_never_overlaps_a_key() {
 
 fn shutdown_signal() -> Arc<tokio::sync::Notify> {
     Arc::new(tokio::sync::Notify::new())
+}
+
+/// The server's count of open watches.
+async fn open_watches(client: &Client) -> i64 {
+    let metrics = client.get_text("/metrics").await.unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("oakestra_apiserver_watchers "))
+        .expect("watchers metric")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Name → resourceVersion of the objects a controller reconciled, latest last.
+type Seen = Arc<Mutex<HashMap<String, Option<String>>>>;
+
+/// A controller that records the version of each Cluster it reconciles, until `stop`.
+fn recording(
+    controller: Controller<Cluster>,
+    stop: Arc<tokio::sync::Notify>,
+) -> (Seen, tokio::task::JoinHandle<()>) {
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    let task = tokio::spawn(controller.run(
+        move |c: Arc<Cluster>| {
+            record
+                .lock()
+                .unwrap()
+                .insert(c.metadata.name.clone(), c.metadata.resource_version.clone());
+            async { Ok::<_, std::convert::Infallible>(Action::await_change()) }
+        },
+        async move { stop.notified().await },
+    ));
+    (seen, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_of_one_client_share_one_watch_per_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RootServer::start_with(
+        &format!("embedded:{}", dir.path().join("store").display()),
+        dir.path(),
+        &["--no-controllers"],
+    );
+    let client = Client::new(&server.url()).unwrap();
+    let api: Api<Cluster> = client.api(None);
+    create_many(&api, "before", 20, 4).await;
+
+    // Two controllers of Clusters, a third that also follows them, and a plain cache.
+    let (stop_a, stop_b) = (shutdown_signal(), shutdown_signal());
+    let (seen_a, run_a) = recording(
+        Controller::new(api.clone(), ListParams::default()),
+        stop_a.clone(),
+    );
+    let (seen_b, run_b) = recording(
+        Controller::new(api.clone(), ListParams::default()),
+        stop_b.clone(),
+    );
+    let (stop_cache_tx, stop_cache) = tokio::sync::oneshot::channel::<()>();
+    let cache = client::runtime::cache(api.clone(), ListParams::default(), async {
+        let _ = stop_cache.await;
+    });
+    create_many(&api, "after", 10, 2).await;
+    let everything = truth(&api).await;
+    assert_eq!(everything.len(), 30);
+    for (who, seen) in [("first", &seen_a), ("second", &seen_b)] {
+        eventually(
+            &format!("the {who} controller reconciled all 30 at their versions"),
+            WAIT,
+            || async { (*seen.lock().unwrap() == everything).then_some(()) },
+        )
+        .await;
+    }
+    assert_eq!(cached(&cache), everything);
+    assert_eq!(open_watches(&client).await, 1, "one watch serves all three");
+
+    // Another client has a watch of its own.
+    let other = Client::new(&server.url()).unwrap();
+    let stop_c = shutdown_signal();
+    let (_, run_c) = recording(
+        Controller::new(other.api(None), ListParams::default()),
+        stop_c.clone(),
+    );
+    eventually("the other client's watch is open", WAIT, || async {
+        (open_watches(&client).await == 2).then_some(())
+    })
+    .await;
+    stop_c.notify_one();
+    run_c.await.unwrap();
+
+    // The first controller stops: the watch stays for the second, which goes on.
+    stop_a.notify_one();
+    run_a.await.unwrap();
+    create_many(&api, "later", 5, 1).await;
+    let everything = truth(&api).await;
+    eventually(
+        "the second controller sees the later ones",
+        WAIT,
+        || async { (*seen_b.lock().unwrap() == everything).then_some(()) },
+    )
+    .await;
+    eventually("the stopped client's watch is closed", WAIT, || async {
+        (open_watches(&client).await == 1).then_some(())
+    })
+    .await;
+
+    // The last users go: the watch ends.
+    stop_b.notify_one();
+    run_b.await.unwrap();
+    stop_cache_tx.send(()).unwrap();
+    eventually("no watch is left open", WAIT, || async {
+        (open_watches(&client).await == 0).then_some(())
+    })
+    .await;
 }

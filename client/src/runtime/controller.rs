@@ -13,11 +13,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::reflector::{self, ObjectRef, Store};
-use super::watcher::{watcher, Backoff, Event};
+use super::informer::informer;
+use super::reflector::{ObjectRef, Store};
+use super::watcher::{Backoff, Event};
 use crate::{Api, ListParams};
 use crds::Resource;
 
@@ -69,7 +69,8 @@ pub struct Controller<K: Resource> {
     trigger_tx: Trigger,
     trigger_rx: mpsc::UnboundedReceiver<ObjectRef>,
     readiness: Vec<Box<dyn Fn() -> bool + Send + Sync>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The informers this controller follows, kept alive while it runs.
+    informers: Vec<Arc<dyn std::any::Any + Send + Sync>>,
     concurrency: usize,
     debounce: Duration,
     name: String,
@@ -79,25 +80,16 @@ impl<K: Resource> Controller<K> {
     /// Reconcile every object of `api` that matches `params`.
     pub fn new(api: Api<K>, params: ListParams) -> Self {
         let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
-        let (store, writer) = reflector::store();
-        let tx = trigger_tx.clone();
-        let main = tokio::spawn(drive(
-            writer,
-            api,
-            params,
-            move |event: &Event<K>| match event {
-                Event::Applied(k) | Event::Deleted(k) => vec![ObjectRef::of(k)],
-                Event::Restarted(all) => all.iter().map(ObjectRef::of).collect(),
-            },
-            tx,
-        ));
+        let (store, main) = follow(api, params, trigger_tx.clone(), |k: &K| {
+            vec![ObjectRef::of(k)]
+        });
         let readiness_store = store.clone();
         Controller {
             store,
             trigger_tx,
             trigger_rx,
             readiness: vec![Box::new(move || readiness_store.is_ready())],
-            tasks: vec![main],
+            informers: vec![main],
             concurrency: 4,
             debounce: Duration::ZERO,
             name: K::KIND.to_lowercase(),
@@ -136,18 +128,8 @@ impl<K: Resource> Controller<K> {
         params: ListParams,
         mapper: impl Fn(&R) -> Vec<ObjectRef> + Send + Sync + 'static,
     ) -> Store<R> {
-        let (store, writer) = reflector::store();
-        let task = tokio::spawn(drive(
-            writer,
-            api,
-            params,
-            move |event: &Event<R>| match event {
-                Event::Applied(r) | Event::Deleted(r) => mapper(r),
-                Event::Restarted(all) => all.iter().flat_map(&mapper).collect(),
-            },
-            self.trigger_tx.clone(),
-        ));
-        self.tasks.push(task);
+        let (store, informer) = follow(api, params, self.trigger_tx.clone(), mapper);
+        self.informers.push(informer);
         let ready = store.clone();
         self.readiness.push(Box::new(move || ready.is_ready()));
         store
@@ -295,34 +277,30 @@ impl<K: Resource> Controller<K> {
         self.stop();
     }
 
+    /// Dropping the controller drops its hold on the informers (the last holder's
+    /// drop stops a watch) and closes its trigger channel (its subscriptions end).
     fn stop(self) {
-        for t in &self.tasks {
-            t.abort();
-        }
         tracing::info!(controller = %self.name, "stopped");
     }
 }
 
-/// Feed a reflector from a watcher and queue the keys each event maps to.
-async fn drive<R: Resource>(
-    writer: reflector::Writer<R>,
+/// Subscribe to the shared informer of `api` and `params`: each event queues the keys
+/// `mapper` gives for its object(s). Returns the informer's cache and a hold on it.
+fn follow<R: Resource>(
     api: Api<R>,
     params: ListParams,
-    keys: impl Fn(&Event<R>) -> Vec<ObjectRef> + Send + 'static,
     trigger: Trigger,
-) {
-    let events = reflector::reflector(writer, watcher(api, params));
-    futures::pin_mut!(events);
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(e) => {
-                for key in keys(&e) {
-                    let _ = trigger.send(key);
-                }
-            }
-            Err(e) => tracing::debug!(kind = R::KIND, error = %e, "watch interrupted"),
-        }
-    }
+    mapper: impl Fn(&R) -> Vec<ObjectRef> + Send + Sync + 'static,
+) -> (Store<R>, Arc<dyn std::any::Any + Send + Sync>) {
+    let informer = informer(api, params);
+    informer.subscribe(move |event: &Event<R>| {
+        let keys = match event {
+            Event::Applied(r) | Event::Deleted(r) => mapper(r),
+            Event::Restarted(all) => all.iter().flat_map(&mapper).collect(),
+        };
+        keys.into_iter().all(|key| trigger.send(key).is_ok()) && !trigger.is_closed()
+    });
+    (informer.store(), informer)
 }
 
 /// Keys waiting, running, and to run again after their current run.
