@@ -8,14 +8,14 @@
 //! has (for spreading) and, for nodes, the host ports their Instances publish. Decisions are serialized, so a burst does not over-commit.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use client::runtime::{Action, ObjectRef, Recorder, Store};
 use client::{Api, Client};
 use crds::{set_condition, ConditionStatus, EventType, Instance, Phase, Protocol, Resources};
-use scheduler::{Candidate, Decision, Request, Tier};
+use scheduler::{Candidate, Decision, Profile, Request, Tier};
 use serde_json::json;
 
 use crate::{index_by_service, service_key, Error, BY_SERVICE};
@@ -138,46 +138,39 @@ impl Binder {
         candidates: &mut [Candidate],
         recent: &HashMap<ObjectRef, Recent>,
     ) {
-        let mut in_flight: HashMap<String, Resources> = HashMap::new();
-        let mut replicas: HashMap<String, u32> = HashMap::new();
-        let mut ports: HashMap<String, Vec<(u16, Protocol)>> = HashMap::new();
-        for c in candidates.iter() {
-            for i in self.instances.by_index(IN_FLIGHT, &c.name) {
-                add(
-                    in_flight.entry(c.name.clone()).or_default(),
-                    &i.spec.template.resources,
-                );
+        for c in candidates.iter_mut() {
+            for i in self.instances.by_index(IN_FLIGHT, &c.profile.name) {
+                add(&mut c.in_flight, &i.spec.template.resources);
                 if self.tier == Tier::Node {
-                    ports
-                        .entry(c.name.clone())
-                        .or_default()
-                        .extend(host_ports(&i));
+                    c.host_ports.extend(host_ports(&i));
                 }
             }
         }
+        let profiles: Vec<Arc<Profile>> = candidates.iter().map(|c| c.profile.clone()).collect();
+        let position: HashMap<&str, usize> = profiles
+            .iter()
+            .enumerate()
+            .map(|(n, p)| (p.name.as_str(), n))
+            .collect();
         let key = service_key(
             instance.metadata.namespace.as_deref(),
             &instance.spec.service,
         );
         for i in self.instances.by_index(BY_SERVICE, &key) {
-            if let Some(target) = target_of(self.tier, &i) {
-                *replicas.entry(target.clone()).or_default() += 1;
+            if let Some(&n) = target_of(self.tier, &i).and_then(|t| position.get(t.as_str())) {
+                candidates[n].replicas_here += 1;
             }
         }
         for r in recent.values() {
-            add(in_flight.entry(r.target.clone()).or_default(), &r.resources);
-            ports
-                .entry(r.target.clone())
-                .or_default()
-                .extend(r.host_ports.iter().copied());
+            let Some(&n) = position.get(r.target.as_str()) else {
+                continue;
+            };
+            let c = &mut candidates[n];
+            add(&mut c.in_flight, &r.resources);
+            c.host_ports.extend(r.host_ports.iter().copied());
             if r.service == instance.spec.service {
-                *replicas.entry(r.target.clone()).or_default() += 1;
+                c.replicas_here += 1;
             }
-        }
-        for c in candidates {
-            c.in_flight = in_flight.get(&c.name).cloned().unwrap_or_default();
-            c.replicas_here = replicas.get(&c.name).copied().unwrap_or_default();
-            c.host_ports = ports.remove(&c.name).unwrap_or_default();
         }
     }
 

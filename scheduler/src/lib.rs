@@ -9,6 +9,7 @@
 //! Oakestra's reasons `NoTargetCluster` / `NoResourcesAvailable`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crds::{Capacity, Location, Placement, Protocol, Resources, Runtime};
 
@@ -38,9 +39,10 @@ impl Tier {
 /// Reason when candidates pass the constraints but none has room.
 pub const NO_RESOURCES: &str = "NoResourcesAvailable";
 
-/// One cluster or node, as the scheduler sees it.
+/// One cluster or node as it reports itself. It changes only when the target's object
+/// does, so callers keep one per object version and share it between decisions.
 #[derive(Debug, Clone, Default)]
-pub struct Candidate {
+pub struct Profile {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub ready: bool,
@@ -49,12 +51,29 @@ pub struct Candidate {
     pub location: Option<Location>,
     /// Allocatable as reported.
     pub allocatable: Capacity,
+}
+
+/// One cluster or node, as the scheduler sees it for one decision: its profile and
+/// what the caller knows that the target cannot report yet.
+#[derive(Debug, Clone, Default)]
+pub struct Candidate {
+    pub profile: Arc<Profile>,
     /// Requests of work placed here but not yet reflected in `allocatable`.
     pub in_flight: Resources,
     /// Replicas of the same Service already here.
     pub replicas_here: u32,
     /// Host ports already published here (nodes only; a cluster does not know them).
     pub host_ports: Vec<(u16, Protocol)>,
+}
+
+impl Candidate {
+    /// A candidate with nothing in flight.
+    pub fn new(profile: Arc<Profile>) -> Self {
+        Candidate {
+            profile,
+            ..Default::default()
+        }
+    }
 }
 
 /// What one Instance needs.
@@ -96,16 +115,16 @@ pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {
 
 /// Why a candidate fails the constraints (not resources), if it does.
 fn constraint_failure(c: &Candidate, r: &Request) -> Option<String> {
-    if r.excluded.contains(&c.name) {
+    if r.excluded.contains(&c.profile.name) {
         return Some("turned this instance down before (no room)".into());
     }
-    if !c.ready {
+    if !c.profile.ready {
         return Some("not ready".into());
     }
-    if !c.schedulable {
+    if !c.profile.schedulable {
         return Some("unschedulable".into());
     }
-    if !c.runtimes.contains(&r.runtime) {
+    if !c.profile.runtimes.contains(&r.runtime) {
         return Some(format!(
             "does not support runtime {}",
             format!("{:?}", r.runtime).to_lowercase()
@@ -115,10 +134,13 @@ fn constraint_failure(c: &Candidate, r: &Request) -> Option<String> {
         Tier::Cluster => (&r.placement.clusters, &r.placement.cluster_selector),
         Tier::Node => (&Vec::new(), &r.placement.node_selector),
     };
-    if !allowed.is_empty() && !allowed.contains(&c.name) {
+    if !allowed.is_empty() && !allowed.contains(&c.profile.name) {
         return Some(format!("not in the allowed clusters {allowed:?}"));
     }
-    if let Some((k, v)) = selector.iter().find(|(k, v)| c.labels.get(*k) != Some(v)) {
+    if let Some((k, v)) = selector
+        .iter()
+        .find(|(k, v)| c.profile.labels.get(*k) != Some(v))
+    {
         return Some(format!("lacks label {k}={v}"));
     }
     if r.tier == Tier::Node {
@@ -128,7 +150,7 @@ fn constraint_failure(c: &Candidate, r: &Request) -> Option<String> {
         }
     }
     if let Some(geo) = &r.placement.geo {
-        match &c.location {
+        match &c.profile.location {
             None => return Some("has no location (geo constraint)".into()),
             Some(l) => {
                 let d = distance_km((geo.latitude, geo.longitude), (l.latitude, l.longitude));
@@ -144,9 +166,9 @@ fn constraint_failure(c: &Candidate, r: &Request) -> Option<String> {
 /// Free capacity after counting in-flight work.
 fn free(c: &Candidate) -> (i64, i64, i64) {
     (
-        c.allocatable.cpu_millicores as i64 - c.in_flight.cpu_millicores as i64,
-        c.allocatable.memory_mib as i64 - c.in_flight.memory_mib as i64,
-        c.allocatable.gpus as i64 - c.in_flight.gpus as i64,
+        c.profile.allocatable.cpu_millicores as i64 - c.in_flight.cpu_millicores as i64,
+        c.profile.allocatable.memory_mib as i64 - c.in_flight.memory_mib as i64,
+        c.profile.allocatable.gpus as i64 - c.in_flight.gpus as i64,
     )
 }
 
@@ -190,9 +212,12 @@ fn free_after(c: &Candidate, r: &Request) -> f64 {
     (frac(
         cpu,
         r.resources.cpu_millicores,
-        c.allocatable.cpu_millicores,
-    ) + frac(mem, r.resources.memory_mib, c.allocatable.memory_mib))
-        / 2.0
+        c.profile.allocatable.cpu_millicores,
+    ) + frac(
+        mem,
+        r.resources.memory_mib,
+        c.profile.allocatable.memory_mib,
+    )) / 2.0
 }
 
 /// Choose where one Instance goes.
@@ -209,11 +234,11 @@ pub fn schedule(candidates: &[Candidate], r: &Request) -> Decision {
     let mut any_passed_constraints = false;
     for c in candidates {
         if let Some(why) = constraint_failure(c, r) {
-            failures.push(format!("{}: {why}", c.name));
+            failures.push(format!("{}: {why}", c.profile.name));
         } else {
             any_passed_constraints = true;
             match resource_failure(c, r) {
-                Some(why) => failures.push(format!("{}: {why}", c.name)),
+                Some(why) => failures.push(format!("{}: {why}", c.profile.name)),
                 None => fitting.push(c),
             }
         }
@@ -222,10 +247,10 @@ pub fn schedule(candidates: &[Candidate], r: &Request) -> Decision {
         a.replicas_here
             .cmp(&b.replicas_here)
             .then(free_after(b, r).total_cmp(&free_after(a, r)))
-            .then(a.name.cmp(&b.name))
+            .then(a.profile.name.cmp(&b.profile.name))
     });
     match best {
-        Some(c) => Decision::Place(c.name.clone()),
+        Some(c) => Decision::Place(c.profile.name.clone()),
         None => {
             failures.sort();
             let shown = failures.len().min(10);
@@ -253,7 +278,7 @@ mod tests {
     use crds::GeoConstraint;
 
     fn cluster(name: &str, cpu: u64, mem: u64) -> Candidate {
-        Candidate {
+        Candidate::new(Arc::new(Profile {
             name: name.into(),
             ready: true,
             schedulable: true,
@@ -265,7 +290,7 @@ mod tests {
                 nodes: 1,
             },
             ..Default::default()
-        }
+        }))
     }
 
     fn request<'a>(resources: &'a Resources, placement: &'a Placement) -> Request<'a> {
@@ -315,11 +340,11 @@ mod tests {
         };
 
         let mut not_ready = cluster("a", 4000, 4096);
-        not_ready.ready = false;
+        Arc::make_mut(&mut not_ready.profile).ready = false;
         let mut at_munich = cluster("a", 1000, 1024);
-        at_munich.location = Some(munich);
+        Arc::make_mut(&mut at_munich.profile).location = Some(munich);
         let mut at_berlin = cluster("b", 4000, 4096);
-        at_berlin.location = Some(berlin);
+        Arc::make_mut(&mut at_berlin.profile).location = Some(berlin);
         let mut busy = cluster("a", 1000, 1024);
         busy.in_flight = Resources {
             cpu_millicores: 800,
@@ -328,7 +353,9 @@ mod tests {
         let mut spread = cluster("a", 8000, 8192);
         spread.replicas_here = 2;
         let mut labelled = cluster("b", 1000, 1024);
-        labelled.labels.insert("tier".into(), "gold".into());
+        Arc::make_mut(&mut labelled.profile)
+            .labels
+            .insert("tier".into(), "gold".into());
 
         let cases: Vec<(&str, Vec<Candidate>, &Placement, Decision)> = vec![
             (
