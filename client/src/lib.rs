@@ -13,6 +13,8 @@ use std::sync::Arc;
 use crds::{KindInfo, Resource, Status};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +156,13 @@ impl Client {
         })
     }
 
-    async fn json(&self, request: reqwest::RequestBuilder, url: &str) -> Result<Value> {
+    /// Send `request` and decode the answer as `T` (straight from the body's bytes: a
+    /// typed caller gets no intermediate `Value`).
+    async fn json<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<T> {
         let response = self.send(request, url).await?;
         response.json().await.map_err(|e| ClientError::Decode {
             url: url.into(),
@@ -256,6 +264,10 @@ impl DynamicApi {
     }
 
     pub async fn get(&self, name: &str) -> Result<Value> {
+        self.get_as(name).await
+    }
+
+    async fn get_as<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
         let url = self.item_url(name);
         self.client.json(self.client.http.get(&url), &url).await
     }
@@ -279,31 +291,48 @@ impl DynamicApi {
 
     /// Every page of the list: the items and the resourceVersion of the first page.
     pub async fn list_all(&self, params: &ListParams) -> Result<(Vec<Value>, String)> {
+        self.list_all_as(params).await
+    }
+
+    async fn list_all_as<T: DeserializeOwned>(
+        &self,
+        params: &ListParams,
+    ) -> Result<(Vec<T>, String)> {
+        #[derive(serde::Deserialize)]
+        struct Page<T> {
+            #[serde(default = "Vec::new")]
+            items: Vec<T>,
+            #[serde(default)]
+            metadata: PageMeta,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(rename_all = "camelCase")]
+        struct PageMeta {
+            resource_version: Option<String>,
+            #[serde(rename = "continue")]
+            continue_token: Option<String>,
+        }
+        let url = self.collection_url();
         let mut params = params.clone();
         let mut items = Vec::new();
         let mut version = None;
         loop {
-            let mut page = self.list(&params).await?;
-            version.get_or_insert_with(|| {
-                page["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string()
-            });
-            if let Some(a) = page["items"].as_array_mut() {
-                items.append(a);
-            }
-            match page["metadata"]["continue"]
-                .as_str()
-                .filter(|c| !c.is_empty())
-            {
-                Some(c) => params.continue_token = Some(c.to_string()),
+            let request = self.client.http.get(&url).query(&params.query());
+            let mut page: Page<T> = self.client.json(request, &url).await?;
+            version.get_or_insert_with(|| page.metadata.resource_version.unwrap_or_default());
+            items.append(&mut page.items);
+            match page.metadata.continue_token.filter(|c| !c.is_empty()) {
+                Some(c) => params.continue_token = Some(c),
                 None => return Ok((items, version.unwrap_or_default())),
             }
         }
     }
 
     pub async fn create(&self, object: &Value) -> Result<Value> {
+        self.create_as(object).await
+    }
+
+    async fn create_as<T: DeserializeOwned>(&self, object: &impl Serialize) -> Result<T> {
         let url = self.collection_url();
         self.client
             .json(self.client.http.post(&url).json(object), &url)
@@ -311,6 +340,14 @@ impl DynamicApi {
     }
 
     pub async fn replace(&self, name: &str, object: &Value) -> Result<Value> {
+        self.replace_as(name, object).await
+    }
+
+    async fn replace_as<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        object: &impl Serialize,
+    ) -> Result<T> {
         let url = self.item_url(name);
         self.client
             .json(self.client.http.put(&url).json(object), &url)
@@ -318,6 +355,14 @@ impl DynamicApi {
     }
 
     pub async fn replace_status(&self, name: &str, object: &Value) -> Result<Value> {
+        self.replace_status_as(name, object).await
+    }
+
+    async fn replace_status_as<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        object: &impl Serialize,
+    ) -> Result<T> {
         let url = format!("{}/status", self.item_url(name));
         self.client
             .json(self.client.http.put(&url).json(object), &url)
@@ -335,6 +380,17 @@ impl DynamicApi {
         target: &str,
         resource_version: Option<&str>,
     ) -> Result<Value> {
+        self.bind_as(name, target_kind, target, resource_version)
+            .await
+    }
+
+    async fn bind_as<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        target_kind: &str,
+        target: &str,
+        resource_version: Option<&str>,
+    ) -> Result<T> {
         let url = format!("{}/binding", self.item_url(name));
         let body = serde_json::json!({
             "apiVersion": crds::API_VERSION,
@@ -347,7 +403,7 @@ impl DynamicApi {
             .await
     }
 
-    async fn merge_patch_url(&self, url: String, patch: &Value) -> Result<Value> {
+    async fn merge_patch_url<T: DeserializeOwned>(&self, url: String, patch: &Value) -> Result<T> {
         let request = self
             .client
             .http
@@ -362,11 +418,19 @@ impl DynamicApi {
 
     /// JSON merge patch of the object.
     pub async fn patch(&self, name: &str, patch: &Value) -> Result<Value> {
+        self.patch_as(name, patch).await
+    }
+
+    async fn patch_as<T: DeserializeOwned>(&self, name: &str, patch: &Value) -> Result<T> {
         self.merge_patch_url(self.item_url(name), patch).await
     }
 
     /// JSON merge patch of the status subresource.
     pub async fn patch_status(&self, name: &str, patch: &Value) -> Result<Value> {
+        self.patch_status_as(name, patch).await
+    }
+
+    async fn patch_status_as<T: DeserializeOwned>(&self, name: &str, patch: &Value) -> Result<T> {
         self.merge_patch_url(format!("{}/status", self.item_url(name)), patch)
             .await
     }
@@ -387,6 +451,13 @@ impl DynamicApi {
         &self,
         params: &ListParams,
     ) -> Result<BoxStream<'static, Result<WatchEvent<Value>>>> {
+        self.watch_as(params).await
+    }
+
+    async fn watch_as<T: DeserializeOwned + Send + 'static>(
+        &self,
+        params: &ListParams,
+    ) -> Result<BoxStream<'static, Result<WatchEvent<T>>>> {
         let url = self.collection_url();
         let mut query = params.query();
         query.push(("watch", "true".into()));
@@ -438,33 +509,46 @@ fn lines(
     )
 }
 
-fn parse_event(url: &str, line: Vec<u8>) -> Result<WatchEvent<Value>> {
+/// One line of a watch stream; the object is decoded as `T` once its type is known (a
+/// bookmark's or an error's object is not a `T`).
+fn parse_event<T: DeserializeOwned>(url: &str, line: Vec<u8>) -> Result<WatchEvent<T>> {
     #[derive(serde::Deserialize)]
-    struct Raw {
+    struct Raw<'a> {
         #[serde(rename = "type")]
         type_: String,
-        object: Value,
+        #[serde(borrow)]
+        object: &'a serde_json::value::RawValue,
     }
-    let raw: Raw = serde_json::from_slice(&line).map_err(|e| ClientError::Decode {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase")]
+    struct BookmarkMeta {
+        resource_version: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Bookmark {
+        #[serde(default)]
+        metadata: BookmarkMeta,
+    }
+    let bad = |what: &str, e: serde_json::Error| ClientError::Decode {
         url: url.into(),
-        message: format!("bad watch event: {e}"),
-    })?;
+        message: format!("bad {what}: {e}"),
+    };
+    let raw: Raw = serde_json::from_slice(&line).map_err(|e| bad("watch event", e))?;
+    let object = |what: &str| serde_json::from_str::<T>(raw.object.get()).map_err(|e| bad(what, e));
     match raw.type_.as_str() {
-        "ADDED" => Ok(WatchEvent::Added(raw.object)),
-        "MODIFIED" => Ok(WatchEvent::Modified(raw.object)),
-        "DELETED" => Ok(WatchEvent::Deleted(raw.object)),
-        "BOOKMARK" => Ok(WatchEvent::Bookmark(
-            raw.object["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        )),
+        "ADDED" => Ok(WatchEvent::Added(object("ADDED object")?)),
+        "MODIFIED" => Ok(WatchEvent::Modified(object("MODIFIED object")?)),
+        "DELETED" => Ok(WatchEvent::Deleted(object("DELETED object")?)),
+        "BOOKMARK" => {
+            let b: Bookmark =
+                serde_json::from_str(raw.object.get()).map_err(|e| bad("BOOKMARK event", e))?;
+            Ok(WatchEvent::Bookmark(
+                b.metadata.resource_version.unwrap_or_default(),
+            ))
+        }
         "ERROR" => {
             let status: Status =
-                serde_json::from_value(raw.object).map_err(|e| ClientError::Decode {
-                    url: url.into(),
-                    message: format!("bad ERROR event: {e}"),
-                })?;
+                serde_json::from_str(raw.object.get()).map_err(|e| bad("ERROR event", e))?;
             Err(ClientError::Api {
                 status: Box::new(status),
             })
@@ -483,60 +567,29 @@ pub struct Api<K> {
     _kind: PhantomData<fn() -> K>,
 }
 
-fn typed<K: Resource>(url: &str, v: Value) -> Result<K> {
-    serde_json::from_value(v).map_err(|e| ClientError::Decode {
-        url: url.into(),
-        message: e.to_string(),
-    })
-}
-
-fn untyped<K: Resource>(k: &K) -> Value {
-    serde_json::to_value(k).expect("resources serialize")
-}
-
 impl<K: Resource> Api<K> {
     pub fn dynamic(&self) -> &DynamicApi {
         &self.inner
     }
     pub async fn get(&self, name: &str) -> Result<K> {
-        typed(&self.inner.item_url(name), self.inner.get(name).await?)
+        self.inner.get_as(name).await
     }
     pub async fn list(&self, params: &ListParams) -> Result<(Vec<K>, String)> {
-        let (items, version) = self.inner.list_all(params).await?;
-        let url = self.inner.collection_url();
-        Ok((
-            items
-                .into_iter()
-                .map(|v| typed(&url, v))
-                .collect::<Result<_>>()?,
-            version,
-        ))
+        self.inner.list_all_as(params).await
     }
     pub async fn create(&self, object: &K) -> Result<K> {
-        typed(
-            &self.inner.collection_url(),
-            self.inner.create(&untyped(object)).await?,
-        )
+        self.inner.create_as(object).await
     }
     pub async fn replace(&self, object: &K) -> Result<K> {
-        let name = object.metadata().name.clone();
-        typed(
-            &self.inner.item_url(&name),
-            self.inner.replace(&name, &untyped(object)).await?,
-        )
+        self.inner.replace_as(&object.metadata().name, object).await
     }
     pub async fn replace_status(&self, object: &K) -> Result<K> {
-        let name = object.metadata().name.clone();
-        typed(
-            &self.inner.item_url(&name),
-            self.inner.replace_status(&name, &untyped(object)).await?,
-        )
+        self.inner
+            .replace_status_as(&object.metadata().name, object)
+            .await
     }
     pub async fn patch(&self, name: &str, patch: &Value) -> Result<K> {
-        typed(
-            &self.inner.item_url(name),
-            self.inner.patch(name, patch).await?,
-        )
+        self.inner.patch_as(name, patch).await
     }
     /// See [`DynamicApi::bind`].
     pub async fn bind(
@@ -546,18 +599,12 @@ impl<K: Resource> Api<K> {
         target: &str,
         resource_version: Option<&str>,
     ) -> Result<K> {
-        typed(
-            &self.inner.item_url(name),
-            self.inner
-                .bind(name, target_kind, target, resource_version)
-                .await?,
-        )
+        self.inner
+            .bind_as(name, target_kind, target, resource_version)
+            .await
     }
     pub async fn patch_status(&self, name: &str, patch: &Value) -> Result<K> {
-        typed(
-            &self.inner.item_url(name),
-            self.inner.patch_status(name, patch).await?,
-        )
+        self.inner.patch_status_as(name, patch).await
     }
     pub async fn delete(&self, name: &str) -> Result<()> {
         self.inner.delete(name, None).await.map(|_| ())
@@ -566,19 +613,59 @@ impl<K: Resource> Api<K> {
         &self,
         params: &ListParams,
     ) -> Result<BoxStream<'static, Result<WatchEvent<K>>>> {
-        let url = self.inner.collection_url();
-        Ok(self
-            .inner
-            .watch(params)
-            .await?
-            .map(move |e| {
-                Ok(match e? {
-                    WatchEvent::Added(v) => WatchEvent::Added(typed(&url, v)?),
-                    WatchEvent::Modified(v) => WatchEvent::Modified(typed(&url, v)?),
-                    WatchEvent::Deleted(v) => WatchEvent::Deleted(typed(&url, v)?),
-                    WatchEvent::Bookmark(rv) => WatchEvent::Bookmark(rv),
-                })
-            })
-            .boxed())
+        self.inner.watch_as(params).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crds::Cluster;
+
+    const URL: &str = "http://api/apis/oakestra.io/v1/clusters";
+
+    fn line(s: &str) -> Vec<u8> {
+        format!("{s}\n").into_bytes()
+    }
+
+    #[test]
+    fn watch_lines_decode_straight_to_the_kind() {
+        let added = line(
+            r#"{"type":"ADDED","object":{"apiVersion":"oakestra.io/v1","kind":"Cluster","metadata":{"name":"a","resourceVersion":"7"},"spec":{}}}"#,
+        );
+        match parse_event::<Cluster>(URL, added).unwrap() {
+            WatchEvent::Added(c) => {
+                assert_eq!(c.metadata.name, "a");
+                assert_eq!(c.metadata.resource_version.as_deref(), Some("7"));
+            }
+            other => panic!("expected ADDED, got {other:?}"),
+        }
+        // A bookmark's object is not a Cluster (no spec): only its version is read.
+        let bookmark = line(
+            r#"{"type":"BOOKMARK","object":{"kind":"Cluster","metadata":{"resourceVersion":"42"}}}"#,
+        );
+        assert_eq!(
+            parse_event::<Cluster>(URL, bookmark).unwrap(),
+            WatchEvent::Bookmark("42".into())
+        );
+    }
+
+    #[test]
+    fn watch_errors_say_what_and_where() {
+        let gone = line(
+            r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","status":"Failure","message":"too old","reason":"Expired","code":410}}"#,
+        );
+        let e = parse_event::<Cluster>(URL, gone).unwrap_err();
+        assert!(e.is_gone(), "{e}");
+
+        let wrong = line(r#"{"type":"MODIFIED","object":{"metadata":{"name":7}}}"#);
+        let e = parse_event::<Cluster>(URL, wrong).unwrap_err().to_string();
+        assert!(e.contains(URL) && e.contains("bad MODIFIED object"), "{e}");
+
+        let unknown = line(r#"{"type":"RENAMED","object":{}}"#);
+        let e = parse_event::<Cluster>(URL, unknown)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown watch event type \"RENAMED\""), "{e}");
     }
 }
