@@ -15,7 +15,7 @@ use chrono::Utc;
 use client::runtime::{Action, ObjectRef, Recorder, Store};
 use client::{Api, Client};
 use crds::{set_condition, ConditionStatus, EventType, Instance, Phase, Protocol, Resources};
-use scheduler::{Candidate, Decision, Profile, Request, Tier};
+use scheduler::{Candidate, Decision, Request, Tier};
 use serde_json::json;
 
 use crate::{index_by_service, service_key, Error, BY_SERVICE};
@@ -35,6 +35,34 @@ fn host_ports(i: &Instance) -> Vec<(u16, Protocol)> {
         .iter()
         .filter_map(|p| Some((p.host_port?, p.protocol)))
         .collect()
+}
+
+/// The candidates of a decision and where each target's name is among them (the
+/// position map is shared: cloning this copies the list, not the map).
+#[derive(Clone, Default)]
+pub struct Targets {
+    candidates: Vec<Candidate>,
+    position: Arc<HashMap<String, usize>>,
+}
+
+impl Targets {
+    pub fn new(candidates: Vec<Candidate>) -> Self {
+        let position = candidates
+            .iter()
+            .enumerate()
+            .map(|(n, c)| (c.profile.name.clone(), n))
+            .collect();
+        Targets {
+            candidates,
+            position: Arc::new(position),
+        }
+    }
+
+    /// The candidate named `name`.
+    fn get_mut(&mut self, name: &str) -> Option<&mut Candidate> {
+        let n = *self.position.get(name)?;
+        self.candidates.get_mut(n)
+    }
 }
 
 pub struct Binder {
@@ -135,37 +163,33 @@ impl Binder {
     fn complete(
         &self,
         instance: &Instance,
-        candidates: &mut [Candidate],
+        targets: &mut Targets,
         recent: &HashMap<ObjectRef, Recent>,
     ) {
-        for c in candidates.iter_mut() {
-            for i in self.instances.by_index(IN_FLIGHT, &c.profile.name) {
+        self.instances.for_each_group(IN_FLIGHT, |target, bound| {
+            let Some(c) = targets.get_mut(target) else {
+                return;
+            };
+            for i in bound {
                 add(&mut c.in_flight, &i.spec.template.resources);
                 if self.tier == Tier::Node {
-                    c.host_ports.extend(host_ports(&i));
+                    c.host_ports.extend(host_ports(i));
                 }
             }
-        }
-        let profiles: Vec<Arc<Profile>> = candidates.iter().map(|c| c.profile.clone()).collect();
-        let position: HashMap<&str, usize> = profiles
-            .iter()
-            .enumerate()
-            .map(|(n, p)| (p.name.as_str(), n))
-            .collect();
+        });
         let key = service_key(
             instance.metadata.namespace.as_deref(),
             &instance.spec.service,
         );
         for i in self.instances.by_index(BY_SERVICE, &key) {
-            if let Some(&n) = target_of(self.tier, &i).and_then(|t| position.get(t.as_str())) {
-                candidates[n].replicas_here += 1;
+            if let Some(c) = target_of(self.tier, &i).and_then(|t| targets.get_mut(t)) {
+                c.replicas_here += 1;
             }
         }
         for r in recent.values() {
-            let Some(&n) = position.get(r.target.as_str()) else {
+            let Some(c) = targets.get_mut(&r.target) else {
                 continue;
             };
-            let c = &mut candidates[n];
             add(&mut c.in_flight, &r.resources);
             c.host_ports.extend(r.host_ports.iter().copied());
             if r.service == instance.spec.service {
@@ -174,12 +198,8 @@ impl Binder {
         }
     }
 
-    /// Choose a target for `instance` among `candidates` and write it, or record why not.
-    pub async fn bind(
-        &self,
-        instance: &Instance,
-        mut candidates: Vec<Candidate>,
-    ) -> Result<Action, Error> {
+    /// Choose a target for `instance` among `targets` and write it, or record why not.
+    pub async fn bind(&self, instance: &Instance, mut targets: Targets) -> Result<Action, Error> {
         let key = ObjectRef::of(instance);
         let decision = {
             let mut recent = self.recent.lock().expect("recent lock");
@@ -189,7 +209,7 @@ impl Binder {
                     .get(k)
                     .is_some_and(|i| target_of(self.tier, &i) != Some(&r.target))
             });
-            self.complete(instance, &mut candidates, &recent);
+            self.complete(instance, &mut targets, &recent);
             let excluded = rejected_by(instance);
             let wanted = host_ports(instance);
             let request = Request {
@@ -200,7 +220,7 @@ impl Binder {
                 excluded: &excluded,
                 host_ports: &wanted,
             };
-            let decision = scheduler::schedule(&candidates, &request);
+            let decision = scheduler::schedule(&targets.candidates, &request);
             if let Decision::Place(target) = &decision {
                 let r = Recent {
                     target: target.clone(),

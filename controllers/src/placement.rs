@@ -17,7 +17,7 @@ use crds::{Cluster, HasConditions, Instance, Node, Resource};
 use scheduler::{Candidate, Profile, Tier};
 use tokio_util::sync::CancellationToken;
 
-use crate::bind::{target_of, Binder};
+use crate::bind::{target_of, Binder, Targets};
 use crate::{not_ready_for, Error};
 
 /// A kind Instances are bound to.
@@ -82,12 +82,29 @@ struct Ctx<T: Target> {
     /// the profiles of targets that changed since the last one (at 500 nodes, building
     /// them all anew was a tenth of a cluster's CPU in a burst).
     profiles: Mutex<HashMap<String, Versioned>>,
+    /// The last candidates built and the targets cache's generation they were built at:
+    /// while no target changes (heartbeats renew Leases, not Nodes), decisions reuse them.
+    last: Mutex<Option<(u64, Targets)>>,
     grace: Duration,
 }
 
 impl<T: Target> Ctx<T> {
     /// Every cached target as a candidate.
-    fn candidates(&self) -> Vec<Candidate> {
+    fn candidates(&self) -> Targets {
+        let generation = self.targets.generation();
+        let mut last = self.last.lock().expect("last candidates lock");
+        match &*last {
+            Some((built_at, targets)) if *built_at == generation => targets.clone(),
+            _ => {
+                let targets = Targets::new(self.build_candidates());
+                *last = Some((generation, targets.clone()));
+                targets
+            }
+        }
+    }
+
+    /// Every cached target as a candidate, from the profiles kept per version.
+    fn build_candidates(&self) -> Vec<Candidate> {
         let targets = self.targets.state();
         let mut profiles = self.profiles.lock().expect("profiles lock");
         if profiles.len() > targets.len() {
@@ -166,6 +183,7 @@ pub async fn run<T: Target>(
         binder: Binder::new(T::TIER, client, instances, source),
         targets,
         profiles: Mutex::default(),
+        last: Mutex::default(),
         grace,
     });
     controller

@@ -92,6 +92,8 @@ impl<K> Index<K> {
 struct Inner<K> {
     objects: HashMap<ObjectRef, Arc<K>>,
     indexes: HashMap<&'static str, Index<K>>,
+    /// Bumped by every applied event.
+    generation: u64,
 }
 
 impl<K> Default for Inner<K> {
@@ -99,6 +101,7 @@ impl<K> Default for Inner<K> {
         Inner {
             objects: HashMap::new(),
             indexes: HashMap::new(),
+            generation: 0,
         }
     }
 }
@@ -209,6 +212,27 @@ impl<K: Resource> Store<K> {
         inner.indexes.insert(name, index);
     }
 
+    /// Call `f` with each group of index `name` (its key and objects), under one read
+    /// of the cache: for a caller that wants most groups, cheaper than asking for each.
+    pub fn for_each_group(
+        &self,
+        name: &str,
+        mut f: impl FnMut(&str, &mut dyn Iterator<Item = &Arc<K>>),
+    ) {
+        let inner = self.map.read().expect("store lock");
+        if let Some(index) = inner.indexes.get(name) {
+            for (key, group) in &index.groups {
+                f(key, &mut group.values());
+            }
+        }
+    }
+
+    /// A number that changes whenever the cache does (every applied event bumps it):
+    /// lets a reader keep something derived from the whole cache until it is stale.
+    pub fn generation(&self) -> u64 {
+        self.map.read().expect("store lock").generation
+    }
+
     /// The cached objects index `name` files under `value` (none if there is no such
     /// index).
     pub fn by_index(&self, name: &str, value: &str) -> Vec<Arc<K>> {
@@ -245,6 +269,7 @@ impl<K: Resource> Writer<K> {
     /// while the watch was away).
     pub fn apply(&mut self, event: &Event<K>) -> Vec<Arc<K>> {
         let mut inner = self.map.write().expect("store lock");
+        inner.generation += 1;
         match event {
             Event::Applied(k) => {
                 inner.insert(ObjectRef::of(k), Arc::new(k.clone()));
@@ -260,7 +285,9 @@ impl<K: Resource> Writer<K> {
                     .map(|k| (ObjectRef::of(k), Arc::new(k.clone())))
                     .collect();
                 let old = std::mem::replace(&mut inner.objects, fresh);
-                let Inner { objects, indexes } = &mut *inner;
+                let Inner {
+                    objects, indexes, ..
+                } = &mut *inner;
                 for index in indexes.values_mut() {
                     index.rebuild(objects);
                 }
@@ -332,6 +359,13 @@ mod tests {
         writer.apply(&Event::Applied(instance("c", "db")));
         assert_eq!(names(store.by_index("service", "web")), ["a", "b"]);
         assert_eq!(names(store.by_index("service", "db")), ["c"]);
+        let mut groups: Vec<(String, usize)> = Vec::new();
+        store.for_each_group("service", |key, objects| {
+            groups.push((key.to_string(), objects.count()))
+        });
+        groups.sort();
+        assert_eq!(groups, [("db".to_string(), 1), ("web".to_string(), 2)]);
+        let before = store.generation();
 
         // A changed key moves the object; a deletion drops it.
         writer.apply(&Event::Applied(instance("b", "db")));
@@ -339,6 +373,11 @@ mod tests {
         assert_eq!(names(store.by_index("service", "web")), ["a"]);
         assert_eq!(names(store.by_index("service", "db")), ["b"]);
 
+        assert_eq!(
+            store.generation(),
+            before + 2,
+            "each event bumps the generation"
+        );
         // A relist rebuilds it.
         writer.apply(&Event::Restarted(vec![instance("d", "web")]));
         assert_eq!(names(store.by_index("service", "web")), ["d"]);
