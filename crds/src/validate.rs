@@ -59,13 +59,18 @@ pub fn object<T: Resource>(value: &Value) -> Result<Value, ValidationError> {
     if !errors.is_empty() {
         return Err(ValidationError { errors });
     }
-    let typed: T = match serde_path_to_error::deserialize(value) {
+    // Plain decoding first; only a failure is decoded again to find the field's path
+    // (tracking the path costs as much as the decoding itself).
+    let typed = match T::deserialize(value) {
         Ok(t) => t,
-        Err(e) => {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            return Err(ValidationError::single(path, e.into_inner().to_string()));
-        }
+        Err(plain) => match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(_) => return Err(ValidationError::single("", plain.to_string())),
+            Err(e) => {
+                let path = e.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                return Err(ValidationError::single(path, e.into_inner().to_string()));
+            }
+        },
     };
     typed.check(&mut errors);
     if errors.is_empty() {
@@ -77,7 +82,26 @@ pub fn object<T: Resource>(value: &Value) -> Result<Value, ValidationError> {
 
 /// Report every object key of `value` that `schema` does not declare.
 fn unknown_fields(root: &schemars::Schema, value: &Value, errors: &mut Vec<FieldError>) {
-    walk(root.as_value(), root.as_value(), value, "", errors);
+    walk(root.as_value(), root.as_value(), value, &Path::Root, errors);
+}
+
+/// Where the walk is: a chain of steps on the stack, spelled out only for an error (the
+/// walk visits every field of every write).
+enum Path<'a> {
+    Root,
+    Key(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root => Ok(()),
+            Path::Key(Path::Root, key) => write!(f, "{key}"),
+            Path::Key(parent, key) => write!(f, "{parent}.{key}"),
+            Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
 }
 
 fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
@@ -114,41 +138,33 @@ fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
     schema
 }
 
-fn walk(root: &Value, schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+fn walk(root: &Value, schema: &Value, value: &Value, path: &Path, errors: &mut Vec<FieldError>) {
     let schema = resolve(root, schema);
     match value {
         Value::Object(map) => {
             if let Some(props) = schema.get("properties").and_then(Value::as_object) {
                 for (key, v) in map {
-                    let child = join(path, key);
+                    let child = Path::Key(path, key);
                     match props.get(key) {
                         Some(s) => walk(root, s, v, &child, errors),
-                        None => errors.push(FieldError::new(child, "unknown field")),
+                        None => errors.push(FieldError::new(child.to_string(), "unknown field")),
                     }
                 }
             } else if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object())
             {
                 for (key, v) in map {
-                    walk(root, extra, v, &join(path, key), errors);
+                    walk(root, extra, v, &Path::Key(path, key), errors);
                 }
             }
         }
         Value::Array(items) => {
             if let Some(item_schema) = schema.get("items") {
                 for (i, v) in items.iter().enumerate() {
-                    walk(root, item_schema, v, &format!("{path}[{i}]"), errors);
+                    walk(root, item_schema, v, &Path::Index(path, i), errors);
                 }
             }
         }
         _ => {}
-    }
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
     }
 }
 
