@@ -5,6 +5,9 @@
 //! every beat and writes the status only every few beats). Objects that never sent a heartbeat are left alone (they are
 //! managed by hand). What happens to the Instances of a NotReady target after its
 //! grace period is the placement controller's business.
+//!
+//! A Node's Lease goes with the Node: once the Node is gone (deleted, also while this
+//! controller was not running), its Lease is deleted too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,19 +48,63 @@ pub async fn run<K: Heartbeats>(client: Client, timeout: Duration, shutdown: Can
         .name(&name)
         .concurrency(2);
     // A renewal queues nothing: each reconcile of a live object requeues itself for
-    // when its heartbeat would lapse, and reads the Lease then.
-    let leases = K::LEASED
-        .then(|| controller.watches(client.api::<Lease>(None), ListParams::default(), |_| vec![]));
+    // when its heartbeat would lapse, and reads the Lease then. A Lease whose object is
+    // not cached queues that object's key, whose reconcile removes the Lease if the
+    // object is really gone.
+    let objects = controller.store();
+    let leases = K::LEASED.then(|| {
+        controller.watches(
+            client.api::<Lease>(None),
+            ListParams::default(),
+            move |l: &Lease| {
+                let key = ObjectRef::new(None, &l.metadata.name);
+                match objects.get(&key) {
+                    Some(_) => vec![],
+                    None => vec![key],
+                }
+            },
+        )
+    });
     let recorder = Arc::new(Recorder::new(client.clone(), &name));
     controller
-        .run(
-            move |k| {
+        .run_keyed(
+            move |key, k| {
                 let (client, recorder, leases) = (client.clone(), recorder.clone(), leases.clone());
-                async move { reconcile(k, client, recorder, leases, timeout).await }
+                async move {
+                    match k {
+                        Some(k) => reconcile(k, client, recorder, leases, timeout).await,
+                        None => remove_lease::<K>(key, client, leases).await,
+                    }
+                }
             },
             shutdown.cancelled_owned(),
         )
         .await;
+}
+
+/// Delete the Lease of `key`, an object that is not cached, once the API confirms the
+/// object is gone (the caches of the object and of Leases may lag each other).
+async fn remove_lease<K: Heartbeats>(
+    key: ObjectRef,
+    client: Client,
+    leases: Option<Store<Lease>>,
+) -> Result<Action, Error> {
+    if leases.is_none_or(|l| l.get(&key).is_none()) {
+        return Ok(Action::await_change());
+    }
+    match client.api::<K>(None).get(&key.name).await {
+        Ok(_) => return Ok(Action::await_change()),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    match client.api::<Lease>(None).delete(&key.name).await {
+        Ok(()) => {
+            tracing::info!(lease = %key, kind = K::KIND, "deleted the Lease of a removed object")
+        }
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Action::await_change())
 }
 
 async fn reconcile<K: Heartbeats>(

@@ -1,6 +1,7 @@
 //! Hollow nodes (`oakestra hollow`): one process registers 20 simulated nodes in a
 //! cluster, they become Ready at the cluster and count at the root, and a Service of 40
-//! replicas ends with every Instance Running on one of them, as a user would check it.
+//! replicas ends with every Instance Running on one of them, as a user would check it;
+//! the Lease of a Node that is gone is deleted.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -152,5 +153,32 @@ async fn hollow_nodes_register_heartbeat_and_run_a_service() {
         .filter_map(|i| i.spec.node.as_deref())
         .collect();
     assert_eq!(used.len(), 20, "replicas spread over every node");
+
+    // A node's Lease goes with its Node: a Node added by hand with a Lease, then
+    // deleted, and a Lease left behind without any Node both disappear; the hollow
+    // nodes' Leases stay.
+    let by_hand: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "oakestra.io/v1", "kind": "Node",
+        "metadata": {"name": "gone"}, "spec": {}
+    }))
+    .unwrap();
+    nodes.create(&by_hand).await.unwrap();
+    for name in ["gone", "orphan"] {
+        let lease = Lease::new(
+            name,
+            crds::LeaseSpec {
+                holder_identity: Some(name.into()),
+                ..Default::default()
+            },
+        );
+        leases.create(&lease).await.unwrap();
+    }
+    nodes.delete("gone").await.unwrap();
+    eventually("the Leases of missing nodes deleted", WAIT, || async {
+        let (list, _) = leases.list(&ListParams::default()).await.ok()?;
+        let names: HashSet<String> = list.into_iter().map(|l| l.metadata.name).collect();
+        (names == expected).then_some(())
+    })
+    .await;
     drop(root);
 }
