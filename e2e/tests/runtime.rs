@@ -1,7 +1,8 @@
 //! The reconcile runtime against real API server processes: a watcher/reflector that
 //! survives a dropped stream and a restarted server, relists on 410, and a controller
 //! that loses nothing in a burst of 10,000 events and never reconciles a key twice at
-//! once, and controllers of one client that share one watch per kind.
+//! once, controllers of one client that share one watch per kind, and a debounced
+//! controller that merges a burst of changes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -335,4 +336,67 @@ async fn controllers_of_one_client_share_one_watch_per_kind() {
         (open_watches(&client).await == 0).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debounced_controller_merges_a_burst_into_few_reconciles() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RootServer::start_with(
+        &format!("embedded:{}", dir.path().join("store").display()),
+        dir.path(),
+        &["--no-controllers"],
+    );
+    let client = Client::new(&server.url()).unwrap();
+    let api: Api<Cluster> = client.api(None);
+    create_many(&api, "hot", 1, 1).await;
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    let last: Arc<Mutex<Option<String>>> = Arc::default();
+    let (count, seen) = (runs.clone(), last.clone());
+    let stop = shutdown_signal();
+    let stopped = stop.clone();
+    let debounce = Duration::from_millis(500);
+    let controller = Controller::new(api.clone(), ListParams::default()).debounce(debounce);
+    let running = tokio::spawn(controller.run(
+        move |c: Arc<Cluster>| {
+            count.fetch_add(1, Ordering::Relaxed);
+            *seen.lock().unwrap() = c.metadata.resource_version.clone();
+            async { Ok::<_, std::convert::Infallible>(Action::await_change()) }
+        },
+        async move { stopped.notified().await },
+    ));
+    eventually("the first reconcile", WAIT, || async {
+        (runs.load(Ordering::Relaxed) >= 1).then_some(())
+    })
+    .await;
+    // Triggers from the start (the first list) are over after one more period.
+    tokio::time::sleep(debounce + Duration::from_millis(300)).await;
+    let before = runs.load(Ordering::Relaxed);
+
+    // 30 changes of one object, sent one after the other: at most one reconcile per
+    // debounce period the burst lasted (plus the one after it), and the last one sees
+    // the last version.
+    let burst = std::time::Instant::now();
+    for round in 0..30 {
+        api.patch(
+            "hot-0",
+            &json!({"metadata": {"labels": {"round": round.to_string()}}}),
+        )
+        .await
+        .unwrap();
+    }
+    let periods = (burst.elapsed().as_millis() / debounce.as_millis().max(1)) as usize;
+    let latest = api.get("hot-0").await.unwrap().metadata.resource_version;
+    eventually("a reconcile of the last version", WAIT, || async {
+        (*last.lock().unwrap() == latest).then_some(())
+    })
+    .await;
+    let after_burst = runs.load(Ordering::Relaxed) - before;
+    assert!(
+        after_burst >= 1 && after_burst <= periods + 2,
+        "{after_burst} reconciles for 30 changes over {} ms",
+        burst.elapsed().as_millis()
+    );
+    stop.notify_one();
+    running.await.unwrap();
 }
