@@ -263,6 +263,10 @@ impl DynamicApi {
         format!("{}/{name}", self.collection_url())
     }
 
+    fn status_url(&self, name: &str) -> String {
+        format!("{}/status", self.item_url(name))
+    }
+
     pub async fn get(&self, name: &str) -> Result<Value> {
         self.get_as(name).await
     }
@@ -348,10 +352,7 @@ impl DynamicApi {
         name: &str,
         object: &impl Serialize,
     ) -> Result<T> {
-        let url = self.item_url(name);
-        self.client
-            .json(self.client.http.put(&url).json(object), &url)
-            .await
+        self.put_as(self.item_url(name), object).await
     }
 
     pub async fn replace_status(&self, name: &str, object: &Value) -> Result<Value> {
@@ -363,7 +364,11 @@ impl DynamicApi {
         name: &str,
         object: &impl Serialize,
     ) -> Result<T> {
-        let url = format!("{}/status", self.item_url(name));
+        self.put_as(self.status_url(name), object).await
+    }
+
+    /// PUT `object` to `url`.
+    async fn put_as<T: DeserializeOwned>(&self, url: String, object: &impl Serialize) -> Result<T> {
         self.client
             .json(self.client.http.put(&url).json(object), &url)
             .await
@@ -431,8 +436,7 @@ impl DynamicApi {
     }
 
     async fn patch_status_as<T: DeserializeOwned>(&self, name: &str, patch: &Value) -> Result<T> {
-        self.merge_patch_url(format!("{}/status", self.item_url(name)), patch)
-            .await
+        self.merge_patch_url(self.status_url(name), patch).await
     }
 
     /// Delete; returns the object (marked for deletion if finalizers remain).

@@ -133,11 +133,7 @@ async fn reflector_survives_restarts_and_relists_on_410() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_of_10000_events_loses_nothing_and_never_overlaps_a_key() {
     let dir = tempfile::tempdir().unwrap();
-    let server = RootServer::start_with(
-        &format!("embedded:{}", dir.path().join("store").display()),
-        dir.path(),
-        &["--no-controllers"],
-    );
+    let server = api_server(dir.path());
     let client = Client::new(&server.url()).unwrap();
     let api: Api<Cluster> = client.api(None);
 
@@ -219,6 +215,15 @@ async fn burst_of_10000_events_loses_nothing_and_never_overlaps_a_key() {
         .unwrap();
 }
 
+/// An API server alone (no controllers) on an embedded store under `dir`.
+fn api_server(dir: &std::path::Path) -> RootServer {
+    RootServer::start_with(
+        &format!("embedded:{}", dir.join("store").display()),
+        dir,
+        &["--no-controllers"],
+    )
+}
+
 fn shutdown_signal() -> Arc<tokio::sync::Notify> {
     Arc::new(tokio::sync::Notify::new())
 }
@@ -261,11 +266,7 @@ fn recording(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controllers_of_one_client_share_one_watch_per_kind() {
     let dir = tempfile::tempdir().unwrap();
-    let server = RootServer::start_with(
-        &format!("embedded:{}", dir.path().join("store").display()),
-        dir.path(),
-        &["--no-controllers"],
-    );
+    let server = api_server(dir.path());
     let client = Client::new(&server.url()).unwrap();
     let api: Api<Cluster> = client.api(None);
     create_many(&api, "before", 20, 4).await;
@@ -341,11 +342,7 @@ async fn controllers_of_one_client_share_one_watch_per_kind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_debounced_controller_merges_a_burst_into_few_reconciles() {
     let dir = tempfile::tempdir().unwrap();
-    let server = RootServer::start_with(
-        &format!("embedded:{}", dir.path().join("store").display()),
-        dir.path(),
-        &["--no-controllers"],
-    );
+    let server = api_server(dir.path());
     let client = Client::new(&server.url()).unwrap();
     let api: Api<Cluster> = client.api(None);
     create_many(&api, "hot", 1, 1).await;

@@ -298,7 +298,11 @@ fn follow<R: Resource>(
             Event::Applied(r) | Event::Deleted(r) => mapper(r),
             Event::Restarted(all) => all.iter().flat_map(&mapper).collect(),
         };
-        keys.into_iter().all(|key| trigger.send(key).is_ok()) && !trigger.is_closed()
+        for key in keys {
+            let _ = trigger.send(key);
+        }
+        // A stopped controller has dropped its receiver: unsubscribe.
+        !trigger.is_closed()
     });
     (informer.store(), informer)
 }

@@ -1,5 +1,6 @@
 //! The reconcile runtime: [`watcher`] → [`reflector`] → [`informer`] (one per kind,
-//! shared) → [`controller`], plus an [`events`] recorder. Every controller and the worker agent are built on it.
+//! shared) → [`controller`], plus an [`events`] recorder. Every controller and the
+//! worker agent are built on it.
 //!
 //! Reconcile functions are level-triggered: they read the cached state, move the world
 //! one step toward the desired state, and never rely on having seen every event.
