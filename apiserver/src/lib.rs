@@ -17,6 +17,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+
 pub use http::ServerConfig;
 
 /// Where objects are stored.
@@ -71,8 +75,16 @@ pub fn best_effort_prefixes() -> Vec<String> {
 pub struct Server {
     pub addr: SocketAddr,
     pub registry: registry::Registry,
+    /// The routes the listener serves, also what [`Server::local`] calls.
+    app: axum::Router,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// The answer of [`Server::local`]: status, headers and the body's bytes as they are
+/// produced (a watch's body streams until the caller drops it).
+pub type LocalResponse = axum::http::Response<
+    BoxStream<'static, Result<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>>,
+>;
 
 impl Server {
     /// Open the store, start the watch hub, create `default`, and serve on `listen`.
@@ -124,6 +136,7 @@ impl Server {
                 source,
             })?;
         let app = http::router(state);
+        let serving = app.clone();
         // Watch events are small writes that follow each other: without TCP_NODELAY,
         // Nagle holds one back until the previous is acknowledged, which a delayed ACK
         // makes 40 ms on Linux (seen as 40 ms on every hop of a start).
@@ -133,7 +146,7 @@ impl Server {
             }
         });
         let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            if let Err(e) = axum::serve(listener, serving).await {
                 tracing::error!(error = %e, "API server stopped");
             }
         });
@@ -141,8 +154,37 @@ impl Server {
         Ok(Server {
             addr,
             registry,
+            app,
             task,
         })
+    }
+
+    /// This server for clients in the same process (its controllers): a request goes
+    /// through the same routes, handlers, metrics and tracing as one from the network,
+    /// handed over in memory, so neither side pays for a socket, HTTP framing or a
+    /// second task per connection. A watch ends when the caller drops the body.
+    pub fn local(
+        &self,
+    ) -> impl Fn(axum::http::Request<bytes::Bytes>) -> BoxFuture<'static, LocalResponse>
+           + Send
+           + Sync
+           + 'static {
+        let app = self.app.clone();
+        move |request| {
+            let app = app.clone();
+            Box::pin(async move {
+                let request = request.map(axum::body::Body::from);
+                let response = match tower::ServiceExt::oneshot(app, request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+                response.map(|body| {
+                    body.into_data_stream()
+                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                        .boxed()
+                })
+            })
+        }
     }
 
     /// Serve until the process ends.

@@ -586,22 +586,26 @@ async fn watches(c: &Client) {
             other => panic!("expected MODIFIED, got {other:?}"),
         }
     }
-    let metrics = reqwest::get(format!("{}/metrics", c.base()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let watchers_line = metrics
-        .lines()
-        .find(|l| l.starts_with("oakestra_apiserver_watchers "))
-        .expect("watchers metric");
-    let open: i64 = watchers_line.split(' ').nth(1).unwrap().parse().unwrap();
-    assert!(open >= 100, "{watchers_line}");
+    let metrics = c.get_text("/metrics").await.unwrap();
+    let open = open_watches(&metrics);
+    assert!(open >= 100, "{open} watches open");
     assert!(metrics.contains(
         "oakestra_apiserver_requests_total{verb=\"create\",resource=\"clusters\",code=\"201\"}"
     ));
+    // A watcher that goes away closes its watch on the server.
     drop(watchers);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now_open = open_watches(&c.get_text("/metrics").await.unwrap());
+        if now_open <= open - 100 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{now_open} watches still open 20 s after 100 of {open} were dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Too old: more changes than the watch cache keeps (50 in this config).
     for i in 0..60 {
@@ -617,6 +621,17 @@ async fn watches(c: &Client) {
     let e = clusters.watch(&old).await.err().expect("too old");
     assert!(e.is_gone(), "{e}");
     clusters.delete("b", None).await.unwrap();
+}
+
+/// The `oakestra_apiserver_watchers` gauge in a `/metrics` text.
+fn open_watches(metrics: &str) -> i64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("oakestra_apiserver_watchers "))
+        .expect("watchers metric")
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 async fn discovery(c: &Client) {
@@ -661,6 +676,20 @@ async fn api_on_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap());
     let (_server, client) = start(store).await;
+    all_scenarios(&client).await;
+}
+
+/// The same scenarios through a client of the server in its own process
+/// ([`Server::local`]), as the controllers of `oakestra root` and `oakestra cluster`
+/// use it. The client's URL points at a port nobody listens on: any request that went
+/// over the network would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_in_process_on_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap());
+    let (server, _) = start(store).await;
+    let nowhere = format!("http://127.0.0.1:{}", e2e::free_port());
+    let client = Client::in_process(&nowhere, Arc::new(server.local())).unwrap();
     all_scenarios(&client).await;
 }
 

@@ -573,13 +573,17 @@ async fn serve(server: Server, controllers: Option<RootConfig>) -> anyhow::Resul
     until_stopped(vec![server], shutdown, tasks).await
 }
 
-/// A client of a server in this process (controllers talk to it over HTTP).
+/// A client of a server in this process: the controllers' requests reach it in memory
+/// (see `client::Client::in_process`); the URL is the one it listens on.
 fn local_client(server: &Server) -> anyhow::Result<client::Client> {
     let mut addr = server.addr;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    Ok(client::Client::new(&format!("http://{addr}"))?)
+    Ok(client::Client::in_process(
+        &format!("http://{addr}"),
+        Arc::new(server.local()),
+    )?)
 }
 
 /// Serve until Ctrl-C (or a server stops), then stop the tasks.
