@@ -14,12 +14,13 @@ pub mod storage;
 pub mod watch;
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt};
 
 pub use http::ServerConfig;
 
@@ -82,9 +83,7 @@ pub struct Server {
 
 /// The answer of [`Server::local`]: status, headers and the body's bytes as they are
 /// produced (a watch's body streams until the caller drops it).
-pub type LocalResponse = axum::http::Response<
-    BoxStream<'static, Result<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>>,
->;
+pub type LocalResponse = axum::http::Response<BoxStream<'static, Result<bytes::Bytes, BoxError>>>;
 
 impl Server {
     /// Open the store, start the watch hub, create `default`, and serve on `listen`.
@@ -163,6 +162,10 @@ impl Server {
     /// through the same routes, handlers, metrics and tracing as one from the network,
     /// handed over in memory, so neither side pays for a socket, HTTP framing or a
     /// second task per connection. A watch ends when the caller drops the body.
+    ///
+    /// The handler runs in the caller's task. A panic in it (a bug) is caught and
+    /// answered as a 500, and one while a body streams ends that body with an error, as
+    /// a connection would fail over the network: it does not unwind into the caller.
     pub fn local(
         &self,
     ) -> impl Fn(axum::http::Request<bytes::Bytes>) -> BoxFuture<'static, LocalResponse>
@@ -170,21 +173,7 @@ impl Server {
            + Sync
            + 'static {
         let app = self.app.clone();
-        move |request| {
-            let app = app.clone();
-            Box::pin(async move {
-                let request = request.map(axum::body::Body::from);
-                let response = match tower::ServiceExt::oneshot(app, request).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                };
-                response.map(|body| {
-                    body.into_data_stream()
-                        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-                        .boxed()
-                })
-            })
-        }
+        move |request| Box::pin(call_in_memory(app.clone(), request))
     }
 
     /// Serve until the process ends.
@@ -193,8 +182,119 @@ impl Server {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Answer `request` with `app` in this task (see [`Server::local`]).
+async fn call_in_memory(
+    app: axum::Router,
+    request: axum::http::Request<bytes::Bytes>,
+) -> LocalResponse {
+    let request = request.map(axum::body::Body::from);
+    let answer = AssertUnwindSafe(tower::ServiceExt::oneshot(app, request))
+        .catch_unwind()
+        .await;
+    let response = match answer {
+        Ok(Ok(response)) => response,
+        Ok(Err(never)) => match never {},
+        Err(panic) => {
+            axum::response::IntoResponse::into_response(error::ApiError::Internal(format!(
+                "the request's handler panicked: {}",
+                panic_message(panic.as_ref())
+            )))
+        }
+    };
+    response.map(unwind_safe_body)
+}
+
+/// `body` as a stream of bytes that ends with an error where producing it panicked.
+fn unwind_safe_body(body: axum::body::Body) -> BoxStream<'static, Result<bytes::Bytes, BoxError>> {
+    AssertUnwindSafe(body.into_data_stream())
+        .catch_unwind()
+        .map(|item| match item {
+            Ok(chunk) => chunk.map_err(|e| Box::new(e) as BoxError),
+            Err(panic) => Err(format!(
+                "the server panicked while sending the body: {}",
+                panic_message(panic.as_ref())
+            )
+            .into()),
+        })
+        .boxed()
+}
+
+/// The message a panic was raised with.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str) -> axum::http::Request<bytes::Bytes> {
+        axum::http::Request::get(path)
+            .body(bytes::Bytes::new())
+            .unwrap()
+    }
+
+    async fn body_of(response: LocalResponse) -> Vec<Result<bytes::Bytes, String>> {
+        response
+            .into_body()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_500_not_a_panic_in_the_caller() {
+        let app = axum::Router::new()
+            .route("/ok", axum::routing::get(|| async { "fine" }))
+            .route(
+                "/boom",
+                axum::routing::get(|| async { panic!("boom") as &str }),
+            );
+        let ok = call_in_memory(app.clone(), get("/ok")).await;
+        assert_eq!(ok.status(), 200);
+        assert_eq!(body_of(ok).await, vec![Ok(bytes::Bytes::from("fine"))]);
+
+        let boom = call_in_memory(app, get("/boom")).await;
+        assert_eq!(boom.status(), 500);
+        let body = body_of(boom).await;
+        let text = String::from_utf8(body[0].clone().unwrap().to_vec()).unwrap();
+        assert!(text.contains("handler panicked: boom"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_streaming_ends_the_body_with_an_error() {
+        let app = axum::Router::new().route(
+            "/stream",
+            axum::routing::get(|| async {
+                let chunks = futures::stream::iter(0..3).map(|i| {
+                    if i == 2 {
+                        panic!("stream broke");
+                    }
+                    Ok::<_, std::convert::Infallible>(format!("{i}\n"))
+                });
+                axum::body::Body::from_stream(chunks)
+            }),
+        );
+        let body = body_of(call_in_memory(app, get("/stream")).await).await;
+        assert_eq!(body.len(), 3, "{body:?}");
+        assert_eq!(body[0], Ok(bytes::Bytes::from("0\n")));
+        assert_eq!(body[1], Ok(bytes::Bytes::from("1\n")));
+        let error = body[2].clone().unwrap_err();
+        assert!(
+            error.contains("panicked while sending the body: stream broke"),
+            "{error}"
+        );
     }
 }
