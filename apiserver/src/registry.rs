@@ -437,24 +437,48 @@ impl Registry {
         mutate: impl Fn(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
         let key = object::key(kind, ns, name);
+        // The first attempt starts from the watch hub's copy when it has one at the
+        // precondition (no store read, no decoding); if the store has moved on, the
+        // compare-and-swap fails and the retry reads the store.
+        let mut from_hub = true;
         loop {
-            let kv = self.current_at(kind, ns, name, precondition).await?;
-            let current = decode(&kv)?;
-            let mut next = mutate(&current)?;
-            validate(kind, name, &mut next)?;
-            keep_server_fields(kind, &current, &mut next);
-            if next == current {
-                return Ok(current);
-            }
-            check_immutable(kind, name, &current, &next)?;
+            let cached = std::mem::take(&mut from_hub)
+                .then(|| self.hub.latest_of(&key))
+                .flatten()
+                .filter(|c| precondition.is_none_or(|p| p == c.revision));
+            let stored: Value;
+            let (current, revision) = match &cached {
+                Some(change) => (&change.object, change.revision),
+                None => {
+                    let kv = self.current_at(kind, ns, name, precondition).await?;
+                    stored = decode(&kv)?;
+                    (&stored, kv.mod_revision)
+                }
+            };
+            let next = mutate(current).and_then(|mut next| {
+                validate(kind, name, &mut next)?;
+                keep_server_fields(kind, current, &mut next);
+                if next != *current {
+                    check_immutable(kind, name, current, &next)?;
+                }
+                Ok(next)
+            });
+            // A rejection, or nothing to write, is answered from the stored object,
+            // not from the hub's copy, which may be older.
+            let mut next = match next {
+                Ok(next) if next == *current => match cached {
+                    Some(_) => continue,
+                    None => return Ok(next),
+                },
+                Ok(next) => next,
+                Err(_) if cached.is_some() => continue,
+                Err(e) => return Err(e),
+            };
             let result = if finalized(&next) {
-                self.store
-                    .delete(&key, Some(kv.mod_revision))
-                    .await
-                    .map(|_| ())
+                self.store.delete(&key, Some(revision)).await.map(|_| ())
             } else {
                 self.store
-                    .update(&key, object::encode(&next), kv.mod_revision)
+                    .update(&key, object::encode(&next), revision)
                     .await
                     .map(|kv| set_version(&mut next, kv.mod_revision))
             };
@@ -465,6 +489,8 @@ impl Registry {
                 {
                     continue
                 }
+                // The hub's copy was older than the store's: decide on the stored one.
+                Err(StorageError::Conflict { .. }) if cached.is_some() => continue,
                 Err(e) => return Err(ApiError::from_storage(e, kind.plural, name)),
             }
         }

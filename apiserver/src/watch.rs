@@ -6,7 +6,7 @@
 //! once per watcher. A watcher that asks for a version older than the ring, or that
 //! falls too far behind, gets "too old" (410) and relists, as Kubernetes clients do.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,6 +65,8 @@ enum Message {
 
 struct Ring {
     changes: VecDeque<Arc<Change>>,
+    /// The latest change of each key that has one in `changes`.
+    by_key: HashMap<String, Arc<Change>>,
     capacity: usize,
     /// Every change after this revision is in `changes`.
     complete_after: i64,
@@ -99,6 +101,7 @@ impl WatchHub {
         let hub = WatchHub {
             ring: Arc::new(Mutex::new(Ring {
                 changes: VecDeque::new(),
+                by_key: HashMap::new(),
                 capacity,
                 complete_after: latest,
                 latest,
@@ -114,6 +117,18 @@ impl WatchHub {
     /// Number of open watchers.
     pub fn watchers(&self) -> i64 {
         self.watchers.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The newest version of `key` the hub has seen, when it still holds it and the
+    /// object was not deleted. The store may already hold a newer one: a writer that
+    /// starts from this must compare-and-swap on its revision (as `Registry::write`
+    /// does) and read the store when that fails.
+    pub fn latest_of(&self, key: &str) -> Option<Arc<Change>> {
+        let ring = self.ring.lock().expect("ring lock");
+        ring.by_key
+            .get(key)
+            .filter(|c| c.kind != "DELETED")
+            .cloned()
     }
 
     /// Latest revision the hub has seen.
@@ -167,8 +182,16 @@ impl WatchHub {
         if ring.changes.len() == ring.capacity {
             if let Some(old) = ring.changes.pop_front() {
                 ring.complete_after = old.revision;
+                if ring
+                    .by_key
+                    .get(&old.key)
+                    .is_some_and(|c| Arc::ptr_eq(c, &old))
+                {
+                    ring.by_key.remove(&old.key);
+                }
             }
         }
+        ring.by_key.insert(change.key.clone(), change.clone());
         ring.changes.push_back(change.clone());
         let _ = self.live.send(Message::Change(change));
     }
@@ -177,6 +200,7 @@ impl WatchHub {
         let mut ring = self.ring.lock().expect("ring lock");
         tracing::warn!(revision = now, "watch history lost; watchers will relist");
         ring.changes.clear();
+        ring.by_key.clear();
         ring.complete_after = now;
         ring.latest = now;
         let _ = self.live.send(Message::Reset);

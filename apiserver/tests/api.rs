@@ -162,6 +162,19 @@ async fn crud_and_concurrency(c: &Client) {
             .len(),
         8
     );
+    // Back-to-back writes each build on the one before (a write's first attempt may
+    // start from the watch hub's copy, which can lag the store by a change).
+    for i in 0..100 {
+        let out = svc
+            .patch(
+                "web",
+                &json!({"metadata": {"annotations": {format!("s{i}"): "x"}}}),
+            )
+            .await
+            .unwrap();
+        let seen = out["metadata"]["annotations"].as_object().unwrap().len();
+        assert_eq!(seen, 8 + i + 1, "write {i} lost an earlier one: {out}");
+    }
 
     svc.delete("web", None).await.unwrap();
     let (code, message, _) = api_error(svc.get("web").await.unwrap_err());
@@ -587,7 +600,7 @@ async fn watches(c: &Client) {
         }
     }
     let metrics = c.get_text("/metrics").await.unwrap();
-    let open = open_watches(&metrics);
+    let open = e2e::open_watches(&metrics);
     assert!(open >= 100, "{open} watches open");
     assert!(metrics.contains(
         "oakestra_apiserver_requests_total{verb=\"create\",resource=\"clusters\",code=\"201\"}"
@@ -596,7 +609,7 @@ async fn watches(c: &Client) {
     drop(watchers);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let now_open = open_watches(&c.get_text("/metrics").await.unwrap());
+        let now_open = e2e::open_watches(&c.get_text("/metrics").await.unwrap());
         if now_open <= open - 100 {
             break;
         }
@@ -621,17 +634,6 @@ async fn watches(c: &Client) {
     let e = clusters.watch(&old).await.err().expect("too old");
     assert!(e.is_gone(), "{e}");
     clusters.delete("b", None).await.unwrap();
-}
-
-/// The `oakestra_apiserver_watchers` gauge in a `/metrics` text.
-fn open_watches(metrics: &str) -> i64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("oakestra_apiserver_watchers "))
-        .expect("watchers metric")
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 async fn discovery(c: &Client) {

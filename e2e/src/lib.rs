@@ -12,6 +12,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
+/// The API server's count of open watches (`oakestra_apiserver_watchers`) in the text
+/// of its `/metrics`.
+pub fn open_watches(metrics: &str) -> i64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("oakestra_apiserver_watchers "))
+        .expect("the watchers metric")
+        .trim()
+        .parse()
+        .expect("a number of watchers")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind 127.0.0.1:0")

@@ -230,14 +230,7 @@ fn shutdown_signal() -> Arc<tokio::sync::Notify> {
 
 /// The server's count of open watches.
 async fn open_watches(client: &Client) -> i64 {
-    let metrics = client.get_text("/metrics").await.unwrap();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("oakestra_apiserver_watchers "))
-        .expect("watchers metric")
-        .trim()
-        .parse()
-        .unwrap()
+    e2e::open_watches(&client.get_text("/metrics").await.unwrap())
 }
 
 /// Name → resourceVersion of the objects a controller reconciled, latest last.
