@@ -6,6 +6,9 @@
 //! 2. a walk over the generated JSON schema: fields the schema does not declare;
 //! 3. the kind's own rules ([`crate::Resource::check`]), e.g. `spec.replicas: must be >= 0`.
 
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
+
 use serde_json::Value;
 
 use crate::{Location, Resource, Runtime, Workload};
@@ -81,8 +84,88 @@ pub fn object<T: Resource>(value: &Value) -> Result<Value, ValidationError> {
 }
 
 /// Report every object key of `value` that `schema` does not declare.
-fn unknown_fields(root: &schemars::Schema, value: &Value, errors: &mut Vec<FieldError>) {
-    walk(root.as_value(), root.as_value(), value, &Path::Root, errors);
+fn unknown_fields(schema: &'static schemars::Schema, value: &Value, errors: &mut Vec<FieldError>) {
+    let shapes = Shapes::of(schema);
+    walk(shapes, 0, value, &Path::Root, errors);
+}
+
+/// A schema reduced to what the unknown-field walk asks of it, with `$ref`s and
+/// `anyOf`/`oneOf`/`allOf` wrappers resolved once: node 0 is the whole object, and
+/// each node names the nodes of its fields, of its map values and of its items. Built
+/// on a kind's first write (the walk visits every field of every write, and looking
+/// keys up in the JSON schema itself was most of its cost).
+#[derive(Default)]
+struct Shapes {
+    nodes: Vec<Shape>,
+}
+
+#[derive(Default)]
+struct Shape {
+    /// Declared fields (an object with any other key is rejected).
+    properties: Option<HashMap<String, usize>>,
+    /// The schema of every value of a map (when there are no declared fields).
+    additional: Option<usize>,
+    /// The schema of every item of an array.
+    items: Option<usize>,
+}
+
+impl Shapes {
+    /// The shapes of `schema`, compiled on first use and kept for the process.
+    fn of(schema: &'static schemars::Schema) -> &'static Shapes {
+        type Cache = RwLock<HashMap<usize, &'static Shapes>>;
+        static CACHE: OnceLock<Cache> = OnceLock::new();
+        let cache = CACHE.get_or_init(Cache::default);
+        let id = schema as *const schemars::Schema as usize;
+        if let Some(shapes) = cache.read().expect("shape cache").get(&id) {
+            return shapes;
+        }
+        let mut shapes = Shapes::default();
+        let root = schema.as_value();
+        shapes.add(root, root, &mut HashMap::new());
+        let shapes: &'static Shapes = Box::leak(Box::new(shapes));
+        cache
+            .write()
+            .expect("shape cache")
+            .entry(id)
+            .or_insert(shapes)
+    }
+
+    /// The node of `schema` (added with the nodes it leads to unless `seen` has it:
+    /// recursive schemas point back to their node).
+    fn add(
+        &mut self,
+        root: &Value,
+        schema: &Value,
+        seen: &mut HashMap<*const Value, usize>,
+    ) -> usize {
+        let schema = resolve(root, schema);
+        if let Some(&node) = seen.get(&(schema as *const Value)) {
+            return node;
+        }
+        let node = self.nodes.len();
+        self.nodes.push(Shape::default());
+        seen.insert(schema as *const Value, node);
+        let properties = schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|props| {
+                props
+                    .iter()
+                    .map(|(key, field)| (key.clone(), self.add(root, field, seen)))
+                    .collect()
+            });
+        let additional = schema
+            .get("additionalProperties")
+            .filter(|a| a.is_object())
+            .map(|a| self.add(root, a, seen));
+        let items = schema.get("items").map(|i| self.add(root, i, seen));
+        self.nodes[node] = Shape {
+            properties,
+            additional,
+            items,
+        };
+        node
+    }
 }
 
 /// Where the walk is: a chain of steps on the stack, spelled out only for an error (the
@@ -138,29 +221,28 @@ fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
     schema
 }
 
-fn walk(root: &Value, schema: &Value, value: &Value, path: &Path, errors: &mut Vec<FieldError>) {
-    let schema = resolve(root, schema);
+fn walk(shapes: &Shapes, node: usize, value: &Value, path: &Path, errors: &mut Vec<FieldError>) {
+    let shape = &shapes.nodes[node];
     match value {
         Value::Object(map) => {
-            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+            if let Some(props) = &shape.properties {
                 for (key, v) in map {
                     let child = Path::Key(path, key);
-                    match props.get(key) {
-                        Some(s) => walk(root, s, v, &child, errors),
+                    match props.get(key.as_str()) {
+                        Some(&field) => walk(shapes, field, v, &child, errors),
                         None => errors.push(FieldError::new(child.to_string(), "unknown field")),
                     }
                 }
-            } else if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object())
-            {
+            } else if let Some(extra) = shape.additional {
                 for (key, v) in map {
-                    walk(root, extra, v, &Path::Key(path, key), errors);
+                    walk(shapes, extra, v, &Path::Key(path, key), errors);
                 }
             }
         }
         Value::Array(items) => {
-            if let Some(item_schema) = schema.get("items") {
+            if let Some(item) = shape.items {
                 for (i, v) in items.iter().enumerate() {
-                    walk(root, item_schema, v, &Path::Index(path, i), errors);
+                    walk(shapes, item, v, &Path::Index(path, i), errors);
                 }
             }
         }
@@ -302,6 +384,35 @@ mod tests {
         assert_eq!(
             errors(&v),
             vec!["spec.template.ports[0].hostPrt: unknown field"]
+        );
+    }
+
+    #[test]
+    fn every_unknown_field_is_named_at_every_depth() {
+        let v = json!({
+            "apiVersion": "oakestra.io/v1", "kind": "Service",
+            "metadata": {"name": "web", "labelz": {"a": "b"}},
+            "spec": {
+                "extra": true,
+                "template": {
+                    "image": "busybox",
+                    "resources": {"cpuMillicores": 100, "gpu": 1},
+                    "ports": [{"containerPort": 80}, {"containerPort": 81, "proto": "udp"}],
+                },
+            },
+            "statuz": {},
+        });
+        let mut found = errors(&v);
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                "metadata.labelz: unknown field",
+                "spec.extra: unknown field",
+                "spec.template.ports[1].proto: unknown field",
+                "spec.template.resources.gpu: unknown field",
+                "statuz: unknown field",
+            ]
         );
     }
 
