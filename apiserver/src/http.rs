@@ -570,8 +570,12 @@ async fn watch(
         let out = match change {
             Ok(c) => {
                 let matches = |o: &Value| labels.matches(o) && fields.matches(o);
-                selected_type(c.kind, c.previous.as_ref().map(matches), matches(&c.object))
-                    .map(|t| encode(t, &c.object, Some(&c.json)))
+                selected_type(
+                    c.kind,
+                    c.previous.as_deref().map(matches),
+                    matches(&c.object),
+                )
+                .map(|t| encode(t, &c.object, Some(&c.json)))
             }
             Err(WatchError::TooOld { .. } | WatchError::Expired) => {
                 Some(error_line(&ApiError::Gone(

@@ -448,7 +448,7 @@ impl Registry {
                 .filter(|c| precondition.is_none_or(|p| p == c.revision));
             let stored: Value;
             let (current, revision) = match &cached {
-                Some(change) => (&change.object, change.revision),
+                Some(change) => (change.object.as_ref(), change.revision),
                 None => {
                     let kv = self.current_at(kind, ns, name, precondition).await?;
                     stored = decode(&kv)?;

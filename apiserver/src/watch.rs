@@ -24,25 +24,33 @@ pub struct Change {
     pub key: String,
     pub revision: i64,
     /// The object with `metadata.resourceVersion` set.
-    pub object: serde_json::Value,
+    pub object: Arc<serde_json::Value>,
     /// `object` serialized.
     pub json: bytes::Bytes,
     /// For `MODIFIED`: the object before the change (to tell selector transitions).
-    pub previous: Option<serde_json::Value>,
+    pub previous: Option<Arc<serde_json::Value>>,
 }
 
 impl Change {
-    fn from_event(event: &WatchEvent) -> Option<Change> {
+    /// The change `event` makes; `known` is the hub's last change of the same key, whose
+    /// object is the previous version when their revisions match (then it is shared,
+    /// not decoded again).
+    fn from_event(event: &WatchEvent, known: Option<&Change>) -> Option<Change> {
         let kind = match event {
             WatchEvent::Created(_) => "ADDED",
             WatchEvent::Updated { .. } => "MODIFIED",
             WatchEvent::Deleted(_) => "DELETED",
         };
         let kv = event.kv();
-        let object = object::decode(kv).ok()?;
-        let json = serde_json::to_vec(&object).ok()?.into();
-        let previous = match event {
-            WatchEvent::Updated { prev: Some(p), .. } => object::decode(p).ok(),
+        let object = Arc::new(object::decode(kv).ok()?);
+        let json = serde_json::to_vec(&*object).ok()?.into();
+        let previous = match (event, known) {
+            (WatchEvent::Updated { prev: Some(p), .. }, Some(known))
+                if known.revision == p.mod_revision && known.kind != "DELETED" =>
+            {
+                Some(known.object.clone())
+            }
+            (WatchEvent::Updated { prev: Some(p), .. }, _) => object::decode(p).ok().map(Arc::new),
             _ => None,
         };
         Some(Change {
@@ -131,6 +139,16 @@ impl WatchHub {
             .cloned()
     }
 
+    /// The hub's last change of `key`, deleted or not.
+    fn known(&self, key: &str) -> Option<Arc<Change>> {
+        self.ring
+            .lock()
+            .expect("ring lock")
+            .by_key
+            .get(key)
+            .cloned()
+    }
+
     /// Latest revision the hub has seen.
     pub fn latest(&self) -> i64 {
         self.ring.lock().expect("ring lock").latest
@@ -143,7 +161,8 @@ impl WatchHub {
                 match next {
                     Ok(event) => {
                         backoff = Duration::from_millis(50);
-                        if let Some(change) = Change::from_event(&event) {
+                        let known = self.known(&event.kv().key);
+                        if let Some(change) = Change::from_event(&event, known.as_deref()) {
                             self.publish(Arc::new(change));
                         }
                     }
