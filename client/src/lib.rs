@@ -186,7 +186,11 @@ impl Client {
         let sent = match &self.local {
             None => request.send().await,
             Some(server) => match request.build() {
-                Ok(request) => Ok(self.send_local(server.as_ref(), request).await),
+                // A streamed body cannot be handed over whole: it goes over the network.
+                Ok(request) if request.body().is_some_and(|b| b.as_bytes().is_none()) => {
+                    self.http.execute(request).await
+                }
+                Ok(request) => Ok(send_local(server.as_ref(), request).await),
                 Err(e) => Err(e),
             },
         };
@@ -215,27 +219,6 @@ impl Client {
         Err(ClientError::Api {
             status: Box::new(status),
         })
-    }
-
-    /// Hand `request` to the in-process `server` and wrap its answer as if it had come
-    /// over the network.
-    async fn send_local(
-        &self,
-        server: &dyn LocalServer,
-        request: reqwest::Request,
-    ) -> reqwest::Response {
-        let body = request
-            .body()
-            .and_then(reqwest::Body::as_bytes)
-            .map(bytes::Bytes::copy_from_slice)
-            .unwrap_or_default();
-        let mut local = http::Request::new(body);
-        *local.method_mut() = request.method().clone();
-        *local.uri_mut() = http::Uri::try_from(request.url().as_str())
-            .expect("a URL reqwest accepted is a valid URI");
-        *local.headers_mut() = request.headers().clone();
-        let response = server.call(local).await;
-        reqwest::Response::from(response.map(reqwest::Body::wrap_stream))
     }
 
     /// Send `request` and decode the answer as `T` (straight from the body's bytes: a
@@ -267,6 +250,23 @@ impl Client {
         let url = format!("{}{path}", self.base);
         self.json(self.http.get(&url), &url).await
     }
+}
+
+/// Hand `request` (its body whole, if any) to the in-process `server` and wrap its answer
+/// as if it had come over the network.
+async fn send_local(server: &dyn LocalServer, request: reqwest::Request) -> reqwest::Response {
+    let body = request
+        .body()
+        .and_then(reqwest::Body::as_bytes)
+        .map(bytes::Bytes::copy_from_slice)
+        .unwrap_or_default();
+    let mut local = http::Request::new(body);
+    *local.method_mut() = request.method().clone();
+    *local.uri_mut() =
+        http::Uri::try_from(request.url().as_str()).expect("a URL reqwest accepted is a valid URI");
+    *local.headers_mut() = request.headers().clone();
+    let response = server.call(local).await;
+    reqwest::Response::from(response.map(reqwest::Body::wrap_stream))
 }
 
 /// Options of a list or watch.
