@@ -393,8 +393,8 @@ impl Registry {
             }
         };
         self.write(kind, ns, name, precondition, |current| {
-            let mut instance: crds::Instance =
-                serde_json::from_value(current.clone()).map_err(internal)?;
+            let mut instance =
+                <crds::Instance as serde::Deserialize>::deserialize(current).map_err(internal)?;
             let bound = match field {
                 "cluster" => &mut instance.spec.cluster,
                 _ => &mut instance.spec.node,
