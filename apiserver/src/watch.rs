@@ -132,11 +132,7 @@ impl WatchHub {
     /// starts from this must compare-and-swap on its revision (as `Registry::write`
     /// does) and read the store when that fails.
     pub fn latest_of(&self, key: &str) -> Option<Arc<Change>> {
-        let ring = self.ring.lock().expect("ring lock");
-        ring.by_key
-            .get(key)
-            .filter(|c| c.kind != "DELETED")
-            .cloned()
+        self.known(key).filter(|c| c.kind != "DELETED")
     }
 
     /// The hub's last change of `key`, deleted or not.
