@@ -440,12 +440,16 @@ impl Registry {
         // The first attempt starts from the watch hub's copy when it has one at the
         // precondition (no store read, no decoding); if the store has moved on, the
         // compare-and-swap fails and the retry reads the store.
-        let mut from_hub = true;
+        let mut first = true;
         loop {
-            let cached = std::mem::take(&mut from_hub)
-                .then(|| self.hub.latest_of(&key))
-                .flatten()
-                .filter(|c| precondition.is_none_or(|p| p == c.revision));
+            let cached = match first {
+                true => self
+                    .hub
+                    .latest_of(&key)
+                    .filter(|c| precondition.is_none_or(|p| p == c.revision)),
+                false => None,
+            };
+            first = false;
             let stored: Value;
             let (current, revision) = match &cached {
                 Some(change) => (change.object.as_ref(), change.revision),

@@ -269,6 +269,23 @@ async fn send_local(server: &dyn LocalServer, request: reqwest::Request) -> reqw
     reqwest::Response::from(response.map(reqwest::Body::wrap_stream))
 }
 
+/// A page of a list (or a watch bookmark: no items, its `resourceVersion`).
+#[derive(serde::Deserialize)]
+struct Page<T> {
+    #[serde(default = "Vec::new")]
+    items: Vec<T>,
+    #[serde(default)]
+    metadata: ListMeta,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ListMeta {
+    resource_version: Option<String>,
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
+}
+
 /// Options of a list or watch.
 #[derive(Debug, Default, Clone)]
 pub struct ListParams {
@@ -384,20 +401,6 @@ impl DynamicApi {
         &self,
         params: &ListParams,
     ) -> Result<(Vec<T>, String)> {
-        #[derive(serde::Deserialize)]
-        struct Page<T> {
-            #[serde(default = "Vec::new")]
-            items: Vec<T>,
-            #[serde(default)]
-            metadata: PageMeta,
-        }
-        #[derive(serde::Deserialize, Default)]
-        #[serde(rename_all = "camelCase")]
-        struct PageMeta {
-            resource_version: Option<String>,
-            #[serde(rename = "continue")]
-            continue_token: Option<String>,
-        }
         let url = self.collection_url();
         let mut params = params.clone();
         let mut items = Vec::new();
@@ -605,16 +608,6 @@ fn parse_event<T: DeserializeOwned>(url: &str, line: Vec<u8>) -> Result<WatchEve
         #[serde(borrow)]
         object: &'a serde_json::value::RawValue,
     }
-    #[derive(serde::Deserialize, Default)]
-    #[serde(rename_all = "camelCase")]
-    struct BookmarkMeta {
-        resource_version: Option<String>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Bookmark {
-        #[serde(default)]
-        metadata: BookmarkMeta,
-    }
     let bad = |what: &str, e: serde_json::Error| ClientError::Decode {
         url: url.into(),
         message: format!("bad {what}: {e}"),
@@ -626,7 +619,7 @@ fn parse_event<T: DeserializeOwned>(url: &str, line: Vec<u8>) -> Result<WatchEve
         "MODIFIED" => Ok(WatchEvent::Modified(object("MODIFIED object")?)),
         "DELETED" => Ok(WatchEvent::Deleted(object("DELETED object")?)),
         "BOOKMARK" => {
-            let b: Bookmark =
+            let b: Page<serde::de::IgnoredAny> =
                 serde_json::from_str(raw.object.get()).map_err(|e| bad("BOOKMARK event", e))?;
             Ok(WatchEvent::Bookmark(
                 b.metadata.resource_version.unwrap_or_default(),
