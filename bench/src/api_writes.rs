@@ -363,11 +363,11 @@ async fn drain_watch(
 }
 
 /// What [`drive`] observed.
-struct Outcome {
-    latencies: Vec<Duration>,
-    errors: usize,
-    first_error: Option<String>,
-    elapsed: Duration,
+pub(crate) struct Outcome {
+    pub latencies: Vec<Duration>,
+    pub errors: usize,
+    pub first_error: Option<String>,
+    pub elapsed: Duration,
 }
 
 impl Outcome {
@@ -395,7 +395,12 @@ impl Outcome {
 /// Call `op(i)` for `i` in `0..count` from `concurrency` tasks, each taking the next
 /// index when its previous call is done. Stops taking indexes after `time_bound`; every
 /// call is bounded by [`REQUEST_TIMEOUT`].
-async fn drive<F, Fut>(count: usize, concurrency: usize, time_bound: Duration, op: F) -> Outcome
+pub(crate) async fn drive<F, Fut>(
+    count: usize,
+    concurrency: usize,
+    time_bound: Duration,
+    op: F,
+) -> Outcome
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<(), String>> + Send,

@@ -131,6 +131,23 @@ pub struct Report {
     /// Per API (root, cluster c0): requests and storage operations during the burst,
     /// as (labels, count, mean ms), busiest first.
     pub api_load: Vec<ApiLoad>,
+    /// The cheapest durable write at the root, measured after the burst.
+    pub write_floor: Option<WriteFloor>,
+}
+
+/// Creates of empty Namespaces through the root's HTTP API, measured after the burst
+/// with the fleet at rest again: what one durable write costs the root's CPU in this
+/// run, on this machine. Multiplied by the writes an Instance takes, it estimates the
+/// share of the CPU per Instance that no scheduling code removes without fewer writes
+/// (an estimate, not a bound: the controllers' own writes skip HTTP, Events are
+/// committed lazily, and an Instance is a larger object than an empty Namespace).
+#[derive(Debug, Clone)]
+pub struct WriteFloor {
+    pub creates: usize,
+    pub concurrency: usize,
+    pub per_second: f64,
+    /// The root's CPU per create beyond its CPU at rest, in µs.
+    pub root_cpu_us: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +155,33 @@ pub struct ApiLoad {
     pub api: String,
     pub requests: Vec<(String, f64, f64)>,
     pub storage: Vec<(String, f64, f64)>,
+}
+
+impl ApiLoad {
+    /// Writes the Instances caused (their creates, bindings, status and spec updates,
+    /// Events; their Services and the Services' status), leaving out the heartbeats (Leases, Node and
+    /// Cluster status), which go on at rest too.
+    fn instance_writes(&self) -> f64 {
+        let write = ["create", "update", "patch", "delete"].map(|v| format!("verb=\"{v}\""));
+        let caused = ["instances", "events", "services"].map(|r| format!("resource=\"{r}"));
+        self.requests
+            .iter()
+            .filter(|(labels, _, _)| {
+                write.iter().any(|w| labels.contains(w.as_str()))
+                    && caused.iter().any(|r| labels.contains(r.as_str()))
+            })
+            .map(|r| r.1)
+            .sum()
+    }
+
+    /// Instances created in this API during the burst.
+    fn instance_creates(&self) -> f64 {
+        self.requests
+            .iter()
+            .filter(|(labels, _, _)| labels == "verb=\"create\",resource=\"instances\"")
+            .map(|r| r.1)
+            .sum()
+    }
 }
 
 impl Report {
@@ -166,6 +210,28 @@ impl Report {
                 / bound as f64
                 * 1e3
         })
+    }
+
+    /// API writes per Instance: at the root (per Instance of the run) and at cluster c0
+    /// (per Instance it received).
+    pub fn writes_per_instance(&self) -> Option<(f64, f64)> {
+        let [root, cluster, ..] = self.api_load.as_slice() else {
+            return None;
+        };
+        let received = cluster.instance_creates();
+        (self.instances > 0 && received > 0.0).then(|| {
+            (
+                root.instance_writes() / self.instances as f64,
+                cluster.instance_writes() / received,
+            )
+        })
+    }
+
+    /// CPU ms per Instance its writes alone take: writes per Instance (root and
+    /// cluster) × the root's CPU per bare create.
+    pub fn write_floor_ms_per_instance(&self) -> Option<f64> {
+        let (root, cluster) = self.writes_per_instance()?;
+        Some((root + cluster) * self.write_floor.as_ref()?.root_cpu_us / 1e3)
     }
 }
 
@@ -317,6 +383,25 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     for w in watchers {
         w.abort();
     }
+    // Let the last status reports settle, then the floor, with the fleet at rest.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let root_at_rest = idle.usage.first().map_or(0.0, |u| u.cpu_mean);
+    let floor_creates = opts.instances.clamp(200, 2000);
+    let write_floor = match write_floor(
+        &root,
+        fleet.root.pid(),
+        root_at_rest,
+        floor_creates,
+        opts.time_bound,
+    )
+    .await
+    {
+        Ok(floor) => Some(floor),
+        Err(e) => {
+            eprintln!("scheduling: the write floor was not measured: {e:#}");
+            None
+        }
+    };
     let empty = HashMap::new();
     let created = seen.get(&Mark::Created).unwrap_or(&empty);
     let reached = MARKS
@@ -369,6 +454,62 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         loadavg_start,
         watch_restarts: restarts.load(std::sync::atomic::Ordering::Relaxed),
         api_load,
+        write_floor,
+    })
+}
+
+/// Measure [`WriteFloor`]: `count` creates of empty Namespaces at concurrency 64 (the
+/// fastest in `api-writes`) through the root's HTTP API, after `2 × 64` unmeasured ones
+/// to open the connections; `root_at_rest` is the root's CPU at rest, in cores.
+async fn write_floor(
+    root: &Client,
+    root_pid: Option<u32>,
+    root_at_rest: f64,
+    count: usize,
+    time_bound: Duration,
+) -> anyhow::Result<WriteFloor> {
+    const CONCURRENCY: usize = 64;
+    let namespaces = root.dynamic(crds::kind_by_name("namespaces").context("served")?, None);
+    let create = |prefix: &'static str| {
+        let namespaces = namespaces.clone();
+        move |i: usize| {
+            let namespaces = namespaces.clone();
+            async move {
+                let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": format!("oakbench-{prefix}-{i}")}});
+                namespaces
+                    .create(&namespace)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    };
+    let warm =
+        crate::api_writes::drive(2 * CONCURRENCY, CONCURRENCY, time_bound, create("warm")).await;
+    anyhow::ensure!(
+        warm.errors == 0,
+        "warm-up: {}",
+        warm.first_error.unwrap_or_default()
+    );
+    let before = procfs::CpuSample::take(root_pid);
+    let measured = crate::api_writes::drive(count, CONCURRENCY, time_bound, create("floor")).await;
+    let spent = procfs::CpuSample::take(root_pid).since(&before);
+    anyhow::ensure!(
+        measured.errors == 0,
+        "{}",
+        measured.first_error.unwrap_or_default()
+    );
+    let created = measured.latencies.len();
+    let seconds = measured.elapsed.as_secs_f64().max(1e-9);
+    let root_cpu = spent
+        .other_process
+        .context("the root's CPU time is not readable")?;
+    Ok(WriteFloor {
+        creates: created,
+        concurrency: CONCURRENCY,
+        per_second: created as f64 / seconds,
+        root_cpu_us: (root_cpu - root_at_rest * seconds).max(0.0) / created.max(1) as f64 * 1e6,
     })
 }
 
@@ -716,6 +857,16 @@ pub fn to_json(r: &Report) -> Value {
         "fleet_cores_at_rest": round3(r.idle_fleet_cores),
         "fleet_cores_in_burst": round3(r.burst_fleet_cores),
         "fleet_cpu_ms_per_instance": r.cpu_ms_per_instance().map(round3),
+        "writes_per_instance": r.writes_per_instance().map(|(root, cluster)| json!({
+            "root": round3(root), "cluster": round3(cluster),
+        })),
+        "write_floor": r.write_floor.as_ref().map(|f| json!({
+            "creates": f.creates,
+            "concurrency": f.concurrency,
+            "creates_per_s": round3(f.per_second),
+            "root_cpu_us_per_create": round3(f.root_cpu_us),
+        })),
+        "write_floor_cpu_ms_per_instance": r.write_floor_ms_per_instance().map(round3),
         "loadavg_1min_start": r.loadavg_start,
         "watch_restarts": r.watch_restarts,
         "api_load": r.api_load.iter().map(|a| {
@@ -816,6 +967,23 @@ pub fn print(r: &Report) {
             r.cpus
         ),
     }
+    if let Some((root, cluster)) = r.writes_per_instance() {
+        println!(
+            "  API writes per Instance (Instances, their bindings, status and Events, Services): root {root:.1}, cluster c0 {cluster:.1}"
+        );
+    }
+    if let Some(f) = &r.write_floor {
+        println!(
+            "  write floor, after the burst: {} empty Namespaces created at the root over HTTP at concurrency {}: {:.0}/s, {:.0} µs of the root's CPU each",
+            f.creates, f.concurrency, f.per_second, f.root_cpu_us
+        );
+    }
+    if let Some(floor) = r.write_floor_ms_per_instance() {
+        println!(
+            "  → at that price the writes alone take ≈ {floor:.1} ms of CPU per Instance: 1000 Instances/s would need ≈ {floor:.1} cores for them, beside the fleet's {:.2} at rest, of {} CPUs",
+            r.idle_fleet_cores, r.cpus
+        );
+    }
     for a in &r.api_load {
         let total: f64 = a.requests.iter().map(|x| x.1).sum();
         println!(
@@ -834,5 +1002,37 @@ pub fn print(r: &Report) {
             "  note: oakbench's watches restarted {} times (relisted)",
             r.watch_restarts
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(requests: &[(&str, f64)]) -> ApiLoad {
+        ApiLoad {
+            api: "test".into(),
+            requests: requests
+                .iter()
+                .map(|(labels, count)| (labels.to_string(), *count, 1.0))
+                .collect(),
+            storage: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn instance_writes_leave_out_reads_and_heartbeats() {
+        let cluster = load(&[
+            ("verb=\"create\",resource=\"instances\"", 200.0),
+            ("verb=\"create\",resource=\"instances/binding\"", 200.0),
+            ("verb=\"patch\",resource=\"instances/status\"", 400.0),
+            ("verb=\"create\",resource=\"events\"", 200.0),
+            ("verb=\"get\",resource=\"instances\"", 50.0),
+            ("verb=\"patch\",resource=\"leases\"", 500.0),
+            ("verb=\"patch\",resource=\"nodes/status\"", 60.0),
+            ("verb=\"create\",resource=\"namespaces\"", 1.0),
+        ]);
+        assert_eq!(cluster.instance_writes(), 1000.0);
+        assert_eq!(cluster.instance_creates(), 200.0);
     }
 }
