@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -101,9 +101,11 @@ impl<K: Resource> Controller<K> {
         self.store.clone()
     }
 
-    /// Hold each triggered key this long before it is queued; triggers meanwhile are
-    /// merged into it. For a controller that many changes trigger in a burst (a
-    /// Service with thousands of Instances), one reconcile then covers them all.
+    /// Start each key at most once per `d`: a key triggered after a quiet period is
+    /// queued at once; triggers within `d` of its last start are merged into one run
+    /// at the end of that period. For a controller that many changes trigger in a
+    /// burst (a Service with thousands of Instances), one reconcile per period then
+    /// covers them all, and a lone change waits for nothing.
     pub fn debounce(mut self, d: Duration) -> Self {
         self.debounce = d;
         self
@@ -194,8 +196,7 @@ impl<K: Resource> Controller<K> {
         let (done_tx, mut done_rx) =
             mpsc::unbounded_channel::<(ObjectRef, Result<Action, (bool, String)>)>();
         let mut backoffs: HashMap<ObjectRef, Backoff> = HashMap::new();
-        // Debounced keys wait here until they are due.
-        let mut held: HashSet<ObjectRef> = HashSet::new();
+        let mut debouncer = Debouncer::new(self.debounce);
         let (due_tx, mut due_rx) = mpsc::unbounded_channel::<ObjectRef>();
         for k in self.store.state() {
             queue.push(ObjectRef::of(k.as_ref()));
@@ -221,18 +222,20 @@ impl<K: Resource> Controller<K> {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(key) = self.trigger_rx.recv() => {
-                    if self.debounce.is_zero() {
-                        queue.push(key);
-                    } else if held.insert(key.clone()) {
-                        let (due, d) = (due_tx.clone(), self.debounce);
-                        tokio::spawn(async move {
-                            tokio::time::sleep(d).await;
-                            let _ = due.send(key);
-                        });
+                    match debouncer.trigger(&key, Instant::now()) {
+                        Admit::Now => queue.push(key),
+                        Admit::After(wait) => {
+                            let due = due_tx.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(wait).await;
+                                let _ = due.send(key);
+                            });
+                        }
+                        Admit::Merged => {}
                     }
                 }
                 Some(key) = due_rx.recv() => {
-                    held.remove(&key);
+                    debouncer.due(&key, Instant::now());
                     queue.push(key);
                 }
                 Some((key, result)) = done_rx.recv() => {
@@ -307,6 +310,80 @@ fn follow<R: Resource>(
     (informer.store(), informer)
 }
 
+/// The per-key rate limit of [`Controller::debounce`].
+struct Debouncer {
+    period: Duration,
+    /// When each key was last let through; entries older than `period` are dropped
+    /// when the map has doubled since the last such sweep.
+    last: HashMap<ObjectRef, Instant>,
+    sweep_at: usize,
+    /// Keys with a run due at the end of their period.
+    held: HashSet<ObjectRef>,
+}
+
+/// What [`Debouncer::trigger`] decided for a key.
+#[derive(Debug, PartialEq)]
+enum Admit {
+    /// Queue it now.
+    Now,
+    /// Queue it after this long (then call [`Debouncer::due`]).
+    After(Duration),
+    /// A run is already due; this trigger is merged into it.
+    Merged,
+}
+
+impl Debouncer {
+    const FIRST_SWEEP: usize = 1024;
+
+    fn new(period: Duration) -> Self {
+        Debouncer {
+            period,
+            last: HashMap::new(),
+            sweep_at: Self::FIRST_SWEEP,
+            held: HashSet::new(),
+        }
+    }
+
+    fn trigger(&mut self, key: &ObjectRef, now: Instant) -> Admit {
+        if self.period.is_zero() {
+            return Admit::Now;
+        }
+        if self.held.contains(key) {
+            return Admit::Merged;
+        }
+        let since = self
+            .last
+            .get(key)
+            .map(|t| now.saturating_duration_since(*t));
+        match since {
+            Some(since) if since < self.period => {
+                self.held.insert(key.clone());
+                Admit::After(self.period - since)
+            }
+            _ => {
+                self.let_through(key, now);
+                Admit::Now
+            }
+        }
+    }
+
+    /// The period of a held key ended: it is queued now.
+    fn due(&mut self, key: &ObjectRef, now: Instant) {
+        self.held.remove(key);
+        self.let_through(key, now);
+    }
+
+    fn let_through(&mut self, key: &ObjectRef, now: Instant) {
+        self.last.insert(key.clone(), now);
+        if self.last.len() >= self.sweep_at {
+            let period = self.period;
+            self.last
+                .retain(|_, t| now.saturating_duration_since(*t) < period);
+            self.sweep_at = (2 * self.last.len()).max(Self::FIRST_SWEEP);
+        }
+    }
+}
+
 /// Keys waiting, running, and to run again after their current run.
 #[derive(Default)]
 struct Queue {
@@ -343,6 +420,52 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debouncer_lets_a_lone_trigger_through_and_merges_a_burst() {
+        let period = Duration::from_millis(100);
+        let mut d = Debouncer::new(period);
+        let (a, b) = (ObjectRef::new(None, "a"), ObjectRef::new(None, "b"));
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(d.trigger(&a, t0), Admit::Now, "a quiet key runs at once");
+        assert_eq!(d.trigger(&b, at(10)), Admit::Now, "keys are limited apart");
+        assert_eq!(
+            d.trigger(&a, at(30)),
+            Admit::After(Duration::from_millis(70)),
+            "within the period: held until it ends"
+        );
+        assert_eq!(d.trigger(&a, at(60)), Admit::Merged);
+        d.due(&a, at(100));
+        assert_eq!(
+            d.trigger(&a, at(150)),
+            Admit::After(Duration::from_millis(50)),
+            "the held run started a new period"
+        );
+        d.due(&a, at(200));
+        assert_eq!(d.trigger(&a, at(350)), Admit::Now, "quiet again");
+        let mut off = Debouncer::new(Duration::ZERO);
+        assert_eq!(off.trigger(&a, t0), Admit::Now);
+        assert_eq!(off.trigger(&a, t0), Admit::Now);
+    }
+
+    #[test]
+    fn debouncer_forgets_keys_whose_period_is_over() {
+        let mut d = Debouncer::new(Duration::from_millis(100));
+        let t0 = Instant::now();
+        for i in 0..Debouncer::FIRST_SWEEP * 3 {
+            let key = ObjectRef::new(None, &format!("k{i}"));
+            assert_eq!(
+                d.trigger(&key, t0 + Duration::from_secs(i as u64)),
+                Admit::Now
+            );
+        }
+        assert!(
+            d.last.len() < Debouncer::FIRST_SWEEP + 1,
+            "{} keys remembered",
+            d.last.len()
+        );
+    }
 
     #[test]
     fn queue_merges_duplicates_and_never_runs_a_key_twice() {
