@@ -55,33 +55,43 @@ type IndexKey<K> = Arc<dyn Fn(&K) -> Option<String> + Send + Sync>;
 
 struct Index<K> {
     key: IndexKey<K>,
-    /// The objects of each group (held here too: reading a group looks nothing up).
-    groups: HashMap<String, HashMap<ObjectRef, Arc<K>>>,
+    groups: HashMap<String, Group<K>>,
+}
+
+struct Group<K> {
+    /// The objects of the group (held here too: reading a group looks nothing up).
+    members: HashMap<ObjectRef, Arc<K>>,
+    /// The store's generation when an object last came, changed or went.
+    version: u64,
 }
 
 impl<K> Index<K> {
-    fn insert(&mut self, r: &ObjectRef, k: &Arc<K>) {
+    /// File `k` as of store generation `version`.
+    fn insert(&mut self, r: &ObjectRef, k: &Arc<K>, version: u64) {
         if let Some(g) = (self.key)(k) {
-            self.groups
-                .entry(g)
-                .or_default()
-                .insert(r.clone(), k.clone());
+            let group = self.groups.entry(g).or_insert_with(|| Group {
+                members: HashMap::new(),
+                version,
+            });
+            group.members.insert(r.clone(), k.clone());
+            group.version = version;
         }
     }
 
     /// File every one of `objects` anew.
-    fn rebuild(&mut self, objects: &HashMap<ObjectRef, Arc<K>>) {
+    fn rebuild(&mut self, objects: &HashMap<ObjectRef, Arc<K>>, version: u64) {
         self.groups.clear();
         for (r, k) in objects {
-            self.insert(r, k);
+            self.insert(r, k, version);
         }
     }
 
-    fn remove(&mut self, r: &ObjectRef, k: &K) {
+    fn remove(&mut self, r: &ObjectRef, k: &K, version: u64) {
         if let Some(g) = (self.key)(k) {
-            if let Some(set) = self.groups.get_mut(&g) {
-                set.remove(r);
-                if set.is_empty() {
+            if let Some(group) = self.groups.get_mut(&g) {
+                group.members.remove(r);
+                group.version = version;
+                if group.members.is_empty() {
                     self.groups.remove(&g);
                 }
             }
@@ -111,16 +121,16 @@ impl<K> Inner<K> {
         let old = self.objects.insert(r.clone(), k.clone());
         for index in self.indexes.values_mut() {
             if let Some(old) = &old {
-                index.remove(&r, old);
+                index.remove(&r, old, self.generation);
             }
-            index.insert(&r, &k);
+            index.insert(&r, &k, self.generation);
         }
     }
 
     fn remove(&mut self, r: &ObjectRef) -> Option<Arc<K>> {
         let old = self.objects.remove(r)?;
         for index in self.indexes.values_mut() {
-            index.remove(r, &old);
+            index.remove(r, &old, self.generation);
         }
         Some(old)
     }
@@ -208,21 +218,25 @@ impl<K: Resource> Store<K> {
             key: Arc::new(key),
             groups: HashMap::new(),
         };
-        index.rebuild(&inner.objects);
+        index.rebuild(&inner.objects, inner.generation);
         inner.indexes.insert(name, index);
     }
 
-    /// Call `f` with each group of index `name` (its key and objects), under one read
-    /// of the cache: for a caller that wants most groups, cheaper than asking for each.
+    /// Call `f` with each group of index `name` (its key, version and objects), under
+    /// one read of the cache: for a caller that wants most groups, cheaper than asking
+    /// for each. A group's version is the cache's [`generation`](Self::generation)
+    /// when one of its objects last came, changed or went: a caller that keeps
+    /// something derived from a group need not read the group again while its version
+    /// stays the same.
     pub fn for_each_group(
         &self,
         name: &str,
-        mut f: impl FnMut(&str, &mut dyn Iterator<Item = &Arc<K>>),
+        mut f: impl FnMut(&str, u64, &mut dyn Iterator<Item = &Arc<K>>),
     ) {
         let inner = self.map.read().expect("store lock");
         if let Some(index) = inner.indexes.get(name) {
             for (key, group) in &index.groups {
-                f(key, &mut group.values());
+                f(key, group.version, &mut group.members.values());
             }
         }
     }
@@ -241,8 +255,27 @@ impl<K: Resource> Store<K> {
             .indexes
             .get(name)
             .and_then(|i| i.groups.get(value))
-            .map(|g| g.values().cloned().collect())
+            .map(|g| g.members.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// How many cached objects index `name` files under `value`.
+    pub fn group_len(&self, name: &str, value: &str) -> usize {
+        let inner = self.map.read().expect("store lock");
+        inner
+            .indexes
+            .get(name)
+            .and_then(|i| i.groups.get(value))
+            .map_or(0, |g| g.members.len())
+    }
+
+    /// Call `f` with each cached object index `name` files under `value`, under one
+    /// read of the cache and cloning nothing.
+    pub fn for_each_in_group(&self, name: &str, value: &str, mut f: impl FnMut(&K)) {
+        let inner = self.map.read().expect("store lock");
+        if let Some(group) = inner.indexes.get(name).and_then(|i| i.groups.get(value)) {
+            group.members.values().for_each(|k| f(k));
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -286,10 +319,12 @@ impl<K: Resource> Writer<K> {
                     .collect();
                 let old = std::mem::replace(&mut inner.objects, fresh);
                 let Inner {
-                    objects, indexes, ..
+                    objects,
+                    indexes,
+                    generation,
                 } = &mut *inner;
                 for index in indexes.values_mut() {
-                    index.rebuild(objects);
+                    index.rebuild(objects, *generation);
                 }
                 self.ready.send_replace(true);
                 old.into_iter()
@@ -359,19 +394,47 @@ mod tests {
         writer.apply(&Event::Applied(instance("c", "db")));
         assert_eq!(names(store.by_index("service", "web")), ["a", "b"]);
         assert_eq!(names(store.by_index("service", "db")), ["c"]);
-        let mut groups: Vec<(String, usize)> = Vec::new();
-        store.for_each_group("service", |key, objects| {
-            groups.push((key.to_string(), objects.count()))
-        });
-        groups.sort();
-        assert_eq!(groups, [("db".to_string(), 1), ("web".to_string(), 2)]);
+        let groups = |store: &Store<Instance>| {
+            let mut groups: Vec<(String, u64, usize)> = Vec::new();
+            store.for_each_group("service", |key, version, objects| {
+                groups.push((key.to_string(), version, objects.count()))
+            });
+            groups.sort();
+            groups
+        };
         let before = store.generation();
+        assert_eq!(
+            groups(&store),
+            [
+                ("db".to_string(), before, 1),
+                ("web".to_string(), before - 1, 2)
+            ],
+            "a group's version is the generation of its last change"
+        );
+        assert_eq!(
+            (
+                store.group_len("service", "web"),
+                store.group_len("service", "x")
+            ),
+            (2, 0)
+        );
 
         // A changed key moves the object; a deletion drops it.
         writer.apply(&Event::Applied(instance("b", "db")));
+        assert_eq!(
+            groups(&store),
+            [
+                ("db".to_string(), before + 1, 2),
+                ("web".to_string(), before + 1, 1)
+            ],
+            "a move changes both groups"
+        );
         writer.apply(&Event::Deleted(instance("c", "db")));
         assert_eq!(names(store.by_index("service", "web")), ["a"]);
         assert_eq!(names(store.by_index("service", "db")), ["b"]);
+        let mut seen = Vec::new();
+        store.for_each_in_group("service", "db", |i| seen.push(i.metadata.name.clone()));
+        assert_eq!(seen, ["b"]);
 
         assert_eq!(
             store.generation(),
