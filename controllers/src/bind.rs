@@ -76,11 +76,33 @@ pub struct Binder {
 }
 
 /// The requests and host ports of one target's in-flight Instances.
-#[derive(Default)]
 struct InFlight {
     version: u64,
     resources: Resources,
     host_ports: Vec<(u16, Protocol)>,
+}
+
+impl InFlight {
+    /// The sum of `bound`, a target's in-flight group at `version`.
+    fn of<'a>(tier: Tier, version: u64, bound: impl Iterator<Item = &'a Arc<Instance>>) -> Self {
+        let mut sum = InFlight {
+            version,
+            resources: Resources::default(),
+            host_ports: Vec::new(),
+        };
+        for i in bound {
+            add(&mut sum.resources, &i.spec.template.resources);
+            if tier == Tier::Node {
+                sum.host_ports.extend(host_ports(i));
+            }
+        }
+        sum
+    }
+
+    fn add_to(&self, c: &mut Candidate) {
+        add(&mut c.in_flight, &self.resources);
+        c.host_ports.extend(self.host_ports.iter().copied());
+    }
 }
 
 /// Annotation listing the clusters that handed an Instance back for lack of room.
@@ -199,21 +221,13 @@ impl Binder {
                 let Some(c) = targets.get_mut(target) else {
                     return;
                 };
-                let sum = sums.entry(target.to_string()).or_default();
-                if sum.version != version {
-                    *sum = InFlight {
-                        version,
-                        ..InFlight::default()
-                    };
-                    for i in bound {
-                        add(&mut sum.resources, &i.spec.template.resources);
-                        if self.tier == Tier::Node {
-                            sum.host_ports.extend(host_ports(i));
-                        }
-                    }
+                if let Some(sum) = sums.get(target).filter(|s| s.version == version) {
+                    sum.add_to(c);
+                    return;
                 }
-                add(&mut c.in_flight, &sum.resources);
-                c.host_ports.extend(sum.host_ports.iter().copied());
+                let sum = InFlight::of(self.tier, version, bound);
+                sum.add_to(c);
+                sums.insert(target.to_string(), sum);
             });
         // Forget the targets whose groups are gone, once they are most of the map.
         if sums.len() > 2 * groups + 64 {
