@@ -1,7 +1,8 @@
 //! Hollow nodes (`oakestra hollow`): one process registers 20 simulated nodes in a
 //! cluster, they become Ready at the cluster and count at the root, and a Service of 40
 //! replicas ends with every Instance Running on one of them, as a user would check it;
-//! the Lease of a Node that is gone is deleted.
+//! a burst that does not fit gives each node only what it has room for; the Lease of a
+//! Node that is gone is deleted.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -153,6 +154,62 @@ async fn hollow_nodes_register_heartbeat_and_run_a_service() {
         .filter_map(|i| i.spec.node.as_deref())
         .collect();
     assert_eq!(used.len(), 20, "replicas spread over every node");
+
+    // A burst that does not fit: 25 replicas of 500 m where every node has 800 m left
+    // (1000 m, two 100-m web Instances). Exactly one goes to each node; the other five
+    // stay Pending, unschedulable, and no node is ever given more than it has.
+    let big: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "oakestra.io/v1", "kind": "Service",
+        "metadata": {"name": "big", "namespace": "default"},
+        "spec": {"replicas": 25, "template": {"image": "nginx",
+            "resources": {"cpuMillicores": 500, "memoryMiB": 64}}}
+    }))
+    .unwrap();
+    api.api::<Service>(Some("default"))
+        .create(&big)
+        .await
+        .unwrap();
+    let local = Client::new(&cluster.url())
+        .unwrap()
+        .api::<Instance>(Some("default"));
+    let (bound, unplaced) = eventually(
+        "20 of 25 big Instances bound, 5 unschedulable",
+        WAIT,
+        || async {
+            let (list, _) = local.list(&ListParams::default()).await.ok()?;
+            let big: Vec<Instance> = list
+                .into_iter()
+                .filter(|i| i.spec.service == "big")
+                .collect();
+            let (bound, unbound): (Vec<_>, Vec<_>) =
+                big.into_iter().partition(|i| i.spec.node.is_some());
+            let unplaced = unbound
+                .iter()
+                .filter(|i| {
+                    let conditions = i
+                        .status
+                        .as_ref()
+                        .map(|s| s.conditions.as_slice())
+                        .unwrap_or_default();
+                    conditions
+                        .iter()
+                        .any(|c| c.type_ == "Scheduled" && c.status == crds::ConditionStatus::False)
+                })
+                .count();
+            (bound.len() == 20 && unplaced == 5).then_some((bound, unplaced))
+        },
+    )
+    .await;
+    assert_eq!(unplaced, 5);
+    let big_nodes: HashSet<&str> = bound
+        .iter()
+        .filter_map(|i| i.spec.node.as_deref())
+        .collect();
+    assert_eq!(
+        big_nodes.len(),
+        20,
+        "one 500-m Instance per node: {big_nodes:?}"
+    );
 
     // A node's Lease goes with its Node: a Node added by hand with a Lease, then
     // deleted, and a Lease left behind without any Node both disappear; the hollow
