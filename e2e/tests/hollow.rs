@@ -119,17 +119,7 @@ async fn hollow_nodes_register_heartbeat_and_run_a_service() {
     .await;
 
     // A Service of 40 replicas: every Instance bound to a hollow node and Running.
-    let service: Service = serde_json::from_value(serde_json::json!({
-        "apiVersion": "oakestra.io/v1", "kind": "Service",
-        "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"replicas": 40, "template": {"image": "nginx",
-            "resources": {"cpuMillicores": 100, "memoryMiB": 64}}}
-    }))
-    .unwrap();
-    api.api::<Service>(Some("default"))
-        .create(&service)
-        .await
-        .unwrap();
+    create_service(&api, "web", 40, 100).await;
     let instances = api.api::<Instance>(Some("default"));
     let running = eventually("40 Instances Running at the root", WAIT, || async {
         let (list, _) = instances.list(&ListParams::default()).await.ok()?;
@@ -158,17 +148,7 @@ async fn hollow_nodes_register_heartbeat_and_run_a_service() {
     // A burst that does not fit: 25 replicas of 500 m where every node has 800 m left
     // (1000 m, two 100-m web Instances). Exactly one goes to each node; the other five
     // stay Pending, unschedulable, and no node is ever given more than it has.
-    let big: Service = serde_json::from_value(serde_json::json!({
-        "apiVersion": "oakestra.io/v1", "kind": "Service",
-        "metadata": {"name": "big", "namespace": "default"},
-        "spec": {"replicas": 25, "template": {"image": "nginx",
-            "resources": {"cpuMillicores": 500, "memoryMiB": 64}}}
-    }))
-    .unwrap();
-    api.api::<Service>(Some("default"))
-        .create(&big)
-        .await
-        .unwrap();
+    create_service(&api, "big", 25, 500).await;
     let local = Client::new(&cluster.url())
         .unwrap()
         .api::<Instance>(Some("default"));
@@ -238,4 +218,20 @@ async fn hollow_nodes_register_heartbeat_and_run_a_service() {
     })
     .await;
     drop(root);
+}
+
+/// Create Service `name` in `default`: `replicas` of an image, each requesting
+/// `cpu_millicores` and 64 MiB.
+async fn create_service(api: &Client, name: &str, replicas: u32, cpu_millicores: u32) {
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "oakestra.io/v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"replicas": replicas, "template": {"image": "nginx",
+            "resources": {"cpuMillicores": cpu_millicores, "memoryMiB": 64}}}
+    }))
+    .unwrap();
+    api.api::<Service>(Some("default"))
+        .create(&service)
+        .await
+        .unwrap();
 }
