@@ -442,12 +442,12 @@ impl Registry {
         // compare-and-swap fails and the retry reads the store.
         let mut first = true;
         loop {
-            let cached = match first {
-                true => self
-                    .hub
+            let cached = if first {
+                self.hub
                     .latest_of(&key)
-                    .filter(|c| precondition.is_none_or(|p| p == c.revision)),
-                false => None,
+                    .filter(|c| precondition.is_none_or(|p| p == c.revision))
+            } else {
+                None
             };
             first = false;
             let stored: Value;

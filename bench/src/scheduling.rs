@@ -159,8 +159,8 @@ pub struct ApiLoad {
 
 impl ApiLoad {
     /// Writes the Instances caused (their creates, bindings, status and spec updates,
-    /// Events; their Services and the Services' status), leaving out the heartbeats (Leases, Node and
-    /// Cluster status), which go on at rest too.
+    /// Events; their Services and the Services' status), leaving out the heartbeats
+    /// (Leases, Node and Cluster status), which go on at rest too.
     fn instance_writes(&self) -> f64 {
         let write = ["create", "update", "patch", "delete"].map(|v| format!("verb=\"{v}\""));
         let caused = ["instances", "events", "services"].map(|r| format!("resource=\"{r}"));

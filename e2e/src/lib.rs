@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
 /// The API server's count of open watches (`oakestra_apiserver_watchers`) in the text
 /// of its `/metrics`.
 pub fn open_watches(metrics: &str) -> i64 {
@@ -24,6 +23,7 @@ pub fn open_watches(metrics: &str) -> i64 {
         .expect("a number of watchers")
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind 127.0.0.1:0")

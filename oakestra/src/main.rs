@@ -20,10 +20,9 @@ use tokio_util::sync::CancellationToken;
 /// mimalloc instead of glibc's malloc: the servers allocate and free many small JSON
 /// values per request from several threads, where glibc's malloc and free took 10–17 %
 /// of a busy server's CPU (perf; `docs/benchmarks-history.md`, session 10, has the
-/// before/after). Its arenas
-/// are committed on demand (`MI_DEFAULT_ARENA_EAGER_COMMIT=0` in `.cargo/config.toml`):
-/// committed eagerly, as mimalloc does on Linux by default, an idle root stayed at
-/// 45 MiB resident instead of 20.
+/// before/after). Its arenas are committed on demand (`MI_DEFAULT_ARENA_EAGER_COMMIT=0`
+/// in `.cargo/config.toml`): committed eagerly, as mimalloc does on Linux by default, an
+/// idle root stayed at 45 MiB resident instead of 20.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
