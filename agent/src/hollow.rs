@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use client::runtime::{Action, Controller};
 use client::{Api, Client, ClientError, ListParams};
-use crds::{Capacity, Instance, Node, Phase, Runtime as Kind};
+use crds::{Capacity, Instance, Node, Phase, RuntimeKind};
 use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -151,7 +151,7 @@ fn node_info(config: &HollowConfig, name: &str) -> NodeInfo {
     NodeInfo {
         name: name.to_string(),
         address: config.address.clone(),
-        runtimes: vec![Kind::Container, Kind::Process],
+        runtimes: vec![RuntimeKind::Container, RuntimeKind::Process],
         location: None,
         labels: [("oakestra.io/hollow".to_string(), "true".to_string())].into(),
     }

@@ -29,7 +29,7 @@ use client::runtime::{Action, Controller, ObjectRef};
 use client::{Api, Client, ClientError, ListParams};
 use crds::{
     set_condition, Capacity, ConditionStatus, Instance, Lease, LeaseSpec, Location, Node, NodeSpec,
-    Phase, RestartPolicy, Runtime as Kind,
+    Phase, RestartPolicy, RuntimeKind,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -115,7 +115,7 @@ struct Ctx {
     client: Client,
     config: AgentConfig,
     runtime: Arc<dyn Runtime>,
-    kinds: Vec<Kind>,
+    kinds: Vec<RuntimeKind>,
     /// URL of the agent's HTTP endpoint, as reported in the Node's status.
     endpoint: String,
     metrics: Arc<metrics::Metrics>,
@@ -226,7 +226,7 @@ pub struct NodeInfo {
     pub name: String,
     /// Address other nodes and users reach the node at.
     pub address: String,
-    pub runtimes: Vec<Kind>,
+    pub runtimes: Vec<RuntimeKind>,
     pub location: Option<Location>,
     pub labels: std::collections::BTreeMap<String, String>,
 }

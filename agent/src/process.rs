@@ -140,8 +140,8 @@ impl Runtime for ProcessRuntime {
         "process"
     }
 
-    fn kinds(&self) -> Vec<crds::Runtime> {
-        vec![crds::Runtime::Process]
+    fn kinds(&self) -> Vec<crds::RuntimeKind> {
+        vec![crds::RuntimeKind::Process]
     }
 
     async fn start(

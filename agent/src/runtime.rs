@@ -79,7 +79,7 @@ pub enum RuntimeError {
 pub trait Runtime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// The workload kinds it runs (reported in the Node's spec).
-    fn kinds(&self) -> Vec<crds::Runtime>;
+    fn kinds(&self) -> Vec<crds::RuntimeKind>;
     /// Whether `workload` gets its own network and so must wait for an instance IP.
     fn wants_address(&self, _workload: &Workload) -> bool {
         false
@@ -110,9 +110,9 @@ pub struct Combined {
 }
 
 impl Combined {
-    fn for_kind(&self, kind: crds::Runtime) -> &dyn Runtime {
+    fn for_kind(&self, kind: crds::RuntimeKind) -> &dyn Runtime {
         match kind {
-            crds::Runtime::Process => self.processes.as_ref(),
+            crds::RuntimeKind::Process => self.processes.as_ref(),
             _ => self.containers.as_ref(),
         }
     }
@@ -128,7 +128,7 @@ impl Runtime for Combined {
         self.containers.name()
     }
 
-    fn kinds(&self) -> Vec<crds::Runtime> {
+    fn kinds(&self) -> Vec<crds::RuntimeKind> {
         self.both().iter().flat_map(|r| r.kinds()).collect()
     }
 

@@ -18,7 +18,7 @@ use client::runtime::{cache, Action, Controller, ObjectRef, Store};
 use client::{Api, Client, ListParams};
 use crds::{
     set_condition, Capacity, Cluster, ClusterSpec, ClusterStatus, ConditionStatus, Instance,
-    InstanceStatus, Location, Node, ObjectMeta, Phase, Runtime, API_VERSION,
+    InstanceStatus, Location, Node, ObjectMeta, Phase, RuntimeKind, API_VERSION,
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -106,7 +106,7 @@ pub async fn run_cluster(
 pub struct Summary {
     pub capacity: Capacity,
     pub allocatable: Capacity,
-    pub runtimes: Vec<Runtime>,
+    pub runtimes: Vec<RuntimeKind>,
     pub ready_nodes: u32,
 }
 
@@ -153,10 +153,14 @@ pub fn summarize(nodes: &[Arc<Node>], instances: &[Arc<Instance>]) -> Summary {
         s.allocatable.gpus += alloc.gpus.saturating_sub(used.2);
         s.allocatable.nodes += 1;
     }
-    s.runtimes = [Runtime::Container, Runtime::Process, Runtime::Unikernel]
-        .into_iter()
-        .filter(|r| runtimes.contains(&format!("{r:?}")))
-        .collect();
+    s.runtimes = [
+        RuntimeKind::Container,
+        RuntimeKind::Process,
+        RuntimeKind::Unikernel,
+    ]
+    .into_iter()
+    .filter(|r| runtimes.contains(&format!("{r:?}")))
+    .collect();
     s
 }
 

@@ -30,7 +30,7 @@ pub trait Target: Resource + HasConditions {
 /// The parts every target reports the same way; the rest comes from its kind.
 fn profile_of<T: Target>(
     t: &T,
-    runtimes: Vec<crds::Runtime>,
+    runtimes: Vec<crds::RuntimeKind>,
     allocatable: Option<crds::Capacity>,
 ) -> Profile {
     let meta = t.metadata();

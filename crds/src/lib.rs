@@ -5,6 +5,7 @@
 //! schemas generated from the structs with `schemars`, and the validation every write
 //! goes through. It performs no IO, so every other crate can depend on it.
 
+pub mod conditions;
 pub mod ipam;
 pub mod meta;
 pub mod types;
@@ -13,6 +14,10 @@ pub mod validate;
 use schemars::JsonSchema;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+pub use conditions::{
+    find_condition, find_with_status, is_false, is_true, set_condition, since_transition,
+    Condition, ConditionStatus,
+};
 pub use meta::*;
 pub use types::*;
 pub use validate::{FieldError, ValidationError};
@@ -181,35 +186,6 @@ pub struct Event {
     /// Component that recorded the event.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub source: String,
-}
-
-/// A node's liveness record (as Kubernetes' `coordination.k8s.io` Lease): its agent
-/// renews it at every heartbeat, a small write that no Node watcher sees. The Node's
-/// status is written only when it changes, and every few heartbeats otherwise.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Lease {
-    pub api_version: String,
-    pub kind: String,
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: LeaseSpec,
-}
-
-impl Lease {
-    /// A new Lease with the given name and spec.
-    pub fn new(name: &str, spec: LeaseSpec) -> Self {
-        Lease {
-            api_version: API_VERSION.to_string(),
-            kind: "Lease".to_string(),
-            metadata: ObjectMeta {
-                name: name.to_string(),
-                ..Default::default()
-            },
-            spec,
-        }
-    }
 }
 
 fn one_u32() -> u32 {

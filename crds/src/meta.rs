@@ -62,39 +62,9 @@ pub struct OwnerReference {
     pub block_owner_deletion: Option<bool>,
 }
 
-/// `True`, `False` or `Unknown`, as in Kubernetes conditions.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConditionStatus {
-    True,
-    False,
-    Unknown,
-}
-
-/// One observation about an object, e.g. `Ready=True` or `Scheduled=False`.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Condition {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub status: ConditionStatus,
-    /// One CamelCase word, e.g. `NoResourcesAvailable`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
-    /// Human-readable detail.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_transition_time: Option<Time>,
-}
-
 /// The finalizer that makes a deletion wait until the object's dependents are gone
 /// (`propagationPolicy: Foreground`).
 pub const FOREGROUND_DELETION: &str = "foregroundDeletion";
-
-/// Find a condition by type.
-pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
-}
 
 /// The Kubernetes `Status` object used for errors (and successful deletes).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -152,50 +122,4 @@ impl Status {
             code,
         }
     }
-}
-
-/// Set condition `type_` to the given status, reason and message. The transition time
-/// changes only when the status does. Returns whether anything changed.
-pub fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: ConditionStatus,
-    reason: &str,
-    message: &str,
-    now: Time,
-) -> bool {
-    match conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(c) if c.status == status && c.reason == reason && c.message == message => false,
-        Some(c) => {
-            if c.status != status {
-                c.last_transition_time = Some(now);
-            }
-            c.status = status;
-            c.reason = reason.to_string();
-            c.message = message.to_string();
-            true
-        }
-        None => {
-            conditions.push(Condition {
-                type_: type_.to_string(),
-                status,
-                reason: reason.to_string(),
-                message: message.to_string(),
-                last_transition_time: Some(now),
-            });
-            true
-        }
-    }
-}
-
-/// How long ago condition `type_` last changed status (`None` without one, without a
-/// transition time, or with one in the future).
-pub fn since_transition(conditions: &[Condition], type_: &str) -> Option<std::time::Duration> {
-    let at = find_condition(conditions, type_)?.last_transition_time?;
-    (Utc::now() - at).to_std().ok()
-}
-
-/// Whether condition `type_` is `True`.
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    find_condition(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True)
 }

@@ -9,7 +9,9 @@ use std::net::Ipv4Addr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::meta::{Condition, Time};
+use crate::conditions::Condition;
+use crate::meta::{ObjectMeta, Time};
+use crate::API_VERSION;
 
 /// A geographic position (WGS 84 degrees).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
@@ -25,9 +27,23 @@ pub struct Location {
 }
 
 /// How a workload is run on a worker.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+)]
 #[serde(rename_all = "lowercase")]
-pub enum Runtime {
+#[schemars(rename = "Runtime")]
+pub enum RuntimeKind {
     /// An OCI image run by containerd.
     #[default]
     Container,
@@ -90,7 +106,7 @@ pub struct ClusterStatus {
     pub allocatable: Option<Capacity>,
     /// Runtimes at least one of the cluster's nodes supports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub runtimes: Vec<Runtime>,
+    pub runtimes: Vec<RuntimeKind>,
     /// URL of the cluster's own API (where its Nodes are).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_endpoint: Option<String>,
@@ -104,21 +120,6 @@ pub struct ClusterStatus {
 
 // ---------------------------------------------------------------- Node
 
-/// Who holds a Lease and when they last renewed it.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct LeaseSpec {
-    /// The holder: for a node's Lease, the node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub holder_identity: Option<String>,
-    /// How long the holder means the Lease to last after each renewal (informative:
-    /// the cluster's node lifecycle applies its own timeout).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease_duration_seconds: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub renew_time: Option<Time>,
-}
-
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSpec {
@@ -127,7 +128,7 @@ pub struct NodeSpec {
     pub address: String,
     /// Runtimes the node's agent can run.
     #[serde(default)]
-    pub runtimes: Vec<Runtime>,
+    pub runtimes: Vec<RuntimeKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
     /// When true no new Instances are bound to the node.
@@ -256,7 +257,7 @@ pub struct Addressing {
 #[serde(rename_all = "camelCase")]
 pub struct Workload {
     #[serde(default)]
-    pub runtime: Runtime,
+    pub runtime: RuntimeKind,
     /// OCI image reference (for `container`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -392,4 +393,50 @@ pub enum EventType {
     #[default]
     Normal,
     Warning,
+}
+
+// ---------------------------------------------------------------- Lease
+
+/// A node's liveness record (as Kubernetes' `coordination.k8s.io` Lease): its agent
+/// renews it at every heartbeat, a small write that no Node watcher sees. The Node's
+/// status is written only when it changes, and every few heartbeats otherwise.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: LeaseSpec,
+}
+
+impl Lease {
+    /// A new Lease with the given name and spec.
+    pub fn new(name: &str, spec: LeaseSpec) -> Self {
+        Lease {
+            api_version: API_VERSION.to_string(),
+            kind: "Lease".to_string(),
+            metadata: ObjectMeta {
+                name: name.to_string(),
+                ..Default::default()
+            },
+            spec,
+        }
+    }
+}
+
+/// Who holds a Lease and when they last renewed it.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseSpec {
+    /// The holder: for a node's Lease, the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_identity: Option<String>,
+    /// How long the holder means the Lease to last after each renewal (informative:
+    /// the cluster's node lifecycle applies its own timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_duration_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_time: Option<Time>,
 }

@@ -11,7 +11,7 @@ use std::sync::{OnceLock, RwLock};
 
 use serde_json::Value;
 
-use crate::{Location, Resource, Runtime, Workload};
+use crate::{Location, Resource, RuntimeKind, Workload};
 
 /// One invalid field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,7 +269,7 @@ pub fn location(l: &Location, path: &str, errors: &mut Vec<FieldError>) {
 /// A workload names what to run for its runtime, and its ports and constraints are sane.
 pub fn workload(w: &Workload, path: &str, errors: &mut Vec<FieldError>) {
     match w.runtime {
-        Runtime::Container | Runtime::Unikernel => {
+        RuntimeKind::Container | RuntimeKind::Unikernel => {
             if w.image.as_deref().unwrap_or_default().is_empty() {
                 errors.push(FieldError::new(
                     format!("{path}.image"),
@@ -277,7 +277,7 @@ pub fn workload(w: &Workload, path: &str, errors: &mut Vec<FieldError>) {
                 ));
             }
         }
-        Runtime::Process => {
+        RuntimeKind::Process => {
             if w.executable.as_deref().unwrap_or_default().is_empty() && w.command.is_empty() {
                 errors.push(FieldError::new(
                     format!("{path}.executable"),

@@ -373,7 +373,7 @@ async fn containers_across_the_hierarchy() {
         let ready = items.iter().filter(|c| {
             let s = c.status.clone().unwrap_or_default();
             crds::is_true(&s.conditions, "Ready")
-                && s.runtimes.contains(&crds::Runtime::Container)
+                && s.runtimes.contains(&crds::RuntimeKind::Container)
                 && s.capacity
                     .as_ref()
                     .is_some_and(|cap| cap.nodes == if c.metadata.name == "cb" { 2 } else { 1 })

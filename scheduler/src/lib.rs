@@ -11,7 +11,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crds::{Capacity, Location, Placement, Protocol, Resources, Runtime};
+use crds::conditions::reason;
+use crds::{Capacity, Location, Placement, Protocol, Resources, RuntimeKind};
 
 /// What is being chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,14 +31,14 @@ impl Tier {
     /// Reason when no candidate passes the constraints.
     pub fn no_target(self) -> &'static str {
         match self {
-            Tier::Cluster => "NoTargetCluster",
-            Tier::Node => "NoTargetNode",
+            Tier::Cluster => reason::NO_TARGET_CLUSTER,
+            Tier::Node => reason::NO_TARGET_NODE,
         }
     }
 }
 
 /// Reason when candidates pass the constraints but none has room.
-pub const NO_RESOURCES: &str = "NoResourcesAvailable";
+pub const NO_RESOURCES: &str = reason::NO_RESOURCES_AVAILABLE;
 
 /// One cluster or node as it reports itself. It changes only when the target's object
 /// does, so callers keep one per object version and share it between decisions.
@@ -47,7 +48,7 @@ pub struct Profile {
     pub labels: BTreeMap<String, String>,
     pub ready: bool,
     pub schedulable: bool,
-    pub runtimes: Vec<Runtime>,
+    pub runtimes: Vec<RuntimeKind>,
     pub location: Option<Location>,
     /// Allocatable as reported.
     pub allocatable: Capacity,
@@ -80,7 +81,7 @@ impl Candidate {
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
     pub tier: Tier,
-    pub runtime: Runtime,
+    pub runtime: RuntimeKind,
     pub resources: &'a Resources,
     pub placement: &'a Placement,
     /// Candidates that already turned this Instance down.
@@ -282,7 +283,7 @@ mod tests {
             name: name.into(),
             ready: true,
             schedulable: true,
-            runtimes: vec![Runtime::Container],
+            runtimes: vec![RuntimeKind::Container],
             allocatable: Capacity {
                 cpu_millicores: cpu,
                 memory_mib: mem,
@@ -296,7 +297,7 @@ mod tests {
     fn request<'a>(resources: &'a Resources, placement: &'a Placement) -> Request<'a> {
         Request {
             tier: Tier::Cluster,
-            runtime: Runtime::Container,
+            runtime: RuntimeKind::Container,
             resources,
             placement,
             excluded: &[],
@@ -455,7 +456,7 @@ mod tests {
         let none = Placement::default();
         let r = Request {
             tier: Tier::Node,
-            runtime: Runtime::Process,
+            runtime: RuntimeKind::Process,
             resources: &res,
             placement: &none,
             excluded: &[],

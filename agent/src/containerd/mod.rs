@@ -654,8 +654,8 @@ impl Runtime for ContainerdRuntime {
         "containerd"
     }
 
-    fn kinds(&self) -> Vec<crds::Runtime> {
-        vec![crds::Runtime::Container]
+    fn kinds(&self) -> Vec<crds::RuntimeKind> {
+        vec![crds::RuntimeKind::Container]
     }
 
     fn wants_address(&self, _workload: &Workload) -> bool {

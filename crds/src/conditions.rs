@@ -1,0 +1,122 @@
+//! Conditions: the `Condition` type, the condition types and reasons that more than one
+//! component writes or reads, and the helpers every controller uses to read and set them.
+//!
+//! A reason used by one component alone stays a constant beside its writer; the ones
+//! here cross a crate boundary (written by the scheduler or a controller, read by
+//! another tier, a CLI or a test).
+
+use chrono::Utc;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::meta::Time;
+
+/// Condition type: the object is ready (a Cluster or Node that reports in time, an
+/// Instance whose workload runs).
+pub const READY: &str = "Ready";
+/// Condition type: an Instance is bound to a cluster and a node (or why it is not).
+pub const SCHEDULED: &str = "Scheduled";
+
+/// Reasons shared between tiers and components.
+pub mod reason {
+    /// `Scheduled=True`: the Instance was bound.
+    pub const PLACED: &str = "Placed";
+    /// Event reason: a placement attempt found no target.
+    pub const FAILED_PLACEMENT: &str = "FailedPlacement";
+    /// `Scheduled=False`: candidates pass the constraints but none has room.
+    pub const NO_RESOURCES_AVAILABLE: &str = "NoResourcesAvailable";
+    /// `Scheduled=False`: no cluster passes the constraints.
+    pub const NO_TARGET_CLUSTER: &str = "NoTargetCluster";
+    /// `Scheduled=False`: no node of the cluster passes the constraints.
+    pub const NO_TARGET_NODE: &str = "NoTargetNode";
+}
+
+/// `True`, `False` or `Unknown`, as in Kubernetes conditions.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+/// One observation about an object, e.g. `Ready=True` or `Scheduled=False`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: ConditionStatus,
+    /// One CamelCase word, e.g. `NoResourcesAvailable`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+}
+
+/// Find a condition by type.
+pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// The condition `type_` when its status is `status`.
+pub fn find_with_status<'a>(
+    conditions: &'a [Condition],
+    type_: &str,
+    status: ConditionStatus,
+) -> Option<&'a Condition> {
+    find_condition(conditions, type_).filter(|c| c.status == status)
+}
+
+/// Set condition `type_` to the given status, reason and message. The transition time
+/// changes only when the status does. Returns whether anything changed.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: ConditionStatus,
+    reason: &str,
+    message: &str,
+    now: Time,
+) -> bool {
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) if c.status == status && c.reason == reason && c.message == message => false,
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = Some(now);
+            }
+            c.status = status;
+            c.reason = reason.to_string();
+            c.message = message.to_string();
+            true
+        }
+        None => {
+            conditions.push(Condition {
+                type_: type_.to_string(),
+                status,
+                reason: reason.to_string(),
+                message: message.to_string(),
+                last_transition_time: Some(now),
+            });
+            true
+        }
+    }
+}
+
+/// How long ago condition `type_` last changed status (`None` without one, without a
+/// transition time, or with one in the future).
+pub fn since_transition(conditions: &[Condition], type_: &str) -> Option<std::time::Duration> {
+    let at = find_condition(conditions, type_)?.last_transition_time?;
+    (Utc::now() - at).to_std().ok()
+}
+
+/// Whether condition `type_` is `True`.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find_condition(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True)
+}
+
+/// Whether condition `type_` is `False` (absent or `Unknown` is neither).
+pub fn is_false(conditions: &[Condition], type_: &str) -> bool {
+    find_with_status(conditions, type_, ConditionStatus::False).is_some()
+}
