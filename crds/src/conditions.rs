@@ -34,8 +34,11 @@ pub mod reason {
 /// `True`, `False` or `Unknown`, as in Kubernetes conditions.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConditionStatus {
+    /// The condition holds.
     True,
+    /// The condition does not hold (the reason says why).
     False,
+    /// Nobody knows yet, e.g. the reporter stopped reporting.
     Unknown,
 }
 
@@ -43,8 +46,10 @@ pub enum ConditionStatus {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
+    /// What is observed, e.g. [`READY`] or [`SCHEDULED`].
     #[serde(rename = "type")]
     pub type_: String,
+    /// Whether it holds.
     pub status: ConditionStatus,
     /// One CamelCase word, e.g. `NoResourcesAvailable`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -52,6 +57,7 @@ pub struct Condition {
     /// Human-readable detail.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// When `status` last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
 }
@@ -119,4 +125,62 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
 /// Whether condition `type_` is `False` (absent or `Unknown` is neither).
 pub fn is_false(conditions: &[Condition], type_: &str) -> bool {
     find_with_status(conditions, type_, ConditionStatus::False).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(secs: i64) -> Time {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    #[test]
+    fn set_condition_moves_the_transition_time_only_with_the_status() {
+        let mut c = Vec::new();
+        // (status, reason, changed?, transition time afterwards)
+        let steps = [
+            (ConditionStatus::False, "NoTargetNode", true, at(0)),
+            (ConditionStatus::False, "NoTargetNode", false, at(0)),
+            (ConditionStatus::False, "NoResourcesAvailable", true, at(0)),
+            (ConditionStatus::True, "Placed", true, at(3)),
+            (ConditionStatus::True, "Placed", false, at(3)),
+        ];
+        for (i, (status, reason, changed, since)) in steps.into_iter().enumerate() {
+            let now = at(i as i64);
+            assert_eq!(
+                set_condition(&mut c, SCHEDULED, status, reason, "", now),
+                changed,
+                "step {i}"
+            );
+            assert_eq!(c.len(), 1, "step {i}: one condition per type");
+            assert_eq!(c[0].last_transition_time, Some(since), "step {i}");
+            assert_eq!(c[0].reason, reason, "step {i}");
+        }
+    }
+
+    #[test]
+    fn status_lookups() {
+        let mut c = Vec::new();
+        set_condition(&mut c, READY, ConditionStatus::True, "", "", at(0));
+        set_condition(&mut c, SCHEDULED, ConditionStatus::False, "", "", at(0));
+        set_condition(&mut c, "Other", ConditionStatus::Unknown, "", "", at(0));
+        // (type, is_true, is_false)
+        let cases = [
+            (READY, true, false),
+            (SCHEDULED, false, true),
+            ("Other", false, false),
+            ("Absent", false, false),
+        ];
+        for (type_, t, f) in cases {
+            assert_eq!(is_true(&c, type_), t, "{type_} is_true");
+            assert_eq!(is_false(&c, type_), f, "{type_} is_false");
+        }
+        assert!(find_with_status(&c, READY, ConditionStatus::False).is_none());
+        assert_eq!(
+            find_with_status(&c, SCHEDULED, ConditionStatus::False).map(|c| c.type_.as_str()),
+            Some(SCHEDULED)
+        );
+    }
 }

@@ -7,7 +7,9 @@ use std::net::Ipv4Addr;
 /// An IPv4 prefix, e.g. `10.30.0.0/16`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
+    /// The first address (host bits are zero).
     pub base: Ipv4Addr,
+    /// Length of the network part in bits, 0..=32.
     pub prefix: u8,
 }
 
@@ -47,6 +49,7 @@ fn mask(prefix: u8) -> u32 {
 }
 
 impl Cidr {
+    /// Whether `ip` is inside this prefix.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & mask(self.prefix) == u32::from(self.base)
     }

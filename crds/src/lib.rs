@@ -4,10 +4,23 @@
 //! exchange, the table of served kinds (plural names, scope, short names), the
 //! schemas generated from the structs with `schemars`, and the validation every write
 //! goes through. It performs no IO, so every other crate can depend on it.
+//!
+//! Modules:
+//! - [`types`]: the spec and status structs of each kind (and `Lease`);
+//! - [`meta`]: `ObjectMeta`, owner references and the `Status` error body;
+//! - [`conditions`]: `Condition`, the condition types and reasons shared between tiers,
+//!   and the helpers to read and set them;
+//! - [`validate`]: schema walk and per-kind rules, errors naming the field path;
+//! - [`table`]: the text of table cells and ages, as `get` prints them;
+//! - [`ipam`]: CIDR arithmetic for the subnet and address pools.
+//!
+//! The crate root holds the object structs (`Cluster`, `Node`, `Service`, `Instance`,
+//! `Event`, `Namespace`), the [`Resource`] trait and [`KINDS`], the table of served kinds.
 
 pub mod conditions;
 pub mod ipam;
 pub mod meta;
+pub mod table;
 pub mod types;
 pub mod validate;
 
@@ -19,6 +32,7 @@ pub use conditions::{
     Condition, ConditionStatus,
 };
 pub use meta::*;
+pub use table::{age, column_value};
 pub use types::*;
 pub use validate::{FieldError, ValidationError};
 
@@ -34,11 +48,17 @@ pub const API_VERSION: &str = "oakestra.io/v1";
 pub struct KindInfo {
     /// API group; empty for the core group (`Namespace`).
     pub group: &'static str,
+    /// API version within the group (`v1`).
     pub version: &'static str,
+    /// The kind's name, e.g. `Service`.
     pub kind: &'static str,
+    /// Lower-case plural, as in URL paths: `services`.
     pub plural: &'static str,
+    /// Lower-case singular, accepted by the CLIs: `service`.
     pub singular: &'static str,
+    /// Abbreviations accepted by the CLIs: `svc`.
     pub short_names: &'static [&'static str],
+    /// Whether objects live in a namespace (else they are cluster-scoped).
     pub namespaced: bool,
     /// Whether the kind has a `status` written through the `/status` subresource.
     pub has_status: bool,
@@ -97,11 +117,15 @@ impl KindInfo {
 pub trait Resource:
     Serialize + DeserializeOwned + JsonSchema + Clone + Send + Sync + 'static
 {
+    /// The kind's name, e.g. `Service`.
     const KIND: &'static str;
+    /// The kind's entry in [`KINDS`].
     fn info() -> &'static KindInfo {
         kind_by_name(Self::KIND).expect("every Resource is in KINDS")
     }
+    /// The object's metadata.
     fn metadata(&self) -> &ObjectMeta;
+    /// The object's metadata, to change.
     fn metadata_mut(&mut self) -> &mut ObjectMeta;
     /// Kind-specific rules beyond what the schema expresses.
     fn check(&self, _errors: &mut Vec<FieldError>) {}
@@ -113,11 +137,16 @@ macro_rules! resource {
         #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
         #[serde(rename_all = "camelCase")]
         pub struct $name {
+            /// `oakestra.io/v1`.
             pub api_version: String,
+            /// The kind's name.
             pub kind: String,
+            /// Name, namespace, labels and server-owned fields.
             #[serde(default)]
             pub metadata: ObjectMeta,
+            /// The desired state, written by users (or by the controller that owns the object).
             pub spec: $spec,
+            /// The observed state, written by controllers through the `status` subresource.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub status: Option<$status>,
         }
@@ -166,21 +195,30 @@ resource!(
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
+    /// `oakestra.io/v1`.
     pub api_version: String,
+    /// `Event`.
     pub kind: String,
+    /// Name, namespace (the involved object's) and server-owned fields.
     #[serde(default)]
     pub metadata: ObjectMeta,
+    /// The object the Event is about.
     pub involved_object: ObjectReference,
     /// One CamelCase word, e.g. `Placed` or `FailedPlacement`.
     pub reason: String,
+    /// What happened, for a person.
     #[serde(default)]
     pub message: String,
+    /// `Normal` or `Warning`.
     #[serde(default, rename = "type")]
     pub type_: EventType,
+    /// How often it happened (repeats of the same reason and message are counted).
     #[serde(default = "one_u32")]
     pub count: u32,
+    /// When it first happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_timestamp: Option<Time>,
+    /// When it last happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_timestamp: Option<Time>,
     /// Component that recorded the event.
@@ -196,16 +234,22 @@ fn one_u32() -> u32 {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Namespace {
+    /// `v1`.
     pub api_version: String,
+    /// `Namespace`.
     pub kind: String,
+    /// Name and server-owned fields.
     #[serde(default)]
     pub metadata: ObjectMeta,
+    /// Finalizers, accepted for Kubernetes clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<NamespaceSpec>,
+    /// The phase, set by the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<NamespaceStatus>,
 }
 
+/// What a client declares about a Namespace.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 pub struct NamespaceSpec {
     /// Accepted for compatibility with Kubernetes clients.
@@ -213,6 +257,7 @@ pub struct NamespaceSpec {
     pub finalizers: Vec<String>,
 }
 
+/// What the server reports about a Namespace.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 pub struct NamespaceStatus {
     /// `Active` or `Terminating`.
@@ -278,7 +323,6 @@ impl_resource!(Namespace);
 
 const NO_COLUMNS: &[(&str, &str)] = &[];
 
-/// Every kind the API serves.
 /// A function returning `T`'s schema, generated on first use.
 macro_rules! schema_of {
     ($t:ty) => {
@@ -289,6 +333,7 @@ macro_rules! schema_of {
     };
 }
 
+/// Every kind the API serves.
 pub static KINDS: &[KindInfo] = &[
     KindInfo {
         group: "",
@@ -460,52 +505,4 @@ pub fn kind_by_gvk(api_version: &str, kind: &str) -> Option<&'static KindInfo> {
     KINDS
         .iter()
         .find(|k| k.kind == kind && k.api_version() == api_version)
-}
-
-/// The text of a table cell: the value at `pointer` in `object`. A pointer ending in
-/// `/conditions/<Type>` yields that condition's status.
-pub fn column_value(object: &serde_json::Value, pointer: &str) -> String {
-    use serde_json::Value;
-    let value = match pointer.rsplit_once("/conditions/") {
-        Some((base, type_)) => object
-            .pointer(&format!("{base}/conditions"))
-            .and_then(Value::as_array)
-            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-            .map(|c| c["status"].clone()),
-        None => object.pointer(pointer).cloned(),
-    };
-    match value {
-        None | Some(Value::Null) => "<none>".into(),
-        Some(Value::String(s)) => s,
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(String::from)
-                    .unwrap_or_else(|| v.to_string())
-            })
-            .collect::<Vec<_>>()
-            .join(","),
-        Some(other) => other.to_string(),
-    }
-}
-
-/// Age of an object like kubectl prints it (`42s`, `7m`, `3h`, `12d`).
-pub fn age(object: &serde_json::Value, now: chrono::DateTime<chrono::Utc>) -> String {
-    let created = object
-        .pointer("/metadata/creationTimestamp")
-        .and_then(serde_json::Value::as_str)
-        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
-    let Some(created) = created else {
-        return "<unknown>".into();
-    };
-    let secs = (now - created.with_timezone(&chrono::Utc))
-        .num_seconds()
-        .max(0);
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
 }

@@ -63,6 +63,7 @@ pub struct Resources {
     /// Memory in MiB.
     #[serde(default, rename = "memoryMiB")]
     pub memory_mib: u64,
+    /// Number of GPUs.
     #[serde(default)]
     pub gpus: u32,
     /// Disk in MiB.
@@ -74,10 +75,13 @@ pub struct Resources {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Capacity {
+    /// CPU in thousandths of a core.
     #[serde(default)]
     pub cpu_millicores: u64,
+    /// Memory in MiB.
     #[serde(default, rename = "memoryMiB")]
     pub memory_mib: u64,
+    /// Number of GPUs.
     #[serde(default)]
     pub gpus: u32,
     /// Number of nodes (for a Cluster); 1 for a Node.
@@ -87,21 +91,26 @@ pub struct Capacity {
 
 // ---------------------------------------------------------------- Cluster
 
+/// What the user declares about a Cluster.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterSpec {
+    /// Where the cluster is; root placement measures geographic constraints to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
 }
 
+/// What the cluster orchestrator reports (through the root's cluster sync) and the root assigns.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterStatus {
     /// Subnet assigned by the root, in CIDR notation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
+    /// Total resources of the cluster's ready nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
+    /// What is left for new Instances: capacity less what bound Instances request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocatable: Option<Capacity>,
     /// Runtimes at least one of the cluster's nodes supports.
@@ -110,16 +119,20 @@ pub struct ClusterStatus {
     /// URL of the cluster's own API (where its Nodes are).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_endpoint: Option<String>,
+    /// `Ready` while the cluster orchestrator reports in time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// When the cluster orchestrator last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<Time>,
+    /// The `metadata.generation` this status was written for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
 
 // ---------------------------------------------------------------- Node
 
+/// What a worker's agent declares about its Node when it registers.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSpec {
@@ -129,6 +142,7 @@ pub struct NodeSpec {
     /// Runtimes the node's agent can run.
     #[serde(default)]
     pub runtimes: Vec<RuntimeKind>,
+    /// Where the node is; the cluster scheduler measures geographic constraints to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
     /// When true no new Instances are bound to the node.
@@ -136,15 +150,20 @@ pub struct NodeSpec {
     pub unschedulable: bool,
 }
 
+/// What the agent reports about its Node, and what the cluster assigns.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
+    /// Total resources of the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
+    /// What is left for new Instances: capacity less what bound Instances request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocatable: Option<Capacity>,
+    /// What the node's workloads use now, as measured by its agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Capacity>,
+    /// `Ready` while the agent renews its Lease in time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// When the agent last wrote this status: at changes and every few heartbeats
@@ -157,17 +176,21 @@ pub struct NodeStatus {
     /// URL of the node's agent (logs of its Instances).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_endpoint: Option<String>,
+    /// The `metadata.generation` this status was written for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
 
 // ---------------------------------------------------------------- Service
 
+/// Transport protocol of a port.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// TCP (the default).
     #[default]
     Tcp,
+    /// UDP.
     Udp,
 }
 
@@ -175,17 +198,22 @@ pub enum Protocol {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
+    /// Port the workload listens on inside its network namespace.
     pub container_port: u16,
     /// Published on the node when set (Oakestra's `host:container`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_port: Option<u16>,
+    /// `tcp` (default) or `udp`.
     #[serde(default)]
     pub protocol: Protocol,
 }
 
+/// One environment variable of a workload.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 pub struct EnvVar {
+    /// Variable name.
     pub name: String,
+    /// Variable value (empty by default).
     #[serde(default)]
     pub value: String,
 }
@@ -193,8 +221,10 @@ pub struct EnvVar {
 /// What happens when an Instance's workload exits.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RestartPolicy {
+    /// Restart after every exit (the default).
     #[default]
     Always,
+    /// Restart after a non-zero exit only.
     OnFailure,
     /// Run once (Oakestra's `one_shot`).
     Never,
@@ -204,8 +234,11 @@ pub enum RestartPolicy {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GeoConstraint {
+    /// Degrees north of the point, -90..=90.
     pub latitude: f64,
+    /// Degrees east of the point, -180..=180.
     pub longitude: f64,
+    /// Greatest allowed great-circle distance from the point, in km.
     pub max_distance_km: f64,
 }
 
@@ -215,9 +248,11 @@ pub struct GeoConstraint {
 pub struct LatencyConstraint {
     /// Where latency is measured to: a place name or an address.
     pub target: String,
+    /// Greatest allowed round-trip time, in milliseconds.
     pub max_ms: u32,
 }
 
+/// Constraints on where a Service's Instances may run.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Placement {
@@ -230,8 +265,10 @@ pub struct Placement {
     /// Labels a Node must carry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Keep Instances near a point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub geo: Option<GeoConstraint>,
+    /// Keep Instances within a latency of a target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencyConstraint>,
 }
@@ -256,6 +293,7 @@ pub struct Addressing {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Workload {
+    /// How the workload runs: `container` (default), `process` or `unikernel`.
     #[serde(default)]
     pub runtime: RuntimeKind,
     /// OCI image reference (for `container`).
@@ -264,28 +302,37 @@ pub struct Workload {
     /// Path of the executable (for `process`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executable: Option<String>,
+    /// Entry point, replacing the image's (containers) or the executable's argv[0] onward (processes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// Arguments appended to the command.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// Environment variables.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    /// Ports the workload listens on, optionally published on the node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ServicePort>,
+    /// What one Instance requests; placement reserves it and the worker enforces it (cgroup limits).
     #[serde(default)]
     pub resources: Resources,
+    /// What happens when the workload exits.
     #[serde(default)]
     pub restart_policy: RestartPolicy,
+    /// Constraints on where Instances may run.
     #[serde(default)]
     pub placement: Placement,
 }
 
+/// What the user declares about a Service.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// Desired number of Instances (>= 0).
     #[serde(default = "one")]
     pub replicas: i32,
+    /// Service IPs the user asks for; allocated by the root when absent.
     #[serde(default)]
     pub addressing: Addressing,
     /// The workload every Instance runs.
@@ -296,23 +343,30 @@ fn one() -> i32 {
     1
 }
 
+/// What the root's controllers report about a Service.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceStatus {
+    /// Instances that exist for the Service.
     #[serde(default)]
     pub replicas: i32,
+    /// Instances whose workload is running.
     #[serde(default)]
     pub ready_replicas: i32,
+    /// The Service's round-robin IP, allocated by the root.
     #[serde(default, rename = "serviceIP", skip_serializing_if = "Option::is_none")]
     pub service_ip: Option<Ipv4Addr>,
+    /// `Ready`, `Scheduled` and rollout conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status was written for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
 
 // ---------------------------------------------------------------- Instance
 
+/// One replica of a Service, and where it was placed.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceSpec {
@@ -321,6 +375,7 @@ pub struct InstanceSpec {
     /// Position of this Instance among the Service's replicas.
     #[serde(default)]
     pub ordinal: u32,
+    /// The workload, copied from the Service when the Instance was created.
     pub template: Workload,
     /// Cluster chosen by root placement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -330,46 +385,65 @@ pub struct InstanceSpec {
     pub node: Option<String>,
 }
 
+/// Where an Instance is in its life.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Phase {
+    /// Created, not yet bound to a cluster and a node.
     #[default]
     Pending,
+    /// Bound to a node; its agent has not started it yet.
     Scheduled,
+    /// The agent is starting it (pulling, creating).
     Starting,
+    /// The workload runs.
     Running,
+    /// The workload exited with 0 and is not restarted.
     Succeeded,
+    /// The workload exited with an error, or could not start, and is not restarted.
     Failed,
+    /// Being stopped and removed.
     Terminating,
 }
 
+/// What the binders, the address allocators and the worker's agent report about an Instance.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceStatus {
+    /// Where the Instance is in its life.
     #[serde(default)]
     pub phase: Phase,
+    /// The Instance's own IP, from its node's subnet.
     #[serde(
         default,
         rename = "instanceIP",
         skip_serializing_if = "Option::is_none"
     )]
     pub instance_ip: Option<Ipv4Addr>,
+    /// Address of the node the Instance runs on.
     #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
     /// Container or process id in the worker's runtime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_id: Option<String>,
+    /// How often the worker restarted the workload.
     #[serde(default)]
     pub restart_count: u32,
+    /// Exit code of the workload's last run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// When the workload's current run started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
+    /// One CamelCase word for the last failure, e.g. `OOMKilled` or `ImagePullFailed`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// Human-readable detail of `reason`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// `Scheduled` (with why not, when not) and `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status was written for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
@@ -380,18 +454,25 @@ pub struct InstanceStatus {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectReference {
+    /// Kind of the object.
     pub kind: String,
+    /// Name of the object.
     pub name: String,
+    /// Namespace of the object (none for cluster-scoped kinds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// UID of the object, telling it apart from a later object of the same name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
 }
 
+/// Severity of an Event.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum EventType {
+    /// Something expected happened.
     #[default]
     Normal,
+    /// Something went wrong or needs attention.
     Warning,
 }
 
@@ -403,10 +484,14 @@ pub enum EventType {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Lease {
+    /// `oakestra.io/v1`.
     pub api_version: String,
+    /// `Lease`.
     pub kind: String,
+    /// Name (the node's), namespace and server-owned fields.
     #[serde(default)]
     pub metadata: ObjectMeta,
+    /// Holder and renewal time.
     #[serde(default)]
     pub spec: LeaseSpec,
 }
@@ -437,6 +522,7 @@ pub struct LeaseSpec {
     /// the cluster's node lifecycle applies its own timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_duration_seconds: Option<u32>,
+    /// When the holder last renewed the Lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_time: Option<Time>,
 }

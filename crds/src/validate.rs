@@ -18,10 +18,12 @@ use crate::{Location, Resource, RuntimeKind, Workload};
 pub struct FieldError {
     /// Dotted path, e.g. `spec.template.ports[0].containerPort`.
     pub field: String,
+    /// What is wrong with it, e.g. `must be >= 0`.
     pub message: String,
 }
 
 impl FieldError {
+    /// An error for the field at the dotted path `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         FieldError {
             field: field.into(),
@@ -44,10 +46,12 @@ impl std::fmt::Display for FieldError {
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{}", .errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "))]
 pub struct ValidationError {
+    /// Every invalid field found (at least one).
     pub errors: Vec<FieldError>,
 }
 
 impl ValidationError {
+    /// An error with one invalid field.
     pub fn single(field: impl Into<String>, message: impl Into<String>) -> Self {
         ValidationError {
             errors: vec![FieldError::new(field, message)],
