@@ -302,7 +302,8 @@ pub struct Workload {
     /// Path of the executable (for `process`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executable: Option<String>,
-    /// Entry point, replacing the image's (containers) or the executable's argv[0] onward (processes).
+    /// The command line: replaces the image's entrypoint (containers); follows the
+    /// executable, or names it when there is none (processes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     /// Arguments appended to the command.
