@@ -172,10 +172,12 @@ impl Process {
         }
     }
 
+    /// The process id, unless it has been killed.
     pub fn id(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The name it was started with, for messages.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -190,12 +192,14 @@ impl Drop for Process {
 /// A real `etcd` (Debian's `etcd-server`) on free loopback ports, with its data in a
 /// temporary directory.
 pub struct Etcd {
+    /// The port clients connect to (it changes with [`crash_and_restart`](Self::crash_and_restart)).
     pub client_port: u16,
     process: Process,
     data: tempfile::TempDir,
 }
 
 impl Etcd {
+    /// Start etcd on fresh data and wait until it accepts connections.
     pub fn start() -> Etcd {
         let data = tempfile::tempdir().expect("tempdir");
         let (process, client_port) = Self::launch(data.path());
@@ -237,6 +241,7 @@ impl Etcd {
         self.client_port = port;
     }
 
+    /// The temporary directory holding etcd's data and log.
     pub fn data_dir(&self) -> PathBuf {
         self.data.path().to_path_buf()
     }
@@ -332,6 +337,7 @@ impl Oakestra {
         process
     }
 
+    /// Its URL, e.g. `http://127.0.0.1:41234`; panics if it serves no port.
     pub fn url(&self) -> String {
         format!(
             "http://127.0.0.1:{}",
@@ -339,6 +345,7 @@ impl Oakestra {
         )
     }
 
+    /// The process id, unless it has been killed.
     pub fn pid(&self) -> Option<u32> {
         self.process.id()
     }
@@ -455,7 +462,9 @@ pub fn worker_args(name: &str, cluster: &str, data_dir: &Path, extra: &[&str]) -
 
 /// An `oakestra root` process on a free port.
 pub struct RootServer {
+    /// The port it serves the API on.
     pub port: u16,
+    /// Its `--store` argument, e.g. `embedded:/tmp/x/store` or `etcd:http://…`.
     pub store: String,
     inner: Oakestra,
 }
