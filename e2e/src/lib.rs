@@ -252,16 +252,38 @@ pub fn etcd_binary() -> String {
     std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_string())
 }
 
+/// Variables `cargo test` sets for the test it runs, which the build below must not see.
+const TEST_ONLY_CARGO_VARS: &[&str] = &[
+    "CARGO_MANIFEST_",
+    "CARGO_PKG_",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+];
+
 /// Path of a binary of this workspace (`oakestra`, `oakctl`), built on first use so
 /// the tests always run the current code.
+///
+/// The build runs without the variables `cargo test` set for the test: build scripts
+/// that watch one (`ring`'s watches `CARGO_MANIFEST_DIR`) would otherwise run again, and
+/// everything after them be rebuilt, each time a plain `cargo build` and a test take
+/// turns.
 pub fn binary(name: &str) -> PathBuf {
     static BUILD: std::sync::Once = std::sync::Once::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf();
+    let root = workspace_root();
     BUILD.call_once(|| {
-        let status = Command::new(env!("CARGO"))
+        let mut build = Command::new(env!("CARGO"));
+        for (var, _) in std::env::vars_os() {
+            let test_only = var
+                .to_str()
+                .is_some_and(|v| TEST_ONLY_CARGO_VARS.iter().any(|p| v.starts_with(p)));
+            if test_only {
+                build.env_remove(var);
+            }
+        }
+        let status = build
             .args(["build", "--quiet", "-p", "oakestra", "-p", "oakctl"])
             .current_dir(&root)
             .status()
