@@ -1,7 +1,8 @@
 //! The root tier end to end over a real `oakestra root` (embedded store and etcd):
 //! Services become Instances placed on Clusters, or say precisely why they cannot.
 //! Clusters are represented by `Cluster` objects whose status the test writes, as
-//! cluster sync will.
+//! cluster sync will. Each scenario is a test on each store (`embedded::…`, `etcd::…`),
+//! with a root of its own.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -122,18 +123,22 @@ fn spec(replicas: i64) -> Value {
         "resources": {"cpuMillicores": 100, "memoryMiB": 64}}})
 }
 
-async fn scenario(backend: &str) {
+/// A root on `backend` with two clusters, `munich-1` and `berlin-1`, Ready with room.
+async fn two_clusters(backend: &str) -> Root {
     let root = start(backend);
     root.cluster("munich-1", 48.137, 11.575, 4000).await;
     root.cluster("berlin-1", 52.52, 13.405, 4000).await;
+    root
+}
 
-    // 3 replicas over 2 clusters: placed and spread.
+/// 3 replicas over 2 clusters: placed and spread; then scaled up and down.
+async fn replicas_spread_and_scale(backend: &str) {
+    let root = two_clusters(backend).await;
     root.apply_service("web", spec(3)).await;
     let per = root.placed("web", 3).await;
     assert_eq!(per.len(), 2, "replicas spread over both clusters: {per:?}");
     assert!(per.values().all(|n| *n >= 1 && *n <= 2), "{per:?}");
 
-    // Scale up and down.
     root.apply_service("web", spec(5)).await;
     let per = root.placed("web", 5).await;
     assert_eq!(
@@ -143,8 +148,12 @@ async fn scenario(backend: &str) {
     );
     root.apply_service("web", spec(1)).await;
     root.placed("web", 1).await;
+}
 
-    // Status: replicas and a service IP; the requested one is honoured.
+/// Status: a service IP; the requested one is honoured, refused while another Service
+/// has it, and handed on once that one is deleted.
+async fn requested_service_ips(backend: &str) {
+    let root = two_clusters(backend).await;
     let mut requested = spec(1);
     requested["addressing"] = json!({"roundRobinIP": "10.30.30.30"});
     root.apply_service("rr", requested.clone()).await;
@@ -174,8 +183,12 @@ async fn scenario(backend: &str) {
             .then_some(())
     })
     .await;
+}
 
-    // A constraint no cluster meets: the precise reason, on the Instance and the Service.
+/// A constraint no cluster meets, and a size no cluster has: the precise reason, on the
+/// Instance and the Service.
+async fn unplaceable_services_say_why(backend: &str) {
+    let root = two_clusters(backend).await;
     let mut far = spec(1);
     far["template"]["placement"] =
         json!({"geo": {"latitude": 40.7, "longitude": -74.0, "maxDistanceKm": 500}});
@@ -233,8 +246,11 @@ async fn scenario(backend: &str) {
     assert_eq!(reason, "NoResourcesAvailable");
     root.services().delete("huge").await.unwrap();
     root.services().delete("far").await.unwrap();
+}
 
-    // A cluster that stays NotReady past the grace period loses its Instances.
+/// A cluster that stays NotReady past the grace period loses its Instances.
+async fn a_cluster_not_ready_past_its_grace_loses_its_instances(backend: &str) {
+    let root = two_clusters(backend).await;
     root.apply_service("web", spec(4)).await;
     root.placed("web", 4).await;
     root.set_ready("berlin-1", false).await;
@@ -244,17 +260,30 @@ async fn scenario(backend: &str) {
     })
     .await;
     assert_eq!(per.get("munich-1"), Some(&4));
+}
 
-    // Subnets: one per cluster, distinct.
-    let (clusters, _) = root.clusters().list(&ListParams::default()).await.unwrap();
-    let subnets: HashSet<String> = clusters
-        .iter()
-        .filter_map(|c| c.status.as_ref()?.subnet.clone())
-        .collect();
+/// Subnets: one per cluster, distinct.
+async fn clusters_get_distinct_subnets(backend: &str) {
+    let root = two_clusters(backend).await;
+    let subnets = eventually("a subnet for each cluster", WAIT, || async {
+        let (clusters, _) = root.clusters().list(&ListParams::default()).await.ok()?;
+        clusters
+            .iter()
+            .map(|c| c.status.as_ref()?.subnet.clone())
+            .collect::<Option<Vec<String>>>()
+            .filter(|s| s.len() == 2)
+    })
+    .await;
+    let subnets: HashSet<String> = subnets.into_iter().collect();
     assert_eq!(subnets.len(), 2, "{subnets:?}");
+}
 
-    // Deleting a Service deletes its Instances (background), and with Foreground the
-    // Service waits for them.
+/// Deleting a Service deletes its Instances (background), and with Foreground the
+/// Service waits for them.
+async fn deleting_a_service_deletes_its_instances(backend: &str) {
+    let root = two_clusters(backend).await;
+    root.apply_service("web", spec(4)).await;
+    root.placed("web", 4).await;
     root.services().delete("web").await.unwrap();
     eventually("web's instances gone", WAIT, || async {
         root.placements("web").await.is_empty().then_some(())
@@ -288,15 +317,37 @@ async fn curl_delete(url: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn root_tier_on_embedded_store() {
-    scenario("embedded").await;
+/// Each scenario as a test on the embedded store and on etcd: `embedded::NAME` and
+/// `etcd::NAME`.
+macro_rules! on_both_stores {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario("embedded").await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario("etcd").await;
+                }
+            )*
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn root_tier_on_etcd() {
-    scenario("etcd").await;
-}
+on_both_stores!(
+    replicas_spread_and_scale,
+    requested_service_ips,
+    unplaceable_services_say_why,
+    a_cluster_not_ready_past_its_grace_loses_its_instances,
+    clusters_get_distinct_subnets,
+    deleting_a_service_deletes_its_instances,
+);
 
 /// kill -9 of the root in the middle of a scale-up: after the restart there are exactly
 /// `replicas` Instances, every one placed, and no subnet or service IP is handed out twice.
