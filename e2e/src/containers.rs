@@ -26,12 +26,15 @@ fn run(program: &str, args: &[&str]) -> String {
 /// A containerd of the test's own. On drop, every task in every namespace is killed and
 /// deleted before containerd itself is stopped, so no container outlives the test.
 pub struct Containerd {
+    /// Its gRPC socket, for `--containerd-socket`.
     pub socket: PathBuf,
     dir: tempfile::TempDir,
     process: Process,
 }
 
 impl Containerd {
+    /// Start containerd (without its CRI plugin) in a new temporary directory under
+    /// `/tmp` and wait for its socket.
     pub fn start() -> Containerd {
         remove_empty_bridges();
         let dir = tempfile::Builder::new()
@@ -97,6 +100,7 @@ impl Containerd {
             .collect()
     }
 
+    /// The temporary directory holding its root, state, socket and log.
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }
@@ -210,12 +214,14 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
 
 /// A `docker-registry` on a free loopback port, storing into a temporary directory.
 pub struct Registry {
+    /// `127.0.0.1:PORT`, the host part of its image references.
     pub host: String,
     _dir: tempfile::TempDir,
     _process: Process,
 }
 
 impl Registry {
+    /// Start the registry and wait until it listens.
     pub fn start() -> Registry {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();

@@ -1,11 +1,20 @@
 //! Test harness for tests over real processes: free ports, an `etcd` server owned by
-//! the test, and [`eventually`] to wait on observable state instead of sleeping.
+//! the test, [`eventually`] to wait on observable state instead of sleeping, and
+//! [`stays`] to check that something holds for a while instead of sleeping and looking
+//! once.
 //!
 //! Every process started here is killed when its guard is dropped, also when a test
-//! panics. The end-to-end scenarios themselves are in `tests/`.
+//! panics. Each `oakestra` process logs to a file of its own in the test's temporary
+//! directory, and a failing test prints the end of each. The end-to-end scenarios
+//! themselves are in `tests/`.
+//!
+//! Modules:
+//! - [`containers`]: a private `containerd`, a local registry and busybox images.
 
 pub mod containers;
 
+use std::fmt::Debug;
+use std::future::Future;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,13 +53,24 @@ pub fn wait_for_port(port: u16, what: &str, deadline: Duration) {
     }
 }
 
-/// Poll `check` until it returns `Some`, failing with `what` after `deadline`.
+/// How often [`eventually`] polls its check.
+const EVENTUALLY_PACE: Duration = Duration::from_millis(25);
+
+/// How often [`stays`] polls its check: each poll of the tests' checks lists processes
+/// or runs `ctr`, so a little less often than [`eventually`].
+const STAYS_PACE: Duration = Duration::from_millis(50);
+
+/// Poll `check` until it returns `Some`, failing with `what` after `deadline`; returns
+/// what `check` returned.
+///
+/// The clock is tokio's ([`tokio::time::Instant`]), so on a runtime with paused time the
+/// deadline passes with the paused clock.
 pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: Future<Output = Option<T>>,
 {
-    let start = Instant::now();
+    let start = tokio::time::Instant::now();
     loop {
         if let Some(v) = check().await {
             return v;
@@ -59,7 +79,48 @@ where
             start.elapsed() < deadline,
             "timed out after {deadline:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(EVENTUALLY_PACE).await;
+    }
+}
+
+/// Check that `what` holds for the whole of `duration`: poll `check` from now until
+/// `duration` has passed (every 50 ms, the last poll at or after its end). `check`
+/// returns `Ok(value)` while it holds and `Err(observed)` once it does not; the first
+/// `Err` fails the test at once, naming `what` and the observed value. Returns the value
+/// of the last poll.
+///
+/// This is the assertion "nothing changes", which a fixed sleep followed by one look
+/// would only sample at its end. The clock is tokio's, as in [`eventually`]. [`equals`]
+/// makes the usual check.
+pub async fn stays<T, E, F, Fut>(what: &str, duration: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: Debug,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        let value = match check().await {
+            Ok(value) => value,
+            Err(observed) => panic!(
+                "{what} stopped holding after {:?} of {duration:?}: observed {observed:?}",
+                start.elapsed()
+            ),
+        };
+        let elapsed = start.elapsed();
+        if elapsed >= duration {
+            return value;
+        }
+        tokio::time::sleep(STAYS_PACE.min(duration - elapsed)).await;
+    }
+}
+
+/// A check for [`stays`]: `Ok(observed)` when it equals `expected`, else `Err(observed)`.
+pub fn equals<T: PartialEq>(expected: &T, observed: T) -> Result<T, T> {
+    if observed == *expected {
+        Ok(observed)
+    } else {
+        Err(observed)
     }
 }
 
@@ -111,10 +172,12 @@ impl Process {
         }
     }
 
+    /// The process id, unless it has been killed.
     pub fn id(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The name it was started with, for messages.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -129,12 +192,14 @@ impl Drop for Process {
 /// A real `etcd` (Debian's `etcd-server`) on free loopback ports, with its data in a
 /// temporary directory.
 pub struct Etcd {
+    /// The port clients connect to (it changes with [`crash_and_restart`](Self::crash_and_restart)).
     pub client_port: u16,
     process: Process,
     data: tempfile::TempDir,
 }
 
 impl Etcd {
+    /// Start etcd on fresh data and wait until it accepts connections.
     pub fn start() -> Etcd {
         let data = tempfile::tempdir().expect("tempdir");
         let (process, client_port) = Self::launch(data.path());
@@ -176,6 +241,7 @@ impl Etcd {
         self.client_port = port;
     }
 
+    /// The temporary directory holding etcd's data and log.
     pub fn data_dir(&self) -> PathBuf {
         self.data.path().to_path_buf()
     }
@@ -186,16 +252,38 @@ pub fn etcd_binary() -> String {
     std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_string())
 }
 
+/// Variables `cargo test` sets for the test it runs, which the build below must not see.
+const TEST_ONLY_CARGO_VARS: &[&str] = &[
+    "CARGO_MANIFEST_",
+    "CARGO_PKG_",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+];
+
 /// Path of a binary of this workspace (`oakestra`, `oakctl`), built on first use so
 /// the tests always run the current code.
+///
+/// The build runs without the variables `cargo test` set for the test: build scripts
+/// that watch one (`ring`'s watches `CARGO_MANIFEST_DIR`) would otherwise run again, and
+/// everything after them be rebuilt, each time a plain `cargo build` and a test take
+/// turns.
 pub fn binary(name: &str) -> PathBuf {
     static BUILD: std::sync::Once = std::sync::Once::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf();
+    let root = workspace_root();
     BUILD.call_once(|| {
-        let status = Command::new(env!("CARGO"))
+        let mut build = Command::new(env!("CARGO"));
+        for (var, _) in std::env::vars_os() {
+            let test_only = var
+                .to_str()
+                .is_some_and(|v| TEST_ONLY_CARGO_VARS.iter().any(|p| v.starts_with(p)));
+            if test_only {
+                build.env_remove(var);
+            }
+        }
+        let status = build
             .args(["build", "--quiet", "-p", "oakestra", "-p", "oakctl"])
             .current_dir(&root)
             .status()
@@ -271,6 +359,7 @@ impl Oakestra {
         process
     }
 
+    /// Its URL, e.g. `http://127.0.0.1:41234`; panics if it serves no port.
     pub fn url(&self) -> String {
         format!(
             "http://127.0.0.1:{}",
@@ -278,6 +367,7 @@ impl Oakestra {
         )
     }
 
+    /// The process id, unless it has been killed.
     pub fn pid(&self) -> Option<u32> {
         self.process.id()
     }
@@ -394,7 +484,9 @@ pub fn worker_args(name: &str, cluster: &str, data_dir: &Path, extra: &[&str]) -
 
 /// An `oakestra root` process on a free port.
 pub struct RootServer {
+    /// The port it serves the API on.
     pub port: u16,
+    /// Its `--store` argument, e.g. `embedded:/tmp/x/store` or `etcd:http://…`.
     pub store: String,
     inner: Oakestra,
 }
@@ -493,4 +585,102 @@ pub fn oakctl(server: &str, args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("run oakctl")
+}
+
+#[cfg(test)]
+mod tests {
+    //! [`eventually`] and [`stays`] on paused time: each case's check turns at a given
+    //! moment of tokio's clock, so the outcome and the moment it comes are exact.
+
+    use super::*;
+    use tokio::time::Instant;
+
+    /// Milliseconds.
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    /// A case: its name (also the `what` given), when its check turns (ms after the
+    /// start, never if `None`), the time given (ms), and `Ok(returned at)` or
+    /// `Err(failed at)` (ms).
+    type Case = (&'static str, Option<u64>, u64, Result<u64, u64>);
+
+    /// Run `under_test` for each case on a task of its own (it gets the case and the
+    /// start, and returns what the helper returned), and check when and how it ended; a
+    /// failure's message must contain the case's name and `failure`.
+    async fn check<Fut>(cases: &[Case], under_test: impl Fn(Case, Instant) -> Fut, failure: &str)
+    where
+        Fut: Future<Output = Duration> + Send + 'static,
+    {
+        for &case in cases {
+            let (name, _, _, expected) = case;
+            let start = Instant::now();
+            let outcome = tokio::spawn(under_test(case, start)).await;
+            let at = start.elapsed();
+            match (expected, outcome) {
+                (Ok(when), Ok(returned)) => {
+                    assert_eq!((returned, at), (MS(when), MS(when)), "{name}")
+                }
+                (Err(when), Err(e)) => {
+                    let payload = e.into_panic();
+                    let message = payload
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .unwrap_or_default();
+                    assert!(
+                        message.contains(name) && message.contains(failure),
+                        "{name}: {message}"
+                    );
+                    assert_eq!(at, MS(when), "{name}: failed when expected");
+                }
+                (expected, outcome) => panic!("{name}: expected {expected:?}, got {outcome:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eventually_returns_when_ready_and_fails_at_its_deadline() {
+        // The check turns ready; Ok is when it returned, Err when it failed.
+        let cases: [Case; 4] = [
+            ("ready at once", Some(0), 1000, Ok(0)),
+            ("ready midway", Some(410), 1000, Ok(425)),
+            ("ready at the last poll", Some(1000), 1000, Ok(1000)),
+            ("never ready", None, 1000, Err(1000)),
+        ];
+        let under_test = |(what, ready_from, deadline, _): Case, start: Instant| async move {
+            eventually(what, MS(deadline), || async move {
+                let now = start.elapsed();
+                ready_from.filter(|r| now >= MS(*r)).map(|_| now)
+            })
+            .await
+        };
+        check(&cases, under_test, "timed out after 1s").await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stays_polls_for_the_whole_duration_and_fails_at_the_first_miss() {
+        // The check turns false; Ok is when it returned, Err when it failed.
+        let cases: [Case; 5] = [
+            ("always holds", None, 1000, Ok(1000)),
+            ("a duration off the poll grid", None, 1020, Ok(1020)),
+            ("fails at once", Some(0), 1000, Err(0)),
+            ("fails midway", Some(420), 1000, Err(450)),
+            ("fails at the end", Some(1000), 1000, Err(1000)),
+        ];
+        let under_test = |(what, fails_from, duration, _): Case, start: Instant| async move {
+            stays(what, MS(duration), || async move {
+                let now = start.elapsed();
+                match fails_from {
+                    Some(f) if now >= MS(f) => Err(format!("changed at {now:?}")),
+                    _ => Ok(now),
+                }
+            })
+            .await
+        };
+        check(&cases, under_test, "observed \"changed at").await;
+    }
+
+    #[test]
+    fn equals_passes_the_observed_value_on() {
+        assert_eq!(equals(&3, 3), Ok(3));
+        assert_eq!(equals(&3, 4), Err(4));
+    }
 }

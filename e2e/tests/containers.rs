@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use client::{Api, Client, ListParams};
 use crds::{Instance, Phase};
 use e2e::containers::{Containerd, Registry};
-use e2e::{eventually, free_port, Oakestra, RootServer};
+use e2e::{equals, eventually, free_port, stays, Oakestra, RootServer};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -264,12 +264,12 @@ async fn one_device_runs_containers() {
     up.restart();
     running(&api, "web", 2).await;
     running(&api, "front", 1).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        containerd.tasks(ns),
-        before,
-        "adopted: same containers, same pids"
-    );
+    stays(
+        &format!("adopted: the same containers with the same pids {before:?}"),
+        Duration::from_secs(3),
+        || async { equals(&before, containerd.tasks(ns)) },
+    )
+    .await;
     let page = eventually(
         "the published port again after the restart",
         WAIT,
@@ -429,8 +429,12 @@ async fn containers_across_the_hierarchy() {
     };
     let before = tasks();
     root.kill9();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(tasks(), before, "containers kept running without the root");
+    stays(
+        &format!("containers kept running without the root: {before:?}"),
+        Duration::from_secs(4),
+        || async { equals(&before, tasks()) },
+    )
+    .await;
     root.restart();
     running(&api, "sleepers", 4).await;
     assert_eq!(

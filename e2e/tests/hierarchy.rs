@@ -1,19 +1,32 @@
 //! The hierarchy with real processes: one root, two clusters, three workers running
-//! native processes (the process runtime). Replicas spread, scale, roll, survive a
-//! worker crash, a root outage and an agent restart, and leave nothing behind.
+//! native processes (the process runtime). One test per scenario, each on a hierarchy of
+//! its own: replicas spread over both clusters, get addresses in their node's subnet and
+//! serve their logs; they scale, roll to a new template, survive an agent restart, a
+//! root outage and a worker crash, and leave nothing behind when deleted. What fits a
+//! cluster but none of its nodes is handed back with the reason.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use client::{Api, Client, ListParams};
 use crds::{Instance, Phase};
-use e2e::{eventually, free_port, Oakestra, RootServer};
+use e2e::{equals, eventually, free_port, stays, KillMatching, Oakestra, RootServer};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Live processes whose command line contains `marker`, as pid → command line.
 fn processes(marker: &str) -> BTreeMap<u32, String> {
     e2e::processes_matching(marker)
 }
+
+/// The pids of the live processes whose command line contains `marker`.
+fn pids(marker: &str) -> HashSet<u32> {
+    processes(marker).keys().copied().collect()
+}
+
+/// Tells the tests of this file apart in their markers, as they run at the same time.
+static TESTS: AtomicU32 = AtomicU32::new(0);
 
 struct Topology {
     root: RootServer,
@@ -21,10 +34,17 @@ struct Topology {
     workers: BTreeMap<String, Oakestra>,
     api: Client,
     dir: tempfile::TempDir,
+    /// The markers of a first and a second template: numbers, so that `sleep` takes them
+    /// as its duration, and unique to the test, so that its processes are told apart.
+    markers: [String; 2],
+    /// Kills the test's workload processes, which outlive killed agents.
+    _cleanup: KillMatching,
 }
 
 impl Topology {
-    fn start() -> Topology {
+    /// Start the root, both clusters and their workers, and wait until both clusters
+    /// report their nodes to the root.
+    async fn start() -> Topology {
         let dir = tempfile::tempdir().unwrap();
         let root = RootServer::start_with(
             &format!("embedded:{}", dir.path().join("root").display()),
@@ -68,13 +88,62 @@ impl Topology {
             clusters.push(cluster);
         }
         let api = Client::new(&root.url()).unwrap();
-        Topology {
+        let test = TESTS.fetch_add(1, Ordering::Relaxed);
+        let markers =
+            [1, 2].map(|template| format!("1{:06}{test:02}{template}", std::process::id()));
+        let _cleanup = KillMatching(markers.iter().map(|m| format!("sleep {m}")).collect());
+        let t = Topology {
             root,
             clusters,
             workers,
             api,
             dir,
-        }
+            markers,
+            _cleanup,
+        };
+        t.clusters_ready().await;
+        t
+    }
+
+    /// A topology running `replicas` Instances of `work` with the first template;
+    /// returns it and how many run on each node.
+    async fn with_work(replicas: u32) -> (Topology, BTreeMap<String, usize>) {
+        let t = Topology::start().await;
+        let marker = t.markers[0].clone();
+        t.apply(replicas, &marker);
+        let per = t.running(replicas as usize, &marker).await;
+        (t, per)
+    }
+
+    /// Wait until both clusters are Ready at the root, c1 with two nodes, c2 with one.
+    async fn clusters_ready(&self) {
+        eventually("clusters ready with their nodes", WAIT, || async {
+            let (clusters, _) = self
+                .api
+                .api::<crds::Cluster>(None)
+                .list(&ListParams::default())
+                .await
+                .ok()?;
+            let ready: BTreeMap<String, u32> = clusters
+                .iter()
+                .filter(|c| {
+                    c.status
+                        .as_ref()
+                        .is_some_and(|s| crds::is_true(&s.conditions, "Ready"))
+                })
+                .map(|c| {
+                    (
+                        c.metadata.name.clone(),
+                        c.status
+                            .as_ref()
+                            .and_then(|s| s.allocatable.as_ref())
+                            .map_or(0, |a| a.nodes),
+                    )
+                })
+                .collect();
+            (ready == BTreeMap::from([("c1".to_string(), 2), ("c2".to_string(), 1)])).then_some(())
+        })
+        .await;
     }
 
     fn instances(&self) -> Api<Instance> {
@@ -149,54 +218,21 @@ impl Drop for Topology {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hierarchy_with_processes() {
-    let mut t = Topology::start();
-    let token = std::process::id();
-    let marker = format!("1{token:06}1");
-    let marker2 = format!("1{token:06}2");
-    let _cleanup = e2e::KillMatching(vec![format!("sleep {marker}"), format!("sleep {marker2}")]);
-
-    // Both clusters report their nodes to the root.
-    eventually("clusters ready with their nodes", WAIT, || async {
-        let (clusters, _) = t
-            .api
-            .api::<crds::Cluster>(None)
-            .list(&ListParams::default())
-            .await
-            .ok()?;
-        let ready: BTreeMap<String, u32> = clusters
-            .iter()
-            .filter(|c| {
-                c.status
-                    .as_ref()
-                    .is_some_and(|s| crds::is_true(&s.conditions, "Ready"))
-            })
-            .map(|c| {
-                (
-                    c.metadata.name.clone(),
-                    c.status
-                        .as_ref()
-                        .and_then(|s| s.allocatable.as_ref())
-                        .map_or(0, |a| a.nodes),
-                )
-            })
-            .collect();
-        (ready == BTreeMap::from([("c1".to_string(), 2), ("c2".to_string(), 1)])).then_some(())
-    })
-    .await;
-
-    // Spread over both clusters.
-    t.apply(3, &marker);
-    let per = t.running(3, &marker).await;
+async fn replicas_spread_over_both_clusters() {
+    let (_t, per) = Topology::with_work(3).await;
     let c2_used = per.contains_key("w3");
     let c1_used = per.contains_key("w1") || per.contains_key("w2");
     assert!(
         c1_used && c2_used,
         "replicas spread over both clusters: {per:?}"
     );
+}
 
-    // Addresses: each node a distinct subnet of its cluster's subnet, each instance a
-    // distinct IP of its node's subnet (reported up to the root).
+/// Each node has a distinct subnet, each instance a distinct IP of its node's subnet
+/// (reported up to the root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_get_subnets_and_instances_addresses_in_them() {
+    let (t, _) = Topology::with_work(3).await;
     let (clusters, _) = t
         .api
         .api::<crds::Cluster>(None)
@@ -252,8 +288,12 @@ async fn hierarchy_with_processes() {
             "{ip} is in {node}'s subnet {subnet}"
         );
     }
+}
 
-    // Logs come from the agent of the node, found through the root and the cluster.
+/// Logs come from the agent of the node, found through the root and the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_come_from_the_agent_of_the_node() {
+    let (t, _) = Topology::with_work(3).await;
     let (items, _) = t.instances().list(&ListParams::default()).await.unwrap();
     for i in &items {
         let name = &i.metadata.name;
@@ -266,50 +306,78 @@ async fn hierarchy_with_processes() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
 
-    // Scale up and down.
-    t.apply(5, &marker);
-    t.running(5, &marker).await;
-    t.apply(2, &marker);
-    t.running(2, &marker).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_scale_up_and_down() {
+    let (t, _) = Topology::with_work(3).await;
+    let marker = &t.markers[0];
+    t.apply(5, marker);
+    t.running(5, marker).await;
+    t.apply(2, marker);
+    t.running(2, marker).await;
+}
 
-    // A new template rolls out; the old processes go.
-    t.apply(2, &marker2);
-    t.running(2, &marker2).await;
+/// A new template rolls out; the old processes go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_template_replaces_the_old_processes() {
+    let (t, _) = Topology::with_work(2).await;
+    let [old, new] = &t.markers;
+    t.apply(2, new);
+    t.running(2, new).await;
     eventually("old processes gone", WAIT, || async {
-        processes(&marker).is_empty().then_some(())
+        processes(old).is_empty().then_some(())
     })
     .await;
+}
 
-    // An agent restart adopts what runs: same processes, no duplicates.
-    let before: HashSet<u32> = processes(&marker2).keys().copied().collect();
-    let w = t.workers.get_mut("w1").unwrap();
+/// An agent restart adopts what runs: same processes, no duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_adopts_its_processes() {
+    let (mut t, per) = Topology::with_work(2).await;
+    let marker = t.markers[0].clone();
+    let before = pids(&marker);
+    // A node that runs one of them.
+    let node = per.keys().next().unwrap().clone();
+    let w = t.workers.get_mut(&node).unwrap();
     w.kill9();
     w.restart();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    t.running(2, &marker2).await;
-    let after: HashSet<u32> = processes(&marker2).keys().copied().collect();
+    stays(
+        &format!("the processes {before:?}, none stopped or added, after {node}'s agent restarted"),
+        Duration::from_secs(3),
+        || async { equals(&before, pids(&marker)) },
+    )
+    .await;
+    t.running(2, &marker).await;
+    let after = pids(&marker);
     assert_eq!(before, after, "the restarted agent adopted its processes");
+}
 
-    // The root goes away: the clusters keep every instance running; it comes back and
-    // everything converges without duplicates.
+/// The root goes away: the clusters keep every instance running; it comes back and
+/// everything converges without duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_keep_running_while_the_root_is_away() {
+    let (mut t, _) = Topology::with_work(2).await;
+    let marker = t.markers[0].clone();
+    let before = pids(&marker);
     t.root.kill9();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(
-        processes(&marker2).keys().copied().collect::<HashSet<_>>(),
-        after,
-        "instances kept running without the root"
-    );
+    stays(
+        &format!("instances kept running without the root (processes {before:?})"),
+        Duration::from_secs(4),
+        || async { equals(&before, pids(&marker)) },
+    )
+    .await;
     t.root.restart();
-    t.running(2, &marker2).await;
-    assert_eq!(
-        processes(&marker2).keys().copied().collect::<HashSet<_>>(),
-        after
-    );
+    t.running(2, &marker).await;
+    assert_eq!(pids(&marker), before);
+}
 
-    // A worker dies: its instances run elsewhere within heartbeat timeout + eviction
-    // (+ the cluster's grace when a cluster loses its last node).
-    let per = t.running(2, &marker2).await;
+/// A worker dies: its instances run elsewhere within heartbeat timeout + eviction (+ the
+/// cluster's grace when a cluster loses its last node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_move_off_a_dead_worker() {
+    let (mut t, per) = Topology::with_work(2).await;
+    let marker = t.markers[0].clone();
     let victim = per.keys().next().unwrap().clone();
     t.workers.get_mut(&victim).unwrap().kill9();
     let started = std::time::Instant::now();
@@ -327,10 +395,14 @@ async fn hierarchy_with_processes() {
     // The dead worker's processes outlive it (same machine); when it comes back it
     // removes what is no longer bound to it.
     t.workers.get_mut(&victim).unwrap().restart();
-    t.running(2, &marker2).await;
+    t.running(2, &marker).await;
+}
 
-    // Fits the cluster's total but none of its nodes: the cluster hands it back and the
-    // root says precisely why nothing fits.
+/// Fits the cluster's total but none of its nodes: the cluster hands it back and the
+/// root says precisely why nothing fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_fits_no_node_is_handed_back_with_the_reason() {
+    let t = Topology::start().await;
     let big = serde_json::json!({"apiVersion": "oakestra.io/v1", "kind": "Service", "metadata": {"name": "big"},
         "spec": {"replicas": 1, "template": {"runtime": "process", "executable": "/bin/true",
             "resources": {"cpuMillicores": 2500}}}});
@@ -371,8 +443,12 @@ async fn hierarchy_with_processes() {
         .delete("big")
         .await
         .unwrap();
+}
 
-    // Delete: every process goes.
+/// Delete: every process goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_service_stops_every_process() {
+    let (t, _) = Topology::with_work(2).await;
     let out = e2e::oakctl(&t.root.url(), &["delete", "service", "work", "--wait"]);
     assert!(
         out.status.success(),
@@ -380,7 +456,7 @@ async fn hierarchy_with_processes() {
         String::from_utf8_lossy(&out.stderr)
     );
     eventually("every process gone", WAIT, || async {
-        processes(&marker2).is_empty().then_some(())
+        processes(&t.markers[0]).is_empty().then_some(())
     })
     .await;
 }

@@ -1,7 +1,8 @@
 //! The root tier end to end over a real `oakestra root` (embedded store and etcd):
 //! Services become Instances placed on Clusters, or say precisely why they cannot.
 //! Clusters are represented by `Cluster` objects whose status the test writes, as
-//! cluster sync will.
+//! cluster sync will. Each scenario is a test on each store (`embedded::…`, `etcd::…`),
+//! with a root of its own.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -62,15 +63,13 @@ impl Root {
 
     async fn set_ready(&self, name: &str, ready: bool) {
         let status = if ready { "True" } else { "False" };
-        let now = chrono_now();
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let patch = json!({"status": {"conditions": [{"type": "Ready", "status": status, "reason": "Heartbeat", "lastTransitionTime": now}]}});
         self.clusters().patch_status(name, &patch).await.unwrap();
     }
 
-    async fn apply_service(&self, name: &str, replicas: i64, extra: Value) {
-        let mut spec = json!({"replicas": replicas, "template": {"image": "localhost:5000/busybox:1",
-            "resources": {"cpuMillicores": 100, "memoryMiB": 64}}});
-        crds_merge(&mut spec, &extra);
+    /// Create the Service `name` with `spec`, or patch its spec to `spec`.
+    async fn apply_service(&self, name: &str, spec: Value) {
         let body = json!({"apiVersion": "oakestra.io/v1", "kind": "Service", "metadata": {"name": name}, "spec": spec});
         let api = self.services().dynamic().clone();
         match api.get_opt(name).await.unwrap() {
@@ -118,69 +117,53 @@ impl Root {
     }
 }
 
-fn chrono_now() -> String {
-    // RFC 3339 in UTC without pulling chrono into the test: ask the system.
-    let out = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+/// The spec of a Service of `replicas` small Instances, for a test to change.
+fn spec(replicas: i64) -> Value {
+    json!({"replicas": replicas, "template": {"image": "localhost:5000/busybox:1",
+        "resources": {"cpuMillicores": 100, "memoryMiB": 64}}})
 }
 
-fn crds_merge(target: &mut Value, patch: &Value) {
-    if let (Some(t), Some(p)) = (target.as_object_mut(), patch.as_object()) {
-        for (k, v) in p {
-            match t.get_mut(k) {
-                Some(existing) if existing.is_object() && v.is_object() => crds_merge(existing, v),
-                _ => {
-                    t.insert(k.clone(), v.clone());
-                }
-            }
-        }
-    }
-}
-
-async fn scenario(backend: &str) {
+/// A root on `backend` with two clusters, `munich-1` and `berlin-1`, Ready with room.
+async fn two_clusters(backend: &str) -> Root {
     let root = start(backend);
     root.cluster("munich-1", 48.137, 11.575, 4000).await;
     root.cluster("berlin-1", 52.52, 13.405, 4000).await;
+    root
+}
 
-    // 3 replicas over 2 clusters: placed and spread.
-    root.apply_service("web", 3, json!({})).await;
+/// 3 replicas over 2 clusters: placed and spread; then scaled up and down.
+async fn replicas_spread_and_scale(backend: &str) {
+    let root = two_clusters(backend).await;
+    root.apply_service("web", spec(3)).await;
     let per = root.placed("web", 3).await;
     assert_eq!(per.len(), 2, "replicas spread over both clusters: {per:?}");
     assert!(per.values().all(|n| *n >= 1 && *n <= 2), "{per:?}");
 
-    // Scale up and down.
-    root.apply_service("web", 5, json!({})).await;
+    root.apply_service("web", spec(5)).await;
     let per = root.placed("web", 5).await;
     assert_eq!(
         per.values().copied().collect::<Vec<_>>().iter().max(),
         Some(&3),
         "spread 3+2: {per:?}"
     );
-    root.apply_service("web", 1, json!({})).await;
+    root.apply_service("web", spec(1)).await;
     root.placed("web", 1).await;
+}
 
-    // Status: replicas and a service IP; the requested one is honoured.
-    root.apply_service(
-        "rr",
-        1,
-        json!({"addressing": {"roundRobinIP": "10.30.30.30"}}),
-    )
-    .await;
+/// Status: a service IP; the requested one is honoured, refused while another Service
+/// has it, and handed on once that one is deleted.
+async fn requested_service_ips(backend: &str) {
+    let root = two_clusters(backend).await;
+    let mut requested = spec(1);
+    requested["addressing"] = json!({"roundRobinIP": "10.30.30.30"});
+    root.apply_service("rr", requested.clone()).await;
     eventually("service IP 10.30.30.30", WAIT, || async {
         let s = root.services().get("rr").await.unwrap();
         (s.status?.service_ip? == "10.30.30.30".parse::<std::net::Ipv4Addr>().unwrap())
             .then_some(())
     })
     .await;
-    root.apply_service(
-        "taken",
-        1,
-        json!({"addressing": {"roundRobinIP": "10.30.30.30"}}),
-    )
-    .await;
+    root.apply_service("taken", requested).await;
     let message = eventually("taken IP refused", WAIT, || async {
         let s = root.services().get("taken").await.unwrap();
         let c = s
@@ -200,9 +183,16 @@ async fn scenario(backend: &str) {
             .then_some(())
     })
     .await;
+}
 
-    // A constraint no cluster meets: the precise reason, on the Instance and the Service.
-    root.apply_service("far", 1, json!({"template": {"placement": {"geo": {"latitude": 40.7, "longitude": -74.0, "maxDistanceKm": 500}}}})).await;
+/// A constraint no cluster meets, and a size no cluster has: the precise reason, on the
+/// Instance and the Service.
+async fn unplaceable_services_say_why(backend: &str) {
+    let root = two_clusters(backend).await;
+    let mut far = spec(1);
+    far["template"]["placement"] =
+        json!({"geo": {"latitude": 40.7, "longitude": -74.0, "maxDistanceKm": 500}});
+    root.apply_service("far", far).await;
     let (reason, message) = eventually("far is unplaceable", WAIT, || async {
         let s = root.services().get("far").await.unwrap();
         let c = s
@@ -229,12 +219,9 @@ async fn scenario(backend: &str) {
         "{described}"
     );
     // Too big for any cluster: NoResourcesAvailable.
-    root.apply_service(
-        "huge",
-        1,
-        json!({"template": {"resources": {"cpuMillicores": 64000}}}),
-    )
-    .await;
+    let mut huge = spec(1);
+    huge["template"]["resources"]["cpuMillicores"] = json!(64000);
+    root.apply_service("huge", huge).await;
     let reason = eventually("huge is unplaceable", WAIT, || async {
         let i = root
             .instances()
@@ -259,9 +246,12 @@ async fn scenario(backend: &str) {
     assert_eq!(reason, "NoResourcesAvailable");
     root.services().delete("huge").await.unwrap();
     root.services().delete("far").await.unwrap();
+}
 
-    // A cluster that stays NotReady past the grace period loses its Instances.
-    root.apply_service("web", 4, json!({})).await;
+/// A cluster that stays NotReady past the grace period loses its Instances.
+async fn a_cluster_not_ready_past_its_grace_loses_its_instances(backend: &str) {
+    let root = two_clusters(backend).await;
+    root.apply_service("web", spec(4)).await;
     root.placed("web", 4).await;
     root.set_ready("berlin-1", false).await;
     let per = eventually("web moved off berlin-1", WAIT, || async {
@@ -270,29 +260,42 @@ async fn scenario(backend: &str) {
     })
     .await;
     assert_eq!(per.get("munich-1"), Some(&4));
+}
 
-    // Subnets: one per cluster, distinct.
-    let (clusters, _) = root.clusters().list(&ListParams::default()).await.unwrap();
-    let subnets: HashSet<String> = clusters
-        .iter()
-        .filter_map(|c| c.status.as_ref()?.subnet.clone())
-        .collect();
+/// Subnets: one per cluster, distinct.
+async fn clusters_get_distinct_subnets(backend: &str) {
+    let root = two_clusters(backend).await;
+    let subnets = eventually("a subnet for each cluster", WAIT, || async {
+        let (clusters, _) = root.clusters().list(&ListParams::default()).await.ok()?;
+        clusters
+            .iter()
+            .map(|c| c.status.as_ref()?.subnet.clone())
+            .collect::<Option<Vec<String>>>()
+            .filter(|s| s.len() == 2)
+    })
+    .await;
+    let subnets: HashSet<String> = subnets.into_iter().collect();
     assert_eq!(subnets.len(), 2, "{subnets:?}");
+}
 
-    // Deleting a Service deletes its Instances (background), and with Foreground the
-    // Service waits for them.
+/// Deleting a Service deletes its Instances (background), and with Foreground the
+/// Service waits for them.
+async fn deleting_a_service_deletes_its_instances(backend: &str) {
+    let root = two_clusters(backend).await;
+    root.apply_service("web", spec(4)).await;
+    root.placed("web", 4).await;
     root.services().delete("web").await.unwrap();
     eventually("web's instances gone", WAIT, || async {
         root.placements("web").await.is_empty().then_some(())
     })
     .await;
-    root.apply_service("fg", 2, json!({})).await;
+    root.apply_service("fg", spec(2)).await;
     root.placed("fg", 2).await;
     let url = format!(
         "{}/apis/oakestra.io/v1/namespaces/default/services/fg?propagationPolicy=Foreground",
         root.server.url()
     );
-    let deleted: Value = reqwest_delete(&url).await;
+    let deleted: Value = curl_delete(&url).await;
     assert!(deleted["metadata"]["finalizers"]
         .as_array()
         .unwrap()
@@ -304,7 +307,8 @@ async fn scenario(backend: &str) {
     .await;
 }
 
-async fn reqwest_delete(url: &str) -> Value {
+/// `DELETE url` through `curl` (the client sends no propagation policy), its JSON answer.
+async fn curl_delete(url: &str) -> Value {
     let out = tokio::process::Command::new("curl")
         .args(["-s", "-X", "DELETE", url])
         .output()
@@ -313,15 +317,37 @@ async fn reqwest_delete(url: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn root_tier_on_embedded_store() {
-    scenario("embedded").await;
+/// Each scenario as a test on the embedded store and on etcd: `embedded::NAME` and
+/// `etcd::NAME`.
+macro_rules! on_both_stores {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario("embedded").await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario("etcd").await;
+                }
+            )*
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn root_tier_on_etcd() {
-    scenario("etcd").await;
-}
+on_both_stores!(
+    replicas_spread_and_scale,
+    requested_service_ips,
+    unplaceable_services_say_why,
+    a_cluster_not_ready_past_its_grace_loses_its_instances,
+    clusters_get_distinct_subnets,
+    deleting_a_service_deletes_its_instances,
+);
 
 /// kill -9 of the root in the middle of a scale-up: after the restart there are exactly
 /// `replicas` Instances, every one placed, and no subnet or service IP is handed out twice.
@@ -333,9 +359,9 @@ async fn crash_during_scale_up_converges() {
             .await;
     }
     for i in 0..5 {
-        root.apply_service(&format!("s{i}"), 1, json!({})).await;
+        root.apply_service(&format!("s{i}"), spec(1)).await;
     }
-    root.apply_service("big", 60, json!({})).await;
+    root.apply_service("big", spec(60)).await;
     // Crash while the service controller is creating Instances.
     eventually("scale-up under way", WAIT, || async {
         (root.placements("big").await.len() >= 5).then_some(())

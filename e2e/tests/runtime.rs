@@ -359,9 +359,23 @@ async fn a_debounced_controller_merges_a_burst_into_few_reconciles() {
         (runs.load(Ordering::Relaxed) >= 1).then_some(())
     })
     .await;
-    // Triggers from the start (the first list) are over after one more period.
-    tokio::time::sleep(debounce + Duration::from_millis(300)).await;
-    let before = runs.load(Ordering::Relaxed);
+    // Triggers from the start (the first list) are over once no reconcile has come for
+    // one more period (and a margin).
+    let quiet = debounce + Duration::from_millis(300);
+    let mut last_change = (runs.load(Ordering::Relaxed), tokio::time::Instant::now());
+    let before = eventually(
+        "no reconcile for a debounce period after the first list",
+        WAIT,
+        || {
+            let n = runs.load(Ordering::Relaxed);
+            if n != last_change.0 {
+                last_change = (n, tokio::time::Instant::now());
+            }
+            let settled = last_change.1.elapsed() >= quiet;
+            async move { settled.then_some(n) }
+        },
+    )
+    .await;
 
     // 30 changes of one object, sent one after the other: at most one reconcile per
     // debounce period the burst lasted (plus the one after it), and the last one sees
