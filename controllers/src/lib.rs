@@ -8,14 +8,14 @@
 //!   out one at a time, reports readiness;
 //! - [`placement`]: assigns each Instance a cluster (or, in a cluster, a node), or says
 //!   precisely why it cannot, and re-places the Instances of a target that stays
-//!   NotReady past a grace period;
+//!   `NotReady` past a grace period;
 //! - [`bind`]: the binder both placement tiers share: completes the candidates with
 //!   what they cannot report yet, asks [`scheduler`] and writes the binding;
 //! - [`subnets`]: the address allocators: a subnet per Cluster and a service IP per
 //!   Service at the root, a subnet per Node and an IP per Instance in a cluster, never
 //!   one twice;
 //! - [`gc`]: deletes Instances whose owner is gone and implements foreground deletion;
-//! - [`lifecycle`]: marks Clusters (and Nodes) NotReady when their heartbeat lapses.
+//! - [`lifecycle`]: marks Clusters (and Nodes) `NotReady` when their heartbeat lapses.
 //!
 //! Cluster tier ([`cluster::run_cluster`]): [`cluster`] reports the cluster to the root,
 //! syncs Instances between the root and the cluster and hands back those no node has
@@ -49,9 +49,9 @@ pub struct RootConfig {
     pub cluster_prefix: u8,
     /// Pool of service IPs.
     pub service_cidr: ipam::Cidr,
-    /// How long a cluster may be NotReady before its Instances are placed elsewhere.
+    /// How long a cluster may be `NotReady` before its Instances are placed elsewhere.
     pub cluster_grace: Duration,
-    /// A cluster whose last heartbeat is older than this becomes NotReady.
+    /// A cluster whose last heartbeat is older than this becomes `NotReady`.
     pub cluster_heartbeat_timeout: Duration,
     /// Reconciles running at once per controller.
     pub concurrency: usize,

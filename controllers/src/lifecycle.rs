@@ -3,7 +3,7 @@
 //! `HeartbeatLapsed`. A Cluster's last heartbeat is its `status.lastHeartbeat`; a Node's
 //! is the later of that and its `Lease`'s `renewTime` (its agent renews the Lease at
 //! every beat and writes the status only every few beats). Objects that never sent a heartbeat are left alone (they are
-//! managed by hand). What happens to the Instances of a NotReady target after its
+//! managed by hand). What happens to the Instances of a `NotReady` target after its
 //! grace period is the placement controller's business.
 //!
 //! A Node's Lease goes with the Node: once the Node is gone (deleted, also while this
@@ -46,7 +46,7 @@ impl Heartbeats for Node {
     }
 }
 
-/// Mark objects of kind `K` NotReady once their heartbeat is older than `timeout`
+/// Mark objects of kind `K` `NotReady` once their heartbeat is older than `timeout`
 /// (and delete the Leases of Nodes that are gone), until `shutdown`.
 pub async fn run<K: Heartbeats>(client: Client, timeout: Duration, shutdown: CancellationToken) {
     let name = format!("{}-lifecycle", K::KIND.to_lowercase());

@@ -4,7 +4,7 @@
 //! target is chosen).
 //!
 //! When nothing fits the Instance gets `Scheduled=False` with the reason and an Event,
-//! and is retried when targets change. The Instances of a target that stays NotReady
+//! and is retried when targets change. The Instances of a target that stays `NotReady`
 //! (or disappears) longer than the grace period are bound again elsewhere.
 
 use std::collections::HashMap;
@@ -147,7 +147,7 @@ impl<T: Target> Ctx<T> {
 }
 
 /// Bind the Instances of the API at `client` to targets of kind `T`; the Instances of
-/// a target NotReady for longer than `grace` are bound again.
+/// a target `NotReady` for longer than `grace` are bound again.
 pub async fn run<T: Target>(
     client: Client,
     grace: Duration,

@@ -41,6 +41,7 @@ pub trait Addressed: Resource + HasConditions {
     /// Event per Instance IP was one more write per Instance at scale, and the
     /// condition says the same.
     const EVENT_ON_ASSIGN: bool = true;
+    /// The address the object holds now, as its status field has it.
     fn address(&self) -> Option<String>;
     /// The scope the object's pool belongs to, as far as the object tells: objects of
     /// one scope share one pool (an Instance: its node; `None` while unbound).
@@ -96,7 +97,12 @@ impl Addressed for Instance {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Pool {
     /// Subnets of `prefix` length inside `cidr`.
-    Blocks { cidr: Cidr, prefix: u8 },
+    Blocks {
+        /// The range the blocks are cut from.
+        cidr: Cidr,
+        /// The prefix length of each block.
+        prefix: u8,
+    },
     /// Single addresses of `cidr`.
     Addresses(Cidr),
 }

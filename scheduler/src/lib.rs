@@ -67,7 +67,7 @@ impl Tier {
         }
     }
 
-    /// Reason when an Instance is taken off a target that stayed NotReady past its
+    /// Reason when an Instance is taken off a target that stayed `NotReady` past its
     /// grace period, or was deleted: `ClusterLost` or `NodeLost`.
     pub fn lost(self) -> &'static str {
         match self {

@@ -7,7 +7,7 @@
 //! - [`handback`]: gives an Instance no node has room for back to the root, to be
 //!   placed on another cluster;
 //! - **cluster scheduler**: [`crate::placement`] over Nodes;
-//! - **node lifecycle**: [`crate::lifecycle`] over Nodes; Instances of a node NotReady past
+//! - **node lifecycle**: [`crate::lifecycle`] over Nodes; Instances of a node `NotReady` past
 //!   the eviction timeout are bound to other nodes by the scheduler;
 //! - **addresses**: [`crate::subnets::run_cluster`], a subnet per Node and an IP per
 //!   Instance.
@@ -36,9 +36,9 @@ pub struct ClusterConfig {
     pub location: Option<Location>,
     /// How often the cluster reports to the root.
     pub heartbeat: Duration,
-    /// A node whose last heartbeat is older than this becomes NotReady.
+    /// A node whose last heartbeat is older than this becomes `NotReady`.
     pub node_heartbeat_timeout: Duration,
-    /// How long a node may be NotReady before its Instances move to other nodes.
+    /// How long a node may be `NotReady` before its Instances move to other nodes.
     pub eviction: Duration,
     /// Reconciles running at once per controller.
     pub concurrency: usize,
