@@ -5,7 +5,9 @@
 //! they cannot know yet: the requests of Instances bound to them but not yet reflected
 //! in their allocatable ("in flight"), including this binder's own recent bindings
 //! until its cache shows them, how many replicas of the same Service each already
-//! has (for spreading) and, for nodes, the host ports their Instances publish. Decisions are serialized, so a burst does not over-commit.
+//! has (for spreading) and, for nodes, the host ports their Instances publish.
+//! Decisions are serialized, so a burst does not over-commit. What differs between the
+//! tiers comes from [`Tier`]'s methods.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -240,3 +240,58 @@ async fn reconcile<T: Target>(instance: Arc<Instance>, ctx: Arc<Ctx<T>>) -> Resu
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crds::{set_condition, ConditionStatus, NodeSpec, NodeStatus};
+
+    /// A node that is Ready (or not), unschedulable (or not), being deleted (or not).
+    fn node(ready: bool, unschedulable: bool, deleting: bool) -> Node {
+        let spec = NodeSpec {
+            unschedulable,
+            ..Default::default()
+        };
+        let mut n = Node::new("n1", spec);
+        let mut status = NodeStatus::default();
+        let ready = if ready {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        };
+        set_condition(
+            &mut status.conditions,
+            READY,
+            ready,
+            "",
+            "",
+            chrono::Utc::now(),
+        );
+        n.status = Some(status);
+        n.metadata.deletion_timestamp = deleting.then(chrono::Utc::now);
+        n
+    }
+
+    #[test]
+    fn a_nodes_profile_follows_its_lifecycle() {
+        // (what, ready, unschedulable, deleting) → (profile.ready, profile.schedulable)
+        let cases = [
+            ("ready", (true, false, false), (true, true)),
+            (
+                "cordoned: ready, takes no new work",
+                (true, true, false),
+                (true, false),
+            ),
+            (
+                "lost (heartbeat lapsed)",
+                (false, false, false),
+                (false, true),
+            ),
+            ("being deleted", (true, false, true), (false, true)),
+        ];
+        for (what, (ready, unschedulable, deleting), expected) in cases {
+            let p = node(ready, unschedulable, deleting).profile();
+            assert_eq!((p.ready, p.schedulable), expected, "{what}");
+        }
+    }
+}

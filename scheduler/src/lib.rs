@@ -590,6 +590,46 @@ mod tests {
     }
 
     #[test]
+    fn tier_facts() {
+        let mut instance = Instance::new("web-0", crds::InstanceSpec::default());
+        let on = |i: &Instance, tier: Tier| (tier.target_of(i).cloned(), tier.counts_in_flight(i));
+        // Unbound: no target (in flight matters only on one).
+        assert_eq!(on(&instance, Tier::Cluster), (None, true));
+        assert_eq!(on(&instance, Tier::Node), (None, true));
+        // On a cluster, not on a node yet: in flight at the cluster only.
+        instance.spec.cluster = Some("c1".into());
+        assert_eq!(on(&instance, Tier::Cluster), (Some("c1".into()), true));
+        assert_eq!(on(&instance, Tier::Node), (None, true));
+        // On a node: the cluster's report counts it; the node's in flight until it ends.
+        instance.spec.node = Some("n1".into());
+        assert_eq!(on(&instance, Tier::Cluster), (Some("c1".into()), false));
+        assert_eq!(on(&instance, Tier::Node), (Some("n1".into()), true));
+        for (phase, counts) in [
+            (Phase::Running, true),
+            (Phase::Succeeded, false),
+            (Phase::Failed, false),
+        ] {
+            instance.status = Some(crds::InstanceStatus {
+                phase,
+                ..Default::default()
+            });
+            assert_eq!(Tier::Node.counts_in_flight(&instance), counts, "{phase:?}");
+        }
+        // Leaving a cluster leaves its node too.
+        assert_eq!(Tier::Cluster.bound_fields(), ["cluster", "node"]);
+        assert_eq!(Tier::Node.bound_fields(), ["node"]);
+        let names = |t: Tier| (t.noun(), t.kind(), t.no_target(), t.lost());
+        assert_eq!(
+            names(Tier::Cluster),
+            ("cluster", "Cluster", "NoTargetCluster", "ClusterLost")
+        );
+        assert_eq!(
+            names(Tier::Node),
+            ("node", "Node", "NoTargetNode", "NodeLost")
+        );
+    }
+
+    #[test]
     fn distances() {
         let munich = (48.137, 11.575);
         let berlin = (52.52, 13.405);

@@ -206,3 +206,152 @@ async fn mirror_subnet(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crds::{InstanceSpec, InstanceStatus, NodeSpec, NodeStatus, Resources};
+
+    fn capacity(cpu_millicores: u64, memory_mib: u64, nodes: u32) -> Capacity {
+        Capacity {
+            cpu_millicores,
+            memory_mib,
+            gpus: 0,
+            nodes,
+        }
+    }
+
+    /// A node with `runtimes`, Ready or not, that can take 1000m and 1024 MiB of 2000m
+    /// and 2048 MiB.
+    fn node(name: &str, ready: bool, unschedulable: bool, runtimes: &[RuntimeKind]) -> Arc<Node> {
+        let spec = NodeSpec {
+            runtimes: runtimes.to_vec(),
+            unschedulable,
+            ..Default::default()
+        };
+        let mut n = Node::new(name, spec);
+        let mut status = NodeStatus {
+            capacity: Some(capacity(2000, 2048, 1)),
+            allocatable: Some(capacity(1000, 1024, 1)),
+            ..Default::default()
+        };
+        let ready = if ready {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        };
+        set_condition(&mut status.conditions, READY, ready, "", "", Utc::now());
+        n.status = Some(status);
+        Arc::new(n)
+    }
+
+    /// An Instance requesting 200m and 100 MiB on `node`, in `phase`.
+    fn on(node: Option<&str>, phase: Phase) -> Arc<Instance> {
+        let mut i = Instance::new("web-0", InstanceSpec::default());
+        i.spec.node = node.map(String::from);
+        i.spec.template.resources = Resources {
+            cpu_millicores: 200,
+            memory_mib: 100,
+            ..Default::default()
+        };
+        i.status = Some(InstanceStatus {
+            phase,
+            ..Default::default()
+        });
+        Arc::new(i)
+    }
+
+    #[test]
+    fn summaries() {
+        use RuntimeKind::*;
+        let cases = [
+            ("no nodes", vec![], vec![], Summary::default()),
+            (
+                "only Ready schedulable nodes add allocatable and runtimes",
+                vec![
+                    node("n1", true, false, &[Process, Container]),
+                    node("n2", true, true, &[Unikernel]),
+                    node("n3", false, false, &[Unikernel]),
+                ],
+                vec![],
+                Summary {
+                    capacity: capacity(6000, 6144, 3),
+                    allocatable: capacity(1000, 1024, 1),
+                    runtimes: vec![Container, Process],
+                    ready_nodes: 1,
+                },
+            ),
+            (
+                "the runtimes once each, in declaration order",
+                vec![
+                    node("n1", true, false, &[Unikernel, Container]),
+                    node("n2", true, false, &[Container, Process]),
+                ],
+                vec![],
+                Summary {
+                    capacity: capacity(4000, 4096, 2),
+                    allocatable: capacity(2000, 2048, 2),
+                    runtimes: vec![Container, Process, Unikernel],
+                    ready_nodes: 2,
+                },
+            ),
+            (
+                "bound Instances use allocatable until they end",
+                vec![node("n1", true, false, &[Container])],
+                vec![
+                    on(Some("n1"), Phase::Running),
+                    on(Some("n1"), Phase::Scheduled),
+                    on(Some("n1"), Phase::Succeeded),
+                    on(Some("n1"), Phase::Failed),
+                    on(None, Phase::Pending),
+                    on(Some("elsewhere"), Phase::Running),
+                ],
+                Summary {
+                    capacity: capacity(2000, 2048, 1),
+                    allocatable: capacity(600, 824, 1),
+                    runtimes: vec![Container],
+                    ready_nodes: 1,
+                },
+            ),
+        ];
+        for (name, nodes, instances, expected) in cases {
+            assert_eq!(summarize(&nodes, &instances), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_cluster_is_ready_while_one_node_is() {
+        let summary = |ready_nodes, nodes| Summary {
+            capacity: capacity(0, 0, nodes),
+            ready_nodes,
+            ..Default::default()
+        };
+        let cases = [
+            (
+                summary(0, 0),
+                ConditionStatus::False,
+                "NoReadyNodes",
+                "0 of 0 nodes ready",
+            ),
+            (
+                summary(0, 3),
+                ConditionStatus::False,
+                "NoReadyNodes",
+                "0 of 3 nodes ready",
+            ),
+            (
+                summary(1, 3),
+                ConditionStatus::True,
+                "NodesReady",
+                "1 of 3 nodes ready",
+            ),
+        ];
+        for (s, status, reason, message) in cases {
+            assert_eq!(
+                s.readiness(),
+                (status, reason, message.to_string()),
+                "{s:?}"
+            );
+        }
+    }
+}

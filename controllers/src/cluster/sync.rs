@@ -180,6 +180,11 @@ async fn sync_one(
 /// up while its node has not reported on it yet: the instance IP and the agent's first
 /// report usually follow within milliseconds, and one write up then carries them all
 /// (the root already shows the Instance Scheduled, from its own binding).
+///
+/// A guess about timing, not a guarantee: three writers share `Instance.status` (the
+/// binder, the Instance-IP allocator, the agent), and a status written up in between
+/// costs the root one more write of the Instance. It stays until those writers stop
+/// colliding (server-side apply with a field manager each would remove the need).
 const SETTLE_UP: Duration = Duration::from_millis(100);
 
 /// Time left before `status` is worth writing up: while the Instance is only bound
