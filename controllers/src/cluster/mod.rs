@@ -2,9 +2,9 @@
 //!
 //! - [`report`]: registers the `Cluster` at the root and heartbeats its aggregated
 //!   capacity, allocatable, runtimes and readiness;
-//! - [`sync`]: brings the Instances the root placed on this cluster down into the
+//! - `sync`: brings the Instances the root placed on this cluster down into the
 //!   cluster API and sends their binding and status up;
-//! - [`handback`]: gives an Instance no node has room for back to the root, to be
+//! - `handback`: gives an Instance no node has room for back to the root, to be
 //!   placed on another cluster;
 //! - **cluster scheduler**: [`crate::placement`] over Nodes;
 //! - **node lifecycle**: [`crate::lifecycle`] over Nodes; Instances of a node `NotReady` past
