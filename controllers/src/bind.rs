@@ -5,7 +5,9 @@
 //! they cannot know yet: the requests of Instances bound to them but not yet reflected
 //! in their allocatable ("in flight"), including this binder's own recent bindings
 //! until its cache shows them, how many replicas of the same Service each already
-//! has (for spreading) and, for nodes, the host ports their Instances publish. Decisions are serialized, so a burst does not over-commit.
+//! has (for spreading) and, for nodes, the host ports their Instances publish.
+//! Decisions are serialized, so a burst does not over-commit. What differs between the
+//! tiers comes from [`Tier`]'s methods.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,11 +16,15 @@ use std::time::Duration;
 use chrono::Utc;
 use client::runtime::{Action, ObjectRef, Recorder, Store};
 use client::{Api, Client};
-use crds::{set_condition, ConditionStatus, EventType, Instance, Phase, Protocol, Resources};
+use crds::conditions::{reason, SCHEDULED};
+use crds::{
+    find_with_status, set_condition, ConditionStatus, EventType, Instance, Phase, Protocol,
+    Resources,
+};
 use scheduler::{Candidate, Decision, Request, Tier};
 use serde_json::json;
 
-use crate::{index_by_service, service_key, Error, BY_SERVICE};
+use crate::{index_by_service, Error, ServiceKey, BY_SERVICE};
 
 struct Recent {
     target: String,
@@ -46,6 +52,7 @@ pub struct Targets {
 }
 
 impl Targets {
+    /// The candidates of one decision, each findable by name.
     pub fn new(candidates: Vec<Candidate>) -> Self {
         let position = candidates
             .iter()
@@ -65,8 +72,12 @@ impl Targets {
     }
 }
 
+/// Binds Instances at one tier (see the module docs); one per placement controller,
+/// whose reconciles share it.
 pub struct Binder {
     tier: Tier,
+    /// How soon an Instance nothing fits is tried again.
+    retry_unplaced: Duration,
     client: Client,
     instances: Store<Instance>,
     recorder: Recorder,
@@ -92,7 +103,7 @@ impl InFlight {
         };
         for i in bound {
             add(&mut sum.resources, &i.spec.template.resources);
-            if tier == Tier::Node {
+            if tier.knows_host_ports() {
                 sum.host_ports.extend(host_ports(i));
             }
         }
@@ -112,9 +123,6 @@ pub const REJECTED_BY: &str = "oakestra.io/rejected-by";
 /// back are asked again.
 const RETRY_HANDED_BACK: Duration = Duration::from_secs(30);
 
-/// How soon an Instance no node can take is tried again.
-const RETRY_UNPLACED_ON_NODES: Duration = Duration::from_secs(5);
-
 /// The clusters that handed `instance` back.
 pub fn rejected_by(instance: &Instance) -> Vec<String> {
     instance
@@ -130,27 +138,6 @@ pub fn rejected_by(instance: &Instance) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The field an Instance's target is in.
-pub fn target_of(tier: Tier, i: &Instance) -> Option<&String> {
-    match tier {
-        Tier::Cluster => i.spec.cluster.as_ref(),
-        Tier::Node => i.spec.node.as_ref(),
-    }
-}
-
-/// Whether a bound Instance's request still counts against its target.
-fn counts_in_flight(tier: Tier, i: &Instance) -> bool {
-    match tier {
-        // Placed on a cluster, not yet on a node: the cluster's report cannot know it.
-        Tier::Cluster => i.spec.node.is_none(),
-        // On a node: counts until it ends.
-        Tier::Node => !matches!(
-            i.status.as_ref().map(|s| s.phase),
-            Some(Phase::Succeeded | Phase::Failed)
-        ),
-    }
-}
-
 fn add(total: &mut Resources, r: &Resources) {
     total.cpu_millicores += r.cpu_millicores;
     total.memory_mib += r.memory_mib;
@@ -158,31 +145,43 @@ fn add(total: &mut Resources, r: &Resources) {
     total.storage_mib += r.storage_mib;
 }
 
+/// The merge patch of `spec` that takes an Instance off its target at `tier`.
+pub fn unbinding(tier: Tier) -> serde_json::Value {
+    let fields = tier.bound_fields().iter();
+    fields
+        .map(|f| (f.to_string(), serde_json::Value::Null))
+        .collect()
+}
+
 /// Name of the Instance-cache index of what counts in flight, by target.
 const IN_FLIGHT: &str = "in-flight";
 
-/// Name of the Instance-cache index by Service and target ([`service_target_key`]).
+/// Name of the Instance-cache index by Service and target ([`ServiceKey::on`]).
 const BY_SERVICE_TARGET: &str = "service-target";
 
-/// The [`BY_SERVICE_TARGET`] key: a [`service_key`] and a target.
-fn service_target_key(service_key: &str, target: &str) -> String {
-    format!("{service_key}\0{target}")
-}
-
 impl Binder {
-    pub fn new(tier: Tier, client: Client, instances: Store<Instance>, source: &str) -> Self {
+    /// A binder for `tier` over the Instances of `client`'s API, cached in
+    /// `instances` (which it indexes); its Events come from `source`, and an Instance
+    /// nothing fits is tried again after `retry_unplaced` at most.
+    pub fn new(
+        tier: Tier,
+        client: Client,
+        instances: Store<Instance>,
+        source: &str,
+        retry_unplaced: Duration,
+    ) -> Self {
         index_by_service(&instances);
         instances.add_index(BY_SERVICE_TARGET, move |i| {
-            let service = service_key(i.metadata.namespace.as_deref(), &i.spec.service);
-            target_of(tier, i).map(|t| service_target_key(&service, t))
+            tier.target_of(i).map(|t| ServiceKey::of(i).on(t))
         });
         instances.add_index(IN_FLIGHT, move |i| {
-            target_of(tier, i)
-                .filter(|_| counts_in_flight(tier, i))
+            tier.target_of(i)
+                .filter(|_| tier.counts_in_flight(i))
                 .cloned()
         });
         Binder {
             tier,
+            retry_unplaced,
             recorder: Recorder::new(client.clone(), source),
             client,
             instances,
@@ -191,15 +190,9 @@ impl Binder {
         }
     }
 
+    /// The Event recorder of this binder, for the placement controller's own Events.
     pub fn recorder(&self) -> &Recorder {
         &self.recorder
-    }
-
-    fn noun(&self) -> &'static str {
-        match self.tier {
-            Tier::Cluster => "cluster",
-            Tier::Node => "node",
-        }
     }
 
     /// Fill in each candidate's in-flight requests and replicas of `instance`'s Service,
@@ -234,22 +227,20 @@ impl Binder {
             sums.retain(|target, _| self.instances.group_len(IN_FLIGHT, target) > 0);
         }
         drop(sums);
-        let key = service_key(
-            instance.metadata.namespace.as_deref(),
-            &instance.spec.service,
-        );
+        let service = ServiceKey::of(instance);
+        let key = service.key();
         // Replicas of the Service on each candidate, counted from the smaller side: the
         // Service's Instances (100 of them over 500 nodes) or the candidates (1,000
         // Instances over 10 clusters).
         if self.instances.group_len(BY_SERVICE, &key) <= targets.candidates.len() {
             self.instances.for_each_in_group(BY_SERVICE, &key, |i| {
-                if let Some(c) = target_of(self.tier, i).and_then(|t| targets.get_mut(t)) {
+                if let Some(c) = self.tier.target_of(i).and_then(|t| targets.get_mut(t)) {
                     c.replicas_here += 1;
                 }
             });
         } else {
             for c in &mut targets.candidates {
-                let here = service_target_key(&key, &c.profile.name);
+                let here = service.on(&c.profile.name);
                 let n = self.instances.group_len(BY_SERVICE_TARGET, &here);
                 c.replicas_here += u32::try_from(n).unwrap_or(u32::MAX);
             }
@@ -275,7 +266,7 @@ impl Binder {
             recent.retain(|k, r| {
                 self.instances
                     .get(k)
-                    .is_some_and(|i| target_of(self.tier, &i) != Some(&r.target))
+                    .is_some_and(|i| self.tier.target_of(&i) != Some(&r.target))
             });
             self.complete(instance, &mut targets, &recent);
             let excluded = rejected_by(instance);
@@ -303,19 +294,15 @@ impl Binder {
         let api: Api<Instance> = self.client.api(instance.metadata.namespace.as_deref());
         let now = Utc::now();
         let mut status = instance.status.clone().unwrap_or_default();
-        let noun = self.noun();
+        let noun = self.tier.noun();
         match decision {
             Decision::Place(target) => {
-                let target_kind = match self.tier {
-                    Tier::Cluster => "Cluster",
-                    Tier::Node => "Node",
-                };
                 // Target field, phase and Scheduled condition in one write, at the
                 // version read.
                 let bound = api
                     .bind(
                         &instance.metadata.name,
-                        target_kind,
+                        self.tier.kind(),
                         &target,
                         instance.metadata.resource_version.as_deref(),
                     )
@@ -326,16 +313,14 @@ impl Binder {
                 }
                 let message = format!("placed on {noun} {target}");
                 self.recorder
-                    .record(instance, EventType::Normal, "Placed", &message)
+                    .record(instance, EventType::Normal, reason::PLACED, &message)
                     .await;
                 Ok(Action::await_change())
             }
             Decision::Unschedulable { reason, message } => {
-                let unplaced_since = status
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == "Scheduled" && c.status == ConditionStatus::False)
-                    .and_then(|c| c.last_transition_time);
+                let unplaced_since =
+                    find_with_status(&status.conditions, SCHEDULED, ConditionStatus::False)
+                        .and_then(|c| c.last_transition_time);
                 let unplaced_for = unplaced_since
                     .and_then(|t| (now - t).to_std().ok())
                     .unwrap_or_default();
@@ -351,7 +336,7 @@ impl Binder {
                 }
                 if set_condition(
                     &mut status.conditions,
-                    "Scheduled",
+                    SCHEDULED,
                     ConditionStatus::False,
                     reason,
                     &message,
@@ -360,17 +345,17 @@ impl Binder {
                     let patch = json!({"status": {"phase": Phase::Pending, "reason": reason, "message": message, "conditions": status.conditions}});
                     api.patch_status(&instance.metadata.name, &patch).await?;
                     self.recorder
-                        .record(instance, EventType::Warning, "FailedPlacement", &message)
+                        .record(
+                            instance,
+                            EventType::Warning,
+                            reason::FAILED_PLACEMENT,
+                            &message,
+                        )
                         .await;
                 }
-                // Changes of the candidates trigger a retry. Room that comes free on a
-                // node (an Instance deleted or ended there) changes no Node — node
-                // heartbeats renew Leases — so the node tier looks again every few
-                // seconds, well before its cluster would hand the Instance back.
-                Ok(Action::requeue(match self.tier {
-                    Tier::Cluster => Duration::from_secs(30),
-                    Tier::Node => RETRY_UNPLACED_ON_NODES,
-                }))
+                // Changes of the candidates trigger a retry; without one, look again
+                // after the tier's `Target::RETRY_UNPLACED`.
+                Ok(Action::requeue(self.retry_unplaced))
             }
         }
     }
@@ -383,16 +368,12 @@ impl Binder {
         message: &str,
     ) -> Result<(), Error> {
         let api: Api<Instance> = self.client.api(instance.metadata.namespace.as_deref());
-        let spec = match self.tier {
-            Tier::Cluster => json!({"cluster": null, "node": null}),
-            Tier::Node => json!({"node": null}),
-        };
-        let patch = json!({"metadata": {"resourceVersion": instance.metadata.resource_version}, "spec": spec});
+        let patch = json!({"metadata": {"resourceVersion": instance.metadata.resource_version}, "spec": unbinding(self.tier)});
         api.patch(&instance.metadata.name, &patch).await?;
         let mut status = instance.status.clone().unwrap_or_default();
         set_condition(
             &mut status.conditions,
-            "Scheduled",
+            SCHEDULED,
             ConditionStatus::False,
             reason,
             message,

@@ -16,8 +16,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::service::SERVICE_LABEL;
-use crate::{owned_by, Error, RootConfig};
+use crate::{instance_owner, owned_by, Error, RootConfig};
 
+/// Run both collectors (orphans and foreground deletion) until `shutdown`.
 pub async fn run(client: Client, config: &RootConfig, shutdown: CancellationToken) {
     tokio::join!(
         orphans(client.clone(), config, shutdown.clone()),
@@ -117,12 +118,7 @@ async fn foreground(client: Client, config: &RootConfig, shutdown: CancellationT
     controller.watches(
         client.api::<Instance>(None),
         ListParams::default(),
-        |i: &Instance| {
-            vec![ObjectRef::new(
-                i.metadata.namespace.as_deref(),
-                &i.spec.service,
-            )]
-        },
+        instance_owner,
     );
     let ctx = Arc::new(Ctx { client, services });
     controller

@@ -1,17 +1,29 @@
 //! The controllers of the root and cluster tiers, each an independent loop on the reconcile runtime that
-//! meets the others only through objects in the API:
+//! meets the others only through objects in the API. Each reconcile reads its caches,
+//! asks a pure function what to do (tested by tables beside it) and writes the answer.
+//!
+//! Root tier ([`run_root`]):
 //!
 //! - [`service`]: keeps `spec.replicas` Instances per Service, rolls template changes
 //!   out one at a time, reports readiness;
 //! - [`placement`]: assigns each Instance a cluster (or, in a cluster, a node), or says
 //!   precisely why it cannot, and re-places the Instances of a target that stays
-//!   NotReady past a grace period;
-//! - [`subnets`]: a subnet per Cluster and a service IP per Service, never one twice;
+//!   `NotReady` past a grace period;
+//! - [`bind`]: the binder both placement tiers share: completes the candidates with
+//!   what they cannot report yet, asks [`scheduler`] and writes the binding;
+//! - [`subnets`]: the address allocators: a subnet per Cluster and a service IP per
+//!   Service at the root, a subnet per Node and an IP per Instance in a cluster, never
+//!   one twice;
 //! - [`gc`]: deletes Instances whose owner is gone and implements foreground deletion;
-//! - [`lifecycle`]: marks Clusters (and Nodes) NotReady when their heartbeat lapses.
+//! - [`lifecycle`]: marks Clusters (and Nodes) `NotReady` when their heartbeat lapses.
 //!
-//! [`cluster`] runs the cluster tier: cluster sync, the cluster scheduler (placement over
-//! Nodes) and node lifecycle.
+//! Cluster tier ([`cluster::run_cluster`]): [`cluster`] reports the cluster to the root,
+//! syncs Instances between the root and the cluster and hands back those no node has
+//! room for; beside it run [`placement`] over Nodes (the cluster scheduler),
+//! [`lifecycle`] over Nodes and the node-subnet and Instance-IP allocators of
+//! [`subnets`].
+//!
+//! [`ipam`] (the address arithmetic) is re-exported from `crds`.
 
 pub mod bind;
 pub mod cluster;
@@ -24,6 +36,7 @@ pub mod subnets;
 
 use std::time::Duration;
 
+use client::runtime::ObjectRef;
 use client::{Client, ClientError};
 use tokio_util::sync::CancellationToken;
 
@@ -36,9 +49,9 @@ pub struct RootConfig {
     pub cluster_prefix: u8,
     /// Pool of service IPs.
     pub service_cidr: ipam::Cidr,
-    /// How long a cluster may be NotReady before its Instances are placed elsewhere.
+    /// How long a cluster may be `NotReady` before its Instances are placed elsewhere.
     pub cluster_grace: Duration,
-    /// A cluster whose last heartbeat is older than this becomes NotReady.
+    /// A cluster whose last heartbeat is older than this becomes `NotReady`.
     pub cluster_heartbeat_timeout: Duration,
     /// Reconciles running at once per controller.
     pub concurrency: usize,
@@ -57,8 +70,10 @@ impl Default for RootConfig {
     }
 }
 
+/// Why a reconcile failed; the reconcile runtime retries it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A request to the API failed (a 409 is retried at once from a fresh cache).
     #[error("API request failed: {0}")]
     Api(#[from] ClientError),
 }
@@ -97,25 +112,65 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Whether `owned` names `owner_uid` among its owners.
-/// Name of the Instance-cache index by owning Service ([`service_key`]).
+/// Name of the Instance-cache index by owning Service ([`ServiceKey::key`]).
 pub const BY_SERVICE: &str = "service";
 
-/// The [`BY_SERVICE`] key of Instances of Service `service` in `namespace`.
-pub fn service_key(namespace: Option<&str>, service: &str) -> String {
-    format!("{}/{service}", namespace.unwrap_or_default())
+/// An Instance's Service, as the Instance-cache indexes file it: the one place the keys
+/// of those indexes are made. Borrowed from the Instance (or the Service); a key is
+/// built only when asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceKey<'a> {
+    namespace: Option<&'a str>,
+    service: &'a str,
+}
+
+impl<'a> ServiceKey<'a> {
+    /// The Service named `service` in `namespace`.
+    pub fn new(namespace: Option<&'a str>, service: &'a str) -> Self {
+        ServiceKey { namespace, service }
+    }
+
+    /// The Service `instance` belongs to (`spec.service`, in the Instance's namespace).
+    pub fn of(instance: &'a crds::Instance) -> Self {
+        ServiceKey::new(
+            instance.metadata.namespace.as_deref(),
+            &instance.spec.service,
+        )
+    }
+
+    /// The [`BY_SERVICE`] key: `namespace/service`.
+    pub fn key(self) -> String {
+        format!("{}/{}", self.namespace.unwrap_or_default(), self.service)
+    }
+
+    /// The key of the Service's Instances on `target` (a cluster or node name); a name
+    /// cannot hold the separator, so no two pairs share a key.
+    pub fn on(self, target: &str) -> String {
+        format!(
+            "{}/{}\0{target}",
+            self.namespace.unwrap_or_default(),
+            self.service
+        )
+    }
+
+    /// The Service as an object key, for a mapper that queues it.
+    pub fn object_ref(self) -> ObjectRef {
+        ObjectRef::new(self.namespace, self.service)
+    }
 }
 
 /// Index an Instance cache by owning Service (the name in `spec.service`).
 pub fn index_by_service(instances: &client::runtime::Store<crds::Instance>) {
-    instances.add_index(BY_SERVICE, |i| {
-        Some(service_key(
-            i.metadata.namespace.as_deref(),
-            &i.spec.service,
-        ))
-    });
+    instances.add_index(BY_SERVICE, |i| Some(ServiceKey::of(i).key()));
 }
 
+/// The mapper from an Instance to the Service it belongs to, for controllers of
+/// Services that an Instance change queues.
+pub fn instance_owner(instance: &crds::Instance) -> Vec<ObjectRef> {
+    vec![ServiceKey::of(instance).object_ref()]
+}
+
+/// Whether `meta` names `owner_uid` among its owners.
 pub fn owned_by(meta: &crds::ObjectMeta, owner_uid: &str) -> bool {
     meta.owner_references.iter().any(|o| o.uid == owner_uid)
 }
@@ -126,7 +181,7 @@ pub fn not_ready_for(exists: bool, conditions: Option<&[crds::Condition]>) -> Op
     if !exists {
         return Some(Duration::MAX);
     }
-    match conditions.and_then(|c| crds::find_condition(c, "Ready")) {
+    match conditions.and_then(|c| crds::find_condition(c, crds::conditions::READY)) {
         Some(c) if c.status == crds::ConditionStatus::True => None,
         Some(c) => {
             let since = c.last_transition_time.unwrap_or_else(chrono::Utc::now);

@@ -3,7 +3,7 @@
 //! `HeartbeatLapsed`. A Cluster's last heartbeat is its `status.lastHeartbeat`; a Node's
 //! is the later of that and its `Lease`'s `renewTime` (its agent renews the Lease at
 //! every beat and writes the status only every few beats). Objects that never sent a heartbeat are left alone (they are
-//! managed by hand). What happens to the Instances of a NotReady target after its
+//! managed by hand). What happens to the Instances of a `NotReady` target after its
 //! grace period is the placement controller's business.
 //!
 //! A Node's Lease goes with the Node: once the Node is gone (deleted, also while this
@@ -15,17 +15,21 @@ use std::time::Duration;
 use chrono::Utc;
 use client::runtime::{Action, Controller, ObjectRef, Recorder, Store};
 use client::{Client, ListParams};
-use crds::{set_condition, Cluster, ConditionStatus, EventType, Lease, Node, Time};
+use crds::conditions::READY;
+use crds::{
+    set_condition, Cluster, Condition, ConditionStatus, EventType, HasConditions, Lease, Node,
+    Resource, Time,
+};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::placement::Target;
 use crate::Error;
 
 /// A kind that reports heartbeats.
-pub trait Heartbeats: Target {
+pub trait Heartbeats: Resource + HasConditions {
     /// Whether the kind also heartbeats through a `Lease` of the same name.
     const LEASED: bool = false;
+    /// When the object last reported, as its status says.
     fn last_heartbeat(&self) -> Option<Time>;
 }
 
@@ -42,6 +46,8 @@ impl Heartbeats for Node {
     }
 }
 
+/// Mark objects of kind `K` `NotReady` once their heartbeat is older than `timeout`
+/// (and delete the Leases of Nodes that are gone), until `shutdown`.
 pub async fn run<K: Heartbeats>(client: Client, timeout: Duration, shutdown: CancellationToken) {
     let name = format!("{}-lifecycle", K::KIND.to_lowercase());
     let mut controller = Controller::new(client.api::<K>(None), ListParams::default())
@@ -107,6 +113,70 @@ async fn remove_lease<K: Heartbeats>(
     Ok(Action::await_change())
 }
 
+/// Slack added to the time a heartbeat has left, so that the recheck comes after it
+/// lapsed rather than just before.
+const RECHECK_SLACK: Duration = Duration::from_millis(200);
+
+/// Reason (condition and Event) of an object whose heartbeat lapsed.
+const HEARTBEAT_LAPSED: &str = "HeartbeatLapsed";
+
+/// What the lifecycle controller does with one object.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// It never sent a heartbeat (managed by hand): leave it alone.
+    Unmanaged,
+    /// Its heartbeat is fresh: look again once it would lapse.
+    RecheckIn(Duration),
+    /// Its heartbeat lapsed and it was Ready: write these conditions (`Ready=False`)
+    /// and record `message`.
+    Lost {
+        conditions: Vec<Condition>,
+        message: String,
+    },
+    /// Its heartbeat lapsed, but it was not Ready anyway: nothing to write.
+    AlreadyDown,
+}
+
+/// Judge an object by its `conditions` and its last heartbeat, the later of
+/// `last_heartbeat` (its status) and `renewed` (its Lease), at `now`: lost once that
+/// is more than `timeout` ago.
+fn judge(
+    conditions: &[Condition],
+    last_heartbeat: Option<Time>,
+    renewed: Option<Time>,
+    now: Time,
+    timeout: Duration,
+) -> Verdict {
+    let Some(beat) = last_heartbeat.max(renewed) else {
+        return Verdict::Unmanaged;
+    };
+    let age = (now - beat).to_std().unwrap_or_default();
+    if age <= timeout {
+        return Verdict::RecheckIn(timeout - age + RECHECK_SLACK);
+    }
+    if !crds::is_true(conditions, READY) {
+        return Verdict::AlreadyDown;
+    }
+    let message = format!(
+        "no heartbeat for {}s (timeout {}s)",
+        age.as_secs(),
+        timeout.as_secs()
+    );
+    let mut conditions = conditions.to_vec();
+    set_condition(
+        &mut conditions,
+        READY,
+        ConditionStatus::False,
+        HEARTBEAT_LAPSED,
+        &message,
+        now,
+    );
+    Verdict::Lost {
+        conditions,
+        message,
+    }
+}
+
 async fn reconcile<K: Heartbeats>(
     k: Arc<K>,
     client: Client,
@@ -117,40 +187,94 @@ async fn reconcile<K: Heartbeats>(
     let renewed = leases
         .and_then(|l| l.get(&ObjectRef::new(None, &k.metadata().name)))
         .and_then(|l| l.spec.renew_time);
-    let Some(beat) = k.last_heartbeat().max(renewed) else {
-        return Ok(Action::await_change());
-    };
-    let age = (Utc::now() - beat).to_std().unwrap_or_default();
-    if age <= timeout {
-        return Ok(Action::requeue(timeout - age + Duration::from_millis(200)));
-    }
-    let mut conditions = k.conditions().to_vec();
-    let message = format!(
-        "no heartbeat for {}s (timeout {}s)",
-        age.as_secs(),
-        timeout.as_secs()
-    );
-    let was_ready = crds::is_true(&conditions, "Ready");
-    if set_condition(
-        &mut conditions,
-        "Ready",
-        ConditionStatus::False,
-        "HeartbeatLapsed",
-        &message,
+    let verdict = judge(
+        k.conditions(),
+        k.last_heartbeat(),
+        renewed,
         Utc::now(),
-    ) && was_ready
-    {
-        let patch = json!({
-            "metadata": {"resourceVersion": k.metadata().resource_version},
-            "status": {"conditions": conditions},
-        });
-        client
-            .api::<K>(None)
-            .patch_status(&k.metadata().name, &patch)
-            .await?;
-        recorder
-            .record(k.as_ref(), EventType::Warning, "HeartbeatLapsed", &message)
-            .await;
+        timeout,
+    );
+    match verdict {
+        Verdict::Unmanaged | Verdict::AlreadyDown => Ok(Action::await_change()),
+        Verdict::RecheckIn(after) => Ok(Action::requeue(after)),
+        Verdict::Lost {
+            conditions,
+            message,
+        } => {
+            let patch = json!({
+                "metadata": {"resourceVersion": k.metadata().resource_version},
+                "status": {"conditions": conditions},
+            });
+            client
+                .api::<K>(None)
+                .patch_status(&k.metadata().name, &patch)
+                .await?;
+            recorder
+                .record(k.as_ref(), EventType::Warning, HEARTBEAT_LAPSED, &message)
+                .await;
+            Ok(Action::await_change())
+        }
     }
-    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_decide_between_alive_and_lost() {
+        let now = Utc::now();
+        let ago = |secs: i64| Some(now - chrono::Duration::seconds(secs));
+        let timeout = Duration::from_secs(20);
+        let ready = |status| {
+            let mut c = Vec::new();
+            set_condition(
+                &mut c,
+                READY,
+                status,
+                "NodeReady",
+                "",
+                now - chrono::Duration::hours(1),
+            );
+            c
+        };
+        let (up, down) = (ready(ConditionStatus::True), ready(ConditionStatus::False));
+        let lost = |age: u64| {
+            let message = format!("no heartbeat for {age}s (timeout 20s)");
+            let mut conditions = up.clone();
+            set_condition(
+                &mut conditions,
+                READY,
+                ConditionStatus::False,
+                HEARTBEAT_LAPSED,
+                &message,
+                now,
+            );
+            Verdict::Lost {
+                conditions,
+                message,
+            }
+        };
+        let recheck = |secs: u64| Verdict::RecheckIn(Duration::from_secs(secs) + RECHECK_SLACK);
+        #[rustfmt::skip]
+        let cases = [
+            ("never beat: managed by hand", &up, None, None, Verdict::Unmanaged),
+            ("fresh status heartbeat", &up, ago(5), None, recheck(15)),
+            ("right at the timeout: not yet", &up, ago(20), None, recheck(0)),
+            ("a heartbeat from the future counts as now", &up, ago(-30), None, recheck(20)),
+            ("lapsed: Ready goes False", &up, ago(30), None, lost(30)),
+            ("a Lease renewal keeps it alive", &up, ago(300), ago(2), recheck(18)),
+            ("a Lease alone is a heartbeat", &up, None, ago(4), recheck(16)),
+            ("the later of the two counts", &up, ago(25), ago(40), lost(25)),
+            ("lapsed but already NotReady: nothing to write", &down, ago(30), None, Verdict::AlreadyDown),
+            ("lapsed, never Ready: nothing to write", &Vec::new(), ago(30), None, Verdict::AlreadyDown),
+        ];
+        for (name, conditions, beat, renewed, expected) in cases {
+            assert_eq!(
+                judge(conditions, beat, renewed, now, timeout),
+                expected,
+                "{name}"
+            );
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! target is chosen).
 //!
 //! When nothing fits the Instance gets `Scheduled=False` with the reason and an Event,
-//! and is retried when targets change. The Instances of a target that stays NotReady
+//! and is retried when targets change. The Instances of a target that stays `NotReady`
 //! (or disappears) longer than the grace period are bound again elsewhere.
 
 use std::collections::HashMap;
@@ -13,16 +13,24 @@ use std::time::Duration;
 
 use client::runtime::{Action, Controller, ObjectRef, Store};
 use client::{Client, ListParams};
+use crds::conditions::READY;
 use crds::{Cluster, HasConditions, Instance, Node, Resource};
 use scheduler::{Candidate, Profile, Tier};
 use tokio_util::sync::CancellationToken;
 
-use crate::bind::{target_of, Binder, Targets};
+use crate::bind::{Binder, Targets};
 use crate::{not_ready_for, Error};
 
-/// A kind Instances are bound to.
+/// A kind Instances are bound to. What differs between the tiers is on [`Tier`]; what
+/// differs between the two placement controllers is here.
 pub trait Target: Resource + HasConditions {
+    /// The tier whose decisions choose among objects of this kind.
     const TIER: Tier;
+    /// The source of the controller's Events.
+    const EVENT_SOURCE: &'static str;
+    /// How soon an Instance no target of this kind can take is tried again (changes of
+    /// the targets trigger a retry earlier).
+    const RETRY_UNPLACED: Duration;
     /// The target as it reports itself to the scheduler.
     fn profile(&self) -> Profile;
 }
@@ -37,7 +45,7 @@ fn profile_of<T: Target>(
     Profile {
         name: meta.name.clone(),
         labels: meta.labels.clone(),
-        ready: crds::is_true(t.conditions(), "Ready") && meta.deletion_timestamp.is_none(),
+        ready: crds::is_true(t.conditions(), READY) && meta.deletion_timestamp.is_none(),
         schedulable: true,
         runtimes,
         allocatable: allocatable.unwrap_or_default(),
@@ -47,6 +55,8 @@ fn profile_of<T: Target>(
 
 impl Target for Cluster {
     const TIER: Tier = Tier::Cluster;
+    const EVENT_SOURCE: &'static str = "root-placement";
+    const RETRY_UNPLACED: Duration = Duration::from_secs(30);
     fn profile(&self) -> Profile {
         let status = self.status.as_ref();
         Profile {
@@ -62,6 +72,11 @@ impl Target for Cluster {
 
 impl Target for Node {
     const TIER: Tier = Tier::Node;
+    const EVENT_SOURCE: &'static str = "cluster-scheduler";
+    // Room that comes free on a node (an Instance deleted or ended there) changes no
+    // Node — node heartbeats renew Leases — so the node tier looks again every few
+    // seconds, well before its cluster would hand the Instance back.
+    const RETRY_UNPLACED: Duration = Duration::from_secs(5);
     fn profile(&self) -> Profile {
         let allocatable = self.status.as_ref().and_then(|s| s.allocatable.clone());
         Profile {
@@ -132,14 +147,14 @@ impl<T: Target> Ctx<T> {
 }
 
 /// Bind the Instances of the API at `client` to targets of kind `T`; the Instances of
-/// a target NotReady for longer than `grace` are bound again.
+/// a target `NotReady` for longer than `grace` are bound again.
 pub async fn run<T: Target>(
     client: Client,
     grace: Duration,
     concurrency: usize,
     shutdown: CancellationToken,
 ) {
-    let noun = T::KIND.to_lowercase();
+    let noun = T::TIER.noun();
     let mut controller = Controller::new(client.api::<Instance>(None), ListParams::default())
         .name(&format!("{noun}-placement"))
         .concurrency(concurrency);
@@ -161,11 +176,11 @@ pub async fn run<T: Target>(
                 .get()
                 .and_then(|c| c.get(&ObjectRef::new(None, name)))
                 .is_some_and(|cur| {
-                    crds::is_true(cur.conditions(), "Ready")
+                    crds::is_true(cur.conditions(), READY)
                         && cur.metadata().deletion_timestamp.is_none()
                 });
             for_mapper
-                .find(|i| match target_of(T::TIER, i) {
+                .find(|i| match T::TIER.target_of(i) {
                     None => true,
                     Some(n) => !ready && n == name,
                 })
@@ -175,12 +190,15 @@ pub async fn run<T: Target>(
         },
     );
     let _ = cache.set(targets.clone());
-    let source = match T::TIER {
-        Tier::Cluster => "root-placement",
-        Tier::Node => "cluster-scheduler",
-    };
+    let binder = Binder::new(
+        T::TIER,
+        client,
+        instances,
+        T::EVENT_SOURCE,
+        T::RETRY_UNPLACED,
+    );
     let ctx = Arc::new(Ctx {
-        binder: Binder::new(T::TIER, client, instances, source),
+        binder,
         targets,
         profiles: Mutex::default(),
         last: Mutex::default(),
@@ -198,10 +216,10 @@ async fn reconcile<T: Target>(instance: Arc<Instance>, ctx: Arc<Ctx<T>>) -> Resu
     if instance.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let Some(target) = target_of(T::TIER, &instance) else {
+    let Some(target) = T::TIER.target_of(&instance) else {
         return ctx.binder.bind(&instance, ctx.candidates()).await;
     };
-    let noun = T::KIND.to_lowercase();
+    let noun = T::TIER.noun();
     let known = ctx.targets.get(&ObjectRef::new(None, target));
     match not_ready_for(known.is_some(), known.as_ref().map(|t| t.conditions())) {
         None => Ok(Action::await_change()),
@@ -212,15 +230,68 @@ async fn reconcile<T: Target>(instance: Arc<Instance>, ctx: Arc<Ctx<T>>) -> Resu
                 format!("has been NotReady for {}s", down.as_secs())
             };
             let message = format!("{noun} {target} {why}; placing the instance again");
-            let reason = match T::TIER {
-                Tier::Cluster => "ClusterLost",
-                Tier::Node => "NodeLost",
-            };
-            ctx.binder.unbind(&instance, reason, &message).await?;
+            ctx.binder
+                .unbind(&instance, T::TIER.lost(), &message)
+                .await?;
             Ok(Action::await_change())
         }
         Some(down) => Ok(Action::requeue(
             ctx.grace - down + Duration::from_millis(100),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crds::{set_condition, ConditionStatus, NodeSpec, NodeStatus};
+
+    /// A node that is Ready (or not), unschedulable (or not), being deleted (or not).
+    fn node(ready: bool, unschedulable: bool, deleting: bool) -> Node {
+        let spec = NodeSpec {
+            unschedulable,
+            ..Default::default()
+        };
+        let mut n = Node::new("n1", spec);
+        let mut status = NodeStatus::default();
+        let ready = if ready {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        };
+        set_condition(
+            &mut status.conditions,
+            READY,
+            ready,
+            "",
+            "",
+            chrono::Utc::now(),
+        );
+        n.status = Some(status);
+        n.metadata.deletion_timestamp = deleting.then(chrono::Utc::now);
+        n
+    }
+
+    #[test]
+    fn a_nodes_profile_follows_its_lifecycle() {
+        // (what, ready, unschedulable, deleting) → (profile.ready, profile.schedulable)
+        let cases = [
+            ("ready", (true, false, false), (true, true)),
+            (
+                "cordoned: ready, takes no new work",
+                (true, true, false),
+                (true, false),
+            ),
+            (
+                "lost (heartbeat lapsed)",
+                (false, false, false),
+                (false, true),
+            ),
+            ("being deleted", (true, false, true), (false, true)),
+        ];
+        for (what, (ready, unschedulable, deleting), expected) in cases {
+            let p = node(ready, unschedulable, deleting).profile();
+            assert_eq!((p.ready, p.schedulable), expected, "{what}");
+        }
     }
 }

@@ -14,20 +14,29 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use client::runtime::{Action, Controller, ObjectRef, Recorder, Store};
 use client::{Api, Client, ListParams};
+use crds::conditions::SCHEDULED;
 use crds::{
-    set_condition, ConditionStatus, EventType, Instance, InstanceSpec, ObjectMeta, OwnerReference,
-    Phase, Service, ServiceStatus, API_VERSION,
+    find_with_status, is_false, set_condition, ConditionStatus, EventType, Instance, InstanceSpec,
+    ObjectMeta, OwnerReference, Phase, Service, ServiceStatus, API_VERSION,
 };
 use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::{index_by_service, owned_by, service_key, stable_hash, Error, RootConfig, BY_SERVICE};
+use crate::{
+    index_by_service, instance_owner, owned_by, stable_hash, Error, RootConfig, ServiceKey,
+    BY_SERVICE,
+};
 
 /// Label with the owning Service's name.
 pub const SERVICE_LABEL: &str = "oakestra.io/service";
 /// Label with the hash of the template an Instance runs.
 pub const TEMPLATE_LABEL: &str = "oakestra.io/template-hash";
+
+/// Service condition: at least `spec.replicas` of its Instances run.
+const AVAILABLE: &str = "Available";
+/// Service condition: every Instance is placed (`False` names one that is not, and why).
+const PLACED: &str = "Placed";
 
 struct Ctx {
     client: Client,
@@ -43,6 +52,7 @@ struct Ctx {
 /// How long a create this controller made is trusted without the cache showing it.
 const EXPECTATION_TTL: Duration = Duration::from_secs(30);
 
+/// Run the service controller against the API at `client` until `shutdown`.
 pub async fn run(client: Client, config: &RootConfig, shutdown: CancellationToken) {
     let mut controller = Controller::new(client.api::<Service>(None), ListParams::default())
         .name("service")
@@ -54,12 +64,7 @@ pub async fn run(client: Client, config: &RootConfig, shutdown: CancellationToke
     let instances = controller.watches(
         client.api::<Instance>(None),
         ListParams::default(),
-        |i: &Instance| {
-            vec![ObjectRef::new(
-                i.metadata.namespace.as_deref(),
-                &i.spec.service,
-            )]
-        },
+        instance_owner,
     );
     index_by_service(&instances);
     let ctx = Arc::new(Ctx {
@@ -130,12 +135,78 @@ fn running(i: &Instance) -> bool {
 
 /// Pending because no cluster or node could take it.
 fn unplaceable(i: &Instance) -> bool {
-    i.status.as_ref().is_some_and(|s| {
-        s.phase == Phase::Pending
-            && s.conditions
-                .iter()
-                .any(|c| c.type_ == "Scheduled" && c.status == ConditionStatus::False)
-    })
+    i.status
+        .as_ref()
+        .is_some_and(|s| s.phase == Phase::Pending && is_false(&s.conditions, SCHEDULED))
+}
+
+/// What one reconcile of a Service does, drawn from its Instances alone.
+#[derive(Debug, Default, PartialEq)]
+struct Plan<'a> {
+    /// Current-template Instances beyond the replica count, highest ordinal first.
+    scale_down: Vec<&'a Instance>,
+    /// Ordinals of current-template Instances to create, lowest first.
+    create: Vec<u32>,
+    /// Old-template Instances to delete now: one for each new one that runs or cannot be
+    /// placed; those not running first, then the highest ordinals.
+    replace: Vec<&'a Instance>,
+}
+
+/// Plan a reconcile of a Service that wants `replicas` Instances of the template with
+/// `hash`, given `mine`, its live Instances. `awaited(ordinal)` says whether this
+/// controller already created that ordinal and waits for its cache to show it (such an
+/// ordinal is not created again).
+///
+/// Scaling creates every missing ordinal at once; during a rollout (old-template
+/// Instances are left) at most one Instance more than `replicas` exists at a time.
+fn plan<'a>(
+    mine: &'a [Arc<Instance>],
+    hash: &str,
+    replicas: u32,
+    awaited: impl Fn(u32) -> bool,
+) -> Plan<'a> {
+    let (current, old): (Vec<&Instance>, Vec<&Instance>) = mine
+        .iter()
+        .map(Arc::as_ref)
+        .partition(|i| i.metadata.labels.get(TEMPLATE_LABEL).map(String::as_str) == Some(hash));
+
+    // Scale down: current-template Instances beyond the replica count go, highest first.
+    let mut scale_down: Vec<&Instance> = current
+        .iter()
+        .copied()
+        .filter(|i| i.spec.ordinal >= replicas)
+        .collect();
+    scale_down.sort_by_key(|i| std::cmp::Reverse(i.spec.ordinal));
+    let kept: Vec<&Instance> = current
+        .iter()
+        .copied()
+        .filter(|i| i.spec.ordinal < replicas)
+        .collect();
+    let have: HashSet<u32> = kept.iter().map(|i| i.spec.ordinal).collect();
+    let missing = (0..replicas).filter(|o| !have.contains(o) && !awaited(*o));
+
+    // Create: all missing at once, or one at a time (surge of one) during a rollout.
+    let create = if old.is_empty() {
+        missing.collect()
+    } else if kept.len() + old.len() < replicas as usize + 1 {
+        missing.take(1).collect()
+    } else {
+        Vec::new()
+    };
+
+    // Rollout: an old Instance goes for each new one that runs, and for each new one that
+    // cannot be placed (the old ones may hold what it needs: room, a host port).
+    let ready_new = kept.iter().filter(|i| running(i)).count();
+    let stuck_new = kept.iter().filter(|i| unplaceable(i)).count();
+    let old_to_keep = (replicas as usize).saturating_sub(ready_new + stuck_new);
+    let mut replace = old;
+    replace.sort_by_key(|i| (running(i), std::cmp::Reverse(i.spec.ordinal)));
+    replace.truncate(replace.len().saturating_sub(old_to_keep));
+    Plan {
+        scale_down,
+        create,
+        replace,
+    }
 }
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -147,58 +218,35 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let api: Api<Instance> = ctx.client.api(ns.as_deref());
     let hash = template_hash(&svc);
     let replicas = svc.spec.replicas.max(0) as u32;
-    let mut mine = ctx
-        .instances
-        .by_index(BY_SERVICE, &service_key(ns.as_deref(), &svc.metadata.name));
+    let mut mine = ctx.instances.by_index(
+        BY_SERVICE,
+        &ServiceKey::new(ns.as_deref(), &svc.metadata.name).key(),
+    );
     mine.retain(|i| owned_by(&i.metadata, &uid) && i.metadata.deletion_timestamp.is_none());
-    let (current, old): (Vec<_>, Vec<_>) = mine
-        .iter()
-        .partition(|i| i.metadata.labels.get(TEMPLATE_LABEL) == Some(&hash));
+    let plan = {
+        let mut expected = ctx.expected.lock().expect("expectations lock");
+        expected.retain(|k, at| at.elapsed() < EXPECTATION_TTL && ctx.instances.get(k).is_none());
+        plan(&mine, &hash, replicas, |o| {
+            let name = instance_name(&svc.metadata.name, &hash, o);
+            expected.contains_key(&ObjectRef::new(ns.as_deref(), &name))
+        })
+    };
 
-    // Scale down: current-template Instances beyond the replica count go, highest first.
-    let mut excess: Vec<_> = current
-        .iter()
-        .filter(|i| i.spec.ordinal >= replicas)
-        .collect();
-    excess.sort_by_key(|i| std::cmp::Reverse(i.spec.ordinal));
-    let deletes: Vec<_> = excess
+    let deletes: Vec<_> = plan
+        .scale_down
         .iter()
         .map(|i| {
-            let (api, key) = (api.clone(), ObjectRef::of(i.as_ref()));
+            let (api, key) = (api.clone(), ObjectRef::of(*i));
             let ctx = ctx.clone();
             async move { delete(&ctx, &api, &key).await.map(|()| Some(key.name)) }
         })
         .collect();
     let deleted = parallel(deletes.into_iter()).await?;
     record_batch(&ctx, &svc, "ScaledDown", "deleted", deleted).await;
-    let kept: Vec<_> = current
-        .iter()
-        .filter(|i| i.spec.ordinal < replicas)
-        .collect();
-    let have: HashSet<u32> = kept.iter().map(|i| i.spec.ordinal).collect();
-    let missing: Vec<u32> = {
-        let mut expected = ctx.expected.lock().expect("expectations lock");
-        expected.retain(|k, at| at.elapsed() < EXPECTATION_TTL && ctx.instances.get(k).is_none());
-        (0..replicas)
-            .filter(|o| !have.contains(o))
-            .filter(|o| {
-                let name = instance_name(&svc.metadata.name, &hash, *o);
-                !expected.contains_key(&ObjectRef::new(ns.as_deref(), &name))
-            })
-            .collect()
-    };
 
-    // Create: all missing at once, or one at a time (surge of one) during a rollout.
-    let to_create = if old.is_empty() {
-        missing.len()
-    } else if kept.len() + old.len() < replicas as usize + 1 {
-        missing.len().min(1)
-    } else {
-        0
-    };
-    let creates: Vec<_> = missing
+    let creates: Vec<_> = plan
+        .create
         .iter()
-        .take(to_create)
         .map(|ordinal| {
             let (api, instance) = (api.clone(), new_instance(&svc, &hash, *ordinal));
             let ctx = ctx.clone();
@@ -221,18 +269,8 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let created = parallel(creates.into_iter()).await?;
     record_batch(&ctx, &svc, "ScaledUp", "created", created).await;
 
-    // Rollout: an old Instance goes for each new one that runs, and for each new one that
-    // cannot be placed (the old ones may hold what it needs: room, a host port).
-    let ready_new = kept.iter().filter(|i| running(i)).count();
-    let stuck_new = kept.iter().filter(|i| unplaceable(i)).count();
-    let old_to_keep = (replicas as usize).saturating_sub(ready_new + stuck_new);
-    let mut old_sorted: Vec<_> = old.iter().collect();
-    old_sorted.sort_by_key(|i| (running(i), std::cmp::Reverse(i.spec.ordinal)));
-    for i in old_sorted
-        .iter()
-        .take(old.len().saturating_sub(old_to_keep))
-    {
-        delete(&ctx, &api, &ObjectRef::of(i.as_ref())).await?;
+    for i in &plan.replace {
+        delete(&ctx, &api, &ObjectRef::of(*i)).await?;
         let message = format!("replaced instance {} (template changed)", i.metadata.name);
         ctx.recorder
             .record(svc.as_ref(), EventType::Normal, "RollingUpdate", &message)
@@ -325,7 +363,7 @@ async fn update_status(
     };
     set_condition(
         &mut status.conditions,
-        "Available",
+        AVAILABLE,
         available,
         reason,
         &message,
@@ -333,26 +371,25 @@ async fn update_status(
     );
     // Surface why Instances cannot be placed.
     let unplaced = mine.iter().find_map(|i| {
-        let c = i
-            .status
-            .as_ref()?
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Scheduled" && c.status == ConditionStatus::False)?;
-        Some((i.metadata.name.clone(), c.reason.clone(), c.message.clone()))
+        let c = find_with_status(
+            &i.status.as_ref()?.conditions,
+            SCHEDULED,
+            ConditionStatus::False,
+        )?;
+        Some((&i.metadata.name, c))
     });
     match unplaced {
-        Some((name, reason, message)) => set_condition(
+        Some((name, c)) => set_condition(
             &mut status.conditions,
-            "Placed",
+            PLACED,
             ConditionStatus::False,
-            &reason,
-            &format!("instance {name}: {message}"),
+            &c.reason,
+            &format!("instance {name}: {}", c.message),
             now,
         ),
         None => set_condition(
             &mut status.conditions,
-            "Placed",
+            PLACED,
             ConditionStatus::True,
             "AllInstancesPlaced",
             "",
@@ -374,4 +411,103 @@ async fn update_status(
         api.patch_status(&svc.metadata.name, &patch).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How an Instance of the table is doing.
+    #[derive(Clone, Copy)]
+    enum State {
+        Pending,
+        Unplaceable,
+        Running,
+    }
+
+    /// An Instance of template `hash` with `ordinal`, in `state`.
+    fn instance(hash: &str, ordinal: u32, state: State) -> Arc<Instance> {
+        let mut status = crds::InstanceStatus::default();
+        match state {
+            State::Pending => status.phase = Phase::Pending,
+            State::Running => status.phase = Phase::Running,
+            State::Unplaceable => {
+                status.phase = Phase::Pending;
+                set_condition(
+                    &mut status.conditions,
+                    SCHEDULED,
+                    ConditionStatus::False,
+                    scheduler::NO_RESOURCES,
+                    "0/1 clusters fit",
+                    Utc::now(),
+                );
+            }
+        }
+        let spec = InstanceSpec {
+            service: "web".into(),
+            ordinal,
+            ..Default::default()
+        };
+        let mut i = Instance::new(&instance_name("web", hash, ordinal), spec);
+        i.metadata.labels = [(TEMPLATE_LABEL.to_string(), hash.to_string())].into();
+        i.status = Some(status);
+        Arc::new(i)
+    }
+
+    /// A plan by Instance names: (scaled down, created ordinals, replaced).
+    type Names = (Vec<String>, Vec<u32>, Vec<String>);
+
+    /// `plan` as [`Names`].
+    fn names(plan: &Plan) -> Names {
+        let names = |is: &[&Instance]| is.iter().map(|i| i.metadata.name.clone()).collect();
+        (
+            names(&plan.scale_down),
+            plan.create.clone(),
+            names(&plan.replace),
+        )
+    }
+
+    #[test]
+    fn rollout_plans() {
+        use State::*;
+        let new = |o, s| instance("new", o, s);
+        let old = |o, s| instance("old", o, s);
+        let n = |o: u32| instance_name("web", "new", o);
+        let o = |o: u32| instance_name("web", "old", o);
+        #[rustfmt::skip]
+        let cases = [
+            ("scale up from nothing: all at once",
+             vec![], 3, vec![], (vec![], vec![0, 1, 2], vec![])),
+            ("scale up fills the gaps",
+             vec![new(1, Running)], 3, vec![], (vec![], vec![0, 2], vec![])),
+            ("an awaited create is not sent again",
+             vec![new(0, Running)], 3, vec![1], (vec![], vec![2], vec![])),
+            ("settled: nothing to do",
+             vec![new(0, Running), new(1, Pending)], 2, vec![], (vec![], vec![], vec![])),
+            ("scale down: the highest ordinals go",
+             vec![new(0, Running), new(2, Running), new(1, Running)], 1, vec![], (vec![n(2), n(1)], vec![], vec![])),
+            ("scale to zero",
+             vec![new(0, Running)], 0, vec![], (vec![n(0)], vec![], vec![])),
+            ("rollout starts with one surge Instance",
+             vec![old(0, Running), old(1, Running)], 2, vec![], (vec![], vec![0], vec![])),
+            ("rollout waits while the new one is not running",
+             vec![old(0, Running), old(1, Running), new(0, Pending)], 2, vec![], (vec![], vec![], vec![])),
+            ("a running new one replaces an old one, the highest first",
+             vec![old(0, Running), old(1, Running), new(0, Running)], 2, vec![], (vec![], vec![], vec![o(1)])),
+            ("an old one that is not running goes first",
+             vec![old(0, Pending), old(1, Running), new(0, Running)], 2, vec![], (vec![], vec![], vec![o(0)])),
+            ("after a replacement the next surge Instance comes",
+             vec![old(0, Running), new(0, Running)], 2, vec![], (vec![], vec![1], vec![])),
+            ("an unplaceable new one lets an old one go (it may hold the room)",
+             vec![old(0, Running), old(1, Running), new(0, Unplaceable)], 2, vec![], (vec![], vec![], vec![o(1)])),
+            ("the last old one goes once all new ones run",
+             vec![old(1, Running), new(0, Running), new(1, Running)], 2, vec![], (vec![], vec![], vec![o(1)])),
+            ("scaled down during a rollout: excess new ones and old ones beyond the count",
+             vec![old(0, Running), new(0, Running), new(1, Running)], 1, vec![], (vec![n(1)], vec![], vec![o(0)])),
+        ];
+        for (name, mine, replicas, awaited, expected) in cases {
+            let plan = plan(&mine, "new", replicas, |o| awaited.contains(&o));
+            assert_eq!(names(&plan), expected, "{name}");
+        }
+    }
 }

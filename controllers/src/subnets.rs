@@ -41,6 +41,7 @@ pub trait Addressed: Resource + HasConditions {
     /// Event per Instance IP was one more write per Instance at scale, and the
     /// condition says the same.
     const EVENT_ON_ASSIGN: bool = true;
+    /// The address the object holds now, as its status field has it.
     fn address(&self) -> Option<String>;
     /// The scope the object's pool belongs to, as far as the object tells: objects of
     /// one scope share one pool (an Instance: its node; `None` while unbound).
@@ -96,7 +97,12 @@ impl Addressed for Instance {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Pool {
     /// Subnets of `prefix` length inside `cidr`.
-    Blocks { cidr: Cidr, prefix: u8 },
+    Blocks {
+        /// The range the blocks are cut from.
+        cidr: Cidr,
+        /// The prefix length of each block.
+        prefix: u8,
+    },
     /// Single addresses of `cidr`.
     Addresses(Cidr),
 }
@@ -115,7 +121,7 @@ impl Pool {
 
     /// A free subnet (the lowest) or address (the next after `last`, the last one handed
     /// out in this pool, going round).
-    fn free(&self, used: &HashMap<String, String>, last: Option<&String>) -> Option<String> {
+    fn free(&self, used: &HashMap<String, String>, last: Option<&str>) -> Option<String> {
         match self {
             Pool::Blocks { cidr, prefix } => {
                 let used = used.keys().cloned().collect();
@@ -315,6 +321,64 @@ async fn write_address<K: Addressed>(
     }
 }
 
+/// The address an allocation hands out.
+#[derive(Debug, PartialEq)]
+struct Allocation {
+    address: String,
+    /// Drawn from the pool's free addresses (not asked for, not written before): the
+    /// next draw in this pool starts after it.
+    drawn: bool,
+}
+
+/// Why an object gets no address.
+#[derive(Debug, PartialEq)]
+struct Refusal {
+    /// `RequestedIPUnavailable` or `PoolExhausted`.
+    reason: &'static str,
+    message: String,
+}
+
+/// The address an object of `pool` gets: the one it `requested` if that is in the
+/// pool and free; else the one this allocator `written` for it before (its cache does
+/// not show that yet); else a free one, after `last`, the last one drawn in the pool.
+/// `owners` maps the addresses of the pool's other objects (as cached, and as written
+/// by this allocator) to the objects holding them.
+fn allocate(
+    pool: &Pool,
+    requested: Option<Ipv4Addr>,
+    written: Option<&str>,
+    owners: &HashMap<String, String>,
+    last: Option<&str>,
+) -> Result<Allocation, Refusal> {
+    let taken = |address: String, drawn| Ok(Allocation { address, drawn });
+    let refuse = |reason, message| Err(Refusal { reason, message });
+    match requested {
+        Some(ip) if !pool.holds(&ip.to_string()) => refuse(
+            REQUESTED_IP_UNAVAILABLE,
+            format!("{ip} is outside the pool {pool}"),
+        ),
+        Some(ip) => match owners.get(&ip.to_string()) {
+            Some(owner) => refuse(
+                REQUESTED_IP_UNAVAILABLE,
+                format!("{ip} is already the address of {owner}"),
+            ),
+            None => taken(ip.to_string(), false),
+        },
+        None => match written {
+            Some(a) => taken(a.to_string(), false),
+            None => match pool.free(owners, last) {
+                Some(a) => taken(a, true),
+                None => refuse(POOL_EXHAUSTED, format!("no free address left in {pool}")),
+            },
+        },
+    }
+}
+
+/// Reason: the address an object asked for is outside its pool or taken.
+const REQUESTED_IP_UNAVAILABLE: &str = "RequestedIPUnavailable";
+/// Reason: every address of the pool is taken.
+const POOL_EXHAUSTED: &str = "PoolExhausted";
+
 async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, Error> {
     let key = ObjectRef::of(k.as_ref());
     let pool = (ctx.pool_of)(&k);
@@ -333,7 +397,7 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
         ctx.pending.lock().expect("pending lock").remove(&key);
         return Ok(Action::await_change());
     }
-    let outcome: Result<String, (&str, String)> = {
+    let outcome: Result<String, Refusal> = {
         let mut pending = ctx.pending.lock().expect("pending lock");
         // Forget what the cache shows now (or whose object is gone).
         pending.retain(|k, (_, a)| {
@@ -355,34 +419,25 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
                 .filter(|(k, (s, _))| **k != key && *s == scope)
                 .map(|(k, (_, a))| (a.clone(), k.to_string())),
         );
-        let outcome = match k.requested() {
-            Some(ip) if !pool.holds(&ip.to_string()) => Err((
-                "RequestedIPUnavailable",
-                format!("{ip} is outside the pool {pool}"),
-            )),
-            Some(ip) => match owners.get(&ip.to_string()) {
-                Some(owner) => Err((
-                    "RequestedIPUnavailable",
-                    format!("{ip} is already the address of {owner}"),
-                )),
-                None => Ok(ip.to_string()),
-            },
-            None => match pending.get(&key).filter(|(s, _)| *s == scope) {
-                Some((_, a)) => Ok(a.clone()),
-                None => {
-                    let mut last = ctx.last.lock().expect("last lock");
-                    let free = pool.free(&owners, last.get(&scope));
-                    if let Some(a) = &free {
-                        last.insert(scope.clone(), a.clone());
-                    }
-                    free.ok_or(("PoolExhausted", format!("no free address left in {pool}")))
-                }
-            },
-        };
-        if let Ok(a) = &outcome {
-            pending.insert(key.clone(), (scope.clone(), a.clone()));
+        let written = pending
+            .get(&key)
+            .filter(|(s, _)| *s == scope)
+            .map(|(_, a)| a.as_str());
+        let mut last = ctx.last.lock().expect("last lock");
+        let outcome = allocate(
+            &pool,
+            k.requested(),
+            written,
+            &owners,
+            last.get(&scope).map(String::as_str),
+        );
+        if let Ok(Allocation { address, drawn }) = &outcome {
+            if *drawn {
+                last.insert(scope.clone(), address.clone());
+            }
+            pending.insert(key.clone(), (scope.clone(), address.clone()));
         }
-        outcome
+        outcome.map(|a| a.address)
     };
     let api = ctx.client.api::<K>(k.metadata().namespace.as_deref());
     match outcome {
@@ -399,7 +454,7 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
             }
             Ok(Action::await_change())
         }
-        Err((reason, message)) => {
+        Err(Refusal { reason, message }) => {
             let mut conditions = k.conditions().to_vec();
             if set_condition(
                 &mut conditions,
@@ -420,6 +475,116 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
             }
             // A released address frees the pool for it: look again soon.
             Ok(Action::requeue(Duration::from_secs(5)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocations() {
+        let addresses = Pool::Addresses("10.30.0.0/29".parse().unwrap());
+        let blocks = Pool::Blocks {
+            cidr: "10.128.0.0/9".parse().unwrap(),
+            prefix: 16,
+        };
+        let tiny = Pool::Blocks {
+            cidr: "10.0.0.0/31".parse().unwrap(),
+            prefix: 32,
+        };
+        let ip = |s: &str| Some(s.parse::<Ipv4Addr>().unwrap());
+        let owners = |held: &[&str]| -> HashMap<String, String> {
+            held.iter()
+                .map(|a| (a.to_string(), format!("default/{a}")))
+                .collect()
+        };
+        let drawn = |a: &str| {
+            Ok(Allocation {
+                address: a.into(),
+                drawn: true,
+            })
+        };
+        let kept = |a: &str| {
+            Ok(Allocation {
+                address: a.into(),
+                drawn: false,
+            })
+        };
+        let refused = |reason, message: &str| {
+            Err(Refusal {
+                reason,
+                message: message.into(),
+            })
+        };
+        let all = owners(&[
+            "10.30.0.2",
+            "10.30.0.3",
+            "10.30.0.4",
+            "10.30.0.5",
+            "10.30.0.6",
+        ]);
+        #[rustfmt::skip]
+        let cases = [
+            ("the first draw: the lowest host (not the gateway)",
+             &addresses, None, None, owners(&[]), None, drawn("10.30.0.2")),
+            ("round robin: after the last drawn, though it is free again",
+             &addresses, None, None, owners(&[]), Some("10.30.0.2"), drawn("10.30.0.3")),
+            ("taken addresses are skipped",
+             &addresses, None, None, owners(&["10.30.0.3"]), Some("10.30.0.2"), drawn("10.30.0.4")),
+            ("past the top: round from the bottom",
+             &addresses, None, None, owners(&["10.30.0.2"]), Some("10.30.0.6"), drawn("10.30.0.3")),
+            ("after a restart: above the highest in use",
+             &addresses, None, None, owners(&["10.30.0.2", "10.30.0.4"]), None, drawn("10.30.0.5")),
+            ("exhausted",
+             &addresses, None, None, all.clone(), Some("10.30.0.4"),
+             refused(POOL_EXHAUSTED, "no free address left in 10.30.0.0/29")),
+            ("written before, not cached yet: the same again",
+             &addresses, None, Some("10.30.0.5"), all, None, kept("10.30.0.5")),
+            ("a requested address that is free",
+             &addresses, ip("10.30.0.4"), None, owners(&["10.30.0.3"]), None, kept("10.30.0.4")),
+            ("a request wins over what was written",
+             &addresses, ip("10.30.0.4"), Some("10.30.0.5"), owners(&[]), None, kept("10.30.0.4")),
+            ("a requested address that is taken",
+             &addresses, ip("10.30.0.3"), None, owners(&["10.30.0.3"]), None,
+             refused(REQUESTED_IP_UNAVAILABLE, "10.30.0.3 is already the address of default/10.30.0.3")),
+            ("a requested address outside the pool",
+             &addresses, ip("10.31.0.1"), None, owners(&[]), None,
+             refused(REQUESTED_IP_UNAVAILABLE, "10.31.0.1 is outside the pool 10.30.0.0/29")),
+            ("subnets: the lowest free block, whatever was drawn last",
+             &blocks, None, None, owners(&["10.128.0.0/16"]), Some("10.130.0.0/16"), drawn("10.129.0.0/16")),
+            ("subnets exhausted",
+             &tiny, None, None, owners(&["10.0.0.0/32", "10.0.0.1/32"]), None,
+             refused(POOL_EXHAUSTED, "no free address left in /32 blocks of 10.0.0.0/31")),
+        ];
+        for (name, pool, requested, written, owners, last, expected) in cases {
+            assert_eq!(
+                allocate(pool, requested, written, &owners, last),
+                expected,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn pools_hold_their_own_kind_of_address() {
+        let addresses = Pool::Addresses("10.30.0.0/16".parse().unwrap());
+        let blocks = Pool::Blocks {
+            cidr: "10.128.0.0/9".parse().unwrap(),
+            prefix: 16,
+        };
+        let cases = [
+            (&addresses, "10.30.4.2", true),
+            (&addresses, "10.31.0.2", false),
+            (&addresses, "10.30.0.0/24", false),
+            (&blocks, "10.129.0.0/16", true),
+            (&blocks, "10.129.0.0/17", false),
+            (&blocks, "10.0.0.0/16", false),
+            (&blocks, "10.129.0.1", false),
+        ];
+        for (pool, address, holds) in cases {
+            assert_eq!(pool.holds(address), holds, "{pool} holds {address}");
         }
     }
 }

@@ -12,27 +12,95 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crds::conditions::reason;
-use crds::{Capacity, Location, Placement, Protocol, Resources, RuntimeKind};
+use crds::{Capacity, Instance, Location, Phase, Placement, Protocol, Resources, RuntimeKind};
 
-/// What is being chosen.
+/// What is being chosen: the tier a placement decision runs at. Everything that differs
+/// between the tiers — names, the field a binding writes, reasons — is a method here,
+/// so the callers need no tables of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
+    /// Root placement: an Instance gets a cluster (`spec.cluster`).
     Cluster,
+    /// The cluster scheduler: an Instance gets a node of its cluster (`spec.node`).
     Node,
 }
 
 impl Tier {
-    fn noun(self) -> &'static str {
+    /// The target as a lowercase noun, for messages: `cluster` or `node`.
+    pub fn noun(self) -> &'static str {
         match self {
             Tier::Cluster => "cluster",
             Tier::Node => "node",
         }
     }
+
+    /// The API kind of the target, as a binding names it: `Cluster` or `Node`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Tier::Cluster => "Cluster",
+            Tier::Node => "Node",
+        }
+    }
+
+    /// The target `instance` is bound to at this tier (`spec.cluster` or `spec.node`).
+    pub fn target_of(self, instance: &Instance) -> Option<&String> {
+        match self {
+            Tier::Cluster => instance.spec.cluster.as_ref(),
+            Tier::Node => instance.spec.node.as_ref(),
+        }
+    }
+
+    /// The `spec` fields cleared when an Instance is taken off its target at this tier:
+    /// an Instance leaving its cluster leaves that cluster's node too.
+    pub fn bound_fields(self) -> &'static [&'static str] {
+        match self {
+            Tier::Cluster => &["cluster", "node"],
+            Tier::Node => &["node"],
+        }
+    }
+
     /// Reason when no candidate passes the constraints.
     pub fn no_target(self) -> &'static str {
         match self {
             Tier::Cluster => reason::NO_TARGET_CLUSTER,
             Tier::Node => reason::NO_TARGET_NODE,
+        }
+    }
+
+    /// Reason when an Instance is taken off a target that stayed `NotReady` past its
+    /// grace period, or was deleted: `ClusterLost` or `NodeLost`.
+    pub fn lost(self) -> &'static str {
+        match self {
+            Tier::Cluster => "ClusterLost",
+            Tier::Node => "NodeLost",
+        }
+    }
+
+    /// Whether the request of `instance`, bound at this tier, still counts against its
+    /// target as in flight ([`Candidate::in_flight`]): on a cluster until a node takes
+    /// it (the cluster's report cannot know it before), on a node until it ends.
+    pub fn counts_in_flight(self, instance: &Instance) -> bool {
+        match self {
+            Tier::Cluster => instance.spec.node.is_none(),
+            Tier::Node => !matches!(
+                instance.status.as_ref().map(|s| s.phase),
+                Some(Phase::Succeeded | Phase::Failed)
+            ),
+        }
+    }
+
+    /// Whether the candidates of this tier know the host ports taken on them: a node
+    /// does; a cluster does not know its nodes' ports.
+    pub fn knows_host_ports(self) -> bool {
+        self == Tier::Node
+    }
+
+    /// The allowed names and the label selector of `placement` that apply at this tier
+    /// (names can be listed for clusters only).
+    fn constraints(self, placement: &Placement) -> (&[String], &BTreeMap<String, String>) {
+        match self {
+            Tier::Cluster => (&placement.clusters, &placement.cluster_selector),
+            Tier::Node => (&[], &placement.node_selector),
         }
     }
 }
@@ -44,11 +112,17 @@ pub const NO_RESOURCES: &str = reason::NO_RESOURCES_AVAILABLE;
 /// does, so callers keep one per object version and share it between decisions.
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
+    /// The target's object name.
     pub name: String,
+    /// The target's labels, matched against the placement's label selector.
     pub labels: BTreeMap<String, String>,
+    /// Whether its `Ready` condition is `True` and it is not being deleted.
     pub ready: bool,
+    /// Whether it takes new work (a node can be cordoned with `spec.unschedulable`).
     pub schedulable: bool,
+    /// The workload runtimes it can run.
     pub runtimes: Vec<RuntimeKind>,
+    /// Where it is, for geo constraints (`None`: unknown, fails any geo constraint).
     pub location: Option<Location>,
     /// Allocatable as reported.
     pub allocatable: Capacity,
@@ -58,6 +132,7 @@ pub struct Profile {
 /// what the caller knows that the target cannot report yet.
 #[derive(Debug, Clone, Default)]
 pub struct Candidate {
+    /// The target as it reports itself.
     pub profile: Arc<Profile>,
     /// Requests of work placed here but not yet reflected in `allocatable`.
     pub in_flight: Resources,
@@ -80,9 +155,13 @@ impl Candidate {
 /// What one Instance needs.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
+    /// The tier the decision is for.
     pub tier: Tier,
+    /// The runtime the Instance's workload needs.
     pub runtime: RuntimeKind,
+    /// The resources the Instance requests.
     pub resources: &'a Resources,
+    /// The Instance's placement constraints.
     pub placement: &'a Placement,
     /// Candidates that already turned this Instance down.
     pub excluded: &'a [String],
@@ -90,13 +169,16 @@ pub struct Request<'a> {
     pub host_ports: &'a [(u16, Protocol)],
 }
 
+/// The outcome of [`schedule`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Place on this candidate.
     Place(String),
     /// Nothing fits: a reason word and a message naming what failed where.
     Unschedulable {
+        /// [`NO_RESOURCES`] or [`Tier::no_target`].
         reason: &'static str,
+        /// Why each candidate failed (at most ten, sorted).
         message: String,
     },
 }
@@ -131,10 +213,7 @@ fn constraint_failure(c: &Candidate, r: &Request) -> Option<String> {
             format!("{:?}", r.runtime).to_lowercase()
         ));
     }
-    let (allowed, selector) = match r.tier {
-        Tier::Cluster => (&r.placement.clusters, &r.placement.cluster_selector),
-        Tier::Node => (&Vec::new(), &r.placement.node_selector),
-    };
+    let (allowed, selector) = r.tier.constraints(r.placement);
     if !allowed.is_empty() && !allowed.contains(&c.profile.name) {
         return Some(format!("not in the allowed clusters {allowed:?}"));
     }
@@ -144,7 +223,7 @@ fn constraint_failure(c: &Candidate, r: &Request) -> Option<String> {
     {
         return Some(format!("lacks label {k}={v}"));
     }
-    if r.tier == Tier::Node {
+    if r.tier.knows_host_ports() {
         if let Some((port, proto)) = r.host_ports.iter().find(|p| c.host_ports.contains(p)) {
             let proto = format!("{proto:?}").to_lowercase();
             return Some(format!("host port {port}/{proto} is taken"));
@@ -507,6 +586,46 @@ mod tests {
         assert_eq!(
             schedule(&nodes[..1], &at_root),
             Decision::Place("n1".into())
+        );
+    }
+
+    #[test]
+    fn tier_facts() {
+        let mut instance = Instance::new("web-0", crds::InstanceSpec::default());
+        let on = |i: &Instance, tier: Tier| (tier.target_of(i).cloned(), tier.counts_in_flight(i));
+        // Unbound: no target (in flight matters only on one).
+        assert_eq!(on(&instance, Tier::Cluster), (None, true));
+        assert_eq!(on(&instance, Tier::Node), (None, true));
+        // On a cluster, not on a node yet: in flight at the cluster only.
+        instance.spec.cluster = Some("c1".into());
+        assert_eq!(on(&instance, Tier::Cluster), (Some("c1".into()), true));
+        assert_eq!(on(&instance, Tier::Node), (None, true));
+        // On a node: the cluster's report counts it; the node's in flight until it ends.
+        instance.spec.node = Some("n1".into());
+        assert_eq!(on(&instance, Tier::Cluster), (Some("c1".into()), false));
+        assert_eq!(on(&instance, Tier::Node), (Some("n1".into()), true));
+        for (phase, counts) in [
+            (Phase::Running, true),
+            (Phase::Succeeded, false),
+            (Phase::Failed, false),
+        ] {
+            instance.status = Some(crds::InstanceStatus {
+                phase,
+                ..Default::default()
+            });
+            assert_eq!(Tier::Node.counts_in_flight(&instance), counts, "{phase:?}");
+        }
+        // Leaving a cluster leaves its node too.
+        assert_eq!(Tier::Cluster.bound_fields(), ["cluster", "node"]);
+        assert_eq!(Tier::Node.bound_fields(), ["node"]);
+        let names = |t: Tier| (t.noun(), t.kind(), t.no_target(), t.lost());
+        assert_eq!(
+            names(Tier::Cluster),
+            ("cluster", "Cluster", "NoTargetCluster", "ClusterLost")
+        );
+        assert_eq!(
+            names(Tier::Node),
+            ("node", "Node", "NoTargetNode", "NodeLost")
         );
     }
 
