@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use client::runtime::{Action, Controller, ObjectRef, Recorder, Store};
 use client::{Api, Client, ListParams};
-use crds::conditions::SCHEDULED;
+use crds::conditions::{AVAILABLE, PLACED, SCHEDULED};
 use crds::{
     find_with_status, is_false, set_condition, ConditionStatus, EventType, Instance, InstanceSpec,
     ObjectMeta, OwnerReference, Phase, Service, ServiceStatus, API_VERSION,
@@ -32,11 +32,6 @@ use crate::{
 pub const SERVICE_LABEL: &str = "oakestra.io/service";
 /// Label with the hash of the template an Instance runs.
 pub const TEMPLATE_LABEL: &str = "oakestra.io/template-hash";
-
-/// Service condition: at least `spec.replicas` of its Instances run.
-const AVAILABLE: &str = "Available";
-/// Service condition: every Instance is placed (`False` names one that is not, and why).
-const PLACED: &str = "Placed";
 
 struct Ctx {
     client: Client,

@@ -16,6 +16,11 @@ use crate::meta::Time;
 pub const READY: &str = "Ready";
 /// Condition type: an Instance is bound to a cluster and a node (or why it is not).
 pub const SCHEDULED: &str = "Scheduled";
+/// Condition type of a Service: at least `spec.replicas` of its Instances run.
+pub const AVAILABLE: &str = "Available";
+/// Condition type of a Service: every Instance is placed (`False` names one that is not,
+/// and why).
+pub const PLACED: &str = "Placed";
 
 /// Reasons shared between tiers and components.
 pub mod reason {
