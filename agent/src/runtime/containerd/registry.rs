@@ -201,7 +201,7 @@ pub fn select(index: &Index, want: &Platform) -> Option<Descriptor> {
 }
 
 /// A client for one repository of one registry.
-pub struct Registry {
+pub struct OciRegistry {
     http: reqwest::Client,
     reference: Reference,
     base: String,
@@ -218,15 +218,15 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|a| a.is_loopback())
 }
 
-impl Registry {
-    pub fn new(http: reqwest::Client, reference: &Reference, insecure: &[String]) -> Registry {
+impl OciRegistry {
+    pub fn new(http: reqwest::Client, reference: &Reference, insecure: &[String]) -> OciRegistry {
         let host = reference.api_host();
         let scheme = if is_loopback(host) || insecure.iter().any(|h| h == host) {
             "http"
         } else {
             "https"
         };
-        Registry {
+        OciRegistry {
             http,
             base: format!("{scheme}://{host}/v2/{}", reference.repository),
             reference: reference.clone(),
@@ -379,7 +379,7 @@ impl Registry {
                 source,
             })?
             .to_vec();
-        let digest = super::sha256_digest(&bytes);
+        let digest = crate::digest::sha256_digest(&bytes);
         // Some registries omit the media type of manifests they store without one.
         let media_type = if media_type.is_empty() || media_type == "application/json" {
             #[derive(Deserialize)]
