@@ -34,6 +34,7 @@ use crate::node::{register_node, NodeHeartbeat, NodeInfo, NodeReport};
 pub struct HollowConfig {
     /// Node names are `PREFIX-0` … `PREFIX-{nodes-1}`.
     pub prefix: String,
+    /// How many nodes this process simulates.
     pub nodes: usize,
     /// Address every hollow node reports (`spec.address`, the Instances' `hostIP`).
     pub address: String,
@@ -45,12 +46,20 @@ pub struct HollowConfig {
     pub concurrency: usize,
 }
 
+/// Why the hollow nodes could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum HollowError {
+    /// A request to the cluster API failed.
     #[error("API request failed: {0}")]
     Api(#[from] ClientError),
+    /// A node name the prefix makes is not a valid name.
     #[error("node name {name:?}: {message}")]
-    Name { name: String, message: String },
+    Name {
+        /// The name.
+        name: String,
+        /// Why it is not valid.
+        message: String,
+    },
 }
 
 impl client::runtime::ReconcileError for HollowError {

@@ -652,3 +652,521 @@ async fn start(
     }
     Ok(next)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crds::{Condition, ConditionStatus};
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn t0() -> DateTime<Utc> {
+        "2024-05-01T12:00:00Z".parse().unwrap()
+    }
+
+    /// `t0` plus `secs` (fractions allowed).
+    fn at(secs: f64) -> DateTime<Utc> {
+        t0() + chrono::Duration::milliseconds((secs * 1000.0) as i64)
+    }
+
+    fn status(phase: Phase, restarts: u32, reason: &str) -> InstanceStatus {
+        InstanceStatus {
+            phase,
+            restart_count: restarts,
+            reason: reason.into(),
+            runtime_id: (phase == Phase::Running).then(|| "c1".to_string()),
+            ..Default::default()
+        }
+    }
+
+    /// `status`, bound `secs` after `t0` and given `ip`.
+    fn bound(mut status: InstanceStatus, secs: f64, ip: Option<&str>) -> InstanceStatus {
+        status.conditions.push(Condition {
+            type_: crds::conditions::SCHEDULED.into(),
+            status: ConditionStatus::True,
+            reason: "Placed".into(),
+            message: String::new(),
+            last_transition_time: Some(at(secs)),
+        });
+        status.instance_ip = ip.map(|ip| ip.parse().unwrap());
+        status
+    }
+
+    fn running(id: &str) -> State {
+        State::Running {
+            runtime_id: id.into(),
+            started: t0(),
+        }
+    }
+
+    /// Exited at `t0` with `code`, OOM-killed or not.
+    fn exited(code: Option<i32>, oom_killed: bool) -> State {
+        State::Exited {
+            runtime_id: "c1".into(),
+            code,
+            oom_killed,
+            started: t0(),
+            finished: t0(),
+        }
+    }
+
+    fn subnet() -> Option<Cidr> {
+        Some("10.0.0.0/26".parse().unwrap())
+    }
+
+    fn start(restarts: u32) -> Step {
+        Step::Start {
+            restarts,
+            address: None,
+        }
+    }
+
+    fn wait(report: Option<Report>, next: Next) -> Step {
+        Step::Report { report, next }
+    }
+
+    fn finished(phase: Phase, code: Option<i32>, reason: ExitReason) -> Option<Report> {
+        Some(Report::Finished {
+            phase,
+            code,
+            reason,
+        })
+    }
+
+    fn backing_off(code: Option<i32>, reason: ExitReason, remaining: f64) -> Option<Report> {
+        Some(Report::BackingOff {
+            code,
+            reason,
+            remaining: Duration::from_secs_f64(remaining),
+        })
+    }
+
+    use ExitReason::*;
+    use Next::*;
+    use Phase::*;
+    use RestartPolicy::*;
+
+    struct Case {
+        what: &'static str,
+        status: InstanceStatus,
+        state: Option<State>,
+        policy: RestartPolicy,
+        addressing: Addressing,
+        now: DateTime<Utc>,
+        step: Step,
+        new_exit: Option<ExitReason>,
+    }
+
+    fn case(what: &'static str, status: InstanceStatus, state: Option<State>) -> Case {
+        Case {
+            what,
+            status,
+            state,
+            policy: Always,
+            addressing: Addressing::Node,
+            now: t0(),
+            step: start(0),
+            new_exit: None,
+        }
+    }
+
+    impl Case {
+        fn policy(mut self, policy: RestartPolicy) -> Self {
+            self.policy = policy;
+            self
+        }
+        fn own_network(mut self, subnet: Option<Cidr>) -> Self {
+            self.addressing = Addressing::Own { subnet };
+            self
+        }
+        fn now(mut self, secs: f64) -> Self {
+            self.now = at(secs);
+            self
+        }
+        fn then(mut self, step: Step) -> Self {
+            self.step = step;
+            self
+        }
+        fn counts(mut self, exit: ExitReason) -> Self {
+            self.new_exit = Some(exit);
+            self
+        }
+    }
+
+    #[test]
+    fn next_step_follows_the_restart_policy_backoff_and_exit_reasons() {
+        let cases = [
+            // Nothing in the runtime: start, keeping the restart count.
+            case("a new Instance starts", status(Scheduled, 0, ""), None).then(start(0)),
+            case(
+                "a lost workload starts again at the same count",
+                status(Running, 3, ""),
+                None,
+            )
+            .then(start(3)),
+            // Running, as this agent started it or as an earlier agent left it.
+            case(
+                "a running workload already reported is polled",
+                status(Running, 0, ""),
+                Some(running("c1")),
+            )
+            .then(wait(None, Requeue(5 * SECOND))),
+            case(
+                "an adopted workload is reported Running",
+                status(Starting, 2, "Error"),
+                Some(running("c1")),
+            )
+            .then(wait(
+                Some(Report::Running {
+                    runtime_id: "c1".into(),
+                    started: t0(),
+                }),
+                Requeue(5 * SECOND),
+            )),
+            case(
+                "a workload under another runtime id is reported again",
+                status(Running, 0, ""),
+                Some(running("c2")),
+            )
+            .then(wait(
+                Some(Report::Running {
+                    runtime_id: "c2".into(),
+                    started: t0(),
+                }),
+                Requeue(5 * SECOND),
+            )),
+            // Exits under each policy.
+            case(
+                "Always restarts a completed workload after 1 s",
+                status(Running, 0, ""),
+                Some(exited(Some(0), false)),
+            )
+            .then(wait(backing_off(Some(0), Completed, 1.0), Requeue(SECOND)))
+            .counts(Completed),
+            case(
+                "Always restarts once the back-off has passed",
+                status(Starting, 0, "Completed"),
+                Some(exited(Some(0), false)),
+            )
+            .now(1.0)
+            .then(start(1)),
+            case(
+                "OnFailure restarts an error",
+                status(Running, 0, ""),
+                Some(exited(Some(2), false)),
+            )
+            .policy(OnFailure)
+            .now(1.5)
+            .then(start(1))
+            .counts(Error),
+            case(
+                "OnFailure keeps a success",
+                status(Running, 0, ""),
+                Some(exited(Some(0), false)),
+            )
+            .policy(OnFailure)
+            .then(wait(finished(Succeeded, Some(0), Completed), AwaitChange))
+            .counts(Completed),
+            case(
+                "Never keeps an error",
+                status(Running, 0, ""),
+                Some(exited(Some(1), false)),
+            )
+            .policy(Never)
+            .then(wait(finished(Failed, Some(1), Error), AwaitChange))
+            .counts(Error),
+            case(
+                "Never keeps an OOM kill, whatever its code",
+                status(Running, 0, ""),
+                Some(exited(Some(137), true)),
+            )
+            .policy(Never)
+            .then(wait(finished(Failed, Some(137), OomKilled), AwaitChange))
+            .counts(OomKilled),
+            case(
+                "an exit nobody saw is a failure",
+                status(Running, 0, ""),
+                Some(exited(None, false)),
+            )
+            .policy(Never)
+            .then(wait(
+                finished(Failed, None, ExitedWhileAgentDown),
+                AwaitChange,
+            ))
+            .counts(ExitedWhileAgentDown),
+            case(
+                "a reported end is not written or counted again",
+                status(Failed, 0, "Error"),
+                Some(exited(Some(1), false)),
+            )
+            .policy(Never)
+            .then(wait(None, AwaitChange)),
+            case(
+                "an OOM kill with code 0 succeeds but says OOMKilled",
+                status(Running, 0, ""),
+                Some(exited(Some(0), true)),
+            )
+            .policy(Never)
+            .then(wait(finished(Succeeded, Some(0), OomKilled), AwaitChange))
+            .counts(OomKilled),
+            // The back-off doubles from 1 s to at most 30 s.
+            case(
+                "the fourth restart waits 8 s",
+                status(Running, 3, ""),
+                Some(exited(Some(1), false)),
+            )
+            .now(5.0)
+            .then(wait(backing_off(Some(1), Error, 3.0), Requeue(3 * SECOND)))
+            .counts(Error),
+            case(
+                "the back-off stops growing at 30 s",
+                status(Running, 10, ""),
+                Some(exited(Some(1), false)),
+            )
+            .now(29.5)
+            .then(wait(
+                backing_off(Some(1), Error, 0.5),
+                Requeue(Duration::from_millis(500)),
+            ))
+            .counts(Error),
+            case(
+                "a reported back-off is not written again",
+                status(Starting, 3, "Error"),
+                Some(exited(Some(1), false)),
+            )
+            .now(2.0)
+            .then(wait(None, Requeue(6 * SECOND))),
+            case(
+                "a back-off for another reason is written",
+                status(Starting, 3, "Completed"),
+                Some(exited(Some(1), false)),
+            )
+            .now(2.0)
+            .then(wait(backing_off(Some(1), Error, 6.0), Requeue(6 * SECOND))),
+            case(
+                "after 30 s the restart happens",
+                status(Starting, 10, "Error"),
+                Some(exited(Some(1), false)),
+            )
+            .now(30.0)
+            .then(start(11)),
+            // A networked Instance waits for its address.
+            case(
+                "just bound: wait quietly for the address",
+                bound(status(Scheduled, 0, ""), 0.0, None),
+                None,
+            )
+            .own_network(None)
+            .now(0.25)
+            .then(wait(None, Requeue(Duration::from_millis(750)))),
+            case(
+                "bound a while: say it waits",
+                bound(status(Scheduled, 0, ""), 0.0, Some("10.0.0.5")),
+                None,
+            )
+            .own_network(None)
+            .now(3.0)
+            .then(wait(Some(Report::WaitingForAddress), Requeue(SECOND))),
+            case(
+                "said so already: wait quietly",
+                bound(status(Starting, 0, WAITING_FOR_ADDRESS), 0.0, None),
+                None,
+            )
+            .own_network(subnet())
+            .now(3.0)
+            .then(wait(None, Requeue(SECOND))),
+            case(
+                "an IP outside the node subnet is no address",
+                bound(status(Scheduled, 0, ""), 0.0, Some("10.0.1.5")),
+                None,
+            )
+            .own_network(subnet())
+            .now(3.0)
+            .then(wait(Some(Report::WaitingForAddress), Requeue(SECOND))),
+            case(
+                "with subnet and IP it starts at that address",
+                bound(status(Scheduled, 0, ""), 0.0, Some("10.0.0.5")),
+                None,
+            )
+            .own_network(subnet())
+            .then(Step::Start {
+                restarts: 0,
+                address: Some(InstanceAddress {
+                    ip: "10.0.0.5".parse().unwrap(),
+                    prefix: 26,
+                    gateway: "10.0.0.1".parse().unwrap(),
+                }),
+            }),
+            case(
+                "a restart waits for the address too",
+                bound(status(Running, 0, ""), -10.0, None),
+                Some(exited(Some(1), false)),
+            )
+            .own_network(None)
+            .now(2.0)
+            .then(wait(Some(Report::WaitingForAddress), Requeue(SECOND)))
+            .counts(Error),
+            case(
+                "without a network of its own nothing waits",
+                bound(status(Scheduled, 0, ""), 0.0, None),
+                None,
+            )
+            .then(start(0)),
+        ];
+        for c in cases {
+            let plan = next_step(&Observed {
+                status: &c.status,
+                state: c.state.as_ref(),
+                policy: c.policy,
+                addressing: c.addressing,
+                now: c.now,
+            });
+            assert_eq!(plan.step, c.step, "{}", c.what);
+            assert_eq!(plan.new_exit, c.new_exit, "{}: exit counted", c.what);
+        }
+    }
+
+    #[test]
+    fn restarts_back_off_from_1s_doubling_to_30s() {
+        let table = [
+            (0, 1),
+            (1, 2),
+            (2, 4),
+            (3, 8),
+            (4, 16),
+            (5, 30),
+            (6, 30),
+            (40, 30),
+        ];
+        for (restarts, secs) in table {
+            assert_eq!(
+                restart_backoff(restarts),
+                Duration::from_secs(secs),
+                "after {restarts} restarts"
+            );
+        }
+    }
+
+    #[test]
+    fn a_start_reports_running_or_its_failure_with_the_errors_reason() {
+        let pull = StartError::Runtime(RuntimeError::ImagePull {
+            instance: "default/a".into(),
+            source: "manifest unknown".into(),
+        });
+        let network = StartError::Network {
+            instance: "default/a".into(),
+            source: NetworkError::Setup {
+                step: "ip netns add".into(),
+                message: "busy".into(),
+            },
+        };
+        let io = StartError::Runtime(RuntimeError::Io {
+            instance: "default/a".into(),
+            step: "writing the state",
+            source: std::io::Error::other("disk full"),
+        });
+        let start = StartError::Runtime(RuntimeError::Start {
+            instance: "default/a".into(),
+            message: "no image".into(),
+        });
+        let failed = |e: &StartError, restarts| {
+            (
+                Some(Report::StartFailed {
+                    reason: e.reason(),
+                    message: e.to_string(),
+                    restarts,
+                }),
+                Requeue(restart_backoff(restarts)),
+            )
+        };
+        assert_eq!(
+            after_start(Ok(&running("c1")), 2),
+            (
+                Some(Report::Started {
+                    runtime_id: "c1".into(),
+                    started: t0(),
+                    restarts: 2
+                }),
+                Requeue(5 * SECOND)
+            )
+        );
+        assert_eq!(
+            after_start(Ok(&exited(Some(0), false)), 0),
+            (None, Requeue(SECOND))
+        );
+        assert_eq!(after_start(Err(&pull), 3), failed(&pull, 3));
+        let reasons = [
+            (
+                &pull,
+                "ImagePullFailed",
+                "default/a: pulling the image: manifest unknown",
+            ),
+            (
+                &network,
+                "NetworkFailed",
+                "default/a: network: ip netns add: busy",
+            ),
+            (
+                &io,
+                "RuntimeError",
+                "default/a: writing the state: disk full",
+            ),
+            (&start, "StartFailed", "default/a: cannot start: no image"),
+        ];
+        for (e, reason, message) in reasons {
+            assert_eq!(e.reason(), reason, "{e}");
+            assert_eq!(e.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn reports_patch_the_status_as_before() {
+        let host = "192.0.2.1";
+        let table = [
+            (
+                Report::BackingOff {
+                    code: Some(1),
+                    reason: Error,
+                    remaining: Duration::from_millis(2500),
+                },
+                json!({"phase": "Starting", "exitCode": 1, "reason": "Error", "message": "exited (Error, code Some(1)); restarting in 2s"}),
+            ),
+            (
+                Report::BackingOff {
+                    code: None,
+                    reason: ExitedWhileAgentDown,
+                    remaining: Duration::from_millis(300),
+                },
+                json!({"phase": "Starting", "exitCode": null, "reason": "ExitedWhileAgentDown", "message": "exited (ExitedWhileAgentDown, code None); restarting in 1s"}),
+            ),
+            (
+                Report::Finished {
+                    phase: Failed,
+                    code: None,
+                    reason: ExitedWhileAgentDown,
+                },
+                json!({"phase": "Failed", "exitCode": null, "reason": "ExitedWhileAgentDown", "message": "exited with code unknown"}),
+            ),
+            (
+                Report::Started {
+                    runtime_id: "c1".into(),
+                    started: t0(),
+                    restarts: 1,
+                },
+                json!({"phase": "Running", "runtimeId": "c1", "startTime": "2024-05-01T12:00:00Z", "hostIP": host,
+                    "restartCount": 1, "reason": null, "message": null, "exitCode": null}),
+            ),
+            (
+                Report::StartFailed {
+                    reason: "StartFailed",
+                    message: "m".into(),
+                    restarts: 0,
+                },
+                json!({"phase": "Failed", "reason": "StartFailed", "message": "m", "restartCount": 0}),
+            ),
+        ];
+        for (report, patch) in table {
+            assert_eq!(report.patch(host), patch, "{report:?}");
+        }
+    }
+}

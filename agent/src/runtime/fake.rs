@@ -182,3 +182,47 @@ impl Runtime for FakeRuntime {
         PathBuf::from(format!("/nonexistent/fake/{}", id.token()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn scripted_exits_are_reported_and_calls_recorded() {
+        let (fake, mut exits) = FakeRuntime::new();
+        let id = InstanceId {
+            namespace: "default".into(),
+            name: "a".into(),
+        };
+        let workload = Workload::default();
+        fake.fail_next_start(RuntimeError::Start {
+            instance: id.to_string(),
+            message: "scripted".into(),
+        });
+        assert!(fake.start(&id, &workload, &[]).await.is_err());
+        let started = fake.start(&id, &workload, &[]).await.unwrap();
+        assert!(matches!(started, State::Running { .. }));
+        assert_eq!(fake.list().await.unwrap(), vec![id.clone()]);
+        let at = Utc::now();
+        fake.exit(&id, Some(3), false, at);
+        assert_eq!(exits.recv().await, Some(id.clone()));
+        assert!(matches!(
+            fake.state(&id).await.unwrap(),
+            Some(State::Exited { code: Some(3), finished, .. }) if finished == at
+        ));
+        fake.remove(&id).await.unwrap();
+        assert_eq!(fake.state(&id).await.unwrap(), None);
+        assert_eq!(fake.starts(), 1);
+        assert_eq!(
+            fake.calls(),
+            vec![
+                Call::Start(id.clone(), vec![]),
+                Call::Start(id.clone(), vec![]),
+                Call::Remove(id.clone())
+            ]
+        );
+        assert_eq!(fake.netns(&id, &workload), None);
+        let (own, _exits) = FakeRuntime::new();
+        assert!(own.with_own_network().netns(&id, &workload).is_some());
+    }
+}

@@ -25,6 +25,7 @@ use crate::digest::sha256_digest;
 pub struct Unpacked {
     /// The name in containerd's image store.
     pub name: String,
+    /// What the image says a container runs (entrypoint, cmd, env, working directory).
     pub config: ImageConfig,
     /// The snapshot of the top layer (its chain id).
     pub chain_id: String,
