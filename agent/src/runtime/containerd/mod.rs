@@ -77,7 +77,7 @@ pub struct ContainerdRuntime {
     pulls: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// How long each step of a start took, for the debug log (`image=2ms network=35ms …`).
+/// How long each step of a start took, for the debug log (`image=2ms rootfs=35ms …`).
 struct Laps {
     last: std::time::Instant,
     laps: Vec<(&'static str, Duration)>,
