@@ -19,6 +19,7 @@ enum Layout {
     Unavailable,
 }
 
+/// The cgroups of one node's Instances (see the module docs).
 #[derive(Debug, Clone)]
 pub struct Cgroups {
     layout: Layout,
@@ -66,6 +67,7 @@ impl Cgroups {
         Cgroups { layout }
     }
 
+    /// Whether limits are enforced (a writable cgroup file system was found).
     pub fn enforced(&self) -> bool {
         !matches!(self.layout, Layout::Unavailable)
     }

@@ -3,8 +3,8 @@
 //!
 //! One process stands in for many nodes of one cluster. It registers N `Node` objects
 //! (`PREFIX-0` … `PREFIX-{N-1}`) with a given capacity and the `container` and `process`
-//! runtimes, through the same [`register_node`](crate::register_node) and
-//! [`NodeHeartbeat`](crate::NodeHeartbeat) the real agent uses, so the cluster sees
+//! runtimes, through the same [`register_node`](crate::node::register_node) and
+//! [`NodeHeartbeat`](crate::node::NodeHeartbeat) the real agent uses, so the cluster sees
 //! exactly the writes a real node makes (a Lease renewal per beat, a status write when
 //! due). Heartbeats are spread evenly over the interval
 //! (one node every `interval / N`), not sent all at once.
@@ -27,13 +27,14 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::{register_node, NodeHeartbeat, NodeInfo, NodeReport};
+use crate::node::{register_node, NodeHeartbeat, NodeInfo, NodeReport};
 
 /// Settings of one hollow-node process.
 #[derive(Debug, Clone)]
 pub struct HollowConfig {
     /// Node names are `PREFIX-0` … `PREFIX-{nodes-1}`.
     pub prefix: String,
+    /// How many nodes this process simulates.
     pub nodes: usize,
     /// Address every hollow node reports (`spec.address`, the Instances' `hostIP`).
     pub address: String,
@@ -45,12 +46,20 @@ pub struct HollowConfig {
     pub concurrency: usize,
 }
 
+/// Why the hollow nodes could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum HollowError {
+    /// A request to the cluster API failed.
     #[error("API request failed: {0}")]
     Api(#[from] ClientError),
+    /// A node name the prefix makes is not a valid name.
     #[error("node name {name:?}: {message}")]
-    Name { name: String, message: String },
+    Name {
+        /// The name.
+        name: String,
+        /// Why it is not valid.
+        message: String,
+    },
 }
 
 impl client::runtime::ReconcileError for HollowError {

@@ -6,11 +6,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+/// The `reason` label of the exit counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
+    /// Why the workload exited (`Completed`, `Error`, `OOMKilled`, …).
     pub reason: String,
 }
 
+/// The agent's metrics, registered under the `oakestra_agent` prefix.
 pub struct Metrics {
     registry: Registry,
     /// Workloads started (first starts and restarts).
@@ -55,6 +58,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

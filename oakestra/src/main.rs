@@ -153,7 +153,7 @@ struct RuntimeFlags {
     #[arg(long, default_value = "bridge")]
     network: String,
     /// Where the CNI plugins are.
-    #[arg(long, default_value = agent::containerd::network::DEFAULT_CNI_PATH)]
+    #[arg(long, default_value = agent::network::DEFAULT_CNI_PATH)]
     cni_path: PathBuf,
 }
 
@@ -614,50 +614,21 @@ async fn run_worker(
     flags: RuntimeFlags,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (exits_tx, exits) = tokio::sync::mpsc::unbounded_channel();
-    let cgroups = agent::cgroup::Cgroups::detect(&flags.cgroup_root, &config.node);
-    let runtime: Arc<dyn agent::runtime::Runtime> = match flags.resolve() {
-        "process" => Arc::new(
-            agent::process::ProcessRuntime::new(&config.data_dir, cgroups, exits_tx)
-                .with_context(|| format!("preparing {}", config.data_dir.display()))?,
-        ),
-        "containerd" => {
-            let settings = agent::containerd::ContainerdConfig {
-                socket: flags.containerd_socket.clone(),
-                node: config.node.clone(),
-                data_dir: config.data_dir.clone(),
-                                insecure_registries: flags.insecure_registry.clone(),
-                network: match flags.network.as_str() {
-                    "host" => None,
-                    "bridge" => Some(
-                        agent::containerd::network::Bridge::for_node(&config.node, &flags.cni_path)
-                            .with_context(|| format!("--network bridge needs the CNI bridge and static plugins in {} (Debian: containernetworking-plugins), or use --network host", flags.cni_path.display()))?,
-                    ),
-                    other => anyhow::bail!("--network {other:?}: expected bridge or host"),
-                },
-                publish_address: config
-                    .address
-                    .parse()
-                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-            };
-            let containers = agent::containerd::ContainerdRuntime::new(
-                settings,
-                cgroups.clone(),
-                exits_tx.clone(),
-            )
-            .await
-            .context("--runtime containerd (is containerd running? see --containerd-socket)")?;
-            // A containerd node runs native executables too.
-            let processes =
-                agent::process::ProcessRuntime::new(&config.data_dir, cgroups, exits_tx)
-                    .with_context(|| format!("preparing {}", config.data_dir.display()))?;
-            Arc::new(agent::runtime::Combined {
-                containers: Arc::new(containers),
-                processes: Arc::new(processes),
-            })
-        }
-        other => anyhow::bail!("--runtime {other:?}: expected auto, process or containerd"),
+    let settings = agent::runtime::RuntimeSettings {
+        choice: flags
+            .runtime
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--runtime {e}"))?,
+        containerd_socket: flags.containerd_socket.clone(),
+        insecure_registries: flags.insecure_registry.clone(),
+        cgroup_root: flags.cgroup_root.clone(),
+        network: flags
+            .network
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--network {e}"))?,
+        cni_path: flags.cni_path.clone(),
     };
-    agent::run(cluster, config, runtime, exits, shutdown).await?;
+    let assembly = agent::runtime::build(&config, &settings).await?;
+    agent::run(cluster, config, assembly, shutdown).await?;
     Ok(())
 }

@@ -5,30 +5,50 @@
 
 use serde::Deserialize;
 
+/// Media type of an OCI image index (one manifest per platform).
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Media type of a Docker manifest list (the Docker form of an index).
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Media type of an OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media type of a Docker image manifest (schema 2).
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 /// Why a pull failed; the message is what `oakctl describe` shows.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The reference (given, and why it is not one) does not parse.
     #[error("invalid image reference {0:?}: {1}")]
     Reference(String, &'static str),
+    /// The request did not get an answer.
     #[error("{url}: {source}")]
-    Http { url: String, source: reqwest::Error },
+    Http {
+        /// What was asked for.
+        url: String,
+        /// Why there was no answer.
+        source: reqwest::Error,
+    },
+    /// The registry answered with an error.
     #[error("{url}: registry answered {status}: {message}")]
     Status {
+        /// What was asked for.
         url: String,
+        /// The HTTP status.
         status: reqwest::StatusCode,
+        /// The registry's own words.
         message: String,
     },
+    /// The image (its name, and the platform wanted) has no manifest for this platform.
     #[error("{0}: no manifest for {1}")]
     Platform(String, String),
+    /// A manifest, index or token answer is not what it should be.
     #[error("{url}: malformed {what}: {source}")]
     Malformed {
+        /// Where it came from.
         url: String,
+        /// What it was meant to be.
         what: &'static str,
+        /// Why it does not parse.
         source: serde_json::Error,
     },
 }
@@ -38,12 +58,16 @@ pub enum RegistryError {
 pub struct Reference {
     /// Registry host as written (`docker.io` for the default).
     pub host: String,
+    /// The repository (`library/busybox`).
     pub repository: String,
+    /// The tag (`latest` when neither tag nor digest is given).
     pub tag: Option<String>,
+    /// The pinned digest (`sha256:…`), if any.
     pub digest: Option<String>,
 }
 
 impl Reference {
+    /// Parse `s` as Docker does (`busybox` is `docker.io/library/busybox:latest`).
     pub fn parse(s: &str) -> Result<Reference, RegistryError> {
         let bad = |why| RegistryError::Reference(s.to_string(), why);
         if s.is_empty() || s.contains(char::is_whitespace) {
@@ -127,53 +151,74 @@ impl Reference {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
+    /// What the blob is.
     pub media_type: String,
+    /// Its digest (`sha256:…`).
     pub digest: String,
+    /// Its size in bytes.
     pub size: i64,
+    /// The platform of a manifest in an index.
     #[serde(default)]
     pub platform: Option<Platform>,
 }
 
+/// An OS and CPU architecture in OCI terms (`linux`, `amd64`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Platform {
+    /// The CPU architecture (`amd64`, `arm64`).
     pub architecture: String,
+    /// The operating system (`linux`).
     pub os: String,
 }
 
+/// An image index (or manifest list): one manifest per platform.
 #[derive(Debug, Deserialize)]
 pub struct Index {
+    /// The manifests.
     pub manifests: Vec<Descriptor>,
 }
 
+/// An image manifest: the config blob and the layers, bottom first.
 #[derive(Debug, Deserialize)]
 pub struct Manifest {
+    /// The image configuration blob.
     pub config: Descriptor,
+    /// The layers, bottom first.
     pub layers: Vec<Descriptor>,
 }
 
 /// The parts of an image configuration a container is started from.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ImageConfig {
+    /// What a container of it runs.
     #[serde(default)]
     pub config: RunConfig,
+    /// Its layers, by the digests of their uncompressed contents.
     pub rootfs: RootFs,
 }
 
+/// The run part of an image configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RunConfig {
+    /// `KEY=VALUE` pairs.
     #[serde(default)]
     pub env: Option<Vec<String>>,
+    /// What runs, before `cmd`.
     #[serde(default)]
     pub entrypoint: Option<Vec<String>>,
+    /// The default arguments (or command, without an entrypoint).
     #[serde(default)]
     pub cmd: Option<Vec<String>>,
+    /// Where it runs.
     #[serde(default)]
     pub working_dir: Option<String>,
 }
 
+/// The layers of an image configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RootFs {
+    /// The digests of the uncompressed layers, bottom first.
     pub diff_ids: Vec<String>,
 }
 
@@ -201,7 +246,7 @@ pub fn select(index: &Index, want: &Platform) -> Option<Descriptor> {
 }
 
 /// A client for one repository of one registry.
-pub struct Registry {
+pub struct OciRegistry {
     http: reqwest::Client,
     reference: Reference,
     base: String,
@@ -218,15 +263,17 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|a| a.is_loopback())
 }
 
-impl Registry {
-    pub fn new(http: reqwest::Client, reference: &Reference, insecure: &[String]) -> Registry {
+impl OciRegistry {
+    /// A client of `reference`'s repository through `http`; plain HTTP for loopback
+    /// hosts and those in `insecure`.
+    pub fn new(http: reqwest::Client, reference: &Reference, insecure: &[String]) -> OciRegistry {
         let host = reference.api_host();
         let scheme = if is_loopback(host) || insecure.iter().any(|h| h == host) {
             "http"
         } else {
             "https"
         };
-        Registry {
+        OciRegistry {
             http,
             base: format!("{scheme}://{host}/v2/{}", reference.repository),
             reference: reference.clone(),
@@ -379,7 +426,7 @@ impl Registry {
                 source,
             })?
             .to_vec();
-        let digest = super::sha256_digest(&bytes);
+        let digest = crate::digest::sha256_digest(&bytes);
         // Some registries omit the media type of manifests they store without one.
         let media_type = if media_type.is_empty() || media_type == "application/json" {
             #[derive(Deserialize)]
@@ -416,6 +463,7 @@ impl Registry {
         self.get(&self.url("blobs", digest), "*/*").await
     }
 
+    /// The URL of blob `digest` (for messages).
     pub fn blob_url(&self, digest: &str) -> String {
         self.url("blobs", digest)
     }
@@ -423,10 +471,13 @@ impl Registry {
 
 /// A reference resolved to this platform's manifest.
 pub struct Resolved {
+    /// This platform's manifest: descriptor and bytes.
     pub manifest: (Descriptor, Vec<u8>),
+    /// The index it was chosen from, if any: descriptor and bytes.
     pub index: Option<(Descriptor, Vec<u8>)>,
 }
 
+/// Parse `bytes` from `url` as JSON `what` (named in the error).
 pub fn parse<'a, T: Deserialize<'a>>(
     url: &str,
     what: &'static str,

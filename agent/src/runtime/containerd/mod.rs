@@ -3,206 +3,58 @@
 //! Each node uses its own containerd namespace (`oakestra-<node>`), so several workers can
 //! share one containerd. A container is named after its Instance (`<ns>_<name>`), which
 //! is how the agent finds its containers again after a restart. Images are pulled on the
-//! client side ([`image`]); the container's rootfs is an overlayfs snapshot of the image;
-//! stdout and stderr go to a log file the shim appends to (so logs outlive the agent);
-//! exits arrive as `/tasks/exit` events; limits are cgroup resources in the OCI spec and
-//! an OOM kill is read from the container's memory cgroup before the task is deleted.
+//! client side ([`image`], from registries through [`registry`]); the container's rootfs
+//! is an overlayfs snapshot of the image; stdout and stderr go to a log file the shim
+//! appends to (so logs outlive the agent); exits arrive as `/tasks/exit` events; limits
+//! are cgroup resources in the OCI spec ([`spec`]) and an OOM kill is read from the
+//! container's memory cgroup before the task is deleted. With a network of its own, a
+//! container joins the namespace [`Runtime::netns`] names, which the agent's
+//! [`network`](crate::network) module has made and attached.
+//!
+//! Modules: [`client`] wraps containerd's gRPC services, [`image`] pulls and unpacks
+//! images into containerd, [`registry`] speaks the OCI distribution protocol, [`spec`]
+//! builds the OCI runtime spec.
 
+pub mod client;
 pub mod image;
-pub mod network;
 pub mod registry;
 pub mod spec;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use containerd_client::services::v1::container::Runtime as ContainerRuntime;
-use containerd_client::services::v1::containers_client::ContainersClient;
-use containerd_client::services::v1::content_client::ContentClient;
-use containerd_client::services::v1::diff_client::DiffClient;
-use containerd_client::services::v1::events_client::EventsClient;
-use containerd_client::services::v1::images_client::ImagesClient;
-use containerd_client::services::v1::leases_client::LeasesClient;
-use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
-use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
-    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest,
-    GetContainerRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest,
-    SubscribeRequest,
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, GetContainerRequest, GetRequest, KillRequest, ListContainersRequest,
+    StartRequest, SubscribeRequest,
 };
 use containerd_client::types::v1::Status as TaskStatus;
 use crds::Workload;
 use prost::Message;
-use sha2::Digest;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 
+pub use client::{Containerd, CtrError, SNAPSHOTTER};
+
+use super::{InstanceId, Runtime, RuntimeError, State};
 use crate::cgroup::Cgroups;
-use crate::runtime::{InstanceAddress, InstanceId, Runtime, RuntimeError, State};
 
-/// containerd's overlay snapshotter (the default on Linux).
-pub const SNAPSHOTTER: &str = "overlayfs";
 /// The runc shim.
 const RUNTIME: &str = "io.containerd.runc.v2";
 const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// Label carrying the Instance a container belongs to.
 const INSTANCE_LABEL: &str = "oakestra.io/instance";
-/// Label carrying the container's address (`ip/prefix gateway`), to detach it later.
-const ADDRESS_LABEL: &str = "oakestra.io/address";
-/// How long a start waits for another container of the node to release its address
-/// (longer than a stop: TERM, then KILL after 5 s).
-const ADDRESS_WAIT: Duration = Duration::from_secs(15);
-/// Label carrying the published ports (JSON), to publish them again after a restart.
-const PORTS_LABEL: &str = "oakestra.io/ports";
-
-fn address_label(a: &InstanceAddress) -> String {
-    format!("{}/{} {}", a.ip, a.prefix, a.gateway)
-}
-
-fn parse_address_label(s: &str) -> Option<InstanceAddress> {
-    let (cidr, gateway) = s.split_once(' ')?;
-    let (ip, prefix) = cidr.split_once('/')?;
-    Some(InstanceAddress {
-        ip: ip.parse().ok()?,
-        prefix: prefix.parse().ok()?,
-        gateway: gateway.parse().ok()?,
-    })
-}
-
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    let hash = sha2::Sha256::digest(bytes);
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
-/// What went wrong talking to containerd or a registry.
-#[derive(Debug, thiserror::Error)]
-pub enum CtrError {
-    #[error("containerd {call}: {message} ({code:?})")]
-    Call {
-        call: &'static str,
-        code: Code,
-        message: String,
-    },
-    #[error(transparent)]
-    Pull(#[from] registry::RegistryError),
-    #[error("image: {0}")]
-    Image(String),
-    #[error("connecting to containerd at {path}: {message}")]
-    Connect { path: String, message: String },
-}
-
-impl CtrError {
-    fn call(call: &'static str, status: Status) -> CtrError {
-        CtrError::Call {
-            call,
-            code: status.code(),
-            message: status.message().to_string(),
-        }
-    }
-}
-
-/// A connection to containerd, scoped to one namespace.
-#[derive(Clone)]
-pub struct Containerd {
-    channel: Channel,
-    namespace: String,
-}
-
-impl Containerd {
-    pub async fn connect(socket: &Path, namespace: &str) -> Result<Containerd, CtrError> {
-        let channel = containerd_client::connect(socket)
-            .await
-            .map_err(|e| CtrError::Connect {
-                path: socket.display().to_string(),
-                message: format!(
-                    "{e}: {}",
-                    std::error::Error::source(&e)
-                        .map(|s| s.to_string())
-                        .unwrap_or_default()
-                ),
-            })?;
-        Ok(Containerd {
-            channel,
-            namespace: namespace.to_string(),
-        })
-    }
-
-    /// A request in this namespace.
-    fn req<T>(&self, message: T) -> Request<T> {
-        let mut req = Request::new(message);
-        req.metadata_mut().insert(
-            "containerd-namespace",
-            self.namespace.parse().expect("namespace names are ASCII"),
-        );
-        req
-    }
-
-    /// A request in this namespace that holds `lease` (what it writes is not collected).
-    fn leased<T>(&self, message: T, lease: &str) -> Request<T> {
-        let mut req = self.req(message);
-        req.metadata_mut().insert(
-            "containerd-lease",
-            lease.parse().expect("lease ids are ASCII"),
-        );
-        req
-    }
-
-    async fn lease(&self) -> Result<String, CtrError> {
-        let id = format!("oakestra-pull-{}", uuid::Uuid::new_v4().simple());
-        let mut labels = HashMap::new();
-        let expire = Utc::now() + chrono::Duration::hours(1);
-        labels.insert("containerd.io/gc.expire".to_string(), expire.to_rfc3339());
-        LeasesClient::new(self.channel.clone())
-            .create(self.req(CreateLeaseRequest {
-                id: id.clone(),
-                labels,
-            }))
-            .await
-            .map_err(|s| CtrError::call("leases.create", s))?;
-        Ok(id)
-    }
-
-    async fn drop_lease(&self, id: &str) {
-        let _ = LeasesClient::new(self.channel.clone())
-            .delete(self.req(DeleteLeaseRequest {
-                id: id.to_string(),
-                sync: false,
-            }))
-            .await;
-    }
-
-    fn images(&self) -> ImagesClient<Channel> {
-        ImagesClient::new(self.channel.clone())
-    }
-    fn content(&self) -> ContentClient<Channel> {
-        ContentClient::new(self.channel.clone())
-    }
-    fn snapshots(&self) -> SnapshotsClient<Channel> {
-        SnapshotsClient::new(self.channel.clone())
-    }
-    fn diff(&self) -> DiffClient<Channel> {
-        DiffClient::new(self.channel.clone())
-    }
-    fn containers(&self) -> ContainersClient<Channel> {
-        ContainersClient::new(self.channel.clone())
-    }
-    fn tasks(&self) -> TasksClient<Channel> {
-        TasksClient::new(self.channel.clone())
-    }
-}
 
 /// Settings of the containerd runtime.
 #[derive(Debug, Clone)]
 pub struct ContainerdConfig {
+    /// containerd's gRPC socket.
     pub socket: PathBuf,
     /// Node name: the containerd namespace is `oakestra-<node>`, cgroups `/oakestra/<node>/…`.
     pub node: String,
@@ -210,24 +62,22 @@ pub struct ContainerdConfig {
     pub data_dir: PathBuf,
     /// Registries (`host[:port]`) spoken to over plain HTTP (loopback always is).
     pub insecure_registries: Vec<String>,
-    /// Each container in its own network namespace on this bridge; `None`: the node's
-    /// network (ports are then the container's own).
-    pub network: Option<network::Bridge>,
-    /// Where published ports listen.
-    pub publish_address: std::net::Ipv4Addr,
+    /// Each container in a network namespace of its own (see [`Runtime::netns`]);
+    /// `false`: in the node's network (its ports are then the node's).
+    pub own_network: bool,
 }
 
+/// Runs container workloads through containerd (see the module docs).
 pub struct ContainerdRuntime {
     ctr: Containerd,
     config: ContainerdConfig,
     http: reqwest::Client,
     cgroups: Cgroups,
-    publisher: network::Publisher,
     /// One pull at a time per image reference.
     pulls: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// How long each step of a start took, for the debug log (`image=2ms network=35ms …`).
+/// How long each step of a start took, for the debug log (`image=2ms rootfs=35ms …`).
 struct Laps {
     last: std::time::Instant,
     laps: Vec<(&'static str, Duration)>,
@@ -264,7 +114,7 @@ fn failed(id: &InstanceId, step: &'static str) -> impl FnOnce(CtrError) -> Runti
     move |e| match e {
         CtrError::Pull(p) => RuntimeError::ImagePull {
             instance,
-            message: p.to_string(),
+            source: Box::new(p),
         },
         other => RuntimeError::Start {
             instance,
@@ -330,7 +180,6 @@ impl ContainerdRuntime {
                 .expect("a default HTTP client builds"),
             config,
             cgroups,
-            publisher: Default::default(),
             pulls: Default::default(),
         })
     }
@@ -367,54 +216,11 @@ impl ContainerdRuntime {
         Ok(listed.into_inner().containers)
     }
 
-    /// Wait until no other container of this node holds `address` (one that is being
-    /// removed, e.g. the Instance this one replaces, still stopping): two containers
-    /// with one IP on the bridge would split its traffic. Gives up after
-    /// [`ADDRESS_WAIT`].
-    async fn wait_for_address(
-        &self,
-        id: &InstanceId,
-        address: &InstanceAddress,
-    ) -> Result<(), RuntimeError> {
-        let token = id.token();
-        let deadline = tokio::time::Instant::now() + ADDRESS_WAIT;
-        loop {
-            let containers = self
-                .containers()
-                .await
-                .map_err(grpc_failed(id, "listing containers"))?;
-            let holder = containers.iter().find(|c| {
-                c.id != token
-                    && c.labels
-                        .get(ADDRESS_LABEL)
-                        .and_then(|l| parse_address_label(l))
-                        .is_some_and(|a| a.ip == address.ip)
-            });
-            let Some(holder) = holder else {
-                return Ok(());
-            };
-            if tokio::time::Instant::now() >= deadline {
-                return Err(RuntimeError::Network {
-                    instance: id.to_string(),
-                    message: format!(
-                        "address {} is still held by container {} after {}s",
-                        address.ip,
-                        holder.id,
-                        ADDRESS_WAIT.as_secs()
-                    ),
-                });
-            }
-            tracing::debug!(instance = %id, address = %address.ip, holder = %holder.id, "waiting for the address to be released");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
     async fn create(
         &self,
         id: &InstanceId,
         workload: &Workload,
         env: &[(String, String)],
-        address: Option<&InstanceAddress>,
     ) -> Result<u32, RuntimeError> {
         let reference = workload
             .image
@@ -445,22 +251,10 @@ impl ContainerdRuntime {
         let token = id.token();
         let mut labels = HashMap::new();
         labels.insert(INSTANCE_LABEL.to_string(), id.to_string());
-        let network =
-            match (&self.config.network, address) {
-                (Some(bridge), Some(address)) => {
-                    self.wait_for_address(id, address).await?;
-                    labels.insert(ADDRESS_LABEL.to_string(), address_label(address));
-                    let path = bridge.attach(&token, address).await.map_err(|e| {
-                        RuntimeError::Network {
-                            instance: id.to_string(),
-                            message: e.to_string(),
-                        }
-                    })?;
-                    spec::Network::Path(path)
-                }
-                _ => spec::Network::Host,
-            };
-        laps.lap("network");
+        let network = match self.netns(id, workload) {
+            Some(path) => spec::Network::Path(path.display().to_string()),
+            None => spec::Network::Host,
+        };
         let spec = spec::build(
             &id.name,
             args,
@@ -486,25 +280,6 @@ impl ContainerdRuntime {
             .into_inner()
             .mounts;
         laps.lap("rootfs");
-        let published: Vec<_> = workload
-            .ports
-            .iter()
-            .filter(|p| p.host_port.is_some())
-            .cloned()
-            .collect();
-        if let (Some(address), false) = (address, published.is_empty()) {
-            self.publisher
-                .publish(&token, self.config.publish_address, address.ip, &published)
-                .await
-                .map_err(|e| RuntimeError::Network {
-                    instance: id.to_string(),
-                    message: e.to_string(),
-                })?;
-            labels.insert(
-                PORTS_LABEL.to_string(),
-                serde_json::to_string(&published).expect("ports serialize"),
-            );
-        }
         let container = Container {
             id: token.clone(),
             labels,
@@ -559,28 +334,6 @@ impl ContainerdRuntime {
         laps.lap("start");
         tracing::debug!(instance = %id, took = %laps, "container created and started");
         Ok(started.into_inner().pid)
-    }
-
-    /// Publish the ports of a running container found after an agent restart.
-    async fn republish(&self, token: &str, labels: &HashMap<String, String>) {
-        if self.publisher.has(token) {
-            return;
-        }
-        let address = labels
-            .get(ADDRESS_LABEL)
-            .and_then(|a| parse_address_label(a));
-        let ports: Option<Vec<crds::ServicePort>> = labels
-            .get(PORTS_LABEL)
-            .and_then(|p| serde_json::from_str(p).ok());
-        if let (Some(address), Some(ports)) = (address, ports) {
-            if let Err(e) = self
-                .publisher
-                .publish(token, self.config.publish_address, address.ip, &ports)
-                .await
-            {
-                tracing::warn!(container = token, error = %e, "publishing ports again failed");
-            }
-        }
     }
 
     /// Whether the task runs: `None` when there is no task.
@@ -658,8 +411,10 @@ impl Runtime for ContainerdRuntime {
         vec![crds::RuntimeKind::Container]
     }
 
-    fn wants_address(&self, _workload: &Workload) -> bool {
-        self.config.network.is_some()
+    fn netns(&self, id: &InstanceId, _workload: &Workload) -> Option<PathBuf> {
+        self.config
+            .own_network
+            .then(|| PathBuf::from(format!("/run/netns/oak-{}", id.token())))
     }
 
     async fn start(
@@ -667,10 +422,9 @@ impl Runtime for ContainerdRuntime {
         id: &InstanceId,
         workload: &Workload,
         env: &[(String, String)],
-        address: Option<&InstanceAddress>,
     ) -> Result<State, RuntimeError> {
         let started = Utc::now();
-        let result = self.create(id, workload, env, address).await;
+        let result = self.create(id, workload, env).await;
         match result {
             Ok(pid) => {
                 tracing::debug!(instance = %id, pid, "container started");
@@ -680,12 +434,8 @@ impl Runtime for ContainerdRuntime {
                 })
             }
             Err(e) => {
-                // Leave nothing half-made behind (the network may be attached before the
-                // container that records it exists).
+                // Leave nothing half-made behind.
                 let _ = self.remove(id).await;
-                if let (Some(bridge), Some(address)) = (&self.config.network, address) {
-                    let _ = bridge.detach(&id.token(), address).await;
-                }
                 Err(e)
             }
         }
@@ -737,40 +487,19 @@ impl Runtime for ContainerdRuntime {
                 started,
                 finished: time(process.exited_at).unwrap_or_else(Utc::now),
             },
-            _ => {
-                self.republish(&token, &container.labels).await;
-                State::Running {
-                    runtime_id: token,
-                    started,
-                }
-            }
+            _ => State::Running {
+                runtime_id: token,
+                started,
+            },
         }))
     }
 
     async fn remove(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         let ctr = &self.ctr;
         let token = id.token();
-        self.publisher.unpublish(&token);
         self.stop_task(&token)
             .await
             .map_err(grpc_failed(id, "stopping the task"))?;
-        let container = ctr
-            .containers()
-            .get(ctr.req(GetContainerRequest { id: token.clone() }))
-            .await;
-        let address = container
-            .ok()
-            .and_then(|c| c.into_inner().container)
-            .and_then(|c| parse_address_label(c.labels.get(ADDRESS_LABEL)?));
-        if let (Some(bridge), Some(address)) = (&self.config.network, address) {
-            bridge
-                .detach(&token, &address)
-                .await
-                .map_err(|e| RuntimeError::Network {
-                    instance: id.to_string(),
-                    message: e.to_string(),
-                })?;
-        }
         let deleted = ctr
             .containers()
             .delete(ctr.req(DeleteContainerRequest { id: token.clone() }))
@@ -822,9 +551,10 @@ async fn forward_exits(ctr: Containerd, exits: mpsc::UnboundedSender<InstanceId>
         #[prost(string, tag = "1")]
         container_id: String,
     }
-    let filter = format!("topic==\"/tasks/exit\",namespace==\"{}\"", ctr.namespace);
+    let filter = format!("topic==\"/tasks/exit\",namespace==\"{}\"", ctr.namespace());
     loop {
-        let subscribed = EventsClient::new(ctr.channel.clone())
+        let subscribed = ctr
+            .events()
             .subscribe(SubscribeRequest {
                 filters: vec![filter.clone()],
             })

@@ -16,14 +16,16 @@ use containerd_client::types::Descriptor as PbDescriptor;
 use futures::StreamExt;
 use tonic::Code;
 
-use super::registry::{self, Descriptor, ImageConfig, Manifest, Reference, Registry};
-use super::{sha256_digest, Containerd, CtrError, SNAPSHOTTER};
+use super::client::{Containerd, CtrError, SNAPSHOTTER};
+use super::registry::{self, Descriptor, ImageConfig, Manifest, OciRegistry, Reference};
+use crate::digest::sha256_digest;
 
 /// An image ready to start containers from.
 #[derive(Debug, Clone)]
 pub struct Unpacked {
     /// The name in containerd's image store.
     pub name: String,
+    /// What the image says a container runs (entrypoint, cmd, env, working directory).
     pub config: ImageConfig,
     /// The snapshot of the top layer (its chain id).
     pub chain_id: String,
@@ -118,7 +120,7 @@ impl Containerd {
         insecure: &[String],
     ) -> Result<Descriptor, CtrError> {
         let started = std::time::Instant::now();
-        let registry = Registry::new(http.clone(), reference, insecure);
+        let registry = OciRegistry::new(http.clone(), reference, insecure);
         let resolved = registry.resolve().await.map_err(CtrError::Pull)?;
         let (manifest_desc, manifest_bytes) = resolved.manifest;
         let url = registry.blob_url(&manifest_desc.digest);
@@ -212,7 +214,7 @@ impl Containerd {
     /// containerd on commit).
     async fn fetch_blob(
         &self,
-        registry: &Registry,
+        registry: &OciRegistry,
         desc: &Descriptor,
         lease: &str,
     ) -> Result<(), CtrError> {

@@ -1,263 +1,14 @@
-//! Container networking: each Instance gets a network namespace with its instance IP,
-//! attached by the standard CNI `bridge` plugin (static IPAM) to a per-node bridge whose
-//! address is the node subnet's gateway. The node reaches every Instance at its instance
-//! IP; published ports are forwarded from the node's address by [`Publisher`].
+//! Published ports: [`Publisher`] forwards a host port on the node's address to an
+//! Instance's port at its instance IP (TCP connections and UDP flows), in user space.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crds::{Protocol, ServicePort};
-use serde_json::json;
-use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
-use crate::runtime::InstanceAddress;
-
-#[derive(Debug, thiserror::Error)]
-pub enum NetworkError {
-    #[error("{step}: {message}")]
-    Setup { step: String, message: String },
-    #[error("host port {port}/{proto} on {address} is in use: {source}")]
-    PortInUse {
-        address: String,
-        port: u16,
-        proto: &'static str,
-        source: std::io::Error,
-    },
-}
-
-/// The node's bridge network, through the CNI plugins in `cni_path`.
-#[derive(Debug, Clone)]
-pub struct Bridge {
-    pub cni_path: PathBuf,
-    /// Interface name of the bridge (at most 15 bytes).
-    pub bridge: String,
-    /// CNI network name.
-    pub name: String,
-    /// Masquerade traffic leaving the node (needs `iptables`).
-    pub masquerade: bool,
-    /// Set once the masquerade rule of the node subnet is in place.
-    masquerading: Arc<tokio::sync::OnceCell<()>>,
-}
-
-/// Where the Debian package puts the CNI plugins.
-pub const DEFAULT_CNI_PATH: &str = "/usr/lib/cni";
-
-impl Bridge {
-    /// The bridge of `node`, if the CNI bridge plugin and `ip` are installed.
-    pub fn for_node(node: &str, cni_path: &Path) -> Option<Bridge> {
-        if !cni_path.join("bridge").exists() || !cni_path.join("static").exists() {
-            return None;
-        }
-        let digest = super::sha256_digest(node.as_bytes());
-        Some(Bridge {
-            cni_path: cni_path.to_path_buf(),
-            bridge: format!("oak{}", &digest[7..17]),
-            name: format!("oakestra-{node}"),
-            masquerade: which("iptables"),
-            masquerading: Arc::default(),
-        })
-    }
-
-    /// Masquerade what the node subnet sends beyond it: one `nat POSTROUTING` rule per
-    /// bridge, checked for and added at the first attach. (The CNI plugin's `ipMasq`
-    /// would add a chain per container and remove it again, about 100 ms each way.)
-    async fn ensure_masquerade(&self, address: &InstanceAddress) -> Result<(), NetworkError> {
-        if !self.masquerade {
-            return Ok(());
-        }
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(address.prefix))
-            .unwrap_or(0);
-        let subnet = format!(
-            "{}/{}",
-            Ipv4Addr::from(u32::from(address.ip) & mask),
-            address.prefix
-        );
-        let comment = format!("oakestra {}", self.bridge);
-        self.masquerading
-            .get_or_try_init(|| async {
-                let rule = |op: &'static str| {
-                    [
-                        "-w",
-                        "-t",
-                        "nat",
-                        op,
-                        "POSTROUTING",
-                        "-s",
-                        &subnet,
-                        "!",
-                        "-d",
-                        &subnet,
-                        "-m",
-                        "comment",
-                        "--comment",
-                        &comment,
-                        "-j",
-                        "MASQUERADE",
-                    ]
-                    .map(str::to_string)
-                };
-                if run("iptables", &rule("-C")).await.is_err() {
-                    run("iptables", &rule("-A")).await?;
-                }
-                Ok(())
-            })
-            .await
-            .map(|_| ())
-    }
-
-    fn netns(token: &str) -> String {
-        format!("oak-{token}")
-    }
-
-    /// Path of the Instance's namespace, as the OCI spec names it.
-    pub fn netns_path(token: &str) -> String {
-        format!("/run/netns/{}", Self::netns(token))
-    }
-
-    fn conf(&self, address: &InstanceAddress) -> serde_json::Value {
-        json!({
-            "cniVersion": "0.4.0",
-            "name": self.name,
-            "type": "bridge",
-            "bridge": self.bridge,
-            "isGateway": true,
-                                    "ipMasq": false,
-            "hairpinMode": true,
-            "ipam": {
-                "type": "static",
-                "addresses": [{"address": format!("{}/{}", address.ip, address.prefix), "gateway": address.gateway.to_string()}],
-                "routes": [{"dst": "0.0.0.0/0"}]
-            }
-        })
-    }
-
-    async fn cni(
-        &self,
-        command: &str,
-        token: &str,
-        address: &InstanceAddress,
-    ) -> Result<(), NetworkError> {
-        let mut child = tokio::process::Command::new(self.cni_path.join("bridge"))
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", token)
-            .env("CNI_NETNS", Self::netns_path(token))
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", &self.cni_path)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                setup(
-                    format!(
-                        "running the CNI bridge plugin in {}",
-                        self.cni_path.display()
-                    ),
-                    e,
-                )
-            })?;
-        let conf = serde_json::to_vec(&self.conf(address)).expect("configs serialize");
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(&conf)
-                .await
-                .map_err(|e| setup("writing the CNI config", e))?;
-        }
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|e| setup("CNI bridge plugin", e))?;
-        if out.status.success() {
-            return Ok(());
-        }
-        // CNI reports errors as JSON on stdout: {"code":…,"msg":…,"details":…}.
-        let text = String::from_utf8_lossy(&out.stdout);
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| {
-                Some(format!(
-                    "{} {}",
-                    v["msg"].as_str()?,
-                    v["details"].as_str().unwrap_or("")
-                ))
-            })
-            .unwrap_or_else(|| format!("{text}{}", String::from_utf8_lossy(&out.stderr)));
-        Err(NetworkError::Setup {
-            step: format!("CNI {command} for {token}"),
-            message: message.trim().to_string(),
-        })
-    }
-
-    /// Create the Instance's namespace and attach it; returns the namespace's path.
-    pub async fn attach(
-        &self,
-        token: &str,
-        address: &InstanceAddress,
-    ) -> Result<String, NetworkError> {
-        let _ = self.detach(token, address).await;
-        self.ensure_masquerade(address).await?;
-        ip(&["netns", "add", &Self::netns(token)]).await?;
-        ip(&["-n", &Self::netns(token), "link", "set", "lo", "up"]).await?;
-        if let Err(e) = self.cni("ADD", token, address).await {
-            let _ = self.detach(token, address).await;
-            return Err(e);
-        }
-        Ok(Self::netns_path(token))
-    }
-
-    /// Detach and delete the namespace (nothing to do when it is gone).
-    pub async fn detach(&self, token: &str, address: &InstanceAddress) -> Result<(), NetworkError> {
-        if !Path::new(&Self::netns_path(token)).exists() {
-            return Ok(());
-        }
-        let detached = self.cni("DEL", token, address).await;
-        ip(&["netns", "delete", &Self::netns(token)]).await?;
-        detached
-    }
-}
-
-fn setup(step: impl Into<String>, e: std::io::Error) -> NetworkError {
-    NetworkError::Setup {
-        step: step.into(),
-        message: e.to_string(),
-    }
-}
-
-fn which(binary: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(binary).exists()))
-        .unwrap_or(false)
-        || Path::new("/usr/sbin").join(binary).exists()
-}
-
-async fn ip(args: &[&str]) -> Result<(), NetworkError> {
-    run("ip", args).await
-}
-
-/// Run `program args…`; a failure carries its stderr.
-async fn run(program: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> Result<(), NetworkError> {
-    let step = || {
-        let args: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
-        format!("{program} {}", args.join(" "))
-    };
-    let out = tokio::process::Command::new(program)
-        .args(args)
-        .output()
-        .await
-        .map_err(|e| setup(step(), e))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetworkError::Setup {
-            step: step(),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
-}
+use super::NetworkError;
 
 /// Forwards published TCP ports from the node to Instances (a userspace proxy, so a taken
 /// port is a clear error at start rather than a silently shadowed rule).
@@ -327,6 +78,7 @@ impl Publisher {
         Ok(())
     }
 
+    /// Stop forwarding `token`'s ports (nothing to do when none are published).
     pub fn unpublish(&self, token: &str) {
         if let Some(tasks) = self.published.lock().expect("not poisoned").remove(token) {
             tasks.iter().for_each(|t| t.abort());
@@ -404,6 +156,7 @@ async fn forward(listener: tokio::net::TcpListener, to: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
     #[tokio::test]
     async fn a_taken_host_port_is_a_clear_error_and_publishes_nothing() {

@@ -18,8 +18,8 @@ use crds::Workload;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::{InstanceId, Runtime, RuntimeError, State};
 use crate::cgroup::Cgroups;
-use crate::runtime::{InstanceAddress, InstanceId, Runtime, RuntimeError, State};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
@@ -37,6 +37,7 @@ struct Exit {
     finished: DateTime<Utc>,
 }
 
+/// Runs native executables as supervised process groups (see the module docs).
 pub struct ProcessRuntime {
     dir: PathBuf,
     cgroups: Arc<Cgroups>,
@@ -149,7 +150,6 @@ impl Runtime for ProcessRuntime {
         id: &InstanceId,
         workload: &Workload,
         env: &[(String, String)],
-        _address: Option<&InstanceAddress>,
     ) -> Result<State, RuntimeError> {
         let argv = argv(workload).ok_or_else(|| RuntimeError::Start {
             instance: id.to_string(),
