@@ -2,7 +2,7 @@
 //!
 //! Owns the HTTP API (Kubernetes conventions, so `kubectl` works unchanged), the
 //! validation of every write, the shared watch fan-out, metrics, and the storage
-//! backends behind one [`storage::Store`] contract. [`Server::start`] wires them.
+//! backends behind one [`storage::Storage`] contract. [`Server::start`] wires them.
 
 pub mod discovery;
 pub mod error;
@@ -92,7 +92,7 @@ impl Server {
         store: StoreConfig,
         config: ServerConfig,
     ) -> Result<Server, ServerError> {
-        let store: Arc<dyn storage::Store> = match &store {
+        let store: Arc<dyn storage::Storage> = match &store {
             StoreConfig::Embedded(dir) => Arc::new(storage::embedded::EmbeddedStore::open(
                 dir,
                 storage::embedded::EmbeddedOptions {
@@ -109,7 +109,7 @@ impl Server {
 
     pub async fn start_with_store(
         listen: SocketAddr,
-        store: Arc<dyn storage::Store>,
+        store: Arc<dyn storage::Storage>,
         config: ServerConfig,
     ) -> Result<Server, ServerError> {
         let metrics = metrics::Metrics::new();

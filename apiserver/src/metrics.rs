@@ -1,4 +1,4 @@
-//! Prometheus metrics of the API server, and a [`Store`] wrapper that times storage.
+//! Prometheus metrics of the API server, and a [`Storage`] wrapper that times storage.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::storage::{KeyValue, ListRequest, ListResponse, Result, Store, WatchStream};
+use crate::storage::{KeyValue, ListRequest, ListResponse, Result, Storage, WatchStream};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -95,12 +95,12 @@ impl Metrics {
 
 /// A store that records the latency of every operation.
 pub struct MeteredStore {
-    inner: Arc<dyn Store>,
+    inner: Arc<dyn Storage>,
     metrics: Arc<Metrics>,
 }
 
 impl MeteredStore {
-    pub fn wrap(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> Arc<dyn Store> {
+    pub fn wrap(inner: Arc<dyn Storage>, metrics: Arc<Metrics>) -> Arc<dyn Storage> {
         Arc::new(MeteredStore { inner, metrics })
     }
 
@@ -117,7 +117,7 @@ impl MeteredStore {
 }
 
 #[async_trait]
-impl Store for MeteredStore {
+impl Storage for MeteredStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }

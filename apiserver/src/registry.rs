@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::object::{self, FieldSelector, LabelSelector};
-use crate::storage::{KeyValue, ListRequest, StorageError, Store};
+use crate::storage::{KeyValue, ListRequest, Storage, StorageError};
 use crate::watch::WatchHub;
 
 /// Options of a list (and of the initial state of a watch).
@@ -57,7 +57,7 @@ pub enum Part {
 
 #[derive(Clone)]
 pub struct Registry {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Storage>,
     hub: WatchHub,
 }
 
@@ -76,11 +76,11 @@ fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
 }
 
 impl Registry {
-    pub fn new(store: Arc<dyn Store>, hub: WatchHub) -> Self {
+    pub fn new(store: Arc<dyn Storage>, hub: WatchHub) -> Self {
         Registry { store, hub }
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &Arc<dyn Storage> {
         &self.store
     }
 

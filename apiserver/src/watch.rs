@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::broadcast;
 
 use crate::object;
-use crate::storage::{StorageError, Store, WatchEvent};
+use crate::storage::{Storage, StorageError, WatchEvent};
 
 /// A change, decoded once for every watcher.
 #[derive(Debug)]
@@ -103,7 +103,7 @@ pub enum WatchError {
 impl WatchHub {
     /// Start following `store` from its current revision; `capacity` recent changes are
     /// kept for watchers that start slightly in the past.
-    pub async fn start(store: Arc<dyn Store>, capacity: usize) -> Result<WatchHub, StorageError> {
+    pub async fn start(store: Arc<dyn Storage>, capacity: usize) -> Result<WatchHub, StorageError> {
         let latest = store.revision().await?;
         let (live, _) = broadcast::channel(capacity.max(1024));
         let hub = WatchHub {
@@ -150,7 +150,7 @@ impl WatchHub {
         self.ring.lock().expect("ring lock").latest
     }
 
-    async fn follow(self, store: Arc<dyn Store>, mut stream: crate::storage::WatchStream) {
+    async fn follow(self, store: Arc<dyn Storage>, mut stream: crate::storage::WatchStream) {
         let mut backoff = Duration::from_millis(50);
         loop {
             while let Some(next) = stream.next().await {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use apiserver::storage::embedded::{EmbeddedOptions, EmbeddedStore};
 use apiserver::storage::etcd::EtcdStore;
-use apiserver::storage::Store;
+use apiserver::storage::Storage;
 use apiserver::{Server, ServerConfig};
 use client::{Client, ClientError, DynamicApi, ListParams, WatchEvent};
 use futures::StreamExt;
@@ -20,7 +20,7 @@ fn config() -> ServerConfig {
     }
 }
 
-async fn start(store: Arc<dyn Store>) -> (Server, Client) {
+async fn start(store: Arc<dyn Storage>) -> (Server, Client) {
     let server = Server::start_with_store("127.0.0.1:0".parse().unwrap(), store, config())
         .await
         .unwrap();

@@ -86,11 +86,47 @@ pub enum StorageError {
     },
     #[error("revision {requested} is too old: the oldest available is {oldest}")]
     TooOld { requested: i64, oldest: i64 },
+    /// The backend failed (I/O, connection, a closed writer). `message` already
+    /// says what went wrong in full; `source` is the underlying error, where there is
+    /// one, for callers that inspect causes.
     #[error("{backend} storage: {message}")]
     Backend {
+        /// Which backend (`embedded`, `etcd`).
         backend: &'static str,
+        /// What failed, including the cause's text.
         message: String,
+        /// The error of the library underneath (redb, etcd-client), if any.
+        #[source]
+        source: Option<BoxError>,
     },
+}
+
+/// A boxed error from a backend's library.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl StorageError {
+    /// A backend failure with no underlying error (a closed stream, a stopped writer).
+    pub fn backend(backend: &'static str, message: impl Into<String>) -> Self {
+        StorageError::Backend {
+            backend,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A backend failure caused by `source`; `message` says what was being done and
+    /// should include the source's text (it is what users see).
+    pub fn backend_caused(
+        backend: &'static str,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StorageError::Backend {
+            backend,
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -100,7 +136,7 @@ pub type WatchStream = BoxStream<'static, Result<WatchEvent>>;
 /// What the API server needs from storage. Implemented by [`embedded::EmbeddedStore`]
 /// and [`etcd::EtcdStore`]; both pass [`conformance::run_all`].
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Storage: Send + Sync + 'static {
     /// Backend name for logs and metrics (`embedded`, `etcd`).
     fn backend(&self) -> &'static str;
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
@@ -128,4 +164,21 @@ pub fn prefix_end(prefix: &str) -> Vec<u8> {
         }
     }
     vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error;
+
+    #[test]
+    fn a_backend_error_keeps_its_message_and_source() {
+        let cause = std::io::Error::other("disk on fire");
+        let e = StorageError::backend_caused("embedded", format!("opening x: {cause}"), cause);
+        assert_eq!(e.to_string(), "embedded storage: opening x: disk on fire");
+        assert_eq!(e.source().unwrap().to_string(), "disk on fire");
+        let e = StorageError::backend("etcd", "watch stream closed");
+        assert_eq!(e.to_string(), "etcd storage: watch stream closed");
+        assert!(e.source().is_none());
+    }
 }
