@@ -4,6 +4,8 @@
 use crds::{KindInfo, GROUP, KINDS, VERSION};
 use serde_json::{json, Value};
 
+use crate::registry::{strategy, Subresource};
+
 pub fn core_versions() -> Value {
     json!({
         "kind": "APIVersions",
@@ -56,22 +58,14 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
             "shortNames": k.short_names,
             "categories": if group.is_empty() { vec![] } else { vec!["oakestra"] },
         }));
-        if k.has_status {
+        let rules = strategy::for_kind(k);
+        for sub in Subresource::ALL.into_iter().filter(|s| rules.serves(k, *s)) {
             resources.push(json!({
-                "name": format!("{}/status", k.plural),
+                "name": format!("{}/{}", k.plural, sub.name()),
                 "singularName": "",
                 "namespaced": k.namespaced,
-                "kind": k.kind,
-                "verbs": ["get", "patch", "update"],
-            }));
-        }
-        if k.kind == "Instance" {
-            resources.push(json!({
-                "name": format!("{}/binding", k.plural),
-                "singularName": "",
-                "namespaced": k.namespaced,
-                "kind": "Binding",
-                "verbs": ["create"],
+                "kind": sub.object_kind(k),
+                "verbs": sub.verbs(),
             }));
         }
     }
@@ -173,7 +167,7 @@ pub fn openapi(group: &str, version: &str) -> Option<Value> {
             json!({"get": op("list"), "post": op("create")}),
         );
         paths.insert(format!("{collection}/{{name}}"), json!({"get": op("read"), "put": op("replace"), "patch": op("patch"), "delete": op("delete")}));
-        if k.has_status {
+        if strategy::for_kind(k).serves(k, Subresource::Status) {
             paths.insert(
                 format!("{collection}/{{name}}/status"),
                 json!({"get": op("read"), "put": op("replace"), "patch": op("patch")}),
