@@ -222,7 +222,7 @@ fn unwind_safe_body(body: axum::body::Body) -> BoxStream<'static, Result<bytes::
 }
 
 /// The message a panic was raised with.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

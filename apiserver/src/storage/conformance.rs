@@ -6,11 +6,13 @@
 //! from a revision, "too old" once history is gone, concurrent writers, durability.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use super::{ListRequest, Storage, StorageError, WatchEvent};
 
@@ -26,16 +28,50 @@ pub trait Harness: Send {
     async fn compact(&mut self, store: &dyn Storage, revision: i64);
 }
 
-/// Run every conformance check against the harness's backend.
+/// Run every conformance check against the harness's backend. Each check runs as a
+/// named step, and a failed step does not stop the others: the suite then fails with
+/// the name and message of every step that failed.
 pub async fn run_all(harness: &mut dyn Harness) {
-    crud(harness.fresh().await.as_ref()).await;
-    read_your_writes(harness.fresh().await.as_ref()).await;
-    list(harness.fresh().await.as_ref()).await;
-    watch_order(harness.fresh().await.as_ref()).await;
-    watch_resume(harness.fresh().await.as_ref()).await;
-    too_old(harness).await;
-    concurrent_writers(harness.fresh().await).await;
-    durability(harness).await;
+    let mut failed = Vec::new();
+    step(&mut failed, "crud", async {
+        crud(harness.fresh().await.as_ref()).await
+    })
+    .await;
+    step(&mut failed, "read_your_writes", async {
+        read_your_writes(harness.fresh().await.as_ref()).await
+    })
+    .await;
+    step(&mut failed, "list", async {
+        list(harness.fresh().await.as_ref()).await
+    })
+    .await;
+    step(&mut failed, "watch_order", async {
+        watch_order(harness.fresh().await.as_ref()).await
+    })
+    .await;
+    step(&mut failed, "watch_resume", async {
+        watch_resume(harness.fresh().await.as_ref()).await
+    })
+    .await;
+    step(&mut failed, "too_old", too_old(&mut *harness)).await;
+    step(&mut failed, "concurrent_writers", async {
+        concurrent_writers(harness.fresh().await).await
+    })
+    .await;
+    step(&mut failed, "durability", durability(&mut *harness)).await;
+    assert!(
+        failed.is_empty(),
+        "storage conformance failed in {} step(s):\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+/// Run one step; a panic in it is recorded in `failed` as `name: message`.
+async fn step(failed: &mut Vec<String>, name: &str, check: impl Future<Output = ()>) {
+    if let Err(panic) = AssertUnwindSafe(check).catch_unwind().await {
+        failed.push(format!("{name}: {}", crate::panic_message(panic.as_ref())));
+    }
 }
 
 async fn crud(s: &dyn Storage) {
