@@ -1,11 +1,12 @@
 //! Discovery documents (`/api`, `/apis`, `/apis/oakestra.io/v1`), `/version` and the
-//! OpenAPI v3 document of the served kinds, in the shapes Kubernetes clients expect.
+//! `OpenAPI` v3 document of the served kinds, in the shapes Kubernetes clients expect.
 
 use crds::{KindInfo, GROUP, KINDS, VERSION};
 use serde_json::{json, Value};
 
 use crate::registry::{strategy, Subresource};
 
+/// `/api`: the versions of the core group (only `v1`).
 pub fn core_versions() -> Value {
     json!({
         "kind": "APIVersions",
@@ -19,6 +20,7 @@ fn group_version() -> Value {
     json!({"groupVersion": format!("{GROUP}/{VERSION}"), "version": VERSION})
 }
 
+/// `/apis`: the `APIGroupList` of the named groups (only `oakestra.io`).
 pub fn groups() -> Value {
     let version = group_version();
     json!({
@@ -28,6 +30,7 @@ pub fn groups() -> Value {
     })
 }
 
+/// `/apis/<name>`: the `APIGroup`, if the server serves that group.
 pub fn group(name: &str) -> Option<Value> {
     (name == GROUP).then(|| {
         let version = group_version();
@@ -79,6 +82,7 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
     )
 }
 
+/// `/version`: a Kubernetes-shaped version (kubectl checks it), naming this build.
 pub fn version() -> Value {
     json!({
         "major": "1",
@@ -88,7 +92,7 @@ pub fn version() -> Value {
     })
 }
 
-/// Name of a kind's schema in the OpenAPI document.
+/// Name of a kind's schema in the `OpenAPI` document.
 fn schema_name(k: &KindInfo) -> String {
     if k.group.is_empty() {
         format!("io.k8s.api.core.v1.{}", k.kind)
@@ -105,7 +109,7 @@ pub fn openapi_index() -> Value {
     }})
 }
 
-/// The OpenAPI v3 document of one group version, schemas generated from the types.
+/// The `OpenAPI` v3 document of one group version, schemas generated from the types.
 pub fn openapi(group: &str, version: &str) -> Option<Value> {
     let kinds = served(group, version)?;
     let mut schemas = serde_json::Map::new();
@@ -182,7 +186,7 @@ pub fn openapi(group: &str, version: &str) -> Option<Value> {
     }))
 }
 
-/// Replace JSON-Schema boolean schemas (`true`: anything goes), which OpenAPI parsers
+/// Replace JSON-Schema boolean schemas (`true`: anything goes), which `OpenAPI` parsers
 /// such as kubectl's reject, with the equivalent empty schema.
 fn openapi_compatible(schema: &mut Value) {
     match schema {

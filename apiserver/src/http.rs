@@ -46,10 +46,14 @@ impl Default for ServerConfig {
     }
 }
 
+/// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
+    /// The verbs over storage.
     pub registry: Registry,
+    /// Request and storage metrics.
     pub metrics: Arc<Metrics>,
+    /// Limits and intervals.
     pub config: Arc<ServerConfig>,
 }
 

@@ -3,6 +3,19 @@
 //! Owns the HTTP API (Kubernetes conventions, so `kubectl` works unchanged), the
 //! validation of every write, the shared watch fan-out, metrics, and the storage
 //! backends behind one [`storage::Storage`] contract. [`Server::start`] wires them.
+//!
+//! Modules:
+//! - [`http`]: the router: Kubernetes paths and verbs, watch streams, tables, health.
+//! - [`registry`]: the verbs over storage and the write path; per-kind rules in
+//!   [`registry::strategy`], lists and continue tokens in [`registry::list`].
+//! - [`object`]: objects as JSON: storage keys, the stored encoding, metadata access,
+//!   label and field selectors.
+//! - [`watch`]: the watch hub, one storage watch fanned out to every watcher.
+//! - [`discovery`]: discovery and `OpenAPI` documents, `/version`.
+//! - [`error`]: [`error::ApiError`], every rejection as a Kubernetes `Status`.
+//! - [`metrics`]: Prometheus metrics and the storage decorator that times operations.
+//! - [`storage`]: the [`storage::Storage`] trait, the embedded (redb) and etcd backends,
+//!   and the conformance suite both pass.
 
 pub mod discovery;
 pub mod error;
@@ -49,15 +62,21 @@ impl std::str::FromStr for StoreConfig {
     }
 }
 
+/// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The storage backend could not be opened or connected to.
     #[error("opening the store: {0}")]
     Store(#[from] storage::StorageError),
+    /// The listen address could not be bound.
     #[error("listening on {addr}: {source}")]
     Listen {
+        /// The address asked for.
         addr: SocketAddr,
+        /// The socket's error.
         source: std::io::Error,
     },
+    /// The `default` namespace could not be created.
     #[error("creating the default namespace: {0}")]
     Bootstrap(#[from] error::ApiError),
 }
@@ -74,7 +93,9 @@ pub fn best_effort_prefixes() -> Vec<String> {
 
 /// A running API server.
 pub struct Server {
+    /// The address it listens on (the real port when asked for port 0).
     pub addr: SocketAddr,
+    /// Its verbs, for callers in the same process that skip HTTP.
     pub registry: registry::Registry,
     /// The routes the listener serves, also what [`Server::local`] calls.
     app: axum::Router,
@@ -107,6 +128,7 @@ impl Server {
         Self::start_with_store(listen, store, config).await
     }
 
+    /// Like [`Server::start`], over a storage the caller opened.
     pub async fn start_with_store(
         listen: SocketAddr,
         store: Arc<dyn storage::Storage>,

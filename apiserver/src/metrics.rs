@@ -13,22 +13,32 @@ use prometheus_client::registry::Registry;
 
 use crate::storage::{KeyValue, ListRequest, ListResponse, Result, Storage, WatchStream};
 
+/// Labels of `requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`.
     pub verb: String,
+    /// The resource, with its subresource (`instances/binding`).
     pub resource: String,
+    /// The HTTP status answered.
     pub code: u16,
 }
 
+/// Labels of `request_duration_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerbLabels {
+    /// As in [`RequestLabels::verb`].
     pub verb: String,
+    /// As in [`RequestLabels::resource`].
     pub resource: String,
 }
 
+/// Labels of `storage_duration_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StorageLabels {
+    /// `embedded` or `etcd`.
     pub backend: String,
+    /// `get`, `list`, `create`, `update`, `delete`.
     pub operation: String,
 }
 
@@ -42,13 +52,18 @@ fn latency_histogram() -> Histogram {
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
+    /// Requests answered, by verb, resource and status.
     pub requests: Family<RequestLabels, Counter>,
+    /// Latency of requests other than watches.
     pub request_seconds: HistogramFamily<VerbLabels>,
+    /// Latency of storage operations.
     pub storage_seconds: HistogramFamily<StorageLabels>,
+    /// Watches open now.
     pub watchers: Gauge,
 }
 
 impl Metrics {
+    /// Every metric, registered under the `oakestra_apiserver` prefix.
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("oakestra_apiserver");
         let requests = Family::<RequestLabels, Counter>::default();
@@ -100,6 +115,7 @@ pub struct MeteredStore {
 }
 
 impl MeteredStore {
+    /// `inner`, with every operation timed into `metrics`.
     pub fn wrap(inner: Arc<dyn Storage>, metrics: Arc<Metrics>) -> Arc<dyn Storage> {
         Arc::new(MeteredStore { inner, metrics })
     }

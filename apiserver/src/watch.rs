@@ -21,7 +21,9 @@ use crate::storage::{Storage, StorageError, WatchEvent};
 pub struct Change {
     /// `ADDED`, `MODIFIED` or `DELETED`.
     pub kind: &'static str,
+    /// The object's storage key.
     pub key: String,
+    /// The storage revision of the change.
     pub revision: i64,
     /// The object with `metadata.resourceVersion` set.
     pub object: Arc<serde_json::Value>,
@@ -92,10 +94,17 @@ pub struct WatchHub {
 /// Why a watch ended.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
+    /// The watch started before the oldest change the hub keeps.
     #[error(
         "too old resource version: {requested} (the oldest available is {oldest}); list again"
     )]
-    TooOld { requested: i64, oldest: i64 },
+    TooOld {
+        /// The revision asked for.
+        requested: i64,
+        /// The oldest revision available.
+        oldest: i64,
+    },
+    /// The watcher fell behind the hub, or the hub lost its storage watch.
     #[error("the watch fell behind or the server lost its storage watch; list again")]
     Expired,
 }

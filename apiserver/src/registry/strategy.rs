@@ -65,6 +65,9 @@ impl Subresource {
     }
 }
 
+/// A change of an object: the next version computed from the current one.
+pub type Change = Box<dyn Fn(&Value) -> Result<Value, ApiError> + Send + Sync>;
+
 /// A write asked for by a POST to a subresource: the change it makes to the stored
 /// object, at the precondition it names. The registry runs it through the same write
 /// path as a patch (validation, immutable fields, compare-and-swap).
@@ -72,7 +75,7 @@ pub struct SubresourceWrite {
     /// Write only at this resourceVersion (the body's `metadata.resourceVersion`).
     pub precondition: Option<i64>,
     /// The object after the change, computed from the current one.
-    pub change: Box<dyn Fn(&Value) -> Result<Value, ApiError> + Send + Sync>,
+    pub change: Change,
 }
 
 /// The rules of one kind, consulted by every verb of the registry.
