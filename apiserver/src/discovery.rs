@@ -1,9 +1,12 @@
 //! Discovery documents (`/api`, `/apis`, `/apis/oakestra.io/v1`), `/version` and the
-//! OpenAPI v3 document of the served kinds, in the shapes Kubernetes clients expect.
+//! `OpenAPI` v3 document of the served kinds, in the shapes Kubernetes clients expect.
 
 use crds::{KindInfo, GROUP, KINDS, VERSION};
 use serde_json::{json, Value};
 
+use crate::registry::{strategy, Subresource};
+
+/// `/api`: the versions of the core group (only `v1`).
 pub fn core_versions() -> Value {
     json!({
         "kind": "APIVersions",
@@ -17,6 +20,7 @@ fn group_version() -> Value {
     json!({"groupVersion": format!("{GROUP}/{VERSION}"), "version": VERSION})
 }
 
+/// `/apis`: the `APIGroupList` of the named groups (only `oakestra.io`).
 pub fn groups() -> Value {
     let version = group_version();
     json!({
@@ -26,6 +30,7 @@ pub fn groups() -> Value {
     })
 }
 
+/// `/apis/<name>`: the `APIGroup`, if the server serves that group.
 pub fn group(name: &str) -> Option<Value> {
     (name == GROUP).then(|| {
         let version = group_version();
@@ -56,22 +61,14 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
             "shortNames": k.short_names,
             "categories": if group.is_empty() { vec![] } else { vec!["oakestra"] },
         }));
-        if k.has_status {
+        let rules = strategy::for_kind(k);
+        for sub in Subresource::ALL.into_iter().filter(|s| rules.serves(k, *s)) {
             resources.push(json!({
-                "name": format!("{}/status", k.plural),
+                "name": format!("{}/{}", k.plural, sub.name()),
                 "singularName": "",
                 "namespaced": k.namespaced,
-                "kind": k.kind,
-                "verbs": ["get", "patch", "update"],
-            }));
-        }
-        if k.kind == "Instance" {
-            resources.push(json!({
-                "name": format!("{}/binding", k.plural),
-                "singularName": "",
-                "namespaced": k.namespaced,
-                "kind": "Binding",
-                "verbs": ["create"],
+                "kind": sub.object_kind(k),
+                "verbs": sub.verbs(),
             }));
         }
     }
@@ -85,6 +82,7 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
     )
 }
 
+/// `/version`: a Kubernetes-shaped version (kubectl checks it), naming this build.
 pub fn version() -> Value {
     json!({
         "major": "1",
@@ -94,7 +92,7 @@ pub fn version() -> Value {
     })
 }
 
-/// Name of a kind's schema in the OpenAPI document.
+/// Name of a kind's schema in the `OpenAPI` document.
 fn schema_name(k: &KindInfo) -> String {
     if k.group.is_empty() {
         format!("io.k8s.api.core.v1.{}", k.kind)
@@ -111,7 +109,7 @@ pub fn openapi_index() -> Value {
     }})
 }
 
-/// The OpenAPI v3 document of one group version, schemas generated from the types.
+/// The `OpenAPI` v3 document of one group version, schemas generated from the types.
 pub fn openapi(group: &str, version: &str) -> Option<Value> {
     let kinds = served(group, version)?;
     let mut schemas = serde_json::Map::new();
@@ -173,7 +171,7 @@ pub fn openapi(group: &str, version: &str) -> Option<Value> {
             json!({"get": op("list"), "post": op("create")}),
         );
         paths.insert(format!("{collection}/{{name}}"), json!({"get": op("read"), "put": op("replace"), "patch": op("patch"), "delete": op("delete")}));
-        if k.has_status {
+        if strategy::for_kind(k).serves(k, Subresource::Status) {
             paths.insert(
                 format!("{collection}/{{name}}/status"),
                 json!({"get": op("read"), "put": op("replace"), "patch": op("patch")}),
@@ -188,7 +186,7 @@ pub fn openapi(group: &str, version: &str) -> Option<Value> {
     }))
 }
 
-/// Replace JSON-Schema boolean schemas (`true`: anything goes), which OpenAPI parsers
+/// Replace JSON-Schema boolean schemas (`true`: anything goes), which `OpenAPI` parsers
 /// such as kubectl's reject, with the equivalent empty schema.
 fn openapi_compatible(schema: &mut Value) {
     match schema {

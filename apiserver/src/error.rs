@@ -6,41 +6,74 @@ use crds::{FieldError, Status, StatusCause, StatusDetails};
 
 use crate::storage::StorageError;
 
+/// Why a request failed; each variant is one HTTP status and Kubernetes `reason`.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// 400: the request cannot be understood (bad JSON, query or selector).
     #[error("{0}")]
     BadRequest(String),
+    /// 404: no such object (or path).
     #[error("{plural} \"{name}\" not found")]
-    NotFound { plural: String, name: String },
+    NotFound {
+        /// The resource (`services`), or what was not found.
+        plural: String,
+        /// The object's name, or the path.
+        name: String,
+    },
+    /// 409: an object of that name exists.
     #[error("{plural} \"{name}\" already exists")]
-    AlreadyExists { plural: String, name: String },
+    AlreadyExists {
+        /// The resource (`services`).
+        plural: String,
+        /// The object's name.
+        name: String,
+    },
+    /// 409: the write conflicts with the stored object (a stale resourceVersion, a
+    /// binding to another target, a namespace that cannot go).
     #[error("Operation cannot be fulfilled on {plural} \"{name}\": {message}")]
     Conflict {
+        /// The resource (`services`).
         plural: String,
+        /// The object's name.
         name: String,
+        /// Why.
         message: String,
     },
+    /// 422: the object fails validation, or changes an immutable field.
     #[error("{kind} \"{name}\" is invalid: {}", .errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "))]
     Invalid {
+        /// The object's kind (`Service`).
         kind: String,
+        /// The object's name.
         name: String,
+        /// Every invalid field, with its path.
         errors: Vec<FieldError>,
     },
+    /// 410: the resourceVersion asked for is no longer available; list again.
     #[error("{0}")]
     Gone(String),
+    /// 413: the body is larger than the server accepts.
     #[error("request body too large: the limit is {limit} bytes")]
-    TooLarge { limit: usize },
+    TooLarge {
+        /// The largest accepted body, in bytes.
+        limit: usize,
+    },
+    /// 415: a content type the server does not accept (a patch type).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 405: the path does not take this method.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 503: storage failed.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// 500: a bug or a stored object that cannot be read.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl ApiError {
+    /// The HTTP status.
     pub fn code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,

@@ -20,7 +20,9 @@ use crate::discovery;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, RequestLabels, VerbLabels};
 use crate::object::{self, FieldSelector, LabelSelector};
-use crate::registry::{DeleteOptions, ListOptions, Part, Propagation, Registry};
+use crate::registry::{
+    strategy, DeleteOptions, ListOptions, Part, Propagation, Registry, Subresource,
+};
 use crate::watch::WatchError;
 
 /// Limits and intervals of the HTTP API.
@@ -44,10 +46,14 @@ impl Default for ServerConfig {
     }
 }
 
+/// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
+    /// The verbs over storage.
     pub registry: Registry,
+    /// Request and storage metrics.
     pub metrics: Arc<Metrics>,
+    /// Limits and intervals.
     pub config: Arc<ServerConfig>,
 }
 
@@ -85,16 +91,8 @@ struct Target {
     kind: &'static KindInfo,
     namespace: Option<String>,
     name: Option<String>,
-    sub: Sub,
-}
-
-/// The subresource a path names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sub {
-    None,
-    Status,
-    /// `instances/NAME/binding` (POST only).
-    Binding,
+    /// The subresource, one the kind's strategy serves.
+    sub: Option<Subresource>,
 }
 
 enum Route {
@@ -148,10 +146,12 @@ fn parse_path(path: &str) -> Result<Route, ApiError> {
         return Err(missing());
     }
     let sub = match sub {
-        None => Sub::None,
-        Some("status") if kind.has_status => Sub::Status,
-        Some("binding") if kind.kind == "Instance" => Sub::Binding,
-        Some(_) => return Err(missing()),
+        None => None,
+        Some(s) => Some(
+            Subresource::parse(s)
+                .filter(|sub| strategy::for_kind(kind).serves(kind, *sub))
+                .ok_or_else(missing)?,
+        ),
     };
     Ok(Route::Resource(Target {
         kind,
@@ -198,9 +198,8 @@ async fn api(
     };
     let verb = verb(&method, &target, &query);
     let resource = match target.sub {
-        Sub::None => target.kind.plural.to_string(),
-        Sub::Status => format!("{}/status", target.kind.plural),
-        Sub::Binding => format!("{}/binding", target.kind.plural),
+        None => target.kind.plural.to_string(),
+        Some(sub) => format!("{}/{}", target.kind.plural, sub.name()),
     };
     let span = tracing::info_span!("request", verb, resource = %resource, namespace = target.namespace.as_deref(), name = target.name.as_deref());
     let handled = handle(&state, &method, &target, &query, &headers, body);
@@ -298,27 +297,28 @@ async fn handle(
     let registry = &state.registry;
     let kind = target.kind;
     let ns = target.namespace.as_deref();
-    let part = if target.sub == Sub::Status {
-        Part::Status
-    } else {
-        Part::Main
-    };
     let table = headers
         .get(header::ACCEPT)
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.contains("as=Table"));
-    if target.sub == Sub::Binding {
-        return match (method, target.name.as_deref()) {
-            (&Method::POST, Some(name)) => {
-                let body = read_body(state, body).await?;
-                let bound = registry.bind(kind, ns, name, body).await?;
-                Ok((StatusCode::CREATED, Json(bound)).into_response())
+    let part = match target.sub {
+        None => Part::Main,
+        Some(Subresource::Status) => Part::Status,
+        // Any other subresource is written by POSTing to it (a binding).
+        Some(sub) => {
+            return match (method, target.name.as_deref()) {
+                (&Method::POST, Some(name)) => {
+                    let body = read_body(state, body).await?;
+                    let written = registry.post_subresource(kind, ns, name, sub, body).await?;
+                    Ok((StatusCode::CREATED, Json(written)).into_response())
+                }
+                _ => Err(ApiError::MethodNotAllowed(format!(
+                    "{method} is not supported on a {}; POST one",
+                    sub.name()
+                ))),
             }
-            _ => Err(ApiError::MethodNotAllowed(format!(
-                "{method} is not supported on a binding; POST one"
-            ))),
-        };
-    }
+        }
+    };
     match (method.clone(), target.name.as_deref()) {
         (Method::GET, None) if is_true(query.get("watch")) => {
             watch(state, target, query, table).await
@@ -365,7 +365,7 @@ async fn handle(
             let patch = read_body(state, body).await?;
             Ok(Json(registry.patch(kind, ns, name, patch, part).await?).into_response())
         }
-        (Method::DELETE, Some(name)) if target.sub == Sub::None => {
+        (Method::DELETE, Some(name)) if target.sub.is_none() => {
             let body = axum::body::to_bytes(body, state.config.max_body_bytes)
                 .await
                 .map_err(|_| ApiError::TooLarge {

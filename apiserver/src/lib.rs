@@ -2,7 +2,20 @@
 //!
 //! Owns the HTTP API (Kubernetes conventions, so `kubectl` works unchanged), the
 //! validation of every write, the shared watch fan-out, metrics, and the storage
-//! backends behind one [`storage::Store`] contract. [`Server::start`] wires them.
+//! backends behind one [`storage::Storage`] contract. [`Server::start`] wires them.
+//!
+//! Modules:
+//! - [`http`]: the router: Kubernetes paths and verbs, watch streams, tables, health.
+//! - [`registry`]: the verbs over storage and the write path; per-kind rules in
+//!   [`registry::strategy`], lists and continue tokens in [`registry::list`].
+//! - [`object`]: objects as JSON: storage keys, the stored encoding, metadata access,
+//!   label and field selectors.
+//! - [`watch`]: the watch hub, one storage watch fanned out to every watcher.
+//! - [`discovery`]: discovery and `OpenAPI` documents, `/version`.
+//! - [`error`]: [`error::ApiError`], every rejection as a Kubernetes `Status`.
+//! - [`metrics`]: Prometheus metrics and the storage decorator that times operations.
+//! - [`storage`]: the [`storage::Storage`] trait, the embedded (redb) and etcd backends,
+//!   and the conformance suite both pass.
 
 pub mod discovery;
 pub mod error;
@@ -49,15 +62,21 @@ impl std::str::FromStr for StoreConfig {
     }
 }
 
+/// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The storage backend could not be opened or connected to.
     #[error("opening the store: {0}")]
     Store(#[from] storage::StorageError),
+    /// The listen address could not be bound.
     #[error("listening on {addr}: {source}")]
     Listen {
+        /// The address asked for.
         addr: SocketAddr,
+        /// The socket's error.
         source: std::io::Error,
     },
+    /// The `default` namespace could not be created.
     #[error("creating the default namespace: {0}")]
     Bootstrap(#[from] error::ApiError),
 }
@@ -74,7 +93,9 @@ pub fn best_effort_prefixes() -> Vec<String> {
 
 /// A running API server.
 pub struct Server {
+    /// The address it listens on (the real port when asked for port 0).
     pub addr: SocketAddr,
+    /// Its verbs, for callers in the same process that skip HTTP.
     pub registry: registry::Registry,
     /// The routes the listener serves, also what [`Server::local`] calls.
     app: axum::Router,
@@ -92,7 +113,7 @@ impl Server {
         store: StoreConfig,
         config: ServerConfig,
     ) -> Result<Server, ServerError> {
-        let store: Arc<dyn storage::Store> = match &store {
+        let store: Arc<dyn storage::Storage> = match &store {
             StoreConfig::Embedded(dir) => Arc::new(storage::embedded::EmbeddedStore::open(
                 dir,
                 storage::embedded::EmbeddedOptions {
@@ -107,9 +128,10 @@ impl Server {
         Self::start_with_store(listen, store, config).await
     }
 
+    /// Like [`Server::start`], over a storage the caller opened.
     pub async fn start_with_store(
         listen: SocketAddr,
-        store: Arc<dyn storage::Store>,
+        store: Arc<dyn storage::Storage>,
         config: ServerConfig,
     ) -> Result<Server, ServerError> {
         let metrics = metrics::Metrics::new();
@@ -222,7 +244,7 @@ fn unwind_safe_body(body: axum::body::Body) -> BoxStream<'static, Result<bytes::
 }
 
 /// The message a panic was raised with.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

@@ -1,4 +1,4 @@
-//! Prometheus metrics of the API server, and a [`Store`] wrapper that times storage.
+//! Prometheus metrics of the API server, and a [`Storage`] wrapper that times storage.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,24 +11,34 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::storage::{KeyValue, ListRequest, ListResponse, Result, Store, WatchStream};
+use crate::storage::{KeyValue, ListRequest, ListResponse, Result, Storage, WatchStream};
 
+/// Labels of `requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`.
     pub verb: String,
+    /// The resource, with its subresource (`instances/binding`).
     pub resource: String,
+    /// The HTTP status answered.
     pub code: u16,
 }
 
+/// Labels of `request_duration_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerbLabels {
+    /// As in [`RequestLabels::verb`].
     pub verb: String,
+    /// As in [`RequestLabels::resource`].
     pub resource: String,
 }
 
+/// Labels of `storage_duration_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StorageLabels {
+    /// `embedded` or `etcd`.
     pub backend: String,
+    /// `get`, `list`, `create`, `update`, `delete`.
     pub operation: String,
 }
 
@@ -42,13 +52,18 @@ fn latency_histogram() -> Histogram {
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
+    /// Requests answered, by verb, resource and status.
     pub requests: Family<RequestLabels, Counter>,
+    /// Latency of requests other than watches.
     pub request_seconds: HistogramFamily<VerbLabels>,
+    /// Latency of storage operations.
     pub storage_seconds: HistogramFamily<StorageLabels>,
+    /// Watches open now.
     pub watchers: Gauge,
 }
 
 impl Metrics {
+    /// Every metric, registered under the `oakestra_apiserver` prefix.
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("oakestra_apiserver");
         let requests = Family::<RequestLabels, Counter>::default();
@@ -95,12 +110,13 @@ impl Metrics {
 
 /// A store that records the latency of every operation.
 pub struct MeteredStore {
-    inner: Arc<dyn Store>,
+    inner: Arc<dyn Storage>,
     metrics: Arc<Metrics>,
 }
 
 impl MeteredStore {
-    pub fn wrap(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> Arc<dyn Store> {
+    /// `inner`, with every operation timed into `metrics`.
+    pub fn wrap(inner: Arc<dyn Storage>, metrics: Arc<Metrics>) -> Arc<dyn Storage> {
         Arc::new(MeteredStore { inner, metrics })
     }
 
@@ -117,7 +133,7 @@ impl MeteredStore {
 }
 
 #[async_trait]
-impl Store for MeteredStore {
+impl Storage for MeteredStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }

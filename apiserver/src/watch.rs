@@ -14,14 +14,16 @@ use futures::{Stream, StreamExt};
 use tokio::sync::broadcast;
 
 use crate::object;
-use crate::storage::{StorageError, Store, WatchEvent};
+use crate::storage::{Storage, StorageError, WatchEvent};
 
 /// A change, decoded once for every watcher.
 #[derive(Debug)]
 pub struct Change {
     /// `ADDED`, `MODIFIED` or `DELETED`.
     pub kind: &'static str,
+    /// The object's storage key.
     pub key: String,
+    /// The storage revision of the change.
     pub revision: i64,
     /// The object with `metadata.resourceVersion` set.
     pub object: Arc<serde_json::Value>,
@@ -92,10 +94,17 @@ pub struct WatchHub {
 /// Why a watch ended.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
+    /// The watch started before the oldest change the hub keeps.
     #[error(
         "too old resource version: {requested} (the oldest available is {oldest}); list again"
     )]
-    TooOld { requested: i64, oldest: i64 },
+    TooOld {
+        /// The revision asked for.
+        requested: i64,
+        /// The oldest revision available.
+        oldest: i64,
+    },
+    /// The watcher fell behind the hub, or the hub lost its storage watch.
     #[error("the watch fell behind or the server lost its storage watch; list again")]
     Expired,
 }
@@ -103,7 +112,7 @@ pub enum WatchError {
 impl WatchHub {
     /// Start following `store` from its current revision; `capacity` recent changes are
     /// kept for watchers that start slightly in the past.
-    pub async fn start(store: Arc<dyn Store>, capacity: usize) -> Result<WatchHub, StorageError> {
+    pub async fn start(store: Arc<dyn Storage>, capacity: usize) -> Result<WatchHub, StorageError> {
         let latest = store.revision().await?;
         let (live, _) = broadcast::channel(capacity.max(1024));
         let hub = WatchHub {
@@ -150,7 +159,7 @@ impl WatchHub {
         self.ring.lock().expect("ring lock").latest
     }
 
-    async fn follow(self, store: Arc<dyn Store>, mut stream: crate::storage::WatchStream) {
+    async fn follow(self, store: Arc<dyn Storage>, mut stream: crate::storage::WatchStream) {
         let mut backoff = Duration::from_millis(50);
         loop {
             while let Some(next) = stream.next().await {

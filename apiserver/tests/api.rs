@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use apiserver::storage::embedded::{EmbeddedOptions, EmbeddedStore};
 use apiserver::storage::etcd::EtcdStore;
-use apiserver::storage::Store;
+use apiserver::storage::Storage;
 use apiserver::{Server, ServerConfig};
 use client::{Client, ClientError, DynamicApi, ListParams, WatchEvent};
 use futures::StreamExt;
@@ -20,7 +20,7 @@ fn config() -> ServerConfig {
     }
 }
 
-async fn start(store: Arc<dyn Store>) -> (Server, Client) {
+async fn start(store: Arc<dyn Storage>) -> (Server, Client) {
     let server = Server::start_with_store("127.0.0.1:0".parse().unwrap(), store, config())
         .await
         .unwrap();
@@ -68,17 +68,6 @@ async fn next_event(
         .expect("watch event within 10s")
         .expect("stream open")
         .expect("no error")
-}
-
-async fn all_scenarios(c: &Client) {
-    crud_and_concurrency(c).await;
-    validation_errors(c).await;
-    status_subresource_and_generation(c).await;
-    binding_subresource(c).await;
-    finalizers(c).await;
-    paging_and_selectors(c).await;
-    watches(c).await;
-    discovery(c).await;
 }
 
 async fn crud_and_concurrency(c: &Client) {
@@ -673,39 +662,102 @@ async fn discovery(c: &Client) {
     assert!(wrong.is_not_found());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_on_embedded_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap());
-    let (_server, client) = start(store).await;
-    all_scenarios(&client).await;
+/// A server of its own for one test, on one backend, and a client of it. Dropping it
+/// stops the server, then removes its directory or kills its etcd.
+struct Setup {
+    client: Client,
+    server: Server,
+    _dir: Option<tempfile::TempDir>,
+    _etcd: Option<e2e::Etcd>,
 }
 
-/// The same scenarios through a client of the server in its own process
-/// ([`Server::local`]), as the controllers of `oakestra root` and `oakestra cluster`
-/// use it. The client's URL points at a port nobody listens on: any request that went
-/// over the network would fail.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_in_process_on_embedded_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap());
-    let (server, _) = start(store).await;
-    let nowhere = format!("http://127.0.0.1:{}", e2e::free_port());
-    let client = Client::in_process(&nowhere, Arc::new(server.local())).unwrap();
-    all_scenarios(&client).await;
+impl Setup {
+    /// The embedded store in a temp dir, served over TCP.
+    async fn embedded() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap());
+        let (server, client) = start(store).await;
+        Setup {
+            client,
+            server,
+            _dir: Some(dir),
+            _etcd: None,
+        }
+    }
+
+    /// The embedded store, through a client of the server in its own process
+    /// ([`Server::local`]), as the controllers of `oakestra root` and `oakestra cluster`
+    /// use it. The client's URL points at a port nobody listens on: any request that
+    /// went over the network would fail.
+    async fn in_process() -> Setup {
+        let mut setup = Setup::embedded().await;
+        let nowhere = format!("http://127.0.0.1:{}", e2e::free_port());
+        setup.client = Client::in_process(&nowhere, Arc::new(setup.server.local())).unwrap();
+        setup
+    }
+
+    /// A real etcd process of its own.
+    async fn etcd() -> Setup {
+        let etcd = e2e::Etcd::start();
+        let store = Arc::new(
+            EtcdStore::connect(&[etcd.url()], "/oakestra")
+                .await
+                .unwrap(),
+        );
+        let (server, client) = start(store).await;
+        Setup {
+            client,
+            server,
+            _dir: None,
+            _etcd: Some(etcd),
+        }
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_on_etcd() {
-    let etcd = e2e::Etcd::start();
-    let store = Arc::new(
-        EtcdStore::connect(&[etcd.url()], "/oakestra")
-            .await
-            .unwrap(),
-    );
-    let (_server, client) = start(store).await;
-    all_scenarios(&client).await;
+/// One `#[test]` per scenario and backend, so a failure names both:
+/// `embedded::watches`, `in_process::watches`, `etcd::watches`.
+macro_rules! scenarios {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let setup = super::Setup::embedded().await;
+                    super::$scenario(&setup.client).await;
+                }
+            )*
+        }
+        mod in_process {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let setup = super::Setup::in_process().await;
+                    super::$scenario(&setup.client).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let setup = super::Setup::etcd().await;
+                    super::$scenario(&setup.client).await;
+                }
+            )*
+        }
+    };
 }
+
+scenarios!(
+    crud_and_concurrency,
+    validation_errors,
+    status_subresource_and_generation,
+    binding_subresource,
+    finalizers,
+    paging_and_selectors,
+    watches,
+    discovery,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_etcd_is_a_clear_error() {

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use apiserver::storage::embedded::{EmbeddedOptions, EmbeddedStore, LAZY_FOR};
-use apiserver::storage::{StorageError, Store};
+use apiserver::storage::{Storage, StorageError};
 
 const CHILD_DIR: &str = "OAKESTRA_CRASH_CHILD_DIR";
 

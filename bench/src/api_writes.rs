@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use apiserver::storage::{embedded, etcd, Store};
+use apiserver::storage::{embedded, etcd, Storage};
 use apiserver::{Server, ServerConfig};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde_json::{json, Value};
@@ -481,15 +481,15 @@ impl InProcessServer {
             .build()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         runtime.spawn(async move {
-            let store: Result<Arc<dyn Store>, String> = match store {
+            let store: Result<Arc<dyn Storage>, String> = match store {
                 ServerStore::Embedded(dir) => {
                     embedded::EmbeddedStore::open(&dir, embedded::EmbeddedOptions::default())
-                        .map(|s| Arc::new(s) as Arc<dyn Store>)
+                        .map(|s| Arc::new(s) as Arc<dyn Storage>)
                         .map_err(|e| e.to_string())
                 }
                 ServerStore::Etcd { url, root } => etcd::EtcdStore::connect(&[url], &root)
                     .await
-                    .map(|s| Arc::new(s) as Arc<dyn Store>)
+                    .map(|s| Arc::new(s) as Arc<dyn Storage>)
                     .map_err(|e| e.to_string()),
             };
             let started = match store {

@@ -1,4 +1,4 @@
-//! The conformance suite every [`Store`] backend must pass.
+//! The conformance suite every [`Storage`] backend must pass.
 //!
 //! A backend's test file implements [`Harness`] (fresh store, crash and reopen,
 //! compaction) and calls [`run_all`]. The suite asserts what the API server relies on:
@@ -6,39 +6,75 @@
 //! from a revision, "too old" once history is gone, concurrent writers, durability.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
-use super::{ListRequest, StorageError, Store, WatchEvent};
+use super::{ListRequest, Storage, StorageError, WatchEvent};
 
 /// Makes stores of one backend for the suite.
 #[async_trait]
 pub trait Harness: Send {
     /// A fresh, empty store. Earlier stores of this harness may be dropped.
-    async fn fresh(&mut self) -> Arc<dyn Store>;
+    async fn fresh(&mut self) -> Arc<dyn Storage>;
     /// Crash the current store's backend without a clean shutdown and open it again.
-    async fn crash_and_reopen(&mut self, store: Arc<dyn Store>) -> Arc<dyn Store>;
+    async fn crash_and_reopen(&mut self, store: Arc<dyn Storage>) -> Arc<dyn Storage>;
     /// Discard history up to `revision` where the backend supports it (etcd
     /// compaction). Backends with a bounded history rely on the suite overflowing it.
-    async fn compact(&mut self, store: &dyn Store, revision: i64);
+    async fn compact(&mut self, store: &dyn Storage, revision: i64);
 }
 
-/// Run every conformance check against the harness's backend.
+/// Run every conformance check against the harness's backend. Each check runs as a
+/// named step, and a failed step does not stop the others: the suite then fails with
+/// the name and message of every step that failed.
 pub async fn run_all(harness: &mut dyn Harness) {
-    crud(harness.fresh().await.as_ref()).await;
-    read_your_writes(harness.fresh().await.as_ref()).await;
-    list(harness.fresh().await.as_ref()).await;
-    watch_order(harness.fresh().await.as_ref()).await;
-    watch_resume(harness.fresh().await.as_ref()).await;
-    too_old(harness).await;
-    concurrent_writers(harness.fresh().await).await;
-    durability(harness).await;
+    let mut failed = Vec::new();
+    step(&mut failed, "crud", async {
+        crud(harness.fresh().await.as_ref()).await
+    })
+    .await;
+    step(&mut failed, "read_your_writes", async {
+        read_your_writes(harness.fresh().await.as_ref()).await
+    })
+    .await;
+    step(&mut failed, "list", async {
+        list(harness.fresh().await.as_ref()).await
+    })
+    .await;
+    step(&mut failed, "watch_order", async {
+        watch_order(harness.fresh().await.as_ref()).await
+    })
+    .await;
+    step(&mut failed, "watch_resume", async {
+        watch_resume(harness.fresh().await.as_ref()).await
+    })
+    .await;
+    step(&mut failed, "too_old", too_old(&mut *harness)).await;
+    step(&mut failed, "concurrent_writers", async {
+        concurrent_writers(harness.fresh().await).await
+    })
+    .await;
+    step(&mut failed, "durability", durability(&mut *harness)).await;
+    assert!(
+        failed.is_empty(),
+        "storage conformance failed in {} step(s):\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
 }
 
-async fn crud(s: &dyn Store) {
+/// Run one step; a panic in it is recorded in `failed` as `name: message`.
+async fn step(failed: &mut Vec<String>, name: &str, check: impl Future<Output = ()>) {
+    if let Err(panic) = AssertUnwindSafe(check).catch_unwind().await {
+        failed.push(format!("{name}: {}", crate::panic_message(panic.as_ref())));
+    }
+}
+
+async fn crud(s: &dyn Storage) {
     let a = s.create("/t/a", b"one".to_vec()).await.expect("create");
     assert_eq!(a.create_revision, a.mod_revision);
     assert!(matches!(
@@ -92,7 +128,7 @@ async fn crud(s: &dyn Store) {
 }
 
 /// A read right after an acknowledged write sees it.
-async fn read_your_writes(s: &dyn Store) {
+async fn read_your_writes(s: &dyn Storage) {
     for i in 0..200 {
         let key = format!("/ryw/{}", i % 3);
         s.create(&key, vec![1]).await.unwrap();
@@ -126,7 +162,7 @@ async fn read_your_writes(s: &dyn Store) {
     }
 }
 
-async fn list(s: &dyn Store) {
+async fn list(s: &dyn Storage) {
     for k in ["/l/b", "/l/a", "/l/c", "/lx/z", "/k/a"] {
         s.create(k, k.as_bytes().to_vec()).await.unwrap();
     }
@@ -220,7 +256,7 @@ async fn list(s: &dyn Store) {
 }
 
 /// Apply a mix of writes under `prefix`; returns the revisions they got.
-async fn mixed_writes(s: &dyn Store, prefix: &str, n: usize) -> Vec<i64> {
+async fn mixed_writes(s: &dyn Storage, prefix: &str, n: usize) -> Vec<i64> {
     let mut revisions = Vec::new();
     for i in 0..n {
         let key = format!("{prefix}{}", i % 7);
@@ -257,7 +293,7 @@ async fn collect(stream: &mut super::WatchStream, n: usize) -> Vec<WatchEvent> {
     out
 }
 
-async fn watch_order(s: &dyn Store) {
+async fn watch_order(s: &dyn Storage) {
     s.create("/other/x", vec![]).await.unwrap();
     let start = s.revision().await.unwrap();
     let mut w = s.watch("/w/", start).await.unwrap();
@@ -294,7 +330,7 @@ async fn watch_order(s: &dyn Store) {
     }
 }
 
-async fn watch_resume(s: &dyn Store) {
+async fn watch_resume(s: &dyn Storage) {
     let start = s.revision().await.unwrap();
     let revisions = mixed_writes(s, "/r/", 40).await;
     // Resume from the middle: exactly the tail, then live events.
@@ -345,7 +381,7 @@ async fn too_old(h: &mut dyn Harness) {
     );
 }
 
-async fn concurrent_writers(s: Arc<dyn Store>) {
+async fn concurrent_writers(s: Arc<dyn Storage>) {
     s.create("/c/counter", b"0".to_vec()).await.unwrap();
     let mut tasks = Vec::new();
     for w in 0..8 {

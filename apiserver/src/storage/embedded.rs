@@ -30,7 +30,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
 
 use super::{
-    KeyValue, ListRequest, ListResponse, Result, StorageError, Store, WatchEvent, WatchStream,
+    KeyValue, ListRequest, ListResponse, Result, Storage, StorageError, WatchEvent, WatchStream,
 };
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -135,11 +135,14 @@ impl Drop for EmbeddedStore {
     }
 }
 
-fn backend_err(e: impl std::fmt::Display) -> StorageError {
-    StorageError::Backend {
-        backend: "embedded",
-        message: e.to_string(),
-    }
+/// A failure of redb (or of the task running a read), kept as the source.
+fn backend_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError {
+    StorageError::backend_caused("embedded", e.to_string(), e)
+}
+
+/// A failure with no underlying error (the writer is gone).
+fn stopped(message: &str) -> StorageError {
+    StorageError::backend("embedded", message)
 }
 
 fn encode(create: i64, modified: i64, value: &[u8]) -> Vec<u8> {
@@ -163,11 +166,13 @@ fn decode(key: &str, raw: &[u8]) -> KeyValue {
 impl EmbeddedStore {
     /// Open (or create) the store in `dir`.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| backend_err(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StorageError::backend_caused("embedded", format!("creating {}: {e}", dir.display()), e)
+        })?;
         let path = dir.join("oakestra.redb");
-        let db = Database::create(&path)
-            .map_err(|e| backend_err(format!("opening {}: {e}", path.display())))?;
+        let db = Database::create(&path).map_err(|e| {
+            StorageError::backend_caused("embedded", format!("opening {}: {e}", path.display()), e)
+        })?;
         let txn = db.begin_write().map_err(backend_err)?;
         let revision = {
             txn.open_table(OBJECTS).map_err(backend_err)?;
@@ -221,10 +226,10 @@ impl EmbeddedStore {
         let (reply, rx) = oneshot::channel();
         self.writer
             .as_ref()
-            .ok_or_else(|| backend_err("store is closed"))?
+            .ok_or_else(|| stopped("store is closed"))?
             .send(Request { op, reply })
-            .map_err(|_| backend_err("writer thread stopped"))?;
-        rx.await.map_err(|_| backend_err("writer thread stopped"))?
+            .map_err(|_| stopped("writer thread stopped"))?;
+        rx.await.map_err(|_| stopped("writer thread stopped"))?
     }
 
     async fn read<T: Send + 'static>(
@@ -336,7 +341,7 @@ impl Writer {
                 let message = e.to_string();
                 tracing::error!(error = %message, "embedded store transaction failed");
                 for req in batch {
-                    let _ = req.reply.send(Err(backend_err(&message)));
+                    let _ = req.reply.send(Err(stopped(&message)));
                 }
             }
         }
@@ -551,7 +556,7 @@ fn snapshot(
 }
 
 #[async_trait]
-impl Store for EmbeddedStore {
+impl Storage for EmbeddedStore {
     fn backend(&self) -> &'static str {
         "embedded"
     }

@@ -10,7 +10,7 @@ use etcd_client::{
 use futures::StreamExt;
 
 use super::{
-    prefix_end, KeyValue, ListRequest, ListResponse, Result, StorageError, Store, WatchEvent,
+    prefix_end, KeyValue, ListRequest, ListResponse, Result, Storage, StorageError, WatchEvent,
     WatchStream,
 };
 
@@ -30,10 +30,7 @@ fn etcd_err(e: etcd_client::Error) -> StorageError {
             oldest: 0,
         };
     }
-    StorageError::Backend {
-        backend: "etcd",
-        message,
-    }
+    StorageError::backend_caused("etcd", message, e)
 }
 
 impl EtcdStore {
@@ -44,14 +41,14 @@ impl EtcdStore {
             .with_timeout(std::time::Duration::from_secs(15));
         let mut client = Client::connect(endpoints, Some(options))
             .await
-            .map_err(|e| StorageError::Backend {
-                backend: "etcd",
-                message: format!("connecting to {}: {e}", endpoints.join(",")),
+            .map_err(|e| {
+                let message = format!("connecting to {}: {e}", endpoints.join(","));
+                StorageError::backend_caused("etcd", message, e)
             })?;
         // Fail now, not on the first request, when etcd is unreachable.
-        client.status().await.map_err(|e| StorageError::Backend {
-            backend: "etcd",
-            message: format!("etcd at {} is unreachable: {e}", endpoints.join(",")),
+        client.status().await.map_err(|e| {
+            let message = format!("etcd at {} is unreachable: {e}", endpoints.join(","));
+            StorageError::backend_caused("etcd", message, e)
         })?;
         Ok(EtcdStore {
             client,
@@ -113,7 +110,7 @@ impl EtcdStore {
 }
 
 #[async_trait]
-impl Store for EtcdStore {
+impl Storage for EtcdStore {
     fn backend(&self) -> &'static str {
         "etcd"
     }
@@ -292,12 +289,7 @@ impl WatchState {
     async fn next_batch(&mut self) -> Vec<Result<WatchEvent>> {
         let resp = match self.stream.message().await {
             Ok(Some(resp)) => resp,
-            Ok(None) => {
-                return vec![Err(StorageError::Backend {
-                    backend: "etcd",
-                    message: "watch stream closed".into(),
-                })]
-            }
+            Ok(None) => return vec![Err(StorageError::backend("etcd", "watch stream closed"))],
             Err(e) => return vec![Err(etcd_err(e))],
         };
         if resp.compact_revision() > 0 {
@@ -308,10 +300,7 @@ impl WatchState {
         }
         if resp.canceled() {
             let message = format!("watch canceled: {}", resp.cancel_reason());
-            return vec![Err(StorageError::Backend {
-                backend: "etcd",
-                message,
-            })];
+            return vec![Err(StorageError::backend("etcd", message))];
         }
         resp.events()
             .iter()

@@ -1,90 +1,7 @@
-//! Objects as stored: keys, encoding, selectors and JSON merge patch.
-//!
-//! Objects are stored as JSON without `metadata.resourceVersion`; the version is the
-//! storage revision and is filled in on every read.
+//! Label and field selectors, as `labelSelector` and `fieldSelector` of lists and
+//! watches: parsed from their query strings, matched against objects.
 
-use serde_json::{Map, Value};
-
-use crate::storage::KeyValue;
-use crds::KindInfo;
-
-/// Storage key of an object (`name` empty: the prefix of the collection).
-pub fn key(kind: &KindInfo, namespace: Option<&str>, name: &str) -> String {
-    let group = if kind.group.is_empty() {
-        "core"
-    } else {
-        kind.group
-    };
-    match namespace {
-        Some(ns) if kind.namespaced => format!("/{group}/{}/{ns}/{name}", kind.plural),
-        _ => format!("/{group}/{}/{name}", kind.plural),
-    }
-}
-
-/// Decode a stored value and set its `resourceVersion`.
-pub fn decode(kv: &KeyValue) -> Result<Value, serde_json::Error> {
-    let mut object: Value = serde_json::from_slice(&kv.value)?;
-    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert(
-            "resourceVersion".into(),
-            Value::String(kv.mod_revision.to_string()),
-        );
-    }
-    Ok(object)
-}
-
-/// Encode an object for storage, without its `resourceVersion`.
-pub fn encode(object: &Value) -> Vec<u8> {
-    let mut object = object.clone();
-    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
-    }
-    serde_json::to_vec(&object).expect("a JSON value serializes")
-}
-
-/// `metadata.<field>` as a string.
-pub fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
-    object.get("metadata")?.get(field)?.as_str()
-}
-
-pub fn meta_mut(object: &mut Value) -> &mut Map<String, Value> {
-    if !object.get("metadata").is_some_and(Value::is_object) {
-        object["metadata"] = Value::Object(Map::new());
-    }
-    object["metadata"]
-        .as_object_mut()
-        .expect("metadata is an object")
-}
-
-/// `metadata.resourceVersion` as a number, if present.
-pub fn resource_version(object: &Value) -> Result<Option<i64>, String> {
-    match meta_str(object, "resourceVersion") {
-        None | Some("") => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| {
-            format!("metadata.resourceVersion: {v:?} is not a valid resource version")
-        }),
-    }
-}
-
-/// RFC 7386 JSON merge patch.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = Value::Object(Map::new());
-            }
-            let t = target.as_object_mut().expect("object");
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        _ => *target = patch.clone(),
-    }
-}
+use serde_json::Value;
 
 /// One requirement of a label selector.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,6 +19,7 @@ enum Requirement {
 pub struct LabelSelector(Vec<Requirement>);
 
 impl LabelSelector {
+    /// Parse a `labelSelector` query value; the empty string selects everything.
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut out = Vec::new();
         for part in split_top_level(s) {
@@ -151,6 +69,7 @@ impl LabelSelector {
         Ok(LabelSelector(out))
     }
 
+    /// Whether the selector has no requirement (it selects every object).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -194,6 +113,7 @@ fn split_top_level(s: &str) -> Vec<&str> {
 pub struct FieldSelector(Vec<(Vec<String>, bool, String)>);
 
 impl FieldSelector {
+    /// Parse a `fieldSelector` query value; the empty string selects everything.
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -215,10 +135,12 @@ impl FieldSelector {
         Ok(FieldSelector(out))
     }
 
+    /// Whether the selector has no requirement (it selects every object).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// Whether every requirement holds; a missing field reads as the empty string.
     pub fn matches(&self, object: &Value) -> bool {
         self.0.iter().all(|(path, equal, value)| {
             let found = path
@@ -271,12 +193,5 @@ mod tests {
             .unwrap()
             .matches(&o));
         assert!(!FieldSelector::parse("spec.cluster=x").unwrap().matches(&o));
-    }
-
-    #[test]
-    fn merge_patch_follows_rfc7386() {
-        let mut t = json!({"a": {"b": 1, "c": 2}, "d": [1]});
-        merge_patch(&mut t, &json!({"a": {"b": null, "e": 3}, "d": [2]}));
-        assert_eq!(t, json!({"a": {"c": 2, "e": 3}, "d": [2]}));
     }
 }

@@ -1,32 +1,37 @@
-//! The verbs of the API over storage: get, list, create, replace, patch, delete.
+//! The verbs of the API over storage: get, list, create, replace, patch, delete, and
+//! writes to subresources.
 //!
-//! Everything the server guarantees about an object lives here: server-owned metadata
-//! (uid, timestamps, generation), schema validation before any write, immutable
-//! fields, optimistic concurrency, the `status` subresource, the `binding` subresource
-//! of Instances, and finalizers.
+//! Everything the server guarantees about an object of any kind lives here:
+//! server-owned metadata (uid, timestamps, generation), validation before any write,
+//! optimistic concurrency, the `status` subresource, and finalizers. What differs
+//! between kinds is asked of the kind's [`Strategy`]; lists and their paging are in
+//! [`list`].
+//!
+//! An update goes through one path, [`Registry::write`]: read the current object, let
+//! the verb compute the next one (PUT: the body; PATCH: the merge patch; a subresource:
+//! its change), then [`next_version`] (the strategy validates it, carries over
+//! server-owned fields, checks it against the current object), then compare-and-swap.
+//! Future steps have their place in that path: authorization before the verb runs
+//! (in the HTTP layer, with a principal in the request's extensions), server-side apply
+//! as one more way to compute the next object, admission after [`next_version`], and
+//! a dry run that stops before the compare-and-swap.
+
+pub mod list;
+pub mod strategy;
 
 use std::sync::Arc;
 
-use base64::Engine;
 use chrono::Utc;
 use crds::{FieldError, KindInfo};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::object::{self, FieldSelector, LabelSelector};
-use crate::storage::{KeyValue, ListRequest, StorageError, Store};
+use crate::object;
+use crate::storage::{KeyValue, Storage, StorageError};
 use crate::watch::WatchHub;
 
-/// Options of a list (and of the initial state of a watch).
-#[derive(Debug, Default, Clone)]
-pub struct ListOptions {
-    pub labels: LabelSelector,
-    pub fields: FieldSelector,
-    pub limit: Option<usize>,
-    pub continue_token: Option<String>,
-    /// List as of exactly this revision.
-    pub revision: Option<i64>,
-}
+pub use list::ListOptions;
+pub use strategy::{Strategy, Subresource};
 
 /// How a delete treats the object's dependents.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,6 +48,7 @@ pub enum Propagation {
 pub struct DeleteOptions {
     /// Delete only at this resourceVersion.
     pub precondition: Option<i64>,
+    /// Whether dependents go before (foreground) or after (background) the object.
     pub propagation: Propagation,
 }
 
@@ -55,16 +61,11 @@ pub enum Part {
     Status,
 }
 
+/// The verbs over one storage, sharing the watch hub's copies of recent objects.
 #[derive(Clone)]
 pub struct Registry {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Storage>,
     hub: WatchHub,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ContinueToken {
-    rv: i64,
-    start: String,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -76,14 +77,17 @@ fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
 }
 
 impl Registry {
-    pub fn new(store: Arc<dyn Store>, hub: WatchHub) -> Self {
+    /// The registry over `store`; `hub` must follow the same store.
+    pub fn new(store: Arc<dyn Storage>, hub: WatchHub) -> Self {
         Registry { store, hub }
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
+    /// The storage the registry writes to.
+    pub fn store(&self) -> &Arc<dyn Storage> {
         &self.store
     }
 
+    /// The watch hub that fans out the storage's changes.
     pub fn hub(&self) -> &WatchHub {
         &self.hub
     }
@@ -128,6 +132,7 @@ impl Registry {
         }
     }
 
+    /// The object `name` (404 if there is none).
     pub async fn get(
         &self,
         kind: &KindInfo,
@@ -150,92 +155,8 @@ impl Registry {
         Ok(())
     }
 
-    /// A `<Kind>List` of the matching objects.
-    pub async fn list(
-        &self,
-        kind: &KindInfo,
-        ns: Option<&str>,
-        opts: &ListOptions,
-    ) -> Result<Value, ApiError> {
-        let prefix = object::key(kind, ns, "");
-        let (mut start_after, mut revision) = (None, opts.revision);
-        if let Some(token) = &opts.continue_token {
-            let t: ContinueToken = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(token)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "continue: {token:?} is not a valid continue token"
-                    ))
-                })?;
-            start_after = Some(t.start);
-            revision = Some(t.rv);
-        }
-        let limit = opts.limit.filter(|l| *l > 0);
-        let filtered = !opts.labels.is_empty() || !opts.fields.is_empty();
-        let mut items = Vec::new();
-        let mut more;
-        let mut last_key;
-        loop {
-            let page = self
-                .store
-                .list(ListRequest {
-                    prefix: prefix.clone(),
-                    start_after: start_after.clone(),
-                    limit: if filtered { limit.map(|l| l.max(256)) } else { limit },
-                    revision,
-                })
-                .await
-                .map_err(|e| match e {
-                    StorageError::TooOld { requested, .. } if opts.continue_token.is_some() => ApiError::Gone(format!(
-                        "the continue token's resourceVersion {requested} is no longer available; list again from the start"
-                    )),
-                    e => ApiError::from_storage(e, kind.plural, ""),
-                })?;
-            revision = Some(page.revision);
-            more = page.more;
-            last_key = page.items.last().map(|kv| kv.key.clone());
-            for kv in &page.items {
-                let o = decode(kv)?;
-                if opts.labels.matches(&o) && opts.fields.matches(&o) {
-                    items.push((kv.key.clone(), o));
-                }
-            }
-            if !more || limit.is_some_and(|l| items.len() > l) || !filtered {
-                break;
-            }
-            start_after = last_key.clone();
-        }
-        let revision = revision.unwrap_or_default();
-        let mut metadata = json!({"resourceVersion": revision.to_string()});
-        if let Some(l) = limit {
-            if items.len() > l {
-                items.truncate(l);
-                more = true;
-                last_key = items.last().map(|(k, _)| k.clone());
-            }
-            if more {
-                if let Some(start) = last_key {
-                    let token = serde_json::to_vec(&ContinueToken {
-                        rv: revision,
-                        start,
-                    })
-                    .expect("token serializes");
-                    metadata["continue"] = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                        .encode(token)
-                        .into();
-                }
-            }
-        }
-        Ok(json!({
-            "apiVersion": kind.api_version(),
-            "kind": format!("{}List", kind.kind),
-            "metadata": metadata,
-            "items": items.into_iter().map(|(_, o)| o).collect::<Vec<_>>(),
-        }))
-    }
-
+    /// Create an object (POST to the collection): server-owned metadata set, the
+    /// name generated from `generateName` if needed, validated, in an existing namespace.
     pub async fn create(
         &self,
         kind: &KindInfo,
@@ -297,13 +218,9 @@ impl Registry {
         for server_owned in ["resourceVersion", "deletionTimestamp", "managedFields"] {
             meta.remove(server_owned);
         }
-        if kind.has_status {
-            // As in Kubernetes, status is written through the status subresource only.
-            if let Some(o) = body.as_object_mut() {
-                o.remove("status");
-            }
-        }
-        validate(kind, &name, &mut body)?;
+        let strategy = strategy::for_kind(kind);
+        strategy.prepare_for_create(kind, &mut body);
+        strategy.validate(kind, &name, &mut body)?;
         self.require_namespace(kind, ns).await?;
         let key = object::key(kind, ns, &name);
         let kv = self
@@ -356,72 +273,27 @@ impl Registry {
         let precondition = object::resource_version(&patch).map_err(ApiError::BadRequest)?;
         self.write(kind, ns, name, precondition, |current| {
             let mut patched = current.clone();
-            object::merge_patch(&mut patched, &patch);
+            json_patch::merge(&mut patched, &patch);
             check_type(kind, &patched)?;
             Ok(take_part(kind, current, &patched, part))
         })
         .await
     }
 
-    /// The `binding` subresource of Instances (as Kubernetes' `pods/binding`): bind
-    /// Instance `name` to the target in `body` (`{"target": {"kind": "Cluster" | "Node",
-    /// "name": …}}`, optionally `metadata.resourceVersion`) — `spec.cluster` or
-    /// `spec.node`, phase `Scheduled` and the `Scheduled=True` condition — in one write.
-    /// An Instance already bound to another target is a 409.
-    pub async fn bind(
+    /// POST `body` to subresource `sub` of object `name` (`instances/NAME/binding`):
+    /// the kind's strategy says what the write changes, and it goes through the same
+    /// write path as a patch.
+    pub async fn post_subresource(
         &self,
         kind: &KindInfo,
         ns: Option<&str>,
         name: &str,
+        sub: Subresource,
         body: Value,
     ) -> Result<Value, ApiError> {
-        let precondition = object::resource_version(&body).map_err(ApiError::BadRequest)?;
-        let target_name = body
-            .pointer("/target/name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| ApiError::BadRequest("a binding needs target.name".into()))?;
-        // The spec field, also the noun of messages.
-        let field = match body.pointer("/target/kind").and_then(Value::as_str) {
-            Some("Cluster") => "cluster",
-            Some("Node") => "node",
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "target.kind: {:?} is not one of Cluster, Node",
-                    other.unwrap_or_default()
-                )))
-            }
-        };
-        self.write(kind, ns, name, precondition, |current| {
-            let mut instance =
-                <crds::Instance as serde::Deserialize>::deserialize(current).map_err(internal)?;
-            let bound = match field {
-                "cluster" => &mut instance.spec.cluster,
-                _ => &mut instance.spec.node,
-            };
-            match bound.as_deref() {
-                Some(b) if b != target_name => {
-                    return Err(ApiError::Conflict {
-                        plural: kind.plural.into(),
-                        name: name.into(),
-                        message: format!("the instance is already bound to {field} {b}"),
-                    })
-                }
-                _ => *bound = Some(target_name.to_string()),
-            }
-            let status = instance.status.get_or_insert_with(Default::default);
-            status.phase = crds::Phase::Scheduled;
-            status.reason.clear();
-            status.message.clear();
-            crds::set_condition(
-                &mut status.conditions,
-                "Scheduled",
-                crds::ConditionStatus::True,
-                "Placed",
-                &format!("placed on {field} {target_name}"),
-                Utc::now(),
-            );
-            serde_json::to_value(&instance).map_err(internal)
+        let write = strategy::for_kind(kind).subresource_write(kind, name, sub, &body)?;
+        self.write(kind, ns, name, write.precondition, |current| {
+            (write.change)(current)
         })
         .await
     }
@@ -459,14 +331,7 @@ impl Registry {
                     (&stored, kv.mod_revision)
                 }
             };
-            let next = mutate(current).and_then(|mut next| {
-                validate(kind, name, &mut next)?;
-                keep_server_fields(kind, current, &mut next);
-                if next != *current {
-                    check_immutable(kind, name, current, &next)?;
-                }
-                Ok(next)
-            });
+            let next = mutate(current).and_then(|next| next_version(kind, name, current, next));
             // A rejection, or nothing to write, is answered from the stored object,
             // not from the hub's copy, which may be older.
             let mut next = match next {
@@ -512,9 +377,9 @@ impl Registry {
         options: &DeleteOptions,
     ) -> Result<Value, ApiError> {
         let precondition = options.precondition;
-        if kind.kind == "Namespace" {
-            self.check_namespace_deletable(name).await?;
-        }
+        strategy::for_kind(kind)
+            .check_delete(self.store.as_ref(), kind, name)
+            .await?;
         let key = object::key(kind, ns, name);
         loop {
             let kv = self.current_at(kind, ns, name, precondition).await?;
@@ -556,40 +421,6 @@ impl Registry {
         }
     }
 
-    async fn check_namespace_deletable(&self, name: &str) -> Result<(), ApiError> {
-        if name == "default" {
-            return Err(ApiError::Conflict {
-                plural: "namespaces".into(),
-                name: name.into(),
-                message: "the default namespace cannot be deleted".into(),
-            });
-        }
-        for kind in crds::KINDS.iter().filter(|k| k.namespaced) {
-            let request = ListRequest {
-                prefix: object::key(kind, Some(name), ""),
-                limit: Some(1),
-                ..Default::default()
-            };
-            let page = self
-                .store
-                .list(request)
-                .await
-                .map_err(|e| ApiError::from_storage(e, "namespaces", name))?;
-            if let Some(kv) = page.items.first() {
-                let held = kv.key.rsplit('/').next().unwrap_or_default();
-                return Err(ApiError::Conflict {
-                    plural: "namespaces".into(),
-                    name: name.into(),
-                    message: format!(
-                        "the namespace still holds {} {held:?} (and maybe more); delete them first",
-                        kind.singular
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-
     /// Create the namespace `name` if it does not exist.
     pub async fn ensure_namespace(&self, name: &str) -> Result<(), ApiError> {
         let kind = crds::kind_by_name("namespaces").expect("namespaces are served");
@@ -615,16 +446,6 @@ fn invalid(kind: &KindInfo, name: &str, field: &str, message: &str) -> ApiError 
         name: name.into(),
         errors: vec![FieldError::new(field, message)],
     }
-}
-
-/// Validate an object and fill in its defaults.
-fn validate(kind: &KindInfo, name: &str, object: &mut Value) -> Result<(), ApiError> {
-    *object = kind.validate(object).map_err(|e| ApiError::Invalid {
-        kind: kind.kind.into(),
-        name: name.into(),
-        errors: e.errors,
-    })?;
-    Ok(())
 }
 
 /// The body's `apiVersion` and `kind` must be those of the URL.
@@ -667,60 +488,22 @@ fn take_part(kind: &KindInfo, current: &Value, incoming: &Value, part: Part) -> 
     next
 }
 
-/// Carry over what only the server writes; bump `generation` when `spec` changed.
-fn keep_server_fields(kind: &KindInfo, current: &Value, next: &mut Value) {
-    let cur = current.get("metadata").cloned().unwrap_or_default();
-    let spec_changed = current.get("spec") != next.get("spec");
-    let meta = object::meta_mut(next);
-    for field in [
-        "name",
-        "namespace",
-        "uid",
-        "creationTimestamp",
-        "deletionTimestamp",
-        "resourceVersion",
-    ] {
-        match cur.get(field) {
-            Some(v) => meta.insert(field.into(), v.clone()),
-            None => meta.remove(field),
-        };
-    }
-    meta.remove("managedFields");
-    let generation = cur.get("generation").and_then(Value::as_i64).unwrap_or(1);
-    let generation = if spec_changed && kind.kind != "Namespace" {
-        generation + 1
-    } else {
-        generation
-    };
-    meta.insert("generation".into(), generation.into());
-}
-
-fn check_immutable(
+/// The object an update stores, from the `current` one and the verb's `next` one:
+/// the kind's strategy validates it (and fills in defaults), carries over what only
+/// the server writes, and, if anything changed, checks it against `current`.
+fn next_version(
     kind: &KindInfo,
     name: &str,
     current: &Value,
-    next: &Value,
-) -> Result<(), ApiError> {
-    let errors: Vec<FieldError> = kind
-        .immutable
-        .iter()
-        .filter(|ptr| current.pointer(ptr) != next.pointer(ptr))
-        .map(|ptr| {
-            FieldError::new(
-                ptr.trim_start_matches('/').replace('/', "."),
-                "field is immutable",
-            )
-        })
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::Invalid {
-            kind: kind.kind.into(),
-            name: name.into(),
-            errors,
-        })
+    mut next: Value,
+) -> Result<Value, ApiError> {
+    let strategy = strategy::for_kind(kind);
+    strategy.validate(kind, name, &mut next)?;
+    strategy.prepare_for_update(current, &mut next);
+    if next != *current {
+        strategy.validate_update(kind, name, current, &next)?;
     }
+    Ok(next)
 }
 
 /// Marked for deletion and no finalizer left: the object can go.
@@ -728,4 +511,73 @@ fn finalized(object: &Value) -> bool {
     let meta = &object["metadata"];
     meta.get("deletionTimestamp").is_some()
         && meta["finalizers"].as_array().is_none_or(|f| f.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc7386() {
+        let mut t = json!({"a": {"b": 1, "c": 2}, "d": [1]});
+        json_patch::merge(&mut t, &json!({"a": {"b": null, "e": 3}, "d": [2]}));
+        assert_eq!(t, json!({"a": {"c": 2, "e": 3}, "d": [2]}));
+    }
+
+    #[test]
+    fn a_write_changes_only_its_part() {
+        let service = crds::kind_by_name("services").unwrap();
+        let event = crds::kind_by_name("events").unwrap();
+        let current = json!({"spec": 1, "status": "old"});
+        let incoming = json!({"spec": 2, "status": "new"});
+        let without_status = json!({"spec": 2});
+        for (kind, incoming, part, want) in [
+            (
+                service,
+                &incoming,
+                Part::Main,
+                json!({"spec": 2, "status": "old"}),
+            ),
+            (
+                service,
+                &incoming,
+                Part::Status,
+                json!({"spec": 1, "status": "new"}),
+            ),
+            (service, &without_status, Part::Status, json!({"spec": 1})),
+            (
+                event,
+                &incoming,
+                Part::Main,
+                json!({"spec": 2, "status": "new"}),
+            ),
+        ] {
+            assert_eq!(
+                take_part(kind, &current, incoming, part),
+                want,
+                "{} {part:?} {incoming}",
+                kind.plural
+            );
+        }
+    }
+
+    #[test]
+    fn an_object_goes_once_marked_and_without_finalizers() {
+        for (metadata, want) in [
+            (json!({}), false),
+            (json!({"finalizers": []}), false),
+            (json!({"deletionTimestamp": "t"}), true),
+            (json!({"deletionTimestamp": "t", "finalizers": []}), true),
+            (
+                json!({"deletionTimestamp": "t", "finalizers": ["x"]}),
+                false,
+            ),
+        ] {
+            assert_eq!(
+                finalized(&json!({"metadata": metadata})),
+                want,
+                "{metadata}"
+            );
+        }
+    }
 }
