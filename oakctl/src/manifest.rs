@@ -158,7 +158,7 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<Document>, Vec<ManifestError>
         }
     } else {
         let mut values = Vec::new();
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        for (i, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
             match Value::deserialize(doc) {
                 Ok(v) => values.push(v),
                 Err(e) => {
