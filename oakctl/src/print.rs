@@ -5,11 +5,16 @@ use comfy_table::{presets::NOTHING, Table};
 use crds::KindInfo;
 use serde_json::Value;
 
+/// The output formats of `get -o`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
+    /// The table with the kind's extra columns.
     Wide,
+    /// The objects as YAML (several as a `List`).
     Yaml,
+    /// The objects as JSON (several as a `List`).
     Json,
+    /// `kind/name` per object.
     Name,
 }
 
