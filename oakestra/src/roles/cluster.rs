@@ -80,7 +80,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let name = &args.name;
     crds::validate::name(name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
     let root = client::Client::new(&args.root).context("--root")?;
-    let mut running = Running::new(Default::default());
+    let mut running = Running::new();
     let cluster = start(
         &mut running,
         args.listen,

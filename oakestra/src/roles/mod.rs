@@ -92,12 +92,12 @@ pub struct Running {
 }
 
 impl Running {
-    /// Nothing running yet; the tasks added later stop when `shutdown` is cancelled.
-    pub fn new(shutdown: CancellationToken) -> Running {
+    /// Nothing running yet, with a fresh token for the tasks added later.
+    pub fn new() -> Running {
         Running {
             servers: Vec::new(),
             tasks: Vec::new(),
-            shutdown,
+            shutdown: CancellationToken::new(),
         }
     }
 

@@ -74,7 +74,7 @@ impl RootFlags {
 /// Run the root tier until Ctrl-C.
 pub async fn run(args: RootArgs) -> anyhow::Result<()> {
     let config = args.root.config()?;
-    let mut running = Running::new(Default::default());
+    let mut running = Running::new();
     let root = start(
         &mut running,
         args.listen,

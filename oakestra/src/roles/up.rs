@@ -75,7 +75,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let controllers = args.root.config()?;
     let worker = local_worker(data_dir, args.runtime);
     let worker_config = worker.config(worker_dir(data_dir))?;
-    let mut running = Running::new(Default::default());
+    let mut running = Running::new();
     let root = root::start(
         &mut running,
         args.listen,
