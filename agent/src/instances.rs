@@ -447,30 +447,46 @@ pub(crate) struct Instances {
 }
 
 impl Instances {
-    /// Stop and forget `id`'s workload and take its network down: ports first (so a new
-    /// replica finds them free), then the workload, then the namespace.
     async fn remove(&self, id: &InstanceId) -> Result<(), AgentError> {
-        if let Some(network) = &self.network {
-            network.unpublish(id);
-        }
-        self.runtime.remove(id).await?;
-        if let Some(network) = &self.network {
-            network.detach(id).await?;
-        }
-        Ok(())
+        remove_workload(self.runtime.as_ref(), self.network.as_ref(), id).await
     }
 
-    /// Everything the node holds of Instances: what the runtime has and what is
-    /// attached (for adoption and cleanup when the agent starts).
+    /// Everything the node holds of Instances (for adoption and cleanup when the agent
+    /// starts).
     pub async fn held(&self) -> Result<Vec<InstanceId>, AgentError> {
-        let mut ids = self.runtime.list().await?;
-        if let Some(network) = &self.network {
-            ids.extend(network.attached());
-        }
-        ids.sort();
-        ids.dedup();
-        Ok(ids)
+        held_workloads(self.runtime.as_ref(), self.network.as_ref()).await
     }
+}
+
+/// Stop and forget `id`'s workload and take its network down: ports first (so a new
+/// replica finds them free), then the workload, then the namespace.
+pub async fn remove_workload(
+    runtime: &dyn Runtime,
+    network: Option<&Network>,
+    id: &InstanceId,
+) -> Result<(), AgentError> {
+    if let Some(network) = network {
+        network.unpublish(id);
+    }
+    runtime.remove(id).await?;
+    if let Some(network) = network {
+        network.detach(id).await?;
+    }
+    Ok(())
+}
+
+/// Everything a node holds of Instances: what the runtime has and what is attached.
+pub async fn held_workloads(
+    runtime: &dyn Runtime,
+    network: Option<&Network>,
+) -> Result<Vec<InstanceId>, AgentError> {
+    let mut ids = runtime.list().await?;
+    if let Some(network) = network {
+        ids.extend(network.attached());
+    }
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
 }
 
 /// Remove `id` in the background, retried a few times; a second call while one runs

@@ -12,7 +12,7 @@ fn schema_files_are_current() {
         let path = dir.join(format!("{}.yaml", kind.plural));
         let generated = format!(
             "# Generated from the Rust types by `UPDATE_SCHEMAS=1 cargo test -p crds --test schemas`; do not edit.\n{}",
-            serde_yaml::to_string(&kind.schema().clone().to_value()).unwrap()
+            yaml_serde::to_string(&kind.schema().clone().to_value()).unwrap()
         );
         if update {
             std::fs::write(&path, &generated).unwrap();

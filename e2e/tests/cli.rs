@@ -309,3 +309,163 @@ fn kubectl_works_unchanged() {
     let err = fails(cli.kubectl(&["get", "cluster", "munich-1"]));
     assert!(err.contains("clusters \"munich-1\" not found"), "{err}");
 }
+
+/// The exit code of a failed command and its stderr.
+fn fails_with(out: Output) -> (i32, String) {
+    let code = out.status.code().expect("oakctl exits, not killed");
+    (code, fails(out))
+}
+
+#[test]
+fn oakctl_exit_codes_tell_failures_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, cli) = start(dir.path());
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {name: web}\nspec: {replicas: -1, template: {image: x}}\n",
+    )
+    .unwrap();
+    let unreachable = || {
+        Command::new(e2e::binary("oakctl"))
+            .args(["--server", "http://127.0.0.1:1", "get", "svc"])
+            .env("OAKCTL_CONFIG", cli.config.path().join("config.yaml"))
+            .output()
+            .unwrap()
+    };
+    let cases: [(&str, Output, i32, &str); 6] = [
+        (
+            "the API refuses",
+            cli.oakctl(&["delete", "namespace", "default"]),
+            1,
+            "the default namespace cannot be deleted",
+        ),
+        (
+            "clap's usage error",
+            cli.oakctl(&["get"]),
+            2,
+            "required arguments were not provided",
+        ),
+        (
+            "an unknown kind",
+            cli.oakctl(&["get", "widgets"]),
+            2,
+            "unknown kind \"widgets\"",
+        ),
+        (
+            "an invalid manifest",
+            cli.oakctl(&["apply", "-f", bad.to_str().unwrap()]),
+            2,
+            "nothing was applied",
+        ),
+        (
+            "no server",
+            unreachable(),
+            3,
+            "cannot reach the API server at http://127.0.0.1:1",
+        ),
+        (
+            "not found",
+            cli.oakctl(&["get", "svc", "nothere"]),
+            4,
+            "error: services \"nothere\" not found",
+        ),
+    ];
+    for (what, out, expected, needle) in cases {
+        let (code, err) = fails_with(out);
+        assert_eq!(code, expected, "{what}: {err}");
+        assert!(
+            err.contains(needle),
+            "{what}: {needle:?} missing from {err}"
+        );
+    }
+    // Deleting several missing objects is "not found" too; a missing one among other
+    // failures is not.
+    let (code, err) = fails_with(cli.oakctl(&["delete", "svc", "a", "b"]));
+    assert_eq!(code, 4, "{err}");
+    let (code, err) = fails_with(cli.oakctl(&["delete", "ns", "default", "nothere"]));
+    assert_eq!(code, 1, "{err}");
+    // The codes are documented.
+    let help = ok(cli.oakctl(&["--help"]));
+    for line in [
+        "0  done",
+        "1  the API server refused",
+        "2  usage",
+        "3  the API server",
+        "4  an object",
+    ] {
+        assert!(help.contains(line), "{line:?} missing from --help:\n{help}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oakctl_delete_wait_returns_once_the_object_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, cli) = start(dir.path());
+    let held = "apiVersion: oakestra.io/v1\nkind: Cluster\nmetadata: {name: held, finalizers: [example.com/hold]}\nspec: {}\n";
+    ok(cli.oakctl_stdin(&["apply", "-f", "-"], Some(held)));
+    let clusters = client::Client::new(&cli.server)
+        .unwrap()
+        .dynamic(crds::kind_by_name("clusters").unwrap(), None);
+
+    // A finalizer keeps it: --wait gives up after its timeout, with exit code 1.
+    let (code, err) =
+        fails_with(cli.oakctl(&["delete", "cluster", "held", "--wait", "--timeout", "1"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cluster/held still exists after 1s (finalizers: [\"example.com/hold\"])"),
+        "{err}"
+    );
+
+    let mut waiting = Command::new(e2e::binary("oakctl"))
+        .args(["delete", "cluster", "held", "--wait", "--timeout", "60"])
+        .env("OAKCTL_SERVER", &cli.server)
+        .env("OAKCTL_CONFIG", cli.config.path().join("config.yaml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once it waits, it stays waiting while the finalizer holds the object.
+    let stderr = waiting.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("oakctl says it waits");
+    assert_eq!(line, "waiting for cluster/held to be gone…");
+    assert!(
+        clusters.get_opt("held").await.unwrap().is_some(),
+        "the finalizer holds it"
+    );
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "delete --wait returned while the object still existed"
+    );
+    clusters
+        .patch(
+            "held",
+            &serde_json::json!({"metadata": {"finalizers": null}}),
+        )
+        .await
+        .unwrap();
+    let status = e2e::eventually("delete --wait to return", Duration::from_secs(20), || {
+        let done = waiting.try_wait().unwrap();
+        async move { done }
+    })
+    .await;
+    let out = waiting.wait_with_output().unwrap();
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "cluster \"held\" deleted\n"
+    );
+    assert!(clusters.get_opt("held").await.unwrap().is_none());
+}

@@ -14,15 +14,19 @@ pub struct Document {
     pub source: String,
     /// 1-based position of the document in its file.
     pub index: usize,
+    /// Its kind, found from `apiVersion` and `kind`.
     pub kind: &'static KindInfo,
+    /// The object as written, validated against its kind's schema.
     pub object: Value,
 }
 
 impl Document {
+    /// `metadata.name`.
     pub fn name(&self) -> &str {
         self.object["metadata"]["name"].as_str().unwrap_or_default()
     }
 
+    /// `metadata.namespace`, if it names one.
     pub fn namespace(&self) -> Option<&str> {
         self.object["metadata"]["namespace"].as_str()
     }
@@ -39,13 +43,16 @@ impl Document {
     }
 }
 
+/// Why a manifest was refused; each names the file (and the document where there is one).
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
+    /// The file or directory could not be read.
     #[error("{path}: {source}")]
     Read {
         path: String,
         source: std::io::Error,
     },
+    /// A YAML document is not valid YAML.
     #[error("{path}: document {index}: invalid YAML at line {line}, column {column}: {message}")]
     Yaml {
         path: String,
@@ -54,6 +61,7 @@ pub enum ManifestError {
         column: usize,
         message: String,
     },
+    /// A JSON file is not valid JSON.
     #[error("{path}: invalid JSON at line {line}, column {column}: {message}")]
     Json {
         path: String,
@@ -61,6 +69,7 @@ pub enum ManifestError {
         column: usize,
         message: String,
     },
+    /// A document is not an object of a known kind, or fails its kind's schema.
     #[error("{path}: document {index}: {message}")]
     Document {
         path: String,
@@ -158,7 +167,7 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<Document>, Vec<ManifestError>
         }
     } else {
         let mut values = Vec::new();
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        for (i, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
             match Value::deserialize(doc) {
                 Ok(v) => values.push(v),
                 Err(e) => {

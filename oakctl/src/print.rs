@@ -5,11 +5,16 @@ use comfy_table::{presets::NOTHING, Table};
 use crds::KindInfo;
 use serde_json::Value;
 
+/// The output formats of `get -o`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
+    /// The table with the kind's extra columns.
     Wide,
+    /// The objects as YAML (several as a `List`).
     Yaml,
+    /// The objects as JSON (several as a `List`).
     Json,
+    /// `kind/name` per object.
     Name,
 }
 
@@ -92,7 +97,7 @@ pub fn objects(
             .collect::<Vec<_>>()
             .join("\n"),
         Some(Output::Json) => serde_json::to_string_pretty(&as_one(items))?,
-        Some(Output::Yaml) => serde_yaml::to_string(&as_one(items))?
+        Some(Output::Yaml) => yaml_serde::to_string(&as_one(items))?
             .trim_end()
             .to_string(),
     })
@@ -108,7 +113,7 @@ fn as_one(items: &[Value]) -> Value {
 /// YAML of `value` indented by `indent` spaces.
 pub fn indented_yaml(value: &Value, indent: usize) -> String {
     let pad = " ".repeat(indent);
-    serde_yaml::to_string(value)
+    yaml_serde::to_string(value)
         .unwrap_or_default()
         .lines()
         .map(|l| format!("{pad}{l}"))

@@ -89,6 +89,19 @@ pub struct Assembly {
     pub network: Option<Network>,
 }
 
+impl Assembly {
+    /// Every workload the node holds (what the runtime runs and what is attached),
+    /// e.g. to stop what a stopped agent left running.
+    pub async fn held(&self) -> Result<Vec<InstanceId>, crate::AgentError> {
+        crate::instances::held_workloads(self.runtime.as_ref(), self.network.as_ref()).await
+    }
+
+    /// Stop `id`'s workload and take its network down, as the agent does.
+    pub async fn remove(&self, id: &InstanceId) -> Result<(), crate::AgentError> {
+        crate::instances::remove_workload(self.runtime.as_ref(), self.network.as_ref(), id).await
+    }
+}
+
 /// Why a worker's runtime could not be put together.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

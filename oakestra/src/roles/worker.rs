@@ -1,0 +1,186 @@
+//! `oakestra worker`: the agent of one node. Registers the Node at its cluster and runs
+//! the Instances bound to it, with the runtime its flags choose (assembled by
+//! `agent::runtime::build`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agent::network::NetworkMode;
+use agent::runtime::{RuntimeChoice, RuntimeSettings};
+use agent::AgentConfig;
+use anyhow::Context as _;
+use clap::Args;
+use crds::Location;
+use tokio_util::sync::CancellationToken;
+
+use crate::roles::{parse_location, Running};
+
+/// The flags of `oakestra worker`.
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// URL of the cluster API, e.g. `http://10.0.0.2:10100`.
+    #[arg(long)]
+    cluster: String,
+    #[command(flatten)]
+    worker: WorkerFlags,
+}
+
+/// Which runtime a worker runs its Instances with.
+#[derive(Args, Clone)]
+pub struct RuntimeFlags {
+    /// `containerd` runs containers, `process` native executables; `auto` picks
+    /// containerd when its socket is there.
+    #[arg(long, value_enum, default_value_t = RuntimeChoice::Auto)]
+    runtime: RuntimeChoice,
+    /// containerd's gRPC socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: PathBuf,
+    /// Registries (host[:port]) to pull from over plain HTTP; loopback ones always are.
+    #[arg(long, value_delimiter = ',')]
+    insecure_registry: Vec<String>,
+    /// cgroup file system root, for instance limits.
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+    /// Container networking: `bridge` gives each container its own namespace and its
+    /// instance IP (needs the CNI plugins), `host` shares the node's network.
+    #[arg(long, value_enum, default_value_t = NetworkMode::Bridge)]
+    network: NetworkMode,
+    /// Where the CNI plugins are.
+    #[arg(long, default_value = agent::network::DEFAULT_CNI_PATH)]
+    cni_path: PathBuf,
+}
+
+impl RuntimeFlags {
+    /// The agent's runtime settings these flags stand for.
+    pub fn settings(&self) -> RuntimeSettings {
+        RuntimeSettings {
+            choice: self.runtime,
+            containerd_socket: self.containerd_socket.clone(),
+            insecure_registries: self.insecure_registry.clone(),
+            cgroup_root: self.cgroup_root.clone(),
+            network: self.network,
+            cni_path: self.cni_path.clone(),
+        }
+    }
+}
+
+/// Flags of a worker agent (`oakestra up` fills them in for its one worker).
+#[derive(Args)]
+pub struct WorkerFlags {
+    /// Node name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeFlags,
+    /// Address the node is reached at.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
+    /// Where instance state and logs are kept.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 2)]
+    pub heartbeat_seconds: u64,
+    /// Where the node is, as LAT,LON in degrees.
+    #[arg(long, value_parser = parse_location)]
+    pub location: Option<Location>,
+    /// Node labels, KEY=VALUE[,KEY=VALUE…].
+    #[arg(long, value_parser = parse_labels, default_value = "")]
+    pub labels: BTreeMap<String, String>,
+    /// Where the agent serves instance logs (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+}
+
+/// `KEY=VALUE[,KEY=VALUE…]`, as `--labels` takes them.
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| format!("{p:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+impl WorkerFlags {
+    /// The agent's settings; its data lives in `<data dir>/<node>`, the data dir being
+    /// `--data-dir` or `default_dir`.
+    pub fn config(&self, default_dir: PathBuf) -> anyhow::Result<AgentConfig> {
+        let node = match &self.name {
+            Some(n) => n.clone(),
+            None => std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_lowercase())
+                .unwrap_or_else(|_| "worker".into()),
+        };
+        crds::validate::name(&node).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+        Ok(AgentConfig {
+            data_dir: self.data_dir.clone().unwrap_or(default_dir).join(&node),
+            node,
+            address: self.address.clone(),
+            location: self.location.clone(),
+            labels: self.labels.clone(),
+            heartbeat: Duration::from_secs(self.heartbeat_seconds.max(1)),
+            capacity: None,
+            listen: self.listen,
+        })
+    }
+}
+
+/// Run a worker agent until Ctrl-C (or until it fails).
+pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let config = args
+        .worker
+        .config(PathBuf::from("/var/lib/oakestra/worker"))?;
+    let client = client::Client::new(&args.cluster).context("--cluster")?;
+    println!(
+        "oakestra worker {}: cluster at {}",
+        config.node,
+        client.base()
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_worker(
+        client,
+        config,
+        args.worker.runtime.clone(),
+        shutdown.clone(),
+    ));
+    tokio::select! {
+        r = task => r.context("worker task")?,
+        _ = tokio::signal::ctrl_c() => {
+            shutdown.cancel();
+            Ok(())
+        }
+    }
+}
+
+/// Start a worker agent in `running`, talking to `cluster`; if it fails, the failure is
+/// logged and the rest of `running` goes on.
+pub fn start(
+    running: &mut Running,
+    cluster: client::Client,
+    config: AgentConfig,
+    flags: RuntimeFlags,
+) {
+    let shutdown = running.shutdown().clone();
+    running.spawn(async move {
+        if let Err(e) = run_worker(cluster, config, flags, shutdown).await {
+            tracing::error!(error = %e, "worker stopped");
+        }
+    });
+}
+
+/// Run a worker agent with the runtime its flags name.
+pub async fn run_worker(
+    cluster: client::Client,
+    config: AgentConfig,
+    flags: RuntimeFlags,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let assembly = agent::runtime::build(&config, &flags.settings()).await?;
+    agent::run(cluster, config, assembly, shutdown).await?;
+    Ok(())
+}
