@@ -108,15 +108,17 @@ where
     }
 }
 
-/// A connection to one API server.
+/// A connection to one API server, and beside it the reconcile runtime's shared
+/// informers of that server ([`Client::informers`]).
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
     /// Set when the server runs in this process: requests go to it in memory.
     local: Option<Arc<dyn LocalServer>>,
-    /// The shared informers of this client and its clones.
-    informers: Arc<runtime::informer::Registry>,
+    /// The shared informers of this client and its clones: one watch per kind and
+    /// selectors, however many controllers follow it.
+    informers: runtime::Informers,
 }
 
 impl std::fmt::Debug for Client {
@@ -146,7 +148,7 @@ impl Client {
             http,
             base,
             local: None,
-            informers: Arc::default(),
+            informers: runtime::Informers::default(),
         })
     }
 
@@ -160,8 +162,15 @@ impl Client {
         Ok(client)
     }
 
+    /// The server's base URL.
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The informers that the controllers built on this client (and its clones) share;
+    /// a client made with [`Client::new`] starts with none.
+    pub fn informers(&self) -> &runtime::Informers {
+        &self.informers
     }
 
     /// An untyped API for `kind`, in namespace `ns` (ignored for cluster-scoped kinds;
@@ -654,6 +663,14 @@ impl<K: Resource> Api<K> {
     /// model, or an answer that is not a `K`).
     pub fn dynamic(&self) -> DynamicApi {
         self.inner.retype()
+    }
+    /// The client this API sends its requests through.
+    pub fn client(&self) -> &Client {
+        self.inner.client()
+    }
+    /// The namespace of the requests (`None`: cluster-scoped, or all namespaces).
+    pub fn namespace(&self) -> Option<&str> {
+        self.inner.namespace()
     }
     /// The object `name`.
     pub async fn get(&self, name: &str) -> Result<K> {

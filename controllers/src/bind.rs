@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use client::runtime::{Action, ObjectRef, Recorder, Store};
+use client::runtime::{Action, IndexName, ObjectRef, Recorder, Store};
 use client::{Api, Client};
 use crds::{set_condition, ConditionStatus, EventType, Instance, Phase, Protocol, Resources};
 use scheduler::{Candidate, Decision, Request, Tier};
@@ -159,10 +159,10 @@ fn add(total: &mut Resources, r: &Resources) {
 }
 
 /// Name of the Instance-cache index of what counts in flight, by target.
-const IN_FLIGHT: &str = "in-flight";
+const IN_FLIGHT: IndexName = IndexName::new("in-flight");
 
 /// Name of the Instance-cache index by Service and target ([`service_target_key`]).
-const BY_SERVICE_TARGET: &str = "service-target";
+const BY_SERVICE_TARGET: IndexName = IndexName::new("service-target");
 
 /// The [`BY_SERVICE_TARGET`] key: a [`service_key`] and a target.
 fn service_target_key(service_key: &str, target: &str) -> String {

@@ -99,7 +99,7 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 
 /// Whether `owned` names `owner_uid` among its owners.
 /// Name of the Instance-cache index by owning Service ([`service_key`]).
-pub const BY_SERVICE: &str = "service";
+pub const BY_SERVICE: client::runtime::IndexName = client::runtime::IndexName::new("service");
 
 /// The [`BY_SERVICE`] key of Instances of Service `service` in `namespace`.
 pub fn service_key(namespace: Option<&str>, service: &str) -> String {
