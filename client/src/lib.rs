@@ -1,9 +1,10 @@
 //! Clients of the Oakestra API.
 //!
-//! [`Client`] holds the connection; [`DynamicApi`] speaks to one kind with JSON values
-//! (what `oakctl` needs for arbitrary manifests); [`Api`] is the typed layer over it
-//! for controllers; [`runtime`] is the reconcile runtime built on them. Errors are typed
-//! so callers can tell a conflict from a missing object from a transport failure.
+//! [`Client`] holds the connection (and the runtime's shared informers beside it);
+//! [`DynamicApi`] speaks to one kind, with JSON values by default (what `oakctl` needs for
+//! arbitrary manifests) or with a typed kind; [`Api`] is the typed layer over it for
+//! controllers; [`runtime`] is the reconcile runtime built on them. Errors are typed so
+//! callers can tell a conflict from a missing object from a transport failure.
 //!
 //! A client reaches its server over HTTP ([`Client::new`]) or, for controllers that run
 //! in the server's own process, through a [`LocalServer`] ([`Client::in_process`]): the
@@ -22,15 +23,33 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+/// Why a request failed: the server said no ([`Api`](Self::Api), with its `Status`),
+/// could not be reached, or answered with something this client cannot read.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server answered with a Kubernetes `Status` error.
     #[error("{}", .status.message)]
-    Api { status: Box<Status> },
+    Api {
+        /// The server's answer (its `code` is the HTTP status).
+        status: Box<Status>,
+    },
+    /// The request or its answer could not go over the connection.
     #[error("cannot reach the API server at {url}: {}", cause_chain(.source))]
-    Transport { url: String, source: reqwest::Error },
+    Transport {
+        /// The URL of the request.
+        url: String,
+        /// What the HTTP client reported.
+        source: reqwest::Error,
+    },
+    /// The answer arrived but is not what the request expects.
     #[error("unexpected answer from {url}: {message}")]
-    Decode { url: String, message: String },
+    Decode {
+        /// The URL of the request.
+        url: String,
+        /// What could not be decoded, and why.
+        message: String,
+    },
+    /// The server URL given to [`Client::new`] is not an `http://` or `https://` URL.
     #[error("invalid server URL {0:?}: expected http://HOST:PORT")]
     BadUrl(String),
 }
@@ -62,20 +81,26 @@ impl ClientError {
             _ => None,
         }
     }
+    /// The object does not exist (404).
     pub fn is_not_found(&self) -> bool {
         self.code() == Some(404)
     }
+    /// The write lost a race: the object exists already or changed since the
+    /// resourceVersion the write was made at (409).
     pub fn is_conflict(&self) -> bool {
         self.code() == Some(409)
     }
+    /// The resourceVersion asked for is too old to watch from: relist (410).
     pub fn is_gone(&self) -> bool {
         self.code() == Some(410)
     }
+    /// The object was refused as invalid (422).
     pub fn is_invalid(&self) -> bool {
         self.code() == Some(422)
     }
 }
 
+/// The result of a request: a [`ClientError`] unless said otherwise.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 /// The body of a [`LocalServer`]'s answer: its bytes as the server produces them (a
@@ -87,6 +112,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// (`apiserver::Server::local` is one). The request's URI is the full URL the client
 /// built; its body is the whole request body.
 pub trait LocalServer: Send + Sync + 'static {
+    /// Answer `request` (a watch's answer streams until the client drops it).
     fn call(
         &self,
         request: http::Request<bytes::Bytes>,
@@ -298,12 +324,19 @@ struct ListMeta {
 /// Options of a list or watch.
 #[derive(Debug, Default, Clone)]
 pub struct ListParams {
+    /// Only objects whose labels match, e.g. `app=web,tier!=db`.
     pub label_selector: Option<String>,
+    /// Only objects whose fields match, e.g. `spec.node=n1`.
     pub field_selector: Option<String>,
+    /// At most this many objects per page (a list then continues with a token).
     pub limit: Option<usize>,
+    /// The token of the page to read next, from the previous page.
     pub continue_token: Option<String>,
+    /// A watch starts after this version; a list reads at it.
     pub resource_version: Option<String>,
+    /// Ask a watch for bookmarks (progress notes carrying only a resourceVersion).
     pub bookmarks: bool,
+    /// The server ends the list or watch after this many seconds.
     pub timeout_seconds: Option<u64>,
 }
 
@@ -334,8 +367,11 @@ impl ListParams {
 /// One event of a watch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchEvent<T> {
+    /// The object was created (or existed when the watch began).
     Added(T),
+    /// The object changed.
     Modified(T),
+    /// The object was deleted (as it was last).
     Deleted(T),
     /// Progress: every change up to this resourceVersion has been delivered.
     Bookmark(String),

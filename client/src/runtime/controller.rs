@@ -721,4 +721,15 @@ mod tests {
         .await;
         assert_eq!(at, [0, 10_000], "run again only by the trigger");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_debounced_burst_runs_once_at_the_end_of_the_period() {
+        let controller = controller_of_a().debounce(Duration::from_millis(100));
+        let at = reconciled_at(controller, &[10, 20, 30], |_| Ok(Action::await_change())).await;
+        assert_eq!(
+            at,
+            [0, 10, 110],
+            "the triggers at 20 and 30 ms merge into one run"
+        );
+    }
 }

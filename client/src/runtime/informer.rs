@@ -163,3 +163,37 @@ async fn drive<K: Resource>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Client;
+    use crds::Cluster;
+
+    #[tokio::test]
+    async fn a_client_shares_one_informer_per_kind_and_selectors_while_it_is_held() {
+        // Nothing listens there: the watches only retry, which is all this test needs.
+        let client = Client::new("http://127.0.0.1:9").unwrap();
+        let all = || ListParams::default();
+        let a = informer(client.api::<Cluster>(None), all());
+        let b = informer(client.clone().api::<Cluster>(None), all());
+        assert!(Arc::ptr_eq(&a, &b), "clones of a client share");
+        let labelled = ListParams {
+            label_selector: Some("x=y".into()),
+            ..all()
+        };
+        let selected = informer(client.api::<Cluster>(None), labelled);
+        assert!(
+            !Arc::ptr_eq(&a, &selected),
+            "another selector, another watch"
+        );
+        let other = Client::new("http://127.0.0.1:9").unwrap();
+        let elsewhere = informer(other.api::<Cluster>(None), all());
+        assert!(!Arc::ptr_eq(&a, &elsewhere), "another client, another set");
+        assert_eq!((client.informers().len(), other.informers().len()), (2, 1));
+        drop(a);
+        assert_eq!(client.informers().len(), 2, "b still holds it");
+        drop((b, selected));
+        assert!(client.informers().is_empty());
+    }
+}

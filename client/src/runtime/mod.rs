@@ -1,13 +1,14 @@
-//! The reconcile runtime: [`watcher`] → [`reflector`] → [`informer`] (one per kind,
-//! shared) → [`controller`], plus [`backoff`] and an [`events`] recorder. Every
-//! controller and the worker agent are built on it.
+//! The reconcile runtime: watcher → reflector → informer (one per kind, shared) →
+//! controller, plus backoff and an Event recorder. Every controller and the worker
+//! agent are built on it.
 //!
-//! - [`watcher`]: the list-then-watch state machine, one [`Change`] per item.
+//! - [`watcher`](mod@watcher): the list-then-watch state machine, one [`Change`] per
+//!   item.
 //! - [`backoff`]: exponential backoff with jitter, and the stream adapter that waits
 //!   after a watcher's errors.
 //! - [`reflector`]: the cache ([`Store`]) a watcher keeps, with its secondary indexes
 //!   ([`IndexName`]).
-//! - [`informer`]: one watch and cache per kind and selectors, shared by the
+//! - [`informer`](mod@informer): one watch and cache per kind and selectors, shared by the
 //!   controllers of one client ([`Informers`]).
 //! - [`controller`]: the work queue and runner, its timers and error policy
 //!   ([`ReconcileError`]).

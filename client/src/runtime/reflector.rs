@@ -23,11 +23,14 @@ use crds::Resource;
 /// Identifies an object of one kind: namespace (for namespaced kinds) and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectRef {
+    /// The namespace (`None` for cluster-scoped kinds).
     pub namespace: Option<String>,
+    /// The object's name.
     pub name: String,
 }
 
 impl ObjectRef {
+    /// The object `name` in `namespace`.
     pub fn new(namespace: Option<&str>, name: &str) -> Self {
         ObjectRef {
             namespace: namespace.map(String::from),
@@ -35,6 +38,7 @@ impl ObjectRef {
         }
     }
 
+    /// The reference of `k`.
     pub fn of<K: Resource>(k: &K) -> Self {
         let m = k.metadata();
         ObjectRef {
@@ -205,6 +209,7 @@ pub fn store<K>() -> (Store<K>, Writer<K>) {
 }
 
 impl<K: Resource> Store<K> {
+    /// The cached object `key`, if any.
     pub fn get(&self, key: &ObjectRef) -> Option<Arc<K>> {
         self.map
             .read()
@@ -336,14 +341,17 @@ impl<K: Resource> Store<K> {
         }
     }
 
+    /// How many objects are cached.
     pub fn len(&self) -> usize {
         self.map.read().expect("store lock").objects.len()
     }
 
+    /// Whether no object is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Whether the first list is in (see [`wait_ready`](Self::wait_ready)).
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }
