@@ -202,18 +202,23 @@ impl Client {
     /// An untyped API for `kind`, in namespace `ns` (ignored for cluster-scoped kinds;
     /// `None` for namespaced kinds means all namespaces on list and watch).
     pub fn dynamic(&self, kind: &'static KindInfo, ns: Option<&str>) -> DynamicApi {
-        DynamicApi {
-            client: self.clone(),
-            kind,
-            namespace: ns.filter(|_| kind.namespaced).map(String::from),
-            _object: PhantomData,
-        }
+        self.verbs(kind, ns)
     }
 
     /// A typed API for `K`.
     pub fn api<K: Resource>(&self, ns: Option<&str>) -> Api<K> {
         Api {
-            inner: self.dynamic(K::info(), ns).retype(),
+            inner: self.verbs(K::info(), ns),
+        }
+    }
+
+    /// The verbs of `kind` in namespace `ns`, objects decoded as `T`.
+    fn verbs<T>(&self, kind: &'static KindInfo, ns: Option<&str>) -> DynamicApi<T> {
+        DynamicApi {
+            client: self.clone(),
+            kind,
+            namespace: ns.filter(|_| kind.namespaced).map(String::from),
+            _object: PhantomData,
         }
     }
 
