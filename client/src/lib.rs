@@ -1,9 +1,10 @@
 //! Clients of the Oakestra API.
 //!
-//! [`Client`] holds the connection; [`DynamicApi`] speaks to one kind with JSON values
-//! (what `oakctl` needs for arbitrary manifests); [`Api`] is the typed layer over it
-//! for controllers; [`runtime`] is the reconcile runtime built on them. Errors are typed
-//! so callers can tell a conflict from a missing object from a transport failure.
+//! [`Client`] holds the connection (and the runtime's shared informers beside it);
+//! [`DynamicApi`] speaks to one kind, with JSON values by default (what `oakctl` needs for
+//! arbitrary manifests) or with a typed kind; [`Api`] is the typed layer over it for
+//! controllers; [`runtime`] is the reconcile runtime built on them. Errors are typed so
+//! callers can tell a conflict from a missing object from a transport failure.
 //!
 //! A client reaches its server over HTTP ([`Client::new`]) or, for controllers that run
 //! in the server's own process, through a [`LocalServer`] ([`Client::in_process`]): the
@@ -22,15 +23,33 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+/// Why a request failed: the server said no ([`Api`](Self::Api), with its `Status`),
+/// could not be reached, or answered with something this client cannot read.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server answered with a Kubernetes `Status` error.
     #[error("{}", .status.message)]
-    Api { status: Box<Status> },
+    Api {
+        /// The server's answer (its `code` is the HTTP status).
+        status: Box<Status>,
+    },
+    /// The request or its answer could not go over the connection.
     #[error("cannot reach the API server at {url}: {}", cause_chain(.source))]
-    Transport { url: String, source: reqwest::Error },
+    Transport {
+        /// The URL of the request.
+        url: String,
+        /// What the HTTP client reported.
+        source: reqwest::Error,
+    },
+    /// The answer arrived but is not what the request expects.
     #[error("unexpected answer from {url}: {message}")]
-    Decode { url: String, message: String },
+    Decode {
+        /// The URL of the request.
+        url: String,
+        /// What could not be decoded, and why.
+        message: String,
+    },
+    /// The server URL given to [`Client::new`] is not an `http://` or `https://` URL.
     #[error("invalid server URL {0:?}: expected http://HOST:PORT")]
     BadUrl(String),
 }
@@ -62,20 +81,26 @@ impl ClientError {
             _ => None,
         }
     }
+    /// The object does not exist (404).
     pub fn is_not_found(&self) -> bool {
         self.code() == Some(404)
     }
+    /// The write lost a race: the object exists already or changed since the
+    /// resourceVersion the write was made at (409).
     pub fn is_conflict(&self) -> bool {
         self.code() == Some(409)
     }
+    /// The resourceVersion asked for is too old to watch from: relist (410).
     pub fn is_gone(&self) -> bool {
         self.code() == Some(410)
     }
+    /// The object was refused as invalid (422).
     pub fn is_invalid(&self) -> bool {
         self.code() == Some(422)
     }
 }
 
+/// The result of a request: a [`ClientError`] unless said otherwise.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 /// The body of a [`LocalServer`]'s answer: its bytes as the server produces them (a
@@ -87,6 +112,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// (`apiserver::Server::local` is one). The request's URI is the full URL the client
 /// built; its body is the whole request body.
 pub trait LocalServer: Send + Sync + 'static {
+    /// Answer `request` (a watch's answer streams until the client drops it).
     fn call(
         &self,
         request: http::Request<bytes::Bytes>,
@@ -108,15 +134,17 @@ where
     }
 }
 
-/// A connection to one API server.
+/// A connection to one API server, and beside it the reconcile runtime's shared
+/// informers of that server ([`Client::informers`]).
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
     /// Set when the server runs in this process: requests go to it in memory.
     local: Option<Arc<dyn LocalServer>>,
-    /// The shared informers of this client and its clones.
-    informers: Arc<runtime::informer::Registry>,
+    /// The shared informers of this client and its clones: one watch per kind and
+    /// selectors, however many controllers follow it.
+    informers: runtime::Informers,
 }
 
 impl std::fmt::Debug for Client {
@@ -146,7 +174,7 @@ impl Client {
             http,
             base,
             local: None,
-            informers: Arc::default(),
+            informers: runtime::Informers::default(),
         })
     }
 
@@ -160,25 +188,37 @@ impl Client {
         Ok(client)
     }
 
+    /// The server's base URL.
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The informers that the controllers built on this client (and its clones) share;
+    /// a client made with [`Client::new`] starts with none.
+    pub fn informers(&self) -> &runtime::Informers {
+        &self.informers
     }
 
     /// An untyped API for `kind`, in namespace `ns` (ignored for cluster-scoped kinds;
     /// `None` for namespaced kinds means all namespaces on list and watch).
     pub fn dynamic(&self, kind: &'static KindInfo, ns: Option<&str>) -> DynamicApi {
-        DynamicApi {
-            client: self.clone(),
-            kind,
-            namespace: ns.filter(|_| kind.namespaced).map(String::from),
-        }
+        self.verbs(kind, ns)
     }
 
     /// A typed API for `K`.
     pub fn api<K: Resource>(&self, ns: Option<&str>) -> Api<K> {
         Api {
-            inner: self.dynamic(K::info(), ns),
-            _kind: PhantomData,
+            inner: self.verbs(K::info(), ns),
+        }
+    }
+
+    /// The verbs of `kind` in namespace `ns`, objects decoded as `T`.
+    fn verbs<T>(&self, kind: &'static KindInfo, ns: Option<&str>) -> DynamicApi<T> {
+        DynamicApi {
+            client: self.clone(),
+            kind,
+            namespace: ns.filter(|_| kind.namespaced).map(String::from),
+            _object: PhantomData,
         }
     }
 
@@ -289,12 +329,19 @@ struct ListMeta {
 /// Options of a list or watch.
 #[derive(Debug, Default, Clone)]
 pub struct ListParams {
+    /// Only objects whose labels match, e.g. `app=web,tier!=db`.
     pub label_selector: Option<String>,
+    /// Only objects whose fields match, e.g. `spec.node=n1`.
     pub field_selector: Option<String>,
+    /// At most this many objects per page (a list then continues with a token).
     pub limit: Option<usize>,
+    /// The token of the page to read next, from the previous page.
     pub continue_token: Option<String>,
+    /// A watch starts after this version; a list reads at it.
     pub resource_version: Option<String>,
+    /// Ask a watch for bookmarks (progress notes carrying only a resourceVersion).
     pub bookmarks: bool,
+    /// The server ends the list or watch after this many seconds.
     pub timeout_seconds: Option<u64>,
 }
 
@@ -325,24 +372,66 @@ impl ListParams {
 /// One event of a watch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchEvent<T> {
+    /// The object was created (or existed when the watch began).
     Added(T),
+    /// The object changed.
     Modified(T),
+    /// The object was deleted (as it was last).
     Deleted(T),
     /// Progress: every change up to this resourceVersion has been delivered.
     Bookmark(String),
 }
 
-/// Untyped access to one kind.
-#[derive(Clone, Debug)]
-pub struct DynamicApi {
+/// Access to one kind, its objects decoded as `T`: JSON values by default (what `oakctl`
+/// needs for arbitrary manifests), or a typed kind (what [`Api`] is built on). Every verb
+/// is written once, for any `T`.
+pub struct DynamicApi<T = Value> {
     client: Client,
     kind: &'static KindInfo,
     namespace: Option<String>,
+    _object: PhantomData<fn() -> T>,
 }
 
-impl DynamicApi {
+impl<T> Clone for DynamicApi<T> {
+    fn clone(&self) -> Self {
+        self.retype()
+    }
+}
+
+impl<T> std::fmt::Debug for DynamicApi<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamicApi")
+            .field("client", &self.client)
+            .field("kind", &self.kind.kind)
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl<T> DynamicApi<T> {
+    /// The kind this API speaks to.
     pub fn kind(&self) -> &'static KindInfo {
         self.kind
+    }
+
+    /// The client this API sends its requests through.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The namespace of the requests (`None`: cluster-scoped, or all namespaces).
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    /// The same kind and namespace, its objects decoded as `U`.
+    fn retype<U>(&self) -> DynamicApi<U> {
+        DynamicApi {
+            client: self.client.clone(),
+            kind: self.kind,
+            namespace: self.namespace.clone(),
+            _object: PhantomData,
+        }
     }
 
     fn collection_url(&self) -> String {
@@ -366,25 +455,7 @@ impl DynamicApi {
         format!("{}/status", self.item_url(name))
     }
 
-    pub async fn get(&self, name: &str) -> Result<Value> {
-        self.get_as(name).await
-    }
-
-    async fn get_as<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
-        let url = self.item_url(name);
-        self.client.json(self.client.http.get(&url), &url).await
-    }
-
-    /// Like [`get`](Self::get), but `None` when the object does not exist.
-    pub async fn get_opt(&self, name: &str) -> Result<Option<Value>> {
-        match self.get(name).await {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// One page of the list (the `<Kind>List` object).
+    /// One page of the list (the `<Kind>List` object, as JSON).
     pub async fn list(&self, params: &ListParams) -> Result<Value> {
         let url = self.collection_url();
         self.client
@@ -392,15 +463,36 @@ impl DynamicApi {
             .await
     }
 
-    /// Every page of the list: the items and the resourceVersion of the first page.
-    pub async fn list_all(&self, params: &ListParams) -> Result<(Vec<Value>, String)> {
-        self.list_all_as(params).await
+    /// Delete; returns the server's answer as JSON (the object, marked for deletion if
+    /// finalizers remain).
+    pub async fn delete(&self, name: &str, resource_version: Option<&str>) -> Result<Value> {
+        let url = self.item_url(name);
+        let mut request = self.client.http.delete(&url);
+        if let Some(rv) = resource_version {
+            request = request.json(&serde_json::json!({"preconditions": {"resourceVersion": rv}}));
+        }
+        self.client.json(request, &url).await
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Send + 'static> DynamicApi<T> {
+    /// The object `name`.
+    pub async fn get(&self, name: &str) -> Result<T> {
+        let url = self.item_url(name);
+        self.client.json(self.client.http.get(&url), &url).await
     }
 
-    async fn list_all_as<T: DeserializeOwned>(
-        &self,
-        params: &ListParams,
-    ) -> Result<(Vec<T>, String)> {
+    /// Like [`get`](Self::get), but `None` when the object does not exist.
+    pub async fn get_opt(&self, name: &str) -> Result<Option<T>> {
+        match self.get(name).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every page of the list: the items and the resourceVersion of the first page.
+    pub async fn list_all(&self, params: &ListParams) -> Result<(Vec<T>, String)> {
         let url = self.collection_url();
         let mut params = params.clone();
         let mut items = Vec::new();
@@ -417,43 +509,27 @@ impl DynamicApi {
         }
     }
 
-    pub async fn create(&self, object: &Value) -> Result<Value> {
-        self.create_as(object).await
-    }
-
-    async fn create_as<T: DeserializeOwned>(&self, object: &impl Serialize) -> Result<T> {
+    /// Create `object`; returns it as stored.
+    pub async fn create(&self, object: &T) -> Result<T> {
         let url = self.collection_url();
         self.client
             .json(self.client.http.post(&url).json(object), &url)
             .await
     }
 
-    pub async fn replace(&self, name: &str, object: &Value) -> Result<Value> {
-        self.replace_as(name, object).await
+    /// Replace the object `name` with `object` (a PUT, at `object`'s resourceVersion if
+    /// it has one).
+    pub async fn replace(&self, name: &str, object: &T) -> Result<T> {
+        self.put(self.item_url(name), object).await
     }
 
-    async fn replace_as<T: DeserializeOwned>(
-        &self,
-        name: &str,
-        object: &impl Serialize,
-    ) -> Result<T> {
-        self.put_as(self.item_url(name), object).await
-    }
-
-    pub async fn replace_status(&self, name: &str, object: &Value) -> Result<Value> {
-        self.replace_status_as(name, object).await
-    }
-
-    async fn replace_status_as<T: DeserializeOwned>(
-        &self,
-        name: &str,
-        object: &impl Serialize,
-    ) -> Result<T> {
-        self.put_as(self.status_url(name), object).await
+    /// Replace the status subresource of `name` with `object`'s status.
+    pub async fn replace_status(&self, name: &str, object: &T) -> Result<T> {
+        self.put(self.status_url(name), object).await
     }
 
     /// PUT `object` to `url`.
-    async fn put_as<T: DeserializeOwned>(&self, url: String, object: &impl Serialize) -> Result<T> {
+    async fn put(&self, url: String, object: &T) -> Result<T> {
         self.client
             .json(self.client.http.put(&url).json(object), &url)
             .await
@@ -464,17 +540,6 @@ impl DynamicApi {
     /// given; the server sets the target field and the `Scheduled` condition in one
     /// write and answers with the object.
     pub async fn bind(
-        &self,
-        name: &str,
-        target_kind: &str,
-        target: &str,
-        resource_version: Option<&str>,
-    ) -> Result<Value> {
-        self.bind_as(name, target_kind, target, resource_version)
-            .await
-    }
-
-    async fn bind_as<T: DeserializeOwned>(
         &self,
         name: &str,
         target_kind: &str,
@@ -493,7 +558,17 @@ impl DynamicApi {
             .await
     }
 
-    async fn merge_patch_url<T: DeserializeOwned>(&self, url: String, patch: &Value) -> Result<T> {
+    /// JSON merge patch of the object.
+    pub async fn patch(&self, name: &str, patch: &Value) -> Result<T> {
+        self.merge_patch(self.item_url(name), patch).await
+    }
+
+    /// JSON merge patch of the status subresource.
+    pub async fn patch_status(&self, name: &str, patch: &Value) -> Result<T> {
+        self.merge_patch(self.status_url(name), patch).await
+    }
+
+    async fn merge_patch(&self, url: String, patch: &Value) -> Result<T> {
         let request = self
             .client
             .http
@@ -506,44 +581,9 @@ impl DynamicApi {
         self.client.json(request, &url).await
     }
 
-    /// JSON merge patch of the object.
-    pub async fn patch(&self, name: &str, patch: &Value) -> Result<Value> {
-        self.patch_as(name, patch).await
-    }
-
-    async fn patch_as<T: DeserializeOwned>(&self, name: &str, patch: &Value) -> Result<T> {
-        self.merge_patch_url(self.item_url(name), patch).await
-    }
-
-    /// JSON merge patch of the status subresource.
-    pub async fn patch_status(&self, name: &str, patch: &Value) -> Result<Value> {
-        self.patch_status_as(name, patch).await
-    }
-
-    async fn patch_status_as<T: DeserializeOwned>(&self, name: &str, patch: &Value) -> Result<T> {
-        self.merge_patch_url(self.status_url(name), patch).await
-    }
-
-    /// Delete; returns the object (marked for deletion if finalizers remain).
-    pub async fn delete(&self, name: &str, resource_version: Option<&str>) -> Result<Value> {
-        let url = self.item_url(name);
-        let mut request = self.client.http.delete(&url);
-        if let Some(rv) = resource_version {
-            request = request.json(&serde_json::json!({"preconditions": {"resourceVersion": rv}}));
-        }
-        self.client.json(request, &url).await
-    }
-
     /// Watch from `params.resource_version`. The stream ends when the server closes it;
     /// a 410 (too old) arrives as an error whose [`ClientError::is_gone`] is true.
     pub async fn watch(
-        &self,
-        params: &ListParams,
-    ) -> Result<BoxStream<'static, Result<WatchEvent<Value>>>> {
-        self.watch_as(params).await
-    }
-
-    async fn watch_as<T: DeserializeOwned + Send + 'static>(
         &self,
         params: &ListParams,
     ) -> Result<BoxStream<'static, Result<WatchEvent<T>>>> {
@@ -639,36 +679,65 @@ fn parse_event<T: DeserializeOwned>(url: &str, line: Vec<u8>) -> Result<WatchEve
     }
 }
 
-/// Typed access to one kind.
-#[derive(Clone, Debug)]
+/// Typed access to one kind: the verbs of [`DynamicApi`] with `K` for the object, and
+/// the object's own name where a verb takes the whole object.
 pub struct Api<K> {
-    inner: DynamicApi,
-    _kind: PhantomData<fn() -> K>,
+    inner: DynamicApi<K>,
+}
+
+impl<K> Clone for Api<K> {
+    fn clone(&self) -> Self {
+        Api {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K> std::fmt::Debug for Api<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Api").field(&self.inner).finish()
+    }
 }
 
 impl<K: Resource> Api<K> {
-    pub fn dynamic(&self) -> &DynamicApi {
-        &self.inner
+    /// The same kind and namespace with JSON values (for fields the type does not
+    /// model, or an answer that is not a `K`).
+    pub fn dynamic(&self) -> DynamicApi {
+        self.inner.retype()
     }
+    /// The client this API sends its requests through.
+    pub fn client(&self) -> &Client {
+        self.inner.client()
+    }
+    /// The namespace of the requests (`None`: cluster-scoped, or all namespaces).
+    pub fn namespace(&self) -> Option<&str> {
+        self.inner.namespace()
+    }
+    /// The object `name`.
     pub async fn get(&self, name: &str) -> Result<K> {
-        self.inner.get_as(name).await
+        self.inner.get(name).await
     }
+    /// Every object matching `params` (all pages) and the list's resourceVersion.
     pub async fn list(&self, params: &ListParams) -> Result<(Vec<K>, String)> {
-        self.inner.list_all_as(params).await
+        self.inner.list_all(params).await
     }
+    /// Create `object`; returns it as stored.
     pub async fn create(&self, object: &K) -> Result<K> {
-        self.inner.create_as(object).await
+        self.inner.create(object).await
     }
+    /// Replace the object of `object`'s name.
     pub async fn replace(&self, object: &K) -> Result<K> {
-        self.inner.replace_as(&object.metadata().name, object).await
+        self.inner.replace(&object.metadata().name, object).await
     }
+    /// Replace the status of the object of `object`'s name.
     pub async fn replace_status(&self, object: &K) -> Result<K> {
         self.inner
-            .replace_status_as(&object.metadata().name, object)
+            .replace_status(&object.metadata().name, object)
             .await
     }
+    /// JSON merge patch of the object.
     pub async fn patch(&self, name: &str, patch: &Value) -> Result<K> {
-        self.inner.patch_as(name, patch).await
+        self.inner.patch(name, patch).await
     }
     /// See [`DynamicApi::bind`].
     pub async fn bind(
@@ -679,20 +748,23 @@ impl<K: Resource> Api<K> {
         resource_version: Option<&str>,
     ) -> Result<K> {
         self.inner
-            .bind_as(name, target_kind, target, resource_version)
+            .bind(name, target_kind, target, resource_version)
             .await
     }
+    /// JSON merge patch of the status subresource.
     pub async fn patch_status(&self, name: &str, patch: &Value) -> Result<K> {
-        self.inner.patch_status_as(name, patch).await
+        self.inner.patch_status(name, patch).await
     }
+    /// Delete the object `name` (unconditionally).
     pub async fn delete(&self, name: &str) -> Result<()> {
         self.inner.delete(name, None).await.map(|_| ())
     }
+    /// See [`DynamicApi::watch`].
     pub async fn watch(
         &self,
         params: &ListParams,
     ) -> Result<BoxStream<'static, Result<WatchEvent<K>>>> {
-        self.inner.watch_as(params).await
+        self.inner.watch(params).await
     }
 }
 

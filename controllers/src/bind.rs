@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use client::runtime::{Action, ObjectRef, Recorder, Store};
+use client::runtime::{Action, IndexName, ObjectRef, Recorder, Store};
 use client::{Api, Client};
 use crds::conditions::{reason, SCHEDULED};
 use crds::{
@@ -154,10 +154,10 @@ pub fn unbinding(tier: Tier) -> serde_json::Value {
 }
 
 /// Name of the Instance-cache index of what counts in flight, by target.
-const IN_FLIGHT: &str = "in-flight";
+const IN_FLIGHT: IndexName = IndexName::new("in-flight");
 
 /// Name of the Instance-cache index by Service and target ([`ServiceKey::on`]).
-const BY_SERVICE_TARGET: &str = "service-target";
+const BY_SERVICE_TARGET: IndexName = IndexName::new("service-target");
 
 impl Binder {
     /// A binder for `tier` over the Instances of `client`'s API, cached in

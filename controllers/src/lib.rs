@@ -113,7 +113,7 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 }
 
 /// Name of the Instance-cache index by owning Service ([`ServiceKey::key`]).
-pub const BY_SERVICE: &str = "service";
+pub const BY_SERVICE: client::runtime::IndexName = client::runtime::IndexName::new("service");
 
 /// An Instance's Service, as the Instance-cache indexes file it: the one place the keys
 /// of those indexes are made. Borrowed from the Instance (or the Service); a key is

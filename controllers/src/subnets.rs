@@ -150,7 +150,7 @@ impl std::fmt::Display for Pool {
 type PoolOf<K> = Box<dyn Fn(&K) -> Option<Pool> + Send + Sync>;
 
 /// Name of the allocator cache's index by [`Addressed::scope`].
-const BY_SCOPE: &str = "scope";
+const BY_SCOPE: client::runtime::IndexName = client::runtime::IndexName::new("scope");
 
 struct Ctx<K> {
     client: Client,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use client::runtime::{reflector, watcher, Action, Controller, Event, ObjectRef};
+use client::runtime::{reflector, watcher, Action, Change, Controller, ObjectRef};
 use client::{Api, Client, ListParams};
 use crds::Cluster;
 use e2e::{eventually, Etcd, RootServer};
@@ -80,7 +80,7 @@ async fn reflector_survives_restarts_and_relists_on_410() {
     tokio::spawn(async move {
         futures::pin_mut!(events);
         while let Some(e) = events.next().await {
-            if let Ok(Event::Restarted(_)) = e {
+            if let Ok(Change::Restarted(_)) = e {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -1,23 +1,43 @@
 //! The controller loop: a work queue of object keys fed by watches, run by a bounded
 //! number of reconcilers.
 //!
-//! Guarantees: a key queued many times is reconciled once; one key is never reconciled
-//! twice at once (a trigger during a reconcile runs it again afterwards); at most
-//! `concurrency` reconciles run; a failed reconcile is retried with per-key exponential
-//! backoff decided by the error policy; [`Action::requeue`] schedules the next run;
-//! reconciles start only after every cache has its first list; shutdown lets running
-//! reconciles finish.
+//! What the runner does:
+//! - Reconciles start once every cache the controller follows has its first list.
+//! - A key queued many times is reconciled once; one key is never reconciled twice at
+//!   once (a trigger during a reconcile runs it again afterwards); at most
+//!   `concurrency` reconciles run at a time.
+//! - After a reconcile that succeeded, [`Action::requeue`] runs the key again after the
+//!   given time; [`Action::await_change`] waits for a watched object to change.
+//! - After a reconcile that failed, the error's [`ReconcileError::on_error`] decides:
+//!   [`OnError::Retry`] logs a warning and runs the key again after its backoff (100 ms
+//!   after the first failure, doubling with each failure in a row up to 60 s, each
+//!   ±50% jitter; a success starts over); [`OnError::RetryQuietly`] does the same with
+//!   a debug log (by default, for a conflict: a write at a stale resourceVersion, which
+//!   a fresh read resolves); [`OnError::GiveUp`] logs at error level and does not
+//!   requeue, so the key runs again only when a watched object changes or something
+//!   triggers it. The runner records no Event: a reconcile that records Events records
+//!   its own failures.
+//! - Every timed run (requeue, retry, and the end of a [`Controller::debounce`] period)
+//!   waits in one delay queue. A key has at most one timed run: a new requeue or retry
+//!   replaces the pending one; a reconcile that awaits change leaves it as it is.
+//! - Shutdown lets running reconciles finish.
+//!
+//! Time is Tokio's ([`tokio::time::Instant`]), so tests run the runner on paused time.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::time::{delay_queue, DelayQueue};
 
+use super::backoff::Backoff;
 use super::informer::informer;
 use super::reflector::{ObjectRef, Store};
-use super::watcher::{Backoff, Event};
+use super::watcher::Change;
 use crate::{Api, ListParams};
 use crds::Resource;
 
@@ -42,9 +62,36 @@ impl Action {
     }
 }
 
-/// The error of a reconcile. A conflict (a write at a stale resourceVersion) is an
-/// expected race, retried quietly; anything else is logged as a warning.
+/// What the runner does after a failed reconcile (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Run the key again after its backoff; log a warning.
+    Retry,
+    /// Run the key again after its backoff; log at debug level. For expected races,
+    /// such as a write at a stale resourceVersion.
+    RetryQuietly,
+    /// Do not run the key again until a watched object changes or a trigger queues it;
+    /// log at error level. For failures that retrying cannot cure.
+    GiveUp,
+}
+
+/// The error of a reconcile, and the error policy of the runner: each error says
+/// whether it is retried ([`OnError`]).
 pub trait ReconcileError: std::fmt::Display + Send + 'static {
+    /// What the runner does after this error. By default a conflict is retried quietly
+    /// and anything else retried with a warning; an error type overrides this to give
+    /// up on errors that retrying cannot cure.
+    fn on_error(&self) -> OnError {
+        if self.is_conflict() {
+            OnError::RetryQuietly
+        } else {
+            OnError::Retry
+        }
+    }
+
+    /// Whether this is a conflict: a write at a stale resourceVersion (optimistic
+    /// concurrency at work), which the default [`on_error`](Self::on_error) retries
+    /// quietly.
     fn is_conflict(&self) -> bool {
         false
     }
@@ -68,12 +115,21 @@ pub struct Controller<K: Resource> {
     store: Store<K>,
     trigger_tx: Trigger,
     trigger_rx: mpsc::UnboundedReceiver<ObjectRef>,
-    readiness: Vec<Box<dyn Fn() -> bool + Send + Sync>>,
+    /// One future per followed cache, done once it has its first list.
+    readiness: Vec<BoxFuture<'static, ()>>,
     /// The informers this controller follows, kept alive while it runs.
     informers: Vec<Arc<dyn std::any::Any + Send + Sync>>,
     concurrency: usize,
     debounce: Duration,
+    /// The backoff each failing key starts from (a fresh copy per key).
+    retry: Backoff,
     name: String,
+}
+
+/// A future done once `store` has its first list.
+fn ready<K: Resource>(store: &Store<K>) -> BoxFuture<'static, ()> {
+    let store = store.clone();
+    Box::pin(async move { store.wait_ready().await })
 }
 
 impl<K: Resource> Controller<K> {
@@ -83,15 +139,26 @@ impl<K: Resource> Controller<K> {
         let (store, main) = follow(api, params, trigger_tx.clone(), |k: &K| {
             vec![ObjectRef::of(k)]
         });
-        let readiness_store = store.clone();
+        let mut controller = Controller::on(store, trigger_tx, trigger_rx);
+        controller.informers.push(main);
+        controller
+    }
+
+    /// A controller of the objects in `store`, queued through `trigger_tx`.
+    fn on(
+        store: Store<K>,
+        trigger_tx: Trigger,
+        trigger_rx: mpsc::UnboundedReceiver<ObjectRef>,
+    ) -> Self {
         Controller {
+            readiness: vec![ready(&store)],
             store,
             trigger_tx,
             trigger_rx,
-            readiness: vec![Box::new(move || readiness_store.is_ready())],
-            informers: vec![main],
+            informers: Vec::new(),
             concurrency: 4,
             debounce: Duration::ZERO,
+            retry: Backoff::new(ERROR_BACKOFF.0, ERROR_BACKOFF.1),
             name: K::KIND.to_lowercase(),
         }
     }
@@ -117,6 +184,7 @@ impl<K: Resource> Controller<K> {
         self
     }
 
+    /// Run at most `n` reconciles at a time (at least one; four by default).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
         self
@@ -132,8 +200,7 @@ impl<K: Resource> Controller<K> {
     ) -> Store<R> {
         let (store, informer) = follow(api, params, self.trigger_tx.clone(), mapper);
         self.informers.push(informer);
-        let ready = store.clone();
-        self.readiness.push(Box::new(move || ready.is_ready()));
+        self.readiness.push(ready(&store));
         store
     }
 
@@ -146,8 +213,8 @@ impl<K: Resource> Controller<K> {
     }
 
     /// Run until `shutdown` completes. `reconcile` gets the cached object (keys whose
-    /// object is gone are skipped); its error goes to the log and the key is retried
-    /// with backoff.
+    /// object is gone are skipped); what follows an error is the error's
+    /// [`ReconcileError::on_error`] (see the module docs).
     pub async fn run<F, Fut, E>(self, reconcile: F, shutdown: impl Future<Output = ()> + Send)
     where
         F: Fn(Arc<K>) -> Fut + Send + Sync + 'static,
@@ -185,19 +252,17 @@ impl<K: Resource> Controller<K> {
         let reconcile = Arc::new(reconcile);
         tokio::pin!(shutdown);
         // Reconciles start once every cache has its first list.
-        while !self.readiness.iter().all(|r| r()) {
-            tokio::select! {
-                _ = &mut shutdown => return self.stop(),
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            }
+        let ready = futures::future::join_all(std::mem::take(&mut self.readiness));
+        tokio::select! {
+            _ = &mut shutdown => return self.stop(),
+            _ = ready => {}
         }
         tracing::info!(controller = %self.name, objects = self.store.len(), "caches ready, reconciling");
         let mut queue = Queue::default();
-        let (done_tx, mut done_rx) =
-            mpsc::unbounded_channel::<(ObjectRef, Result<Action, (bool, String)>)>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(ObjectRef, Result<Action, E>)>();
         let mut backoffs: HashMap<ObjectRef, Backoff> = HashMap::new();
         let mut debouncer = Debouncer::new(self.debounce);
-        let (due_tx, mut due_rx) = mpsc::unbounded_channel::<ObjectRef>();
+        let mut timers = Timers::default();
         for k in self.store.state() {
             queue.push(ObjectRef::of(k.as_ref()));
         }
@@ -211,9 +276,7 @@ impl<K: Resource> Controller<K> {
                     tracing::debug_span!("reconcile", controller = %self.name, object = %key);
                 tokio::spawn(tracing::Instrument::instrument(
                     async move {
-                        let result = reconcile(key.clone(), object)
-                            .await
-                            .map_err(|e| (e.is_conflict(), e.to_string()));
+                        let result = reconcile(key.clone(), object).await;
                         let _ = done.send((key, result));
                     },
                     span,
@@ -222,50 +285,26 @@ impl<K: Resource> Controller<K> {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(key) = self.trigger_rx.recv() => {
-                    match debouncer.trigger(&key, Instant::now()) {
-                        Admit::Now => queue.push(key),
-                        Admit::After(wait) => {
-                            let due = due_tx.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(wait).await;
-                                let _ = due.send(key);
-                            });
-                        }
-                        Admit::Merged => {}
+                    admit(key, &mut debouncer, &mut queue, &mut timers);
+                }
+                Some(timer) = timers.next() => match timer {
+                    Timer::Requeue(key) => admit(key, &mut debouncer, &mut queue, &mut timers),
+                    Timer::Debounced(key) => {
+                        debouncer.due(&key, Instant::now());
+                        queue.push(key);
                     }
-                }
-                Some(key) = due_rx.recv() => {
-                    debouncer.due(&key, Instant::now());
-                    queue.push(key);
-                }
+                },
                 Some((key, result)) = done_rx.recv() => {
+                    queue.finish(&key);
                     let delay = match result {
                         Ok(action) => {
                             backoffs.remove(&key);
                             action.requeue_after
                         }
-                        Err(e) => {
-                            let delay = backoffs
-                                .entry(key.clone())
-                                .or_insert_with(|| Backoff::new(ERROR_BACKOFF.0, ERROR_BACKOFF.1))
-                                .next_delay();
-                            let (conflict, e) = e;
-                            if conflict {
-                                // Optimistic concurrency at work: retried on fresh data.
-                                tracing::debug!(controller = %self.name, object = %key, error = %e, "reconcile lost a write race; retrying");
-                            } else {
-                                tracing::warn!(controller = %self.name, object = %key, error = %e, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
-                            }
-                            Some(delay)
-                        }
+                        Err(e) => self.failed(&key, &e, &mut backoffs),
                     };
-                    queue.finish(&key);
                     if let Some(delay) = delay {
-                        let tx = self.trigger_tx.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            let _ = tx.send(key);
-                        });
+                        timers.requeue(key, delay);
                     }
                 }
             }
@@ -280,6 +319,32 @@ impl<K: Resource> Controller<K> {
         self.stop();
     }
 
+    /// Log a failed reconcile of `key` as its error's policy says; the delay until it is
+    /// retried, if it is.
+    fn failed<E: ReconcileError>(
+        &self,
+        key: &ObjectRef,
+        e: &E,
+        backoffs: &mut HashMap<ObjectRef, Backoff>,
+    ) -> Option<Duration> {
+        let policy = e.on_error();
+        if policy == OnError::GiveUp {
+            backoffs.remove(key);
+            tracing::error!(controller = %self.name, object = %key, error = %e, "reconcile failed; not retrying until something changes");
+            return None;
+        }
+        let delay = backoffs
+            .entry(key.clone())
+            .or_insert_with(|| self.retry.fresh())
+            .next_delay();
+        if policy == OnError::RetryQuietly {
+            tracing::debug!(controller = %self.name, object = %key, error = %e, retry_in_ms = delay.as_millis() as u64, "reconcile lost a race; retrying");
+        } else {
+            tracing::warn!(controller = %self.name, object = %key, error = %e, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+        }
+        Some(delay)
+    }
+
     /// Dropping the controller drops its hold on the informers (the last holder's
     /// drop stops a watch) and closes its trigger channel (its subscriptions end).
     fn stop(self) {
@@ -287,7 +352,16 @@ impl<K: Resource> Controller<K> {
     }
 }
 
-/// Subscribe to the shared informer of `api` and `params`: each event queues the keys
+/// A key was triggered: queue it now, or at the end of its debounce period.
+fn admit(key: ObjectRef, debouncer: &mut Debouncer, queue: &mut Queue, timers: &mut Timers) {
+    match debouncer.trigger(&key, Instant::now()) {
+        Admit::Now => queue.push(key),
+        Admit::After(wait) => timers.debounced(key, wait),
+        Admit::Merged => {}
+    }
+}
+
+/// Subscribe to the shared informer of `api` and `params`: each change queues the keys
 /// `mapper` gives for its object(s). Returns the informer's cache and a hold on it.
 fn follow<R: Resource>(
     api: Api<R>,
@@ -296,10 +370,10 @@ fn follow<R: Resource>(
     mapper: impl Fn(&R) -> Vec<ObjectRef> + Send + Sync + 'static,
 ) -> (Store<R>, Arc<dyn std::any::Any + Send + Sync>) {
     let informer = informer(api, params);
-    informer.subscribe(move |event: &Event<R>| {
-        let keys = match event {
-            Event::Applied(r) | Event::Deleted(r) => mapper(r),
-            Event::Restarted(all) => all.iter().flat_map(&mapper).collect(),
+    informer.subscribe(move |change: &Change<R>| {
+        let keys = match change {
+            Change::Applied(r) | Change::Deleted(r) => mapper(r),
+            Change::Restarted(all) => all.iter().flat_map(&mapper).collect(),
         };
         for key in keys {
             let _ = trigger.send(key);
@@ -308,6 +382,51 @@ fn follow<R: Resource>(
         !trigger.is_closed()
     });
     (informer.store(), informer)
+}
+
+/// A timed run of a key.
+#[derive(Debug, PartialEq, Eq)]
+enum Timer {
+    /// A requeue or retry: the key is triggered (and so debounced like any trigger).
+    Requeue(ObjectRef),
+    /// The end of the key's debounce period: the key is queued.
+    Debounced(ObjectRef),
+}
+
+/// Every timed run of a controller, in one delay queue; at most one requeue per key.
+#[derive(Default)]
+struct Timers {
+    queue: DelayQueue<Timer>,
+    requeues: HashMap<ObjectRef, delay_queue::Key>,
+}
+
+impl Timers {
+    /// Run `key` again after `delay`, replacing its pending requeue if it has one.
+    fn requeue(&mut self, key: ObjectRef, delay: Duration) {
+        match self.requeues.get(&key) {
+            Some(pending) => self.queue.reset(pending, delay),
+            None => {
+                let pending = self.queue.insert(Timer::Requeue(key.clone()), delay);
+                self.requeues.insert(key, pending);
+            }
+        }
+    }
+
+    /// Queue `key` after `wait`, at the end of its debounce period (the debouncer
+    /// holds each key once, so there is at most one such timer per key).
+    fn debounced(&mut self, key: ObjectRef, wait: Duration) {
+        self.queue.insert(Timer::Debounced(key), wait);
+    }
+
+    /// The next timer that fires; `None` at once when there is none.
+    async fn next(&mut self) -> Option<Timer> {
+        let fired = std::future::poll_fn(|cx| self.queue.poll_expired(cx)).await?;
+        let timer = fired.into_inner();
+        if let Timer::Requeue(key) = &timer {
+            self.requeues.remove(key);
+        }
+        Some(timer)
+    }
 }
 
 /// The per-key rate limit of [`Controller::debounce`].
@@ -488,5 +607,129 @@ mod tests {
         q.finish(&a);
         q.finish(&b);
         assert_eq!(q.pop(), None);
+    }
+
+    /// A reconcile failure that carries its own policy.
+    #[derive(Debug)]
+    struct Failure(OnError);
+
+    impl std::fmt::Display for Failure {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "failed ({:?})", self.0)
+        }
+    }
+
+    impl ReconcileError for Failure {
+        fn on_error(&self) -> OnError {
+            self.0
+        }
+    }
+
+    /// A controller of a ready cache holding one Cluster, `a`, with a backoff without
+    /// jitter (100 ms, then 200 ms, 400 ms, ...).
+    fn controller_of_a() -> Controller<crds::Cluster> {
+        let (store, mut writer) = super::super::reflector::store();
+        let a = crds::Cluster::new("a", crds::ClusterSpec::default());
+        writer.apply(&Change::Restarted(vec![a]));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut controller = Controller::on(store, tx, rx);
+        controller.retry = Backoff::new(ERROR_BACKOFF.0, ERROR_BACKOFF.1).without_jitter();
+        controller
+    }
+
+    /// Run `controller` for a minute of paused time, triggering `a` at each of
+    /// `triggers` (ms after the start); the `n`th reconcile answers `answer(n)`. The ms
+    /// after the start at which each reconcile began.
+    async fn reconciled_at(
+        controller: Controller<crds::Cluster>,
+        triggers: &[u64],
+        answer: impl Fn(usize) -> Result<Action, Failure> + Send + Sync + 'static,
+    ) -> Vec<u128> {
+        let start = Instant::now();
+        let trigger = Arc::new(controller.trigger());
+        for &at in triggers {
+            let at = start + Duration::from_millis(at);
+            let trigger = trigger.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                trigger(ObjectRef::new(None, "a"));
+            });
+        }
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        let answer = Arc::new(answer);
+        controller
+            .run(
+                move |_| {
+                    let mut calls = seen.lock().unwrap();
+                    calls.push(start.elapsed().as_millis());
+                    let result = answer(calls.len() - 1);
+                    async move { result }
+                },
+                tokio::time::sleep(Duration::from_secs(60)),
+            )
+            .await;
+        let calls = calls.lock().unwrap().clone();
+        calls
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_requeue_runs_the_key_once_at_its_time() {
+        let at = reconciled_at(controller_of_a(), &[], |n| {
+            Ok(match n {
+                0 => Action::requeue(Duration::from_secs(5)),
+                _ => Action::await_change(),
+            })
+        })
+        .await;
+        assert_eq!(at, [0, 5000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_requeue_of_a_key_replaces_the_first() {
+        let at = reconciled_at(controller_of_a(), &[1000], |n| {
+            Ok(match n {
+                0 => Action::requeue(Duration::from_secs(10)),
+                1 => Action::requeue(Duration::from_secs(3)),
+                _ => Action::await_change(),
+            })
+        })
+        .await;
+        assert_eq!(at, [0, 1000, 4000], "the 10 s requeue is gone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retried_error_backs_off_doubling_and_a_success_starts_over() {
+        let at = reconciled_at(controller_of_a(), &[], |n| match n {
+            0 | 2 | 3 | 5 => Err(Failure(OnError::Retry)),
+            1 => Err(Failure(OnError::RetryQuietly)),
+            4 => Ok(Action::requeue(Duration::from_secs(1))),
+            _ => Ok(Action::await_change()),
+        })
+        .await;
+        // Failures at 0, 100, 300, 700 wait 100, 200, 400, 800 ms; the success at 1500
+        // requeues after 1 s, and the failure then waits 100 ms again.
+        assert_eq!(at, [0, 100, 300, 700, 1500, 2500, 2600]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_given_up_error_is_not_requeued() {
+        let at = reconciled_at(controller_of_a(), &[10_000], |n| match n {
+            0 => Err(Failure(OnError::GiveUp)),
+            _ => Ok(Action::await_change()),
+        })
+        .await;
+        assert_eq!(at, [0, 10_000], "run again only by the trigger");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_debounced_burst_runs_once_at_the_end_of_the_period() {
+        let controller = controller_of_a().debounce(Duration::from_millis(100));
+        let at = reconciled_at(controller, &[10, 20, 30], |_| Ok(Action::await_change())).await;
+        assert_eq!(
+            at,
+            [0, 10, 110],
+            "the triggers at 20 and 30 ms merge into one run"
+        );
     }
 }

@@ -19,6 +19,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// A recorder writing through `client`, naming `source` as the Events' source.
     pub fn new(client: Client, source: &str) -> Self {
         Recorder {
             client,

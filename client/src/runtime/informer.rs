@@ -1,5 +1,6 @@
 //! Shared informers: one watch and one cache per kind (and namespace and selectors) per
-//! [`Client`](crate::Client), however many controllers of the process need them.
+//! [`Client`](crate::Client), however many controllers of the process need them. The
+//! set of them is an [`Informers`], which every clone of a client holds.
 //!
 //! Every controller used to run its own watcher and reflector, so a process whose
 //! scheduler, address allocator and sync loop all follow Instances received, decoded and
@@ -18,13 +19,13 @@ use std::sync::{Arc, Mutex, Weak};
 use futures::StreamExt;
 
 use super::reflector::{self, Store};
-use super::watcher::{watcher, Event};
+use super::watcher::{watcher, Change};
 use crate::{Api, ListParams};
 use crds::Resource;
 
 /// Called with every event after the cache applied it; returns whether it still wants
 /// events (a controller that stopped returns `false` and is dropped).
-type Subscriber<K> = Box<dyn Fn(&Event<K>) -> bool + Send + Sync>;
+type Subscriber<K> = Box<dyn Fn(&Change<K>) -> bool + Send + Sync>;
 
 /// One watch of one kind feeding one cache, shared by its subscribers.
 pub struct Informer<K: Resource> {
@@ -42,7 +43,7 @@ impl<K: Resource> Informer<K> {
     /// Call `f` with every event from now on, after the cache has applied it, until `f`
     /// returns `false`. Events before the call are not replayed: the cache holds their
     /// result.
-    pub fn subscribe(&self, f: impl Fn(&Event<K>) -> bool + Send + Sync + 'static) {
+    pub fn subscribe(&self, f: impl Fn(&Change<K>) -> bool + Send + Sync + 'static) {
         self.subscribers
             .lock()
             .expect("subscribers lock")
@@ -65,31 +66,47 @@ struct Key {
     field_selector: Option<String>,
 }
 
-/// The informers of one client (held by every clone of it).
-#[derive(Default)]
-pub(crate) struct Registry {
-    informers: Mutex<HashMap<Key, Weak<dyn Any + Send + Sync>>>,
+/// The shared informers of one client: a cheap handle that the [`Client`](crate::Client)
+/// and all its clones hold, so that every controller built from them finds the same
+/// informers. It holds them weakly: an informer lives while some user holds it.
+#[derive(Clone, Default)]
+pub struct Informers {
+    live: Arc<Mutex<HashMap<Key, Weak<dyn Any + Send + Sync>>>>,
 }
 
-impl std::fmt::Debug for Registry {
+impl Informers {
+    /// How many informers are running (each is one watch of the API server).
+    pub fn len(&self) -> usize {
+        let live = self.live.lock().expect("informers lock");
+        live.values().filter(|w| w.strong_count() > 0).count()
+    }
+
+    /// Whether no informer is running.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Debug for Informers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.informers.lock().map(|m| m.len()).unwrap_or_default();
-        f.debug_struct("Registry").field("informers", &n).finish()
+        f.debug_struct("Informers")
+            .field("live", &self.len())
+            .finish()
     }
 }
 
 /// The informer of `api`'s objects that match `params` (selectors and namespace; the
 /// other list parameters are the watcher's own), shared with every other user of the
-/// same client. Must be called within a Tokio runtime.
+/// same client (through its [`Informers`]). Must be called within a Tokio runtime.
 pub fn informer<K: Resource>(api: Api<K>, params: ListParams) -> Arc<Informer<K>> {
-    let registry = api.dynamic().client.informers.clone();
     let key = Key {
         kind: TypeId::of::<K>(),
-        namespace: api.dynamic().namespace.clone(),
+        namespace: api.namespace().map(String::from),
         label_selector: params.label_selector.clone(),
         field_selector: params.field_selector.clone(),
     };
-    let mut informers = registry.informers.lock().expect("informers lock");
+    let registry = api.client().informers().clone();
+    let mut informers = registry.live.lock().expect("informers lock");
     if let Some(shared) = informers
         .get(&key)
         .and_then(Weak::upgrade)
@@ -144,5 +161,39 @@ async fn drive<K: Resource>(
                 .retain(|s| s(&e)),
             Err(e) => tracing::debug!(kind = K::KIND, error = %e, "watch interrupted"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Client;
+    use crds::Cluster;
+
+    #[tokio::test]
+    async fn a_client_shares_one_informer_per_kind_and_selectors_while_it_is_held() {
+        // Nothing listens there: the watches only retry, which is all this test needs.
+        let client = Client::new("http://127.0.0.1:9").unwrap();
+        let all = || ListParams::default();
+        let a = informer(client.api::<Cluster>(None), all());
+        let b = informer(client.clone().api::<Cluster>(None), all());
+        assert!(Arc::ptr_eq(&a, &b), "clones of a client share");
+        let labelled = ListParams {
+            label_selector: Some("x=y".into()),
+            ..all()
+        };
+        let selected = informer(client.api::<Cluster>(None), labelled);
+        assert!(
+            !Arc::ptr_eq(&a, &selected),
+            "another selector, another watch"
+        );
+        let other = Client::new("http://127.0.0.1:9").unwrap();
+        let elsewhere = informer(other.api::<Cluster>(None), all());
+        assert!(!Arc::ptr_eq(&a, &elsewhere), "another client, another set");
+        assert_eq!((client.informers().len(), other.informers().len()), (2, 1));
+        drop(a);
+        assert_eq!(client.informers().len(), 2, "b still holds it");
+        drop((b, selected));
+        assert!(client.informers().is_empty());
     }
 }

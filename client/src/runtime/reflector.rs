@@ -6,25 +6,31 @@
 //!
 //! A store can keep secondary indexes ([`Store::add_index`]): objects grouped by a key
 //! derived from each (an Instance's Service, say), kept up to date by the writer, so a
-//! reconciler asks for one group instead of scanning every cached object.
+//! reconciler asks for one group instead of scanning every cached object. An index is
+//! named by an [`IndexName`] constant, and registering it is idempotent: every user of a
+//! shared cache registers the indexes it reads.
 
+use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
-use super::watcher::Event;
+use super::watcher::Change;
 use crds::Resource;
 
 /// Identifies an object of one kind: namespace (for namespaced kinds) and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectRef {
+    /// The namespace (`None` for cluster-scoped kinds).
     pub namespace: Option<String>,
+    /// The object's name.
     pub name: String,
 }
 
 impl ObjectRef {
+    /// The object `name` in `namespace`.
     pub fn new(namespace: Option<&str>, name: &str) -> Self {
         ObjectRef {
             namespace: namespace.map(String::from),
@@ -32,6 +38,7 @@ impl ObjectRef {
         }
     }
 
+    /// The reference of `k`.
     pub fn of<K: Resource>(k: &K) -> Self {
         let m = k.metadata();
         ObjectRef {
@@ -50,11 +57,40 @@ impl std::fmt::Display for ObjectRef {
     }
 }
 
+/// The name of a secondary index of a cache: a constant of this type, not a string,
+/// registers an index ([`Store::add_index`]) and reads it ([`Store::by_index`] and the
+/// other group readers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IndexName(&'static str);
+
+impl IndexName {
+    /// The index called `name` (unique among the indexes of one kind's cache).
+    pub const fn new(name: &'static str) -> Self {
+        IndexName(name)
+    }
+
+    /// The name as text (for logs).
+    pub const fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for IndexName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
 /// The key an index files an object under (`None`: not in the index).
-type IndexKey<K> = Arc<dyn Fn(&K) -> Option<String> + Send + Sync>;
+type KeyFn<K> = Box<dyn Fn(&K) -> Option<String> + Send + Sync>;
 
 struct Index<K> {
-    key: IndexKey<K>,
+    key: KeyFn<K>,
+    /// The type of the key function (each function and closure expression has its own):
+    /// what makes a second registration of the name the same definition.
+    definition: TypeId,
+    /// That type's name, for the message when a registration does not match.
+    defined_by: &'static str,
     groups: HashMap<String, Group<K>>,
 }
 
@@ -101,7 +137,7 @@ impl<K> Index<K> {
 
 struct Inner<K> {
     objects: HashMap<ObjectRef, Arc<K>>,
-    indexes: HashMap<&'static str, Index<K>>,
+    indexes: HashMap<IndexName, Index<K>>,
     /// Bumped by every applied event.
     generation: u64,
 }
@@ -173,6 +209,7 @@ pub fn store<K>() -> (Store<K>, Writer<K>) {
 }
 
 impl<K: Resource> Store<K> {
+    /// The cached object `key`, if any.
     pub fn get(&self, key: &ObjectRef) -> Option<Arc<K>> {
         self.map
             .read()
@@ -207,15 +244,41 @@ impl<K: Resource> Store<K> {
 
     /// Keep index `name`: every object filed under `key(object)` (objects for which it
     /// is `None` are left out). Built from what is cached now and kept up to date by
-    /// the writer; adding a name again replaces that index.
-    pub fn add_index(
-        &self,
-        name: &'static str,
-        key: impl Fn(&K) -> Option<String> + Send + Sync + 'static,
-    ) {
+    /// the writer.
+    ///
+    /// Idempotent per name, because a cache is shared by every user of its informer and
+    /// each registers the indexes it reads: registering `name` again with the same key
+    /// function (the same function, or the same closure expression; the values a
+    /// closure captures are not compared) keeps the index there is.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is already registered with a different key function: two meanings of
+    /// one name on a shared cache are a bug, and this finds it when the second user
+    /// starts.
+    pub fn add_index<F>(&self, name: IndexName, key: F)
+    where
+        F: Fn(&K) -> Option<String> + Send + Sync + 'static,
+    {
         let mut inner = self.map.write().expect("store lock");
+        if let Some(existing) = inner.indexes.get(&name) {
+            if existing.definition == TypeId::of::<F>() {
+                return;
+            }
+            let defined_by = existing.defined_by;
+            // Unlock first: a panic under the guard would poison the cache for its readers.
+            drop(inner);
+            panic!(
+                "index {:?} of this {kind} cache is already defined by {defined_by}; {new} cannot redefine it (give it another name)",
+                name.as_str(),
+                kind = std::any::type_name::<K>(),
+                new = std::any::type_name::<F>(),
+            );
+        }
         let mut index = Index {
-            key: Arc::new(key),
+            key: Box::new(key),
+            definition: TypeId::of::<F>(),
+            defined_by: std::any::type_name::<F>(),
             groups: HashMap::new(),
         };
         index.rebuild(&inner.objects, inner.generation);
@@ -230,11 +293,11 @@ impl<K: Resource> Store<K> {
     /// stays the same.
     pub fn for_each_group(
         &self,
-        name: &str,
+        name: IndexName,
         mut f: impl FnMut(&str, u64, &mut dyn Iterator<Item = &Arc<K>>),
     ) {
         let inner = self.map.read().expect("store lock");
-        if let Some(index) = inner.indexes.get(name) {
+        if let Some(index) = inner.indexes.get(&name) {
             for (key, group) in &index.groups {
                 f(key, group.version, &mut group.members.values());
             }
@@ -249,43 +312,46 @@ impl<K: Resource> Store<K> {
 
     /// The cached objects index `name` files under `value` (none if there is no such
     /// index).
-    pub fn by_index(&self, name: &str, value: &str) -> Vec<Arc<K>> {
+    pub fn by_index(&self, name: IndexName, value: &str) -> Vec<Arc<K>> {
         let inner = self.map.read().expect("store lock");
         inner
             .indexes
-            .get(name)
+            .get(&name)
             .and_then(|i| i.groups.get(value))
             .map(|g| g.members.values().cloned().collect())
             .unwrap_or_default()
     }
 
     /// How many cached objects index `name` files under `value`.
-    pub fn group_len(&self, name: &str, value: &str) -> usize {
+    pub fn group_len(&self, name: IndexName, value: &str) -> usize {
         let inner = self.map.read().expect("store lock");
         inner
             .indexes
-            .get(name)
+            .get(&name)
             .and_then(|i| i.groups.get(value))
             .map_or(0, |g| g.members.len())
     }
 
     /// Call `f` with each cached object index `name` files under `value`, under one
     /// read of the cache and cloning nothing.
-    pub fn for_each_in_group(&self, name: &str, value: &str, mut f: impl FnMut(&K)) {
+    pub fn for_each_in_group(&self, name: IndexName, value: &str, mut f: impl FnMut(&K)) {
         let inner = self.map.read().expect("store lock");
-        if let Some(group) = inner.indexes.get(name).and_then(|i| i.groups.get(value)) {
+        if let Some(group) = inner.indexes.get(&name).and_then(|i| i.groups.get(value)) {
             group.members.values().for_each(|k| f(k));
         }
     }
 
+    /// How many objects are cached.
     pub fn len(&self) -> usize {
         self.map.read().expect("store lock").objects.len()
     }
 
+    /// Whether no object is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Whether the first list is in (see [`wait_ready`](Self::wait_ready)).
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }
@@ -300,19 +366,19 @@ impl<K: Resource> Store<K> {
 impl<K: Resource> Writer<K> {
     /// Apply an event; for a relist, returns the objects the relist dropped (deleted
     /// while the watch was away).
-    pub fn apply(&mut self, event: &Event<K>) -> Vec<Arc<K>> {
+    pub fn apply(&mut self, event: &Change<K>) -> Vec<Arc<K>> {
         let mut inner = self.map.write().expect("store lock");
         inner.generation += 1;
         match event {
-            Event::Applied(k) => {
+            Change::Applied(k) => {
                 inner.insert(ObjectRef::of(k), Arc::new(k.clone()));
                 vec![]
             }
-            Event::Deleted(k) => {
+            Change::Deleted(k) => {
                 inner.remove(&ObjectRef::of(k));
                 vec![]
             }
-            Event::Restarted(all) => {
+            Change::Restarted(all) => {
                 let fresh: HashMap<_, _> = all
                     .iter()
                     .map(|k| (ObjectRef::of(k), Arc::new(k.clone())))
@@ -342,9 +408,9 @@ impl<K: Resource> Writer<K> {
 pub fn reflector<K: Resource, S, E>(
     mut writer: Writer<K>,
     stream: S,
-) -> impl Stream<Item = Result<Event<K>, E>>
+) -> impl Stream<Item = Result<Change<K>, E>>
 where
-    S: Stream<Item = Result<Event<K>, E>>,
+    S: Stream<Item = Result<Change<K>, E>>,
 {
     stream.flat_map(move |event| {
         let dropped = match &event {
@@ -353,7 +419,7 @@ where
         };
         let deletions = dropped
             .into_iter()
-            .map(|k| Ok(Event::Deleted(k.as_ref().clone())));
+            .map(|k| Ok(Change::Deleted(k.as_ref().clone())));
         futures::stream::iter(std::iter::once(event).chain(deletions))
     })
 }
@@ -378,6 +444,12 @@ mod tests {
         i
     }
 
+    const SERVICE: IndexName = IndexName::new("service");
+
+    fn by_service(i: &Instance) -> Option<String> {
+        Some(i.spec.service.clone())
+    }
+
     fn names(v: Vec<Arc<Instance>>) -> Vec<String> {
         let mut n: Vec<String> = v.iter().map(|i| i.metadata.name.clone()).collect();
         n.sort();
@@ -387,16 +459,16 @@ mod tests {
     #[test]
     fn an_index_follows_applies_deletes_and_relists() {
         let (store, mut writer) = store::<Instance>();
-        writer.apply(&Event::Applied(instance("a", "web")));
+        writer.apply(&Change::Applied(instance("a", "web")));
         // Added after the first object: built from what is cached.
-        store.add_index("service", |i: &Instance| Some(i.spec.service.clone()));
-        writer.apply(&Event::Applied(instance("b", "web")));
-        writer.apply(&Event::Applied(instance("c", "db")));
-        assert_eq!(names(store.by_index("service", "web")), ["a", "b"]);
-        assert_eq!(names(store.by_index("service", "db")), ["c"]);
+        store.add_index(SERVICE, by_service);
+        writer.apply(&Change::Applied(instance("b", "web")));
+        writer.apply(&Change::Applied(instance("c", "db")));
+        assert_eq!(names(store.by_index(SERVICE, "web")), ["a", "b"]);
+        assert_eq!(names(store.by_index(SERVICE, "db")), ["c"]);
         let groups = |store: &Store<Instance>| {
             let mut groups: Vec<(String, u64, usize)> = Vec::new();
-            store.for_each_group("service", |key, version, objects| {
+            store.for_each_group(SERVICE, |key, version, objects| {
                 groups.push((key.to_string(), version, objects.count()))
             });
             groups.sort();
@@ -413,14 +485,14 @@ mod tests {
         );
         assert_eq!(
             (
-                store.group_len("service", "web"),
-                store.group_len("service", "x")
+                store.group_len(SERVICE, "web"),
+                store.group_len(SERVICE, "x")
             ),
             (2, 0)
         );
 
         // A changed key moves the object; a deletion drops it.
-        writer.apply(&Event::Applied(instance("b", "db")));
+        writer.apply(&Change::Applied(instance("b", "db")));
         assert_eq!(
             groups(&store),
             [
@@ -429,11 +501,11 @@ mod tests {
             ],
             "a move changes both groups"
         );
-        writer.apply(&Event::Deleted(instance("c", "db")));
-        assert_eq!(names(store.by_index("service", "web")), ["a"]);
-        assert_eq!(names(store.by_index("service", "db")), ["b"]);
+        writer.apply(&Change::Deleted(instance("c", "db")));
+        assert_eq!(names(store.by_index(SERVICE, "web")), ["a"]);
+        assert_eq!(names(store.by_index(SERVICE, "db")), ["b"]);
         let mut seen = Vec::new();
-        store.for_each_in_group("service", "db", |i| seen.push(i.metadata.name.clone()));
+        store.for_each_in_group(SERVICE, "db", |i| seen.push(i.metadata.name.clone()));
         assert_eq!(seen, ["b"]);
 
         assert_eq!(
@@ -442,9 +514,53 @@ mod tests {
             "each event bumps the generation"
         );
         // A relist rebuilds it.
-        writer.apply(&Event::Restarted(vec![instance("d", "web")]));
-        assert_eq!(names(store.by_index("service", "web")), ["d"]);
-        assert!(store.by_index("service", "db").is_empty());
-        assert!(store.by_index("no-such-index", "web").is_empty());
+        writer.apply(&Change::Restarted(vec![instance("d", "web")]));
+        assert_eq!(names(store.by_index(SERVICE, "web")), ["d"]);
+        assert!(store.by_index(SERVICE, "db").is_empty());
+        assert!(store
+            .by_index(IndexName::new("no-such-index"), "web")
+            .is_empty());
+    }
+
+    /// Registers [`SERVICE`] with a closure that counts its calls in `calls` (the same
+    /// closure expression, and so the same definition, at every call).
+    fn index_counting(store: &Store<Instance>, calls: Arc<std::sync::atomic::AtomicUsize>) {
+        store.add_index(SERVICE, move |i: &Instance| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Some(i.spec.service.clone())
+        });
+    }
+
+    #[test]
+    fn registering_an_index_again_keeps_the_first() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (store, mut writer) = store::<Instance>();
+        writer.apply(&Change::Applied(instance("a", "web")));
+        let (first, second) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        index_counting(&store, first.clone());
+        index_counting(&store, second.clone());
+        assert_eq!(
+            (
+                first.load(Ordering::Relaxed),
+                second.load(Ordering::Relaxed)
+            ),
+            (1, 0),
+            "the second registration neither rebuilt nor replaced the index"
+        );
+        writer.apply(&Change::Applied(instance("b", "web")));
+        assert_eq!(
+            second.load(Ordering::Relaxed),
+            0,
+            "the first key function files b"
+        );
+        assert_eq!(names(store.by_index(SERVICE, "web")), ["a", "b"]);
+    }
+
+    #[test]
+    #[should_panic(expected = "index \"service\" of this")]
+    fn registering_a_name_with_another_key_function_panics() {
+        let (store, _writer) = store::<Instance>();
+        store.add_index(SERVICE, by_service);
+        store.add_index(SERVICE, |i: &Instance| i.spec.node.clone());
     }
 }
