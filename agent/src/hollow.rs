@@ -3,8 +3,8 @@
 //!
 //! One process stands in for many nodes of one cluster. It registers N `Node` objects
 //! (`PREFIX-0` … `PREFIX-{N-1}`) with a given capacity and the `container` and `process`
-//! runtimes, through the same [`register_node`](crate::node::register_node) and
-//! [`NodeHeartbeat`](crate::node::NodeHeartbeat) the real agent uses, so the cluster sees
+//! runtimes, through the same [`crate::node::register_node`] and
+//! [`crate::node::NodeHeartbeat`] the real agent uses, so the cluster sees
 //! exactly the writes a real node makes (a Lease renewal per beat, a status write when
 //! due). Heartbeats are spread evenly over the interval
 //! (one node every `interval / N`), not sent all at once.

@@ -3,7 +3,7 @@
 //! [`next_step`] is the decision, without IO: from the Instance's status, what the
 //! runtime says about its workload, its restart policy, its addressing and the time, it
 //! picks one step: report a status, start the workload, or wait. [`after_start`]
-//! decides what a start's outcome reports. [`reconcile`] does the IO around them:
+//! decides what a start's outcome reports. `reconcile` does the IO around them:
 //! it asks the runtime, attaches the network around a start, writes the status, and
 //! removes in the background what no longer has an Instance here.
 //!

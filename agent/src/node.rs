@@ -16,7 +16,7 @@ use crds::{
 use serde_json::json;
 
 /// What a node says about itself when it registers: the same for a real agent and for a
-/// hollow node ([`hollow`]).
+/// hollow node ([`crate::hollow`]).
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
     /// The Node's name.

@@ -248,7 +248,7 @@ async fn unplaceable_services_say_why(backend: &str) {
     root.services().delete("far").await.unwrap();
 }
 
-/// A cluster that stays NotReady past the grace period loses its Instances.
+/// A cluster that stays `NotReady` past the grace period loses its Instances.
 async fn a_cluster_not_ready_past_its_grace_loses_its_instances(backend: &str) {
     let root = two_clusters(backend).await;
     root.apply_service("web", spec(4)).await;

@@ -1,7 +1,7 @@
 //! Objects as the server handles them: JSON values with Kubernetes metadata.
 //!
 //! One file per concern:
-//! - [`key`]: where an object lives in storage (the key layout).
+//! - [`key`](mod@key): where an object lives in storage (the key layout).
 //! - [`codec`]: the stored bytes; objects are stored without `metadata.resourceVersion`,
 //!   which is the storage revision and is filled in on every read.
 //! - [`meta`]: reading and writing `metadata` fields.

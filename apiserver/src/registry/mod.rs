@@ -7,13 +7,13 @@
 //! between kinds is asked of the kind's [`Strategy`]; lists and their paging are in
 //! [`list`].
 //!
-//! An update goes through one path, [`Registry::write`]: read the current object, let
+//! An update goes through one path, `Registry::write`: read the current object, let
 //! the verb compute the next one (PUT: the body; PATCH: the merge patch; a subresource:
-//! its change), then [`next_version`] (the strategy validates it, carries over
+//! its change), then `next_version` (the strategy validates it, carries over
 //! server-owned fields, checks it against the current object), then compare-and-swap.
 //! Future steps have their place in that path: authorization before the verb runs
 //! (in the HTTP layer, with a principal in the request's extensions), server-side apply
-//! as one more way to compute the next object, admission after [`next_version`], and
+//! as one more way to compute the next object, admission after `next_version`, and
 //! a dry run that stops before the compare-and-swap.
 
 pub mod list;

@@ -37,7 +37,7 @@ pub struct RuntimeFlags {
     /// containerd's gRPC socket.
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     containerd_socket: PathBuf,
-    /// Registries (host[:port]) to pull from over plain HTTP; loopback ones always are.
+    /// Registries (`host[:port]`) to pull from over plain HTTP; loopback ones always are.
     #[arg(long, value_delimiter = ',')]
     insecure_registry: Vec<String>,
     /// cgroup file system root, for instance limits.
