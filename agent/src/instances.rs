@@ -459,7 +459,8 @@ impl Instances {
 }
 
 /// Stop and forget `id`'s workload and take its network down: ports first (so a new
-/// replica finds them free), then the workload, then the namespace.
+/// replica finds them free), then the workload stops, then the namespace goes, then
+/// the runtime forgets the workload (so what the runtime lists still has its network).
 pub async fn remove_workload(
     runtime: &dyn Runtime,
     network: Option<&Network>,
@@ -467,11 +468,10 @@ pub async fn remove_workload(
 ) -> Result<(), AgentError> {
     if let Some(network) = network {
         network.unpublish(id);
-    }
-    runtime.remove(id).await?;
-    if let Some(network) = network {
+        runtime.stop(id).await?;
         network.detach(id).await?;
     }
+    runtime.remove(id).await?;
     Ok(())
 }
 

@@ -587,6 +587,29 @@ pub fn oakctl(server: &str, args: &[&str]) -> std::process::Output {
         .expect("run oakctl")
 }
 
+/// Write `manifest` to `dir/file` and `oakctl apply -f` it against `server`, failing the
+/// test with oakctl's stderr if the apply does not succeed.
+pub fn apply_manifest(
+    server: &str,
+    dir: &Path,
+    file: &str,
+    manifest: &str,
+) -> std::process::Output {
+    let path = dir.join(file);
+    std::fs::write(&path, manifest).expect("write the manifest");
+    let out = oakctl(
+        server,
+        &["apply", "-f", path.to_str().expect("a UTF-8 path")],
+    );
+    assert!(
+        out.status.success(),
+        "oakctl apply -f {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     //! [`eventually`] and [`stays`] on paused time: each case's check turns at a given

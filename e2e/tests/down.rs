@@ -20,14 +20,7 @@ async fn down_stops_what_a_stopped_up_left_running() {
     let manifest = format!(
         "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: 1\n  template:\n    runtime: process\n    executable: /bin/sh\n    command: [-c, 'exec python3 -m http.server {web_port} --bind 127.0.0.1']\n    resources: {{cpuMillicores: 100, memoryMiB: 64}}\n"
     );
-    let path = dir.path().join("web.yaml");
-    std::fs::write(&path, manifest).unwrap();
-    let out = e2e::oakctl(&up.url(), &["apply", "-f", path.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::apply_manifest(&up.url(), dir.path(), "web.yaml", &manifest);
     let api: Api<Instance> = Client::new(&up.url()).unwrap().api(Some("default"));
     eventually("the replica Running", Duration::from_secs(60), || async {
         let (items, _) = api.list(&ListParams::default()).await.ok()?;

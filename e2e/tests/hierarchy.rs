@@ -154,15 +154,7 @@ impl Topology {
         let manifest = format!(
             "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: work}}\nspec:\n  replicas: {replicas}\n  template:\n    runtime: process\n    executable: /bin/sh\n    command: [-c, 'echo started $OAKESTRA_INSTANCE; exec sleep {marker}']\n    resources: {{cpuMillicores: 100, memoryMiB: 32}}\n"
         );
-        let path = self.dir.path().join("work.yaml");
-        std::fs::write(&path, manifest).unwrap();
-        let out = e2e::oakctl(&self.root.url(), &["apply", "-f", path.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        e2e::apply_manifest(&self.root.url(), self.dir.path(), "work.yaml", &manifest)
     }
 
     /// Wait until exactly `n` Instances of `work` are Running at the root, each with one

@@ -48,14 +48,7 @@ async fn oakestra_up_runs_a_service() {
     let manifest = format!(
         "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: 2\n  template:\n    runtime: process\n    executable: /bin/sh\n    command: [-c, 'exec python3 -m http.server $(({base} + OAKESTRA_ORDINAL)) --bind 127.0.0.1']\n    resources: {{cpuMillicores: 200, memoryMiB: 128}}\n"
     );
-    let path = dir.path().join("web.yaml");
-    std::fs::write(&path, manifest).unwrap();
-    let out = e2e::oakctl(&up.url(), &["apply", "-f", path.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::apply_manifest(&up.url(), dir.path(), "web.yaml", &manifest);
 
     let api: Api<Instance> = Client::new(&up.url()).unwrap().api(Some("default"));
     eventually("both replicas Running", Duration::from_secs(60), || async {

@@ -63,6 +63,13 @@ impl Runtime for Combined {
         Ok(None)
     }
 
+    async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        for r in self.both() {
+            r.stop(id).await?;
+        }
+        Ok(())
+    }
+
     async fn remove(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         for r in self.both() {
             r.remove(id).await?;

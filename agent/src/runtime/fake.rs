@@ -21,6 +21,8 @@ use super::{InstanceId, Runtime, RuntimeError, State};
 pub enum Call {
     /// `start` of this Instance, with this env (the agent's part first).
     Start(InstanceId, Vec<(String, String)>),
+    /// `stop` of this Instance.
+    Stop(InstanceId),
     /// `remove` of this Instance.
     Remove(InstanceId),
 }
@@ -160,6 +162,29 @@ impl Runtime for FakeRuntime {
             .expect("not poisoned")
             .get(id)
             .cloned())
+    }
+
+    async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        self.call(Call::Stop(id.clone()));
+        let mut workloads = self.workloads.lock().expect("not poisoned");
+        if let Some(State::Running {
+            runtime_id,
+            started,
+        }) = workloads.get(id).cloned()
+        {
+            // Ended by SIGTERM, as a stop ends a real workload.
+            workloads.insert(
+                id.clone(),
+                State::Exited {
+                    runtime_id,
+                    code: Some(143),
+                    oom_killed: false,
+                    started,
+                    finished: Utc::now(),
+                },
+            );
+        }
+        Ok(())
     }
 
     async fn remove(&self, id: &InstanceId) -> Result<(), RuntimeError> {

@@ -148,6 +148,10 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> Result<State, RuntimeError>;
     /// The workload's state, if the runtime has it (running or exited).
     async fn state(&self, id: &InstanceId) -> Result<Option<State>, RuntimeError>;
+    /// Stop the workload if it runs, and keep what the runtime knows of it. The agent
+    /// takes the workload's network down after this and before [`Runtime::remove`], so
+    /// a workload the runtime still lists never runs without its network.
+    async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError>;
     /// Stop the workload if it runs, and forget it.
     async fn remove(&self, id: &InstanceId) -> Result<(), RuntimeError>;
     /// Every Instance the runtime has, running or exited (for adoption and cleanup).

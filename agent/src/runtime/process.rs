@@ -243,7 +243,7 @@ impl Runtime for ProcessRuntime {
         Ok(self.read(id).map(|r| Self::state_of(&r)))
     }
 
-    async fn remove(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+    async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         if let Some(record) = self.read(id) {
             if record.exit.is_none() && proc_start(record.pid) == Some(record.proc_start) {
                 use nix::sys::signal::{killpg, Signal};
@@ -265,6 +265,11 @@ impl Runtime for ProcessRuntime {
                 }
             }
         }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        self.stop(id).await?;
         self.cgroups.remove(&id.token());
         match std::fs::remove_dir_all(self.instance_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

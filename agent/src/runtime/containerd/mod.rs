@@ -494,6 +494,12 @@ impl Runtime for ContainerdRuntime {
         }))
     }
 
+    async fn stop(&self, id: &InstanceId) -> Result<(), RuntimeError> {
+        self.stop_task(&id.token())
+            .await
+            .map_err(grpc_failed(id, "stopping the task"))
+    }
+
     async fn remove(&self, id: &InstanceId) -> Result<(), RuntimeError> {
         let ctr = &self.ctr;
         let token = id.token();
