@@ -8,7 +8,7 @@
 //! - `roles::up`: root, cluster and worker on one device, composed from the above.
 //! - `roles::down`: stop the workloads an `oakestra up` left running.
 //! - `roles` itself: what the roles share (API flags, in-process clients, running
-//!   until Ctrl-C).
+//!   until Ctrl-C or SIGTERM).
 
 mod roles;
 

@@ -75,7 +75,7 @@ impl ClusterFlags {
     }
 }
 
-/// Run a cluster orchestrator until Ctrl-C.
+/// Run a cluster orchestrator until Ctrl-C or SIGTERM.
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let name = &args.name;
     crds::validate::name(name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;

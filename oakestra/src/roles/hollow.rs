@@ -36,7 +36,7 @@ pub struct HollowArgs {
     concurrency: usize,
 }
 
-/// Simulate the nodes until Ctrl-C (or until simulating fails).
+/// Simulate the nodes until Ctrl-C or SIGTERM (or until simulating fails).
 pub async fn run(args: HollowArgs) -> anyhow::Result<()> {
     let nodes = args.nodes;
     anyhow::ensure!(nodes > 0, "--nodes must be positive");
@@ -65,7 +65,7 @@ pub async fn run(args: HollowArgs) -> anyhow::Result<()> {
     let task = tokio::spawn(agent::hollow::run(client, config, shutdown.clone()));
     tokio::select! {
         r = task => Ok(r.context("hollow task")??),
-        _ = tokio::signal::ctrl_c() => {
+        _ = crate::roles::stop_signal() => {
             shutdown.cancel();
             Ok(())
         }

@@ -1,5 +1,5 @@
 //! The roles of the `oakestra` binary, one file each, and what they share: the API
-//! server flags, in-process clients, and running until Ctrl-C.
+//! server flags, in-process clients, and running until Ctrl-C or SIGTERM.
 //!
 //! Each role has an `Args` (its flags) and a `run`; the roles that `up` combines also
 //! have a `start` that leaves them running in this process, so that `up` composes
@@ -19,6 +19,7 @@ use std::time::Duration;
 use apiserver::{Server, ServerConfig};
 use clap::Args;
 use crds::Location;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -116,14 +117,14 @@ impl Running {
         self.tasks.push(tokio::spawn(task));
     }
 
-    /// Serve until Ctrl-C (or a server stops), then stop the tasks.
+    /// Serve until Ctrl-C or SIGTERM (or a server stops), then stop the tasks.
     pub async fn until_stopped(self) -> anyhow::Result<()> {
         let stopped =
             futures::future::select_all(self.servers.into_iter().map(|s| Box::pin(s.wait())));
         let result = tokio::select! {
             _ = stopped => Err(anyhow::anyhow!("an API server stopped")),
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("interrupted, shutting down");
+            signal = stop_signal() => {
+                tracing::info!(signal, "shutting down");
                 Ok(())
             }
         };
@@ -132,5 +133,15 @@ impl Running {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         result
+    }
+}
+
+/// Wait until the process is asked to stop: Ctrl-C (SIGINT) or SIGTERM, the signal
+/// `kill`, systemd and `scripts/up.sh` stop it with. Returns the signal's name.
+pub async fn stop_signal() -> &'static str {
+    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }

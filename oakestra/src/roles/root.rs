@@ -71,7 +71,7 @@ impl RootFlags {
     }
 }
 
-/// Run the root tier until Ctrl-C.
+/// Run the root tier until Ctrl-C or SIGTERM.
 pub async fn run(args: RootArgs) -> anyhow::Result<()> {
     let config = args.root.config()?;
     let mut running = Running::new();

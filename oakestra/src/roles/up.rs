@@ -68,7 +68,7 @@ pub fn worker_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("worker")
 }
 
-/// Run root, cluster and worker in this process until Ctrl-C; then say that the
+/// Run root, cluster and worker in this process until Ctrl-C or SIGTERM; then say that the
 /// workloads keep running and how to stop them.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = &args.data_dir;

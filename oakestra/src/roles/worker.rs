@@ -130,7 +130,7 @@ impl WorkerFlags {
     }
 }
 
-/// Run a worker agent until Ctrl-C (or until it fails).
+/// Run a worker agent until Ctrl-C or SIGTERM (or until it fails).
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let config = args
         .worker
@@ -150,7 +150,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     ));
     tokio::select! {
         r = task => r.context("worker task")?,
-        _ = tokio::signal::ctrl_c() => {
+        _ = crate::roles::stop_signal() => {
             shutdown.cancel();
             Ok(())
         }
