@@ -114,7 +114,13 @@ pub fn openapi(group: &str, version: &str) -> Option<Value> {
     let kinds = served(group, version)?;
     let mut schemas = serde_json::Map::new();
     let mut paths = serde_json::Map::new();
-    let params = json!([
+    // `dryRun` is honoured by every write (kubectl looks for it before a server-side
+    // dry run or a diff), and by no read.
+    let read_params = json!([
+        {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+    ]);
+    let write_params = json!([
         {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
         {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
         {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
@@ -158,6 +164,10 @@ pub fn openapi(group: &str, version: &str) -> Option<Value> {
         };
         let body_ref = json!({"$ref": format!("#/components/schemas/{}", schema_name(k))});
         let op = |verb: &str| {
+            let params = match verb {
+                "list" | "read" => &read_params,
+                _ => &write_params,
+            };
             json!({
                 "operationId": format!("{verb}{}", k.kind),
                 "parameters": params,

@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::metrics::{Metrics, RequestLabels, VerbLabels};
 use crate::object::{self, FieldSelector, LabelSelector};
 use crate::registry::{
-    strategy, DeleteOptions, ListOptions, Part, Propagation, Registry, Subresource,
+    strategy, DeleteOptions, ListOptions, Part, Propagation, Registry, Subresource, WriteOptions,
 };
 use crate::watch::WatchError;
 
@@ -174,6 +174,31 @@ fn verb(method: &Method, target: &Target, query: &HashMap<String, String>) -> &'
     }
 }
 
+/// The `dryRun` parameter of a write (a query parameter, or a field of a delete's
+/// `DeleteOptions` body): absent or empty for a real write, `All` for a dry run.
+fn dry_run(value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "dryRun: Unsupported value: {other:?}: supported values: \"All\""
+        ))),
+    }
+}
+
+/// The options every write verb takes, from the query (reads ignore them).
+fn write_options(
+    method: &Method,
+    query: &HashMap<String, String>,
+) -> Result<WriteOptions, ApiError> {
+    if matches!(*method, Method::GET | Method::HEAD) {
+        return Ok(WriteOptions::default());
+    }
+    Ok(WriteOptions {
+        dry_run: dry_run(query.get("dryRun").map(String::as_str))?,
+    })
+}
+
 fn is_true(v: Option<&String>) -> bool {
     matches!(v.map(String::as_str), Some("true" | "1"))
 }
@@ -201,8 +226,12 @@ async fn api(
         None => target.kind.plural.to_string(),
         Some(sub) => format!("{}/{}", target.kind.plural, sub.name()),
     };
-    let span = tracing::info_span!("request", verb, resource = %resource, namespace = target.namespace.as_deref(), name = target.name.as_deref());
-    let handled = handle(&state, &method, &target, &query, &headers, body);
+    let options = write_options(&method, &query);
+    let span = tracing::info_span!("request", verb, resource = %resource, namespace = target.namespace.as_deref(), name = target.name.as_deref(), dry_run = options.as_ref().is_ok_and(|o| o.dry_run));
+    let handled = async {
+        let options = options?;
+        handle(&state, &method, &target, &query, &headers, body, options).await
+    };
     let response = match tracing::Instrument::instrument(handled, span.clone()).await {
         Ok(r) => r,
         Err(e) => {
@@ -293,6 +322,7 @@ async fn handle(
     query: &HashMap<String, String>,
     headers: &HeaderMap,
     body: Body,
+    options: WriteOptions,
 ) -> Result<Response, ApiError> {
     let registry = &state.registry;
     let kind = target.kind;
@@ -309,7 +339,9 @@ async fn handle(
             return match (method, target.name.as_deref()) {
                 (&Method::POST, Some(name)) => {
                     let body = read_body(state, body).await?;
-                    let written = registry.post_subresource(kind, ns, name, sub, body).await?;
+                    let written = registry
+                        .post_subresource(kind, ns, name, sub, body, options)
+                        .await?;
                     Ok((StatusCode::CREATED, Json(written)).into_response())
                 }
                 _ => Err(ApiError::MethodNotAllowed(format!(
@@ -343,12 +375,17 @@ async fn handle(
         }
         (Method::POST, None) => {
             let body = read_body(state, body).await?;
-            let created = registry.create(kind, ns, body).await?;
+            let created = registry.create(kind, ns, body, options).await?;
             Ok((StatusCode::CREATED, Json(created)).into_response())
         }
         (Method::PUT, Some(name)) => {
             let body = read_body(state, body).await?;
-            Ok(Json(registry.replace(kind, ns, name, body, part).await?).into_response())
+            Ok(Json(
+                registry
+                    .replace(kind, ns, name, body, part, options)
+                    .await?,
+            )
+            .into_response())
         }
         (Method::PATCH, Some(name)) => {
             let content_type = headers
@@ -363,7 +400,7 @@ async fn handle(
                 )));
             }
             let patch = read_body(state, body).await?;
-            Ok(Json(registry.patch(kind, ns, name, patch, part).await?).into_response())
+            Ok(Json(registry.patch(kind, ns, name, patch, part, options).await?).into_response())
         }
         (Method::DELETE, Some(name)) if target.sub.is_none() => {
             let body = axum::body::to_bytes(body, state.config.max_body_bytes)
@@ -371,7 +408,10 @@ async fn handle(
                 .map_err(|_| ApiError::TooLarge {
                     limit: state.config.max_body_bytes,
                 })?;
-            let options = delete_options(&body, query)?;
+            let options = delete_options(&body, query, options)?;
+            if options.write.dry_run {
+                tracing::Span::current().record("dry_run", true);
+            }
             Ok(Json(registry.delete(kind, ns, name, &options).await?).into_response())
         }
         _ => Err(ApiError::MethodNotAllowed(format!(
@@ -380,11 +420,13 @@ async fn handle(
     }
 }
 
-/// The `DeleteOptions` of a delete: `preconditions.resourceVersion` and
-/// `propagationPolicy` from the body, the query overriding the policy.
+/// The `DeleteOptions` of a delete: `preconditions.resourceVersion`,
+/// `propagationPolicy` and `dryRun` from the body, the query overriding the policy
+/// (`write`: the options from the query; a dry run asked for in either is one).
 fn delete_options(
     body: &Bytes,
     query: &HashMap<String, String>,
+    write: WriteOptions,
 ) -> Result<DeleteOptions, ApiError> {
     let options: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
@@ -420,9 +462,22 @@ fn delete_options(
             )))
         }
     };
+    // In the body, `dryRun` is a list (`["All"]`), as kubectl sends it.
+    let mut body_dry_run = false;
+    for value in options
+        .get("dryRun")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        body_dry_run |= dry_run(Some(value.as_str().unwrap_or("<not a string>")))?;
+    }
     Ok(DeleteOptions {
         precondition,
         propagation,
+        write: WriteOptions {
+            dry_run: write.dry_run || body_dry_run,
+        },
     })
 }
 

@@ -625,6 +625,216 @@ async fn watches(c: &Client) {
     clusters.delete("b", None).await.unwrap();
 }
 
+/// `dryRun=All` on every write: the answer is the object as the real write would
+/// leave it (or the same rejection), and nothing is stored or seen by a watch.
+async fn dry_run(c: &Client) {
+    let svc = c.dynamic(kind("svc"), Some("default"));
+    let inst = c.dynamic(kind("inst"), Some("default"));
+    let nodes = c.dynamic(kind("no"), None);
+    let (dry_svc, dry_inst, dry_nodes) = (svc.dry_run(), inst.dry_run(), nodes.dry_run());
+    let web = svc.create(&service("web", 2)).await.unwrap();
+    let pod = inst
+        .create(&json!({
+            "apiVersion": "oakestra.io/v1", "kind": "Instance", "metadata": {"name": "web-0"},
+            "spec": {"service": "web", "ordinal": 0, "template": {"image": "x"}},
+        }))
+        .await
+        .unwrap();
+    let node = nodes
+        .create(&json!({
+            "apiVersion": "oakestra.io/v1", "kind": "Node",
+            "metadata": {"name": "pi-1", "finalizers": ["oakestra.io/drain"]},
+            "spec": {"address": "192.0.2.10", "runtimes": ["container"]},
+        }))
+        .await
+        .unwrap();
+    let at = |version: &Value| ListParams {
+        resource_version: Some(rv(version)),
+        ..Default::default()
+    };
+    let mut svc_watch = svc.watch(&at(&node)).await.unwrap();
+    let mut inst_watch = inst.watch(&at(&node)).await.unwrap();
+    let mut node_watch = nodes.watch(&at(&node)).await.unwrap();
+    let unchanged = |api: &DynamicApi, name: &'static str, before: Value| {
+        let api = api.clone();
+        async move {
+            assert_eq!(api.get(name).await.unwrap(), before, "{name} was changed");
+        }
+    };
+
+    // Create: defaulted, with server-owned metadata, no resourceVersion; not stored.
+    let would = dry_svc.create(&service("new", 1)).await.unwrap();
+    assert_eq!(would["spec"]["template"]["runtime"], "container");
+    assert_eq!(would["metadata"]["generation"], 1);
+    assert!(would["metadata"]["uid"].is_string());
+    assert!(would["metadata"]["creationTimestamp"].is_string());
+    assert!(
+        would["metadata"].get("resourceVersion").is_none(),
+        "{would}"
+    );
+    assert!(svc.get("new").await.unwrap_err().is_not_found());
+    let (listed, _) = svc.list_all(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.len(), 1, "only web: {listed:?}");
+    // The same checks as a real create.
+    let mut bad = service("bad", 1);
+    bad["spec"]["replicas"] = json!(-1);
+    let (code, _, fields) = api_error(dry_svc.create(&bad).await.unwrap_err());
+    assert_eq!((code, fields), (422, vec!["spec.replicas".to_string()]));
+    let (code, _, _) = api_error(dry_svc.create(&service("web", 2)).await.unwrap_err());
+    assert_eq!(code, 409, "web exists");
+    let nowhere = c.dynamic(kind("svc"), Some("nowhere")).dry_run();
+    let (code, _, _) = api_error(nowhere.create(&service("x", 1)).await.unwrap_err());
+    assert_eq!(code, 404, "the namespace must exist");
+
+    // PUT and merge PATCH: the next object, at the current version; nothing stored.
+    let mut update = web.clone();
+    update["spec"]["replicas"] = json!(5);
+    let would = dry_svc.replace("web", &update).await.unwrap();
+    assert_eq!(
+        (&would["spec"]["replicas"], &would["metadata"]["generation"]),
+        (&json!(5), &json!(2))
+    );
+    assert_eq!(rv(&would), rv(&web));
+    unchanged(&svc, "web", web.clone()).await;
+    let would = dry_svc
+        .patch("web", &json!({"spec": {"replicas": 7}}))
+        .await
+        .unwrap();
+    assert_eq!(would["spec"]["replicas"], 7);
+    unchanged(&svc, "web", web.clone()).await;
+    // Still validated, still optimistic concurrency.
+    update["spec"]["replicas"] = json!(-1);
+    let (code, _, fields) = api_error(dry_svc.replace("web", &update).await.unwrap_err());
+    assert_eq!((code, fields), (422, vec!["spec.replicas".to_string()]));
+    let mut stale = web.clone();
+    stale["metadata"]["resourceVersion"] =
+        json!((rv(&web).parse::<i64>().unwrap() - 1).to_string());
+    let (code, _, _) = api_error(dry_svc.replace("web", &stale).await.unwrap_err());
+    assert_eq!(code, 409);
+    let stale_patch = json!({"metadata": {"resourceVersion": stale["metadata"]["resourceVersion"]}, "spec": {"replicas": 3}});
+    let (code, _, _) = api_error(dry_svc.patch("web", &stale_patch).await.unwrap_err());
+    assert_eq!(code, 409);
+    let (code, _, fields) = api_error(
+        dry_inst
+            .patch("web-0", &json!({"spec": {"ordinal": 3}}))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, fields), (422, vec!["spec.ordinal".to_string()]));
+
+    // The status subresource.
+    let would = dry_svc
+        .patch_status("web", &json!({"status": {"readyReplicas": 2}}))
+        .await
+        .unwrap();
+    assert_eq!(would["status"]["readyReplicas"], 2, "{would}");
+    unchanged(&svc, "web", web.clone()).await;
+
+    // The binding subresource: the bound object, not stored; a stale version is a 409.
+    let bound = dry_inst
+        .bind("web-0", "Cluster", "c1", Some(&rv(&pod)))
+        .await
+        .unwrap();
+    assert_eq!(bound["spec"]["cluster"], "c1");
+    assert_eq!(bound["status"]["phase"], "Scheduled");
+    unchanged(&inst, "web-0", pod.clone()).await;
+    let stale = (rv(&pod).parse::<i64>().unwrap() - 1).to_string();
+    let (code, _, _) = api_error(
+        dry_inst
+            .bind("web-0", "Cluster", "c1", Some(&stale))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 409);
+
+    // Delete: as the real delete answers (marked where a finalizer holds it), kept.
+    let gone = dry_svc.delete("web", None).await.unwrap();
+    assert_eq!(gone["metadata"]["name"], "web");
+    unchanged(&svc, "web", web.clone()).await;
+    let marked = dry_nodes.delete("pi-1", None).await.unwrap();
+    assert!(
+        marked["metadata"]["deletionTimestamp"].is_string(),
+        "{marked}"
+    );
+    unchanged(&nodes, "pi-1", node.clone()).await;
+    let web_stale = (rv(&web).parse::<i64>().unwrap() - 1).to_string();
+    let (code, _, _) = api_error(dry_svc.delete("web", Some(&web_stale)).await.unwrap_err());
+    assert_eq!(code, 409);
+
+    // No watch saw any of it: the first event each sees is the real write after.
+    for (api, watch, name) in [
+        (&svc, &mut svc_watch, "web"),
+        (&inst, &mut inst_watch, "web-0"),
+        (&nodes, &mut node_watch, "pi-1"),
+    ] {
+        let real = api
+            .patch(name, &json!({"metadata": {"labels": {"real": "yes"}}}))
+            .await
+            .unwrap();
+        match next_event(watch).await {
+            WatchEvent::Modified(o) => assert_eq!(rv(&o), rv(&real), "{name}: {o}"),
+            other => panic!("{name}: the first event is not the real write: {other:?}"),
+        }
+        let more = tokio::time::timeout(Duration::from_millis(300), watch.next()).await;
+        assert!(more.is_err(), "{name}: a second event: {more:?}");
+    }
+
+    // Anything but `All` is a 400 naming the parameter, on every write.
+    for (code, message, _) in [
+        api_error(
+            svc.with_dry_run("Bogus")
+                .create(&service("x", 1))
+                .await
+                .unwrap_err(),
+        ),
+        api_error(
+            svc.with_dry_run("Bogus")
+                .patch("web", &json!({}))
+                .await
+                .unwrap_err(),
+        ),
+        api_error(
+            svc.with_dry_run("Bogus")
+                .delete("web", None)
+                .await
+                .unwrap_err(),
+        ),
+    ] {
+        assert_eq!(code, 400);
+        assert!(
+            message.contains("dryRun") && message.contains("\"All\""),
+            "{message}"
+        );
+    }
+    assert!(svc.get("web").await.is_ok());
+
+    // The OpenAPI document offers `dryRun` on the writes, and only there.
+    let openapi = c.get_json("/openapi/v3/apis/oakestra.io/v1").await.unwrap();
+    let has_dry_run = |path: &str, op: &str| {
+        openapi["paths"][path][op]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "dryRun")
+    };
+    let services = "/apis/oakestra.io/v1/namespaces/{namespace}/services";
+    let one = format!("{services}/{{name}}");
+    let status = format!("{one}/status");
+    for (path, op, want) in [
+        (services, "post", true),
+        (services, "get", false),
+        (&one, "put", true),
+        (&one, "patch", true),
+        (&one, "delete", true),
+        (&one, "get", false),
+        (&status, "put", true),
+        (&status, "patch", true),
+        (&status, "get", false),
+    ] {
+        assert_eq!(has_dry_run(path, op), want, "{op} {path}");
+    }
+}
+
 async fn discovery(c: &Client) {
     let groups = c.get_json("/apis").await.unwrap();
     assert_eq!(groups["groups"][0]["name"], "oakestra.io");
@@ -757,6 +967,7 @@ scenarios!(
     paging_and_selectors,
     watches,
     discovery,
+    dry_run,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -218,6 +218,7 @@ impl Client {
             client: self.clone(),
             kind,
             namespace: ns.filter(|_| kind.namespaced).map(String::from),
+            dry_run: None,
             _object: PhantomData,
         }
     }
@@ -389,6 +390,8 @@ pub struct DynamicApi<T = Value> {
     client: Client,
     kind: &'static KindInfo,
     namespace: Option<String>,
+    /// The `dryRun` value sent with every write (`None`: a real write).
+    dry_run: Option<String>,
     _object: PhantomData<fn() -> T>,
 }
 
@@ -404,6 +407,7 @@ impl<T> std::fmt::Debug for DynamicApi<T> {
             .field("client", &self.client)
             .field("kind", &self.kind.kind)
             .field("namespace", &self.namespace)
+            .field("dry_run", &self.dry_run)
             .finish()
     }
 }
@@ -424,12 +428,36 @@ impl<T> DynamicApi<T> {
         self.namespace.as_deref()
     }
 
+    /// The same API, its writes (create, replace, patch, bind, delete) sent as dry runs
+    /// (`dryRun=All`): the server checks and answers them as it would the real write,
+    /// and stores nothing.
+    pub fn dry_run(&self) -> Self {
+        self.with_dry_run("All")
+    }
+
+    /// The same API, its writes sent with `dryRun=value` as is (the server accepts only
+    /// `All`: see [`dry_run`](Self::dry_run); other values are for testing its answer).
+    pub fn with_dry_run(&self, value: &str) -> Self {
+        let mut api = self.retype();
+        api.dry_run = Some(value.to_string());
+        api
+    }
+
+    /// `request` as a write: with the `dryRun` parameter, if this API sends one.
+    fn write(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.dry_run {
+            Some(value) => request.query(&[("dryRun", value)]),
+            None => request,
+        }
+    }
+
     /// The same kind and namespace, its objects decoded as `U`.
     fn retype<U>(&self) -> DynamicApi<U> {
         DynamicApi {
             client: self.client.clone(),
             kind: self.kind,
             namespace: self.namespace.clone(),
+            dry_run: self.dry_run.clone(),
             _object: PhantomData,
         }
     }
@@ -467,7 +495,7 @@ impl<T> DynamicApi<T> {
     /// finalizers remain).
     pub async fn delete(&self, name: &str, resource_version: Option<&str>) -> Result<Value> {
         let url = self.item_url(name);
-        let mut request = self.client.http.delete(&url);
+        let mut request = self.write(self.client.http.delete(&url));
         if let Some(rv) = resource_version {
             request = request.json(&serde_json::json!({"preconditions": {"resourceVersion": rv}}));
         }
@@ -513,7 +541,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> DynamicApi<T> {
     pub async fn create(&self, object: &T) -> Result<T> {
         let url = self.collection_url();
         self.client
-            .json(self.client.http.post(&url).json(object), &url)
+            .json(self.write(self.client.http.post(&url)).json(object), &url)
             .await
     }
 
@@ -531,7 +559,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> DynamicApi<T> {
     /// PUT `object` to `url`.
     async fn put(&self, url: String, object: &T) -> Result<T> {
         self.client
-            .json(self.client.http.put(&url).json(object), &url)
+            .json(self.write(self.client.http.put(&url)).json(object), &url)
             .await
     }
 
@@ -554,7 +582,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> DynamicApi<T> {
             "target": {"kind": target_kind, "name": target},
         });
         self.client
-            .json(self.client.http.post(&url).json(&body), &url)
+            .json(self.write(self.client.http.post(&url)).json(&body), &url)
             .await
     }
 
@@ -570,9 +598,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> DynamicApi<T> {
 
     async fn merge_patch(&self, url: String, patch: &Value) -> Result<T> {
         let request = self
-            .client
-            .http
-            .patch(&url)
+            .write(self.client.http.patch(&url))
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/merge-patch+json",

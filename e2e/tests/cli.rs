@@ -310,6 +310,57 @@ fn kubectl_works_unchanged() {
     assert!(err.contains("clusters \"munich-1\" not found"), "{err}");
 }
 
+/// Issue #18: `kubectl diff` and server-side dry runs must change nothing. They once
+/// did (the server ignored `dryRun`): a diff stored the replicas it showed.
+#[test]
+fn kubectl_dry_runs_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, cli) = start(dir.path());
+    let svc = |name: &str, replicas: u32| {
+        let path = dir.path().join(format!("{name}-{replicas}.yaml"));
+        std::fs::write(
+            &path,
+            format!("apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{replicas: {replicas}, template: {{image: localhost:5000/busybox:1}}}}\n"),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let stored = || -> serde_json::Value {
+        serde_json::from_str(&ok(cli.kubectl(&["get", "svc", "web", "-o", "json"]))).unwrap()
+    };
+    let (two, five) = (svc("web", 2), svc("web", 5));
+    ok(cli.kubectl(&["apply", "-f", &two]));
+    let before = stored();
+    assert_eq!(before["spec"]["replicas"], 2);
+
+    // kubectl diff exits 1 when there is a difference; it shows the dry run's answer.
+    let diff = cli.kubectl(&["diff", "-f", &five]);
+    let shown = String::from_utf8_lossy(&diff.stdout);
+    assert_eq!(
+        diff.status.code(),
+        Some(1),
+        "{shown}\n{}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    assert!(shown.contains("replicas"), "{shown}");
+    let out = ok(cli.kubectl(&["apply", "--dry-run=server", "-f", &five]));
+    assert!(out.contains("(server dry run)"), "{out}");
+    let new = svc("fresh", 1);
+    let out = ok(cli.kubectl(&["create", "--dry-run=server", "-f", &new]));
+    assert!(out.contains("fresh created (server dry run)"), "{out}");
+    let out = ok(cli.kubectl(&["delete", "--dry-run=server", "-f", &two]));
+    assert!(out.contains("(server dry run)"), "{out}");
+
+    let after = stored();
+    assert_eq!(after["spec"]["replicas"], 2, "{after}");
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
+    let err = fails(cli.kubectl(&["get", "svc", "fresh"]));
+    assert!(err.contains("services \"fresh\" not found"), "{err}");
+}
+
 /// The exit code of a failed command and its stderr.
 fn fails_with(out: Output) -> (i32, String) {
     let code = out.status.code().expect("oakctl exits, not killed");

@@ -13,8 +13,12 @@
 //! server-owned fields, checks it against the current object), then compare-and-swap.
 //! Future steps have their place in that path: authorization before the verb runs
 //! (in the HTTP layer, with a principal in the request's extensions), server-side apply
-//! as one more way to compute the next object, admission after `next_version`, and
-//! a dry run that stops before the compare-and-swap.
+//! as one more way to compute the next object, and admission after `next_version`.
+//!
+//! A dry run ([`WriteOptions::dry_run`]) takes every step of the real write, create
+//! and delete included, up to the storage call: that one place, `Registry::commit`,
+//! then only checks that the call would succeed (the key absent for a create, at the
+//! expected revision otherwise) and stores nothing, so no watch event follows.
 
 pub mod list;
 pub mod strategy;
@@ -43,6 +47,14 @@ pub enum Propagation {
     Foreground,
 }
 
+/// Options of every write (create, update, patch, delete, subresource writes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// `dryRun=All`: validate, default and check the write as a real one, answer with
+    /// the object as it would be stored, persist nothing.
+    pub dry_run: bool,
+}
+
 /// Options of a delete.
 #[derive(Debug, Clone, Default)]
 pub struct DeleteOptions {
@@ -50,6 +62,18 @@ pub struct DeleteOptions {
     pub precondition: Option<i64>,
     /// Whether dependents go before (foreground) or after (background) the object.
     pub propagation: Propagation,
+    /// Options every write has.
+    pub write: WriteOptions,
+}
+
+/// What a write asks of storage (see `Registry::commit`).
+enum Change<'a> {
+    /// Create the key with this object.
+    Create(&'a Value),
+    /// Replace the object, the key being at this revision.
+    Update(&'a Value, i64),
+    /// Delete the key, it being at this revision.
+    Delete(i64),
 }
 
 /// Which part of an object a write changes.
@@ -162,6 +186,7 @@ impl Registry {
         kind: &KindInfo,
         ns: Option<&str>,
         mut body: Value,
+        options: WriteOptions,
     ) -> Result<Value, ApiError> {
         check_type(kind, &body)?;
         let meta = object::meta_mut(&mut body);
@@ -223,12 +248,14 @@ impl Registry {
         strategy.validate(kind, &name, &mut body)?;
         self.require_namespace(kind, ns).await?;
         let key = object::key(kind, ns, &name);
-        let kv = self
-            .store
-            .create(&key, object::encode(&body))
+        // A dry-run create has no resourceVersion yet, as in Kubernetes.
+        if let Some(revision) = self
+            .commit(&key, Change::Create(&body), options)
             .await
-            .map_err(|e| ApiError::from_storage(e, kind.plural, &name))?;
-        set_version(&mut body, kv.mod_revision);
+            .map_err(|e| ApiError::from_storage(e, kind.plural, &name))?
+        {
+            set_version(&mut body, revision);
+        }
         Ok(body)
     }
 
@@ -240,6 +267,7 @@ impl Registry {
         name: &str,
         body: Value,
         part: Part,
+        options: WriteOptions,
     ) -> Result<Value, ApiError> {
         check_type(kind, &body)?;
         if let Some(body_name) =
@@ -250,7 +278,7 @@ impl Registry {
             )));
         }
         let precondition = object::resource_version(&body).map_err(ApiError::BadRequest)?;
-        self.write(kind, ns, name, precondition, |current| {
+        self.write(kind, ns, name, precondition, options, |current| {
             Ok(take_part(kind, current, &body, part))
         })
         .await
@@ -264,6 +292,7 @@ impl Registry {
         name: &str,
         patch: Value,
         part: Part,
+        options: WriteOptions,
     ) -> Result<Value, ApiError> {
         if !patch.is_object() {
             return Err(ApiError::BadRequest(
@@ -271,7 +300,7 @@ impl Registry {
             ));
         }
         let precondition = object::resource_version(&patch).map_err(ApiError::BadRequest)?;
-        self.write(kind, ns, name, precondition, |current| {
+        self.write(kind, ns, name, precondition, options, |current| {
             let mut patched = current.clone();
             json_patch::merge(&mut patched, &patch);
             check_type(kind, &patched)?;
@@ -290,9 +319,10 @@ impl Registry {
         name: &str,
         sub: Subresource,
         body: Value,
+        options: WriteOptions,
     ) -> Result<Value, ApiError> {
         let write = strategy::for_kind(kind).subresource_write(kind, name, sub, &body)?;
-        self.write(kind, ns, name, write.precondition, |current| {
+        self.write(kind, ns, name, write.precondition, options, |current| {
             (write.change)(current)
         })
         .await
@@ -306,6 +336,7 @@ impl Registry {
         ns: Option<&str>,
         name: &str,
         precondition: Option<i64>,
+        options: WriteOptions,
         mutate: impl Fn(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
         let key = object::key(kind, ns, name);
@@ -343,14 +374,16 @@ impl Registry {
                 Err(_) if cached.is_some() => continue,
                 Err(e) => return Err(e),
             };
-            let result = if finalized(&next) {
-                self.store.delete(&key, Some(revision)).await.map(|_| ())
+            let change = if finalized(&next) {
+                Change::Delete(revision)
             } else {
-                self.store
-                    .update(&key, object::encode(&next), revision)
-                    .await
-                    .map(|kv| set_version(&mut next, kv.mod_revision))
+                Change::Update(&next, revision)
             };
+            let result = self.commit(&key, change, options).await.map(|revision| {
+                if let Some(revision) = revision {
+                    set_version(&mut next, revision);
+                }
+            });
             match result {
                 Ok(()) => return Ok(next),
                 Err(StorageError::Conflict { .. } | StorageError::NotFound { .. })
@@ -399,20 +432,22 @@ impl Registry {
             let has_finalizers = current["metadata"]["finalizers"]
                 .as_array()
                 .is_some_and(|f| !f.is_empty());
-            let result = if !has_finalizers {
-                self.store
-                    .delete(&key, Some(kv.mod_revision))
-                    .await
-                    .map(|_| ())
+            let change = if !has_finalizers {
+                Change::Delete(kv.mod_revision)
             } else if current["metadata"].get("deletionTimestamp").is_some() {
                 return Ok(current);
             } else {
                 object::meta_mut(&mut current).insert("deletionTimestamp".into(), now().into());
-                self.store
-                    .update(&key, object::encode(&current), kv.mod_revision)
-                    .await
-                    .map(|kv| set_version(&mut current, kv.mod_revision))
+                Change::Update(&current, kv.mod_revision)
             };
+            let result = self
+                .commit(&key, change, options.write)
+                .await
+                .map(|revision| {
+                    if let Some(revision) = revision {
+                        set_version(&mut current, revision);
+                    }
+                });
             match result {
                 Ok(()) => return Ok(current),
                 Err(StorageError::Conflict { .. }) if precondition.is_none() => continue,
@@ -421,11 +456,61 @@ impl Registry {
         }
     }
 
+    /// Carry out `change` on `key`: the one place a write reaches storage, and so the
+    /// one place that decides whether it persists. A dry run stores nothing; it reads
+    /// the key to fail as the real write would (a create: the key exists; an update or
+    /// delete: the key is gone or at another revision), so the callers' conflict and
+    /// retry handling is the same for both. Returns the object's resourceVersion
+    /// afterwards: the new one for a write, the current one for a dry-run update, none
+    /// after a delete and for a dry-run create.
+    async fn commit(
+        &self,
+        key: &str,
+        change: Change<'_>,
+        options: WriteOptions,
+    ) -> Result<Option<i64>, StorageError> {
+        if !options.dry_run {
+            return match change {
+                Change::Create(o) => self
+                    .store
+                    .create(key, object::encode(o))
+                    .await
+                    .map(|kv| Some(kv.mod_revision)),
+                Change::Update(o, revision) => self
+                    .store
+                    .update(key, object::encode(o), revision)
+                    .await
+                    .map(|kv| Some(kv.mod_revision)),
+                Change::Delete(revision) => {
+                    self.store.delete(key, Some(revision)).await.map(|_| None)
+                }
+            };
+        }
+        let stored = self.store.get(key).await?.map(|kv| kv.mod_revision);
+        let key = key.to_string();
+        match (change, stored) {
+            (Change::Create(_), None) => Ok(None),
+            (Change::Create(_), Some(_)) => Err(StorageError::AlreadyExists { key }),
+            (Change::Update(..) | Change::Delete(_), None) => Err(StorageError::NotFound { key }),
+            (Change::Update(_, expected) | Change::Delete(expected), Some(actual))
+                if actual != expected =>
+            {
+                Err(StorageError::Conflict {
+                    key,
+                    expected,
+                    actual,
+                })
+            }
+            (Change::Update(_, revision), Some(_)) => Ok(Some(revision)),
+            (Change::Delete(_), Some(_)) => Ok(None),
+        }
+    }
+
     /// Create the namespace `name` if it does not exist.
     pub async fn ensure_namespace(&self, name: &str) -> Result<(), ApiError> {
         let kind = crds::kind_by_name("namespaces").expect("namespaces are served");
         let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        match self.create(kind, None, body).await {
+        match self.create(kind, None, body, WriteOptions::default()).await {
             Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
             Err(e) => Err(e),
         }
