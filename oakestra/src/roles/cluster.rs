@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use apiserver::{Server, ServerConfig, StoreConfig};
+use apiserver::{ServerConfig, StoreConfig};
 use clap::Args;
 use controllers::cluster::ClusterConfig;
 use crds::Location;
 
-use crate::roles::{local_client, parse_location, ApiFlags, Running, Served};
+use crate::roles::{parse_location, ApiFlags, Running, Served};
 
 /// The flags of `oakestra cluster`.
 #[derive(Args)]
@@ -109,20 +109,13 @@ pub async fn start(
     root: client::Client,
     config: impl FnOnce(&client::Client) -> ClusterConfig,
 ) -> anyhow::Result<Served> {
-    let server = Server::start(listen, store.clone(), api)
-        .await
-        .with_context(|| {
-            format!("starting the cluster API server on {listen} with store {store:?}")
-        })?;
-    let client = local_client(&server)?;
-    let addr = server.addr;
-    running.serve(server);
-    let config = config(&client);
+    let served = running.serve_api("cluster", listen, store, api).await?;
+    let config = config(&served.client);
     running.spawn(controllers::cluster::run_cluster(
-        client.clone(),
+        served.client.clone(),
         root,
         config,
         running.shutdown().clone(),
     ));
-    Ok(Served { addr, client })
+    Ok(served)
 }

@@ -16,7 +16,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apiserver::{Server, ServerConfig};
+use anyhow::Context as _;
+use apiserver::{Server, ServerConfig, StoreConfig};
 use clap::Args;
 use crds::Location;
 use tokio::signal::unix::{signal, SignalKind};
@@ -107,9 +108,24 @@ impl Running {
         &self.shutdown
     }
 
-    /// Also serve `server` until the end.
-    pub fn serve(&mut self, server: Server) {
+    /// Start the API server of `tier` (`root`, `cluster`) on `listen` and `store`,
+    /// serve it until the end, and hand back its address and in-process client.
+    pub async fn serve_api(
+        &mut self,
+        tier: &str,
+        listen: SocketAddr,
+        store: StoreConfig,
+        api: ServerConfig,
+    ) -> anyhow::Result<Served> {
+        let server = Server::start(listen, store.clone(), api)
+            .await
+            .with_context(|| {
+                format!("starting the {tier} API server on {listen} with store {store:?}")
+            })?;
+        let client = local_client(&server)?;
+        let addr = server.addr;
         self.servers.push(server);
+        Ok(Served { addr, client })
     }
 
     /// Also wait (a little) for `task` when stopping.

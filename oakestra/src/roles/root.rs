@@ -4,13 +4,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use apiserver::{Server, ServerConfig, StoreConfig};
+use apiserver::{ServerConfig, StoreConfig};
 use clap::Args;
 use controllers::ipam::Cidr;
 use controllers::RootConfig;
 
-use crate::roles::{local_client, ApiFlags, Running, Served};
+use crate::roles::{ApiFlags, Running, Served};
 
 /// The flags of `oakestra root`.
 #[derive(Args)]
@@ -96,20 +95,13 @@ pub async fn start(
     api: ServerConfig,
     controllers: Option<RootConfig>,
 ) -> anyhow::Result<Served> {
-    let server = Server::start(listen, store.clone(), api)
-        .await
-        .with_context(|| {
-            format!("starting the root API server on {listen} with store {store:?}")
-        })?;
-    let client = local_client(&server)?;
-    let addr = server.addr;
-    running.serve(server);
+    let served = running.serve_api("root", listen, store, api).await?;
     if let Some(config) = controllers {
         running.spawn(controllers::run_root(
-            client.clone(),
+            served.client.clone(),
             config,
             running.shutdown().clone(),
         ));
     }
-    Ok(Served { addr, client })
+    Ok(served)
 }
