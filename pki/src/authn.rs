@@ -256,3 +256,197 @@ impl Authenticator {
 
 /// How the user name of an admin token starts.
 pub const TOKEN_USER_PREFIX: &str = "oakestra:token:";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::{Usage, Validity};
+    use crate::CertificateAuthority;
+    use std::time::Duration;
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn leaf(ca: &CertificateAuthority, identity: &Identity) -> Vec<Vec<u8>> {
+        let issued = ca.issue_client(identity, DAY).unwrap();
+        vec![cert::pem_to_der(&issued.cert_pem, "leaf").unwrap()]
+    }
+
+    #[test]
+    fn vouch_table() {
+        let c1 = Identity::Cluster { name: "c1".into() };
+        let cases = [
+            (Vouch::Admin, Identity::admin(), true),
+            (Vouch::Admin, c1.clone(), false),
+            (Vouch::Cluster, c1.clone(), true),
+            (Vouch::ClusterNamed("c1".into()), c1.clone(), true),
+            (Vouch::ClusterNamed("c2".into()), c1.clone(), false),
+            (Vouch::Node, Identity::Node { name: "n".into() }, true),
+            (Vouch::Node, Identity::Root, false),
+            (Vouch::Root, Identity::Root, true),
+            (Vouch::Root, Identity::System, false),
+        ];
+        for (vouch, identity, covered) in cases {
+            assert_eq!(vouch.covers(&identity), covered, "{vouch:?} {identity}");
+        }
+    }
+
+    #[test]
+    fn certificates_map_to_identities_only_when_their_ca_vouches_for_them() {
+        let root = CertificateAuthority::create("oakestra root CA").unwrap();
+        let foreign = CertificateAuthority::create("oakestra root CA").unwrap();
+        let other = CertificateAuthority::create("somebody's CA").unwrap();
+        let authn = Authenticator::new(
+            vec![Trust {
+                ca_pem: root.cert_pem().to_string(),
+                allows: vec![Vouch::Admin, Vouch::Cluster],
+            }],
+            None,
+        )
+        .unwrap();
+        assert_eq!(authn.client_roots_pem(), vec![root.cert_pem().to_string()]);
+        let c1 = Identity::Cluster { name: "c1".into() };
+        let node = Identity::Node { name: "n1".into() };
+        let expired = root
+            .issue(
+                &Usage::Client(Identity::admin()),
+                Validity {
+                    not_before: Utc::now() - chrono::Duration::days(2),
+                    not_after: Utc::now() - chrono::Duration::days(1),
+                },
+            )
+            .unwrap();
+        let server = root.issue_server(&["root.local".into()], DAY).unwrap();
+        let der = |pem: &str| vec![cert::pem_to_der(pem, "leaf").unwrap()];
+        // (case, chain, expected identity or a piece of the error message)
+        type Case<'a> = (&'a str, Vec<Vec<u8>>, Result<Identity, &'a str>);
+        let cases: Vec<Case> = vec![
+            (
+                "admin",
+                leaf(&root, &Identity::admin()),
+                Ok(Identity::admin()),
+            ),
+            ("cluster", leaf(&root, &c1), Ok(c1.clone())),
+            (
+                "node",
+                leaf(&root, &node),
+                Err("not vouched for by the CA \"oakestra root CA\""),
+            ),
+            (
+                "foreign key, same name",
+                leaf(&foreign, &Identity::admin()),
+                Err("does not verify with that CA's key"),
+            ),
+            (
+                "unknown CA",
+                leaf(&other, &Identity::admin()),
+                Err("not a trusted CA"),
+            ),
+            ("expired", der(&expired.cert_pem), Err("expired")),
+            (
+                "server cert",
+                der(&server.cert_pem),
+                Err("carries no Oakestra identity"),
+            ),
+            ("the CA itself", der(root.cert_pem()), Err("CA certificate")),
+            ("no certificate", vec![], Err("no client certificate")),
+            (
+                "garbage",
+                vec![b"garbage".to_vec()],
+                Err("invalid client certificate"),
+            ),
+        ];
+        for (case, chain, expected) in cases {
+            match (authn.from_certificate(&chain, Utc::now()), expected) {
+                (Ok(identity), Ok(wanted)) => assert_eq!(identity, wanted, "{case}"),
+                (Err(e), Err(part)) => assert!(e.to_string().contains(part), "{case}: {e}"),
+                (got, wanted) => panic!("{case}: got {got:?}, wanted {wanted:?}"),
+            }
+        }
+        // Not valid yet: a minute before it was issued (the skew allowance) and more.
+        let chain = leaf(&root, &Identity::admin());
+        let before = Utc::now() - chrono::Duration::minutes(5);
+        let err = authn.from_certificate(&chain, before).unwrap_err();
+        assert!(matches!(err, AuthnError::NotYetValid { .. }), "{err}");
+    }
+
+    #[test]
+    fn at_a_cluster_each_ca_vouches_for_its_own_kinds() {
+        let root = CertificateAuthority::create("oakestra root CA").unwrap();
+        let cluster = CertificateAuthority::create("oakestra cluster c1 CA").unwrap();
+        let trust = |ca: &CertificateAuthority, allows| Trust {
+            ca_pem: ca.cert_pem().to_string(),
+            allows,
+        };
+        let authn = Authenticator::new(
+            vec![
+                trust(&cluster, vec![Vouch::Admin, Vouch::Node]),
+                trust(&root, vec![Vouch::Root, Vouch::Admin]),
+            ],
+            None,
+        )
+        .unwrap();
+        let node = Identity::Node { name: "n1".into() };
+        let now = Utc::now();
+        assert_eq!(
+            authn.from_certificate(&leaf(&cluster, &node), now).unwrap(),
+            node
+        );
+        assert_eq!(
+            authn
+                .from_certificate(&leaf(&root, &Identity::Root), now)
+                .unwrap(),
+            Identity::Root
+        );
+        assert!(authn.from_certificate(&leaf(&root, &node), now).is_err());
+        assert!(authn
+            .from_certificate(&leaf(&cluster, &Identity::Root), now)
+            .is_err());
+        assert!(matches!(
+            authn.from_bearer("abc123.abcdefghij012345", now),
+            Err(AuthnError::NoTokens)
+        ));
+    }
+
+    #[test]
+    fn admin_tokens_are_admins_and_join_tokens_are_refused_as_bearers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.json");
+        let ca = CertificateAuthority::create("oakestra root CA").unwrap();
+        let cli = TokenStore::open(&path).unwrap();
+        let admin = cli
+            .create(TokenUsage::Admin, &ca.hash(), None, "ci")
+            .unwrap();
+        let join = cli
+            .create(TokenUsage::Join, &ca.hash(), None, "c1")
+            .unwrap();
+        let authn = Authenticator::new(vec![], Some(TokenStore::open(&path).unwrap())).unwrap();
+        let now = Utc::now();
+        assert_eq!(
+            authn.from_bearer(&admin.bearer(), now).unwrap(),
+            Identity::Admin {
+                name: format!("oakestra:token:{}", admin.id)
+            }
+        );
+        let err = authn.from_bearer(&join.bearer(), now).unwrap_err();
+        assert!(
+            err.to_string().contains("is for join only, not for admin"),
+            "{err}"
+        );
+        assert!(matches!(
+            err,
+            AuthnError::Token(TokenError::WrongUsage { .. })
+        ));
+        let err = authn
+            .from_bearer("zzzzzz.abcdefghij012345", now)
+            .unwrap_err();
+        assert!(
+            matches!(err, AuthnError::Token(TokenError::Unknown { .. })),
+            "{err}"
+        );
+        let err = authn.from_bearer(&admin.to_string(), now).unwrap_err();
+        assert!(
+            matches!(err, AuthnError::Token(TokenError::BadId { .. })),
+            "{err}"
+        );
+    }
+}

@@ -202,7 +202,7 @@ pub fn ca_hash(ca_pem: &str) -> Result<String, PkiError> {
     Ok(spki_hash(cert.public_key().raw))
 }
 
-/// The pin of a public key: `sha256:<hex>` of its SubjectPublicKeyInfo DER.
+/// The pin of a public key: `sha256:<hex>` of its `SubjectPublicKeyInfo` DER.
 pub(crate) fn spki_hash(spki_der: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(spki_der))
 }
@@ -260,5 +260,69 @@ impl Csr {
             .pem()
             .map_err(PkiError::generate("encode the certificate request"))?;
         Ok((key.serialize_pem(), csr_pem))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::mode_of;
+    use crate::CertificateAuthority;
+    use std::time::Duration;
+
+    #[test]
+    fn certified_keys_save_private_keys_and_load_back() {
+        let ca = CertificateAuthority::create("x").unwrap();
+        let issued = ca
+            .issue_client(&Identity::admin(), Duration::from_secs(3600))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("admin");
+        issued.save(&sub, "admin").unwrap();
+        assert_eq!(mode_of(&sub.join("admin.key")), 0o600);
+        assert_eq!(mode_of(&sub.join("admin.crt")), 0o644);
+        assert_eq!(CertifiedKey::load(&sub, "admin").unwrap(), issued);
+        assert!(!format!("{issued:?}").contains(&issued.key_pem));
+        // A key of another certificate is refused.
+        let other = ca
+            .issue_client(&Identity::Root, Duration::from_secs(3600))
+            .unwrap();
+        std::fs::write(sub.join("admin.key"), &other.key_pem).unwrap();
+        let err = CertifiedKey::load(&sub, "admin").unwrap_err();
+        assert!(matches!(err, PkiError::KeyMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn renewal_is_two_thirds_into_the_lifetime() {
+        let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
+        // (not_before, not_after, renew_at)
+        let cases = [(0, 300, 200), (1000, 1900, 1600), (0, 0, 0)];
+        for (nb, na, renew) in cases {
+            let info = CertInfo {
+                common_name: String::new(),
+                organizations: vec![],
+                issuer_common_name: String::new(),
+                not_before: at(nb),
+                not_after: at(na),
+                sans: vec![],
+            };
+            assert_eq!(renew_at(&info), at(renew), "{nb}..{na}");
+        }
+    }
+
+    #[test]
+    fn the_ca_hash_of_a_fetched_pem_is_the_ca_s_hash_and_joiner_csrs_parse() {
+        let ca = CertificateAuthority::create("x").unwrap();
+        assert_eq!(ca_hash(ca.cert_pem()).unwrap(), ca.hash());
+        let other = CertificateAuthority::create("x").unwrap();
+        assert_ne!(ca_hash(other.cert_pem()).unwrap(), ca.hash());
+        assert!(ca_hash("not a pem").is_err());
+        let (key_pem, csr_pem) = Csr::generate().unwrap();
+        assert!(key_pem.contains("PRIVATE KEY"));
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem).unwrap();
+        assert_eq!(
+            csr.params.distinguished_name.get(&DnType::CommonName),
+            Some(&rcgen::DnValue::Utf8String(CSR_COMMON_NAME.into()))
+        );
     }
 }

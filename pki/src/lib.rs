@@ -12,7 +12,7 @@
 //! - [`authn`]: [`Authenticator`], a peer's certificate or bearer token to an
 //!   [`Identity`], with the CAs it trusts and what each may vouch for.
 //! - [`files`]: [`write_private`], atomic writes of files only their owner reads.
-//! - [`error`]: [`PkiError`].
+//! - [`error`]: [`PkiError`], what goes wrong with certificates and keys.
 
 pub mod authn;
 pub mod ca;

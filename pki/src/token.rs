@@ -77,7 +77,7 @@ pub enum TokenError {
         expired: DateTime<Utc>,
     },
     /// The token is for another use.
-    #[error("token {id} is a {usage} token, not a {wanted} token")]
+    #[error("token {id} is for {usage} only, not for {wanted}")]
     WrongUsage {
         /// The token's id.
         id: String,
@@ -472,4 +472,244 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TokenError> {
     text.push('\n');
     files::write_private(path, text.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::mode_of;
+
+    const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const SECRET: &str = "abcdefghij012345";
+
+    #[test]
+    fn join_token_parse_table() {
+        let good = format!("K10{HEX}::abc123.{SECRET}");
+        type Check = fn(&TokenError) -> bool;
+        let cases: Vec<(String, Result<(), Check>)> = vec![
+            (good.clone(), Ok(())),
+            (format!(" {good}\n"), Ok(())),
+            (
+                format!("{HEX}::abc123.{SECRET}"),
+                Err(|e| matches!(e, TokenError::MissingPrefix)),
+            ),
+            (
+                format!("K11{HEX}::abc123.{SECRET}"),
+                Err(|e| matches!(e, TokenError::MissingPrefix)),
+            ),
+            (
+                format!("K10{}::abc123.{SECRET}", &HEX[1..]),
+                Err(|e| matches!(e, TokenError::BadCaHash { len: 63, hex: true })),
+            ),
+            (
+                format!("K10{}::abc123.{SECRET}", HEX.to_uppercase()),
+                Err(|e| {
+                    matches!(
+                        e,
+                        TokenError::BadCaHash {
+                            len: 64,
+                            hex: false
+                        }
+                    )
+                }),
+            ),
+            (
+                format!("K10{HEX}abc123.{SECRET}"),
+                Err(|e| matches!(e, TokenError::MissingSeparator)),
+            ),
+            (
+                format!("K10{HEX}:abc123.{SECRET}"),
+                Err(|e| matches!(e, TokenError::MissingSeparator)),
+            ),
+            (
+                format!("K10{HEX}::abc123{SECRET}"),
+                Err(|e| matches!(e, TokenError::MissingDot)),
+            ),
+            (
+                format!("K10{HEX}::abc12.{SECRET}"),
+                Err(|e| {
+                    matches!(
+                        e,
+                        TokenError::BadId {
+                            len: 5,
+                            charset: true
+                        }
+                    )
+                }),
+            ),
+            (
+                format!("K10{HEX}::ABC123.{SECRET}"),
+                Err(|e| {
+                    matches!(
+                        e,
+                        TokenError::BadId {
+                            len: 6,
+                            charset: false
+                        }
+                    )
+                }),
+            ),
+            (
+                format!("K10{HEX}::abc123.{}", &SECRET[1..]),
+                Err(|e| {
+                    matches!(
+                        e,
+                        TokenError::BadSecret {
+                            len: 15,
+                            charset: true
+                        }
+                    )
+                }),
+            ),
+            (
+                format!("K10{HEX}::abc123.abcdefghij01234_"),
+                Err(|e| {
+                    matches!(
+                        e,
+                        TokenError::BadSecret {
+                            len: 16,
+                            charset: false
+                        }
+                    )
+                }),
+            ),
+        ];
+        for (text, expected) in cases {
+            match (text.parse::<JoinToken>(), expected) {
+                (Ok(token), Ok(())) => {
+                    assert_eq!(token.ca_hash, format!("sha256:{HEX}"));
+                    assert_eq!(token.id, "abc123");
+                    assert_eq!(token.secret, SECRET);
+                }
+                (Err(e), Err(check)) => {
+                    assert!(check(&e), "{text:?}: unexpected error {e:?}");
+                    let message = e.to_string();
+                    assert!(
+                        !message.contains("abcdefghij"),
+                        "the secret is echoed: {message}"
+                    );
+                }
+                (got, _) => panic!("{text:?}: got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tokens_display_round_trip_and_bearers_parse() {
+        let token = JoinToken::generate(&format!("sha256:{HEX}")).unwrap();
+        let text = token.to_string();
+        assert!(text.starts_with(&format!("K10{HEX}::")), "{text}");
+        assert_eq!(text.len(), 3 + 64 + 2 + ID_LEN + 1 + SECRET_LEN);
+        assert_eq!(text.parse::<JoinToken>().unwrap(), token);
+        assert_eq!(
+            parse_bearer(&token.bearer()).unwrap(),
+            (token.id.clone(), token.secret.clone())
+        );
+        assert!(!format!("{token:?}").contains(&token.secret));
+        assert!(matches!(
+            JoinToken::generate("sha256:abc"),
+            Err(TokenError::BadCaHash { len: 3, .. })
+        ));
+    }
+
+    fn store(dir: &tempfile::TempDir) -> TokenStore {
+        TokenStore::open(&dir.path().join("state/tokens.json")).unwrap()
+    }
+
+    #[test]
+    fn the_store_verifies_usage_expiry_and_deletion_and_keeps_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let hash = format!("sha256:{HEX}");
+        let now = Utc::now();
+        let join = store
+            .create(TokenUsage::Join, &hash, None, "nodes")
+            .unwrap();
+        let admin = store
+            .create(
+                TokenUsage::Admin,
+                &hash,
+                Some(Duration::from_secs(3600)),
+                "ci",
+            )
+            .unwrap();
+        assert_eq!(join.ca_hash, hash);
+        assert_eq!(mode_of(store.path()), 0o600);
+        let text = std::fs::read_to_string(store.path()).unwrap();
+        assert!(!text.contains(&join.secret) && !text.contains(&admin.secret));
+
+        let info = store.verify(&join.bearer(), TokenUsage::Join, now).unwrap();
+        assert_eq!(
+            (info.id.as_str(), info.description.as_str()),
+            (join.id.as_str(), "nodes")
+        );
+        assert!(matches!(
+            store.verify(&join.bearer(), TokenUsage::Admin, now),
+            Err(TokenError::WrongUsage {
+                usage: TokenUsage::Join,
+                wanted: TokenUsage::Admin,
+                ..
+            })
+        ));
+        store
+            .verify(&admin.bearer(), TokenUsage::Admin, now)
+            .unwrap();
+        let later = now + chrono::Duration::hours(2);
+        assert!(matches!(
+            store.verify(&admin.bearer(), TokenUsage::Admin, later),
+            Err(TokenError::Expired { .. })
+        ));
+        let wrong_secret = format!("{}.{SECRET}", join.id);
+        assert!(matches!(
+            store.verify(&wrong_secret, TokenUsage::Join, now),
+            Err(TokenError::Unknown { .. })
+        ));
+
+        let listed: Vec<String> = store.list().unwrap().into_iter().map(|t| t.id).collect();
+        assert_eq!(listed, vec![join.id.clone(), admin.id.clone()]);
+        assert!(store.delete(&join.id).unwrap());
+        assert!(!store.delete(&join.id).unwrap());
+        assert!(matches!(
+            store.verify(&join.bearer(), TokenUsage::Join, now),
+            Err(TokenError::Unknown { .. })
+        ));
+    }
+
+    #[test]
+    fn a_store_sees_tokens_another_instance_created_and_refuses_a_corrupt_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = store(&dir);
+        let cli = store(&dir);
+        let token = cli.create(TokenUsage::Admin, HEX, None, "").unwrap();
+        server
+            .verify(&token.bearer(), TokenUsage::Admin, Utc::now())
+            .unwrap();
+        std::fs::write(server.path(), "not json").unwrap();
+        let err = TokenStore::open(server.path()).unwrap_err();
+        assert!(matches!(err, TokenError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("tokens.json"), "{err}");
+    }
+
+    #[test]
+    fn member_names_belong_to_the_first_secret_that_claims_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("members.json");
+        let members = MemberSecrets::open(&path).unwrap();
+        assert_eq!(members.claim("n1", "s1").unwrap(), Claim::New);
+        assert_eq!(members.claim("n1", "s1").unwrap(), Claim::Known);
+        let err = members.claim("n1", "s2").unwrap_err();
+        assert!(
+            matches!(&err, TokenError::NameTaken { name } if name == "n1"),
+            "{err}"
+        );
+        assert_eq!(members.claim("n2", "s2").unwrap(), Claim::New);
+        assert_eq!(mode_of(&path), 0o600);
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("s1"));
+        // Another instance (another process) sees the claims; a forgotten name is free.
+        let again = MemberSecrets::open(&path).unwrap();
+        assert_eq!(again.claim("n1", "s1").unwrap(), Claim::Known);
+        assert!(again.forget("n1").unwrap());
+        assert!(!again.forget("n1").unwrap());
+        assert_eq!(members.claim("n1", "s2").unwrap(), Claim::New);
+    }
 }
