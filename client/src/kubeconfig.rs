@@ -22,7 +22,11 @@ use crate::{Client, ClientError};
 #[serde(rename_all = "kebab-case")]
 pub struct Kubeconfig {
     /// `v1`.
-    #[serde(rename = "apiVersion", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "apiVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub api_version: Option<String>,
     /// `Config`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -160,16 +164,17 @@ pub struct Resolved {
 }
 
 /// Why a kubeconfig cannot be read, used or written. Each names the file, and where
-/// the fault is in it the field.
+/// the fault is in it the field; the message includes the cause (which is therefore
+/// not also given as its `source`).
 #[derive(Debug, thiserror::Error)]
 pub enum KubeconfigError {
     /// The file cannot be read (it may not exist).
-    #[error("cannot read kubeconfig {}: {source}", .path.display())]
+    #[error("cannot read kubeconfig {}: {cause}", .path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// What the system said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file is not YAML of a kubeconfig.
     #[error("{}: not a kubeconfig: {message}", .path.display())]
@@ -224,7 +229,7 @@ pub enum KubeconfigError {
         problem: String,
     },
     /// A file a field names cannot be read.
-    #[error("{}: {field}: cannot read {}: {source}", .path.display(), .file.display())]
+    #[error("{}: {field}: cannot read {}: {cause}", .path.display(), .file.display())]
     FieldFile {
         /// The kubeconfig.
         path: PathBuf,
@@ -233,33 +238,33 @@ pub enum KubeconfigError {
         /// The file it names (resolved against the kubeconfig's directory).
         file: PathBuf,
         /// What the system said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The CA or credential of a context is unusable (bad PEM, key not matching).
-    #[error("{}: {field}: {source}", .path.display())]
+    #[error("{}: {field}: {cause}", .path.display())]
     Tls {
         /// The file.
         path: PathBuf,
         /// The entry, e.g. `users[0].user`.
         field: String,
         /// What is wrong.
-        source: TlsError,
+        cause: TlsError,
     },
     /// The client could not be built from the settings (e.g. not a URL).
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {cause}", .path.display())]
     Client {
         /// The file.
         path: PathBuf,
         /// What the client said.
-        source: ClientError,
+        cause: ClientError,
     },
     /// The file cannot be written.
-    #[error("cannot write kubeconfig {}: {source}", .path.display())]
+    #[error("cannot write kubeconfig {}: {cause}", .path.display())]
     Write {
         /// The file.
         path: PathBuf,
         /// What the system said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -296,9 +301,9 @@ fn encode(text: &str) -> String {
 impl Kubeconfig {
     /// Read the kubeconfig at `path`.
     pub fn load(path: &Path) -> Result<Kubeconfig, KubeconfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KubeconfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| KubeconfigError::Read {
             path: path.into(),
-            source,
+            cause,
         })?;
         let mut config: Kubeconfig =
             yaml_serde::from_str(&text).map_err(|e| KubeconfigError::Parse {
@@ -370,9 +375,9 @@ impl Kubeconfig {
     pub fn save(&self, path: &Path) -> Result<(), KubeconfigError> {
         use std::io::Write as _;
         use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-        let failed = |source| KubeconfigError::Write {
+        let failed = |cause| KubeconfigError::Write {
             path: path.into(),
-            source,
+            cause,
         };
         let text = yaml_serde::to_string(self)
             .map_err(|e| failed(std::io::Error::other(e.to_string())))?;
@@ -453,11 +458,11 @@ impl Kubeconfig {
         let resolved = self.relative(file);
         std::fs::read_to_string(&resolved)
             .map(Some)
-            .map_err(|source| KubeconfigError::FieldFile {
+            .map_err(|cause| KubeconfigError::FieldFile {
                 path: self.origin(),
                 field: format!("{prefix}.{file_field}"),
                 file: resolved,
-                source,
+                cause,
             })
     }
 
@@ -557,10 +562,10 @@ impl Kubeconfig {
         };
         tls.identity = match (cert, key) {
             (Some(cert), Some(key)) => Some(ClientCertificate::new(&cert, &key).map_err(
-                |source| KubeconfigError::Tls {
+                |cause| KubeconfigError::Tls {
                     path: self.origin(),
                     field: prefix.into(),
-                    source,
+                    cause,
                 },
             )?),
             (Some(_), None) => return Err(half("client certificate", "client key")),
@@ -571,12 +576,12 @@ impl Kubeconfig {
             (Some(token), _) => Some(token.clone()),
             (None, Some(file)) => {
                 let resolved = self.relative(file);
-                let token = std::fs::read_to_string(&resolved).map_err(|source| {
+                let token = std::fs::read_to_string(&resolved).map_err(|cause| {
                     KubeconfigError::FieldFile {
                         path: self.origin(),
                         field: format!("{prefix}.tokenFile"),
                         file: resolved,
-                        source,
+                        cause,
                     }
                 })?;
                 Some(token.trim().to_string())
@@ -592,10 +597,12 @@ impl Kubeconfig {
         context: Option<&str>,
     ) -> Result<(Client, Option<String>), KubeconfigError> {
         let resolved = self.resolve(context)?;
-        let client = resolved.client(None).map_err(|source| KubeconfigError::Client {
-            path: self.origin(),
-            source,
-        })?;
+        let client = resolved
+            .client(None)
+            .map_err(|cause| KubeconfigError::Client {
+                path: self.origin(),
+                cause,
+            })?;
         Ok((client, resolved.namespace))
     }
 }

@@ -88,12 +88,24 @@ fn data_path_and_token_users_resolve() {
     ];
     for case in cases {
         let (config, _) = load(dir.path(), "config", &file(&case.cluster, &case.user));
-        let r = config.resolve(None).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let r = config
+            .resolve(None)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
         assert_eq!(r.context, "ctx", "{}", case.name);
         assert_eq!(r.server, case.server, "{}", case.name);
         assert_eq!(r.namespace.as_deref(), Some("team"), "{}", case.name);
-        assert_eq!(r.tls.ca_pem.as_deref(), Some(ca.pem.as_str()), "{}", case.name);
-        assert_eq!(r.tls.server_name.as_deref(), case.server_name, "{}", case.name);
+        assert_eq!(
+            r.tls.ca_pem.as_deref(),
+            Some(ca.pem.as_str()),
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            r.tls.server_name.as_deref(),
+            case.server_name,
+            "{}",
+            case.name
+        );
         assert_eq!(
             r.tls.identity.as_ref().map(|i| i.leaf_der()),
             case.identity.then(|| me.der.clone()),
@@ -261,7 +273,9 @@ fn a_saved_single_config_loads_back_owner_only() {
 
 #[test]
 fn locate_follows_kubectl_order() {
-    let exists = |present: &'static [&'static str]| move |p: &Path| present.iter().any(|x| p == Path::new(x));
+    let exists = |present: &'static [&'static str]| {
+        move |p: &Path| present.iter().any(|x| p == Path::new(x))
+    };
     let home = Some(Path::new("/home/u"));
     type Case = (
         Option<&'static str>,
@@ -271,12 +285,32 @@ fn locate_follows_kubectl_order() {
     );
     // (explicit, $KUBECONFIG, files that exist, chosen)
     let cases: [Case; 7] = [
-        (Some("/x"), Some("/a"), &["/a", "/home/u/.kube/config"], Some("/x")),
+        (
+            Some("/x"),
+            Some("/a"),
+            &["/a", "/home/u/.kube/config"],
+            Some("/x"),
+        ),
         (Some("/x"), None, &[], Some("/x")),
-        (None, Some("/a:/b"), &["/b", "/home/u/.kube/config"], Some("/b")),
+        (
+            None,
+            Some("/a:/b"),
+            &["/b", "/home/u/.kube/config"],
+            Some("/b"),
+        ),
         (None, Some("::/a"), &["/a"], Some("/a")),
-        (None, Some("/a"), &["/home/u/.kube/config"], Some("/home/u/.kube/config")),
-        (None, None, &["/home/u/.kube/config"], Some("/home/u/.kube/config")),
+        (
+            None,
+            Some("/a"),
+            &["/home/u/.kube/config"],
+            Some("/home/u/.kube/config"),
+        ),
+        (
+            None,
+            None,
+            &["/home/u/.kube/config"],
+            Some("/home/u/.kube/config"),
+        ),
         (None, None, &[], None),
     ];
     for (explicit, env, present, chosen) in cases {

@@ -26,11 +26,13 @@ async fn serve(server: &Leaf, client_ca: &Ca) -> SocketAddr {
     roots
         .add(CertificateDer::from_pem_slice(client_ca.pem.as_bytes()).unwrap())
         .unwrap();
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .unwrap();
     let chain = vec![CertificateDer::from_pem_slice(server.cert_pem.as_bytes()).unwrap()];
     let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap();
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -205,6 +207,8 @@ fn unusable_settings_say_what_is_wrong() {
         ca_pem: Some("nothing".into()),
         ..TlsOptions::default()
     };
-    let e = Client::with_tls("https://x:1", bad_ca).unwrap_err().to_string();
+    let e = Client::with_tls("https://x:1", bad_ca)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("CA holds no certificate"), "{e}");
 }
