@@ -90,12 +90,14 @@ impl Identity {
     pub fn from_subject(common_name: &str, organizations: &[&str]) -> Option<Identity> {
         let in_group = |g: &str| organizations.contains(&g);
         if let Some(name) = common_name.strip_prefix(CLUSTER_PREFIX) {
-            return (in_group(CLUSTERS) && !name.is_empty())
-                .then(|| Identity::Cluster { name: name.into() });
+            return (in_group(CLUSTERS) && !name.is_empty()).then(|| Identity::Cluster {
+                name: name.into(),
+            });
         }
         if let Some(name) = common_name.strip_prefix(NODE_PREFIX) {
-            return (in_group(NODES) && !name.is_empty())
-                .then(|| Identity::Node { name: name.into() });
+            return (in_group(NODES) && !name.is_empty()).then(|| Identity::Node {
+                name: name.into(),
+            });
         }
         if common_name == ROOT_USER {
             return in_group(ROOTS).then_some(Identity::Root);
