@@ -6,11 +6,18 @@
 //! controllers; [`runtime`] is the reconcile runtime built on them. Errors are typed so
 //! callers can tell a conflict from a missing object from a transport failure.
 //!
-//! A client reaches its server over HTTP ([`Client::new`]) or, for controllers that run
-//! in the server's own process, through a [`LocalServer`] ([`Client::in_process`]): the
-//! same requests and answers, handed over in memory instead of through a socket.
+//! A client reaches its server over HTTP ([`Client::new`]), over HTTPS with the CA,
+//! client certificate and token of [`tls::TlsOptions`] ([`Client::with_tls`], or from a
+//! kubeconfig file: [`kubeconfig`]) or, for controllers that run in the server's own
+//! process, through a [`LocalServer`] ([`Client::in_process`]): the same requests and
+//! answers, handed over in memory instead of through a socket.
 
+pub mod kubeconfig;
 pub mod runtime;
+pub mod tls;
+
+#[cfg(test)]
+mod testing;
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -50,11 +57,15 @@ pub enum ClientError {
         message: String,
     },
     /// The server URL given to [`Client::new`] is not an `http://` or `https://` URL.
-    #[error("invalid server URL {0:?}: expected http://HOST:PORT")]
+    #[error("invalid server URL {0:?}: expected http://HOST:PORT or https://HOST:PORT")]
     BadUrl(String),
+    /// The TLS settings given to [`Client::with_tls`] cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
-/// The innermost cause of a transport error, e.g. "Connection refused (os error 111)".
+/// The innermost cause of a transport error, e.g. "Connection refused (os error 111)"
+/// or "invalid peer certificate: `UnknownIssuer`".
 fn cause_chain(e: &reqwest::Error) -> String {
     let mut cause: &dyn std::error::Error = e;
     while let Some(next) = cause.source() {
@@ -156,15 +167,49 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// `server` without a trailing slash, if it is an `http://` or `https://` URL.
+fn base_url(server: &str) -> Result<String> {
+    let base = server.trim_end_matches('/').to_string();
+    if !base.starts_with("http://") && !base.starts_with("https://") {
+        return Err(ClientError::BadUrl(server.into()));
+    }
+    Ok(base)
+}
+
 impl Client {
-    /// `server` is the base URL, e.g. `http://127.0.0.1:10000`.
+    /// A client of the plain-HTTP server at `server`, the base URL, e.g.
+    /// `http://127.0.0.1:10000`; it sends no credential. An `https://` URL needs a CA:
+    /// see [`Client::with_tls`].
     pub fn new(server: &str) -> Result<Self> {
-        let base = server.trim_end_matches('/').to_string();
-        if !base.starts_with("http://") && !base.starts_with("https://") {
-            return Err(ClientError::BadUrl(server.into()));
+        Client::with_tls(server, tls::TlsOptions::default())
+    }
+
+    /// A client of `server` (`https://HOST:PORT`, or `http://` to send the token in
+    /// the clear) that trusts only `tls.ca_pem`, presents `tls.identity` when asked
+    /// and sends `tls.bearer` with every request. An `https://` URL without a CA is a
+    /// [`tls::TlsError::NoCa`].
+    pub fn with_tls(server: &str, tls: tls::TlsOptions) -> Result<Self> {
+        let base = base_url(server)?;
+        if base.starts_with("https://") && tls.ca_pem.is_none() {
+            return Err(tls::TlsError::NoCa { server: base }.into());
+        }
+        Client::build(base, &tls)
+    }
+
+    /// A client of `base` with `tls` (every client has a ring-based rustls config, so
+    /// no process-wide crypto provider is ever needed).
+    fn build(base: String, tls: &tls::TlsOptions) -> Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &tls.bearer {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| tls::TlsError::BadToken)?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
         }
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(5))
+            .default_headers(headers)
+            .use_preconfigured_tls(tls::client_config(tls)?)
             .build()
             .map_err(|source| ClientError::Transport {
                 url: base.clone(),
@@ -179,11 +224,13 @@ impl Client {
     }
 
     /// A client of `server`, an API server in this process whose address is `url` (still
-    /// what errors and [`Client::base`] name). Requests skip the socket, HTTP framing and
-    /// the other half of the loopback connection; what the server does with them is the
-    /// same as for a request over the network (routing, validation, metrics, tracing).
+    /// what errors and [`Client::base`] name, `http://` or `https://`). Requests skip the
+    /// socket, HTTP framing and the other half of the loopback connection; what the
+    /// server does with them is the same as for a request over the network (routing,
+    /// validation, metrics, tracing). It carries no credential: the server knows it as
+    /// its own process.
     pub fn in_process(url: &str, server: Arc<dyn LocalServer>) -> Result<Self> {
-        let mut client = Client::new(url)?;
+        let mut client = Client::build(base_url(url)?, &tls::TlsOptions::default())?;
         client.local = Some(server);
         Ok(client)
     }
@@ -291,6 +338,27 @@ impl Client {
         let url = format!("{}{path}", self.base);
         self.json(self.http.get(&url), &url).await
     }
+
+    /// GET any path (with its query, e.g. an Instance's `log?tailLines=10`) and stream
+    /// the answer's bytes as they arrive; an error answer is an error before the stream.
+    pub async fn get_stream(&self, path: &str) -> Result<BoxStream<'static, Result<bytes::Bytes>>> {
+        let url = format!("{}{path}", self.base);
+        let response = self.send(self.http.get(&url), &url).await?;
+        Ok(body_stream(response, url).boxed())
+    }
+}
+
+/// The body of `response` (to `url`) as it arrives.
+fn body_stream(
+    response: reqwest::Response,
+    url: String,
+) -> impl Stream<Item = Result<bytes::Bytes>> + Send + 'static {
+    response
+        .bytes_stream()
+        .map_err(move |source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })
 }
 
 /// Hand `request` (its body whole, if any) to the in-process `server` and wrap its answer
@@ -620,14 +688,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> DynamicApi<T> {
             .client
             .send(self.client.http.get(&url).query(&query), &url)
             .await?;
-        let bytes = response.bytes_stream().map_err({
-            let url = url.clone();
-            move |source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            }
-        });
-        Ok(lines(bytes)
+        Ok(lines(body_stream(response, url.clone()))
             .map(move |line| parse_event(&url, line?))
             .boxed())
     }

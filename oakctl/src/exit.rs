@@ -2,6 +2,7 @@
 //! there" from "server down" from "refused" without reading the message. The codes
 //! are decided here, in [`Exit::of`], and listed in `oakctl --help` by [`help`].
 
+use client::kubeconfig::KubeconfigError;
 use client::ClientError;
 
 /// How `oakctl` ends. The numbers are a promise to scripts; `oakctl --help` lists them.
@@ -13,9 +14,11 @@ pub enum Exit {
     /// command failed in another way (e.g. `delete --wait` timed out).
     Failed = 1,
     /// Bad usage or input: unknown flags or kinds, an invalid manifest, a server URL
-    /// that is not one, a context missing from the config file.
+    /// that is not one, a context missing from the config file, a kubeconfig that
+    /// cannot be read or used (missing, a context, cluster or user not there, bad CA or
+    /// client certificate).
     Usage = 2,
-    /// The API server (or, for `logs`, the node's agent) could not be reached.
+    /// The API server could not be reached (or its certificate was refused).
     Unreachable = 3,
     /// An object named on the command line does not exist.
     NotFound = 4,
@@ -36,8 +39,8 @@ impl Exit {
         match self {
             Exit::Ok => "done",
             Exit::Failed => "the API server refused a request (other than not found), or the command failed otherwise",
-            Exit::Usage => "usage or input error: bad flags, unknown kind, invalid manifest, bad server URL or context",
-            Exit::Unreachable => "the API server (or, for logs, the agent) could not be reached",
+            Exit::Usage => "usage or input error: bad flags, unknown kind, invalid manifest, bad server URL, context or kubeconfig",
+            Exit::Unreachable => "the API server could not be reached (or its TLS certificate was refused)",
             Exit::NotFound => "an object that was asked for does not exist",
         }
     }
@@ -48,25 +51,42 @@ impl Exit {
             Exit::Unreachable
         } else if error.is_not_found() {
             Exit::NotFound
-        } else if matches!(error, ClientError::BadUrl(_)) {
+        } else if matches!(error, ClientError::BadUrl(_) | ClientError::Tls(_)) {
             Exit::Usage
         } else {
             Exit::Failed
         }
     }
 
+    /// The exit code for a kubeconfig that cannot be used: [`Exit::Usage`], or that of
+    /// the client error it carries.
+    pub fn of_kubeconfig(error: &KubeconfigError) -> Exit {
+        match error {
+            KubeconfigError::Client { cause, .. } => Exit::of_client(cause),
+            _ => Exit::Usage,
+        }
+    }
+
     /// The exit code for the error that ended a command: a [`Failure`]'s, wherever it
     /// sits among the error's contexts (it is the decision made where the error
-    /// happened); else that of the first [`ClientError`] among its causes; else
-    /// [`Exit::Failed`].
+    /// happened); else that of the first [`ClientError`] or [`KubeconfigError`] among
+    /// its causes; else [`Exit::Failed`].
     pub fn of(error: &anyhow::Error) -> Exit {
         if let Some(failure) = error.downcast_ref::<Failure>() {
             return failure.exit;
         }
         error
             .chain()
-            .find_map(|cause| cause.downcast_ref::<ClientError>())
-            .map_or(Exit::Failed, Exit::of_client)
+            .find_map(|cause| {
+                if let Some(e) = cause.downcast_ref::<ClientError>() {
+                    Some(Exit::of_client(e))
+                } else {
+                    cause
+                        .downcast_ref::<KubeconfigError>()
+                        .map(Exit::of_kubeconfig)
+                }
+            })
+            .unwrap_or(Exit::Failed)
     }
 
     /// One code for several failures (e.g. some of the objects of a `delete`): theirs if
@@ -162,6 +182,10 @@ mod tests {
                 Exit::Failed,
             ),
             (ClientError::BadUrl("nonsense".into()), Exit::Usage),
+            (
+                client::Client::new("https://127.0.0.1:1").unwrap_err(),
+                Exit::Usage,
+            ),
             (unreachable().await, Exit::Unreachable),
         ];
         for (error, expected) in cases {
@@ -181,6 +205,20 @@ mod tests {
             (
                 Failure::usage("bad config").context("reading the config"),
                 Exit::Usage,
+            ),
+            (
+                anyhow::Error::from(KubeconfigError::NoCurrentContext { path: "/k".into() }),
+                Exit::Usage,
+            ),
+            (
+                anyhow::Error::from(KubeconfigError::Client {
+                    path: "/k".into(),
+                    cause: ClientError::Decode {
+                        url: "http://x".into(),
+                        message: "bad".into(),
+                    },
+                }),
+                Exit::Failed,
             ),
             (
                 anyhow::Error::from(api(404, "NotFound"))

@@ -7,22 +7,24 @@
 //! - `manifest`: reading manifests (files, directories, stdin; YAML and JSON), with
 //!   errors that name file, document and line.
 //! - `print`: tables like kubectl's, YAML, JSON and names.
-//! - `config`: the config file of contexts (which server, which namespace).
+//! - `config`: oakctl's own config file of contexts (which server, which namespace).
+//! - `source`: which server to talk to with which credentials (a kubeconfig, `--server`,
+//!   the config file, the admin kubeconfig of `oakestra up`), and where that came from.
 
 /// Print to stdout; a closed pipe (`oakctl get … | head`) ends the program quietly.
 macro_rules! out {
     ($($arg:tt)*) => {
-        $crate::emit(&format!($($arg)*))
+        $crate::emit(format!($($arg)*).as_bytes())
     };
 }
 
 /// [`out!`] with a newline.
 macro_rules! outln {
     () => {
-        $crate::emit("\n")
+        $crate::emit(b"\n")
     };
     ($($arg:tt)*) => {
-        $crate::emit(&format!("{}\n", format!($($arg)*)))
+        $crate::emit(format!("{}\n", format!($($arg)*)).as_bytes())
     };
 }
 
@@ -31,9 +33,11 @@ mod config;
 mod exit;
 mod manifest;
 mod print;
+mod source;
+
+use std::path::PathBuf;
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser};
-use client::Client;
 
 use crate::commands::{Command, Session};
 use crate::exit::Exit;
@@ -45,11 +49,18 @@ use crate::exit::Exit;
     about = "Command-line client of the Oakestra API"
 )]
 struct Cli {
-    /// API server URL (default: the current context, else `http://127.0.0.1:10000`).
+    /// API server URL: replaces the server of the kubeconfig's context (its CA and user
+    /// kept), else is used as is (default: the kubeconfig, else the current context of
+    /// oakctl's config file, else oakestra up's admin kubeconfig, else
+    /// `http://127.0.0.1:10000`).
     #[arg(long, global = true, env = "OAKCTL_SERVER")]
     server: Option<String>,
-    /// Context of the config file to use.
-    #[arg(long, global = true)]
+    /// Kubeconfig file to use (default: the first existing file of `$KUBECONFIG`, else
+    /// `~/.kube/config`).
+    #[arg(long, global = true, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// Context of the kubeconfig (or of oakctl's config file) to use.
+    #[arg(long, global = true, value_name = "NAME")]
     context: Option<String>,
     /// Namespace of namespaced kinds.
     #[arg(short, long, global = true)]
@@ -58,14 +69,11 @@ struct Cli {
     command: Command,
 }
 
-/// Write `text` to stdout; a closed pipe exits 0, any other write error exits 1.
-fn emit(text: &str) {
+/// Write `bytes` to stdout; a closed pipe exits 0, any other write error exits 1.
+fn emit(bytes: &[u8]) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout
-        .write_all(text.as_bytes())
-        .and_then(|_| stdout.flush())
-    {
+    if let Err(e) = stdout.write_all(bytes).and_then(|_| stdout.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(Exit::Ok as i32);
         }
@@ -88,25 +96,27 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// Pick the server and namespace (flags, then the context, then defaults) and run the
-/// command.
+/// Pick the server, credentials and namespace (see [`source`]; `--namespace` wins over
+/// the context's, else `default`) and run the command.
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = config::Config::load()?;
+    let flags = source::Flags {
+        server: cli.server.as_deref(),
+        kubeconfig: cli.kubeconfig.as_deref(),
+        context: cli.context.as_deref(),
+    };
     if let Command::Config { action } = cli.command {
-        return commands::config::run(config, action);
+        let namespace = cli.namespace.as_deref();
+        return commands::config::run(config, action, |config| {
+            let target = source::target(&flags, config)?;
+            let namespace = target.namespace(namespace);
+            Ok((target, namespace))
+        });
     }
-    let context = config.context(cli.context.as_deref())?;
-    let server = cli
-        .server
-        .or_else(|| context.map(|c| c.server.clone()))
-        .unwrap_or_else(|| config::DEFAULT_SERVER.to_string());
-    let namespace = cli
-        .namespace
-        .or_else(|| context.and_then(|c| c.namespace.clone()))
-        .unwrap_or_else(|| "default".into());
+    let target = source::target(&flags, &config)?;
     let session = Session {
-        client: Client::new(&server)?,
-        namespace,
+        namespace: target.namespace(cli.namespace.as_deref()),
+        client: target.client,
     };
     session.run(cli.command).await
 }

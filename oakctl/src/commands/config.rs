@@ -1,9 +1,11 @@
 //! `oakctl config …`: add, choose and show the contexts of the config file (see
-//! [`crate::config`] for the file itself).
+//! [`crate::config`] for the file itself), and show which server oakctl talks to and
+//! where that setting came from (see [`crate::source`]).
 
 use client::Client;
 
 use crate::config::{Config, Context};
+use crate::source::Target;
 
 /// What `oakctl config` does.
 #[derive(clap::Subcommand)]
@@ -26,10 +28,18 @@ pub enum Action {
     },
     /// Print the config file.
     View,
+    /// Show which server oakctl talks to, in which namespace, and where that came from
+    /// (a kubeconfig and its context, `--server`, or the config file).
+    Current,
 }
 
-/// Change or print `config` as `action` says, saving it when changed.
-pub fn run(mut config: Config, action: Action) -> anyhow::Result<()> {
+/// Change or print `config` as `action` says, saving it when changed; `current` is
+/// where oakctl would connect, and in which namespace (for `config current`).
+pub fn run(
+    mut config: Config,
+    action: Action,
+    current: impl FnOnce(&Config) -> anyhow::Result<(Target, String)>,
+) -> anyhow::Result<()> {
     match action {
         Action::SetContext {
             name,
@@ -56,6 +66,12 @@ pub fn run(mut config: Config, action: Action) -> anyhow::Result<()> {
             outln!("switched to context {name:?}");
         }
         Action::View => out!("{}", yaml_serde::to_string(&config)?),
+        Action::Current => {
+            let (target, namespace) = current(&config)?;
+            outln!("server:    {}", target.client.base());
+            outln!("namespace: {namespace}");
+            outln!("from:      {}", target.origin);
+        }
     }
     Ok(())
 }

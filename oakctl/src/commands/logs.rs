@@ -1,10 +1,10 @@
-//! `oakctl logs NAME`: follow an Instance to its cluster's API and its node's agent, and
-//! print the workload's output from there.
+//! `oakctl logs NAME`: print an Instance's workload output, streamed by the API server
+//! oakctl talks to (`GET …/namespaces/{ns}/instances/{name}/log`, which the servers
+//! forward down the tiers to the agent of the Instance's node).
 
-use client::Client;
-use serde_json::Value;
+use futures::StreamExt as _;
 
-use crate::commands::{kind, Session};
+use crate::commands::Session;
 
 /// The arguments of `oakctl logs`.
 #[derive(clap::Args)]
@@ -16,51 +16,45 @@ pub struct Args {
     tail: Option<usize>,
 }
 
-/// Find the Instance's node and agent, and print what the agent has kept of its output.
+/// The path of the log of Instance `name` in `namespace`, the last `tail` lines only
+/// if given.
+fn log_path(namespace: &str, name: &str, tail: Option<usize>) -> String {
+    let query = tail.map(|n| format!("?tailLines={n}")).unwrap_or_default();
+    format!(
+        "/apis/{}/namespaces/{namespace}/instances/{name}/log{query}",
+        crds::API_VERSION
+    )
+}
+
+/// Print the log as the server sends it (an Instance that is not running yet, or does
+/// not exist, is the server's error).
 pub async fn run(s: &Session, args: Args) -> anyhow::Result<()> {
-    let name = args.name.as_str();
-    let instance = s.api(kind("instances")?, None).get(name).await?;
-    let ns = instance["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or("default")
-        .to_string();
-    let phase = instance
-        .pointer("/status/phase")
-        .and_then(Value::as_str)
-        .unwrap_or("Pending");
-    let Some(cluster) = instance["spec"]["cluster"].as_str() else {
-        anyhow::bail!("instance {name} is not placed on a cluster yet (phase {phase})");
-    };
-    let Some(node) = instance["spec"]["node"].as_str() else {
-        anyhow::bail!(
-            "instance {name} is not bound to a node of cluster {cluster} yet (phase {phase})"
-        );
-    };
-    // At the root, the cluster says where its API is; talking to a cluster API, the
-    // nodes are right here.
-    let cluster_api = match s
-        .client
-        .dynamic(kind("clusters")?, None)
-        .get_opt(cluster)
-        .await?
-    {
-        Some(c) => match c.pointer("/status/apiEndpoint").and_then(Value::as_str) {
-            Some(url) if url != s.client.base() => Client::new(url)?,
-            _ => s.client.clone(),
-        },
-        None => s.client.clone(),
-    };
-    let node_object = cluster_api.dynamic(kind("nodes")?, None).get(node).await?;
-    let Some(agent) = node_object
-        .pointer("/status/agentEndpoint")
-        .and_then(Value::as_str)
-    else {
-        anyhow::bail!("node {node} has not reported an agent endpoint");
-    };
-    let query = args.tail.map(|n| format!("?tail={n}")).unwrap_or_default();
-    let text = Client::new(agent)?
-        .get_text(&format!("/logs/{ns}/{name}{query}"))
-        .await?;
-    out!("{text}");
+    let path = log_path(&s.namespace, &args.name, args.tail);
+    let mut log = s.client.get_stream(&path).await?;
+    while let Some(chunk) = log.next().await {
+        crate::emit(&chunk?);
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_route_and_its_query() {
+        let cases = [
+            (
+                ("default", "web-0", None),
+                "/apis/oakestra.io/v1/namespaces/default/instances/web-0/log",
+            ),
+            (
+                ("team", "web-1", Some(5)),
+                "/apis/oakestra.io/v1/namespaces/team/instances/web-1/log?tailLines=5",
+            ),
+        ];
+        for ((ns, name, tail), expected) in cases {
+            assert_eq!(log_path(ns, name, tail), expected);
+        }
+    }
 }

@@ -27,7 +27,7 @@ pub enum Command {
     Describe(describe::Args),
     /// Delete objects by kind and name, or those of manifests.
     Delete(delete::Args),
-    /// Print the output of an Instance's workload (from the agent of its node).
+    /// Print the output of an Instance's workload (through the API server).
     Logs(logs::Args),
     /// Manage contexts in the config file.
     Config {
