@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use crds::{FieldError, Status, StatusCause, StatusDetails};
 
+use crate::auth::Forbidden;
 use crate::storage::StorageError;
 
 /// Why a request failed; each variant is one HTTP status and Kubernetes `reason`.
@@ -12,6 +13,12 @@ pub enum ApiError {
     /// 400: the request cannot be understood (bad JSON, query or selector).
     #[error("{0}")]
     BadRequest(String),
+    /// 401: no credential, or an invalid one, where one is needed.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// 403: the caller may not do this (see [`crate::auth::authorize()`]).
+    #[error("{0}")]
+    Forbidden(Box<Forbidden>),
     /// 404: no such object (or path).
     #[error("{plural} \"{name}\" not found")]
     NotFound {
@@ -77,6 +84,8 @@ impl ApiError {
     pub fn code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -92,6 +101,8 @@ impl ApiError {
     fn reason(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "BadRequest",
+            ApiError::Unauthorized => "Unauthorized",
+            ApiError::Forbidden(_) => "Forbidden",
             ApiError::NotFound { .. } => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict { .. } => "Conflict",
@@ -114,6 +125,11 @@ impl ApiError {
             | ApiError::Conflict { plural, name, .. } => Some(StatusDetails {
                 name: name.clone(),
                 kind: plural.clone(),
+                causes: vec![],
+            }),
+            ApiError::Forbidden(f) => Some(StatusDetails {
+                name: f.name.clone(),
+                kind: f.plural.clone(),
                 causes: vec![],
             }),
             ApiError::Invalid { kind, name, errors } => Some(StatusDetails {
@@ -152,11 +168,22 @@ impl ApiError {
     }
 }
 
+impl From<Forbidden> for ApiError {
+    fn from(f: Forbidden) -> Self {
+        ApiError::Forbidden(Box::new(f))
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if matches!(self, ApiError::Internal(_) | ApiError::Unavailable(_)) {
             tracing::error!(error = %self, "request failed");
         }
-        (self.code(), axum::Json(self.status())).into_response()
+        let mut body = serde_json::to_value(self.status()).expect("a Status serializes");
+        // Kubernetes' details name the API group too, which `crds::StatusDetails` lacks.
+        if let (ApiError::Forbidden(f), Some(details)) = (&self, body.get_mut("details")) {
+            details["group"] = f.group.clone().into();
+        }
+        (self.code(), axum::Json(body)).into_response()
     }
 }

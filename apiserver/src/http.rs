@@ -1,5 +1,10 @@
 //! The HTTP API: Kubernetes paths and verbs over the [`Registry`], watch streams,
 //! discovery, health and metrics.
+//!
+//! Every request carries its caller's [`Identity`] as an extension (set by the TLS
+//! connection, a bearer token, or the in-process path; see [`crate::auth`]). Lists and
+//! watches are authorized here, before they start; gets and writes by the registry, on
+//! the object they read.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -7,15 +12,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use crds::KindInfo;
 use futures::{Stream, StreamExt};
+use pki::Identity;
 use serde_json::{json, Value};
 
+use crate::auth::{self, RequestAttributes, Security, Verb};
 use crate::discovery;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, RequestLabels, VerbLabels};
@@ -34,6 +41,9 @@ pub struct ServerConfig {
     pub bookmark_interval: Duration,
     /// Recent changes kept for watches that start in the past (older: 410).
     pub watch_cache_events: usize,
+    /// TLS and authentication. The binaries always set it. `None` serves plain HTTP
+    /// where every request is the administrator: only for tests of the API itself.
+    pub security: Option<Security>,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +52,7 @@ impl Default for ServerConfig {
             max_body_bytes: 3 * 1024 * 1024,
             bookmark_interval: Duration::from_secs(10),
             watch_cache_events: 10_000,
+            security: None,
         }
     }
 }
@@ -57,8 +68,11 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
 }
 
-/// The whole HTTP surface of the API server.
-pub fn router(state: AppState) -> Router {
+/// The whole HTTP surface of the API server: its own routes, which anonymous callers
+/// reach only for health and version (else 401), and `extra`, the binary's routes,
+/// which do their own checks. The caller's [`Identity`] must be a request extension
+/// (a request without one is anonymous).
+pub fn router(state: AppState, extra: Router) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
@@ -67,6 +81,8 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(|| async { Json(discovery::version()) }))
         .fallback(api)
         .with_state(state)
+        .layer(axum::middleware::from_fn(auth::require_identity))
+        .merge(extra)
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -161,16 +177,16 @@ fn parse_path(path: &str) -> Result<Route, ApiError> {
     }))
 }
 
-fn verb(method: &Method, target: &Target, query: &HashMap<String, String>) -> &'static str {
+fn verb(method: &Method, target: &Target, query: &HashMap<String, String>) -> Option<Verb> {
     match *method {
-        Method::GET if is_true(query.get("watch")) => "watch",
-        Method::GET if target.name.is_none() => "list",
-        Method::GET => "get",
-        Method::POST => "create",
-        Method::PUT => "update",
-        Method::PATCH => "patch",
-        Method::DELETE => "delete",
-        _ => "other",
+        Method::GET if is_true(query.get("watch")) => Some(Verb::Watch),
+        Method::GET if target.name.is_none() => Some(Verb::List),
+        Method::GET => Some(Verb::Get),
+        Method::POST => Some(Verb::Create),
+        Method::PUT => Some(Verb::Update),
+        Method::PATCH => Some(Verb::Patch),
+        Method::DELETE => Some(Verb::Delete),
+        _ => None,
     }
 }
 
@@ -186,17 +202,18 @@ fn dry_run(value: Option<&str>) -> Result<bool, ApiError> {
     }
 }
 
-/// The options every write verb takes, from the query (reads ignore them).
+/// The options every write verb takes, from the query (reads ignore `dryRun`), for
+/// `caller`.
 fn write_options(
     method: &Method,
     query: &HashMap<String, String>,
+    caller: Identity,
 ) -> Result<WriteOptions, ApiError> {
-    if matches!(*method, Method::GET | Method::HEAD) {
-        return Ok(WriteOptions::default());
-    }
-    Ok(WriteOptions {
-        dry_run: dry_run(query.get("dryRun").map(String::as_str))?,
-    })
+    let dry_run = match *method {
+        Method::GET | Method::HEAD => false,
+        _ => dry_run(query.get("dryRun").map(String::as_str))?,
+    };
+    Ok(WriteOptions { dry_run, caller })
 }
 
 fn is_true(v: Option<&String>) -> bool {
@@ -205,6 +222,7 @@ fn is_true(v: Option<&String>) -> bool {
 
 async fn api(
     State(state): State<AppState>,
+    Extension(caller): Extension<Identity>,
     method: Method,
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
@@ -222,12 +240,13 @@ async fn api(
         Err(e) => return e.into_response(),
     };
     let verb = verb(&method, &target, &query);
+    let verb_name = verb.map_or("other", Verb::name);
     let resource = match target.sub {
         None => target.kind.plural.to_string(),
         Some(sub) => format!("{}/{}", target.kind.plural, sub.name()),
     };
-    let options = write_options(&method, &query);
-    let span = tracing::info_span!("request", verb, resource = %resource, namespace = target.namespace.as_deref(), name = target.name.as_deref(), dry_run = options.as_ref().is_ok_and(|o| o.dry_run));
+    let options = write_options(&method, &query, caller);
+    let span = tracing::info_span!("request", verb = verb_name, user = %options.as_ref().map(|o| o.caller.user()).unwrap_or_default(), resource = %resource, namespace = target.namespace.as_deref(), name = target.name.as_deref(), dry_run = options.as_ref().is_ok_and(|o| o.dry_run));
     let handled = async {
         let options = options?;
         handle(&state, &method, &target, &query, &headers, body, options).await
@@ -244,17 +263,17 @@ async fn api(
         .metrics
         .requests
         .get_or_create(&RequestLabels {
-            verb: verb.into(),
+            verb: verb_name.into(),
             resource: resource.clone(),
             code,
         })
         .inc();
-    if verb != "watch" {
+    if verb != Some(Verb::Watch) {
         state
             .metrics
             .request_seconds
             .get_or_create(&VerbLabels {
-                verb: verb.into(),
+                verb: verb_name.into(),
                 resource,
             })
             .observe(started.elapsed().as_secs_f64());
@@ -353,9 +372,11 @@ async fn handle(
     };
     match (method.clone(), target.name.as_deref()) {
         (Method::GET, None) if is_true(query.get("watch")) => {
+            authorize_collection(Verb::Watch, target, query, &options.caller)?;
             watch(state, target, query, table).await
         }
         (Method::GET, None) => {
+            authorize_collection(Verb::List, target, query, &options.caller)?;
             let list = registry.list(kind, ns, &list_options(query)?).await?;
             Ok(Json(if table {
                 to_table(kind, &list, &list["items"], true)
@@ -365,7 +386,7 @@ async fn handle(
             .into_response())
         }
         (Method::GET, Some(name)) => {
-            let object = registry.get(kind, ns, name).await?;
+            let object = registry.get(kind, ns, name, part, &options.caller).await?;
             Ok(Json(if table {
                 to_table(kind, &object, &json!([object]), true)
             } else {
@@ -418,6 +439,27 @@ async fn handle(
             "{method} is not supported on this path"
         ))),
     }
+}
+
+/// A list or watch of `target` by `caller`, authorized on its field selector.
+fn authorize_collection(
+    verb: Verb,
+    target: &Target,
+    query: &HashMap<String, String>,
+    caller: &Identity,
+) -> Result<(), ApiError> {
+    let request = RequestAttributes {
+        verb,
+        kind: target.kind,
+        subresource: target.sub,
+        namespace: target.namespace.as_deref(),
+        name: None,
+        field_selector: query
+            .get("fieldSelector")
+            .map(String::as_str)
+            .unwrap_or_default(),
+    };
+    Ok(auth::authorize(caller, &request, None, None)?)
 }
 
 /// The `DeleteOptions` of a delete: `preconditions.resourceVersion`,
@@ -477,6 +519,7 @@ fn delete_options(
         propagation,
         write: WriteOptions {
             dry_run: write.dry_run || body_dry_run,
+            caller: write.caller,
         },
     })
 }

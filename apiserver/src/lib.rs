@@ -4,7 +4,15 @@
 //! validation of every write, the shared watch fan-out, metrics, and the storage
 //! backends behind one [`storage::Storage`] contract. [`Server::start`] wires them.
 //!
+//! With [`ServerConfig::security`] (the binaries always set it) the server serves TLS
+//! and every request has an identity ([`pki::Identity`]): a client certificate, a
+//! bearer token, or none (anonymous, which reaches only health and version). The
+//! in-process path ([`Server::local`]) is the server's own controllers,
+//! [`pki::Identity::System`].
+//!
 //! Modules:
+//! - [`auth`]: authentication (TLS, client certificates, bearer tokens) and the
+//!   authorizer, the fixed rules of who may do what.
 //! - [`http`]: the router: Kubernetes paths and verbs, watch streams, tables, health.
 //! - [`registry`]: the verbs over storage and the write path; per-kind rules in
 //!   [`registry::strategy`], lists and continue tokens in [`registry::list`].
@@ -17,6 +25,7 @@
 //! - [`storage`]: the [`storage::Storage`] trait, the embedded (redb) and etcd backends,
 //!   and the conformance suite both pass.
 
+pub mod auth;
 pub mod discovery;
 pub mod error;
 pub mod http;
@@ -76,6 +85,9 @@ pub enum ServerError {
         /// The socket's error.
         source: std::io::Error,
     },
+    /// The TLS configuration could not be built from the certificates given.
+    #[error("configuring TLS: {0}")]
+    Tls(#[from] auth::TlsError),
     /// The `default` namespace could not be created.
     #[error("creating the default namespace: {0}")]
     Bootstrap(#[from] error::ApiError),
@@ -128,7 +140,9 @@ impl Server {
         Self::start_with_store(listen, store, config).await
     }
 
-    /// Like [`Server::start`], over a storage the caller opened.
+    /// Like [`Server::start`], over a storage the caller opened. With
+    /// [`ServerConfig::security`], the listener serves TLS (see [`auth`]); without, plain
+    /// HTTP where every request is the administrator.
     pub async fn start_with_store(
         listen: SocketAddr,
         store: Arc<dyn storage::Storage>,
@@ -139,6 +153,11 @@ impl Server {
         let hub = watch::WatchHub::start(store.clone(), config.watch_cache_events).await?;
         let registry = registry::Registry::new(store, hub);
         registry.ensure_namespace("default").await?;
+        let security = config.security.clone();
+        let tls = security
+            .as_ref()
+            .map(auth::tls::server_config)
+            .transpose()?;
         let state = http::AppState {
             registry: registry.clone(),
             metrics,
@@ -156,22 +175,41 @@ impl Server {
                 addr: listen,
                 source,
             })?;
-        let app = http::router(state);
-        let serving = app.clone();
-        // Watch events are small writes that follow each other: without TCP_NODELAY,
-        // Nagle holds one back until the previous is acknowledged, which a delayed ACK
-        // makes 40 ms on Linux (seen as 40 ms on every hop of a start).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
+        let (app, task) = match (security, tls) {
+            (Some(security), Some(tls)) => {
+                let app = http::router(state, security.routes).layer(
+                    axum::middleware::from_fn_with_state(
+                        security.authenticator.clone(),
+                        auth::bearer,
+                    ),
+                );
+                let serving = app.clone();
+                tracing::info!(%addr, "API server listening (TLS)");
+                let accept = auth::tls::serve(listener, tls, security.authenticator, serving);
+                (app, tokio::spawn(accept))
             }
-        });
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, serving).await {
-                tracing::error!(error = %e, "API server stopped");
+            _ => {
+                let app = http::router(state, axum::Router::new());
+                // No authentication: every request from the network is the administrator.
+                let serving = app.clone().layer(axum::Extension(pki::Identity::admin()));
+                // Watch events are small writes that follow each other: without
+                // TCP_NODELAY, Nagle holds one back until the previous is acknowledged,
+                // which a delayed ACK makes 40 ms on Linux (seen as 40 ms on every hop
+                // of a start).
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "TCP_NODELAY not set");
+                    }
+                });
+                tracing::info!(%addr, "API server listening (plain HTTP, no authentication)");
+                let serve = async move {
+                    if let Err(e) = axum::serve(listener, serving).await {
+                        tracing::error!(error = %e, "API server stopped");
+                    }
+                };
+                (app, tokio::spawn(serve))
             }
-        });
-        tracing::info!(%addr, "API server listening");
+        };
         Ok(Server {
             addr,
             registry,
@@ -180,7 +218,8 @@ impl Server {
         })
     }
 
-    /// This server for clients in the same process (its controllers): a request goes
+    /// This server for clients in the same process (its controllers, as
+    /// [`pki::Identity::System`]): a request goes
     /// through the same routes, handlers, metrics and tracing as one from the network,
     /// handed over in memory, so neither side pays for a socket, HTTP framing or a
     /// second task per connection. A watch ends when the caller drops the body.
@@ -211,7 +250,8 @@ async fn call_in_memory(
     app: axum::Router,
     request: axum::http::Request<bytes::Bytes>,
 ) -> LocalResponse {
-    let request = request.map(axum::body::Body::from);
+    let mut request = request.map(axum::body::Body::from);
+    request.extensions_mut().insert(pki::Identity::System);
     let answer = AssertUnwindSafe(tower::ServiceExt::oneshot(app, request))
         .catch_unwind()
         .await;

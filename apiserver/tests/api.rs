@@ -17,6 +17,7 @@ fn config() -> ServerConfig {
         max_body_bytes: 64 * 1024,
         bookmark_interval: Duration::from_millis(200),
         watch_cache_events: 50,
+        security: None,
     }
 }
 

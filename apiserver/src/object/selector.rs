@@ -140,6 +140,14 @@ impl FieldSelector {
         self.0.is_empty()
     }
 
+    /// Whether one requirement is `field=value` (`field` a dotted path): the selector
+    /// selects no object whose `field` is anything else.
+    pub fn requires(&self, field: &str, value: &str) -> bool {
+        self.0.iter().any(|(path, equal, v)| {
+            *equal && v == value && path.iter().map(String::as_str).eq(field.split('.'))
+        })
+    }
+
     /// Whether every requirement holds; a missing field reads as the empty string.
     pub fn matches(&self, object: &Value) -> bool {
         self.0.iter().all(|(path, equal, value)| {

@@ -11,9 +11,14 @@
 //! the verb compute the next one (PUT: the body; PATCH: the merge patch; a subresource:
 //! its change), then `next_version` (the strategy validates it, carries over
 //! server-owned fields, checks it against the current object), then compare-and-swap.
-//! Future steps have their place in that path: authorization before the verb runs
-//! (in the HTTP layer, with a principal in the request's extensions), server-side apply
-//! as one more way to compute the next object, and admission after `next_version`.
+//! Authorization is part of that path: the caller ([`WriteOptions::caller`]) is
+//! checked by [`crate::auth::authorize()`] against the object the attempt read, first
+//! before the verb computes the next object, then with it; the compare-and-swap that
+//! commits is at that object's revision, so a concurrent change cannot slip past the
+//! check (the retry checks again). A get checks the object it read ([`Registry::get`]);
+//! a missing object is a 403 for a caller whose rules depend on the object. Future
+//! steps have their place in the path too: server-side apply as one more way to compute
+//! the next object, and admission after `next_version`.
 //!
 //! A dry run ([`WriteOptions::dry_run`]) takes every step of the real write, create
 //! and delete included, up to the storage call: that one place, `Registry::commit`,
@@ -27,8 +32,10 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use crds::{FieldError, KindInfo};
+use pki::Identity;
 use serde_json::{json, Value};
 
+use crate::auth::{authorize, RequestAttributes, Verb};
 use crate::error::ApiError;
 use crate::object;
 use crate::storage::{KeyValue, Storage, StorageError};
@@ -48,11 +55,24 @@ pub enum Propagation {
 }
 
 /// Options of every write (create, update, patch, delete, subresource writes).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteOptions {
-    /// `dryRun=All`: validate, default and check the write as a real one, answer with
-    /// the object as it would be stored, persist nothing.
+    /// `dryRun=All`: validate, default, authorize and check the write as a real one,
+    /// answer with the object as it would be stored, persist nothing.
     pub dry_run: bool,
+    /// Who writes: the write is authorized for this identity. The HTTP layer sets the
+    /// request's; the default, [`Identity::System`], is for callers of the registry in
+    /// the server's own process.
+    pub caller: Identity,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            dry_run: false,
+            caller: Identity::System,
+        }
+    }
 }
 
 /// Options of a delete.
@@ -83,6 +103,16 @@ pub enum Part {
     Main,
     /// Only `status` (the `/status` subresource).
     Status,
+}
+
+impl Part {
+    /// The subresource a write of this part goes to, as the authorizer names it.
+    pub fn subresource(self) -> Option<Subresource> {
+        match self {
+            Part::Main => None,
+            Part::Status => Some(Subresource::Status),
+        }
+    }
 }
 
 /// The verbs over one storage, sharing the watch hub's copies of recent objects.
@@ -133,15 +163,28 @@ impl Registry {
             })
     }
 
-    /// The stored object, which must be at `precondition` when one is given (else 409).
-    async fn current_at(
+    /// The stored object `request` names, decoded, with its revision, once `caller`
+    /// may do `request` to it: a missing object is a 404 only when the caller's rules
+    /// do not depend on the object (else a 403), and the object must be at
+    /// `precondition` when one is given (else 409), checked only once the caller may
+    /// see it.
+    async fn stored_for(
         &self,
-        kind: &KindInfo,
-        ns: Option<&str>,
-        name: &str,
+        request: &RequestAttributes<'_>,
+        caller: &Identity,
         precondition: Option<i64>,
-    ) -> Result<KeyValue, ApiError> {
-        let kv = self.current(kind, ns, name).await?;
+    ) -> Result<(Value, i64), ApiError> {
+        let (kind, name) = (request.kind, request.name.unwrap_or_default());
+        let kv = match self.current(kind, request.namespace, name).await {
+            Ok(kv) => kv,
+            Err(missing @ ApiError::NotFound { .. }) => {
+                authorize(caller, request, None, None)?;
+                return Err(missing);
+            }
+            Err(e) => return Err(e),
+        };
+        let object = decode(&kv)?;
+        authorize(caller, request, Some(&object), None)?;
         match precondition {
             Some(expected) if expected != kv.mod_revision => Err(ApiError::from_storage(
                 StorageError::Conflict {
@@ -152,18 +195,23 @@ impl Registry {
                 kind.plural,
                 name,
             )),
-            _ => Ok(kv),
+            _ => Ok((object, kv.mod_revision)),
         }
     }
 
-    /// The object `name` (404 if there is none).
+    /// The object `name` (404 if there is none), as `caller` may read it (the `part`
+    /// asked for: a GET of `/status` is authorized as the status subresource).
     pub async fn get(
         &self,
         kind: &KindInfo,
         ns: Option<&str>,
         name: &str,
+        part: Part,
+        caller: &Identity,
     ) -> Result<Value, ApiError> {
-        decode(&self.current(kind, ns, name).await?)
+        let request =
+            RequestAttributes::on_object(Verb::Get, kind, part.subresource(), ns, Some(name));
+        Ok(self.stored_for(&request, caller, None).await?.0)
     }
 
     /// Fail with 404 when a namespaced request names a namespace that does not exist.
@@ -246,11 +294,13 @@ impl Registry {
         let strategy = strategy::for_kind(kind);
         strategy.prepare_for_create(kind, &mut body);
         strategy.validate(kind, &name, &mut body)?;
+        let request = RequestAttributes::on_object(Verb::Create, kind, None, ns, Some(&name));
+        authorize(&options.caller, &request, None, Some(&body))?;
         self.require_namespace(kind, ns).await?;
         let key = object::key(kind, ns, &name);
         // A dry-run create has no resourceVersion yet, as in Kubernetes.
         if let Some(revision) = self
-            .commit(&key, Change::Create(&body), options)
+            .commit(&key, Change::Create(&body), options.dry_run)
             .await
             .map_err(|e| ApiError::from_storage(e, kind.plural, &name))?
         {
@@ -278,7 +328,9 @@ impl Registry {
             )));
         }
         let precondition = object::resource_version(&body).map_err(ApiError::BadRequest)?;
-        self.write(kind, ns, name, precondition, options, |current| {
+        let request =
+            RequestAttributes::on_object(Verb::Update, kind, part.subresource(), ns, Some(name));
+        self.write(request, precondition, options, |current| {
             Ok(take_part(kind, current, &body, part))
         })
         .await
@@ -300,7 +352,9 @@ impl Registry {
             ));
         }
         let precondition = object::resource_version(&patch).map_err(ApiError::BadRequest)?;
-        self.write(kind, ns, name, precondition, options, |current| {
+        let request =
+            RequestAttributes::on_object(Verb::Patch, kind, part.subresource(), ns, Some(name));
+        self.write(request, precondition, options, |current| {
             let mut patched = current.clone();
             json_patch::merge(&mut patched, &patch);
             check_type(kind, &patched)?;
@@ -322,23 +376,29 @@ impl Registry {
         options: WriteOptions,
     ) -> Result<Value, ApiError> {
         let write = strategy::for_kind(kind).subresource_write(kind, name, sub, &body)?;
-        self.write(kind, ns, name, write.precondition, options, |current| {
+        let request = RequestAttributes::on_object(Verb::Create, kind, Some(sub), ns, Some(name));
+        self.write(request, write.precondition, options, |current| {
             (write.change)(current)
         })
         .await
     }
 
-    /// Read-modify-write with compare-and-swap. With a precondition, a concurrent change
-    /// is a 409; without, the write is retried on the fresh object.
+    /// Read-modify-write with compare-and-swap, authorized for the caller on the object
+    /// each attempt starts from. With a precondition, a concurrent change is a 409;
+    /// without, the write is retried on the fresh object.
     async fn write(
         &self,
-        kind: &KindInfo,
-        ns: Option<&str>,
-        name: &str,
+        request: RequestAttributes<'_>,
         precondition: Option<i64>,
         options: WriteOptions,
         mutate: impl Fn(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
+        let (kind, ns, name) = (
+            request.kind,
+            request.namespace,
+            request.name.unwrap_or_default(),
+        );
+        let caller = &options.caller;
         let key = object::key(kind, ns, name);
         // The first attempt starts from the watch hub's copy when it has one at the
         // precondition (no store read, no decoding); if the store has moved on, the
@@ -357,12 +417,22 @@ impl Registry {
             let (current, revision) = match &cached {
                 Some(change) => (change.object.as_ref(), change.revision),
                 None => {
-                    let kv = self.current_at(kind, ns, name, precondition).await?;
-                    stored = decode(&kv)?;
-                    (&stored, kv.mod_revision)
+                    let revision;
+                    (stored, revision) = self.stored_for(&request, caller, precondition).await?;
+                    (&stored, revision)
                 }
             };
-            let next = mutate(current).and_then(|next| next_version(kind, name, current, next));
+            // Whether the caller may write this object at all, before the verb's errors
+            // can tell it anything about it (`stored_for` checked a stored one).
+            if cached.is_some() && authorize(caller, &request, Some(current), None).is_err() {
+                continue;
+            }
+            let next = mutate(current)
+                .and_then(|next| next_version(kind, name, current, next))
+                .and_then(|next| {
+                    authorize(caller, &request, Some(current), Some(&next))?;
+                    Ok(next)
+                });
             // A rejection, or nothing to write, is answered from the stored object,
             // not from the hub's copy, which may be older.
             let mut next = match next {
@@ -379,11 +449,14 @@ impl Registry {
             } else {
                 Change::Update(&next, revision)
             };
-            let result = self.commit(&key, change, options).await.map(|revision| {
-                if let Some(revision) = revision {
-                    set_version(&mut next, revision);
-                }
-            });
+            let result = self
+                .commit(&key, change, options.dry_run)
+                .await
+                .map(|revision| {
+                    if let Some(revision) = revision {
+                        set_version(&mut next, revision);
+                    }
+                });
             match result {
                 Ok(()) => return Ok(next),
                 Err(StorageError::Conflict { .. } | StorageError::NotFound { .. })
@@ -410,13 +483,15 @@ impl Registry {
         options: &DeleteOptions,
     ) -> Result<Value, ApiError> {
         let precondition = options.precondition;
-        strategy::for_kind(kind)
-            .check_delete(self.store.as_ref(), kind, name)
-            .await?;
+        let request = RequestAttributes::on_object(Verb::Delete, kind, None, ns, Some(name));
         let key = object::key(kind, ns, name);
         loop {
-            let kv = self.current_at(kind, ns, name, precondition).await?;
-            let mut current = decode(&kv)?;
+            let (mut current, revision) = self
+                .stored_for(&request, &options.write.caller, precondition)
+                .await?;
+            strategy::for_kind(kind)
+                .check_delete(self.store.as_ref(), kind, name)
+                .await?;
             if options.propagation == Propagation::Foreground
                 && current["metadata"].get("deletionTimestamp").is_none()
             {
@@ -433,15 +508,15 @@ impl Registry {
                 .as_array()
                 .is_some_and(|f| !f.is_empty());
             let change = if !has_finalizers {
-                Change::Delete(kv.mod_revision)
+                Change::Delete(revision)
             } else if current["metadata"].get("deletionTimestamp").is_some() {
                 return Ok(current);
             } else {
                 object::meta_mut(&mut current).insert("deletionTimestamp".into(), now().into());
-                Change::Update(&current, kv.mod_revision)
+                Change::Update(&current, revision)
             };
             let result = self
-                .commit(&key, change, options.write)
+                .commit(&key, change, options.write.dry_run)
                 .await
                 .map(|revision| {
                     if let Some(revision) = revision {
@@ -467,9 +542,9 @@ impl Registry {
         &self,
         key: &str,
         change: Change<'_>,
-        options: WriteOptions,
+        dry_run: bool,
     ) -> Result<Option<i64>, StorageError> {
-        if !options.dry_run {
+        if !dry_run {
             return match change {
                 Change::Create(o) => self
                     .store

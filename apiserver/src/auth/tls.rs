@@ -1,0 +1,263 @@
+//! TLS serving: the serving certificate (replaceable while serving), the rustls server
+//! configuration (ring provider, ALPN `http/1.1`, optional client certificates verified
+//! against the client CAs), and the accept loop that authenticates each connection's
+//! client certificate once and hands its requests to the router with that identity.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use pki::Identity;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+
+use super::{network_identity, unauthorized, Authenticate, Security};
+
+/// How long a client has to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a certificate, a key or the TLS configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The serving certificate chain is not PEM certificates.
+    #[error("the serving certificate chain is not valid PEM ({reason}); expected one or more CERTIFICATE blocks, the leaf first")]
+    Certificate {
+        /// What the PEM parser said.
+        reason: String,
+    },
+    /// The serving key is not a PEM private key the ring provider can sign with.
+    #[error("the serving key is not usable ({reason}); expected a PKCS#8 ECDSA P-256 key in PEM (PRIVATE KEY)")]
+    Key {
+        /// What the parser or the provider said.
+        reason: String,
+    },
+    /// The key does not belong to the certificate.
+    #[error("the serving key does not match the serving certificate's public key ({reason})")]
+    KeyMismatch {
+        /// What rustls said.
+        reason: String,
+    },
+    /// A client CA is not a valid PEM certificate.
+    #[error("client CA #{index} is not usable ({reason}); expected PEM CERTIFICATE blocks")]
+    ClientCa {
+        /// Its position in `client_cas_pem`.
+        index: usize,
+        /// What the parser or the root store said.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("building the TLS configuration: {0}")]
+    Config(String),
+}
+
+/// The certificate chain and key the server presents: a cloneable handle that rustls
+/// asks for each new connection, so [`ServingCertificate::replace`] takes effect
+/// without a restart (connections already open keep theirs).
+#[derive(Clone)]
+pub struct ServingCertificate {
+    current: Arc<RwLock<Arc<CertifiedKey>>>,
+}
+
+impl std::fmt::Debug for ServingCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let chain = self.current().cert.len();
+        f.debug_struct("ServingCertificate")
+            .field("chain_len", &chain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServingCertificate {
+    /// A handle serving `cert_chain_pem` (leaf first) with `key_pem` (PKCS#8).
+    pub fn new(cert_chain_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+        Ok(ServingCertificate {
+            current: Arc::new(RwLock::new(Arc::new(certified_key(
+                cert_chain_pem,
+                key_pem,
+            )?))),
+        })
+    }
+
+    /// Serve `cert_chain_pem` with `key_pem` to new connections from now on. On error,
+    /// the current certificate stays.
+    pub fn replace(&self, cert_chain_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+        let next = Arc::new(certified_key(cert_chain_pem, key_pem)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for ServingCertificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+fn certified_key(cert_chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Certificate {
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::Certificate {
+            reason: "no CERTIFICATE block".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Key {
+        reason: e.to_string(),
+    })?;
+    let signer =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| TlsError::Key {
+            reason: e.to_string(),
+        })?;
+    let certified = CertifiedKey::new(chain, signer);
+    certified.keys_match().map_err(|e| TlsError::KeyMismatch {
+        reason: e.to_string(),
+    })?;
+    Ok(certified)
+}
+
+/// The rustls configuration of a secured server: TLS 1.2 and 1.3 with the ring
+/// provider, ALPN `http/1.1`, the serving certificate, and client certificates
+/// optional but, when presented, verified against `client_cas_pem`.
+pub fn server_config(security: &Security) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for (index, pem) in security.client_cas_pem.iter().enumerate() {
+        let ca_error = |reason: String| TlsError::ClientCa { index, reason };
+        let mut found = false;
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let cert = cert.map_err(|e| ca_error(e.to_string()))?;
+            roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+            found = true;
+        }
+        if !found {
+            return Err(ca_error("no CERTIFICATE block".into()));
+        }
+    }
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = if roots.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(security.serving.clone()));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Accept TLS connections on `listener` forever, each in a task of its own: the
+/// handshake (at most [`HANDSHAKE_TIMEOUT`]), the client certificate authenticated
+/// once, then HTTP/1.1 with `app`, every request carrying the connection's
+/// [`Identity`]. A failed handshake is logged at debug level and ends only that
+/// connection.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    config: rustls::ServerConfig,
+    authenticator: Arc<dyn Authenticate>,
+    app: axum::Router,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: wait rather than spin.
+                tracing::warn!(error = %e, "accepting a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Watch events are small writes that follow each other: without TCP_NODELAY,
+        // Nagle holds one back until the previous is acknowledged (40 ms with a
+        // delayed ACK on Linux).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        let acceptor = acceptor.clone();
+        let authenticator = authenticator.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let identity = connection_identity(&tls, authenticator.as_ref(), peer);
+            serve_connection(tls, identity, app, peer).await;
+        });
+    }
+}
+
+/// The identity of a connection's verified client certificate: `Some(Anonymous)`
+/// without one, `None` when the authenticator refuses it.
+fn connection_identity(
+    tls: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    authenticator: &dyn Authenticate,
+    peer: SocketAddr,
+) -> Option<Identity> {
+    match tls.get_ref().1.peer_certificates() {
+        Some(chain) if !chain.is_empty() => {
+            let chain: Vec<Vec<u8>> = chain.iter().map(|c| c.to_vec()).collect();
+            let identity =
+                network_identity(authenticator.certificate(&chain), "client certificate");
+            if identity.is_none() {
+                tracing::debug!(%peer, "the connection's requests will be refused");
+            }
+            identity
+        }
+        _ => Some(Identity::Anonymous),
+    }
+}
+
+async fn serve_connection(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    identity: Option<Identity>,
+    app: axum::Router,
+    peer: SocketAddr,
+) {
+    let service = tower::service_fn(
+        move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            let app = app.clone();
+            let identity = identity.clone();
+            async move {
+                let Some(identity) = identity else {
+                    return Ok(unauthorized());
+                };
+                request.extensions_mut().insert(identity);
+                tower::ServiceExt::oneshot(app, request).await
+            }
+        },
+    );
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service))
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
