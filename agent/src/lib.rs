@@ -153,10 +153,13 @@ impl NodeSide {
 /// Run the agent with what [`runtime::build`] assembled until `shutdown`: register the
 /// Node, heartbeat, and reconcile the Instances bound to it. What the node already
 /// holds is adopted if still wanted and removed if not.
+///
+/// The agent's endpoint (logs, metrics) serves TLS as `endpoint` says.
 pub async fn run(
     client: Client,
     config: AgentConfig,
     assembly: Assembly,
+    endpoint: apiserver::auth::Security,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let Assembly {
@@ -169,13 +172,18 @@ pub async fn run(
         .map_err(AgentError::Listen)?;
     let port = listener.local_addr().map_err(AgentError::Listen)?.port();
     let metrics = Arc::new(metrics::Metrics::default());
-    tokio::spawn(serve::serve(listener, runtime.clone(), metrics.clone()));
+    tokio::spawn(serve::serve(
+        listener,
+        runtime.clone(),
+        metrics.clone(),
+        endpoint,
+    ));
     let subnet = Arc::new(std::sync::Mutex::new(None));
     let node = Arc::new(NodeSide {
         client: client.clone(),
         config: config.clone(),
         kinds: runtime.kinds(),
-        endpoint: format!("http://{}:{port}", config.address),
+        endpoint: format!("https://{}:{port}", config.address),
         heartbeat: tokio::sync::Mutex::new(NodeHeartbeat::new(&config.node, config.heartbeat)),
         subnet: subnet.clone(),
     });

@@ -339,6 +339,13 @@ impl Client {
         self.json(self.http.get(&url), &url).await
     }
 
+    /// POST `body` as JSON to any path outside the resource API (a tier's join and
+    /// renewal routes) and read the answer as JSON.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        self.json(self.http.post(&url).json(body), &url).await
+    }
+
     /// GET any path (with its query, e.g. an Instance's `log?tailLines=10`) and stream
     /// the answer's bytes as they arrive; an error answer is an error before the stream.
     pub async fn get_stream(&self, path: &str) -> Result<BoxStream<'static, Result<bytes::Bytes>>> {

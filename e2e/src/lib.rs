@@ -3,6 +3,11 @@
 //! [`stays`] to check that something holds for a while instead of sleeping and looking
 //! once.
 //!
+//! Every tier serves TLS and admits nothing without a credential, as in production:
+//! the harness reads what each tier writes in its data directory (its admin
+//! kubeconfig, its join token) and hands it to the next tier and to the clients
+//! ([`tier_client`], [`oakctl`]).
+//!
 //! Every process started here is killed when its guard is dropped, also when a test
 //! panics. Each `oakestra` process logs to a file of its own in the test's temporary
 //! directory, and a failing test prints the end of each. The end-to-end scenarios
@@ -359,10 +364,10 @@ impl Oakestra {
         process
     }
 
-    /// Its URL, e.g. `http://127.0.0.1:41234`; panics if it serves no port.
+    /// Its URL, e.g. `https://127.0.0.1:41234`; panics if it serves no port.
     pub fn url(&self) -> String {
         format!(
-            "http://127.0.0.1:{}",
+            "https://127.0.0.1:{}",
             self.port.expect("this process serves no port")
         )
     }
@@ -413,6 +418,11 @@ impl Drop for Oakestra {
     }
 }
 
+/// The admin kubeconfig `oakestra up` writes with its data under `data_dir`.
+pub fn up_kubeconfig(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.kubeconfig")
+}
+
 /// Arguments of `oakestra up` serving the root API on `api_port` and the cluster API on
 /// `cluster_port`, with its data under `data_dir`, then `extra`.
 pub fn up_args(api_port: u16, cluster_port: u16, data_dir: &Path, extra: &[&str]) -> Vec<String> {
@@ -429,6 +439,52 @@ pub fn up_args(api_port: u16, cluster_port: u16, data_dir: &Path, extra: &[&str]
     args
 }
 
+/// The admin kubeconfig a root or cluster with data directory `data_dir` writes.
+pub fn tier_kubeconfig(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.kubeconfig")
+}
+
+/// The first join token a root or cluster with data directory `data_dir` wrote.
+pub fn join_token(data_dir: &Path) -> String {
+    let path = data_dir.join("join-token");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading the join token {}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+/// An administrator's client of the API whose admin kubeconfig is `kubeconfig`.
+pub fn tier_client(kubeconfig: &Path) -> client::Client {
+    client::kubeconfig::Kubeconfig::load(kubeconfig)
+        .and_then(|k| k.client(None))
+        .unwrap_or_else(|e| panic!("a client from {}: {e}", kubeconfig.display()))
+        .0
+}
+
+/// Where `oakestra cluster --name NAME` started by [`cluster_args`] keeps its data.
+pub fn cluster_dir(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join(name)
+}
+
+/// The URL of an upstream tier and its join token, as the tier below joins it.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The tier's API URL.
+    pub url: String,
+    /// Its join token.
+    pub token: String,
+}
+
+impl Upstream {
+    /// The cluster started by [`cluster_args`] with `data_dir` and `name`, at `url`.
+    pub fn cluster(url: &str, data_dir: &Path, name: &str) -> Upstream {
+        Upstream {
+            url: url.to_string(),
+            token: join_token(&cluster_dir(data_dir, name)),
+        }
+    }
+}
+
 /// Cluster flags for tests: 1 s heartbeats, a node lost after 3 s without one, its
 /// Instances moved 2 s later, and what finds no room handed back after 1 s.
 pub const QUICK_CLUSTER: &[&str] = &[
@@ -442,11 +498,11 @@ pub const QUICK_CLUSTER: &[&str] = &[
     "1",
 ];
 
-/// Arguments of `oakestra cluster --name NAME` reporting to `root`, serving on `port`,
-/// its embedded store in `data_dir/NAME`, then `extra`.
+/// Arguments of `oakestra cluster --name NAME` joining `root`, serving on `port`, its
+/// embedded store and credentials in `data_dir/NAME` ([`cluster_dir`]), then `extra`.
 pub fn cluster_args(
     name: &str,
-    root: &str,
+    root: &Upstream,
     port: u16,
     data_dir: &Path,
     extra: &[&str],
@@ -456,7 +512,9 @@ pub fn cluster_args(
         "--name".into(),
         name.into(),
         "--root".into(),
-        root.into(),
+        root.url.clone(),
+        "--token".into(),
+        root.token.clone(),
         "--listen".into(),
         format!("127.0.0.1:{port}"),
         "--store".into(),
@@ -466,17 +524,21 @@ pub fn cluster_args(
     args
 }
 
-/// Arguments of `oakestra worker --name NAME` in `cluster`, its data under
-/// `data_dir/workers`, then `extra`.
-pub fn worker_args(name: &str, cluster: &str, data_dir: &Path, extra: &[&str]) -> Vec<String> {
+/// Arguments of `oakestra worker --name NAME` joining `cluster`, its data under
+/// `data_dir/workers`, allowed to run the process runtime (what most tests run), then
+/// `extra`.
+pub fn worker_args(name: &str, cluster: &Upstream, data_dir: &Path, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "worker".into(),
         "--cluster".into(),
-        cluster.into(),
+        cluster.url.clone(),
+        "--token".into(),
+        cluster.token.clone(),
         "--name".into(),
         name.into(),
         "--data-dir".into(),
         data_dir.join("workers").display().to_string(),
+        "--allow-process-runtime".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     args
@@ -488,6 +550,9 @@ pub struct RootServer {
     pub port: u16,
     /// Its `--store` argument, e.g. `embedded:/tmp/x/store` or `etcd:http://…`.
     pub store: String,
+    /// Its data directory (CA, tokens, admin kubeconfig): the embedded store's
+    /// directory, or `LOG_DIR/root-PORT` for etcd.
+    pub data_dir: PathBuf,
     inner: Oakestra,
 }
 
@@ -505,12 +570,18 @@ impl RootServer {
     /// Like [`start_with`](Self::start_with), with a given `oakestra` binary.
     pub fn start_binary(binary: &Path, store: &str, log_dir: &Path, extra: &[&str]) -> RootServer {
         let port = free_port();
+        let data_dir = match store.strip_prefix("embedded:") {
+            Some(dir) => PathBuf::from(dir),
+            None => log_dir.join(format!("root-{port}")),
+        };
         let mut args: Vec<String> = [
             "root",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--store",
             store,
+            "--data-dir",
+            &data_dir.display().to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -521,7 +592,26 @@ impl RootServer {
         RootServer {
             port,
             store: store.to_string(),
+            data_dir,
             inner,
+        }
+    }
+
+    /// Its admin kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        tier_kubeconfig(&self.data_dir)
+    }
+
+    /// An administrator's client of it.
+    pub fn client(&self) -> client::Client {
+        tier_client(&self.kubeconfig())
+    }
+
+    /// Its URL and join token, for clusters to join it.
+    pub fn upstream(&self) -> Upstream {
+        Upstream {
+            url: self.url(),
+            token: join_token(&self.data_dir),
         }
     }
 }
@@ -577,20 +667,21 @@ impl Drop for KillMatching {
     }
 }
 
-/// Run the `oakctl` binary against `server` with `args` and wait for it.
-pub fn oakctl(server: &str, args: &[&str]) -> std::process::Output {
+/// Run the `oakctl` binary with the admin kubeconfig `kubeconfig` and `args`, and wait
+/// for it.
+pub fn oakctl(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
     Command::new(binary("oakctl"))
-        .arg("--server")
-        .arg(server)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
         .args(args)
         .output()
         .expect("run oakctl")
 }
 
-/// Write `manifest` to `dir/file` and `oakctl apply -f` it against `server`, failing the
-/// test with oakctl's stderr if the apply does not succeed.
+/// Write `manifest` to `dir/file` and `oakctl apply -f` it with `kubeconfig`, failing
+/// the test with oakctl's stderr if the apply does not succeed.
 pub fn apply_manifest(
-    server: &str,
+    kubeconfig: &Path,
     dir: &Path,
     file: &str,
     manifest: &str,
@@ -598,7 +689,7 @@ pub fn apply_manifest(
     let path = dir.join(file);
     std::fs::write(&path, manifest).expect("write the manifest");
     let out = oakctl(
-        server,
+        kubeconfig,
         &["apply", "-f", path.to_str().expect("a UTF-8 path")],
     );
     assert!(

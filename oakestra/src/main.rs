@@ -7,6 +7,8 @@
 //! - `roles::hollow`: simulated nodes for scale tests.
 //! - `roles::up`: root, cluster and worker on one device, composed from the above.
 //! - `roles::down`: stop the workloads an `oakestra up` left running.
+//! - `roles::credentials`: tokens, admin kubeconfigs and members of a tier.
+//! - `roles::logs`: the `instances/{name}/log` proxy the root and clusters serve.
 //! - `roles` itself: what the roles share (API flags, in-process clients, running
 //!   until Ctrl-C or SIGTERM).
 
@@ -15,7 +17,7 @@ mod roles;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use roles::{cluster, down, hollow, root, up, worker};
+use roles::{cluster, credentials, down, hollow, root, up, worker};
 
 /// mimalloc instead of glibc's malloc: the servers allocate and free many small JSON
 /// values per request from several threads, where glibc's malloc and free took 10–17 %
@@ -57,6 +59,12 @@ enum Role {
     Up(up::UpArgs),
     /// Stop the workloads that an `oakestra up` (stopped before) left running.
     Down(down::DownArgs),
+    /// Manage a tier's join and admin tokens (in its data directory).
+    Token(credentials::TokenArgs),
+    /// Write a new administrator's kubeconfig of a tier (e.g. when the first is lost).
+    AdminKubeconfig(credentials::AdminKubeconfigArgs),
+    /// Manage the members (clusters, nodes) that joined a tier.
+    Member(credentials::MemberArgs),
 }
 
 #[tokio::main]
@@ -80,5 +88,8 @@ async fn main() -> anyhow::Result<()> {
         Role::Hollow(args) => hollow::run(args).await,
         Role::Up(args) => up::run(args).await,
         Role::Down(args) => down::run(args).await,
+        Role::Token(args) => credentials::token(args),
+        Role::AdminKubeconfig(args) => credentials::admin_kubeconfig(args),
+        Role::Member(args) => credentials::member(args),
     }
 }

@@ -37,8 +37,12 @@ pub(crate) const PRIVATE: u32 = 0o600;
 pub(crate) const PUBLIC: u32 = 0o644;
 
 /// Writes `bytes` to `path` readable by the owner alone (0600), atomically: a temporary
-/// file beside it is written, synced and renamed over `path`.
+/// file beside it is written, synced and renamed over `path`. A missing parent
+/// directory is created (0700).
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_private_dir(parent)?;
+    }
     write_atomic(path, bytes, PRIVATE)
 }
 

@@ -29,7 +29,7 @@ pub use cert::{ca_hash, identity_of, renew_at, CertInfo, CertifiedKey, Csr};
 pub use error::PkiError;
 pub use files::{write_private, FileError};
 pub use identity::Identity;
-pub use secret::RandomError;
+pub use secret::{random_string, RandomError};
 pub use token::{
     parse_bearer, Claim, JoinToken, MemberSecrets, TokenError, TokenInfo, TokenStore, TokenUsage,
 };

@@ -18,9 +18,9 @@ pub(crate) fn fill(buf: &mut [u8]) -> Result<(), RandomError> {
     SystemRandom::new().fill(buf).map_err(|_| RandomError)
 }
 
-/// A random string of `len` characters of [`ALPHABET`], without bias (bytes beyond the
-/// largest multiple of the alphabet's size are drawn again).
-pub(crate) fn random_string(len: usize) -> Result<String, RandomError> {
+/// A random string of `len` characters of `[a-z0-9]`, without bias (bytes beyond the
+/// largest multiple of the alphabet's size are drawn again): for secrets a member keeps.
+pub fn random_string(len: usize) -> Result<String, RandomError> {
     let limit = 256 - 256 % ALPHABET.len();
     let mut out = String::with_capacity(len);
     let mut buf = [0u8; 32];

@@ -77,6 +77,9 @@ pub struct RuntimeSettings {
     pub network: NetworkMode,
     /// Where the CNI plugins are (for [`NetworkMode::Bridge`]).
     pub cni_path: PathBuf,
+    /// Whether `runtime: process` Instances run (arbitrary commands, unisolated, as
+    /// the agent's user): only when the operator asked for it.
+    pub allow_process: bool,
 }
 
 /// What [`crate::run`] runs a worker with.
@@ -123,6 +126,14 @@ pub enum BuildError {
     /// containerd does not answer.
     #[error("--runtime containerd (is containerd running? see --containerd-socket)")]
     Containerd(#[source] CtrError),
+    /// Only the process runtime is left, and it was not allowed.
+    #[error("the {choice} runtime comes to native processes here ({why}), which run arbitrary commands unisolated as this agent's user: pass --allow-process-runtime to allow them, or run containerd")]
+    ProcessNotAllowed {
+        /// The `--runtime` asked for.
+        choice: RuntimeChoice,
+        /// Why it comes to processes.
+        why: &'static str,
+    },
 }
 
 impl RuntimeSettings {
@@ -180,17 +191,29 @@ pub async fn build(
             let containers = ContainerdRuntime::new(containerd, cgroups.clone(), exits_tx.clone())
                 .await
                 .map_err(BuildError::Containerd)?;
-            // A containerd node runs native executables too.
-            let runtime = Combined {
-                containers: Arc::new(containers),
-                processes: Arc::new(processes().map_err(data_dir)?),
+            // A containerd node runs native executables too, when allowed.
+            let runtime: Arc<dyn Runtime> = if settings.allow_process {
+                Arc::new(Combined {
+                    containers: Arc::new(containers),
+                    processes: Arc::new(processes().map_err(data_dir)?),
+                })
+            } else {
+                Arc::new(containers)
             };
             Ok(Assembly {
-                runtime: Arc::new(runtime),
+                runtime,
                 exits,
                 network,
             })
         }
+        _ if !settings.allow_process => Err(BuildError::ProcessNotAllowed {
+            choice: settings.choice,
+            why: if settings.choice == RuntimeChoice::Auto {
+                "containerd's socket is not there"
+            } else {
+                "as asked"
+            },
+        }),
         _ => Ok(Assembly {
             runtime: Arc::new(processes().map_err(data_dir)?),
             exits,

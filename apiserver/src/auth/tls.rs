@@ -164,6 +164,28 @@ pub fn server_config(security: &Security) -> Result<rustls::ServerConfig, TlsErr
     Ok(config)
 }
 
+/// Serve `app` on `listener` as the API server serves its own routes: TLS with
+/// `security`'s certificate and client CAs, a client certificate authenticated once per
+/// connection, a bearer token per request, and the caller's [`Identity`] a request
+/// extension (Anonymous without a credential). `security.routes` are served beside
+/// `app`. For the other servers of the hierarchy (an agent's endpoint): `app` checks
+/// the identity itself. Runs until the process ends.
+pub async fn serve_app(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    security: Security,
+) -> Result<(), TlsError> {
+    let config = server_config(&security)?;
+    let app = app
+        .merge(security.routes)
+        .layer(axum::middleware::from_fn_with_state(
+            security.authenticator.clone(),
+            super::bearer,
+        ));
+    serve(listener, config, security.authenticator, app).await;
+    Ok(())
+}
+
 /// Accept TLS connections on `listener` forever, each in a task of its own: the
 /// handshake (at most [`HANDSHAKE_TIMEOUT`]), the client certificate authenticated
 /// once, then HTTP/1.1 with `app`, every request carrying the connection's

@@ -1,7 +1,11 @@
 //! `oakestra cluster`: a cluster's own API server and the cluster controllers (sync
-//! with the root, scheduling onto nodes, node lifecycle, reports to the root).
+//! with the root, scheduling onto nodes, node lifecycle, reports to the root), with the
+//! cluster's own certificate authority: it joins the root with a token, and its nodes
+//! join it the same way (also while the root is unreachable).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -9,8 +13,14 @@ use apiserver::{ServerConfig, StoreConfig};
 use clap::Args;
 use controllers::cluster::ClusterConfig;
 use crds::Location;
+use pki::{Identity, Trust, Vouch};
+use trust::join::{Joining, Members};
+use trust::{Authority, TierPaths};
 
-use crate::roles::{parse_location, ApiFlags, Running, Served};
+use crate::roles::logs::Hop;
+use crate::roles::{
+    data_dir, parse_location, secure_tier, url_of, ApiFlags, Running, Served, TlsFlags,
+};
 
 /// The flags of `oakestra cluster`.
 #[derive(Args)]
@@ -18,15 +28,25 @@ pub struct ClusterArgs {
     /// Name of the cluster at the root.
     #[arg(long)]
     name: String,
-    /// URL of the root API, e.g. `http://10.0.0.1:10000`.
+    /// URL of the root API, e.g. `https://10.0.0.1:10000`.
     #[arg(long)]
     root: String,
+    /// The root's join token for clusters (`K10…`, from the root's `join-token` file or
+    /// `oakestra token create`); needed the first time only.
+    #[arg(long, env = "OAKESTRA_TOKEN")]
+    token: Option<String>,
     /// Address to serve the cluster API on (workers connect here).
     #[arg(long, default_value = "127.0.0.1:10100")]
     listen: SocketAddr,
     /// `embedded:DIR` or `etcd:http://HOST:PORT[,…]`.
     #[arg(long, default_value = "embedded:/var/lib/oakestra/cluster")]
     store: StoreConfig,
+    /// Where the cluster keeps its CA, tokens, its certificate at the root and its admin
+    /// kubeconfig (default: the embedded store's directory, or /var/lib/oakestra/cluster).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsFlags,
     #[command(flatten)]
     api: ApiFlags,
     #[command(flatten)]
@@ -75,41 +95,144 @@ impl ClusterFlags {
     }
 }
 
+/// Cluster `name`'s certificate authority under `data`, created at the first start,
+/// with a serving certificate for the names clients dial on `listen` (and `extra`).
+pub fn authority(
+    name: &str,
+    data: PathBuf,
+    listen: SocketAddr,
+    extra: &[String],
+) -> anyhow::Result<Arc<Authority>> {
+    let sans = trust::dir::server_names(listen, extra);
+    Ok(Arc::new(Authority::open(
+        TierPaths::new(data),
+        &format!("oakestra cluster {name} CA"),
+        &Identity::Cluster { name: name.into() },
+        &sans,
+    )?))
+}
+
+/// The host part of `url` (`https://HOST:PORT/…`), for the serving certificate.
+fn host_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    Some(host.to_string())
+}
+
 /// Run a cluster orchestrator until Ctrl-C or SIGTERM.
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let name = &args.name;
     crds::validate::name(name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
-    let root = client::Client::new(&args.root).context("--root")?;
+    let data = data_dir(
+        args.data_dir.as_deref(),
+        &args.store,
+        "/var/lib/oakestra/cluster",
+    );
+    let mut sans = args.tls.tls_san.clone();
+    sans.extend(args.cluster.advertise_url.as_deref().and_then(host_of));
+    let authority = authority(name, data, args.listen, &sans)?;
+    let upstream = trust::join::credentials(
+        &authority.paths,
+        Joining {
+            url: &args.root,
+            token: args.token.as_deref(),
+            name,
+            members: Members::Clusters,
+            own_ca: Some(authority.ca.cert_pem()),
+        },
+    )
+    .await
+    .with_context(|| format!("joining the root at {}", args.root))?;
+    let (tls, identity) = upstream.tls()?;
+    let root = client::Client::with_tls(&args.root, tls).context("--root")?;
     let mut running = Running::new();
+    running.spawn(trust::join::keep_renewed(
+        authority.paths.clone(),
+        root.clone(),
+        identity,
+        None,
+        running.shutdown().clone(),
+    ));
     let cluster = start(
         &mut running,
         args.listen,
         args.store,
         args.api.config(),
         root.clone(),
+        Secure {
+            authority: authority.clone(),
+            root_ca_pem: upstream.ca_pem.clone(),
+            tls: &args.tls,
+        },
         |local| args.cluster.config(name, local),
     )
     .await?;
+    let url = url_of(cluster.addr);
+    let kubeconfig = authority.paths.admin_kubeconfig();
+    authority.ensure_admin_kubeconfig(&url, &format!("oakestra-{name}"), &kubeconfig)?;
     println!(
-        "oakestra cluster {name}: API at http://{}, root at {}",
-        cluster.addr,
+        "oakestra cluster {name}: API at {url}, root at {}",
         root.base()
+    );
+    println!("  admin kubeconfig:     {}", kubeconfig.display());
+    println!(
+        "  join token for nodes: {}",
+        authority.paths.join_token().display()
     );
     running.until_stopped().await
 }
 
-/// Start the cluster API server on `store` and the cluster controllers on it,
-/// reporting to `root`, with the settings `config` gives for the server's in-process
-/// client; both are added to `running`.
+/// The security of a cluster's API: its authority, and the root's CA, which vouches
+/// for the root's proxy (and the root's administrators) here.
+pub struct Secure<'a> {
+    /// The cluster's own CA and certificates.
+    pub authority: Arc<Authority>,
+    /// The root's CA.
+    pub root_ca_pem: String,
+    /// The lifetime of the certificates it issues its nodes.
+    pub tls: &'a TlsFlags,
+}
+
+/// Start the cluster API server on `store`, serving TLS as `secure` says, and the
+/// cluster controllers on it, reporting to `root`, with the settings `config` gives for
+/// the server's in-process client; both are added to `running`.
 pub async fn start(
     running: &mut Running,
     listen: SocketAddr,
     store: StoreConfig,
     api: ServerConfig,
     root: client::Client,
+    secure: Secure<'_>,
     config: impl FnOnce(&client::Client) -> ClusterConfig,
 ) -> anyhow::Result<Served> {
-    let served = running.serve_api("cluster", listen, store, api).await?;
+    let own_ca = secure.authority.ca.cert_pem().to_string();
+    let trusted = vec![
+        // Its own CA vouches for its administrators and its nodes …
+        Trust {
+            ca_pem: own_ca.clone(),
+            allows: vec![Vouch::Admin, Vouch::Node],
+        },
+        // … the root's for the root's proxy and administrators.
+        Trust {
+            ca_pem: secure.root_ca_pem,
+            allows: vec![Vouch::Root, Vouch::Admin],
+        },
+    ];
+    let hop = Hop::Cluster { ca_pem: own_ca };
+    let secured = secure_tier(
+        secure.authority,
+        Members::Nodes,
+        secure.tls.member_lifetime(),
+        trusted,
+        hop,
+    )?;
+    let served = running
+        .serve_api("cluster", listen, store, api, secured)
+        .await?;
     let config = config(&served.client);
     running.spawn(controllers::cluster::run_cluster(
         served.client.clone(),

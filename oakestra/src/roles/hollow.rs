@@ -10,9 +10,10 @@ use tokio_util::sync::CancellationToken;
 /// The flags of `oakestra hollow`.
 #[derive(Args)]
 pub struct HollowArgs {
-    /// URL of the cluster API, e.g. `http://10.0.0.2:10100`.
+    /// The cluster's admin kubeconfig (`DATA/admin.kubeconfig` of `oakestra cluster`):
+    /// hollow nodes are a test tool that registers many nodes under one credential.
     #[arg(long)]
-    cluster: String,
+    kubeconfig: std::path::PathBuf,
     /// How many nodes to simulate.
     #[arg(long)]
     nodes: usize,
@@ -40,7 +41,9 @@ pub struct HollowArgs {
 pub async fn run(args: HollowArgs) -> anyhow::Result<()> {
     let nodes = args.nodes;
     anyhow::ensure!(nodes > 0, "--nodes must be positive");
-    let client = client::Client::new(&args.cluster).context("--cluster")?;
+    let (client, _) = client::kubeconfig::Kubeconfig::load(&args.kubeconfig)
+        .and_then(|k| k.client(None))
+        .context("--kubeconfig")?;
     let config = agent::hollow::HollowConfig {
         prefix: args.prefix,
         nodes,

@@ -6,14 +6,16 @@
 //! them instead of wiring the crates again.
 
 pub mod cluster;
+pub mod credentials;
 pub mod down;
 pub mod hollow;
+pub mod logs;
 pub mod root;
 pub mod up;
 pub mod worker;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -46,6 +48,63 @@ impl ApiFlags {
     }
 }
 
+/// TLS flags of a tier that serves an API and admits members (root and cluster).
+#[derive(Args)]
+pub struct TlsFlags {
+    /// More names or addresses for the API's serving certificate: every name clients
+    /// dial this server by (loopback, the host name and the listen address are in).
+    #[arg(long = "tls-san", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// Lifetime, in seconds, of the client certificates issued to members that join
+    /// (they renew at two thirds of it).
+    #[arg(long, default_value_t = trust::dir::MEMBER_LIFETIME.as_secs())]
+    pub member_cert_seconds: u64,
+}
+
+impl TlsFlags {
+    /// The lifetime of members' certificates.
+    pub fn member_lifetime(&self) -> Duration {
+        Duration::from_secs(self.member_cert_seconds.max(1))
+    }
+}
+
+/// What a tier's API server serves with: TLS and authentication from its authority,
+/// beside the API its join, renewal and log routes; `local` is where the log proxy
+/// finds the server's in-process client once the server runs.
+pub struct Secured {
+    security: apiserver::auth::Security,
+    local: Arc<OnceLock<client::Client>>,
+}
+
+/// The security of a tier whose CA is `authority`'s, admitting `members` (certificates
+/// of `lifetime`), trusting the CAs in `trusted` for the identities each may vouch
+/// for, and proxying logs on as `hop` says.
+pub fn secure_tier(
+    authority: Arc<trust::Authority>,
+    members: trust::join::Members,
+    lifetime: Duration,
+    trusted: Vec<pki::Trust>,
+    hop: logs::Hop,
+) -> anyhow::Result<Secured> {
+    let local = Arc::new(OnceLock::new());
+    let proxy = logs::LogProxy {
+        hop,
+        proxy: authority.proxy.clone(),
+        local: local.clone(),
+    };
+    let tokens = pki::TokenStore::open(&authority.paths.tokens())?;
+    let serving = authority.serving.clone();
+    let join = trust::join::JoinService {
+        authority,
+        members,
+        lifetime,
+    };
+    let routes = trust::join::routes(Arc::new(join)).merge(logs::routes(Arc::new(proxy)));
+    let authenticator = pki::Authenticator::new(trusted, Some(tokens))?;
+    let (security, _) = trust::authn::security(&serving, authenticator, routes)?;
+    Ok(Secured { security, local })
+}
+
 /// `LAT,LON` in degrees, as `--location` takes it.
 pub fn parse_location(s: &str) -> Result<Location, String> {
     let (lat, lon) = s
@@ -72,17 +131,38 @@ pub struct Served {
     pub client: client::Client,
 }
 
-/// A client of a server in this process: the controllers' requests reach it in memory
-/// (see `client::Client::in_process`); the URL is the one it listens on.
-pub fn local_client(server: &Server) -> anyhow::Result<client::Client> {
-    let mut addr = server.addr;
+/// The `https://` URL of a server listening on `addr`, as a client on this machine
+/// dials it (a wildcard address becomes loopback).
+pub fn url_of(addr: SocketAddr) -> String {
+    let mut addr = addr;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
+    format!("https://{addr}")
+}
+
+/// A client of a server in this process: the controllers' requests reach it in memory
+/// (see `client::Client::in_process`) with the identity of the server's own
+/// controllers; the URL is the one it listens on.
+pub fn local_client(server: &Server) -> anyhow::Result<client::Client> {
     Ok(client::Client::in_process(
-        &format!("http://{addr}"),
+        &url_of(server.addr),
         Arc::new(server.local()),
     )?)
+}
+
+/// Where a tier keeps its credentials: `--data-dir`, else the embedded store's
+/// directory, else `default`.
+pub fn data_dir(
+    flag: Option<&std::path::Path>,
+    store: &StoreConfig,
+    default: &str,
+) -> std::path::PathBuf {
+    match (flag, store) {
+        (Some(dir), _) => dir.to_path_buf(),
+        (None, StoreConfig::Embedded(dir)) => dir.clone(),
+        (None, _) => default.into(),
+    }
 }
 
 /// What roles left running in this process: API servers and background tasks, all
@@ -109,20 +189,24 @@ impl Running {
     }
 
     /// Start the API server of `tier` (`root`, `cluster`) on `listen` and `store`,
-    /// serve it until the end, and hand back its address and in-process client.
+    /// serving TLS as `secured` says, serve it until the end, and hand back its address
+    /// and in-process client.
     pub async fn serve_api(
         &mut self,
         tier: &str,
         listen: SocketAddr,
         store: StoreConfig,
-        api: ServerConfig,
+        mut api: ServerConfig,
+        secured: Secured,
     ) -> anyhow::Result<Served> {
+        api.security = Some(secured.security);
         let server = Server::start(listen, store.clone(), api)
             .await
             .with_context(|| {
                 format!("starting the {tier} API server on {listen} with store {store:?}")
             })?;
         let client = local_client(&server)?;
+        let _ = secured.local.set(client.clone());
         let addr = server.addr;
         self.servers.push(server);
         Ok(Served { addr, client })

@@ -1,15 +1,26 @@
 //! `oakestra root`: the root API server and the root controllers (services, placement
-//! on clusters, subnets and service IPs, garbage collection).
+//! on clusters, subnets and service IPs, garbage collection), with the root's
+//! certificate authority: clusters join it with a token.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use apiserver::{ServerConfig, StoreConfig};
 use clap::Args;
 use controllers::ipam::Cidr;
 use controllers::RootConfig;
+use pki::{Identity, Trust, Vouch};
+use trust::dir::server_names;
+use trust::join::Members;
+use trust::{Authority, TierPaths};
 
-use crate::roles::{ApiFlags, Running, Served};
+use crate::roles::logs::Hop;
+use crate::roles::{data_dir, secure_tier, url_of, ApiFlags, Running, Served, TlsFlags};
+
+/// The common name of the root's certificate authority.
+pub const ROOT_CA: &str = "oakestra root CA";
 
 /// The flags of `oakestra root`.
 #[derive(Args)]
@@ -20,6 +31,12 @@ pub struct RootArgs {
     /// `embedded:DIR` or `etcd:http://HOST:PORT[,…]`.
     #[arg(long, default_value = "embedded:/var/lib/oakestra/root")]
     store: StoreConfig,
+    /// Where the root keeps its CA, tokens and admin kubeconfig (default: the embedded
+    /// store's directory, or /var/lib/oakestra/root).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsFlags,
     #[command(flatten)]
     api: ApiFlags,
     #[command(flatten)]
@@ -70,9 +87,31 @@ impl RootFlags {
     }
 }
 
+/// The root's certificate authority under `data`, created at the first start, with a
+/// serving certificate for the names clients dial on `listen` (and `tls`'s extra ones).
+pub fn authority(
+    data: PathBuf,
+    listen: SocketAddr,
+    tls: &TlsFlags,
+) -> anyhow::Result<Arc<Authority>> {
+    let sans = server_names(listen, &tls.tls_san);
+    Ok(Arc::new(Authority::open(
+        TierPaths::new(data),
+        ROOT_CA,
+        &Identity::Root,
+        &sans,
+    )?))
+}
+
 /// Run the root tier until Ctrl-C or SIGTERM.
 pub async fn run(args: RootArgs) -> anyhow::Result<()> {
     let config = args.root.config()?;
+    let data = data_dir(
+        args.data_dir.as_deref(),
+        &args.store,
+        "/var/lib/oakestra/root",
+    );
+    let authority = authority(data, args.listen, &args.tls)?;
     let mut running = Running::new();
     let root = start(
         &mut running,
@@ -80,22 +119,51 @@ pub async fn run(args: RootArgs) -> anyhow::Result<()> {
         args.store,
         args.api.config(),
         config,
+        authority.clone(),
+        &args.tls,
     )
     .await?;
-    println!("oakestra root: API at http://{}", root.addr);
+    let url = url_of(root.addr);
+    let kubeconfig = authority.paths.admin_kubeconfig();
+    authority.ensure_admin_kubeconfig(&url, "oakestra", &kubeconfig)?;
+    println!("oakestra root: API at {url}");
+    println!("  admin kubeconfig:        {}", kubeconfig.display());
+    println!(
+        "  join token for clusters: {}",
+        authority.paths.join_token().display()
+    );
     running.until_stopped().await
 }
 
-/// Start the root API server on `store` and, given a config, the root controllers on
-/// it; both are added to `running`.
+/// Start the root API server on `store`, serving TLS with the root's `authority`, and,
+/// given a config, the root controllers on it; both are added to `running`.
 pub async fn start(
     running: &mut Running,
     listen: SocketAddr,
     store: StoreConfig,
     api: ServerConfig,
     controllers: Option<RootConfig>,
+    authority: Arc<Authority>,
+    tls: &TlsFlags,
 ) -> anyhow::Result<Served> {
-    let served = running.serve_api("root", listen, store, api).await?;
+    // The root's CA vouches for administrators and clusters, nobody else.
+    let trusted = vec![Trust {
+        ca_pem: authority.ca.cert_pem().to_string(),
+        allows: vec![Vouch::Admin, Vouch::Cluster],
+    }];
+    let hop = Hop::Root {
+        paths: authority.paths.clone(),
+    };
+    let secured = secure_tier(
+        authority,
+        Members::Clusters,
+        tls.member_lifetime(),
+        trusted,
+        hop,
+    )?;
+    let served = running
+        .serve_api("root", listen, store, api, secured)
+        .await?;
     if let Some(config) = controllers {
         running.spawn(controllers::run_root(
             served.client.clone(),

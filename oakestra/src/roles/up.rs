@@ -13,10 +13,12 @@ use std::time::Duration;
 use apiserver::StoreConfig;
 use clap::Args;
 use controllers::cluster::ClusterConfig;
+use pki::Identity;
+use trust::dir::{MEMBER_LIFETIME, SERVING_LIFETIME};
 
 use crate::roles::root::RootFlags;
 use crate::roles::worker::{RuntimeFlags, WorkerFlags};
-use crate::roles::{cluster, root, worker, ApiFlags, Running};
+use crate::roles::{cluster, root, url_of, worker, ApiFlags, Running, TlsFlags};
 
 /// The name of the one cluster and of the one worker node of `oakestra up`.
 pub const LOCAL: &str = "local";
@@ -36,9 +38,16 @@ pub struct UpArgs {
     #[command(flatten)]
     api: ApiFlags,
     #[command(flatten)]
+    tls: TlsFlags,
+    #[command(flatten)]
     root: RootFlags,
     #[command(flatten)]
     runtime: RuntimeFlags,
+}
+
+/// Where `up` writes the administrator's kubeconfig of the root API.
+pub fn admin_kubeconfig(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.kubeconfig")
 }
 
 /// `~/.local/share/oakestra`, or `.oakestra` without a home directory.
@@ -49,8 +58,10 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 /// The flags of the one worker of `up` with its data under `data_dir` (`down` finds
-/// its workloads through the same flags).
-pub fn local_worker(data_dir: &Path, runtime: RuntimeFlags) -> WorkerFlags {
+/// its workloads through the same flags). On one device with one user, the process
+/// runtime is allowed: it is what runs without containerd.
+pub fn local_worker(data_dir: &Path, mut runtime: RuntimeFlags) -> WorkerFlags {
+    runtime.allow_process_runtime = true;
     WorkerFlags {
         name: Some(LOCAL.into()),
         runtime,
@@ -70,11 +81,28 @@ pub fn worker_dir(data_dir: &Path) -> PathBuf {
 
 /// Run root, cluster and worker in this process until Ctrl-C or SIGTERM; then say that the
 /// workloads keep running and how to stop them.
+///
+/// Security is as in separate processes (every listener serves TLS, the root's and
+/// the cluster's CAs, the agent's endpoint answers the cluster only), but nothing has
+/// to join: the certificates a join would give are issued here directly. The cluster
+/// and the worker reach their tier above in memory.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = &args.data_dir;
     let controllers = args.root.config()?;
     let worker = local_worker(data_dir, args.runtime);
     let worker_config = worker.config(worker_dir(data_dir))?;
+    let root_authority = root::authority(data_dir.join("root"), args.listen, &args.tls)?;
+    let cluster_authority = cluster::authority(
+        LOCAL,
+        data_dir.join("cluster"),
+        args.cluster_listen,
+        &args.tls.tls_san,
+    )?;
+    // What the cluster's join would have left at the root: its CA, for log proxying.
+    pki::write_private(
+        &root_authority.paths.member_ca(LOCAL),
+        cluster_authority.ca.cert_pem().as_bytes(),
+    )?;
     let mut running = Running::new();
     let root = root::start(
         &mut running,
@@ -82,14 +110,32 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         StoreConfig::Embedded(data_dir.join("root")),
         args.api.config(),
         controllers,
+        root_authority.clone(),
+        &args.tls,
     )
     .await?;
+    let node = trust::Upstream {
+        ca_pem: cluster_authority.ca.cert_pem().to_string(),
+        client: cluster_authority
+            .ca
+            .issue_client(&Identity::Node { name: LOCAL.into() }, MEMBER_LIFETIME)?,
+        serving: Some(
+            cluster_authority
+                .ca
+                .issue_server(&[trust::join::agent_server_name(LOCAL)], SERVING_LIFETIME)?,
+        ),
+    };
     let cluster = cluster::start(
         &mut running,
         args.cluster_listen,
         StoreConfig::Embedded(data_dir.join("cluster")),
         args.api.config(),
         root.client.clone(),
+        cluster::Secure {
+            authority: cluster_authority.clone(),
+            root_ca_pem: root_authority.ca.cert_pem().to_string(),
+            tls: &args.tls,
+        },
         |local| ClusterConfig {
             heartbeat: Duration::from_secs(2),
             api_endpoint: Some(local.base().to_string()),
@@ -98,18 +144,23 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     )
     .await?;
     let runtime = worker.runtime.settings().resolve();
-    worker::start(&mut running, cluster.client, worker_config, worker.runtime);
+    let (endpoint, _) = worker::endpoint(&node)?;
+    worker::start(
+        &mut running,
+        cluster.client,
+        worker_config,
+        worker.runtime,
+        endpoint,
+    );
+    let url = url_of(root.addr);
+    let kubeconfig = admin_kubeconfig(data_dir);
+    root_authority.ensure_admin_kubeconfig(&url, "oakestra", &kubeconfig)?;
     println!("oakestra up (one device: root, cluster \"{LOCAL}\", worker \"{LOCAL}\" with the {runtime} runtime)");
-    println!("  API:   http://{}", root.addr);
+    println!("  API:   {url}");
     println!("  data:  {}", data_dir.display());
-    println!(
-        "  try:   oakctl --server http://{} apply -f manifests/",
-        root.addr
-    );
-    println!(
-        "         kubectl --server http://{} get services",
-        root.addr
-    );
+    println!("  admin: export KUBECONFIG={}", kubeconfig.display());
+    println!("  try:   oakctl apply -f manifests/   (oakctl finds this kubeconfig by itself)");
+    println!("         kubectl get services        (with KUBECONFIG exported)");
     let result = running.until_stopped().await;
     eprintln!(
         "oakestra up stopped; the workloads of worker \"{LOCAL}\" keep running (the next \

@@ -1,6 +1,7 @@
-//! `oakestra worker`: the agent of one node. Registers the Node at its cluster and runs
-//! the Instances bound to it, with the runtime its flags choose (assembled by
-//! `agent::runtime::build`).
+//! `oakestra worker`: the agent of one node. Joins its cluster with a token (once),
+//! registers the Node there and runs the Instances bound to it, with the runtime its
+//! flags choose (assembled by `agent::runtime::build`). Its endpoint (logs, metrics)
+//! serves TLS and answers its cluster only.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,9 +21,13 @@ use crate::roles::{parse_location, Running};
 /// The flags of `oakestra worker`.
 #[derive(Args)]
 pub struct WorkerArgs {
-    /// URL of the cluster API, e.g. `http://10.0.0.2:10100`.
+    /// URL of the cluster API, e.g. `https://10.0.0.2:10100`.
     #[arg(long)]
     cluster: String,
+    /// The cluster's join token for nodes (`K10…`, from the cluster's `join-token` file
+    /// or `oakestra token create`); needed the first time only.
+    #[arg(long, env = "OAKESTRA_TOKEN")]
+    token: Option<String>,
     #[command(flatten)]
     worker: WorkerFlags,
 }
@@ -50,6 +55,10 @@ pub struct RuntimeFlags {
     /// Where the CNI plugins are.
     #[arg(long, default_value = agent::network::DEFAULT_CNI_PATH)]
     cni_path: PathBuf,
+    /// Also run `runtime: process` Instances: arbitrary commands, unisolated, as the
+    /// agent's user. Off unless asked for (`oakestra up` asks).
+    #[arg(long)]
+    pub allow_process_runtime: bool,
 }
 
 impl RuntimeFlags {
@@ -62,6 +71,7 @@ impl RuntimeFlags {
             cgroup_root: self.cgroup_root.clone(),
             network: self.network,
             cni_path: self.cni_path.clone(),
+            allow_process: self.allow_process_runtime,
         }
     }
 }
@@ -135,17 +145,40 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let config = args
         .worker
         .config(PathBuf::from("/var/lib/oakestra/worker"))?;
-    let client = client::Client::new(&args.cluster).context("--cluster")?;
+    let paths = trust::TierPaths::new(&config.data_dir);
+    let upstream = trust::join::credentials(
+        &paths,
+        trust::join::Joining {
+            url: &args.cluster,
+            token: args.token.as_deref(),
+            name: &config.node,
+            members: trust::join::Members::Nodes,
+            own_ca: None,
+        },
+    )
+    .await
+    .with_context(|| format!("joining the cluster at {}", args.cluster))?;
+    let (tls, identity) = upstream.tls()?;
+    let client = client::Client::with_tls(&args.cluster, tls).context("--cluster")?;
+    let (endpoint, serving) = endpoint(&upstream)?;
     println!(
         "oakestra worker {}: cluster at {}",
         config.node,
         client.base()
     );
     let shutdown = CancellationToken::new();
+    tokio::spawn(trust::join::keep_renewed(
+        paths,
+        client.clone(),
+        identity,
+        Some(serving),
+        shutdown.clone(),
+    ));
     let task = tokio::spawn(run_worker(
         client,
         config,
         args.worker.runtime.clone(),
+        endpoint,
         shutdown.clone(),
     ));
     tokio::select! {
@@ -157,17 +190,44 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Start a worker agent in `running`, talking to `cluster`; if it fails, the failure is
-/// logged and the rest of `running` goes on.
+/// The security of the agent's endpoint: the serving certificate the cluster issued,
+/// answering only clients whose certificate the cluster's CA issued to the cluster
+/// itself; with the handle that swaps in a renewed serving certificate.
+pub fn endpoint(
+    upstream: &trust::Upstream,
+) -> anyhow::Result<(
+    apiserver::auth::Security,
+    apiserver::auth::ServingCertificate,
+)> {
+    let serving = upstream.serving.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("the cluster issued no serving certificate for the agent; delete the node's pki/upstream directory and join again")
+    })?;
+    let authenticator = pki::Authenticator::new(
+        vec![pki::Trust {
+            ca_pem: upstream.ca_pem.clone(),
+            allows: vec![pki::Vouch::Cluster],
+        }],
+        None,
+    )?;
+    Ok(trust::authn::security(
+        serving,
+        authenticator,
+        axum::Router::new(),
+    )?)
+}
+
+/// Start a worker agent in `running`, talking to `cluster`, its endpoint secured by
+/// `endpoint`; if it fails, the failure is logged and the rest of `running` goes on.
 pub fn start(
     running: &mut Running,
     cluster: client::Client,
     config: AgentConfig,
     flags: RuntimeFlags,
+    endpoint: apiserver::auth::Security,
 ) {
     let shutdown = running.shutdown().clone();
     running.spawn(async move {
-        if let Err(e) = run_worker(cluster, config, flags, shutdown).await {
+        if let Err(e) = run_worker(cluster, config, flags, endpoint, shutdown).await {
             tracing::error!(error = %e, "worker stopped");
         }
     });
@@ -178,9 +238,10 @@ pub async fn run_worker(
     cluster: client::Client,
     config: AgentConfig,
     flags: RuntimeFlags,
+    endpoint: apiserver::auth::Security,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let assembly = agent::runtime::build(&config, &flags.settings()).await?;
-    agent::run(cluster, config, assembly, shutdown).await?;
+    agent::run(cluster, config, assembly, endpoint, shutdown).await?;
     Ok(())
 }
