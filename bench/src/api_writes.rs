@@ -1,6 +1,7 @@
 //! Scenario `api-writes`: creates per second and latency of `Cluster` creates through
-//! the HTTP API, on the embedded store and on etcd, next to raw etcd writes of the same
-//! bytes as the lower bound.
+//! the API (HTTPS, an administrator's client certificate, as every tier serves it), on
+//! the embedded store and on etcd, next to raw etcd writes of the same bytes as the
+//! lower bound.
 //!
 //! For each concurrency level, in this order, each run on a fresh store or key prefix:
 //!
@@ -25,7 +26,7 @@
 //! unmeasured warm-up objects so connections are open before timing starts.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -136,7 +137,11 @@ pub async fn run(opts: &Options, etcd_url: &str) -> anyhow::Result<Vec<Run>> {
         let server = InProcessServer::start(ServerStore::Embedded(dir.path().join("store")))
             .await
             .context("starting the API server on the embedded store")?;
-        runs.push(bench.api_run(Target::ApiEmbedded, c, &server.url).await?);
+        runs.push(
+            bench
+                .api_run(Target::ApiEmbedded, c, &server.client)
+                .await?,
+        );
         drop(server);
         drop(dir);
 
@@ -147,7 +152,7 @@ pub async fn run(opts: &Options, etcd_url: &str) -> anyhow::Result<Vec<Run>> {
         })
         .await
         .context("starting the API server on etcd")?;
-        runs.push(bench.api_run(Target::ApiEtcd, c, &server.url).await?);
+        runs.push(bench.api_run(Target::ApiEtcd, c, &server.client).await?);
         drop(server);
 
         let template = stored_bytes(etcd_url, &format!("{root}{}", cluster_key(&name(0))))
@@ -189,9 +194,14 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    async fn api_run(&self, target: Target, concurrency: usize, url: &str) -> anyhow::Result<Run> {
+    async fn api_run(
+        &self,
+        target: Target,
+        concurrency: usize,
+        server: &client::Client,
+    ) -> anyhow::Result<Run> {
         let kind = crds::kind_by_name("Cluster").context("Cluster is a served kind")?;
-        let api = client::Client::new(url)?.dynamic(kind, None);
+        let api = server.dynamic(kind, None);
         let create = |name_of: fn(usize) -> String| {
             let api = api.clone();
             move |i: usize| {
@@ -205,9 +215,9 @@ impl Bench<'_> {
             }
         };
         self.warm_up(target, concurrency, create(warm_name)).await?;
-        let before = scrape(url).await?;
+        let before = scrape(server).await?;
         let (outcome, cpu) = self.measure(concurrency, create(name)).await;
-        let after = scrape(url).await?;
+        let after = scrape(server).await?;
         let server = Some(ServerSide {
             request_mean_ms: mean_ms(&before, &after, "request_duration_seconds", CREATE_CLUSTERS),
             storage_create_mean_ms: mean_ms(
@@ -467,14 +477,44 @@ enum ServerStore {
     Etcd { url: String, root: String },
 }
 
-/// An API server in this process, on its own runtime, on `127.0.0.1:0`.
+/// An API server in this process, on its own runtime, on `127.0.0.1:0`, secured as
+/// `oakestra root` serves: TLS with a certificate of a CA of its own, administrators'
+/// client certificates of that CA only.
 struct InProcessServer {
-    url: String,
+    /// An administrator's client of it.
+    client: client::Client,
     runtime: Option<tokio::runtime::Runtime>,
+    /// Its CA, certificates and admin kubeconfig.
+    _credentials: tempfile::TempDir,
+}
+
+/// The security of an [`InProcessServer`] with its CA and certificates under `dir`,
+/// and that CA.
+fn security(dir: &Path) -> anyhow::Result<(apiserver::auth::Security, trust::Authority)> {
+    let authority = trust::Authority::open(
+        trust::TierPaths::new(dir),
+        "oakbench CA",
+        &pki::Identity::Root,
+        &["127.0.0.1".to_string()],
+    )?;
+    let admins = pki::Trust {
+        ca_pem: authority.ca.cert_pem().to_string(),
+        allows: vec![pki::Vouch::Admin],
+    };
+    let authenticator = pki::Authenticator::new(vec![admins], None)?;
+    let (security, _) =
+        trust::authn::security(&authority.serving, authenticator, axum::Router::new())?;
+    Ok((security, authority))
 }
 
 impl InProcessServer {
     async fn start(store: ServerStore) -> anyhow::Result<InProcessServer> {
+        let credentials = tempfile::tempdir().context("temp dir for the server's CA")?;
+        let (security, authority) = security(credentials.path())?;
+        let config = ServerConfig {
+            security: Some(security),
+            ..ServerConfig::default()
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name(SERVER_THREAD)
@@ -493,13 +533,9 @@ impl InProcessServer {
                     .map_err(|e| e.to_string()),
             };
             let started = match store {
-                Ok(store) => Server::start_with_store(
-                    ([127, 0, 0, 1], 0).into(),
-                    store,
-                    ServerConfig::default(),
-                )
-                .await
-                .map_err(|e| e.to_string()),
+                Ok(store) => Server::start_with_store(([127, 0, 0, 1], 0).into(), store, config)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             };
             match started {
@@ -516,9 +552,12 @@ impl InProcessServer {
             .await
             .context("the server task ended")?
             .map_err(anyhow::Error::msg)?;
+        let kubeconfig = credentials.path().join("admin.kubeconfig");
+        authority.write_admin_kubeconfig(&format!("https://{addr}"), "oakbench", &kubeconfig)?;
         Ok(InProcessServer {
-            url: format!("http://{addr}"),
+            client: e2e::tier_client(&kubeconfig),
             runtime: Some(runtime),
+            _credentials: credentials,
         })
     }
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use client::{Api, Client, ListParams, WatchEvent};
+use client::{Api, ListParams, WatchEvent};
 use crds::{Instance, Phase};
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -54,7 +54,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         opts.eviction.as_secs().to_string(),
     );
     let path = dir.path().to_path_buf();
-    let (root, cluster, mut w1) = tokio::task::spawn_blocking(move || {
+    let (root, _cluster, upstream, mut w1) = tokio::task::spawn_blocking(move || {
         let root = e2e::RootServer::start_binary(
             &binary,
             &format!("embedded:{}", path.join("root").display()),
@@ -70,13 +70,14 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             "--eviction-seconds",
             &eviction,
         ];
-        let args = e2e::cluster_args("c", &root.url(), port, &path, &flags);
+        let args = e2e::cluster_args("c", &root.upstream(), port, &path, &flags);
         let cluster = e2e::Oakestra::start_binary(&binary, "c", &args, Some(port), &path);
-        let w1 = worker(&binary, "w1", &cluster.url(), &path);
-        (root, cluster, w1)
+        let upstream = e2e::Upstream::cluster(&cluster.url(), &path, "c");
+        let w1 = worker(&binary, "w1", &upstream, &path);
+        (root, cluster, upstream, w1)
     })
     .await?;
-    let client = Client::new(&root.url())?;
+    let client = root.client();
     let instances: Api<Instance> = client.api(Some("default"));
     let services = client.dynamic(
         crds::kind_by_name("services").expect("served"),
@@ -113,12 +114,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let cluster_url = cluster.url();
     let path = dir.path().to_path_buf();
     let binary = w1.binary.clone();
-    let _w2 =
-        tokio::task::spawn_blocking(move || worker(&binary, "w2", &cluster_url, &path)).await?;
-    let nodes: Api<crds::Node> = Client::new(&cluster.url())?.api(None);
+    let _w2 = tokio::task::spawn_blocking(move || worker(&binary, "w2", &upstream, &path)).await?;
+    let nodes: Api<crds::Node> = crate::cluster_client(dir.path(), "c").api(None);
     while !nodes
         .get("w2")
         .await
@@ -176,7 +175,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
 fn worker(
     binary: &std::path::Path,
     name: &str,
-    cluster: &str,
+    cluster: &e2e::Upstream,
     dir: &std::path::Path,
 ) -> e2e::Oakestra {
     let args = e2e::worker_args(

@@ -10,7 +10,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use client::Client;
 use serde_json::{json, Value};
 
 use crate::procfs;
@@ -41,31 +40,27 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let (root_port, cluster_port) = (e2e::free_port(), e2e::free_port());
     let d = dir.path().to_path_buf();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let root_data = d.join("root");
     let root_args = s(&[
         "root",
         "--listen",
         &format!("127.0.0.1:{root_port}"),
         "--store",
-        &format!("embedded:{}", d.join("root").display()),
+        &format!("embedded:{}", root_data.display()),
     ]);
-    let cluster_args = e2e::cluster_args(
-        "c1",
-        &format!("http://127.0.0.1:{root_port}"),
-        cluster_port,
-        &d,
-        &[],
-    );
-    let worker_args = e2e::worker_args(
-        "w1",
-        &format!("http://127.0.0.1:{cluster_port}"),
-        &d,
-        &["--runtime", "process"],
-    );
     let (b, d2) = (binary.clone(), d.clone());
     let processes = tokio::task::spawn_blocking(move || {
         let root = e2e::Oakestra::start_binary(&b, "root", &root_args, Some(root_port), &d2);
+        // The root's data (and join token) is in its embedded store's directory.
+        let upstream = e2e::Upstream {
+            url: root.url(),
+            token: e2e::join_token(&root_data),
+        };
+        let cluster_args = e2e::cluster_args("c1", &upstream, cluster_port, &d2, &[]);
         let cluster =
             e2e::Oakestra::start_binary(&b, "cluster", &cluster_args, Some(cluster_port), &d2);
+        let upstream = e2e::Upstream::cluster(&cluster.url(), &d2, "c1");
+        let worker_args = e2e::worker_args("w1", &upstream, &d2, &["--runtime", "process"]);
         let worker = e2e::Oakestra::start_binary(&b, "worker", &worker_args, None, &d2);
         [
             ("root", root, 60),
@@ -74,7 +69,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         ]
     })
     .await?;
-    let nodes = Client::new(&format!("http://127.0.0.1:{cluster_port}"))?.api::<crds::Node>(None);
+    let nodes = crate::cluster_client(&d, "c1").api::<crds::Node>(None);
     e2e::eventually(
         "the worker's Node Ready",
         Duration::from_secs(60),

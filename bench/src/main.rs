@@ -31,7 +31,7 @@ mod start_latency;
 mod stats;
 mod watch_fanout;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -288,6 +288,47 @@ async fn main() -> anyhow::Result<()> {
 /// `e2e::binary` builds (blocking: it runs cargo).
 fn oakestra_binary(given: Option<PathBuf>) -> PathBuf {
     given.unwrap_or_else(|| e2e::binary("oakestra"))
+}
+
+/// The admin kubeconfig of the cluster `name` started by `e2e::cluster_args` with
+/// `data_dir`, once it is there: the cluster writes it just after it starts serving
+/// (blocking, for up to 30 s; panics after that, as the harness does).
+fn cluster_kubeconfig(data_dir: &Path, name: &str) -> PathBuf {
+    let path = e2e::tier_kubeconfig(&e2e::cluster_dir(data_dir, name));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cluster {name} wrote no admin kubeconfig {} within 30 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    path
+}
+
+/// An administrator's client of the cluster API of `oakestra up` with `data_dir` on
+/// `port`: `up` writes no kubeconfig of it, but the root's administrator (its admin
+/// kubeconfig) is one there too, trusting the cluster's CA (`DATA/cluster/pki/ca.crt`).
+fn up_cluster_client(data_dir: &Path, port: u16) -> anyhow::Result<client::Client> {
+    let admin = e2e::up_kubeconfig(data_dir);
+    let resolved = client::kubeconfig::Kubeconfig::load(&admin)?.resolve(None)?;
+    let ca = data_dir.join("cluster").join("pki").join("ca.crt");
+    let ca_pem =
+        std::fs::read_to_string(&ca).with_context(|| format!("reading {}", ca.display()))?;
+    let tls = client::tls::TlsOptions {
+        ca_pem: Some(ca_pem),
+        ..resolved.tls
+    };
+    Ok(client::Client::with_tls(
+        &format!("https://127.0.0.1:{port}"),
+        tls,
+    )?)
+}
+
+/// An administrator's client of the cluster `name` (see [`cluster_kubeconfig`]).
+fn cluster_client(data_dir: &Path, name: &str) -> client::Client {
+    e2e::tier_client(&cluster_kubeconfig(data_dir, name))
 }
 
 /// The workspace's commit when the figures were taken, and whether the working tree

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use client::{Client, ListParams, WatchEvent};
+use client::{ListParams, WatchEvent};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -42,7 +42,7 @@ pub struct Report {
 pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
     let server = crate::watch_fanout::start_server(opts.oakestra.clone(), true, dir.path()).await?;
-    let client = Client::new(&server.url())?;
+    let client = server.client();
     let clusters = client.dynamic(crds::kind_by_name("clusters").expect("served"), None);
     for i in 0..opts.clusters {
         let name = format!("c{i}");

@@ -7,17 +7,14 @@ use anyhow::Context;
 /// Prefix of every metric the API server exports.
 pub const PREFIX: &str = "oakestra_apiserver_";
 
-/// The `/metrics` text of the server at `url`.
-pub async fn scrape(url: &str) -> anyhow::Result<String> {
-    let url = format!("{url}/metrics");
-    let response = reqwest::Client::new()
-        .get(&url)
-        .timeout(Duration::from_secs(10))
-        .send()
+/// The `/metrics` text of the server of `client` (which must be allowed to read it:
+/// an administrator's).
+pub async fn scrape(client: &client::Client) -> anyhow::Result<String> {
+    let url = format!("{}/metrics", client.base());
+    tokio::time::timeout(Duration::from_secs(10), client.get_text("/metrics"))
         .await
-        .and_then(reqwest::Response::error_for_status)
-        .with_context(|| format!("GET {url}"))?;
-    Ok(response.text().await?)
+        .with_context(|| format!("GET {url}: no answer in 10 s"))?
+        .with_context(|| format!("GET {url}"))
 }
 
 /// Mean, in ms, of the server's histogram `metric` (in seconds, without [`PREFIX`])

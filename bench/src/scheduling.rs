@@ -239,6 +239,8 @@ impl Report {
 struct Fleet {
     root: e2e::RootServer,
     clusters: Vec<e2e::Oakestra>,
+    /// An administrator's client of each cluster, in the order of `clusters`.
+    cluster_apis: Vec<Client>,
     hollows: Vec<e2e::Oakestra>,
     nodes_per_hollow: usize,
 }
@@ -262,7 +264,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let setup_start = Instant::now();
     let fleet = start_fleet(opts, &dir).await?;
     let binary = fleet.root.binary.clone();
-    let root = Client::new(&fleet.root.url())?;
+    let root = fleet.root.client();
     eprintln!(
         "scheduling: waiting for {} clusters with {} Ready nodes each",
         opts.clusters, opts.nodes_per_cluster
@@ -280,9 +282,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         tx.clone(),
         restarts.clone(),
     ))];
-    for c in &fleet.clusters {
+    for c in &fleet.cluster_apis {
         watchers.push(tokio::spawn(follow(
-            Client::new(&c.url())?,
+            c.clone(),
             Side::Cluster,
             tx.clone(),
             restarts.clone(),
@@ -304,10 +306,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         idle.fleet_cores
     );
     // The API's request counts cover the burst only (taken after the rest phases).
-    let scraped = [fleet.root.url(), fleet.clusters[0].url()];
+    let scraped = [&root, &fleet.cluster_apis[0]];
     let mut metrics_before = Vec::new();
-    for url in &scraped {
-        metrics_before.push(crate::prom::scrape(url).await.unwrap_or_default());
+    for api in scraped {
+        metrics_before.push(crate::prom::scrape(api).await.unwrap_or_default());
     }
     let sampler = Sampler::start(&fleet);
     let services = root.dynamic(
@@ -368,12 +370,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     }
     let usage = sampler.stop(&fleet);
     let mut api_load = Vec::new();
-    for ((url, before), api) in scraped
+    for ((client, before), api) in scraped
         .iter()
         .zip(&metrics_before)
         .zip(["root", "cluster c0"])
     {
-        let after = crate::prom::scrape(url).await.unwrap_or_default();
+        let after = crate::prom::scrape(client).await.unwrap_or_default();
         api_load.push(ApiLoad {
             api: api.to_string(),
             requests: crate::prom::deltas(before, &after, "request_duration_seconds"),
@@ -525,6 +527,7 @@ async fn start_fleet(opts: &Options, dir: &Path) -> anyhow::Result<Fleet> {
         let store = |name: &str| format!("embedded:{}", dir.join(name).display());
         let root = e2e::RootServer::start_binary(&binary, &store("root"), &dir, &[]);
         let mut cluster_processes = Vec::new();
+        let mut cluster_apis = Vec::new();
         let mut hollows = Vec::new();
         for c in 0..clusters {
             let port = e2e::free_port();
@@ -534,16 +537,17 @@ async fn start_fleet(opts: &Options, dir: &Path) -> anyhow::Result<Fleet> {
             let timeout = (3 * heartbeat).max(20).to_string();
             let args = e2e::cluster_args(
                 &name,
-                &root.url(),
+                &root.upstream(),
                 port,
                 &dir,
                 &["--node-heartbeat-timeout-seconds", &timeout],
             );
             let cluster = e2e::Oakestra::start_binary(&binary, &name, &args, Some(port), &dir);
+            let kubeconfig = crate::cluster_kubeconfig(&dir, &name);
             let args = strings(&[
                 "hollow",
-                "--cluster",
-                &cluster.url(),
+                "--kubeconfig",
+                &kubeconfig.display().to_string(),
                 "--nodes",
                 &nodes.to_string(),
                 "--prefix",
@@ -559,10 +563,12 @@ async fn start_fleet(opts: &Options, dir: &Path) -> anyhow::Result<Fleet> {
                 &dir,
             ));
             cluster_processes.push(cluster);
+            cluster_apis.push(e2e::tier_client(&kubeconfig));
         }
         Fleet {
             root,
             clusters: cluster_processes,
+            cluster_apis,
             hollows,
             nodes_per_hollow: nodes,
         }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use client::{Api, Client, ListParams, WatchEvent};
+use client::{Api, ListParams, WatchEvent};
 use crds::Instance;
 use e2e::containers::{Containerd, Registry};
 use futures::StreamExt;
@@ -64,15 +64,16 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let binary = crate::oakestra_binary(opts.oakestra.clone());
     let (port, cluster_port) = (e2e::free_port(), e2e::free_port());
     let socket = containerd.socket.display().to_string();
+    let data = dir.path().join("data");
     let args = e2e::up_args(
         port,
         cluster_port,
-        &dir.path().join("data"),
+        &data,
         &["--containerd-socket", &socket, "--network", &opts.network],
     );
     let up = e2e::Oakestra::start_binary(&binary, "up", &args, Some(port), dir.path());
-    let client = Client::new(&up.url())?;
-    let cluster = Client::new(&format!("http://127.0.0.1:{cluster_port}"))?;
+    let client = e2e::tier_client(&e2e::up_kubeconfig(&data));
+    let cluster = crate::up_cluster_client(&data, cluster_port)?;
     let services = client.dynamic(
         crds::kind_by_name("services").expect("served"),
         Some("default"),

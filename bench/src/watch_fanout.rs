@@ -99,9 +99,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir().context("temp dir for the server's store")?;
     let server = start_server(opts.oakestra.clone(), opts.controllers, dir.path()).await?;
     let pid = server.pid().context("the server process has no PID")?;
-    let url = server.url();
+    let admin = server.client();
     let kind = crds::kind_by_name("Cluster").context("Cluster is a served kind")?;
-    let api = client::Client::new(&url)?.dynamic(kind, None);
+    let api = admin.dynamic(kind, None);
 
     let list = tokio::time::timeout(REQUEST_TIMEOUT, api.list(&ListParams::default()))
         .await
@@ -160,7 +160,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let watchers_opened = tasks.len();
     settle().await;
     let rss_after_open_kib = crate::procfs::rss_kib(pid)?;
-    let metrics = crate::prom::scrape(&url).await?;
+    let metrics = crate::prom::scrape(&admin).await?;
     let server_watchers =
         crate::prom::sample(&metrics, &format!("{}watchers", crate::prom::PREFIX), "");
 

@@ -1,13 +1,19 @@
-//! `oakctl` and `kubectl` against a real `oakestra root`, run as a user runs them.
+//! `oakctl` and `kubectl` against a real `oakestra root`, run as a user runs them: with
+//! the root's admin kubeconfig exported.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use client::kubeconfig::{Kubeconfig, NamedCluster, NamedContext};
 use e2e::RootServer;
 
+/// An address of the API server where nothing listens.
+const NOWHERE: &str = "https://127.0.0.1:1";
+
 struct Cli {
-    server: String,
+    /// The kubeconfig exported (`KUBECONFIG`).
+    kubeconfig: PathBuf,
     config: tempfile::TempDir,
 }
 
@@ -16,13 +22,20 @@ impl Cli {
         self.oakctl_stdin(args, None)
     }
 
-    fn oakctl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+    /// `oakctl ARGS` with the kubeconfig exported and oakctl's own config file in a
+    /// directory of the test.
+    fn oakctl_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(e2e::binary("oakctl"));
         cmd.args(args)
-            .env("OAKCTL_SERVER", &self.server)
+            .env("KUBECONFIG", &self.kubeconfig)
             .env("OAKCTL_CONFIG", self.config.path().join("config.yaml"))
-            .current_dir(e2e::workspace_root())
-            .stdin(Stdio::piped())
+            .current_dir(e2e::workspace_root());
+        cmd
+    }
+
+    fn oakctl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = self.oakctl_command(args);
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("run oakctl");
@@ -39,11 +52,23 @@ impl Cli {
         child.wait_with_output().unwrap()
     }
 
+    /// oakctl with the kubeconfig's credential, but `--server` where nothing listens.
+    fn unreachable(&self) -> Output {
+        self.oakctl(&["--server", NOWHERE, "get", "svc"])
+    }
+
+    /// `kubectl --kubeconfig …`, in the workspace root.
+    fn kubectl_command(&self) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .current_dir(e2e::workspace_root());
+        cmd
+    }
+
     fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .arg(format!("--server={}", self.server))
+        self.kubectl_command()
             .args(args)
-            .current_dir(e2e::workspace_root())
             .output()
             .expect("kubectl is installed on these machines")
     }
@@ -75,7 +100,7 @@ fn start(dir: &Path) -> (RootServer, Cli) {
         &["--no-controllers"],
     );
     let cli = Cli {
-        server: server.url(),
+        kubeconfig: server.kubeconfig(),
         config: tempfile::tempdir().unwrap(),
     };
     (server, cli)
@@ -180,54 +205,95 @@ fn oakctl_bad_input_is_refused_and_applies_nothing() {
 
     let err = fails(cli.oakctl(&["get", "widgets"]));
     assert!(err.starts_with("error: unknown kind \"widgets\""), "{err}");
-    let err = fails(
-        Command::new(e2e::binary("oakctl"))
-            .args(["--server", "http://127.0.0.1:1", "get", "svc"])
-            .output()
-            .unwrap(),
-    );
+    let err = fails(cli.unreachable());
     assert!(
-        err.contains("cannot reach the API server at http://127.0.0.1:1"),
+        err.contains(&format!("cannot reach the API server at {NOWHERE}")),
         "{err}"
     );
+}
+
+/// The kubeconfig of `admin` (one context) with the contexts `edge` (its cluster and
+/// user, namespace `kube`, the current one) and `nowhere` (its user at [`NOWHERE`]),
+/// written to `path`.
+fn two_contexts(admin: &Path, path: &Path) {
+    let mut config = Kubeconfig::load(admin).unwrap();
+    let (cluster, user) = {
+        let context = &config.contexts[0].context;
+        (context.cluster.clone(), context.user.clone())
+    };
+    let mut nowhere = config.clusters[0].cluster.clone();
+    nowhere.server = Some(NOWHERE.into());
+    config.clusters.push(NamedCluster {
+        name: "nowhere".into(),
+        cluster: nowhere,
+    });
+    let context = |name: &str, cluster: &str, namespace: Option<&str>| NamedContext {
+        name: name.into(),
+        context: client::kubeconfig::Context {
+            cluster: cluster.into(),
+            user: user.clone(),
+            namespace: namespace.map(String::from),
+        },
+    };
+    config.contexts = vec![
+        context("edge", &cluster, Some("kube")),
+        context("nowhere", "nowhere", None),
+    ];
+    config.current_context = Some("edge".into());
+    config.save(path).unwrap();
 }
 
 #[test]
 fn oakctl_contexts() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, cli) = start(dir.path());
-    let no_env = |args: &[&str]| {
-        Command::new(e2e::binary("oakctl"))
-            .args(args)
-            .env_remove("OAKCTL_SERVER")
-            .env("OAKCTL_CONFIG", cli.config.path().join("config.yaml"))
-            .output()
-            .unwrap()
+    let (server, cli) = start(dir.path());
+    // Contexts of a kubeconfig: the current one is used, `--context` picks another.
+    let contexts = Cli {
+        kubeconfig: dir.path().join("contexts.kubeconfig"),
+        config: tempfile::tempdir().unwrap(),
     };
-    ok(no_env(&[
-        "config",
-        "set-context",
-        "edge",
-        "--server",
-        &cli.server,
-        "--namespace",
-        "kube",
-    ]));
-    ok(no_env(&[
-        "config",
-        "set-context",
-        "nowhere",
-        "--server",
-        "http://127.0.0.1:1",
-    ]));
-    let out = ok(no_env(&["get", "ns"]));
+    two_contexts(&server.kubeconfig(), &contexts.kubeconfig);
+    let out = ok(contexts.oakctl(&["get", "ns"]));
     assert!(
         out.contains("default"),
         "the current context (edge) is used: {out}"
     );
-    ok(no_env(&["config", "use-context", "nowhere"]));
-    assert!(fails(no_env(&["get", "ns"])).contains("127.0.0.1:1"));
-    assert!(ok(no_env(&["--context", "edge", "get", "ns"])).contains("default"));
+    ok(contexts.kubectl(&["config", "use-context", "nowhere"]));
+    assert!(fails(contexts.oakctl(&["get", "ns"])).contains("127.0.0.1:1"));
+    assert!(ok(contexts.oakctl(&["--context", "edge", "get", "ns"])).contains("default"));
+
+    // oakctl's own contexts (a server and a namespace, no credential) when no
+    // kubeconfig is found: the first one set is current, `config use-context` switches,
+    // `--context` picks; which server each reached is in its error.
+    let no_kubeconfig = |args: &[&str]| {
+        Command::new(e2e::binary("oakctl"))
+            .args(args)
+            .env_remove("OAKCTL_SERVER")
+            .env_remove("KUBECONFIG")
+            .env_remove("OAKESTRA_DATA")
+            .env("HOME", cli.config.path())
+            .env("OAKCTL_CONFIG", cli.config.path().join("config.yaml"))
+            .output()
+            .unwrap()
+    };
+    for (name, server) in [
+        ("first", "http://127.0.0.1:1"),
+        ("second", "http://127.0.0.1:2"),
+    ] {
+        ok(no_kubeconfig(&[
+            "config",
+            "set-context",
+            name,
+            "--server",
+            server,
+            "--namespace",
+            "kube",
+        ]));
+    }
+    assert!(fails(no_kubeconfig(&["get", "ns"])).contains("127.0.0.1:1"));
+    ok(no_kubeconfig(&["config", "use-context", "second"]));
+    assert!(fails(no_kubeconfig(&["get", "ns"])).contains("127.0.0.1:2"));
+    assert!(fails(no_kubeconfig(&["--context", "first", "get", "ns"])).contains("127.0.0.1:1"));
 }
 
 #[test]
@@ -262,14 +328,9 @@ fn kubectl_works_unchanged() {
     );
 
     // get -w prints a change made by someone else.
-    let mut watch = Command::new("kubectl")
-        .args([
-            &format!("--server={}", cli.server),
-            "get",
-            "clusters",
-            "-w",
-            "--request-timeout=0",
-        ])
+    let mut watch = cli
+        .kubectl_command()
+        .args(["get", "clusters", "-w", "--request-timeout=0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -377,13 +438,7 @@ fn oakctl_exit_codes_tell_failures_apart() {
         "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {name: web}\nspec: {replicas: -1, template: {image: x}}\n",
     )
     .unwrap();
-    let unreachable = || {
-        Command::new(e2e::binary("oakctl"))
-            .args(["--server", "http://127.0.0.1:1", "get", "svc"])
-            .env("OAKCTL_CONFIG", cli.config.path().join("config.yaml"))
-            .output()
-            .unwrap()
-    };
+    let unreachable = format!("cannot reach the API server at {NOWHERE}");
     let cases: [(&str, Output, i32, &str); 6] = [
         (
             "the API refuses",
@@ -409,12 +464,7 @@ fn oakctl_exit_codes_tell_failures_apart() {
             2,
             "nothing was applied",
         ),
-        (
-            "no server",
-            unreachable(),
-            3,
-            "cannot reach the API server at http://127.0.0.1:1",
-        ),
+        ("no server", cli.unreachable(), 3, &unreachable),
         (
             "not found",
             cli.oakctl(&["get", "svc", "nothere"]),
@@ -455,9 +505,8 @@ async fn oakctl_delete_wait_returns_once_the_object_is_gone() {
     let (_server, cli) = start(dir.path());
     let held = "apiVersion: oakestra.io/v1\nkind: Cluster\nmetadata: {name: held, finalizers: [example.com/hold]}\nspec: {}\n";
     ok(cli.oakctl_stdin(&["apply", "-f", "-"], Some(held)));
-    let clusters = client::Client::new(&cli.server)
-        .unwrap()
-        .dynamic(crds::kind_by_name("clusters").unwrap(), None);
+    let clusters =
+        e2e::tier_client(&cli.kubeconfig).dynamic(crds::kind_by_name("clusters").unwrap(), None);
 
     // A finalizer keeps it: --wait gives up after its timeout, with exit code 1.
     let (code, err) =
@@ -468,10 +517,8 @@ async fn oakctl_delete_wait_returns_once_the_object_is_gone() {
         "{err}"
     );
 
-    let mut waiting = Command::new(e2e::binary("oakctl"))
-        .args(["delete", "cluster", "held", "--wait", "--timeout", "60"])
-        .env("OAKCTL_SERVER", &cli.server)
-        .env("OAKCTL_CONFIG", cli.config.path().join("config.yaml"))
+    let mut waiting = cli
+        .oakctl_command(&["delete", "cluster", "held", "--wait", "--timeout", "60"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -8,9 +8,10 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use client::{Api, Client, ListParams};
+use client::{Api, ListParams};
 use crds::{Instance, Phase};
 use e2e::containers::{Containerd, Registry};
 use e2e::{equals, eventually, free_port, stays, Oakestra, RootServer};
@@ -42,15 +43,9 @@ fn web_image(registry: &Registry, tag: &str) -> String {
     )
 }
 
-fn apply(server: &str, dir: &std::path::Path, name: &str, yaml: &str) {
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    let out = e2e::oakctl(server, &["apply", "-f", path.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// `oakctl apply` the manifest `yaml`, written to `dir/NAME.yaml`, with `kubeconfig`.
+fn apply(kubeconfig: &Path, dir: &Path, name: &str, yaml: &str) {
+    e2e::apply_manifest(kubeconfig, dir, &format!("{name}.yaml"), yaml);
 }
 
 fn service(name: &str, replicas: u32, template: &str) -> String {
@@ -103,19 +98,20 @@ async fn one_device_runs_containers() {
     let v1 = web_image(&registry, "v1");
     let v2 = web_image(&registry, "v2");
     let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
     let (api_port, cluster_port) = (free_port(), free_port());
     let up_args = e2e::up_args(
         api_port,
         cluster_port,
-        &dir.path().join("data"),
+        &data,
         &[
             "--containerd-socket",
             &containerd.socket.display().to_string(),
         ],
     );
     let mut up = Oakestra::start("up", &up_args, Some(api_port), dir.path());
-    let server = up.url();
-    let api: Api<Instance> = Client::new(&server).unwrap().api(Some("default"));
+    let kubeconfig = e2e::up_kubeconfig(&data);
+    let api: Api<Instance> = e2e::tier_client(&kubeconfig).api(Some("default"));
     let ns = "oakestra-local";
 
     // Two replicas, each on its own instance IP.
@@ -127,7 +123,7 @@ async fn one_device_runs_containers() {
             &format!("    runtime: container\n    image: {image}\n    resources: {{cpuMillicores: 200, memoryMiB: 32}}\n"),
         )
     };
-    apply(&server, dir.path(), "web", &web(&v1));
+    apply(&kubeconfig, dir.path(), "web", &web(&v1));
     let items = running(&api, "web", 2).await;
     println!(
         "apply -> 2 containers Running: {:?} (incl. first pull)",
@@ -152,7 +148,7 @@ async fn one_device_runs_containers() {
     // Logs through oakctl.
     let name = items[0].metadata.name.clone();
     let logs = eventually("the container's output in oakctl logs", WAIT, || async {
-        let out = e2e::oakctl(&server, &["logs", &name]);
+        let out = e2e::oakctl(&kubeconfig, &["logs", &name]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.contains(&format!("serving {name}")).then_some(text)
     })
@@ -168,7 +164,7 @@ async fn one_device_runs_containers() {
             &format!("    runtime: container\n    image: {image}\n    ports:\n    - {{containerPort: 80, hostPort: {host_port}}}\n"),
         )
     };
-    apply(&server, dir.path(), "front", &front(1, &v1));
+    apply(&kubeconfig, dir.path(), "front", &front(1, &v1));
     running(&api, "front", 1).await;
     let page = eventually("HTTP on the published port", WAIT, || async {
         http_get(&format!("127.0.0.1:{host_port}"), "/index.html")
@@ -178,7 +174,7 @@ async fn one_device_runs_containers() {
 
     // Memory is enforced: a hog is OOMKilled; a missing image says why.
     apply(
-        &server,
+        &kubeconfig,
         dir.path(),
         "hog",
         &service(
@@ -189,7 +185,7 @@ async fn one_device_runs_containers() {
     );
     let missing = format!("{}/does-not-exist:1", registry.host);
     apply(
-        &server,
+        &kubeconfig,
         dir.path(),
         "ghost",
         &service(
@@ -207,7 +203,7 @@ async fn one_device_runs_containers() {
         .await;
     }
     let ghost = instances_of(&api, "ghost").await.remove(0).metadata.name;
-    let out = e2e::oakctl(&server, &["describe", "instance", &ghost]);
+    let out = e2e::oakctl(&kubeconfig, &["describe", "instance", &ghost]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("ImagePullFailed") && text.contains("manifest unknown")
@@ -215,14 +211,14 @@ async fn one_device_runs_containers() {
         "{text}"
     );
     for svc in ["hog", "ghost"] {
-        assert!(e2e::oakctl(&server, &["delete", "service", svc])
+        assert!(e2e::oakctl(&kubeconfig, &["delete", "service", svc])
             .status
             .success());
     }
 
     // Change the image: both replicas are replaced by v2 containers, one at a time.
     let rolled = Instant::now();
-    apply(&server, dir.path(), "web", &web(&v2));
+    apply(&kubeconfig, dir.path(), "web", &web(&v2));
     eventually("both replicas serving v2", WAIT, || async {
         let items = instances_of(&api, "web").await;
         let mut v2_pages = 0;
@@ -280,7 +276,7 @@ async fn one_device_runs_containers() {
 
     // A new image for the service with the host port: on the only node the old instance
     // holds the port, so the new one cannot be placed until the old one has gone.
-    apply(&server, dir.path(), "front", &front(1, &v2));
+    apply(&kubeconfig, dir.path(), "front", &front(1, &v2));
     let page = eventually("v2 on the published port", WAIT, || async {
         let page = http_get(&format!("127.0.0.1:{host_port}"), "/index.html")?;
         page.contains(" v2").then_some(page)
@@ -289,7 +285,7 @@ async fn one_device_runs_containers() {
     let items = running(&api, "front", 1).await;
     assert!(page.contains(&items[0].metadata.name), "{page}");
     // Two replicas cannot share the port of one node: the second says so.
-    apply(&server, dir.path(), "front", &front(2, &v2));
+    apply(&kubeconfig, dir.path(), "front", &front(2, &v2));
     let port_taken = format!("host port {host_port}/tcp is taken");
     eventually("the second replica waits for the port", WAIT, || async {
         let items = instances_of(&api, "front").await;
@@ -300,7 +296,7 @@ async fn one_device_runs_containers() {
 
     // Delete: no container, no task, no network namespace left.
     for svc in ["web", "front"] {
-        assert!(e2e::oakctl(&server, &["delete", "service", svc])
+        assert!(e2e::oakctl(&kubeconfig, &["delete", "service", svc])
             .status
             .success());
     }
@@ -337,16 +333,23 @@ async fn containers_across_the_hierarchy() {
         let port = free_port();
         let c = Oakestra::start(
             cluster,
-            &e2e::cluster_args(cluster, &root.url(), port, dir.path(), e2e::QUICK_CLUSTER),
+            &e2e::cluster_args(
+                cluster,
+                &root.upstream(),
+                port,
+                dir.path(),
+                e2e::QUICK_CLUSTER,
+            ),
             Some(port),
             dir.path(),
         );
+        let upstream = e2e::Upstream::cluster(&c.url(), dir.path(), cluster);
         for (node, runtime) in nodes {
             let worker = Oakestra::start(
                 node,
                 &e2e::worker_args(
                     node,
-                    &c.url(),
+                    &upstream,
                     dir.path(),
                     &[
                         "--runtime",
@@ -364,8 +367,8 @@ async fn containers_across_the_hierarchy() {
         }
         clusters.push(c);
     }
-    let server = root.url();
-    let root_client = Client::new(&server).unwrap();
+    let kubeconfig = root.kubeconfig();
+    let root_client = root.client();
     let api: Api<Instance> = root_client.api(Some("default"));
     let clusters: Api<crds::Cluster> = root_client.api(None);
     eventually("both clusters Ready, cb with 2 nodes", WAIT, || async {
@@ -391,9 +394,9 @@ async fn containers_across_the_hierarchy() {
             &format!("    runtime: container\n    image: {image}\n    resources: {{cpuMillicores: 100, memoryMiB: 16}}\n"),
         )
     };
-    apply(&server, dir.path(), "sleepers", &sleepers(4, &image));
+    apply(&kubeconfig, dir.path(), "sleepers", &sleepers(4, &image));
     apply(
-        &server,
+        &kubeconfig,
         dir.path(),
         "native",
         &service(
@@ -472,7 +475,7 @@ async fn containers_across_the_hierarchy() {
     .await;
 
     // A new image tag rolls through both clusters (cb1 is back in use).
-    apply(&server, dir.path(), "sleepers", &sleepers(4, &image2));
+    apply(&kubeconfig, dir.path(), "sleepers", &sleepers(4, &image2));
     let images = || {
         ["oakestra-ca1", "oakestra-cb1"]
             .iter()
@@ -501,7 +504,7 @@ async fn containers_across_the_hierarchy() {
     assert!(!containerd.tasks("oakestra-cb1").is_empty(), "spread again");
 
     // Scale down, then delete: containerd is left empty in both namespaces.
-    apply(&server, dir.path(), "sleepers", &sleepers(2, &image2));
+    apply(&kubeconfig, dir.path(), "sleepers", &sleepers(2, &image2));
     eventually("two containers left", WAIT, || async {
         let n = containerd.containers("oakestra-ca1").len()
             + containerd.containers("oakestra-cb1").len();
@@ -509,7 +512,7 @@ async fn containers_across_the_hierarchy() {
     })
     .await;
     for svc in ["sleepers", "native"] {
-        assert!(e2e::oakctl(&server, &["delete", "service", svc])
+        assert!(e2e::oakctl(&kubeconfig, &["delete", "service", svc])
             .status
             .success());
     }

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use client::{Api, Client, ListParams};
+use client::{Api, ListParams};
 use crds::{Instance, Phase};
 use e2e::{eventually, free_port, processes_matching, Oakestra};
 
@@ -20,8 +20,9 @@ async fn down_stops_what_a_stopped_up_left_running() {
     let manifest = format!(
         "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: 1\n  template:\n    runtime: process\n    executable: /bin/sh\n    command: [-c, 'exec python3 -m http.server {web_port} --bind 127.0.0.1']\n    resources: {{cpuMillicores: 100, memoryMiB: 64}}\n"
     );
-    e2e::apply_manifest(&up.url(), dir.path(), "web.yaml", &manifest);
-    let api: Api<Instance> = Client::new(&up.url()).unwrap().api(Some("default"));
+    let kubeconfig = e2e::up_kubeconfig(&data);
+    e2e::apply_manifest(&kubeconfig, dir.path(), "web.yaml", &manifest);
+    let api: Api<Instance> = e2e::tier_client(&kubeconfig).api(Some("default"));
     eventually("the replica Running", Duration::from_secs(60), || async {
         let (items, _) = api.list(&ListParams::default()).await.ok()?;
         items
@@ -59,11 +60,8 @@ async fn down_stops_what_a_stopped_up_left_running() {
     })
     .await;
     up.kill9(); // reap it
-    assert_eq!(
-        processes_matching(&workload).len(),
-        1,
-        "the workload outlives up"
-    );
+    let left = processes_matching(&workload);
+    assert_eq!(left.len(), 1, "the workload outlives up, once: {left:?}");
 
     let down = |extra: &[&str]| {
         let out = Command::new(e2e::binary("oakestra"))

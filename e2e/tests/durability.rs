@@ -4,12 +4,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use client::Client;
 use e2e::{Etcd, RootServer};
 use serde_json::json;
 
 async fn kill_during_writes(server: &mut RootServer) {
-    let client = Client::new(&server.url()).unwrap();
+    let client = server.client();
     let acknowledged = Arc::new(Mutex::new(Vec::<(String, i64)>::new()));
     let mut writers = Vec::new();
     for w in 0..4 {

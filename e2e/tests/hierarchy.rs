@@ -67,16 +67,17 @@ impl Topology {
             flags.extend_from_slice(e2e::QUICK_CLUSTER);
             let cluster = Oakestra::start(
                 name,
-                &e2e::cluster_args(name, &root.url(), port, dir.path(), &flags),
+                &e2e::cluster_args(name, &root.upstream(), port, dir.path(), &flags),
                 Some(port),
                 dir.path(),
             );
+            let upstream = e2e::Upstream::cluster(&cluster.url(), dir.path(), name);
             for node in nodes {
                 let worker = Oakestra::start(
                     node,
                     &e2e::worker_args(
                         node,
-                        &cluster.url(),
+                        &upstream,
                         dir.path(),
                         &["--heartbeat-seconds", "1", "--runtime", "process"],
                     ),
@@ -87,7 +88,7 @@ impl Topology {
             }
             clusters.push(cluster);
         }
-        let api = Client::new(&root.url()).unwrap();
+        let api = root.client();
         let test = TESTS.fetch_add(1, Ordering::Relaxed);
         let markers =
             [1, 2].map(|template| format!("1{:06}{test:02}{template}", std::process::id()));
@@ -154,7 +155,12 @@ impl Topology {
         let manifest = format!(
             "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: work}}\nspec:\n  replicas: {replicas}\n  template:\n    runtime: process\n    executable: /bin/sh\n    command: [-c, 'echo started $OAKESTRA_INSTANCE; exec sleep {marker}']\n    resources: {{cpuMillicores: 100, memoryMiB: 32}}\n"
         );
-        e2e::apply_manifest(&self.root.url(), self.dir.path(), "work.yaml", &manifest)
+        e2e::apply_manifest(
+            &self.root.kubeconfig(),
+            self.dir.path(),
+            "work.yaml",
+            &manifest,
+        )
     }
 
     /// Wait until exactly `n` Instances of `work` are Running at the root, each with one
@@ -184,6 +190,14 @@ impl Topology {
             },
         )
         .await
+    }
+
+    /// An administrator's client of cluster `name`.
+    fn cluster_api(&self, name: &str) -> Client {
+        e2e::tier_client(&e2e::tier_kubeconfig(&e2e::cluster_dir(
+            self.dir.path(),
+            name,
+        )))
     }
 
     fn logs(&self) -> String {
@@ -237,8 +251,8 @@ async fn nodes_get_subnets_and_instances_addresses_in_them() {
         .collect();
     assert_eq!(cluster_subnets.len(), 2, "{cluster_subnets:?}");
     let mut node_subnets = BTreeMap::new();
-    for c in &t.clusters {
-        let nodes: Api<crds::Node> = Client::new(&c.url()).unwrap().api(None);
+    for name in ["c1", "c2"] {
+        let nodes: Api<crds::Node> = t.cluster_api(name).api(None);
         let subnets = eventually("node subnets", WAIT, || async {
             let (items, _) = nodes.list(&ListParams::default()).await.ok()?;
             items
@@ -289,7 +303,7 @@ async fn logs_come_from_the_agent_of_the_node() {
     let (items, _) = t.instances().list(&ListParams::default()).await.unwrap();
     for i in &items {
         let name = &i.metadata.name;
-        let out = e2e::oakctl(&t.root.url(), &["logs", name]);
+        let out = e2e::oakctl(&t.root.kubeconfig(), &["logs", name]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
             text,
@@ -441,7 +455,10 @@ async fn what_fits_no_node_is_handed_back_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_service_stops_every_process() {
     let (t, _) = Topology::with_work(2).await;
-    let out = e2e::oakctl(&t.root.url(), &["delete", "service", "work", "--wait"]);
+    let out = e2e::oakctl(
+        &t.root.kubeconfig(),
+        &["delete", "service", "work", "--wait"],
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -25,30 +25,31 @@ async fn hollow_nodes_register_heartbeat_and_run_a_service() {
         dir.path(),
     );
     let port = free_port();
-    let cluster = Oakestra::start(
+    let _cluster = Oakestra::start(
         "c1",
-        &args(&[
-            "cluster",
-            "--name",
+        &e2e::cluster_args(
             "c1",
-            "--root",
-            &root.url(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--store",
-            &format!("embedded:{}", dir.path().join("c1").display()),
-            "--heartbeat-seconds",
-            "1",
-        ]),
+            &root.upstream(),
+            port,
+            dir.path(),
+            &["--heartbeat-seconds", "1"],
+        ),
         Some(port),
         dir.path(),
     );
+    // The cluster writes its admin kubeconfig once it serves: the hollow process reads
+    // it at its start.
+    let kubeconfig = e2e::tier_kubeconfig(&e2e::cluster_dir(dir.path(), "c1"));
+    eventually("the cluster's admin kubeconfig", WAIT, || async {
+        kubeconfig.exists().then_some(())
+    })
+    .await;
     let _hollow = Oakestra::start(
         "hollow",
         &args(&[
             "hollow",
-            "--cluster",
-            &cluster.url(),
+            "--kubeconfig",
+            kubeconfig.to_str().expect("a UTF-8 path"),
             "--nodes",
             "20",
             "--prefix",
@@ -63,9 +64,10 @@ async fn hollow_nodes_register_heartbeat_and_run_a_service() {
         None,
         dir.path(),
     );
+    let cluster = e2e::tier_client(&kubeconfig);
 
     // 20 Ready nodes at the cluster, with the capacity given and both runtimes.
-    let nodes = Client::new(&cluster.url()).unwrap().api::<Node>(None);
+    let nodes = cluster.api::<Node>(None);
     let listed = eventually("20 Ready hollow nodes", WAIT, || async {
         let (list, _) = nodes.list(&ListParams::default()).await.ok()?;
         let ready = list.iter().filter(|n| {
@@ -92,7 +94,7 @@ async fn hollow_nodes_register_heartbeat_and_run_a_service() {
 
     // The heartbeat goes on: the node's Lease is renewed, held by the node.
     let name = node.metadata.name.clone();
-    let leases = Client::new(&cluster.url()).unwrap().api::<Lease>(None);
+    let leases = cluster.api::<Lease>(None);
     let first = eventually("the node's Lease", WAIT, || async {
         leases.get(&name).await.ok()?.spec.renew_time
     })
@@ -105,7 +107,7 @@ async fn hollow_nodes_register_heartbeat_and_run_a_service() {
     assert_eq!(renewed.spec.holder_identity.as_deref(), Some(name.as_str()));
 
     // The root sees the cluster with 20 nodes.
-    let api = Client::new(&root.url()).unwrap();
+    let api = root.client();
     let clusters = api.api::<crds::Cluster>(None);
     eventually(
         "cluster c1 Ready with 20 nodes at the root",

@@ -3,8 +3,10 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::Duration;
 
+use client::tls::{ClientCertificate, TlsOptions};
 use client::{Api, Client, ListParams};
 use crds::{Instance, Phase};
 use e2e::{eventually, free_port, Oakestra};
@@ -29,17 +31,37 @@ fn http_get(port: u16) -> Option<String> {
     Some(out)
 }
 
+/// The text of the file `name` in `dir`.
+fn read(dir: &Path, name: &str) -> String {
+    let path = dir.join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// TLS to the agent of `node`, which answers its cluster only: the cluster's proxy
+/// certificate in `cluster_pki`, checking the agent's name (`NODE.node.oakestra`)
+/// against the cluster's CA.
+fn agent_tls(cluster_pki: &Path, node: &str) -> TlsOptions {
+    TlsOptions {
+        ca_pem: Some(read(cluster_pki, "ca.crt")),
+        identity: Some(
+            ClientCertificate::new(
+                &read(cluster_pki, "proxy.crt"),
+                &read(cluster_pki, "proxy.key"),
+            )
+            .unwrap(),
+        ),
+        bearer: None,
+        server_name: Some(format!("{node}.node.oakestra")),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oakestra_up_runs_a_service() {
     let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
     let (api_port, cluster_port) = (free_port(), free_port());
-    let args = e2e::up_args(
-        api_port,
-        cluster_port,
-        &dir.path().join("data"),
-        &["--runtime", "process"],
-    );
-    let up = Oakestra::start("up", &args, Some(api_port), dir.path());
+    let args = e2e::up_args(api_port, cluster_port, &data, &["--runtime", "process"]);
+    let _up = Oakestra::start("up", &args, Some(api_port), dir.path());
     let base = two_free_ports();
     let _cleanup = e2e::KillMatching(vec![
         format!("http.server {base}"),
@@ -48,9 +70,10 @@ async fn oakestra_up_runs_a_service() {
     let manifest = format!(
         "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: 2\n  template:\n    runtime: process\n    executable: /bin/sh\n    command: [-c, 'exec python3 -m http.server $(({base} + OAKESTRA_ORDINAL)) --bind 127.0.0.1']\n    resources: {{cpuMillicores: 200, memoryMiB: 128}}\n"
     );
-    e2e::apply_manifest(&up.url(), dir.path(), "web.yaml", &manifest);
+    let kubeconfig = e2e::up_kubeconfig(&data);
+    e2e::apply_manifest(&kubeconfig, dir.path(), "web.yaml", &manifest);
 
-    let api: Api<Instance> = Client::new(&up.url()).unwrap().api(Some("default"));
+    let api: Api<Instance> = e2e::tier_client(&kubeconfig).api(Some("default"));
     eventually("both replicas Running", Duration::from_secs(60), || async {
         let (items, _) = api.list(&ListParams::default()).await.ok()?;
         let running = items
@@ -74,7 +97,10 @@ async fn oakestra_up_runs_a_service() {
         "the request in the logs",
         Duration::from_secs(30),
         || async {
-            let out = e2e::oakctl(&up.url(), &["logs", &items[0].metadata.name, "--tail", "5"]);
+            let out = e2e::oakctl(
+                &kubeconfig,
+                &["logs", &items[0].metadata.name, "--tail", "5"],
+            );
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             text.contains("\"GET / HTTP/1.0\" 200").then_some(text)
         },
@@ -83,9 +109,15 @@ async fn oakestra_up_runs_a_service() {
     assert!(logs.lines().count() <= 5, "{logs}");
 
     // The agent's metrics, found through the Node in the cluster API.
-    let cluster = Client::new(&format!("http://127.0.0.1:{cluster_port}")).unwrap();
+    let cluster_pki = data.join("cluster").join("pki");
+    let cluster = e2e::tier_client(&e2e::tier_kubeconfig(&data.join("cluster")));
+    assert_eq!(cluster.base(), format!("https://127.0.0.1:{cluster_port}"));
     let node = cluster.api::<crds::Node>(None).get("local").await.unwrap();
-    let agent = Client::new(&node.status.unwrap().agent_endpoint.unwrap()).unwrap();
+    let agent = Client::with_tls(
+        &node.status.unwrap().agent_endpoint.unwrap(),
+        agent_tls(&cluster_pki, "local"),
+    )
+    .unwrap();
     let metrics = agent.get_text("/metrics").await.unwrap();
     assert!(metrics.contains("oakestra_agent_instances 2"), "{metrics}");
     assert!(

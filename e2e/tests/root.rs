@@ -29,7 +29,7 @@ fn start(backend: &str) -> Root {
         None => format!("embedded:{}", dir.path().join("store").display()),
     };
     let server = RootServer::start_with(&store, dir.path(), &["--cluster-grace-seconds", "2"]);
-    let client = Client::new(&server.url()).unwrap();
+    let client = server.client();
     Root {
         server,
         client,
@@ -210,7 +210,7 @@ async fn unplaceable_services_say_why(backend: &str) {
         "{message}"
     );
     let described = e2e::oakctl(
-        &root.server.url(),
+        &root.server.kubeconfig(),
         &["describe", "instance", &root.placements("far").await[0].0],
     );
     let described = String::from_utf8_lossy(&described.stdout);
@@ -291,11 +291,11 @@ async fn deleting_a_service_deletes_its_instances(backend: &str) {
     .await;
     root.apply_service("fg", spec(2)).await;
     root.placed("fg", 2).await;
-    let url = format!(
-        "{}/apis/oakestra.io/v1/namespaces/default/services/fg?propagationPolicy=Foreground",
-        root.server.url()
-    );
-    let deleted: Value = curl_delete(&url).await;
+    let deleted = raw_delete(
+        &root.server.kubeconfig(),
+        "/apis/oakestra.io/v1/namespaces/default/services/fg?propagationPolicy=Foreground",
+    )
+    .await;
     assert!(deleted["metadata"]["finalizers"]
         .as_array()
         .unwrap()
@@ -307,13 +307,21 @@ async fn deleting_a_service_deletes_its_instances(backend: &str) {
     .await;
 }
 
-/// `DELETE url` through `curl` (the client sends no propagation policy), its JSON answer.
-async fn curl_delete(url: &str) -> Value {
-    let out = tokio::process::Command::new("curl")
-        .args(["-s", "-X", "DELETE", url])
+/// `DELETE path` through `kubectl delete --raw` with the admin kubeconfig `kubeconfig`
+/// (the client sends no propagation policy), its JSON answer.
+async fn raw_delete(kubeconfig: &std::path::Path, path: &str) -> Value {
+    let out = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["delete", "--raw", path])
         .output()
         .await
-        .unwrap();
+        .expect("kubectl is installed on these machines");
+    assert!(
+        out.status.success(),
+        "kubectl delete --raw {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

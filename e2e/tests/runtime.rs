@@ -70,8 +70,8 @@ async fn reflector_survives_restarts_and_relists_on_410() {
     // Two API servers on one etcd: the reflector follows A; B writes while A is down.
     let mut a = RootServer::start_with(&store_flag, dir.path(), &["--no-controllers"]);
     let b = RootServer::start_with(&store_flag, dir.path(), &["--no-controllers"]);
-    let api_a: Api<Cluster> = Client::new(&a.url()).unwrap().api(None);
-    let api_b: Api<Cluster> = Client::new(&b.url()).unwrap().api(None);
+    let api_a: Api<Cluster> = a.client().api(None);
+    let api_b: Api<Cluster> = b.client().api(None);
 
     let (store, writer) = reflector::store::<Cluster>();
     let relists = Arc::new(AtomicUsize::new(0));
@@ -134,7 +134,7 @@ async fn reflector_survives_restarts_and_relists_on_410() {
 async fn burst_of_10000_events_loses_nothing_and_never_overlaps_a_key() {
     let dir = tempfile::tempdir().unwrap();
     let server = api_server(dir.path());
-    let client = Client::new(&server.url()).unwrap();
+    let client = server.client();
     let api: Api<Cluster> = client.api(None);
 
     let in_flight: Arc<Mutex<HashSet<ObjectRef>>> = Arc::default();
@@ -260,7 +260,7 @@ fn recording(
 async fn controllers_of_one_client_share_one_watch_per_kind() {
     let dir = tempfile::tempdir().unwrap();
     let server = api_server(dir.path());
-    let client = Client::new(&server.url()).unwrap();
+    let client = server.client();
     let api: Api<Cluster> = client.api(None);
     create_many(&api, "before", 20, 4).await;
 
@@ -293,7 +293,7 @@ async fn controllers_of_one_client_share_one_watch_per_kind() {
     assert_eq!(open_watches(&client).await, 1, "one watch serves all three");
 
     // Another client has a watch of its own.
-    let other = Client::new(&server.url()).unwrap();
+    let other = server.client();
     let stop_c = shutdown_signal();
     let (_, run_c) = recording(
         Controller::new(other.api(None), ListParams::default()),
@@ -336,7 +336,7 @@ async fn controllers_of_one_client_share_one_watch_per_kind() {
 async fn a_debounced_controller_merges_a_burst_into_few_reconciles() {
     let dir = tempfile::tempdir().unwrap();
     let server = api_server(dir.path());
-    let client = Client::new(&server.url()).unwrap();
+    let client = server.client();
     let api: Api<Cluster> = client.api(None);
     create_many(&api, "hot", 1, 1).await;
 

@@ -246,6 +246,23 @@ impl CertificateAuthority {
         )
     }
 
+    /// A certificate for `usage` with a fresh key, valid from `not_before` to
+    /// `not_after` (e.g. one already expired, to test that it is refused).
+    pub fn issue_between(
+        &self,
+        usage: &Usage,
+        not_before: DateTime<Utc>,
+        not_after: DateTime<Utc>,
+    ) -> Result<CertifiedKey, PkiError> {
+        self.issue(
+            usage,
+            Validity {
+                not_before,
+                not_after,
+            },
+        )
+    }
+
     /// A certificate for `usage` valid within `validity`, with a fresh key.
     pub(crate) fn issue(
         &self,

@@ -522,6 +522,9 @@ pub async fn credentials(paths: &TierPaths, joining: Joining<'_>) -> Result<Upst
     Ok(upstream)
 }
 
+/// The shortest wait before a renewal.
+const MIN_RENEWAL_WAIT: Duration = Duration::from_secs(1);
+
 /// Renew the stored credentials at two thirds of the client certificate's lifetime
 /// until `shutdown`, swapping the renewed certificates into `identity` (the client's)
 /// and `serving` (a server's), and storing them under `paths`.
@@ -541,12 +544,15 @@ pub async fn keep_renewed(
                 return;
             }
         };
+        // At least a second apart: a certificate whose renewal time has passed at once
+        // (a lifetime of seconds, in tests) must not make this spin.
         let wait = match pki::CertInfo::parse(&current.client.cert_pem) {
             Ok(info) => (pki::renew_at(&info) - chrono::Utc::now())
                 .to_std()
                 .unwrap_or_default(),
             Err(_) => Duration::ZERO,
-        };
+        }
+        .max(MIN_RENEWAL_WAIT);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}

@@ -19,7 +19,8 @@ use trust::{Authority, TierPaths};
 
 use crate::roles::logs::Hop;
 use crate::roles::{
-    data_dir, parse_location, secure_tier, url_of, ApiFlags, Running, Served, TlsFlags,
+    admin_kubeconfig_after, admin_kubeconfig_before, data_dir, parse_location, secure_tier,
+    ApiFlags, Running, Served, TlsFlags,
 };
 
 /// The flags of `oakestra cluster`.
@@ -74,6 +75,10 @@ struct ClusterFlags {
     /// URL of this cluster's API as clients reach it (default: from --listen).
     #[arg(long)]
     advertise_url: Option<String>,
+    /// Run the API server only, without controllers (no sync with the root, no
+    /// scheduling): for tests and debugging.
+    #[arg(long)]
+    no_controllers: bool,
 }
 
 impl ClusterFlags {
@@ -135,6 +140,9 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let mut sans = args.tls.tls_san.clone();
     sans.extend(args.cluster.advertise_url.as_deref().and_then(host_of));
     let authority = authority(name, data, args.listen, &sans)?;
+    let context = format!("oakestra-{name}");
+    let kubeconfig = authority.paths.admin_kubeconfig();
+    admin_kubeconfig_before(&authority, args.listen, &context, &kubeconfig)?;
     let upstream = trust::join::credentials(
         &authority.paths,
         Joining {
@@ -168,12 +176,10 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
             root_ca_pem: upstream.ca_pem.clone(),
             tls: &args.tls,
         },
-        |local| args.cluster.config(name, local),
+        |local| (!args.cluster.no_controllers).then(|| args.cluster.config(name, local)),
     )
     .await?;
-    let url = url_of(cluster.addr);
-    let kubeconfig = authority.paths.admin_kubeconfig();
-    authority.ensure_admin_kubeconfig(&url, &format!("oakestra-{name}"), &kubeconfig)?;
+    let url = admin_kubeconfig_after(&authority, cluster.addr, &context, &kubeconfig)?;
     println!(
         "oakestra cluster {name}: API at {url}, root at {}",
         root.base()
@@ -199,7 +205,7 @@ pub struct Secure<'a> {
 
 /// Start the cluster API server on `store`, serving TLS as `secure` says, and the
 /// cluster controllers on it, reporting to `root`, with the settings `config` gives for
-/// the server's in-process client; both are added to `running`.
+/// the server's in-process client (none: no controllers); both are added to `running`.
 pub async fn start(
     running: &mut Running,
     listen: SocketAddr,
@@ -207,7 +213,7 @@ pub async fn start(
     api: ServerConfig,
     root: client::Client,
     secure: Secure<'_>,
-    config: impl FnOnce(&client::Client) -> ClusterConfig,
+    config: impl FnOnce(&client::Client) -> Option<ClusterConfig>,
 ) -> anyhow::Result<Served> {
     let own_ca = secure.authority.ca.cert_pem().to_string();
     let trusted = vec![
@@ -233,12 +239,13 @@ pub async fn start(
     let served = running
         .serve_api("cluster", listen, store, api, secured)
         .await?;
-    let config = config(&served.client);
-    running.spawn(controllers::cluster::run_cluster(
-        served.client.clone(),
-        root,
-        config,
-        running.shutdown().clone(),
-    ));
+    if let Some(config) = config(&served.client) {
+        running.spawn(controllers::cluster::run_cluster(
+            served.client.clone(),
+            root,
+            config,
+            running.shutdown().clone(),
+        ));
+    }
     Ok(served)
 }

@@ -151,6 +151,34 @@ pub fn local_client(server: &Server) -> anyhow::Result<client::Client> {
     )?)
 }
 
+/// Write the admin kubeconfig of `authority`'s API, listening on `listen`, to `path`
+/// before the API serves, so a client that sees the port open finds the file (with
+/// port 0 the port is not known yet: [`admin_kubeconfig_after`] writes it).
+pub fn admin_kubeconfig_before(
+    authority: &trust::Authority,
+    listen: SocketAddr,
+    name: &str,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    if listen.port() != 0 {
+        authority.ensure_admin_kubeconfig(&url_of(listen), name, path)?;
+    }
+    Ok(())
+}
+
+/// The admin kubeconfig for the API now listening on `addr` (nothing to do when
+/// [`admin_kubeconfig_before`] wrote it); returns the API's URL.
+pub fn admin_kubeconfig_after(
+    authority: &trust::Authority,
+    addr: SocketAddr,
+    name: &str,
+    path: &std::path::Path,
+) -> anyhow::Result<String> {
+    let url = url_of(addr);
+    authority.ensure_admin_kubeconfig(&url, name, path)?;
+    Ok(url)
+}
+
 /// Where a tier keeps its credentials: `--data-dir`, else the embedded store's
 /// directory, else `default`.
 pub fn data_dir(

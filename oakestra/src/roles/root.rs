@@ -17,7 +17,10 @@ use trust::join::Members;
 use trust::{Authority, TierPaths};
 
 use crate::roles::logs::Hop;
-use crate::roles::{data_dir, secure_tier, url_of, ApiFlags, Running, Served, TlsFlags};
+use crate::roles::{
+    admin_kubeconfig_after, admin_kubeconfig_before, data_dir, secure_tier, ApiFlags, Running,
+    Served, TlsFlags,
+};
 
 /// The common name of the root's certificate authority.
 pub const ROOT_CA: &str = "oakestra root CA";
@@ -112,6 +115,8 @@ pub async fn run(args: RootArgs) -> anyhow::Result<()> {
         "/var/lib/oakestra/root",
     );
     let authority = authority(data, args.listen, &args.tls)?;
+    let kubeconfig = authority.paths.admin_kubeconfig();
+    admin_kubeconfig_before(&authority, args.listen, "oakestra", &kubeconfig)?;
     let mut running = Running::new();
     let root = start(
         &mut running,
@@ -123,9 +128,7 @@ pub async fn run(args: RootArgs) -> anyhow::Result<()> {
         &args.tls,
     )
     .await?;
-    let url = url_of(root.addr);
-    let kubeconfig = authority.paths.admin_kubeconfig();
-    authority.ensure_admin_kubeconfig(&url, "oakestra", &kubeconfig)?;
+    let url = admin_kubeconfig_after(&authority, root.addr, "oakestra", &kubeconfig)?;
     println!("oakestra root: API at {url}");
     println!("  admin kubeconfig:        {}", kubeconfig.display());
     println!(

@@ -18,7 +18,10 @@ use trust::dir::{MEMBER_LIFETIME, SERVING_LIFETIME};
 
 use crate::roles::root::RootFlags;
 use crate::roles::worker::{RuntimeFlags, WorkerFlags};
-use crate::roles::{cluster, root, url_of, worker, ApiFlags, Running, TlsFlags};
+use crate::roles::{
+    admin_kubeconfig_after, admin_kubeconfig_before, cluster, root, worker, ApiFlags, Running,
+    TlsFlags,
+};
 
 /// The name of the one cluster and of the one worker node of `oakestra up`.
 pub const LOCAL: &str = "local";
@@ -103,6 +106,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         &root_authority.paths.member_ca(LOCAL),
         cluster_authority.ca.cert_pem().as_bytes(),
     )?;
+    let kubeconfig = admin_kubeconfig(data_dir);
+    admin_kubeconfig_before(&root_authority, args.listen, "oakestra", &kubeconfig)?;
+    // The cluster's own, as `oakestra cluster` writes it (its nodes, its Instances).
+    let cluster_kubeconfig = cluster_authority.paths.admin_kubeconfig();
+    let cluster_context = format!("oakestra-{LOCAL}");
+    admin_kubeconfig_before(
+        &cluster_authority,
+        args.cluster_listen,
+        &cluster_context,
+        &cluster_kubeconfig,
+    )?;
     let mut running = Running::new();
     let root = root::start(
         &mut running,
@@ -136,10 +150,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             root_ca_pem: root_authority.ca.cert_pem().to_string(),
             tls: &args.tls,
         },
-        |local| ClusterConfig {
-            heartbeat: Duration::from_secs(2),
-            api_endpoint: Some(local.base().to_string()),
-            ..ClusterConfig::new(LOCAL)
+        |local| {
+            Some(ClusterConfig {
+                heartbeat: Duration::from_secs(2),
+                api_endpoint: Some(local.base().to_string()),
+                ..ClusterConfig::new(LOCAL)
+            })
         },
     )
     .await?;
@@ -152,9 +168,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         worker.runtime,
         endpoint,
     );
-    let url = url_of(root.addr);
-    let kubeconfig = admin_kubeconfig(data_dir);
-    root_authority.ensure_admin_kubeconfig(&url, "oakestra", &kubeconfig)?;
+    let url = admin_kubeconfig_after(&root_authority, root.addr, "oakestra", &kubeconfig)?;
+    admin_kubeconfig_after(
+        &cluster_authority,
+        cluster.addr,
+        &cluster_context,
+        &cluster_kubeconfig,
+    )?;
     println!("oakestra up (one device: root, cluster \"{LOCAL}\", worker \"{LOCAL}\" with the {runtime} runtime)");
     println!("  API:   {url}");
     println!("  data:  {}", data_dir.display());
