@@ -5,7 +5,8 @@ packages=(
   protobuf-compiler            # the containerd gRPC client is generated at build time
   etcd-server etcd-client      # the etcd store and its tests
   curl
-  python3                      # the example services serve HTTP with http.server
+  python3 python3-venv         # the example services serve HTTP with http.server; the
+                               # official Kubernetes Python client's tests
   containerd runc              # the containerd runtime
   containernetworking-plugins  # per-container network namespaces (CNI bridge + static)
   iproute2 iptables
@@ -23,3 +24,12 @@ if ((${#need[@]})); then
 fi
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust from rustup first" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# The official Kubernetes Python client, for the tests that drive the API with it, in a
+# virtual environment of its own (Debian's python3 takes no system-wide pip installs).
+PY_ENV=${OAKESTRA_PYTHON_ENV:-${XDG_CACHE_HOME:-$HOME/.cache}/oakestra/python}
+if ! "$PY_ENV/bin/python" -c 'import kubernetes' 2>/dev/null; then
+  echo "installing the kubernetes Python client in $PY_ENV"
+  python3 -m venv "$PY_ENV"
+  "$PY_ENV/bin/pip" install -q 'kubernetes==31.0.0'
+fi

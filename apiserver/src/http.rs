@@ -216,8 +216,13 @@ fn write_options(
     Ok(WriteOptions { dry_run, caller })
 }
 
+/// A boolean query parameter as Kubernetes reads one (Go's `strconv.ParseBool`): the
+/// Python client sends `watch=True`.
 fn is_true(v: Option<&String>) -> bool {
-    matches!(v.map(String::as_str), Some("true" | "1"))
+    matches!(
+        v.map(String::as_str),
+        Some("1" | "t" | "T" | "true" | "True" | "TRUE")
+    )
 }
 
 async fn api(
@@ -711,4 +716,28 @@ async fn watch(
     };
     let body = Body::from_stream(events.map(Ok::<_, Infallible>));
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_booleans_read_as_kubernetes_reads_them() {
+        for (value, expected) in [
+            ("true", true),
+            ("True", true),
+            ("TRUE", true),
+            ("1", true),
+            ("t", true),
+            ("false", false),
+            ("False", false),
+            ("0", false),
+            ("yes", false),
+            ("", false),
+        ] {
+            assert_eq!(is_true(Some(&value.to_string())), expected, "{value:?}");
+        }
+        assert!(!is_true(None));
+    }
 }
