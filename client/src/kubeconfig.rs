@@ -305,8 +305,14 @@ impl Kubeconfig {
             path: path.into(),
             cause,
         })?;
+        Kubeconfig::parse(path, &text)
+    }
+
+    /// The kubeconfig in `text`, read from `path` (which messages name, and relative
+    /// paths in it are relative to).
+    pub fn parse(path: &Path, text: &str) -> Result<Kubeconfig, KubeconfigError> {
         let mut config: Kubeconfig =
-            yaml_serde::from_str(&text).map_err(|e| KubeconfigError::Parse {
+            yaml_serde::from_str(text).map_err(|e| KubeconfigError::Parse {
                 path: path.into(),
                 message: e.to_string(),
             })?;
