@@ -6,6 +6,8 @@
 //! For each concurrency level, in this order, each run on a fresh store or key prefix:
 //!
 //! 1. `api/embedded`: an in-process API server on a new embedded store (temp dir);
+//!    `api/embedded-http`: the same over plain HTTP without authentication (what every
+//!    server served before TLS), the baseline of the cost of TLS;
 //! 2. `api/etcd`: an in-process API server on the shared etcd, under a new key root;
 //! 3. `raw/etcd-put`: plain etcd-client puts of the bytes the server stored in run 2;
 //! 4. `raw/etcd-txn`: the same bytes written with the create-if-absent transaction
@@ -13,6 +15,10 @@
 //! 5. `raw/etcd-txn+watch`: the same transactions while one etcd watch with `prev_kv`
 //!    is open on the run's prefix and drained (not decoded), as the API server's watch
 //!    hub keeps one on its root.
+//!
+//! After the runs, `handshakes`: new connections per second (a fresh client for each
+//! `GET /healthz`, so each pays the TCP and, for TLS, the full handshake: clients that
+//! present a certificate do not resume sessions) against a TLS and a plain server.
 //!
 //! Besides client-side latency, each run records the CPU time this process (load
 //! generator, plus the in-process server for `api/*`) and the etcd process spent per
@@ -58,6 +64,7 @@ pub struct Options {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     ApiEmbedded,
+    ApiEmbeddedPlain,
     ApiEtcd,
     RawPut,
     RawTxn,
@@ -68,6 +75,7 @@ impl Target {
     pub fn label(self) -> &'static str {
         match self {
             Target::ApiEmbedded => "api/embedded",
+            Target::ApiEmbeddedPlain => "api/embedded-http",
             Target::ApiEtcd => "api/etcd",
             Target::RawPut => "raw/etcd-put",
             Target::RawTxn => "raw/etcd-txn",
@@ -133,23 +141,26 @@ pub async fn run(opts: &Options, etcd_url: &str) -> anyhow::Result<Vec<Run>> {
     }
     let mut runs = Vec::new();
     for &c in &opts.concurrency {
-        let dir = tempfile::tempdir().context("temp dir for the embedded store")?;
-        let server = InProcessServer::start(ServerStore::Embedded(dir.path().join("store")))
-            .await
-            .context("starting the API server on the embedded store")?;
-        runs.push(
-            bench
-                .api_run(Target::ApiEmbedded, c, &server.client)
-                .await?,
-        );
-        drop(server);
-        drop(dir);
+        for (target, secure) in [
+            (Target::ApiEmbedded, true),
+            (Target::ApiEmbeddedPlain, false),
+        ] {
+            let dir = tempfile::tempdir().context("temp dir for the embedded store")?;
+            let store = ServerStore::Embedded(dir.path().join("store"));
+            let server = InProcessServer::start(store, secure)
+                .await
+                .context("starting the API server on the embedded store")?;
+            runs.push(bench.api_run(target, c, &server.client).await?);
+        }
 
         let root = format!("/oakbench/api-c{c}");
-        let server = InProcessServer::start(ServerStore::Etcd {
-            url: etcd_url.to_string(),
-            root: root.clone(),
-        })
+        let server = InProcessServer::start(
+            ServerStore::Etcd {
+                url: etcd_url.to_string(),
+                root: root.clone(),
+            },
+            true,
+        )
         .await
         .context("starting the API server on etcd")?;
         runs.push(bench.api_run(Target::ApiEtcd, c, &server.client).await?);
@@ -479,10 +490,13 @@ enum ServerStore {
 
 /// An API server in this process, on its own runtime, on `127.0.0.1:0`, secured as
 /// `oakestra root` serves: TLS with a certificate of a CA of its own, administrators'
-/// client certificates of that CA only.
+/// client certificates of that CA only (or, for the baseline, plain HTTP).
 struct InProcessServer {
     /// An administrator's client of it.
     client: client::Client,
+    /// Its URL, and the admin kubeconfig when it serves TLS.
+    url: String,
+    kubeconfig: Option<PathBuf>,
     runtime: Option<tokio::runtime::Runtime>,
     /// Its CA, certificates and admin kubeconfig.
     _credentials: tempfile::TempDir,
@@ -508,11 +522,11 @@ fn security(dir: &Path) -> anyhow::Result<(apiserver::auth::Security, trust::Aut
 }
 
 impl InProcessServer {
-    async fn start(store: ServerStore) -> anyhow::Result<InProcessServer> {
+    async fn start(store: ServerStore, secure: bool) -> anyhow::Result<InProcessServer> {
         let credentials = tempfile::tempdir().context("temp dir for the server's CA")?;
         let (security, authority) = security(credentials.path())?;
         let config = ServerConfig {
-            security: Some(security),
+            security: secure.then_some(security),
             ..ServerConfig::default()
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -552,14 +566,36 @@ impl InProcessServer {
             .await
             .context("the server task ended")?
             .map_err(anyhow::Error::msg)?;
-        let kubeconfig = credentials.path().join("admin.kubeconfig");
-        authority.write_admin_kubeconfig(&format!("https://{addr}"), "oakbench", &kubeconfig)?;
+        let (url, kubeconfig) = if secure {
+            let kubeconfig = credentials.path().join("admin.kubeconfig");
+            let url = format!("https://{addr}");
+            authority.write_admin_kubeconfig(&url, "oakbench", &kubeconfig)?;
+            (url, Some(kubeconfig))
+        } else {
+            (format!("http://{addr}"), None)
+        };
         Ok(InProcessServer {
-            client: e2e::tier_client(&kubeconfig),
+            client: connect(&url, kubeconfig.as_deref())?,
+            url,
+            kubeconfig,
             runtime: Some(runtime),
             _credentials: credentials,
         })
     }
+
+    /// A new client of it, with a connection pool of its own.
+    fn connect(&self) -> anyhow::Result<client::Client> {
+        connect(&self.url, self.kubeconfig.as_deref())
+    }
+}
+
+/// An administrator's client of the server at `url`: from its admin kubeconfig when
+/// it serves TLS, else plain.
+fn connect(url: &str, kubeconfig: Option<&Path>) -> anyhow::Result<client::Client> {
+    Ok(match kubeconfig {
+        Some(kubeconfig) => e2e::tier_client(kubeconfig),
+        None => client::Client::new(url)?,
+    })
 }
 
 impl Drop for InProcessServer {
@@ -574,7 +610,7 @@ pub fn to_json(runs: &[Run]) -> Value {
     Value::Array(
         runs.iter()
             .map(|r| {
-                let raw = raw_of(runs, r);
+                let base = baseline_of(runs, r);
                 json!({
                     "target": r.target.label(),
                     "concurrency": r.concurrency,
@@ -592,32 +628,38 @@ pub fn to_json(runs: &[Run]) -> Value {
                         "etcd": r.cpu.etcd_us.map(round3),
                     },
                     "other_load_cores": r.cpu.rest_cores.map(round3),
-                    "api_over_raw_put_throughput": raw.map(|p| round3(r.per_second() / p.per_second())),
-                    "api_over_raw_put_p99": raw.map(|p| round3(r.latency.p99_ms / p.latency.p99_ms)),
+                    "baseline": base.map(|b| b.target.label()),
+                    "over_baseline_throughput": base.map(|b| round3(r.per_second() / b.per_second())),
+                    "over_baseline_p99": base.map(|b| round3(r.latency.p99_ms / b.latency.p99_ms)),
+                    "p99_minus_baseline_ms": base.map(|b| round3(r.latency.p99_ms - b.latency.p99_ms)),
                 })
             })
             .collect(),
     )
 }
 
-/// For an `api/etcd` run, the raw put run at the same concurrency.
-pub fn raw_of<'a>(runs: &'a [Run], run: &Run) -> Option<&'a Run> {
-    if run.target != Target::ApiEtcd {
-        return None;
-    }
+/// The run `run` is compared with, at the same concurrency: raw etcd puts for
+/// `api/etcd`, plain HTTP for `api/embedded` (the cost of TLS).
+pub fn baseline_of<'a>(runs: &'a [Run], run: &Run) -> Option<&'a Run> {
+    let baseline = match run.target {
+        Target::ApiEtcd => Target::RawPut,
+        Target::ApiEmbedded => Target::ApiEmbeddedPlain,
+        _ => return None,
+    };
     runs.iter()
-        .find(|p| p.target == Target::RawPut && p.concurrency == run.concurrency)
+        .find(|p| p.target == baseline && p.concurrency == run.concurrency)
 }
 
 pub fn print(runs: &[Run]) {
     println!(
         "\napi-writes: Cluster creates ({} per run; srv = the server's own mean times; \
          cpu = µs of CPU per write in the load generator, the server and etcd; \
-         other = cores busy with anything else)",
+         other = cores busy with anything else; base = raw etcd puts for api/etcd, plain \
+         HTTP for api/embedded)",
         runs.first().map(|r| r.ok + r.errors).unwrap_or_default()
     );
     println!(
-        "{:<18} {:>4} {:>5} {:>3} {:>9} {:>7} {:>7} {:>6} {:>9} {:>6} {:>6} {:>6} {:>5} {:>7} {:>7}",
+        "{:<18} {:>4} {:>5} {:>3} {:>9} {:>7} {:>7} {:>6} {:>9} {:>6} {:>6} {:>6} {:>5} {:>8} {:>8} {:>8}",
         "target",
         "conc",
         "ok",
@@ -631,17 +673,18 @@ pub fn print(runs: &[Run]) {
         "server",
         "etcd",
         "other",
-        "thr/raw",
-        "p99/raw"
+        "thr/base",
+        "p99/base",
+        "p99-base"
     );
     let opt = |v: Option<f64>, prec: usize| match v {
         Some(v) => format!("{v:.prec$}"),
         None => "-".into(),
     };
     for r in runs {
-        let raw = raw_of(runs, r);
+        let base = baseline_of(runs, r);
         println!(
-            "{:<18} {:>4} {:>5} {:>3} {:>9.0} {:>7.2} {:>7.2} {:>6} {:>9} {:>6} {:>6} {:>6} {:>5} {:>7} {:>7}",
+            "{:<18} {:>4} {:>5} {:>3} {:>9.0} {:>7.2} {:>7.2} {:>6} {:>9} {:>6} {:>6} {:>6} {:>5} {:>8} {:>8} {:>8}",
             r.target.label(),
             r.concurrency,
             r.ok,
@@ -655,11 +698,74 @@ pub fn print(runs: &[Run]) {
             opt(r.cpu.server_us, 0),
             opt(r.cpu.etcd_us, 0),
             opt(r.cpu.rest_cores, 2),
-            opt(raw.map(|p| r.per_second() / p.per_second()), 2),
-            opt(raw.map(|p| r.latency.p99_ms / p.latency.p99_ms), 2),
+            opt(base.map(|b| r.per_second() / b.per_second()), 2),
+            opt(base.map(|b| r.latency.p99_ms / b.latency.p99_ms), 2),
+            opt(base.map(|b| r.latency.p99_ms - b.latency.p99_ms), 2),
         );
         if let Some(e) = &r.first_error {
             println!("    first error: {e}");
         }
+    }
+}
+
+/// New connections per second to one server: `count` `GET /healthz`, each through a
+/// fresh client (a new TCP connection and, over TLS, a full handshake).
+pub struct Handshakes {
+    /// `tls` or `http`.
+    pub transport: &'static str,
+    pub per_second: f64,
+    pub latency: Summary,
+}
+
+/// [`Handshakes`] against a TLS and a plain server on fresh embedded stores.
+pub async fn handshakes(count: usize) -> anyhow::Result<Vec<Handshakes>> {
+    let mut out = Vec::new();
+    for (transport, secure) in [("tls", true), ("http", false)] {
+        let dir = tempfile::tempdir().context("temp dir for the embedded store")?;
+        let server =
+            InProcessServer::start(ServerStore::Embedded(dir.path().join("store")), secure).await?;
+        let mut latencies = Vec::with_capacity(count);
+        for _ in 0..count {
+            // Made before the clock starts: only the connection and the request count.
+            let fresh = server.connect()?;
+            let t0 = Instant::now();
+            fresh.get_text("/healthz").await?;
+            latencies.push(t0.elapsed());
+        }
+        let busy: Duration = latencies.iter().sum();
+        out.push(Handshakes {
+            transport,
+            per_second: count as f64 / busy.as_secs_f64().max(1e-9),
+            latency: Summary::of(&mut latencies),
+        });
+    }
+    Ok(out)
+}
+
+pub fn handshakes_json(runs: &[Handshakes]) -> Value {
+    Value::Array(
+        runs.iter()
+            .map(|h| {
+                json!({
+                    "transport": h.transport,
+                    "connections_per_s": round3(h.per_second),
+                    "latency": h.latency.to_json(),
+                })
+            })
+            .collect(),
+    )
+}
+
+pub fn print_handshakes(runs: &[Handshakes]) {
+    println!(
+        "\nhandshakes: a new connection per GET /healthz (TLS: full handshakes; clients \
+         with a certificate do not resume sessions)"
+    );
+    println!("{:<6} {:>9} {:>7} {:>7}", "", "conn/s", "p50 ms", "p99 ms");
+    for h in runs {
+        println!(
+            "{:<6} {:>9.0} {:>7.2} {:>7.2}",
+            h.transport, h.per_second, h.latency.p50_ms, h.latency.p99_ms
+        );
     }
 }

@@ -176,6 +176,9 @@ async fn main() -> anyhow::Result<()> {
         let runs = api_writes::run(&opts, &etcd.url()).await?;
         api_writes::print(&runs);
         report["api_writes"] = api_writes::to_json(&runs);
+        let handshakes = api_writes::handshakes(if cli.quick { 200 } else { 1000 }).await?;
+        api_writes::print_handshakes(&handshakes);
+        report["handshakes"] = api_writes::handshakes_json(&handshakes);
         drop(etcd);
     }
 
