@@ -43,6 +43,14 @@ fn named(kind: &str, name: &str, spec: Value) -> Value {
     json!({"apiVersion": "oakestra.io/v1", "kind": kind, "metadata": {"name": name}, "spec": spec})
 }
 
+/// The Service an attacker would post: a shell command on every worker.
+fn process_service() -> Value {
+    json!({"apiVersion": "oakestra.io/v1", "kind": "Service",
+           "metadata": {"name": "evil", "namespace": "default"},
+           "spec": {"replicas": 1, "template": {"runtime": "process", "executable": "/bin/sh",
+                                                "command": ["-c", "id"]}}})
+}
+
 fn event(name: &str) -> Value {
     json!({"apiVersion": "oakestra.io/v1", "kind": "Event",
            "metadata": {"name": name, "namespace": "default"},
@@ -261,7 +269,9 @@ async fn every_identity_can_do_its_own_job_and_nothing_else() {
     let status = json!({"status": {"phase": "Running"}});
     let node_of = |node: &str| json!({"spec": {"node": node}});
     let rows = vec![
-        // No credential, or one the TLS handshake refuses.
+        // No credential, or one the TLS handshake refuses. (Before this, an anonymous
+        // POST of a `runtime: process` Service ran its command as root on a worker.)
+        ("anonymous", Create("services", process_service()), 401),
         ("anonymous", List("instances", None), 401),
         ("anonymous", Get("instances", "i-a"), 401),
         ("anonymous", Logs("i-a"), 401),

@@ -8,9 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::exit::{Exit, Failure};
 
-/// Where `oakestra up` and `oakestra root` listen by default.
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:10000";
-
 /// The config file: named contexts, and which one is used when `--context` is not given.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "kebab-case")]

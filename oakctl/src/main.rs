@@ -51,8 +51,7 @@ use crate::exit::Exit;
 struct Cli {
     /// API server URL: replaces the server of the kubeconfig's context (its CA and user
     /// kept), else is used as is (default: the kubeconfig, else the current context of
-    /// oakctl's config file, else oakestra up's admin kubeconfig, else
-    /// `http://127.0.0.1:10000`).
+    /// oakctl's config file, else oakestra up's admin kubeconfig).
     #[arg(long, global = true, env = "OAKCTL_SERVER")]
     server: Option<String>,
     /// Kubeconfig file to use (default: the first existing file of `$KUBECONFIG`, else

@@ -4,7 +4,8 @@
 //! and user kept); else `--server` (or `$OAKCTL_SERVER`) as a plain URL; else the context
 //! of oakctl's own config file ([`crate::config`]); else the admin kubeconfig that
 //! `oakestra up` writes (`$OAKESTRA_DATA/admin.kubeconfig`, else
-//! `~/.local/share/oakestra/admin.kubeconfig`); else [`DEFAULT_SERVER`].
+//! `~/.local/share/oakestra/admin.kubeconfig`); else nothing: every server needs a
+//! credential, so oakctl says where to find one.
 //!
 //! The choice is [`choose`], a pure function of the flags, the environment and which
 //! files exist; [`connect`] reads what it chose and makes the client.
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use client::kubeconfig::{self, Kubeconfig};
 use client::Client;
 
-use crate::config::{self, Config, DEFAULT_SERVER};
+use crate::config::{self, Config};
 use crate::exit::Failure;
 
 /// The global flags that say where to connect.
@@ -65,7 +66,7 @@ pub enum Source {
     Server(String),
     /// The context of oakctl's config file.
     Config,
-    /// Nothing was found: [`DEFAULT_SERVER`].
+    /// Nothing was found.
     Default,
 }
 
@@ -191,12 +192,12 @@ pub fn connect(source: Source, flags: &Flags, config: &Config) -> anyhow::Result
                     config::path().display()
                 )));
             }
-            Target {
-                client: Client::new(DEFAULT_SERVER)?,
-                namespace: None,
-                origin: "the default (no kubeconfig, oakctl config or admin kubeconfig found)"
-                    .into(),
-            }
+            return Err(Failure::usage(
+                "no kubeconfig found: pass --kubeconfig FILE or set KUBECONFIG \
+                 (`oakestra up` writes ~/.local/share/oakestra/admin.kubeconfig, \
+                 `oakestra root` admin.kubeconfig in its data directory)"
+                    .to_string(),
+            ));
         }
     })
 }
