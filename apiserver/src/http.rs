@@ -28,7 +28,8 @@ use crate::error::ApiError;
 use crate::metrics::{Metrics, RequestLabels, VerbLabels};
 use crate::object::{self, FieldSelector, LabelSelector};
 use crate::registry::{
-    strategy, DeleteOptions, ListOptions, Part, Propagation, Registry, Subresource, WriteOptions,
+    strategy, DeleteOptions, ListOptions, Part, PatchType, Propagation, Registry, Subresource,
+    WriteOptions,
 };
 use crate::watch::WatchError;
 
@@ -418,15 +419,14 @@ async fn handle(
                 .get(header::CONTENT_TYPE)
                 .and_then(|c| c.to_str().ok())
                 .unwrap_or_default();
-            if !content_type.starts_with("application/merge-patch+json")
-                && !content_type.starts_with("application/strategic-merge-patch+json")
-            {
-                return Err(ApiError::UnsupportedMediaType(format!(
-                    "patch type {content_type:?} is not supported; use application/merge-patch+json"
-                )));
-            }
+            let patch_type = patch_type(kind, content_type)?;
             let patch = read_body(state, body).await?;
-            Ok(Json(registry.patch(kind, ns, name, patch, part, options).await?).into_response())
+            Ok(Json(
+                registry
+                    .patch(kind, ns, name, patch, patch_type, part, options)
+                    .await?,
+            )
+            .into_response())
         }
         (Method::DELETE, Some(name)) if target.sub.is_none() => {
             let body = axum::body::to_bytes(body, state.config.max_body_bytes)
@@ -465,6 +465,24 @@ fn authorize_collection(
             .unwrap_or_default(),
     };
     Ok(auth::authorize(caller, &request, None, None)?)
+}
+
+/// The patch type a PATCH's `Content-Type` names. Strategic merge patch is taken as a
+/// merge patch for the core kinds (kubectl sends it for `label` and `annotate` on a
+/// Namespace; ours have no lists it could merge by key) and refused for `oakestra.io`
+/// kinds as kube-apiserver refuses it for custom resources.
+fn patch_type(kind: &KindInfo, content_type: &str) -> Result<PatchType, ApiError> {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    match media {
+        "application/merge-patch+json" => Ok(PatchType::Merge),
+        "application/json-patch+json" => Ok(PatchType::Json),
+        "application/strategic-merge-patch+json" if kind.group.is_empty() => {
+            Ok(PatchType::Merge)
+        }
+        _ => Err(ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format ({media:?}) - accepted media types include: application/json-patch+json, application/merge-patch+json"
+        ))),
+    }
 }
 
 /// The `DeleteOptions` of a delete: `preconditions.resourceVersion`,

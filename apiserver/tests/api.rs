@@ -836,6 +836,76 @@ async fn dry_run(c: &Client) {
     }
 }
 
+async fn json_patches(c: &Client) {
+    let services = c.dynamic(kind("services"), Some("default"));
+    let created = services.create(&service("jp", 1)).await.unwrap();
+    let ops = json!([
+        {"op": "test", "path": "/spec/replicas", "value": 1},
+        {"op": "replace", "path": "/spec/replicas", "value": 4},
+        {"op": "add", "path": "/metadata/labels/patched", "value": "yes"},
+    ]);
+    let patched = services.json_patch("jp", &ops, false).await.unwrap();
+    assert_eq!(patched["spec"]["replicas"], 4);
+    assert_eq!(patched["metadata"]["labels"]["patched"], "yes");
+    assert_ne!(rv(&patched), rv(&created));
+
+    // All or nothing: a failing `test` writes none of the operations.
+    let ops = json!([
+        {"op": "replace", "path": "/spec/replicas", "value": 9},
+        {"op": "test", "path": "/spec/replicas", "value": 1},
+    ]);
+    let (code, message, fields) =
+        api_error(services.json_patch("jp", &ops, false).await.unwrap_err());
+    assert_eq!(code, 422, "{message}");
+    assert_eq!(fields, vec!["/spec/replicas".to_string()], "{message}");
+    let (code, message, _) = api_error(
+        services
+            .json_patch(
+                "jp",
+                &json!([{"op": "remove", "path": "/spec/nothing"}]),
+                false,
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 422, "{message}");
+    assert_eq!(services.get("jp").await.unwrap()["spec"]["replicas"], 4);
+
+    // A resourceVersion the patch sets is a precondition (kubectl's migration to
+    // server-side apply replaces it); the stale one of the first version is a 409.
+    let stale = json!([{"op": "replace", "path": "/metadata/resourceVersion", "value": rv(&created)},
+                       {"op": "replace", "path": "/spec/replicas", "value": 2}]);
+    let (code, _, _) = api_error(services.json_patch("jp", &stale, false).await.unwrap_err());
+    assert_eq!(code, 409);
+    let current = services.get("jp").await.unwrap();
+    let fresh = json!([{"op": "replace", "path": "/metadata/resourceVersion", "value": rv(&current)},
+                       {"op": "replace", "path": "/spec/replicas", "value": 2}]);
+    assert_eq!(
+        services.json_patch("jp", &fresh, false).await.unwrap()["spec"]["replicas"],
+        2
+    );
+
+    // The status subresource takes JSON patches too, and they change only the status.
+    let status = json!([{"op": "add", "path": "/status", "value": {"readyReplicas": 1}},
+                        {"op": "replace", "path": "/spec/replicas", "value": 7}]);
+    let written = services.json_patch("jp", &status, true).await.unwrap();
+    assert_eq!(
+        (
+            written["status"]["readyReplicas"].clone(),
+            written["spec"]["replicas"].clone()
+        ),
+        (json!(1), json!(2))
+    );
+
+    let (code, _, _) = api_error(
+        services
+            .json_patch("jp", &json!({"op": "add"}), false)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 400, "a JSON patch is a list");
+}
+
 async fn discovery(c: &Client) {
     let groups = c.get_json("/apis").await.unwrap();
     assert_eq!(groups["groups"][0]["name"], "oakestra.io");
@@ -969,6 +1039,7 @@ scenarios!(
     watches,
     discovery,
     dry_run,
+    json_patches,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -671,14 +671,28 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> DynamicApi<T> {
         self.merge_patch(self.status_url(name), patch).await
     }
 
+    /// RFC 6902 JSON patch (`operations`: a list of `add`, `remove`, `replace`, `move`,
+    /// `copy`, `test`) of the object, or of its status subresource with `status`.
+    pub async fn json_patch(&self, name: &str, operations: &Value, status: bool) -> Result<T> {
+        let url = if status {
+            self.status_url(name)
+        } else {
+            self.item_url(name)
+        };
+        self.send_patch(url, operations, "application/json-patch+json")
+            .await
+    }
+
     async fn merge_patch(&self, url: String, patch: &Value) -> Result<T> {
+        self.send_patch(url, patch, "application/merge-patch+json")
+            .await
+    }
+
+    async fn send_patch(&self, url: String, body: &Value, content_type: &str) -> Result<T> {
         let request = self
             .write(self.client.http.patch(&url))
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/merge-patch+json",
-            )
-            .body(serde_json::to_vec(patch).expect("JSON serializes"));
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(serde_json::to_vec(body).expect("JSON serializes"));
         self.client.json(request, &url).await
     }
 

@@ -359,6 +359,47 @@ fn kubectl_works_unchanged() {
     let _ = watch.kill();
     let _ = watch.wait();
 
+    // Patch types as kube-apiserver takes them for custom resources: JSON patch and
+    // merge patch, not strategic merge patch (a 415 naming what is accepted); a core
+    // Namespace still takes kubectl's strategic patch of `label`.
+    let json_patch = r#"[{"op": "replace", "path": "/spec/replicas", "value": 3}]"#;
+    ok(cli.kubectl(&[
+        "patch",
+        "svc",
+        "web",
+        "-n",
+        "demo",
+        "--type=json",
+        "-p",
+        json_patch,
+    ]));
+    let replicas = ok(cli.kubectl(&[
+        "get",
+        "svc",
+        "web",
+        "-n",
+        "demo",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]));
+    assert_eq!(replicas, "3");
+    let err = fails(cli.kubectl(&[
+        "patch",
+        "svc",
+        "web",
+        "-n",
+        "demo",
+        "--type=strategic",
+        "-p",
+        r#"{"spec": {"replicas": 4}}"#,
+    ]));
+    assert!(
+        err.contains("is not supported by oakestra.io/v1, Kind=Service")
+            && err.contains("accepted media types include: application/json-patch+json"),
+        "{err}"
+    );
+    ok(cli.kubectl(&["label", "namespace", "demo", "team=edge"]));
+
     let bad = "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {name: bad, namespace: demo}\nspec: {replicas: -1, template: {image: x}}\n";
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, bad).unwrap();

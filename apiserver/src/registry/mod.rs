@@ -96,6 +96,18 @@ enum Change<'a> {
     Delete(i64),
 }
 
+/// How a PATCH body says what changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchType {
+    /// RFC 7386 JSON merge patch (`application/merge-patch+json`): an object merged in,
+    /// `null` removes.
+    Merge,
+    /// RFC 6902 JSON patch (`application/json-patch+json`): a list of operations
+    /// (`add`, `remove`, `replace`, `move`, `copy`, `test`), applied in order, all or
+    /// nothing.
+    Json,
+}
+
 /// Which part of an object a write changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
@@ -336,31 +348,73 @@ impl Registry {
         .await
     }
 
-    /// Apply a JSON merge patch to the `part` of an object (PATCH).
+    /// Apply a patch of `patch_type` to the `part` of an object (PATCH).
+    ///
+    /// A merge patch's `metadata.resourceVersion` is a precondition. A JSON patch that
+    /// leaves `metadata.resourceVersion` other than the stored one (kubectl replaces it
+    /// when it migrates client-side apply) is one too: a 409 unless they agree.
     pub async fn patch(
         &self,
         kind: &KindInfo,
         ns: Option<&str>,
         name: &str,
         patch: Value,
+        patch_type: PatchType,
         part: Part,
         options: WriteOptions,
     ) -> Result<Value, ApiError> {
-        if !patch.is_object() {
-            return Err(ApiError::BadRequest(
-                "a merge patch must be a JSON object".into(),
-            ));
-        }
-        let precondition = object::resource_version(&patch).map_err(ApiError::BadRequest)?;
         let request =
             RequestAttributes::on_object(Verb::Patch, kind, part.subresource(), ns, Some(name));
-        self.write(request, precondition, options, |current| {
-            let mut patched = current.clone();
-            json_patch::merge(&mut patched, &patch);
-            check_type(kind, &patched)?;
-            Ok(take_part(kind, current, &patched, part))
-        })
-        .await
+        match patch_type {
+            PatchType::Merge => {
+                if !patch.is_object() {
+                    return Err(ApiError::BadRequest(
+                        "a merge patch must be a JSON object".into(),
+                    ));
+                }
+                let precondition =
+                    object::resource_version(&patch).map_err(ApiError::BadRequest)?;
+                self.write(request, precondition, options, |current| {
+                    let mut patched = current.clone();
+                    json_patch::merge(&mut patched, &patch);
+                    check_type(kind, &patched)?;
+                    Ok(take_part(kind, current, &patched, part))
+                })
+                .await
+            }
+            PatchType::Json => {
+                let operations: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
+                    ApiError::BadRequest(format!(
+                        "a JSON patch must be a list of operations (RFC 6902): {e}"
+                    ))
+                })?;
+                self.write(request, None, options, |current| {
+                    let mut patched = current.clone();
+                    json_patch::patch(&mut patched, &operations).map_err(|e| {
+                        ApiError::Invalid {
+                            kind: kind.kind.into(),
+                            name: name.into(),
+                            errors: vec![FieldError {
+                                field: e.path.to_string(),
+                                message: format!("the JSON patch cannot be applied: {}", e.kind),
+                            }],
+                        }
+                    })?;
+                    if object::meta_str(&patched, "resourceVersion")
+                        != object::meta_str(current, "resourceVersion")
+                    {
+                        return Err(ApiError::Conflict {
+                            plural: kind.plural.into(),
+                            name: name.into(),
+                            message: "the object has been modified; please apply your changes to the latest version and try again".into(),
+                        });
+                    }
+                    check_type(kind, &patched)?;
+                    Ok(take_part(kind, current, &patched, part))
+                })
+                .await
+            }
+        }
     }
 
     /// POST `body` to subresource `sub` of object `name` (`instances/NAME/binding`):
