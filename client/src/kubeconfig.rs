@@ -571,7 +571,7 @@ impl Kubeconfig {
                 |cause| KubeconfigError::Tls {
                     path: self.origin(),
                     field: prefix.into(),
-                    cause,
+                    cause: cause.into(),
                 },
             )?),
             (Some(_), None) => return Err(half("client certificate", "client key")),

@@ -7,14 +7,12 @@
 //! all its connections; [`ClientCertificate::replace`] swaps in a renewed certificate
 //! for the connections made from then on.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::sign::CertifiedKey;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// The TLS settings and credentials of a client ([`Client::with_tls`](crate::Client::with_tls)).
@@ -46,23 +44,9 @@ impl std::fmt::Debug for TlsOptions {
 /// Why TLS settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A PEM text could not be read.
-    #[error("the {what} is not valid PEM: {message}")]
-    BadPem {
-        /// What it should have been, e.g. "client certificate".
-        what: &'static str,
-        /// What the PEM reader said.
-        message: String,
-    },
-    /// A PEM text holds no certificate.
-    #[error("the {what} holds no certificate (expected a PEM `CERTIFICATE` block)")]
-    NoCertificate {
-        /// What it should have been, e.g. "CA".
-        what: &'static str,
-    },
-    /// The client key cannot sign, or does not belong to the client certificate.
-    #[error("the client key cannot be used with the client certificate: {0}")]
-    Key(rustls::Error),
+    /// The client certificate or its key, or the CA, is not usable PEM.
+    #[error(transparent)]
+    Certificate(#[from] pki::LiveCertificateError),
     /// A CA certificate was refused as a trust anchor.
     #[error("the CA certificate cannot be trusted: {0}")]
     Ca(rustls::Error),
@@ -91,90 +75,10 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Every certificate of a PEM text (at least one).
-fn certificates(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::BadPem {
-            what,
-            message: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate { what });
-    }
-    Ok(certs)
-}
-
 /// A client certificate chain and its key, shared by every connection of the clients it
-/// was given to (it is a handle: clones share it).
-#[derive(Clone)]
-pub struct ClientCertificate {
-    current: Arc<RwLock<Arc<CertifiedKey>>>,
-}
-
-impl std::fmt::Debug for ClientCertificate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let chain = self.current().cert.len();
-        f.debug_struct("ClientCertificate")
-            .field("chain_len", &chain)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ClientCertificate {
-    /// The chain `cert_pem` (leaf first) and its key `key_pem` (PKCS#8, e.g. EC P-256 as
-    /// rcgen writes it; SEC1 and PKCS#1 keys work too).
-    pub fn new(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
-        Ok(ClientCertificate {
-            current: Arc::new(RwLock::new(Arc::new(certified_key(cert_pem, key_pem)?))),
-        })
-    }
-
-    /// Present `cert_pem` with `key_pem` from now on: connections made after this call
-    /// use it (open connections keep the certificate they were made with). On an error
-    /// the previous certificate stays.
-    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
-        let key = Arc::new(certified_key(cert_pem, key_pem)?);
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
-        Ok(())
-    }
-
-    /// The DER of the leaf certificate presented now.
-    pub fn leaf_der(&self) -> Vec<u8> {
-        self.current().cert[0].to_vec()
-    }
-
-    fn current(&self) -> Arc<CertifiedKey> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
-/// The chain and key, checked to belong together.
-fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsError> {
-    let chain = certificates(cert_pem, "client certificate")?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::BadPem {
-        what: "client key",
-        message: e.to_string(),
-    })?;
-    CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Key)
-}
-
-impl ResolvesClientCert for ClientCertificate {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
+/// was given to (a handle: clones share it); `replace` swaps in a renewed one for the
+/// connections made from then on.
+pub type ClientCertificate = pki::LiveCertificate;
 
 /// The rustls config of a client with `tls`: only `tls.ca_pem`'s roots (none without
 /// one: then no server certificate is accepted), the client certificate if any,
@@ -183,7 +87,7 @@ pub(crate) fn client_config(tls: &TlsOptions) -> Result<rustls::ClientConfig, Tl
     let provider = provider();
     let mut roots = RootCertStore::empty();
     if let Some(pem) = &tls.ca_pem {
-        for cert in certificates(pem, "CA")? {
+        for cert in pki::certificates_of(pem, "CA")? {
             roots.add(cert).map_err(TlsError::Ca)?;
         }
     }

@@ -11,6 +11,8 @@
 //!   secret owns which member name).
 //! - [`authn`]: [`Authenticator`], a peer's certificate or bearer token to an
 //!   [`Identity`], with the CAs it trusts and what each may vouch for.
+//! - [`live`]: [`LiveCertificate`], a certificate and key presented over TLS (by a server
+//!   or a client) and replaceable while in use.
 //! - [`files`]: [`write_private`], atomic writes of files only their owner reads.
 //! - [`error`]: [`PkiError`], what goes wrong with certificates and keys.
 
@@ -20,6 +22,7 @@ pub mod cert;
 pub mod error;
 pub mod files;
 pub mod identity;
+pub mod live;
 mod secret;
 pub mod token;
 
@@ -29,6 +32,7 @@ pub use cert::{ca_hash, identity_of, renew_at, CertInfo, CertifiedKey, Csr};
 pub use error::PkiError;
 pub use files::{write_private, FileError};
 pub use identity::Identity;
+pub use live::{certificates_of, LiveCertificate, LiveCertificateError};
 pub use secret::{random_string, RandomError};
 pub use token::{
     parse_bearer, Claim, JoinToken, MemberSecrets, TokenError, TokenInfo, TokenStore, TokenUsage,

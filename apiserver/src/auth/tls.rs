@@ -4,16 +4,13 @@
 //! client certificate once and hands its requests to the router with that identity.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use pki::Identity;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
+use rustls::server::WebPkiClientVerifier;
 
 use super::{network_identity, unauthorized, Authenticate, Security};
 
@@ -23,24 +20,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why a certificate, a key or the TLS configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// The serving certificate chain is not PEM certificates.
-    #[error("the serving certificate chain is not valid PEM ({reason}); expected one or more CERTIFICATE blocks, the leaf first")]
-    Certificate {
-        /// What the PEM parser said.
-        reason: String,
-    },
-    /// The serving key is not a PEM private key the ring provider can sign with.
-    #[error("the serving key is not usable ({reason}); expected a PKCS#8 ECDSA P-256 key in PEM (PRIVATE KEY)")]
-    Key {
-        /// What the parser or the provider said.
-        reason: String,
-    },
-    /// The key does not belong to the certificate.
-    #[error("the serving key does not match the serving certificate's public key ({reason})")]
-    KeyMismatch {
-        /// What rustls said.
-        reason: String,
-    },
+    /// The serving certificate or its key cannot be presented.
+    #[error("the serving certificate: {0}")]
+    Serving(#[from] pki::LiveCertificateError),
     /// A client CA is not a valid PEM certificate.
     #[error("client CA #{index} is not usable ({reason}); expected PEM CERTIFICATE blocks")]
     ClientCa {
@@ -55,79 +37,9 @@ pub enum TlsError {
 }
 
 /// The certificate chain and key the server presents: a cloneable handle that rustls
-/// asks for each new connection, so [`ServingCertificate::replace`] takes effect
-/// without a restart (connections already open keep theirs).
-#[derive(Clone)]
-pub struct ServingCertificate {
-    current: Arc<RwLock<Arc<CertifiedKey>>>,
-}
-
-impl std::fmt::Debug for ServingCertificate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let chain = self.current().cert.len();
-        f.debug_struct("ServingCertificate")
-            .field("chain_len", &chain)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ServingCertificate {
-    /// A handle serving `cert_chain_pem` (leaf first) with `key_pem` (PKCS#8).
-    pub fn new(cert_chain_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
-        Ok(ServingCertificate {
-            current: Arc::new(RwLock::new(Arc::new(certified_key(
-                cert_chain_pem,
-                key_pem,
-            )?))),
-        })
-    }
-
-    /// Serve `cert_chain_pem` with `key_pem` to new connections from now on. On error,
-    /// the current certificate stays.
-    pub fn replace(&self, cert_chain_pem: &str, key_pem: &str) -> Result<(), TlsError> {
-        let next = Arc::new(certified_key(cert_chain_pem, key_pem)?);
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
-        Ok(())
-    }
-
-    fn current(&self) -> Arc<CertifiedKey> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
-
-impl ResolvesServerCert for ServingCertificate {
-    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
-    }
-}
-
-fn certified_key(cert_chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsError> {
-    let chain = CertificateDer::pem_slice_iter(cert_chain_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Certificate {
-            reason: e.to_string(),
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::Certificate {
-            reason: "no CERTIFICATE block".into(),
-        });
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Key {
-        reason: e.to_string(),
-    })?;
-    let signer =
-        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| TlsError::Key {
-            reason: e.to_string(),
-        })?;
-    let certified = CertifiedKey::new(chain, signer);
-    certified.keys_match().map_err(|e| TlsError::KeyMismatch {
-        reason: e.to_string(),
-    })?;
-    Ok(certified)
-}
+/// asks for each new connection, so `replace` takes effect without a restart
+/// (connections already open keep theirs).
+pub type ServingCertificate = pki::LiveCertificate;
 
 /// The rustls configuration of a secured server: TLS 1.2 and 1.3 with the ring
 /// provider, ALPN `http/1.1`, the serving certificate, and client certificates
@@ -137,14 +49,8 @@ pub fn server_config(security: &Security) -> Result<rustls::ServerConfig, TlsErr
     let mut roots = rustls::RootCertStore::empty();
     for (index, pem) in security.client_cas_pem.iter().enumerate() {
         let ca_error = |reason: String| TlsError::ClientCa { index, reason };
-        let mut found = false;
-        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            let cert = cert.map_err(|e| ca_error(e.to_string()))?;
+        for cert in pki::certificates_of(pem, "client CA").map_err(|e| ca_error(e.to_string()))? {
             roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
-            found = true;
-        }
-        if !found {
-            return Err(ca_error("no CERTIFICATE block".into()));
         }
     }
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())

@@ -206,7 +206,7 @@ fn faults_name_the_file_and_the_field() {
                 ),
             ),
             None,
-            "users[0].user: the client certificate holds no certificate".into(),
+            "users[0].user: the certificate chain is not valid PEM (no CERTIFICATE block)".into(),
         ),
     ];
     for (what, text, context, expected) in cases {

@@ -172,7 +172,10 @@ async fn a_replaced_certificate_is_presented_by_the_next_connection() {
 
     // A bad replacement is refused and the current certificate stays.
     let e = identity.replace(&new.cert_pem, &old.key_pem).unwrap_err();
-    assert!(matches!(e, TlsError::Key(_)), "{e}");
+    assert!(
+        matches!(e, pki::LiveCertificateError::KeyMismatch { .. }),
+        "{e}"
+    );
     assert_eq!(identity.leaf_der(), new.der);
 }
 
@@ -185,18 +188,18 @@ fn unusable_settings_say_what_is_wrong() {
         e.contains("https://127.0.0.1:1") && e.contains("pass a kubeconfig"),
         "{e}"
     );
-    let cases: [(Result<ClientCertificate, TlsError>, &str); 3] = [
+    let cases: [(Result<ClientCertificate, pki::LiveCertificateError>, &str); 3] = [
         (
             ClientCertificate::new("not pem", &me.key_pem),
-            "client certificate holds no certificate",
+            "certificate chain is not valid PEM (no CERTIFICATE block)",
         ),
         (
             ClientCertificate::new(&me.cert_pem, "garbage"),
-            "client key is not valid PEM",
+            "the key is not usable",
         ),
         (
             ClientCertificate::new(&me.cert_pem, &ca.leaf("other", &[]).key_pem),
-            "client key cannot be used",
+            "the key does not match the certificate",
         ),
     ];
     for (result, expected) in cases {
@@ -210,5 +213,8 @@ fn unusable_settings_say_what_is_wrong() {
     let e = Client::with_tls("https://x:1", bad_ca)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("CA holds no certificate"), "{e}");
+    assert!(
+        e.contains("the CA is not valid PEM (no CERTIFICATE block)"),
+        "{e}"
+    );
 }
