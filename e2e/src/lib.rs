@@ -37,6 +37,15 @@ pub fn open_watches(metrics: &str) -> i64 {
         .expect("a number of watchers")
 }
 
+/// Inputs per fuzz target in a bounded run (`OAKESTRA_FUZZ_ITERATIONS`, default 500):
+/// `cargo test` runs the default, a longer run sets more.
+pub fn fuzz_iterations() -> usize {
+    std::env::var("OAKESTRA_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500)
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

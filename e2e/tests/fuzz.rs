@@ -15,13 +15,7 @@ use bolero::check;
 use pki::{CertificateAuthority, Identity, Usage};
 use serde_json::{json, Value};
 
-/// Inputs per target.
-fn iterations() -> usize {
-    std::env::var("OAKESTRA_FUZZ_ITERATIONS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(500)
-}
+use e2e::fuzz_iterations as iterations;
 
 /// `bytes` in a PEM block labelled `label`, so the parser behind the armour sees them.
 fn pem(label: &str, bytes: &[u8]) -> String {

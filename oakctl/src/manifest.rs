@@ -260,6 +260,46 @@ fn classify(object: Value) -> Result<(&'static KindInfo, Value), String> {
 }
 
 #[cfg(test)]
+mod fuzz {
+    //! The manifest reader fed arbitrary text (bolero; `e2e/tests/fuzz.rs` has the other
+    //! parsers): documents or errors naming the file, never a panic.
+
+    use super::*;
+
+    /// A valid file the random text is spliced into, so the reader gets past the first
+    /// line (random text alone rarely is YAML).
+    const VALID: &str = "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec:\n  replicas: 2\n  template: {runtime: process, executable: /bin/true}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n";
+
+    #[test]
+    fn any_text_is_documents_or_errors() {
+        bolero::check!()
+            .with_iterations(e2e::fuzz_iterations())
+            .with_type::<(String, u16)>()
+            .for_each(|(text, at)| {
+                let mut at = usize::from(*at) % (VALID.len() + 1);
+                while !VALID.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let spliced = format!("{}{text}{}", &VALID[..at], &VALID[at..]);
+                for (path, text) in [
+                    ("fuzz.yaml", text.as_str()),
+                    ("fuzz.json", text),
+                    ("spliced.yaml", &spliced),
+                ] {
+                    match parse(path, text) {
+                        Ok(documents) => {
+                            for d in &documents {
+                                assert!(d.origin().starts_with(path), "{}", d.origin());
+                            }
+                        }
+                        Err(errors) => assert!(!errors.is_empty()),
+                    }
+                }
+            });
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
