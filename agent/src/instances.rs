@@ -20,8 +20,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use client::runtime::{Action, ObjectRef};
 use client::{Api, Client};
+use crds::conditions::{instance_readiness, READY};
 use crds::ipam::Cidr;
-use crds::{Instance, InstanceStatus, Phase, RestartPolicy};
+use crds::{set_condition, Instance, InstanceStatus, Phase, RestartPolicy, Time};
 use serde_json::json;
 
 use crate::metrics::{Metrics, ReasonLabel};
@@ -164,6 +165,16 @@ pub enum Report {
 }
 
 impl Report {
+    /// The phase this report puts the Instance in.
+    pub fn phase(&self) -> Phase {
+        match self {
+            Report::Running { .. } | Report::Started { .. } => Phase::Running,
+            Report::Finished { phase, .. } => *phase,
+            Report::BackingOff { .. } | Report::WaitingForAddress => Phase::Starting,
+            Report::StartFailed { .. } => Phase::Failed,
+        }
+    }
+
     /// The status merge patch of this report, for an agent at `host_ip`.
     pub fn patch(&self, host_ip: &str) -> serde_json::Value {
         match self {
@@ -215,6 +226,37 @@ impl Report {
             }
         }
     }
+}
+
+/// The merge patch (of the status subresource) that puts `instance` in `phase` with the
+/// status `fields` (an object, e.g. [`Report::patch`]), at `now`: the fields, the
+/// `metadata.generation` the agent acted on as `observedGeneration`, and the `Ready`
+/// condition ([`instance_readiness`]) when it changes. The conditions are written
+/// whole, so that write goes at the version read: a writer that changed them meanwhile
+/// (the address allocator) makes it a 409, and the retry reads them again.
+pub fn status_patch(
+    instance: &Instance,
+    phase: Phase,
+    mut fields: serde_json::Value,
+    now: Time,
+) -> serde_json::Value {
+    let mut conditions = instance
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let detail = fields.get("message").and_then(|m| m.as_str()).unwrap_or("");
+    let (ready, reason, message) = instance_readiness(phase, detail);
+    let changed = set_condition(&mut conditions, READY, ready, reason, &message, now);
+    fields["observedGeneration"] = json!(instance.metadata.generation);
+    if !changed {
+        return json!({ "status": fields });
+    }
+    fields["conditions"] = json!(conditions);
+    json!({
+        "metadata": {"resourceVersion": instance.metadata.resource_version},
+        "status": fields,
+    })
 }
 
 /// When to look at the Instance again.
@@ -597,11 +639,8 @@ async fn write(
     report: &Report,
     host_ip: &str,
 ) -> Result<(), AgentError> {
-    api.patch_status(
-        &instance.metadata.name,
-        &json!({ "status": report.patch(host_ip) }),
-    )
-    .await?;
+    let patch = status_patch(instance, report.phase(), report.patch(host_ip), Utc::now());
+    api.patch_status(&instance.metadata.name, &patch).await?;
     Ok(())
 }
 
@@ -1132,6 +1171,74 @@ mod tests {
         for (e, reason, message) in reasons {
             assert_eq!(e.reason(), reason, "{e}");
             assert_eq!(e.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn status_patches_carry_the_generation_and_a_ready_that_changed() {
+        /// An Instance at generation 4 and version "9", `Ready` as given (or absent).
+        fn instance(ready: Option<ConditionStatus>) -> Instance {
+            let mut i = Instance::new("web-0", Default::default());
+            i.metadata.generation = Some(4);
+            i.metadata.resource_version = Some("9".into());
+            let mut status = InstanceStatus::default();
+            if let Some(r) = ready {
+                let reason = if r == ConditionStatus::True {
+                    "Running"
+                } else {
+                    "Starting"
+                };
+                let message = if r == ConditionStatus::True {
+                    "the workload runs"
+                } else {
+                    "the agent is starting the workload"
+                };
+                crds::set_condition(&mut status.conditions, READY, r, reason, message, t0());
+            }
+            i.status = Some(status);
+            i
+        }
+        let ready = |status: &str, reason: &str, message: &str, at: DateTime<Utc>| json!([{"type": "Ready", "status": status, "reason": reason, "message": message, "lastTransitionTime": at}]);
+        let now = at(5.0);
+        let cases = [
+            (
+                "first report: Ready written at the version read",
+                instance(None),
+                Running,
+                json!({"phase": "Running"}),
+                json!({"metadata": {"resourceVersion": "9"}, "status": {"phase": "Running", "observedGeneration": 4,
+                 "conditions": ready("True", "Running", "the workload runs", now)}}),
+            ),
+            (
+                "Ready unchanged: no conditions, no precondition",
+                instance(Some(ConditionStatus::True)),
+                Running,
+                json!({"phase": "Running"}),
+                json!({"status": {"phase": "Running", "observedGeneration": 4}}),
+            ),
+            (
+                "an exit turns Ready False with the status message",
+                instance(Some(ConditionStatus::True)),
+                Starting,
+                json!({"phase": "Starting", "message": "exited (Error, code Some(1)); restarting in 1s"}),
+                json!({"metadata": {"resourceVersion": "9"}, "status": {"phase": "Starting", "observedGeneration": 4,
+                 "message": "exited (Error, code Some(1)); restarting in 1s",
+                 "conditions": ready("False", "Starting", "exited (Error, code Some(1)); restarting in 1s", now)}}),
+            ),
+            (
+                "still not ready, for the same reason: nothing new",
+                instance(Some(ConditionStatus::False)),
+                Starting,
+                json!({"phase": "Starting"}),
+                json!({"status": {"phase": "Starting", "observedGeneration": 4}}),
+            ),
+        ];
+        for (what, instance, phase, fields, expected) in cases {
+            assert_eq!(
+                status_patch(&instance, phase, fields, now),
+                expected,
+                "{what}"
+            );
         }
     }
 

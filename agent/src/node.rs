@@ -165,7 +165,9 @@ async fn renew_lease(api: &Api<Lease>, name: &str, period: Duration) -> Result<(
 }
 
 /// The status part of a heartbeat of Node `name`: `Ready=True` (reason `AgentReady`),
-/// capacity, allocatable (= capacity), usage, agent endpoint and `lastHeartbeat`.
+/// capacity, allocatable (= capacity), usage, agent endpoint and `lastHeartbeat`, and
+/// `observedGeneration` (a second write, only when the Node is not Ready or its
+/// generation moved since the agent last said it saw it).
 /// Returns the subnet the cluster assigned to the node, if any.
 async fn report_status(
     api: &Api<Node>,
@@ -182,9 +184,18 @@ async fn report_status(
         "lastHeartbeat": now,
     }});
     let node = api.patch_status(name, &beat).await?;
+    let mut generation = node.metadata.generation;
     let mut status = node.status.unwrap_or_default();
     let subnet = status.subnet.as_deref().and_then(|s| s.parse().ok());
-    if crds::is_true(&status.conditions, crds::conditions::READY) {
+    let ready = crds::is_true(&status.conditions, crds::conditions::READY);
+    if ready && status.observed_generation == generation {
+        return Ok(subnet);
+    }
+    if ready {
+        // The spec changed (registration, a cordon): say the agent has seen it. A write
+        // only when the generation moved.
+        let patch = json!({"status": {"observedGeneration": generation}});
+        api.patch_status(name, &patch).await?;
         return Ok(subnet);
     }
     // Not Ready (new, or declared lost): say Ready, keeping the other conditions, at the
@@ -201,13 +212,14 @@ async fn report_status(
         );
         let patch = json!({
             "metadata": {"resourceVersion": version},
-            "status": {"conditions": status.conditions},
+            "status": {"conditions": status.conditions, "observedGeneration": generation},
         });
         match api.patch_status(name, &patch).await {
             Err(e) if e.is_conflict() && attempt < 5 => {
                 let node = api.get(name).await?;
                 status = node.status.unwrap_or_default();
                 version = node.metadata.resource_version;
+                generation = node.metadata.generation;
             }
             other => {
                 other?;

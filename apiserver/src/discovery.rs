@@ -196,32 +196,217 @@ pub fn openapi(group: &str, version: &str) -> Option<Value> {
     }))
 }
 
-/// Replace JSON-Schema boolean schemas (`true`: anything goes), which `OpenAPI` parsers
-/// such as kubectl's reject, with the equivalent empty schema.
+/// Turn a JSON Schema (draft 2020-12, as schemars writes it) into the `OpenAPI` 3.0
+/// dialect that kubectl reads (`explain` walks it; a type list makes its template
+/// fail): boolean schemas become empty ones; `type: [T, "null"]` becomes `type: T,
+/// nullable: true`; an optional reference (`anyOf: [{$ref}, {type: null}]`) and a
+/// reference with siblings (its description) become `allOf: [{$ref}]`, as
+/// kube-apiserver publishes them; an enum of documented constants (`oneOf` of `const`s)
+/// becomes `enum` with the constants' descriptions in its own ("Possible enum values").
+/// Extensions (`x-kubernetes-*`) are kept as they are.
 fn openapi_compatible(schema: &mut Value) {
-    match schema {
-        Value::Object(map) => {
-            for (key, value) in map.iter_mut() {
-                match (key.as_str(), &*value) {
-                    ("items", Value::Bool(true)) => *value = json!({}),
-                    ("properties", Value::Object(_)) => {
-                        for property in value
-                            .as_object_mut()
-                            .into_iter()
-                            .flat_map(|m| m.values_mut())
-                        {
-                            if property == &Value::Bool(true) {
-                                *property = json!({});
-                            } else {
-                                openapi_compatible(property);
-                            }
-                        }
+    let Value::Object(map) = schema else {
+        if let Value::Array(items) = schema {
+            items.iter_mut().for_each(openapi_compatible);
+        }
+        return;
+    };
+    for (key, value) in map.iter_mut() {
+        match key.as_str() {
+            "properties" | "patternProperties" | "$defs" | "definitions" => {
+                for property in value
+                    .as_object_mut()
+                    .into_iter()
+                    .flat_map(|m| m.values_mut())
+                {
+                    if property.is_boolean() {
+                        *property = json!({});
+                    } else {
+                        openapi_compatible(property);
                     }
-                    _ => openapi_compatible(value),
                 }
             }
+            "items" if value.is_boolean() => *value = json!({}),
+            "items" | "additionalProperties" | "not" | "allOf" | "anyOf" | "oneOf" => {
+                openapi_compatible(value)
+            }
+            _ => {}
         }
-        Value::Array(items) => items.iter_mut().for_each(openapi_compatible),
-        _ => {}
+    }
+    nullable_type(map);
+    nullable_reference(map);
+    reference_with_siblings(map);
+    documented_enum(map);
+}
+
+/// `type: [T, "null"]` → `type: T, nullable: true`.
+fn nullable_type(map: &mut serde_json::Map<String, Value>) {
+    let Some(Value::Array(types)) = map.get("type") else {
+        return;
+    };
+    let mut rest: Vec<Value> = types.iter().filter(|t| *t != "null").cloned().collect();
+    let nullable = rest.len() < types.len();
+    if rest.len() == 1 {
+        map.insert("type".into(), rest.remove(0));
+    } else {
+        // Several types are not `OpenAPI` 3.0: say nothing rather than something wrong.
+        map.remove("type");
+    }
+    if nullable {
+        map.insert("nullable".into(), Value::Bool(true));
+    }
+}
+
+/// `anyOf: [S, {type: null}]` → S's keywords (a reference as `allOf: [S]`) and
+/// `nullable: true`.
+fn nullable_reference(map: &mut serde_json::Map<String, Value>) {
+    let Some(Value::Array(any)) = map.get("anyOf") else {
+        return;
+    };
+    let is_null = |s: &Value| {
+        s.get("type") == Some(&json!("null")) && s.as_object().is_some_and(|o| o.len() == 1)
+    };
+    let (nulls, others): (Vec<&Value>, Vec<&Value>) = any.iter().partition(|s| is_null(s));
+    let [only] = others.as_slice() else { return };
+    if nulls.is_empty() {
+        return;
+    }
+    let only = (*only).clone();
+    map.remove("anyOf");
+    if let Value::Object(keywords) = only {
+        for (k, v) in keywords {
+            map.entry(k).or_insert(v);
+        }
+    }
+    map.insert("nullable".into(), Value::Bool(true));
+}
+
+/// `$ref` next to other keywords (which `OpenAPI` 3.0 ignores) → `allOf: [{$ref}]`.
+fn reference_with_siblings(map: &mut serde_json::Map<String, Value>) {
+    if map.len() > 1 && map.contains_key("$ref") {
+        let reference = map.remove("$ref").expect("checked");
+        map.insert("allOf".into(), json!([{ "$ref": reference }]));
+    }
+}
+
+/// `oneOf` of `{const, description}` → `enum` of the constants, and a description
+/// listing them with theirs, as kube-apiserver documents enums.
+fn documented_enum(map: &mut serde_json::Map<String, Value>) {
+    let Some(Value::Array(variants)) = map.get("oneOf") else {
+        return;
+    };
+    if variants.is_empty() || !variants.iter().all(|v| v.get("const").is_some()) {
+        return;
+    }
+    let values: Vec<Value> = variants.iter().map(|v| v["const"].clone()).collect();
+    let lines: Vec<String> = variants
+        .iter()
+        .map(|v| {
+            let text = v.get("description").and_then(Value::as_str).unwrap_or("");
+            format!(" - `{}` {text}", v["const"]).trim_end().to_string()
+        })
+        .collect();
+    let ty = variants[0].get("type").cloned();
+    let own = map.get("description").and_then(Value::as_str).unwrap_or("");
+    let description = format!("{own}\n\nPossible enum values:\n{}", lines.join("\n"));
+    map.remove("oneOf");
+    map.insert("enum".into(), Value::Array(values));
+    if let Some(ty) = ty.filter(|_| !map.contains_key("type")) {
+        map.insert("type".into(), ty);
+    }
+    map.insert("description".into(), description.trim_start().into());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_are_rewritten_into_the_openapi_dialect_kubectl_reads() {
+        let cases = [
+            (
+                "a nullable scalar",
+                json!({"type": ["string", "null"], "description": "d"}),
+                json!({"type": "string", "nullable": true, "description": "d"}),
+            ),
+            (
+                "an optional reference keeps its description",
+                json!({"anyOf": [{"$ref": "#/r/Geo"}, {"type": "null"}], "description": "d"}),
+                json!({"allOf": [{"$ref": "#/r/Geo"}], "nullable": true, "description": "d"}),
+            ),
+            (
+                "a described reference",
+                json!({"$ref": "#/r/Status", "description": "d"}),
+                json!({"allOf": [{"$ref": "#/r/Status"}], "description": "d"}),
+            ),
+            (
+                "a bare reference stays",
+                json!({"$ref": "#/r/Status"}),
+                json!({"$ref": "#/r/Status"}),
+            ),
+            (
+                "a documented enum",
+                json!({"description": "How.", "oneOf": [
+                    {"const": "tcp", "type": "string", "description": "TCP."},
+                    {"const": "udp", "type": "string"},
+                ]}),
+                json!({"type": "string", "enum": ["tcp", "udp"],
+                    "description": "How.\n\nPossible enum values:\n - `\"tcp\"` TCP.\n - `\"udp\"`"}),
+            ),
+            (
+                "nested properties, items and boolean schemas",
+                json!({"type": "object", "properties": {
+                    "any": true,
+                    "list": {"type": ["array", "null"], "items": true},
+                    "map": {"type": "object", "additionalProperties": {"type": ["integer", "null"]}},
+                }, "x-kubernetes-group-version-kind": [{"kind": "Service"}]}),
+                json!({"type": "object", "properties": {
+                    "any": {},
+                    "list": {"type": "array", "nullable": true, "items": {}},
+                    "map": {"type": "object", "additionalProperties": {"type": "integer", "nullable": true}},
+                }, "x-kubernetes-group-version-kind": [{"kind": "Service"}]}),
+            ),
+            (
+                "defaults are values, not schemas",
+                json!({"type": "object", "default": {"type": ["a", "null"]}}),
+                json!({"type": "object", "default": {"type": ["a", "null"]}}),
+            ),
+        ];
+        for (what, mut schema, expected) in cases {
+            openapi_compatible(&mut schema);
+            assert_eq!(schema, expected, "{what}");
+            let again = schema.clone();
+            openapi_compatible(&mut schema);
+            assert_eq!(schema, again, "{what}: a second pass changes nothing");
+        }
+    }
+
+    /// Every property of every served schema has a description and no type list.
+    #[test]
+    fn every_field_of_the_served_document_is_described() {
+        let doc = openapi(GROUP, VERSION).expect("served");
+        let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+        let mut missing = Vec::new();
+        for (name, schema) in schemas {
+            for (field, property) in schema["properties"].as_object().into_iter().flatten() {
+                let described = property.get("description").and_then(Value::as_str);
+                if described.is_none_or(str::is_empty) {
+                    missing.push(format!("{name}.{field}"));
+                }
+                assert!(
+                    !property.get("type").is_some_and(Value::is_array),
+                    "{name}.{field} has a type list"
+                );
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "fields without a description: {missing:?}"
+        );
+        let service = &schemas["io.oakestra.v1.Service"];
+        assert_eq!(
+            service["x-kubernetes-group-version-kind"][0]["kind"],
+            "Service"
+        );
     }
 }

@@ -16,10 +16,10 @@ use std::time::Duration;
 use chrono::Utc;
 use client::runtime::{Action, IndexName, ObjectRef, Recorder, Store};
 use client::{Api, Client};
-use crds::conditions::{reason, SCHEDULED};
+use crds::conditions::{instance_readiness, reason, READY, SCHEDULED};
 use crds::{
-    find_with_status, set_condition, ConditionStatus, EventType, Instance, Phase, Protocol,
-    Resources,
+    find_with_status, set_condition, ConditionStatus, EventType, Instance, InstanceStatus, Phase,
+    Protocol, Resources, Time,
 };
 use scheduler::{Candidate, Decision, Request, Tier};
 use serde_json::json;
@@ -151,6 +151,34 @@ pub fn unbinding(tier: Tier) -> serde_json::Value {
     fields
         .map(|f| (f.to_string(), serde_json::Value::Null))
         .collect()
+}
+
+/// Mark `status` Pending, unplaced for `reason` (`Scheduled=False`, `Ready=False`), as
+/// observed at `generation`. Returns the status merge patch, or `None` when the status
+/// says so already (no write needed).
+fn pending(
+    status: &mut InstanceStatus,
+    generation: Option<i64>,
+    reason: &str,
+    message: &str,
+    now: Time,
+) -> Option<serde_json::Value> {
+    let conditions = &mut status.conditions;
+    let scheduled = set_condition(
+        conditions,
+        SCHEDULED,
+        ConditionStatus::False,
+        reason,
+        message,
+        now,
+    );
+    let (ready, why, detail) = instance_readiness(Phase::Pending, message);
+    let readiness = set_condition(conditions, READY, ready, why, &detail, now);
+    let observed = status.observed_generation != generation;
+    (scheduled || readiness || observed || status.phase != Phase::Pending).then(|| {
+        json!({"status": {"phase": Phase::Pending, "reason": reason, "message": message,
+            "conditions": status.conditions, "observedGeneration": generation}})
+    })
 }
 
 /// Name of the Instance-cache index of what counts in flight, by target.
@@ -334,15 +362,8 @@ impl Binder {
                     let patch = json!({"metadata": {"annotations": {REJECTED_BY: null}}});
                     api.patch(&instance.metadata.name, &patch).await?;
                 }
-                if set_condition(
-                    &mut status.conditions,
-                    SCHEDULED,
-                    ConditionStatus::False,
-                    reason,
-                    &message,
-                    now,
-                ) {
-                    let patch = json!({"status": {"phase": Phase::Pending, "reason": reason, "message": message, "conditions": status.conditions}});
+                let generation = instance.metadata.generation;
+                if let Some(patch) = pending(&mut status, generation, reason, &message, now) {
                     api.patch_status(&instance.metadata.name, &patch).await?;
                     self.recorder
                         .record(
@@ -369,18 +390,13 @@ impl Binder {
     ) -> Result<(), Error> {
         let api: Api<Instance> = self.client.api(instance.metadata.namespace.as_deref());
         let patch = json!({"metadata": {"resourceVersion": instance.metadata.resource_version}, "spec": unbinding(self.tier)});
-        api.patch(&instance.metadata.name, &patch).await?;
+        let unbound = api.patch(&instance.metadata.name, &patch).await?;
         let mut status = instance.status.clone().unwrap_or_default();
-        set_condition(
-            &mut status.conditions,
-            SCHEDULED,
-            ConditionStatus::False,
-            reason,
-            message,
-            Utc::now(),
-        );
-        let patch = json!({"status": {"phase": Phase::Pending, "reason": reason, "message": message, "conditions": status.conditions}});
-        api.patch_status(&instance.metadata.name, &patch).await?;
+        // The unbinding changed the spec: the status is of its generation.
+        let generation = unbound.metadata.generation;
+        if let Some(patch) = pending(&mut status, generation, reason, message, Utc::now()) {
+            api.patch_status(&instance.metadata.name, &patch).await?;
+        }
         self.recorder
             .record(instance, EventType::Warning, reason, message)
             .await;

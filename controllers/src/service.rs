@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use client::runtime::{Action, Controller, ObjectRef, Recorder, Store};
 use client::{Api, Client, ListParams};
-use crds::conditions::{AVAILABLE, PLACED, SCHEDULED};
+use crds::conditions::{reason, AVAILABLE, PLACED, READY, RECONCILING, SCHEDULED, STALLED};
 use crds::{
     find_with_status, is_false, set_condition, ConditionStatus, EventType, Instance, InstanceSpec,
     ObjectMeta, OwnerReference, Phase, Service, ServiceStatus, API_VERSION,
@@ -133,6 +133,130 @@ fn unplaceable(i: &Instance) -> bool {
     i.status
         .as_ref()
         .is_some_and(|s| s.phase == Phase::Pending && is_false(&s.conditions, SCHEDULED))
+}
+
+/// `Scheduled=False` reasons that mean no target can take an Instance as it is (the
+/// placement controllers keep trying, but the Service cannot progress by itself): the
+/// Service is `Stalled`. `NodeLost`/`ClusterLost` are not among them: such an Instance
+/// is being placed again.
+const CANNOT_PLACE: [&str; 3] = [
+    reason::NO_RESOURCES_AVAILABLE,
+    reason::NO_TARGET_CLUSTER,
+    reason::NO_TARGET_NODE,
+];
+
+/// Reason of `Ready=True` (and of `Reconciling=False`, `Stalled=False` then).
+const ALL_REPLICAS_READY: &str = "AllReplicasReady";
+/// Reason of `Ready=False` and `Stalled=False` while the controllers still make progress.
+const PROGRESSING: &str = "Progressing";
+/// Reason of `Stalled=True` for an Instance that failed and is not restarted.
+const INSTANCE_FAILED: &str = "InstanceFailed";
+
+/// One condition as computed: type, status, reason, message.
+type Computed = (&'static str, ConditionStatus, String, String);
+
+/// Why a Service cannot progress, if it cannot: the first of its Instances (those of
+/// the current template first) that nothing can place, or that failed for good.
+fn stall<'a>(mine: impl Iterator<Item = &'a Instance>) -> Option<(String, String)> {
+    let mut failed = None;
+    for i in mine {
+        let Some(s) = &i.status else { continue };
+        let name = &i.metadata.name;
+        if s.phase == Phase::Pending {
+            let unplaced = find_with_status(&s.conditions, SCHEDULED, ConditionStatus::False)
+                .filter(|c| CANNOT_PLACE.contains(&c.reason.as_str()));
+            if let Some(c) = unplaced {
+                return Some((c.reason.clone(), format!("instance {name}: {}", c.message)));
+            }
+        }
+        if s.phase == Phase::Failed && failed.is_none() {
+            let why = match (s.reason.as_str(), s.message.as_str()) {
+                ("", "") => String::new(),
+                (r, "") => format!(" ({r})"),
+                ("", m) => format!(": {m}"),
+                (r, m) => format!(" ({r}): {m}"),
+            };
+            failed = Some((
+                INSTANCE_FAILED.to_string(),
+                format!("instance {name} failed and is not restarted{why}"),
+            ));
+        }
+    }
+    failed
+}
+
+/// The `Ready`, `Reconciling` and `Stalled` conditions of a Service that wants
+/// `replicas` Instances of the template with `hash`, from `mine`, its live Instances.
+///
+/// Ready: exactly `replicas` Instances, all of the current template and all running.
+/// Stalled: not ready, and an Instance cannot be placed ([`CANNOT_PLACE`]) or failed
+/// for good; the reason is the Instance's. Reconciling: neither ready nor stalled (a
+/// scale or a rollout is under way, or Instances are starting). kstatus reads
+/// `Reconciling=True` as `InProgress` and `Stalled=True` as `Failed`.
+fn progress(mine: &[Arc<Instance>], hash: &str, replicas: u32) -> [Computed; 3] {
+    let is_current =
+        |i: &Instance| i.metadata.labels.get(TEMPLATE_LABEL).map(String::as_str) == Some(hash);
+    let current: Vec<&Instance> = mine
+        .iter()
+        .map(Arc::as_ref)
+        .filter(|i| is_current(i))
+        .collect();
+    let old = mine.len() - current.len();
+    let running_current = current.iter().filter(|i| running(i)).count();
+    let counts = format!("{running_current} of {replicas} wanted instances running");
+    let done =
+        old == 0 && current.len() == replicas as usize && running_current == replicas as usize;
+    use ConditionStatus::{False, True};
+    if done {
+        let ok = |t| {
+            (
+                t,
+                if t == READY { True } else { False },
+                ALL_REPLICAS_READY.to_string(),
+                counts.clone(),
+            )
+        };
+        return [ok(READY), ok(RECONCILING), ok(STALLED)];
+    }
+    // Current-template Instances first: an old one being replaced is less telling.
+    let ordered = current
+        .iter()
+        .copied()
+        .chain(mine.iter().map(Arc::as_ref).filter(|i| !is_current(i)));
+    if let Some((why, message)) = stall(ordered) {
+        return [
+            (READY, False, why.clone(), message.clone()),
+            (RECONCILING, False, why.clone(), message.clone()),
+            (STALLED, True, why, message),
+        ];
+    }
+    let (doing, what) = if old > 0 {
+        (
+            "RollingUpdate",
+            format!("rolling out a new template, old instances left: {old}"),
+        )
+    } else if current.len() < replicas as usize {
+        (
+            "ScalingUp",
+            format!("{} of {replicas} instances exist", current.len()),
+        )
+    } else if current.len() > replicas as usize {
+        (
+            "ScalingDown",
+            format!("{} instances exist, {replicas} wanted", current.len()),
+        )
+    } else {
+        (
+            "InstancesStarting",
+            "waiting for instances to run".to_string(),
+        )
+    };
+    let message = format!("{what}; {counts}");
+    [
+        (READY, False, PROGRESSING.to_string(), message.clone()),
+        (RECONCILING, True, doing.to_string(), message.clone()),
+        (STALLED, False, PROGRESSING.to_string(), message),
+    ]
 }
 
 /// What one reconcile of a Service does, drawn from its Instances alone.
@@ -272,7 +396,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             .await;
     }
 
-    update_status(&svc, &ctx, &mine, replicas).await?;
+    update_status(&svc, &ctx, &mine, &hash, replicas).await?;
     Ok(Action::await_change())
 }
 
@@ -332,6 +456,7 @@ async fn update_status(
     svc: &Service,
     ctx: &Ctx,
     mine: &[Arc<Instance>],
+    hash: &str,
     replicas: u32,
 ) -> Result<(), Error> {
     let now = Utc::now();
@@ -391,6 +516,9 @@ async fn update_status(
             now,
         ),
     };
+    for (type_, value, reason, message) in progress(mine, hash, replicas) {
+        set_condition(&mut status.conditions, type_, value, &reason, &message, now);
+    }
     if status != old {
         // Only the fields this controller owns, at the version it read (409 if stale).
         let patch = json!({
@@ -418,6 +546,10 @@ mod tests {
         Pending,
         Unplaceable,
         Running,
+        /// Taken off a lost node, to be placed again.
+        Lost,
+        /// Failed for good.
+        Failed,
     }
 
     /// An Instance of template `hash` with `ordinal`, in `state`.
@@ -436,6 +568,22 @@ mod tests {
                     "0/1 clusters fit",
                     Utc::now(),
                 );
+            }
+            State::Lost => {
+                status.phase = Phase::Pending;
+                set_condition(
+                    &mut status.conditions,
+                    SCHEDULED,
+                    ConditionStatus::False,
+                    "NodeLost",
+                    "node n1 was deleted",
+                    Utc::now(),
+                );
+            }
+            State::Failed => {
+                status.phase = Phase::Failed;
+                status.reason = "StartFailed".into();
+                status.message = "no such file".into();
             }
         }
         let spec = InstanceSpec {
@@ -460,6 +608,81 @@ mod tests {
             plan.create.clone(),
             names(&plan.replace),
         )
+    }
+
+    #[test]
+    fn ready_reconciling_and_stalled() {
+        use ConditionStatus::{False, True};
+        use State::*;
+        let new = |o, s| instance("new", o, s);
+        let old = |o, s| instance("old", o, s);
+        let running = |n: u32, of: u32| format!("{n} of {of} wanted instances running");
+        let ready = |r: &str, m: &str| (READY, True, r.to_string(), m.to_string());
+        let not = |t: &'static str, r: &str, m: &str| (t, False, r.to_string(), m.to_string());
+        let yes = |t: &'static str, r: &str, m: &str| (t, True, r.to_string(), m.to_string());
+        // (what, instances, replicas) → (Ready, Reconciling, Stalled)
+        let done = |n| {
+            let m = running(n, n);
+            [
+                ready(ALL_REPLICAS_READY, &m),
+                not(RECONCILING, ALL_REPLICAS_READY, &m),
+                not(STALLED, ALL_REPLICAS_READY, &m),
+            ]
+        };
+        let progressing = |doing: &str, m: String| {
+            [
+                not(READY, PROGRESSING, &m),
+                yes(RECONCILING, doing, &m),
+                not(STALLED, PROGRESSING, &m),
+            ]
+        };
+        let stalled = |why: &str, m: &str| {
+            [
+                not(READY, why, m),
+                not(RECONCILING, why, m),
+                yes(STALLED, why, m),
+            ]
+        };
+        let unplaced = |o: u32| {
+            format!(
+                "instance {}: 0/1 clusters fit",
+                instance_name("web", "new", o)
+            )
+        };
+        let failed = format!(
+            "instance {} failed and is not restarted (StartFailed): no such file",
+            instance_name("web", "new", 1)
+        );
+        #[rustfmt::skip]
+        let cases = [
+            ("all running", vec![new(0, Running), new(1, Running)], 2, done(2)),
+            ("scaled to zero, nothing left", vec![], 0, done(0)),
+            ("a new Service: nothing created yet", vec![], 2,
+             progressing("ScalingUp", format!("0 of 2 instances exist; {}", running(0, 2)))),
+            ("an Instance is starting", vec![new(0, Running), new(1, Pending)], 2,
+             progressing("InstancesStarting", format!("waiting for instances to run; {}", running(1, 2)))),
+            ("an Instance on a lost node is placed again: still progressing",
+             vec![new(0, Running), new(1, Lost)], 2,
+             progressing("InstancesStarting", format!("waiting for instances to run; {}", running(1, 2)))),
+            ("scaling down", vec![new(0, Running), new(1, Running), new(2, Running)], 2,
+             progressing("ScalingDown", format!("3 instances exist, 2 wanted; {}", running(3, 2)))),
+            ("a rollout with old Instances left", vec![old(0, Running), new(0, Running), new(1, Running)], 2,
+             progressing("RollingUpdate", format!("rolling out a new template, old instances left: 1; {}", running(2, 2)))),
+            ("nothing can place an Instance: stalled with its reason",
+             vec![new(0, Running), new(1, Unplaceable)], 2,
+             stalled(scheduler::NO_RESOURCES, &unplaced(1))),
+            ("a rollout whose new Instance cannot be placed",
+             vec![old(0, Running), old(1, Running), new(0, Unplaceable)], 2,
+             stalled(scheduler::NO_RESOURCES, &unplaced(0))),
+            ("a failed Instance stalls the Service",
+             vec![new(0, Running), new(1, Failed)], 2, stalled(INSTANCE_FAILED, &failed)),
+            ("an unplaceable one is named before a failed one",
+             vec![new(1, Failed), new(0, Unplaceable)], 2,
+             stalled(scheduler::NO_RESOURCES, &unplaced(0))),
+        ];
+        for (what, mine, replicas, expected) in cases {
+            assert_eq!(progress(&mine, "new", replicas), expected, "{what}");
+        }
     }
 
     #[test]

@@ -10,10 +10,19 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::meta::Time;
+use crate::types::Phase;
 
 /// Condition type: the object is ready (a Cluster or Node that reports in time, an
-/// Instance whose workload runs).
+/// Instance whose workload runs, a Service whose Instances all run the current
+/// template). `kubectl wait --for=condition=Ready` and Argo CD health checks read it.
 pub const READY: &str = "Ready";
+/// Condition type (kstatus): `True` while the controller is still working towards the
+/// spec (a Service scaling or rolling out); kstatus reports the object `InProgress`.
+pub const RECONCILING: &str = "Reconciling";
+/// Condition type (kstatus): `True` while the object cannot progress without a change
+/// (a Service with an Instance nothing can place, or one that failed for good);
+/// kstatus reports the object `Failed`.
+pub const STALLED: &str = "Stalled";
 /// Condition type: an Instance is bound to a cluster and a node (or why it is not).
 pub const SCHEDULED: &str = "Scheduled";
 /// Condition type of a Service: at least `spec.replicas` of its Instances run.
@@ -36,6 +45,48 @@ pub mod reason {
     pub const NO_TARGET_NODE: &str = "NoTargetNode";
 }
 
+/// The `Ready` condition of an Instance in `phase`: `True` (reason `Running`) while the
+/// workload runs, otherwise `False` with the phase as the reason. The message is
+/// `detail` (the status message, e.g. why it exited) when there is one, else what the
+/// phase means.
+pub fn instance_readiness(phase: Phase, detail: &str) -> (ConditionStatus, &'static str, String) {
+    let (status, reason, meaning) = match phase {
+        Phase::Running => (ConditionStatus::True, "Running", "the workload runs"),
+        Phase::Pending => (
+            ConditionStatus::False,
+            "Pending",
+            "not bound to a cluster and a node yet",
+        ),
+        Phase::Scheduled => (
+            ConditionStatus::False,
+            "Scheduled",
+            "bound to a node; its agent has not started it yet",
+        ),
+        Phase::Starting => (
+            ConditionStatus::False,
+            "Starting",
+            "the agent is starting the workload",
+        ),
+        Phase::Succeeded => (
+            ConditionStatus::False,
+            "Succeeded",
+            "the workload exited with 0 and is not restarted",
+        ),
+        Phase::Failed => (
+            ConditionStatus::False,
+            "Failed",
+            "the workload failed and is not restarted",
+        ),
+        Phase::Terminating => (
+            ConditionStatus::False,
+            "Terminating",
+            "the workload is being stopped and removed",
+        ),
+    };
+    let message = if detail.is_empty() { meaning } else { detail };
+    (status, reason, message.to_string())
+}
+
 /// `True`, `False` or `Unknown`, as in Kubernetes conditions.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConditionStatus {
@@ -51,7 +102,7 @@ pub enum ConditionStatus {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// What is observed, e.g. [`READY`] or [`SCHEDULED`].
+    /// What is observed, e.g. `Ready` or `Scheduled`.
     #[serde(rename = "type")]
     pub type_: String,
     /// Whether it holds.
@@ -162,6 +213,69 @@ mod tests {
             assert_eq!(c.len(), 1, "step {i}: one condition per type");
             assert_eq!(c[0].last_transition_time, Some(since), "step {i}");
             assert_eq!(c[0].reason, reason, "step {i}");
+        }
+    }
+
+    #[test]
+    fn an_instance_is_ready_while_it_runs() {
+        use ConditionStatus::{False, True};
+        // (phase, status message) → (status, reason, message)
+        let cases = [
+            (Phase::Running, "", (True, "Running", "the workload runs")),
+            (
+                Phase::Pending,
+                "",
+                (False, "Pending", "not bound to a cluster and a node yet"),
+            ),
+            (
+                Phase::Pending,
+                "0/2 clusters have room",
+                (False, "Pending", "0/2 clusters have room"),
+            ),
+            (
+                Phase::Scheduled,
+                "",
+                (
+                    False,
+                    "Scheduled",
+                    "bound to a node; its agent has not started it yet",
+                ),
+            ),
+            (
+                Phase::Starting,
+                "exited (Error, code Some(1)); restarting in 2s",
+                (
+                    False,
+                    "Starting",
+                    "exited (Error, code Some(1)); restarting in 2s",
+                ),
+            ),
+            (
+                Phase::Succeeded,
+                "exited with code 0",
+                (False, "Succeeded", "exited with code 0"),
+            ),
+            (
+                Phase::Failed,
+                "",
+                (False, "Failed", "the workload failed and is not restarted"),
+            ),
+            (
+                Phase::Terminating,
+                "",
+                (
+                    False,
+                    "Terminating",
+                    "the workload is being stopped and removed",
+                ),
+            ),
+        ];
+        for (phase, detail, (status, reason, message)) in cases {
+            assert_eq!(
+                instance_readiness(phase, detail),
+                (status, reason, message.to_string()),
+                "{phase:?} {detail:?}"
+            );
         }
     }
 

@@ -119,13 +119,17 @@ pub struct ClusterStatus {
     /// URL of the cluster's own API (where its Nodes are).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_endpoint: Option<String>,
-    /// `Ready` while the cluster orchestrator reports in time.
+    /// `Ready`: `True` while the cluster orchestrator reports in time and one of its
+    /// nodes at least is Ready (`NodesReady`); `False` with `NoReadyNodes` or
+    /// `HeartbeatLapsed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// When the cluster orchestrator last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<Time>,
-    /// The `metadata.generation` this status was written for.
+    /// The `metadata.generation` of the Cluster the orchestrator's last report read
+    /// (written with each heartbeat); less than `metadata.generation` while the
+    /// cluster has not reported since the spec changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
@@ -163,7 +167,8 @@ pub struct NodeStatus {
     /// What the node's workloads use now, as measured by its agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Capacity>,
-    /// `Ready` while the agent renews its Lease in time.
+    /// `Ready`: `True` (`AgentReady`) while the agent renews its Lease in time, `False`
+    /// (`HeartbeatLapsed`) once it stops.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// When the agent last wrote this status: at changes and every few heartbeats
@@ -176,7 +181,8 @@ pub struct NodeStatus {
     /// URL of the node's agent (logs of its Instances).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_endpoint: Option<String>,
-    /// The `metadata.generation` this status was written for.
+    /// The `metadata.generation` of the Node its agent last saw (written at the first
+    /// status write after a spec change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
@@ -357,10 +363,14 @@ pub struct ServiceStatus {
     /// The Service's round-robin IP, allocated by the root.
     #[serde(default, rename = "serviceIP", skip_serializing_if = "Option::is_none")]
     pub service_ip: Option<Ipv4Addr>,
-    /// `Ready`, `Scheduled` and rollout conditions.
+    /// `Ready` (exactly `spec.replicas` Instances, all of the current template and
+    /// running), `Reconciling` (`True` while it scales, rolls out or waits for
+    /// Instances to start), `Stalled` (`True` while an Instance cannot be placed or
+    /// failed for good; the reason says which), `Available` and `Placed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// The `metadata.generation` this status was written for.
+    /// The `metadata.generation` the service controller acted on when it wrote this
+    /// status; the conditions are about the spec of that generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
@@ -441,10 +451,13 @@ pub struct InstanceStatus {
     /// Human-readable detail of `reason`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
-    /// `Scheduled` (with why not, when not) and `Ready`.
+    /// `Scheduled` (with why not, when not) and `Ready` (`True` while the workload
+    /// runs; otherwise `False` with the phase as the reason).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// The `metadata.generation` this status was written for.
+    /// The `metadata.generation` the status was written for: by the binder that
+    /// found no target, or by the node's agent (at the root: the root's generation
+    /// once the cluster's copy has caught up with the spec they share).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }

@@ -201,5 +201,32 @@ mod tests {
             .unwrap()
             .matches(&o));
         assert!(!FieldSelector::parse("spec.cluster=x").unwrap().matches(&o));
+        // `kubectl wait` selects one object by name, on every kind (Namespaces,
+        // cluster-scoped Nodes, namespaced Services alike).
+        for (selector, object, want) in [
+            (
+                "metadata.name=web",
+                json!({"metadata": {"name": "web"}}),
+                true,
+            ),
+            (
+                "metadata.name=web",
+                json!({"metadata": {"name": "web-2"}}),
+                false,
+            ),
+            (
+                "metadata.name=web",
+                json!({"metadata": {"name": "web", "namespace": "default"}}),
+                true,
+            ),
+            (
+                "metadata.name=n1,metadata.namespace=",
+                json!({"metadata": {"name": "n1"}}),
+                true,
+            ),
+        ] {
+            let s = FieldSelector::parse(selector).unwrap();
+            assert_eq!(s.matches(&object), want, "{selector} on {object}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The cluster's report to the root: registration, then a heartbeat that carries the
-//! capacity, allocatable, runtimes and readiness summed over the cluster's nodes, and
-//! the local copy of the subnet the root assigned.
+//! capacity, allocatable, runtimes and readiness summed over the cluster's nodes (and
+//! the `metadata.generation` of the Cluster it read as `observedGeneration`), and the
+//! local copy of the subnet the root assigned.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -173,6 +174,7 @@ async fn beat(
         "apiEndpoint": config.api_endpoint,
         "conditions": status.conditions,
         "lastHeartbeat": now,
+        "observedGeneration": current.metadata.generation,
     }});
     let updated = clusters.patch_status(&config.name, &patch).await?;
     mirror_subnet(local, &config.name, updated.status.as_ref()).await
@@ -200,9 +202,13 @@ async fn mirror_subnet(
                 .await?
         }
     };
-    if existing.pointer("/status/subnet").and_then(|s| s.as_str()) != Some(subnet.as_str()) {
-        api.patch_status(name, &json!({"status": {"subnet": subnet}}))
-            .await?;
+    let generation = existing.pointer("/metadata/generation").cloned();
+    let observed = existing.pointer("/status/observedGeneration").cloned();
+    if existing.pointer("/status/subnet").and_then(|s| s.as_str()) != Some(subnet.as_str())
+        || observed != generation
+    {
+        let status = json!({"status": {"subnet": subnet, "observedGeneration": generation}});
+        api.patch_status(name, &status).await?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Instance sync between the root and this cluster. Down: root Instances placed here get
-//! a local copy. Up: the local binding and status go to the root Instance. Gone or moved
-//! at the root: the local copy is deleted.
+//! a local copy. Up: the local binding and status go to the root Instance (its
+//! `observedGeneration` translated into the root's generations). Gone or moved at the
+//! root: the local copy is deleted.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -160,13 +161,13 @@ async fn sync_one(
         .await?;
         return Ok(Action::await_change());
     }
-    if let Some(status) = &local.status {
-        if remote.status.as_ref() != Some(status) {
-            if let Some(wait) = settling(status) {
+    if let Some(status) = status_up(&local, &remote) {
+        if remote.status.as_ref() != Some(&status) {
+            if let Some(wait) = settling(&status) {
                 return Ok(Action::requeue(wait));
             }
             write_up(&ctx, &key, &root_api, &remote, |mut up| {
-                up.status = Some(status.clone());
+                up.status = status_up(&local, &up);
                 let api = root_api.clone();
                 async move { api.replace_status(&up).await }
             })
@@ -174,6 +175,23 @@ async fn sync_one(
         }
     }
     hand_back_if_no_room(&ctx.root, &ctx.cluster, ctx.handback, &local, &remote).await
+}
+
+/// The status of the root's `remote` that mirrors `local`, this cluster's copy of it
+/// (`None` while the copy has none): the same status, but `observedGeneration` counts
+/// in the root's generations. It is `remote`'s generation when the local status is of
+/// the local copy's current generation (the two share their spec: the binding is
+/// written up before any status), and otherwise stays what the root had.
+fn status_up(local: &Instance, remote: &Instance) -> Option<InstanceStatus> {
+    let mut status = local.status.clone()?;
+    let caught_up = status.observed_generation.is_some()
+        && status.observed_generation == local.metadata.generation;
+    status.observed_generation = if caught_up {
+        remote.metadata.generation
+    } else {
+        remote.status.as_ref().and_then(|s| s.observed_generation)
+    };
+    Some(status)
 }
 
 /// How long the status of a freshly bound local Instance waits before it is written
@@ -280,6 +298,57 @@ mod tests {
             Utc::now() - ago,
         );
         status
+    }
+
+    #[test]
+    fn the_status_written_up_observes_the_roots_generation() {
+        /// An Instance at `generation` whose status observed `observed` (no status: `None`).
+        fn at(generation: i64, observed: Option<Option<i64>>) -> Instance {
+            let mut i = Instance::new("web-0", Default::default());
+            i.metadata.generation = Some(generation);
+            i.status = observed.map(|o| InstanceStatus {
+                phase: Phase::Running,
+                observed_generation: o,
+                ..Default::default()
+            });
+            i
+        }
+        // (what, local copy, root copy) → observedGeneration written up (None: no status)
+        let cases = [
+            (
+                "no local status: nothing to write",
+                at(2, None),
+                at(3, Some(Some(1))),
+                None,
+            ),
+            (
+                "the local status is current: the root's generation",
+                at(2, Some(Some(2))),
+                at(3, Some(Some(1))),
+                Some(Some(3)),
+            ),
+            (
+                "the local status lags: the root keeps its own",
+                at(3, Some(Some(2))),
+                at(5, Some(Some(1))),
+                Some(Some(1)),
+            ),
+            (
+                "the local status never observed: the root keeps its own",
+                at(2, Some(None)),
+                at(3, None),
+                Some(None),
+            ),
+        ];
+        for (what, local, remote, expected) in cases {
+            assert_eq!(
+                status_up(&local, &remote).map(|s| s.observed_generation),
+                expected,
+                "{what}"
+            );
+        }
+        let up = status_up(&at(2, Some(Some(2))), &at(3, None)).unwrap();
+        assert_eq!(up.phase, Phase::Running, "the rest is the local status");
     }
 
     #[test]
