@@ -342,6 +342,16 @@ impl Binding {
             &format!("placed on {field} {}", self.name),
             now,
         );
+        // Ready follows the phase in the same write, as every other writer keeps it.
+        let (ready, reason, message) = crds::conditions::instance_readiness(status.phase, "");
+        crds::set_condition(
+            &mut status.conditions,
+            crds::conditions::READY,
+            ready,
+            reason,
+            &message,
+            now,
+        );
         serde_json::to_value(&instance).map_err(internal)
     }
 }
