@@ -115,12 +115,14 @@ pub struct ClusterStatus {
     pub allocatable: Option<Capacity>,
     /// Runtimes at least one of the cluster's nodes supports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub runtimes: Vec<RuntimeKind>,
     /// URL of the cluster's own API (where its Nodes are).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_endpoint: Option<String>,
     /// `Ready` while the cluster orchestrator reports in time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// When the cluster orchestrator last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,6 +143,7 @@ pub struct NodeSpec {
     pub address: String,
     /// Runtimes the node's agent can run.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub runtimes: Vec<RuntimeKind>,
     /// Where the node is; the cluster scheduler measures geographic constraints to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,6 +168,7 @@ pub struct NodeStatus {
     pub usage: Option<Capacity>,
     /// `Ready` while the agent renews its Lease in time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// When the agent last wrote this status: at changes and every few heartbeats
     /// (each beat renews the node's `Lease`).
@@ -258,6 +262,7 @@ pub struct LatencyConstraint {
 pub struct Placement {
     /// Only these clusters may run the Service (empty: any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub clusters: Vec<String>,
     /// Labels a Cluster must carry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -305,15 +310,19 @@ pub struct Workload {
     /// The command line: replaces the image's entrypoint (containers); follows the
     /// executable, or names it when there is none (processes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub command: Vec<String>,
     /// Arguments appended to the command.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub args: Vec<String>,
     /// Environment variables.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub env: Vec<EnvVar>,
     /// Ports the workload listens on, optionally published on the node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["containerPort", "protocol"]))]
     pub ports: Vec<ServicePort>,
     /// What one Instance requests; placement reserves it and the worker enforces it (cgroup limits).
     #[serde(default)]
@@ -359,6 +368,7 @@ pub struct ServiceStatus {
     pub service_ip: Option<Ipv4Addr>,
     /// `Ready`, `Scheduled` and rollout conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` this status was written for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -443,6 +453,7 @@ pub struct InstanceStatus {
     pub message: String,
     /// `Scheduled` (with why not, when not) and `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` this status was written for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
