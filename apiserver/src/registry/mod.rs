@@ -25,6 +25,7 @@
 //! then only checks that the call would succeed (the key absent for a create, at the
 //! expected revision otherwise) and stores nothing, so no watch event follows.
 
+pub mod fields;
 pub mod list;
 pub mod strategy;
 
