@@ -874,7 +874,8 @@ impl ManagedEntry {
         v
     }
 
-    fn same_writer(&self, writer: &Writer) -> bool {
+    /// Whether this is `writer`'s entry (the same manager, operation and subresource).
+    pub fn is_by(&self, writer: &Writer) -> bool {
         self.manager == writer.manager
             && self.operation == writer.operation
             && self.subresource == writer.subresource
@@ -960,7 +961,8 @@ pub fn record(
         }
     }
     let removed = before_set.difference(&after_set);
-    if let (Some(applied), false) = (&writer.applied, writer.force) {
+    let applied = writer.applied.as_ref().map(|a| writer.scope.restrict(a));
+    if let (Some(applied), false) = (&applied, writer.force) {
         let found = conflicts(
             before_object,
             after,
@@ -974,9 +976,9 @@ pub fn record(
         }
     }
     let taken = changed.union(&removed);
-    let previous = entries.iter().find(|e| e.same_writer(writer));
-    let mine = match &writer.applied {
-        Some(applied) => writer.scope.restrict(applied),
+    let previous = entries.iter().find(|e| e.is_by(writer));
+    let mine = match applied {
+        Some(applied) => applied,
         None => writer
             .scope
             .restrict(
@@ -1002,7 +1004,7 @@ pub fn record(
     let mut out = Vec::new();
     let mut placed = false;
     for entry in entries {
-        if entry.same_writer(writer) {
+        if entry.is_by(writer) {
             placed = true;
             if !own.fields.is_empty() {
                 out.push(own.clone());
