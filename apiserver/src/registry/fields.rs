@@ -729,6 +729,8 @@ pub struct Conflict {
     pub manager: String,
     /// The field, as kube prints it (`.spec.replicas`).
     pub field: String,
+    /// The field's path.
+    pub path: Vec<PathElement>,
 }
 
 /// The conflicts of an apply by `applier` that sets `applied_set` and turns `live`
@@ -754,6 +756,7 @@ pub fn conflicts(
                 out.push(Conflict {
                     manager: entry.manager.clone(),
                     field: display(&path),
+                    path: path.clone(),
                 });
             }
         }
@@ -761,6 +764,33 @@ pub fn conflicts(
     out.sort();
     out.dedup();
     out
+}
+
+/// The manager `kubectl apply --server-side` applies as.
+const KUBECTL: &str = "kubectl";
+
+/// The annotation of `kubectl apply` (client-side): the object as last applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The fields of `live`'s client-side-apply annotation that still have the value it
+/// gave them: kube lets `kubectl` (and only it) take these over by server-side apply
+/// without a conflict, so that moving from client-side to server-side apply works.
+pub fn unchanged_since_client_side_apply(live: &Value, types: &ListTypes) -> FieldSet {
+    let Some(last) = live
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(LAST_APPLIED))
+        .and_then(Value::as_str)
+        .and_then(|text| serde_json::from_str::<Value>(text).ok())
+    else {
+        return FieldSet::default();
+    };
+    let mut unchanged = FieldSet::default();
+    for path in FieldSet::of(&last, types).leaves() {
+        if lookup(&last, &path, types) == lookup(live, &path, types) {
+            unchanged.insert(&path);
+        }
+    }
+    unchanged
 }
 
 /// kube's message for `conflicts` (not empty), each manager named `using api_version`.
@@ -963,7 +993,7 @@ pub fn record(
     let removed = before_set.difference(&after_set);
     let applied = writer.applied.as_ref().map(|a| writer.scope.restrict(a));
     if let (Some(applied), false) = (&applied, writer.force) {
-        let found = conflicts(
+        let mut found = conflicts(
             before_object,
             after,
             applied,
@@ -971,6 +1001,10 @@ pub fn record(
             entries,
             types,
         );
+        if writer.manager == KUBECTL {
+            let allowed = unchanged_since_client_side_apply(before_object, types);
+            found.retain(|c| !allowed.contains(&c.path));
+        }
         if !found.is_empty() {
             return Err(found);
         }
@@ -1296,6 +1330,7 @@ mod tests {
         let one = [Conflict {
             manager: "a".into(),
             field: ".spec.replicas".into(),
+            path: vec![],
         }];
         assert_eq!(
             conflict_message(&one, "oakestra.io/v1"),
@@ -1306,6 +1341,7 @@ mod tests {
             Conflict {
                 manager: "b".into(),
                 field: ".spec.x".into(),
+                path: vec![],
             },
         ];
         assert_eq!(
@@ -1490,5 +1526,46 @@ mod tests {
         let v = created[0].to_value();
         assert_eq!(v["fieldsType"], "FieldsV1");
         assert_eq!(ManagedEntry::from_value(&v).unwrap(), created[0]);
+    }
+
+    #[test]
+    fn kubectl_takes_over_what_client_side_apply_last_set() {
+        let t = services();
+        let mut live = svc(json!({"replicas": 2, "template": {"image": "x"}}));
+        live["metadata"]["annotations"] = json!({LAST_APPLIED:
+            r#"{"apiVersion":"oakestra.io/v1","kind":"Service","metadata":{"name":"web"},"spec":{"replicas":2,"template":{"image":"old"}}}"#});
+        let unchanged = unchanged_since_client_side_apply(&live, t);
+        assert_eq!(unchanged.leaf_paths(), vec![".spec.replicas"]);
+        let csa = entry(
+            "kubectl-client-side-apply",
+            Operation::Update,
+            json!({"spec": {"replicas": 2, "template": {"image": "x"}}}),
+        );
+        for (manager, spec, want) in [
+            ("kubectl", json!({"replicas": 4}), Ok(())),
+            ("other", json!({"replicas": 4}), Err(vec![".spec.replicas"])),
+            // Changed since the annotation (by someone else): still a conflict.
+            (
+                "kubectl",
+                json!({"template": {"image": "y"}}),
+                Err(vec![".spec.template.image"]),
+            ),
+        ] {
+            let applied = json!({"spec": spec});
+            let after = merge_apply(
+                &live,
+                &applied,
+                &FieldSet::default(),
+                &FieldSet::default(),
+                t,
+            );
+            let w = writer(manager, Operation::Apply, Some(applied), false);
+            let got = record(Some(&live), &after, std::slice::from_ref(&csa), &w, t, "t1")
+                .map(|_| ())
+                .map_err(|c| c.into_iter().map(|c| c.field).collect::<Vec<_>>());
+            let want =
+                want.map_err(|f: Vec<&str>| f.into_iter().map(String::from).collect::<Vec<_>>());
+            assert_eq!(got, want, "{manager} applies {spec}");
+        }
     }
 }
