@@ -46,6 +46,17 @@ pub enum ApiError {
         /// Why.
         message: String,
     },
+    /// 409: a server-side apply would change fields other managers own (kube's
+    /// `Apply failed with N conflict(s)`), each a cause `FieldManagerConflict`.
+    #[error("{message}")]
+    ApplyConflict {
+        /// kube's message, naming every manager and field.
+        message: String,
+        /// `(manager, field)` of each conflict, the field as kube prints it.
+        conflicts: Vec<(String, String)>,
+        /// The `apiVersion` the managers wrote with.
+        api_version: String,
+    },
     /// 422: the object fails validation, or changes an immutable field.
     #[error("{kind} \"{name}\" is invalid: {}", .errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "))]
     Invalid {
@@ -87,7 +98,9 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::AlreadyExists { .. }
+            | ApiError::Conflict { .. }
+            | ApiError::ApplyConflict { .. } => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -105,7 +118,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "Forbidden",
             ApiError::NotFound { .. } => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
-            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Conflict { .. } | ApiError::ApplyConflict { .. } => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::Gone(_) => "Expired",
             ApiError::TooLarge { .. } => "RequestEntityTooLarge",
@@ -143,6 +156,21 @@ impl ApiError {
                         field: e.field.clone(),
                     })
                     .collect(),
+            }),
+            ApiError::ApplyConflict {
+                conflicts,
+                api_version,
+                ..
+            } => Some(StatusDetails {
+                causes: conflicts
+                    .iter()
+                    .map(|(manager, field)| StatusCause {
+                        reason: "FieldManagerConflict".into(),
+                        message: format!("conflict with {manager:?} using {api_version}"),
+                        field: field.clone(),
+                    })
+                    .collect(),
+                ..Default::default()
             }),
             _ => None,
         };

@@ -203,18 +203,42 @@ fn dry_run(value: Option<&str>) -> Result<bool, ApiError> {
     }
 }
 
-/// The options every write verb takes, from the query (reads ignore `dryRun`), for
-/// `caller`.
+/// The options every write verb takes, from the query (reads ignore `dryRun`) and the
+/// headers, for `caller`.
 fn write_options(
     method: &Method,
     query: &HashMap<String, String>,
+    headers: &HeaderMap,
     caller: Identity,
 ) -> Result<WriteOptions, ApiError> {
     let dry_run = match *method {
         Method::GET | Method::HEAD => false,
         _ => dry_run(query.get("dryRun").map(String::as_str))?,
     };
-    Ok(WriteOptions { dry_run, caller })
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|u| u.to_str().ok());
+    Ok(WriteOptions {
+        dry_run,
+        caller,
+        field_manager: field_manager(query.get("fieldManager").map(String::as_str), user_agent),
+    })
+}
+
+/// The manager a write is recorded under: `fieldManager`, else the User-Agent's
+/// product (before the first `/`: `kubectl` of `kubectl/v1.32.0 (linux/amd64) …`),
+/// else `unknown`, as kube-apiserver names it.
+fn field_manager(query: Option<&str>, user_agent: Option<&str>) -> String {
+    query
+        .filter(|m| !m.is_empty())
+        .or_else(|| {
+            user_agent
+                .and_then(|u| u.split('/').next())
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+        })
+        .unwrap_or("unknown")
+        .to_string()
 }
 
 /// A boolean query parameter as Kubernetes reads one (Go's `strconv.ParseBool`): the
@@ -251,7 +275,7 @@ async fn api(
         None => target.kind.plural.to_string(),
         Some(sub) => format!("{}/{}", target.kind.plural, sub.name()),
     };
-    let options = write_options(&method, &query, caller);
+    let options = write_options(&method, &query, &headers, caller);
     let span = tracing::info_span!("request", verb = verb_name, user = %options.as_ref().map(|o| o.caller.user()).unwrap_or_default(), resource = %resource, namespace = target.namespace.as_deref(), name = target.name.as_deref(), dry_run = options.as_ref().is_ok_and(|o| o.dry_run));
     let handled = async {
         let options = options?;
@@ -288,13 +312,25 @@ async fn api(
     response
 }
 
-async fn read_body(state: &AppState, body: Body) -> Result<Value, ApiError> {
+/// The body's bytes, up to the configured limit.
+async fn read_bytes(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
     let limit = state.config.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit)
+    axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::TooLarge { limit })?;
+        .map_err(|_| ApiError::TooLarge { limit })
+}
+
+async fn read_body(state: &AppState, body: Body) -> Result<Value, ApiError> {
+    let bytes = read_bytes(state, body).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
+}
+
+/// An apply's body: YAML (JSON is YAML too).
+async fn read_yaml_body(state: &AppState, body: Body) -> Result<Value, ApiError> {
+    let bytes = read_bytes(state, body).await?;
+    yaml_serde::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("the apply body is not valid YAML: {e}")))
 }
 
 fn list_options(query: &HashMap<String, String>) -> Result<ListOptions, ApiError> {
@@ -419,8 +455,18 @@ async fn handle(
                 .get(header::CONTENT_TYPE)
                 .and_then(|c| c.to_str().ok())
                 .unwrap_or_default();
-            let patch_type = patch_type(kind, content_type)?;
-            let patch = read_body(state, body).await?;
+            let patch_type = patch_type(kind, content_type, is_true(query.get("force")))?;
+            let patch = match patch_type {
+                PatchType::Apply { .. } => {
+                    if query.get("fieldManager").is_none_or(|m| m.is_empty()) {
+                        return Err(ApiError::BadRequest(
+                            "fieldManager: Required value: is required for apply patch".into(),
+                        ));
+                    }
+                    read_yaml_body(state, body).await?
+                }
+                _ => read_body(state, body).await?,
+            };
             Ok(Json(
                 registry
                     .patch(kind, ns, name, patch, patch_type, part, options)
@@ -470,17 +516,19 @@ fn authorize_collection(
 /// The patch type a PATCH's `Content-Type` names. Strategic merge patch is taken as a
 /// merge patch for the core kinds (kubectl sends it for `label` and `annotate` on a
 /// Namespace; ours have no lists it could merge by key) and refused for `oakestra.io`
-/// kinds as kube-apiserver refuses it for custom resources.
-fn patch_type(kind: &KindInfo, content_type: &str) -> Result<PatchType, ApiError> {
+/// kinds as kube-apiserver refuses it for custom resources. An apply
+/// (`application/apply-patch+yaml`) is forced with `force`.
+fn patch_type(kind: &KindInfo, content_type: &str, force: bool) -> Result<PatchType, ApiError> {
     let media = content_type.split(';').next().unwrap_or_default().trim();
     match media {
         "application/merge-patch+json" => Ok(PatchType::Merge),
         "application/json-patch+json" => Ok(PatchType::Json),
+        "application/apply-patch+yaml" => Ok(PatchType::Apply { force }),
         "application/strategic-merge-patch+json" if kind.group.is_empty() => {
             Ok(PatchType::Merge)
         }
         _ => Err(ApiError::UnsupportedMediaType(format!(
-            "the body of the request was in an unknown format ({media:?}) - accepted media types include: application/json-patch+json, application/merge-patch+json"
+            "the body of the request was in an unknown format ({media:?}) - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
         ))),
     }
 }
@@ -542,7 +590,7 @@ fn delete_options(
         propagation,
         write: WriteOptions {
             dry_run: write.dry_run || body_dry_run,
-            caller: write.caller,
+            ..write
         },
     })
 }
@@ -739,6 +787,54 @@ async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_field_manager_of_a_write() {
+        for (query, user_agent, want) in [
+            (Some("a"), Some("kubectl/v1.32.0 (linux/amd64)"), "a"),
+            (
+                None,
+                Some("kubectl/v1.32.0 (linux/amd64) kubernetes/abc"),
+                "kubectl",
+            ),
+            (Some(""), Some("oakctl"), "oakctl"),
+            (None, Some("/v1"), "unknown"),
+            (None, None, "unknown"),
+        ] {
+            assert_eq!(
+                field_manager(query, user_agent),
+                want,
+                "{query:?} {user_agent:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn patch_types_by_content_type() {
+        let service = crds::kind_by_name("services").unwrap();
+        for (content_type, want) in [
+            ("application/merge-patch+json", Some(PatchType::Merge)),
+            (
+                "application/json-patch+json; charset=utf-8",
+                Some(PatchType::Json),
+            ),
+            (
+                "application/apply-patch+yaml",
+                Some(PatchType::Apply { force: true }),
+            ),
+            ("application/strategic-merge-patch+json", None),
+        ] {
+            match (patch_type(service, content_type, true), want) {
+                (Ok(got), Some(want)) => assert_eq!(got, want, "{content_type}"),
+                (Err(e), None) => assert!(
+                    e.to_string()
+                        .ends_with("application/merge-patch+json, application/apply-patch+yaml"),
+                    "{e}"
+                ),
+                (got, want) => panic!("{content_type}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
 
     #[test]
     fn query_booleans_read_as_kubernetes_reads_them() {

@@ -906,6 +906,273 @@ async fn json_patches(c: &Client) {
     assert_eq!(code, 400, "a JSON patch is a list");
 }
 
+/// The managedFields entries of `o` as `(manager, operation, subresource)`.
+fn managers(o: &Value) -> Vec<(String, String, String)> {
+    o["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (text("manager"), text("operation"), text("subresource"))
+        })
+        .collect()
+}
+
+/// The fieldsV1 of `manager`'s entry (of `operation`) in `o`.
+fn fields_of(o: &Value, manager: &str, operation: &str) -> Value {
+    o["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["manager"] == manager && e["operation"] == operation)
+        .map(|e| e["fieldsV1"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn entry(manager: &str, operation: &str, subresource: &str) -> (String, String, String) {
+    (manager.into(), operation.into(), subresource.into())
+}
+
+/// Server-side apply: field ownership, conflicts, force, removal of what an applier
+/// stops sending, list-maps merged by key, the status subresource, dry runs, and the
+/// managedFields every other write keeps.
+async fn server_side_apply(c: &Client) {
+    let svc = c.dynamic(kind("svc"), Some("default"));
+    let applied = |labels: Value, spec: Value| {
+        json!({"apiVersion": "oakestra.io/v1", "kind": "Service",
+               "metadata": {"name": "ssa", "labels": labels}, "spec": spec})
+    };
+    let a1 = applied(
+        json!({"app": "ssa", "team": "a"}),
+        json!({"replicas": 2, "template": {"image": "x"}}),
+    );
+
+    // Created by an apply: one Apply entry, owning what it sent.
+    let created = svc.apply("ssa", &a1, "a", false).await.unwrap();
+    assert_eq!(managers(&created), vec![entry("a", "Apply", "")]);
+    let owned = fields_of(&created, "a", "Apply");
+    assert_eq!(owned["f:spec"]["f:replicas"], json!({}), "{owned}");
+    assert_eq!(
+        owned["f:metadata"]["f:labels"]["f:team"],
+        json!({}),
+        "{owned}"
+    );
+    assert!(created["metadata"]["managedFields"][0]["time"].is_string());
+    assert_eq!(
+        created["spec"]["template"]["runtime"], "container",
+        "defaulted"
+    );
+
+    // The same apply again writes nothing.
+    let again = svc.apply("ssa", &a1, "a", false).await.unwrap();
+    assert_eq!(rv(&again), rv(&created));
+    assert_eq!(
+        again["metadata"]["managedFields"],
+        created["metadata"]["managedFields"]
+    );
+
+    // Another manager changing a's field: a conflict naming both.
+    let b = applied(json!(null), json!({"replicas": 3}));
+    let status = match svc.apply("ssa", &b, "b", false).await.unwrap_err() {
+        ClientError::Api { status } => status,
+        other => panic!("expected a conflict, got {other}"),
+    };
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        status.message,
+        "Apply failed with 1 conflict: conflict with \"a\" using oakestra.io/v1: .spec.replicas"
+    );
+    let causes = status.details.unwrap().causes;
+    assert_eq!(causes.len(), 1, "{causes:?}");
+    assert_eq!(
+        (
+            causes[0].reason.as_str(),
+            causes[0].field.as_str(),
+            causes[0].message.as_str()
+        ),
+        (
+            "FieldManagerConflict",
+            ".spec.replicas",
+            "conflict with \"a\" using oakestra.io/v1"
+        )
+    );
+    assert_eq!(svc.get("ssa").await.unwrap()["spec"]["replicas"], 2);
+
+    // Forced, b takes the field from a.
+    let forced = svc.apply("ssa", &b, "b", true).await.unwrap();
+    assert_eq!(forced["spec"]["replicas"], 3);
+    assert_eq!(
+        managers(&forced),
+        vec![entry("a", "Apply", ""), entry("b", "Apply", "")]
+    );
+    assert_eq!(
+        fields_of(&forced, "b", "Apply"),
+        json!({"f:spec": {"f:replicas": {}}})
+    );
+    assert!(fields_of(&forced, "a", "Apply")["f:spec"]
+        .get("f:replicas")
+        .is_none());
+
+    // a stops sending replicas: b owns them, they stay.
+    let a2 = applied(
+        json!({"app": "ssa", "team": "a"}),
+        json!({"template": {"image": "x"}}),
+    );
+    let kept = svc.apply("ssa", &a2, "a", false).await.unwrap();
+    assert_eq!(kept["spec"]["replicas"], 3);
+    // a stops sending a label it alone owned: it goes.
+    let a3 = applied(json!({"app": "ssa"}), json!({"template": {"image": "x"}}));
+    let dropped = svc.apply("ssa", &a3, "a", false).await.unwrap();
+    assert_eq!(dropped["metadata"]["labels"], json!({"app": "ssa"}));
+
+    // A merge patch is an Update of its manager (this client sends no User-Agent).
+    let patched = svc
+        .patch("ssa", &json!({"metadata": {"annotations": {"note": "hi"}}}))
+        .await
+        .unwrap();
+    assert!(
+        managers(&patched).contains(&entry("unknown", "Update", "")),
+        "{patched}"
+    );
+    assert_eq!(
+        fields_of(&patched, "unknown", "Update"),
+        json!({"f:metadata": {"f:annotations": {"f:note": {}}}})
+    );
+
+    // Template ports are a list-map by containerPort and protocol: two managers' ports
+    // merge (a missing protocol is its default, tcp).
+    let a4 = applied(
+        json!({"app": "ssa"}),
+        json!({"template": {"image": "x", "ports": [{"containerPort": 80}]}}),
+    );
+    svc.apply("ssa", &a4, "a", false).await.unwrap();
+    let c_ports = applied(
+        json!(null),
+        json!({"template": {"ports": [{"containerPort": 81, "protocol": "udp"}]}}),
+    );
+    let merged = svc.apply("ssa", &c_ports, "c", false).await.unwrap();
+    let ports: Vec<(Value, Value)> = merged["spec"]["template"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["containerPort"].clone(), p["protocol"].clone()))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![(json!(80), json!("tcp")), (json!(81), json!("udp"))]
+    );
+    assert_eq!(
+        fields_of(&merged, "c", "Apply")["f:spec"]["f:template"]["f:ports"]
+            ["k:{\"containerPort\":81,\"protocol\":\"udp\"}"]["."],
+        json!({}),
+        "{merged}"
+    );
+    assert!(
+        fields_of(&merged, "a", "Apply")["f:spec"]["f:template"]["f:ports"]
+            .get("k:{\"containerPort\":80,\"protocol\":\"tcp\"}")
+            .is_some()
+    );
+
+    // The status subresource: its own Apply entry; a main apply does not touch status.
+    let ready = json!({"apiVersion": "oakestra.io/v1", "kind": "Service",
+                       "metadata": {"name": "ssa"}, "status": {"readyReplicas": 1}});
+    let with_status = svc
+        .apply_status("ssa", &ready, "ctrl", false)
+        .await
+        .unwrap();
+    assert_eq!(with_status["status"]["readyReplicas"], 1);
+    assert!(managers(&with_status).contains(&entry("ctrl", "Apply", "status")));
+    assert_eq!(
+        fields_of(&with_status, "ctrl", "Apply"),
+        json!({"f:status": {"f:readyReplicas": {}}})
+    );
+    let mut main_with_status = a4.clone();
+    main_with_status["status"] = json!({"readyReplicas": 7});
+    let main = svc
+        .apply("ssa", &main_with_status, "a", false)
+        .await
+        .unwrap();
+    assert_eq!(main["status"]["readyReplicas"], 1);
+    assert_eq!(rv(&main), rv(&with_status), "nothing changed");
+
+    // Dry runs store nothing, creating or changing.
+    let before = svc.get("ssa").await.unwrap();
+    let would = svc
+        .dry_run()
+        .apply(
+            "ssa",
+            &applied(json!(null), json!({"replicas": 9})),
+            "b",
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(would["spec"]["replicas"], 9);
+    assert_eq!(svc.get("ssa").await.unwrap(), before);
+    let mut fresh = a1.clone();
+    fresh["metadata"]["name"] = json!("ssa-new");
+    let would = svc
+        .dry_run()
+        .apply("ssa-new", &fresh, "a", false)
+        .await
+        .unwrap();
+    assert_eq!(managers(&would), vec![entry("a", "Apply", "")]);
+    assert!(svc.get("ssa-new").await.unwrap_err().is_not_found());
+
+    // Rejections: no fieldManager, managedFields in the body, another name.
+    for (body, manager, want) in [
+        (a1.clone(), "", "fieldManager"),
+        (
+            {
+                let mut o = a1.clone();
+                o["metadata"]["managedFields"] = json!([]);
+                o
+            },
+            "a",
+            "managedFields",
+        ),
+        (fresh.clone(), "a", "does not match"),
+    ] {
+        let (code, message, _) =
+            api_error(svc.apply("ssa", &body, manager, false).await.unwrap_err());
+        assert_eq!(code, 400, "{message}");
+        assert!(message.contains(want), "{message}");
+    }
+
+    // A write that sets managedFields stores them as given; an empty list clears them.
+    let current = svc.get("ssa").await.unwrap();
+    let only_b: Vec<Value> = current["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["manager"] == "b")
+        .cloned()
+        .collect();
+    let migrated = svc
+        .json_patch(
+            "ssa",
+            &json!([{"op": "replace", "path": "/metadata/managedFields", "value": only_b}]),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(managers(&migrated), vec![entry("b", "Apply", "")]);
+    let cleared = svc
+        .json_patch(
+            "ssa",
+            &json!([{"op": "replace", "path": "/metadata/managedFields", "value": []}]),
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(
+        cleared["metadata"].get("managedFields").is_none(),
+        "{cleared}"
+    );
+    svc.delete("ssa", None).await.unwrap();
+}
+
 async fn discovery(c: &Client) {
     let groups = c.get_json("/apis").await.unwrap();
     assert_eq!(groups["groups"][0]["name"], "oakestra.io");
@@ -932,9 +1199,20 @@ async fn discovery(c: &Client) {
     let core = c.get_json("/api/v1").await.unwrap();
     assert_eq!(core["resources"][0]["name"], "namespaces");
     let openapi = c.get_json("/openapi/v3/apis/oakestra.io/v1").await.unwrap();
-    assert!(
-        openapi["components"]["schemas"]["io.oakestra.v1.Service"]["properties"]["spec"]
-            .is_object()
+    let schemas = &openapi["components"]["schemas"];
+    assert!(schemas["io.oakestra.v1.Service"]["properties"]["spec"].is_object());
+    // The list markers kubectl merges by are served.
+    let ports = &schemas["io.oakestra.v1.Service.Workload"]["properties"]["ports"];
+    assert_eq!(ports["x-kubernetes-list-type"], "map", "{ports}");
+    assert_eq!(
+        ports["x-kubernetes-list-map-keys"],
+        json!(["containerPort", "protocol"])
+    );
+    let conditions = &schemas["io.oakestra.v1.Service.ServiceStatus"]["properties"]["conditions"];
+    assert_eq!(
+        conditions["x-kubernetes-list-map-keys"],
+        json!(["type"]),
+        "{conditions}"
     );
     let wrong = c
         .get_json("/apis/oakestra.io/v1/widgets")
@@ -1040,6 +1318,7 @@ scenarios!(
     discovery,
     dry_run,
     json_patches,
+    server_side_apply,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

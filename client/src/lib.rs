@@ -679,18 +679,68 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> DynamicApi<T> {
         } else {
             self.item_url(name)
         };
-        self.send_patch(url, operations, "application/json-patch+json")
+        self.send_patch(url, operations, "application/json-patch+json", &[])
+            .await
+    }
+
+    /// Server-side apply of `object` (a partial object with apiVersion, kind and
+    /// metadata.name: the fields `field_manager` means to own) to `name`, creating it
+    /// when absent; `force` takes fields other managers own instead of failing with a
+    /// conflict (409, [`ClientError::is_conflict`]).
+    pub async fn apply(
+        &self,
+        name: &str,
+        object: &Value,
+        field_manager: &str,
+        force: bool,
+    ) -> Result<T> {
+        self.send_apply(self.item_url(name), object, field_manager, force)
+            .await
+    }
+
+    /// Server-side apply of `object`'s status to the status subresource of `name`.
+    pub async fn apply_status(
+        &self,
+        name: &str,
+        object: &Value,
+        field_manager: &str,
+        force: bool,
+    ) -> Result<T> {
+        self.send_apply(self.status_url(name), object, field_manager, force)
+            .await
+    }
+
+    async fn send_apply(
+        &self,
+        url: String,
+        object: &Value,
+        field_manager: &str,
+        force: bool,
+    ) -> Result<T> {
+        let mut query = vec![("fieldManager", field_manager)];
+        if force {
+            query.push(("force", "true"));
+        }
+        self.send_patch(url, object, "application/apply-patch+yaml", &query)
             .await
     }
 
     async fn merge_patch(&self, url: String, patch: &Value) -> Result<T> {
-        self.send_patch(url, patch, "application/merge-patch+json")
+        self.send_patch(url, patch, "application/merge-patch+json", &[])
             .await
     }
 
-    async fn send_patch(&self, url: String, body: &Value, content_type: &str) -> Result<T> {
+    /// PATCH `body` of `content_type` to `url`, with `query` parameters.
+    async fn send_patch(
+        &self,
+        url: String,
+        body: &Value,
+        content_type: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T> {
         let request = self
             .write(self.client.http.patch(&url))
+            .query(query)
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(serde_json::to_vec(body).expect("JSON serializes"));
         self.client.json(request, &url).await

@@ -47,12 +47,16 @@ pub struct ObjectMeta {
     pub annotations: BTreeMap<String, String>,
     /// Names of the controllers that must clean up before the object is removed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub finalizers: Vec<String>,
     /// Objects this one belongs to; garbage collection deletes it with its owner.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["uid"]))]
     pub owner_references: Vec<OwnerReference>,
-    /// Accepted for compatibility with Kubernetes clients; not interpreted.
+    /// Which manager set which fields (server-side apply), as the API server keeps them:
+    /// entries `{manager, operation, apiVersion, time, fieldsType: FieldsV1, fieldsV1}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub managed_fields: Option<Vec<serde_json::Value>>,
 }
 

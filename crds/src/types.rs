@@ -115,6 +115,7 @@ pub struct ClusterStatus {
     pub allocatable: Option<Capacity>,
     /// Runtimes at least one of the cluster's nodes supports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub runtimes: Vec<RuntimeKind>,
     /// URL of the cluster's own API (where its Nodes are).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,6 +124,7 @@ pub struct ClusterStatus {
     /// nodes at least is Ready (`NodesReady`); `False` with `NoReadyNodes` or
     /// `HeartbeatLapsed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// When the cluster orchestrator last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,6 +147,7 @@ pub struct NodeSpec {
     pub address: String,
     /// Runtimes the node's agent can run.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub runtimes: Vec<RuntimeKind>,
     /// Where the node is; the cluster scheduler measures geographic constraints to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,6 +173,7 @@ pub struct NodeStatus {
     /// `Ready`: `True` (`AgentReady`) while the agent renews its Lease in time, `False`
     /// (`HeartbeatLapsed`) once it stops.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// When the agent last wrote this status: at changes and every few heartbeats
     /// (each beat renews the node's `Lease`).
@@ -264,6 +268,7 @@ pub struct LatencyConstraint {
 pub struct Placement {
     /// Only these clusters may run the Service (empty: any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub clusters: Vec<String>,
     /// Labels a Cluster must carry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -311,15 +316,19 @@ pub struct Workload {
     /// The command line: replaces the image's entrypoint (containers); follows the
     /// executable, or names it when there is none (processes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub command: Vec<String>,
     /// Arguments appended to the command.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub args: Vec<String>,
     /// Environment variables.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub env: Vec<EnvVar>,
     /// Ports the workload listens on, optionally published on the node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["containerPort", "protocol"]))]
     pub ports: Vec<ServicePort>,
     /// What one Instance requests; placement reserves it and the worker enforces it (cgroup limits).
     #[serde(default)]
@@ -368,6 +377,7 @@ pub struct ServiceStatus {
     /// Instances to start), `Stalled` (`True` while an Instance cannot be placed or
     /// failed for good; the reason says which), `Available` and `Placed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` the service controller acted on when it wrote this
     /// status; the conditions are about the spec of that generation.
@@ -454,6 +464,7 @@ pub struct InstanceStatus {
     /// `Scheduled` (with why not, when not) and `Ready` (`True` while the workload
     /// runs; otherwise `False` with the phase as the reason).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` the status was written for: by the binder that
     /// found no target, or by the node's agent (at the root: the root's generation

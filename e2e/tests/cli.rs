@@ -464,6 +464,75 @@ fn kubectl_dry_runs_store_nothing() {
 }
 
 /// The exit code of a failed command and its stderr.
+/// Issue #18: `kubectl apply --server-side` as against kube-apiserver: created, a
+/// re-apply writes nothing, another manager's change of a field is a conflict until
+/// forced, and a client-side apply migrates to server-side apply.
+#[test]
+fn kubectl_server_side_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, cli) = start(dir.path());
+    let manifest = |name: &str, replicas: u32| {
+        let text = format!(
+            "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  replicas: {replicas}\n  template: {{image: x, ports: [{{containerPort: 80}}]}}\n"
+        );
+        let path = dir.path().join(format!("{name}-{replicas}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let get = |name: &str, jsonpath: &str| {
+        ok(cli.kubectl(&["get", "svc", name, "-o", &format!("jsonpath={jsonpath}")]))
+    };
+    let a = manifest("ssa", 2);
+    let out = ok(cli.kubectl(&["apply", "--server-side", "-f", &a]));
+    assert_eq!(out, "service.oakestra.io/ssa serverside-applied\n");
+    let version = get("ssa", "{.metadata.resourceVersion}");
+    ok(cli.kubectl(&["apply", "--server-side", "-f", &a]));
+    assert_eq!(
+        get("ssa", "{.metadata.resourceVersion}"),
+        version,
+        "an unchanged re-apply writes nothing"
+    );
+
+    let b = manifest("ssa", 3);
+    let err = fails(cli.kubectl(&["apply", "--server-side", "--field-manager=b", "-f", &b]));
+    assert!(
+        err.contains("conflict with \"kubectl\"") && err.contains(".spec.replicas"),
+        "{err}"
+    );
+    assert_eq!(get("ssa", "{.spec.replicas}"), "2");
+    ok(cli.kubectl(&[
+        "apply",
+        "--server-side",
+        "--field-manager=b",
+        "--force-conflicts",
+        "-f",
+        &b,
+    ]));
+    assert_eq!(get("ssa", "{.spec.replicas}"), "3");
+    let shown = ok(cli.kubectl(&["get", "svc", "ssa", "--show-managed-fields", "-o", "yaml"]));
+    assert!(shown.contains("manager: b"), "{shown}");
+    assert!(shown.contains("operation: Apply"), "{shown}");
+
+    // Client-side apply, then server-side: kubectl migrates the ownership with a JSON
+    // patch of managedFields, and the server-side apply goes through.
+    let c = manifest("csa", 1);
+    ok(cli.kubectl(&["apply", "-f", &c]));
+    let managers = get("csa", "{.metadata.managedFields[*].manager}");
+    assert_eq!(managers, "kubectl-client-side-apply");
+    let c2 = manifest("csa", 4);
+    ok(cli.kubectl(&["apply", "--server-side", "-f", &c2]));
+    assert_eq!(get("csa", "{.spec.replicas}"), "4");
+    let entries = get(
+        "csa",
+        "{range .metadata.managedFields[*]}{.manager}:{.operation} {end}",
+    );
+    assert!(entries.contains("kubectl:Apply"), "{entries}");
+    assert!(
+        !entries.contains("kubectl-client-side-apply"),
+        "migrated to kubectl's Apply entry: {entries}"
+    );
+}
+
 fn fails_with(out: Output) -> (i32, String) {
     let code = out.status.code().expect("oakctl exits, not killed");
     (code, fails(out))

@@ -17,14 +17,23 @@
 //! commits is at that object's revision, so a concurrent change cannot slip past the
 //! check (the retry checks again). A get checks the object it read ([`Registry::get`]);
 //! a missing object is a 403 for a caller whose rules depend on the object. Future
-//! steps have their place in the path too: server-side apply as one more way to compute
-//! the next object, and admission after `next_version`.
+//! steps have their place in the path too: admission after `next_version`.
+//!
+//! Every write keeps `metadata.managedFields` in one place, `manage_fields` (the
+//! decisions are in [`fields`]): the writer's manager ([`WriteOptions::field_manager`])
+//! gets an `Update` entry owning what it changed, which leaves every other entry. A
+//! server-side apply ([`Registry::apply`]) is one more way to compute the next object
+//! ([`fields::merge_apply`]), its `Apply` entry owning what it sent, refused with a
+//! conflict when it would change what another manager owns. A write that sets
+//! `managedFields` itself (kubectl's migration from client-side apply) stores them as
+//! given; an empty list clears them.
 //!
 //! A dry run ([`WriteOptions::dry_run`]) takes every step of the real write, create
 //! and delete included, up to the storage call: that one place, `Registry::commit`,
 //! then only checks that the call would succeed (the key absent for a create, at the
 //! expected revision otherwise) and stores nothing, so no watch event follows.
 
+pub mod fields;
 pub mod list;
 pub mod strategy;
 
@@ -40,6 +49,7 @@ use crate::error::ApiError;
 use crate::object;
 use crate::storage::{KeyValue, Storage, StorageError};
 use crate::watch::WatchHub;
+use fields::{FieldSet, ListTypes, ManagedEntry, Operation, Scope, Writer};
 
 pub use list::ListOptions;
 pub use strategy::{Strategy, Subresource};
@@ -64,6 +74,10 @@ pub struct WriteOptions {
     /// request's; the default, [`Identity::System`], is for callers of the registry in
     /// the server's own process.
     pub caller: Identity,
+    /// The field manager `metadata.managedFields` records the write under (the HTTP
+    /// layer: the `fieldManager` parameter, else the User-Agent's product, else
+    /// `unknown`).
+    pub field_manager: String,
 }
 
 impl Default for WriteOptions {
@@ -71,6 +85,7 @@ impl Default for WriteOptions {
         WriteOptions {
             dry_run: false,
             caller: Identity::System,
+            field_manager: "unknown".into(),
         }
     }
 }
@@ -106,6 +121,11 @@ pub enum PatchType {
     /// (`add`, `remove`, `replace`, `move`, `copy`, `test`), applied in order, all or
     /// nothing.
     Json,
+    /// Server-side apply (`application/apply-patch+yaml`): see [`Registry::apply`].
+    Apply {
+        /// `force=true`: take conflicting fields from their managers.
+        force: bool,
+    },
 }
 
 /// Which part of an object a write changes.
@@ -245,8 +265,21 @@ impl Registry {
         &self,
         kind: &KindInfo,
         ns: Option<&str>,
+        body: Value,
+        options: WriteOptions,
+    ) -> Result<Value, ApiError> {
+        let writer = writer(kind, &options, Operation::Update, None);
+        self.create_with(kind, ns, body, options, &writer).await
+    }
+
+    /// [`Registry::create`], its managedFields entry for `writer`.
+    async fn create_with(
+        &self,
+        kind: &KindInfo,
+        ns: Option<&str>,
         mut body: Value,
         options: WriteOptions,
+        writer: &Writer,
     ) -> Result<Value, ApiError> {
         check_type(kind, &body)?;
         let meta = object::meta_mut(&mut body);
@@ -300,12 +333,16 @@ impl Registry {
         meta.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
         meta.insert("creationTimestamp".into(), now().into());
         meta.insert("generation".into(), 1.into());
-        for server_owned in ["resourceVersion", "deletionTimestamp", "managedFields"] {
+        for server_owned in ["resourceVersion", "deletionTimestamp"] {
             meta.remove(server_owned);
         }
+        let given = meta
+            .remove("managedFields")
+            .filter(|m| m.as_array().is_none_or(|list| !list.is_empty()));
         let strategy = strategy::for_kind(kind);
         strategy.prepare_for_create(kind, &mut body);
         strategy.validate(kind, &name, &mut body)?;
+        manage_fields(kind, None, &mut body, given, writer)?;
         let request = RequestAttributes::on_object(Verb::Create, kind, None, ns, Some(&name));
         authorize(&options.caller, &request, None, Some(&body))?;
         self.require_namespace(kind, ns).await?;
@@ -342,7 +379,8 @@ impl Registry {
         let precondition = object::resource_version(&body).map_err(ApiError::BadRequest)?;
         let request =
             RequestAttributes::on_object(Verb::Update, kind, part.subresource(), ns, Some(name));
-        self.write(request, precondition, options, |current| {
+        let writer = writer(kind, &options, Operation::Update, part.subresource());
+        self.write(request, precondition, options, &writer, |current| {
             Ok(take_part(kind, current, &body, part))
         })
         .await
@@ -352,7 +390,9 @@ impl Registry {
     ///
     /// A merge patch's `metadata.resourceVersion` is a precondition. A JSON patch that
     /// leaves `metadata.resourceVersion` other than the stored one (kubectl replaces it
-    /// when it migrates client-side apply) is one too: a 409 unless they agree.
+    /// when it migrates client-side apply) is one too: a 409 unless they agree. An apply
+    /// is [`Registry::apply`].
+    #[allow(clippy::too_many_arguments)]
     pub async fn patch(
         &self,
         kind: &KindInfo,
@@ -363,9 +403,16 @@ impl Registry {
         part: Part,
         options: WriteOptions,
     ) -> Result<Value, ApiError> {
+        if let PatchType::Apply { force } = patch_type {
+            return self
+                .apply(kind, ns, name, patch, part, force, options)
+                .await;
+        }
         let request =
             RequestAttributes::on_object(Verb::Patch, kind, part.subresource(), ns, Some(name));
+        let writer = &writer(kind, &options, Operation::Update, part.subresource());
         match patch_type {
+            PatchType::Apply { .. } => unreachable!("answered above"),
             PatchType::Merge => {
                 if !patch.is_object() {
                     return Err(ApiError::BadRequest(
@@ -374,7 +421,7 @@ impl Registry {
                 }
                 let precondition =
                     object::resource_version(&patch).map_err(ApiError::BadRequest)?;
-                self.write(request, precondition, options, |current| {
+                self.write(request, precondition, options, writer, |current| {
                     let mut patched = current.clone();
                     json_patch::merge(&mut patched, &patch);
                     check_type(kind, &patched)?;
@@ -388,7 +435,7 @@ impl Registry {
                         "a JSON patch must be a list of operations (RFC 6902): {e}"
                     ))
                 })?;
-                self.write(request, None, options, |current| {
+                self.write(request, None, options, writer, |current| {
                     let mut patched = current.clone();
                     json_patch::patch(&mut patched, &operations).map_err(|e| {
                         ApiError::Invalid {
@@ -417,6 +464,78 @@ impl Registry {
         }
     }
 
+    /// Server-side apply of `body` (a partial object: apiVersion, kind, metadata.name
+    /// and the fields its manager, [`WriteOptions::field_manager`], owns) to the `part`
+    /// of object `name`: the object is created when absent (authorized as a create;
+    /// not for `status`), else merged ([`fields::merge_apply`], authorized as a patch).
+    /// A field another manager owns whose value would change is a conflict (409)
+    /// unless `force`, which takes it over. Nothing changes: nothing is written.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply(
+        &self,
+        kind: &KindInfo,
+        ns: Option<&str>,
+        name: &str,
+        body: Value,
+        part: Part,
+        force: bool,
+        options: WriteOptions,
+    ) -> Result<Value, ApiError> {
+        check_type(kind, &body)?;
+        match object::meta_str(&body, "name") {
+            Some(n) if n == name => {}
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                "the name of the applied object ({}) does not match the name in the URL ({name})",
+                other.unwrap_or("<none>")
+            )))
+            }
+        }
+        if body.pointer("/metadata/managedFields").is_some() {
+            return Err(ApiError::BadRequest(
+                "metadata.managedFields must be nil in an apply".into(),
+            ));
+        }
+        let types = ListTypes::for_kind(kind);
+        let mut writer = writer(kind, &options, Operation::Apply, part.subresource());
+        writer.applied = Some(FieldSet::of(&body, types));
+        writer.force = force;
+        let request =
+            RequestAttributes::on_object(Verb::Patch, kind, part.subresource(), ns, Some(name));
+        loop {
+            let updated = self
+                .write(request, None, options.clone(), &writer, |current| {
+                    let entries = fields::entries_of(current).map_err(internal)?;
+                    let (mut mine, mut others) = (FieldSet::default(), FieldSet::default());
+                    for entry in &entries {
+                        if entry.is_by(&writer) {
+                            mine = entry.fields.clone();
+                        } else {
+                            others = others.union(&entry.fields);
+                        }
+                    }
+                    let merged = fields::merge_apply(current, &body, &mine, &others, types);
+                    check_type(kind, &merged)?;
+                    Ok(take_part(kind, current, &merged, part))
+                })
+                .await;
+            match updated {
+                Err(ApiError::NotFound { .. }) if part == Part::Main => {}
+                other => return other,
+            }
+            let empty = FieldSet::default();
+            let new = fields::merge_apply(&Value::Null, &body, &empty, &empty, types);
+            match self
+                .create_with(kind, ns, new, options.clone(), &writer)
+                .await
+            {
+                // Created meanwhile: apply to it.
+                Err(ApiError::AlreadyExists { .. }) => continue,
+                other => return other,
+            }
+        }
+    }
+
     /// POST `body` to subresource `sub` of object `name` (`instances/NAME/binding`):
     /// the kind's strategy says what the write changes, and it goes through the same
     /// write path as a patch.
@@ -431,7 +550,8 @@ impl Registry {
     ) -> Result<Value, ApiError> {
         let write = strategy::for_kind(kind).subresource_write(kind, name, sub, &body)?;
         let request = RequestAttributes::on_object(Verb::Create, kind, Some(sub), ns, Some(name));
-        self.write(request, write.precondition, options, |current| {
+        let writer = writer(kind, &options, Operation::Update, Some(sub));
+        self.write(request, write.precondition, options, &writer, |current| {
             (write.change)(current)
         })
         .await
@@ -445,6 +565,7 @@ impl Registry {
         request: RequestAttributes<'_>,
         precondition: Option<i64>,
         options: WriteOptions,
+        writer: &Writer,
         mutate: impl Fn(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
         let (kind, ns, name) = (
@@ -482,7 +603,12 @@ impl Registry {
                 continue;
             }
             let next = mutate(current)
-                .and_then(|next| next_version(kind, name, current, next))
+                .and_then(|next| {
+                    let given = given_managed_fields(current, &next);
+                    let mut next = next_version(kind, name, current, next)?;
+                    manage_fields(kind, Some(current), &mut next, given, writer)?;
+                    Ok(next)
+                })
                 .and_then(|next| {
                     authorize(caller, &request, Some(current), Some(&next))?;
                     Ok(next)
@@ -648,6 +774,87 @@ impl Registry {
 
 fn now() -> String {
     Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The managedFields writer of a write of `operation` with `options` to `sub`.
+fn writer(
+    kind: &KindInfo,
+    options: &WriteOptions,
+    operation: Operation,
+    sub: Option<Subresource>,
+) -> Writer {
+    Writer {
+        manager: options.field_manager.clone(),
+        operation,
+        subresource: sub.map(|s| s.name().to_string()),
+        scope: match sub {
+            Some(Subresource::Status) => Scope::OnlyStatus,
+            None if kind.has_status => Scope::WithoutStatus,
+            _ => Scope::Whole,
+        },
+        api_version: kind.api_version(),
+        applied: None,
+        force: false,
+    }
+}
+
+/// The managedFields the verb's `next` object sets itself: those it has when they
+/// differ from the `current` ones.
+fn given_managed_fields(current: &Value, next: &Value) -> Option<Value> {
+    let pointer = "/metadata/managedFields";
+    next.pointer(pointer)
+        .filter(|given| current.pointer(pointer) != Some(*given))
+        .cloned()
+}
+
+/// Set `next`'s `metadata.managedFields` for a write by `writer` of `current` (none
+/// for a create): the `given` ones as they are (an empty list: none), else as
+/// [`fields::record`] decides. An apply's conflicts are a 409.
+fn manage_fields(
+    kind: &KindInfo,
+    current: Option<&Value>,
+    next: &mut Value,
+    given: Option<Value>,
+    writer: &Writer,
+) -> Result<(), ApiError> {
+    let entries: Vec<Value> = match given {
+        Some(given) => {
+            let list = given.as_array().cloned().ok_or_else(|| {
+                ApiError::BadRequest("metadata.managedFields must be a list".into())
+            })?;
+            for entry in &list {
+                ManagedEntry::from_value(entry)
+                    .map_err(|e| ApiError::BadRequest(format!("metadata.managedFields: {e}")))?;
+            }
+            list
+        }
+        None => {
+            let before = match current {
+                Some(c) => fields::entries_of(c).map_err(internal)?,
+                None => vec![],
+            };
+            let types = ListTypes::for_kind(kind);
+            fields::record(current, next, &before, writer, types, &now())
+                .map_err(|conflicts| ApiError::ApplyConflict {
+                    message: fields::conflict_message(&conflicts, &writer.api_version),
+                    conflicts: conflicts
+                        .into_iter()
+                        .map(|c| (c.manager, c.field))
+                        .collect(),
+                    api_version: writer.api_version.clone(),
+                })?
+                .iter()
+                .map(ManagedEntry::to_value)
+                .collect()
+        }
+    };
+    let meta = object::meta_mut(next);
+    if entries.is_empty() {
+        meta.remove("managedFields");
+    } else {
+        meta.insert("managedFields".into(), entries.into());
+    }
+    Ok(())
 }
 
 fn set_version(object: &mut Value, revision: i64) {

@@ -10,8 +10,8 @@
 //!
 //! The methods are pure except [`Strategy::check_delete`], which reads storage.
 //! Admission (mutating and validating plugins) and server-side apply's field ownership
-//! are not per-kind rules: they will run in the write path around these calls, with
-//! the request's principal at hand.
+//! are not per-kind rules: field ownership runs in the write path around these calls
+//! (`metadata.managedFields`, see [`super::fields`]), and admission will.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
