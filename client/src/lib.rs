@@ -674,12 +674,29 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> DynamicApi<T> {
     /// RFC 6902 JSON patch (`operations`: a list of `add`, `remove`, `replace`, `move`,
     /// `copy`, `test`) of the object, or of its status subresource with `status`.
     pub async fn json_patch(&self, name: &str, operations: &Value, status: bool) -> Result<T> {
+        let body = serde_json::to_vec(operations).expect("JSON serializes");
+        self.patch_with(name, &body, "application/json-patch+json", &[], status)
+            .await
+    }
+
+    /// PATCH the object (with `status`: its status subresource) with `body` as is, sent
+    /// as `content_type` with the extra `query` parameters (server-side apply, for
+    /// one: `application/apply-patch+yaml` with `fieldManager` and `force`). A dry-run
+    /// API adds its `dryRun` as to every write.
+    pub async fn patch_with(
+        &self,
+        name: &str,
+        body: &[u8],
+        content_type: &str,
+        query: &[(&str, String)],
+        status: bool,
+    ) -> Result<T> {
         let url = if status {
             self.status_url(name)
         } else {
             self.item_url(name)
         };
-        self.send_patch(url, operations, "application/json-patch+json", &[])
+        self.send_patch(url, body.to_vec(), content_type, query)
             .await
     }
 
@@ -694,7 +711,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> DynamicApi<T> {
         field_manager: &str,
         force: bool,
     ) -> Result<T> {
-        self.send_apply(self.item_url(name), object, field_manager, force)
+        self.send_apply(name, object, field_manager, force, false)
             .await
     }
 
@@ -706,43 +723,45 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> DynamicApi<T> {
         field_manager: &str,
         force: bool,
     ) -> Result<T> {
-        self.send_apply(self.status_url(name), object, field_manager, force)
+        self.send_apply(name, object, field_manager, force, true)
             .await
     }
 
     async fn send_apply(
         &self,
-        url: String,
+        name: &str,
         object: &Value,
         field_manager: &str,
         force: bool,
+        status: bool,
     ) -> Result<T> {
-        let mut query = vec![("fieldManager", field_manager)];
+        let mut query = vec![("fieldManager", field_manager.to_string())];
         if force {
-            query.push(("force", "true"));
+            query.push(("force", "true".into()));
         }
-        self.send_patch(url, object, "application/apply-patch+yaml", &query)
+        let body = serde_json::to_vec(object).expect("JSON serializes");
+        self.patch_with(name, &body, "application/apply-patch+yaml", &query, status)
             .await
     }
 
     async fn merge_patch(&self, url: String, patch: &Value) -> Result<T> {
-        self.send_patch(url, patch, "application/merge-patch+json", &[])
+        let body = serde_json::to_vec(patch).expect("JSON serializes");
+        self.send_patch(url, body, "application/merge-patch+json", &[])
             .await
     }
 
-    /// PATCH `body` of `content_type` to `url`, with `query` parameters.
     async fn send_patch(
         &self,
         url: String,
-        body: &Value,
+        body: Vec<u8>,
         content_type: &str,
-        query: &[(&str, &str)],
+        query: &[(&str, String)],
     ) -> Result<T> {
         let request = self
             .write(self.client.http.patch(&url))
             .query(query)
             .header(reqwest::header::CONTENT_TYPE, content_type)
-            .body(serde_json::to_vec(body).expect("JSON serializes"));
+            .body(body);
         self.client.json(request, &url).await
     }
 

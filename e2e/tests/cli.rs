@@ -549,7 +549,7 @@ fn oakctl_exit_codes_tell_failures_apart() {
     )
     .unwrap();
     let unreachable = format!("cannot reach the API server at {NOWHERE}");
-    let cases: [(&str, Output, i32, &str); 6] = [
+    let cases: [(&str, Output, i32, &str); 9] = [
         (
             "the API refuses",
             cli.oakctl(&["delete", "namespace", "default"]),
@@ -573,6 +573,24 @@ fn oakctl_exit_codes_tell_failures_apart() {
             cli.oakctl(&["apply", "-f", bad.to_str().unwrap()]),
             2,
             "nothing was applied",
+        ),
+        (
+            "a client-side dry run",
+            cli.oakctl(&["apply", "--dry-run=client", "-f", bad.to_str().unwrap()]),
+            2,
+            "--dry-run=client is not supported",
+        ),
+        (
+            "--prune without a selector",
+            cli.oakctl(&["apply", "--prune", "-f", bad.to_str().unwrap()]),
+            2,
+            "--selector <SELECTOR>",
+        ),
+        (
+            "diff of an invalid manifest",
+            cli.oakctl(&["diff", "-f", bad.to_str().unwrap()]),
+            2,
+            "spec.replicas: must be >= 0",
         ),
         ("no server", cli.unreachable(), 3, &unreachable),
         (
@@ -676,4 +694,145 @@ async fn oakctl_delete_wait_returns_once_the_object_is_gone() {
         "cluster \"held\" deleted\n"
     );
     assert!(clusters.get_opt("held").await.unwrap().is_none());
+}
+
+/// Issue #18: `oakctl apply` is one server-side apply per object under its field
+/// manager, `oakctl diff` shows what an apply would change with kubectl's exit codes,
+/// and `--prune -l` deletes what this manager applied and the manifests dropped.
+#[test]
+fn oakctl_server_side_apply_diff_and_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, cli) = start(dir.path());
+    let svc = |name: &str, labels: &str, replicas: u32| {
+        format!(
+            "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: {name}, namespace: default, labels: {{{labels}}}}}\nspec: {{replicas: {replicas}, template: {{image: localhost:5000/busybox:1}}}}\n"
+        )
+    };
+    let write = |file: &str, docs: &[String]| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, docs.join("---\n")).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let get = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&ok(cli.oakctl(&["get", "svc", name, "-o", "json"]))).unwrap()
+    };
+    let version = || get("web")["metadata"]["resourceVersion"].clone();
+
+    // Create, then re-apply: unchanged, and nothing was written.
+    let all = write(
+        "all.yaml",
+        &[
+            svc("web", "app: x", 2),
+            svc("old", "app: x", 1),
+            svc("keep", "tier: y", 1),
+        ],
+    );
+    assert_eq!(
+        ok(cli.oakctl(&["apply", "-f", &all])),
+        "service/web created\nservice/old created\nservice/keep created\n"
+    );
+    let before = version();
+    assert_eq!(
+        ok(cli.oakctl(&["apply", "--server-side", "-f", &all])),
+        "service/web unchanged\nservice/old unchanged\nservice/keep unchanged\n"
+    );
+    assert_eq!(version(), before);
+
+    // diff: 0 and nothing printed when nothing would change, 1 and the change when
+    // something would; neither it nor a server dry run writes.
+    let out = cli.oakctl(&["diff", "-f", &all]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let three = write("web-3.yaml", &[svc("web", "app: x", 3)]);
+    let out = cli.oakctl(&["diff", "-f", &three]);
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "--- Service default/web (live)\n+++ Service default/web (applied)\n",
+        "\n-  replicas: 2\n+  replicas: 3\n",
+    ] {
+        assert!(shown.contains(needle), "{needle:?} missing from:\n{shown}");
+    }
+    assert!(
+        !shown.contains("resourceVersion") && !shown.contains("managedFields"),
+        "{shown}"
+    );
+    assert_eq!(
+        ok(cli.oakctl(&["apply", "--dry-run=server", "-f", &three])),
+        "service/web configured (dry run)\n"
+    );
+    assert_eq!(version(), before, "diff and --dry-run=server wrote nothing");
+
+    // Another manager changing a field oakctl applied is a conflict (exit 1, naming the
+    // field, its manager and the way out) until it forces.
+    let five = write("web-5.yaml", &[svc("web", "app: x", 5)]);
+    let (code, err) = fails_with(cli.oakctl(&["apply", "--field-manager", "ci", "-f", &five]));
+    assert_eq!(code, 1, "{err}");
+    for needle in [
+        r#"conflict with "oakctl""#,
+        ".spec.replicas",
+        "--force-conflicts",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing from:\n{err}");
+    }
+    assert_eq!(get("web")["spec"]["replicas"], 2);
+    assert_eq!(
+        ok(cli.oakctl(&[
+            "apply",
+            "--field-manager",
+            "ci",
+            "--force-conflicts",
+            "-f",
+            &five
+        ])),
+        "service/web configured\n"
+    );
+    let web = get("web");
+    assert_eq!(web["spec"]["replicas"], 5);
+    let managers: Vec<&str> = web["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["manager"].as_str())
+        .collect();
+    assert!(managers.contains(&"ci"), "{web}");
+
+    // --prune -l app=x: `old` was dropped and goes; `keep` does not match (tier=y); `stranger`
+    // matches but was created by another tool, not applied by oakctl.
+    let stranger = write("stranger.yaml", &[svc("stranger", "app: x", 1)]);
+    ok(cli.kubectl(&["create", "-f", &stranger]));
+    let web_only = write("web.yaml", &[svc("web", "app: x", 5)]);
+    let out = ok(cli.oakctl(&[
+        "apply",
+        "--prune",
+        "-l",
+        "app=x",
+        "--dry-run=server",
+        "-f",
+        &web_only,
+    ]));
+    assert!(out.contains("service/old pruned (dry run)\n"), "{out}");
+    get("old");
+    let out = ok(cli.oakctl(&["apply", "--prune", "-l", "app=x", "-f", &web_only]));
+    assert!(out.starts_with("service/web "), "{out}");
+    assert!(out.ends_with("service/old pruned\n"), "{out}");
+    assert!(!out.contains("stranger") && !out.contains("keep"), "{out}");
+    let err = fails(cli.oakctl(&["get", "svc", "old"]));
+    assert!(err.contains("services \"old\" not found"), "{err}");
+    get("keep");
+    get("stranger");
 }

@@ -22,16 +22,20 @@ pub enum Exit {
     Unreachable = 3,
     /// An object named on the command line does not exist.
     NotFound = 4,
+    /// `oakctl diff` only (where 1 means "differences found"): the API server refused
+    /// a request, what [`Exit::Failed`] is for the other commands.
+    DiffRefused = 5,
 }
 
 impl Exit {
     /// Every exit code, in the order `--help` lists them.
-    pub const ALL: [Exit; 5] = [
+    pub const ALL: [Exit; 6] = [
         Exit::Ok,
         Exit::Failed,
         Exit::Usage,
         Exit::Unreachable,
         Exit::NotFound,
+        Exit::DiffRefused,
     ];
 
     /// What the code means, in the words of `--help`.
@@ -42,6 +46,17 @@ impl Exit {
             Exit::Usage => "usage or input error: bad flags, unknown kind, invalid manifest, bad server URL, context or kubeconfig",
             Exit::Unreachable => "the API server could not be reached (or its TLS certificate was refused)",
             Exit::NotFound => "an object that was asked for does not exist",
+            Exit::DiffRefused => "oakctl diff: the API server refused a request (diff exits 0 when nothing would change, 1 when something would)",
+        }
+    }
+
+    /// The code of a failure of `oakctl diff`, where 1 says "differences found" (as
+    /// kubectl's diff, every error is more than 1): [`Exit::Failed`] becomes
+    /// [`Exit::DiffRefused`], the others stay.
+    pub fn for_diff(self) -> Exit {
+        match self {
+            Exit::Failed => Exit::DiffRefused,
+            other => other,
         }
     }
 
@@ -134,6 +149,12 @@ impl Failure {
     /// A usage or input error (exit code 2).
     pub fn usage(message: impl Into<String>) -> anyhow::Error {
         Failure::error(Exit::Usage, message)
+    }
+
+    /// An end with `exit` and no message (`oakctl diff` found differences: it printed
+    /// them already).
+    pub fn silent(exit: Exit) -> anyhow::Error {
+        Failure::error(exit, "")
     }
 }
 
@@ -247,6 +268,25 @@ mod tests {
         ];
         for (codes, expected) in cases {
             assert_eq!(Exit::common(codes.iter().copied()), expected, "{codes:?}");
+        }
+    }
+
+    #[test]
+    fn diff_failures_are_more_than_one() {
+        use Exit::*;
+        let cases = [
+            (Ok, Ok),
+            (Failed, DiffRefused),
+            (Usage, Usage),
+            (Unreachable, Unreachable),
+            (NotFound, NotFound),
+            (DiffRefused, DiffRefused),
+        ];
+        for (exit, expected) in cases {
+            assert_eq!(exit.for_diff(), expected, "{exit:?}");
+        }
+        for exit in Exit::ALL {
+            assert!(exit == Ok || exit.for_diff() as u8 > 1, "{exit:?}");
         }
     }
 

@@ -1,13 +1,14 @@
 //! `oakctl`: the command-line client of the Oakestra API, with kubectl's habits.
 //!
 //! Modules:
-//! - `commands`: the subcommands, one file each (`apply`, `get`, `describe`, `delete`,
-//!   `logs`, `config`), and the session they share.
+//! - `commands`: the subcommands, one file each (`apply`, `diff`, `get`, `describe`,
+//!   `delete`, `logs`, `config`), and the session they share.
 //! - `exit`: the exit codes scripts can rely on, decided in one function from the error.
 //! - `manifest`: reading manifests (files, directories, stdin; YAML and JSON), with
 //!   errors that name file, document and line.
 //! - `print`: tables like kubectl's, YAML, JSON and names.
 //! - `config`: oakctl's own config file of contexts (which server, which namespace).
+//! - `ssa`: server-side apply as `apply` and `diff` send it, and what its answers mean.
 //! - `source`: which server to talk to with which credentials (a kubeconfig, `--server`,
 //!   the config file, the admin kubeconfig of `oakestra up`), and where that came from.
 
@@ -34,6 +35,7 @@ mod exit;
 mod manifest;
 mod print;
 mod source;
+mod ssa;
 
 use std::path::PathBuf;
 
@@ -89,7 +91,10 @@ async fn main() -> std::process::ExitCode {
     match run(cli).await {
         Ok(()) => Exit::Ok.into(),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let message = format!("{e:#}");
+            if !message.is_empty() {
+                eprintln!("error: {message}");
+            }
             Exit::of(&e).into()
         }
     }

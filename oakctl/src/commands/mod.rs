@@ -5,6 +5,7 @@ pub mod apply;
 pub mod config;
 pub mod delete;
 pub mod describe;
+pub mod diff;
 pub mod get;
 pub mod logs;
 
@@ -19,8 +20,11 @@ use crate::manifest;
 /// The subcommands of `oakctl`.
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Create or update the objects of manifests (files, directories, or - for stdin).
+    /// Create or update the objects of manifests (files, directories, or - for stdin)
+    /// with server-side apply; prune what was dropped from them.
     Apply(apply::Args),
+    /// Show what applying manifests would change (exit 0: nothing, 1: something).
+    Diff(diff::Args),
     /// List objects, or show one.
     Get(get::Args),
     /// Show one object in detail: spec, status, conditions and recent events.
@@ -51,6 +55,7 @@ impl Session {
     pub async fn run(&self, command: Command) -> anyhow::Result<()> {
         match command {
             Command::Apply(args) => apply::run(self, args).await,
+            Command::Diff(args) => diff::run(self, args).await,
             Command::Get(args) => get::run(self, args).await,
             Command::Describe(args) => describe::run(self, args).await,
             Command::Delete(args) => delete::run(self, args).await,
