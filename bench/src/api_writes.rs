@@ -483,7 +483,7 @@ async fn stored_bytes(etcd_url: &str, key: &str) -> anyhow::Result<Vec<u8>> {
     Ok(kv.value().to_vec())
 }
 
-enum ServerStore {
+pub(crate) enum ServerStore {
     Embedded(PathBuf),
     Etcd { url: String, root: String },
 }
@@ -491,7 +491,7 @@ enum ServerStore {
 /// An API server in this process, on its own runtime, on `127.0.0.1:0`, secured as
 /// `oakestra root` serves: TLS with a certificate of a CA of its own, administrators'
 /// client certificates of that CA only (or, for the baseline, plain HTTP).
-struct InProcessServer {
+pub(crate) struct InProcessServer {
     /// An administrator's client of it.
     client: client::Client,
     /// Its URL, and the admin kubeconfig when it serves TLS.
@@ -522,7 +522,7 @@ fn security(dir: &Path) -> anyhow::Result<(apiserver::auth::Security, trust::Aut
 }
 
 impl InProcessServer {
-    async fn start(store: ServerStore, secure: bool) -> anyhow::Result<InProcessServer> {
+    pub(crate) async fn start(store: ServerStore, secure: bool) -> anyhow::Result<InProcessServer> {
         let credentials = tempfile::tempdir().context("temp dir for the server's CA")?;
         let (security, authority) = security(credentials.path())?;
         let config = ServerConfig {

@@ -17,12 +17,15 @@
 //! - [`failover`]: a worker killed with its Instances → all Running elsewhere.
 //! - [`scheduling`]: scheduling at scale over hollow nodes (clusters × nodes, a burst of
 //!   Instances) with the footprint of root, cluster and hollow processes meanwhile.
+//! - [`gitops`]: a reconcile of unchanged objects (drift check, re-apply) must write
+//!   nothing.
 //!
 //! How to run it and the figures of a run are in `docs/benchmarks.md`.
 
 mod api_writes;
 mod failover;
 mod footprint;
+mod gitops;
 mod placement;
 mod procfs;
 mod prom;
@@ -47,6 +50,7 @@ enum Scenario {
     StartLatency,
     Failover,
     Scheduling,
+    Gitops,
     All,
 }
 
@@ -180,6 +184,14 @@ async fn main() -> anyhow::Result<()> {
         api_writes::print_handshakes(&handshakes);
         report["handshakes"] = api_writes::handshakes_json(&handshakes);
         drop(etcd);
+    }
+
+    if matches!(cli.scenario, Scenario::Gitops | Scenario::All) {
+        let objects = if cli.quick { 200 } else { 1000 };
+        eprintln!("gitops: {objects} Services, a drift check and a re-apply of each");
+        let passes = gitops::run(objects).await?;
+        gitops::print(&passes);
+        report["gitops"] = gitops::to_json(&passes);
     }
 
     if matches!(cli.scenario, Scenario::WatchFanout | Scenario::All) {

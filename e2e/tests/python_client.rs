@@ -28,17 +28,17 @@ fn python() -> PathBuf {
     python
 }
 
-#[test]
-fn the_official_python_client_works_unchanged() {
+/// Run `tests/python/SCRIPT` against a fresh root without controllers (nothing but the
+/// script writes: its dry runs must leave the resourceVersion as it was), and return
+/// the JSON it printed.
+fn run_script(script: &str) -> Value {
     let dir = tempfile::tempdir().unwrap();
-    // Without controllers, nothing but the script writes (its dry run must leave the
-    // resourceVersion as it was).
     let root = RootServer::start_with(
         &format!("embedded:{}", dir.path().join("root").display()),
         dir.path(),
         &["--no-controllers"],
     );
-    let script = e2e::workspace_root().join("e2e/tests/python/official_client.py");
+    let script = e2e::workspace_root().join("e2e/tests/python").join(script);
     let out = Command::new(python())
         .arg(&script)
         .arg(root.kubeconfig())
@@ -50,7 +50,12 @@ fn the_official_python_client_works_unchanged() {
         script.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let seen: Value = serde_json::from_slice(&out.stdout).expect("the script prints JSON");
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+}
+
+#[test]
+fn the_official_python_client_works_unchanged() {
+    let seen = run_script("official_client.py");
     let expected = serde_json::json!({
         "created_uid": true,
         "replicas_after_dry_run": 2,
@@ -62,6 +67,24 @@ fn the_official_python_client_works_unchanged() {
         "anonymous": 401,
         "anonymous_reason": "Unauthorized",
         "after_delete": 404,
+    });
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn the_python_dynamic_client_applies_server_side() {
+    let seen = run_script("dynamic_client.py");
+    let expected = serde_json::json!({
+        "managers": ["py"],
+        "reapply_same_version": true,
+        "conflict": [".spec.replicas"],
+        "dry_run_replicas": 5,
+        "stored_after_dry_run": 1,
+        "forced_replicas": 3,
+        "replicas_owner": ["other"],
+        "json_patched_replicas": 4,
+        "pages": [2, 2],
+        "bookmark": true,
     });
     assert_eq!(seen, expected);
 }

@@ -309,8 +309,10 @@ fn without(object: &Value, spec_fields: &[&str], annotation: Option<&str>) -> Va
         }
     }
     if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+        // Server-kept metadata: every write moves the version and records its manager.
         meta.remove("resourceVersion");
         meta.remove("generation");
+        meta.remove("managedFields");
         if let Some(annotation) = annotation {
             let empty = match meta.get_mut("annotations").and_then(Value::as_object_mut) {
                 Some(annotations) => {
@@ -469,6 +471,9 @@ mod tests {
         on_a_new_image["spec"]["image"] = json!("other");
         let mut handed_back_with_image = handed_back.clone();
         handed_back_with_image["spec"]["image"] = json!("other");
+        // The server records the writer in managedFields on every write.
+        let mut on_a_n1_recorded = on_a_n1.clone();
+        on_a_n1_recorded["metadata"]["managedFields"] = json!([{"manager": "unknown", "operation": "Update", "fieldsV1": {"f:spec": {"f:node": {}}}}]);
         let mut moved_to_b = on_a.clone();
         moved_to_b["spec"]["cluster"] = json!("b");
         let mut on_a_n1_generation_2 = on_a_n1.clone();
@@ -526,6 +531,7 @@ mod tests {
             ),
             // ... main writes: place on a node, or hand back; nothing else.
             row(&a, Patch, "instances").name("x").stored(on_a.clone()).writes(on_a_n1_generation_2.clone()),
+            row(&a, Patch, "instances").name("x").stored(on_a.clone()).writes(on_a_n1_recorded.clone()),
             row(&a, Update, "instances").name("x").stored(on_a_n1.clone()).writes(on_a_n2.clone()),
             row(&a, Patch, "instances").name("x").stored(on_a.clone()),
             row(&a, Patch, "instances").name("x").stored(on_a_n1.clone()).writes(handed_back.clone()),
