@@ -493,7 +493,7 @@ pub(crate) enum ServerStore {
 /// client certificates of that CA only (or, for the baseline, plain HTTP).
 pub(crate) struct InProcessServer {
     /// An administrator's client of it.
-    client: client::Client,
+    pub(crate) client: client::Client,
     /// Its URL, and the admin kubeconfig when it serves TLS.
     url: String,
     kubeconfig: Option<PathBuf>,

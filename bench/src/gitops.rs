@@ -1,4 +1,4 @@
-//! Scenario `gitops`: what a GitOps reconcile of N unchanged objects costs. N Services
+//! Scenario `gitops`: what reconciling N unchanged objects costs a deployment tool. N Services
 //! are applied once (server-side, manager `flux`) to an in-process API server over TLS;
 //! then two passes over the same N manifests, timed, counting the server's storage
 //! writes (creates, updates and deletes from its `/metrics`):
