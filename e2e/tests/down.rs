@@ -31,8 +31,13 @@ async fn down_stops_what_a_stopped_up_left_running() {
             .then_some(())
     })
     .await;
-    eventually("the workload running", Duration::from_secs(30), || async {
-        (!processes_matching(&workload).is_empty()).then_some(())
+    // Serving, not only started: `python3` may be a pyenv shim whose bash forks
+    // subshells with the same command line until it execs the interpreter (two such
+    // processes were counted as two workloads once).
+    eventually("the workload serving", Duration::from_secs(30), || async {
+        std::net::TcpStream::connect(("127.0.0.1", web_port))
+            .is_ok()
+            .then_some(())
     })
     .await;
 
