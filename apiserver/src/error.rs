@@ -177,17 +177,22 @@ impl ApiError {
         status
     }
 
+    /// 409: object `name` of `plural` changed since the version the write was made at.
+    pub fn stale(plural: &str, name: &str) -> ApiError {
+        ApiError::Conflict {
+            plural: plural.into(),
+            name: name.into(),
+            message: "the object has been modified; please apply your changes to the latest version and try again"
+                .into(),
+        }
+    }
+
     /// Map a storage error on object `name` of `plural`.
     pub fn from_storage(e: StorageError, plural: &str, name: &str) -> ApiError {
         match e {
             StorageError::AlreadyExists { .. } => ApiError::AlreadyExists { plural: plural.into(), name: name.into() },
             StorageError::NotFound { .. } => ApiError::NotFound { plural: plural.into(), name: name.into() },
-            StorageError::Conflict { .. } => ApiError::Conflict {
-                plural: plural.into(),
-                name: name.into(),
-                message: "the object has been modified; please apply your changes to the latest version and try again"
-                    .into(),
-            },
+            StorageError::Conflict { .. } => ApiError::stale(plural, name),
             StorageError::TooOld { requested, oldest } => ApiError::Gone(format!(
                 "too old resource version: {requested} ({oldest}); list again and watch from the list's resourceVersion"
             )),

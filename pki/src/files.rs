@@ -22,7 +22,7 @@ pub struct FileError {
 }
 
 impl FileError {
-    fn new(path: &Path, action: &'static str, source: io::Error) -> FileError {
+    pub(crate) fn new(path: &Path, action: &'static str, source: io::Error) -> FileError {
         FileError {
             path: path.to_path_buf(),
             action,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -262,13 +262,47 @@ struct TokenFile {
 }
 
 /// The tokens a server accepts, kept in a JSON file (0600, rewritten atomically) that
-/// holds the SHA-256 of each secret, never the secret. Every call reads the file again:
-/// another process (`oakestra token create`) may have changed it.
-#[derive(Debug)]
+/// holds the SHA-256 of each secret, never the secret. Another process (`oakestra
+/// token create`) may change the file: every call looks at it again, and reads it again
+/// only when it changed (the authenticator verifies a bearer token per request).
 pub struct TokenStore {
     path: PathBuf,
     /// Serializes this process's read-modify-write cycles.
     lock: Mutex<()>,
+    /// The file as last read, and the stamp it had.
+    cache: Mutex<Option<(Option<FileStamp>, Arc<TokenFile>)>>,
+}
+
+impl fmt::Debug for TokenStore {
+    /// The file, never the hashes it holds.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What tells one version of a file from another: atomic rewrites (a new file renamed
+/// over the old) give a new inode, and any write a new modification time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    inode: u64,
+    modified: std::time::SystemTime,
+    len: u64,
+}
+
+/// The stamp of `path`, `None` when it does not exist.
+fn stamp_of(path: &Path) -> Result<Option<FileStamp>, TokenError> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(Some(FileStamp {
+            inode: m.ino(),
+            modified: m.modified().map_err(|e| FileError::new(path, "read", e))?,
+            len: m.len(),
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(FileError::new(path, "read", e).into()),
+    }
 }
 
 impl TokenStore {
@@ -279,7 +313,23 @@ impl TokenStore {
         Ok(TokenStore {
             path: path.to_path_buf(),
             lock: Mutex::new(()),
+            cache: Mutex::new(None),
         })
+    }
+
+    /// The tokens as the file holds them now (read again only when it changed).
+    fn current(&self) -> Result<Arc<TokenFile>, TokenError> {
+        let stamp = stamp_of(&self.path)?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached, file)) = cache.as_ref() {
+            if *cached == stamp {
+                return Ok(file.clone());
+            }
+        }
+        // Read after the stamp: what is read is at least as new as the stamp says.
+        let file = Arc::new(read_json::<TokenFile>(&self.path)?);
+        *cache = Some((stamp, file.clone()));
+        Ok(file)
     }
 
     /// The store's file.
@@ -329,8 +379,12 @@ impl TokenStore {
 
     /// Every token, without secrets.
     pub fn list(&self) -> Result<Vec<TokenInfo>, TokenError> {
-        let file: TokenFile = read_json(&self.path)?;
-        Ok(file.tokens.into_iter().map(|t| t.info).collect())
+        Ok(self
+            .current()?
+            .tokens
+            .iter()
+            .map(|t| t.info.clone())
+            .collect())
     }
 
     /// Deletes the token `id`; `false` when there was none.
@@ -358,14 +412,14 @@ impl TokenStore {
     ) -> Result<TokenInfo, TokenError> {
         let (id, secret) = parse_bearer(bearer)?;
         let presented = sha256_hex(secret.as_bytes());
-        let file: TokenFile = read_json(&self.path)?;
+        let file = self.current()?;
         let token = file
             .tokens
-            .into_iter()
+            .iter()
             .find(|t| t.info.id == id)
             .filter(|t| constant_time_eq(t.secret_sha256.as_bytes(), presented.as_bytes()))
             .ok_or(TokenError::Unknown { id })?;
-        let info = token.info;
+        let info = token.info.clone();
         if let Some(expired) = info.expires.filter(|e| *e <= now) {
             return Err(TokenError::Expired {
                 id: info.id,
@@ -463,11 +517,8 @@ fn read_json<T: DeserializeOwned + Default>(path: &Path) -> Result<T, TokenError
     }
 }
 
-/// Writes a store's JSON file (0600, atomically), creating its directory (0700).
+/// Writes a store's JSON file (0600, atomically; `write_private` makes its directory).
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TokenError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        files::create_private_dir(dir)?;
-    }
     let mut text = serde_json::to_string_pretty(value).expect("token files serialize");
     text.push('\n');
     files::write_private(path, text.as_bytes())?;

@@ -13,7 +13,8 @@
 //! server-owned fields, checks it against the current object), then compare-and-swap.
 //! Authorization is part of that path: the caller ([`WriteOptions::caller`]) is
 //! checked by [`crate::auth::authorize()`] against the object the attempt read, first
-//! before the verb computes the next object, then with it; the compare-and-swap that
+//! before the verb computes the next object, then with it (before the server records
+//! the writer in `metadata.managedFields`); the compare-and-swap that
 //! commits is at that object's revision, so a concurrent change cannot slip past the
 //! check (the retry checks again). A get checks the object it read ([`Registry::get`]);
 //! a missing object is a 403 for a caller whose rules depend on the object. Future
@@ -342,9 +343,11 @@ impl Registry {
         let strategy = strategy::for_kind(kind);
         strategy.prepare_for_create(kind, &mut body);
         strategy.validate(kind, &name, &mut body)?;
-        manage_fields(kind, None, &mut body, given, writer)?;
+        // The caller is authorized for what it sent; recording its manager is the
+        // server's bookkeeping after that.
         let request = RequestAttributes::on_object(Verb::Create, kind, None, ns, Some(&name));
         authorize(&options.caller, &request, None, Some(&body))?;
+        manage_fields(kind, None, &mut body, given, writer)?;
         self.require_namespace(kind, ns).await?;
         let key = object::key(kind, ns, &name);
         // A dry-run create has no resourceVersion yet, as in Kubernetes.
@@ -403,16 +406,14 @@ impl Registry {
         part: Part,
         options: WriteOptions,
     ) -> Result<Value, ApiError> {
-        if let PatchType::Apply { force } = patch_type {
-            return self
-                .apply(kind, ns, name, patch, part, force, options)
-                .await;
-        }
         let request =
             RequestAttributes::on_object(Verb::Patch, kind, part.subresource(), ns, Some(name));
         let writer = &writer(kind, &options, Operation::Update, part.subresource());
         match patch_type {
-            PatchType::Apply { .. } => unreachable!("answered above"),
+            PatchType::Apply { force } => {
+                self.apply(kind, ns, name, patch, part, force, options)
+                    .await
+            }
             PatchType::Merge => {
                 if !patch.is_object() {
                     return Err(ApiError::BadRequest(
@@ -450,11 +451,7 @@ impl Registry {
                     if object::meta_str(&patched, "resourceVersion")
                         != object::meta_str(current, "resourceVersion")
                     {
-                        return Err(ApiError::Conflict {
-                            plural: kind.plural.into(),
-                            name: name.into(),
-                            message: "the object has been modified; please apply your changes to the latest version and try again".into(),
-                        });
+                        return Err(ApiError::stale(kind.plural, name));
                     }
                     check_type(kind, &patched)?;
                     Ok(take_part(kind, current, &patched, part))
@@ -602,17 +599,15 @@ impl Registry {
             if cached.is_some() && authorize(caller, &request, Some(current), None).is_err() {
                 continue;
             }
-            let next = mutate(current)
-                .and_then(|next| {
-                    let given = given_managed_fields(current, &next);
-                    let mut next = next_version(kind, name, current, next)?;
-                    manage_fields(kind, Some(current), &mut next, given, writer)?;
-                    Ok(next)
-                })
-                .and_then(|next| {
-                    authorize(caller, &request, Some(current), Some(&next))?;
-                    Ok(next)
-                });
+            // The caller is authorized for the change it asked for; the managedFields
+            // the server then records are its own bookkeeping.
+            let next = mutate(current).and_then(|next| {
+                let given = given_managed_fields(current, &next);
+                let mut next = next_version(kind, name, current, next)?;
+                authorize(caller, &request, Some(current), Some(&next))?;
+                manage_fields(kind, Some(current), &mut next, given, writer)?;
+                Ok(next)
+            });
             // A rejection, or nothing to write, is answered from the stored object,
             // not from the hub's copy, which may be older.
             let mut next = match next {
