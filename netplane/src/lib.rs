@@ -1,0 +1,21 @@
+//! The worker's network data plane (Oakestra's NetManager, declaratively).
+//!
+//! The agent runs this beside its container runtime. It owns three things on its node
+//! and nothing else:
+//! - [`rules`]: the node's nftables table, rendered by a pure function from the
+//!   services and endpoints the node should reach (kube-proxy's nftables layout: a
+//!   verdict map from service IP, protocol and port to a chain per service that picks
+//!   an endpoint), and [`nft`], which applies a rendered table in one transaction;
+//! - [`closest`]: which endpoints a node's `closestIP` goes to (same node, else same
+//!   cluster, else the nearest cluster);
+//! - [`overlay`]: the vxlan device and the per-peer routes, neighbours and forwarding
+//!   entries that carry instance traffic between the nodes of a cluster.
+//!
+//! Every command runs in the network namespace an [`exec::Host`] names (the current
+//! one for the agent; a test's own namespace in tests).
+
+pub mod closest;
+pub mod exec;
+pub mod nft;
+pub mod overlay;
+pub mod rules;
