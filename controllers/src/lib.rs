@@ -14,6 +14,8 @@
 //! - [`subnets`]: the address allocators: a subnet per Cluster and a service IP per
 //!   Service at the root, a subnet per Node and an IP per Instance in a cluster, never
 //!   one twice;
+//! - [`endpoints`]: keeps one `Endpoints` object per Service: its service IPs, ports
+//!   and the Instances that have an address (each node's service rules);
 //! - [`gc`]: deletes Instances whose owner is gone and implements foreground deletion;
 //! - [`lifecycle`]: marks Clusters (and Nodes) `NotReady` when their heartbeat lapses.
 //!
@@ -27,6 +29,7 @@
 
 pub mod bind;
 pub mod cluster;
+pub mod endpoints;
 pub mod gc;
 pub use crds::ipam;
 pub mod lifecycle;
@@ -101,6 +104,7 @@ pub async fn run_root(client: Client, config: RootConfig, shutdown: Cancellation
             config.cluster_heartbeat_timeout,
             shutdown.clone()
         ),
+        endpoints::run(client.clone(), &config, shutdown.clone()),
         gc::run(client, &config, shutdown),
     );
 }

@@ -6,7 +6,7 @@
 //! goes through. It performs no IO, so every other crate can depend on it.
 //!
 //! Modules:
-//! - [`types`]: the spec and status structs of each kind (and `Lease`);
+//! - [`types`]: the spec and status structs of each kind (and `Lease`, `Endpoints`);
 //! - [`meta`]: `ObjectMeta`, owner references and the `Status` error body;
 //! - [`conditions`]: `Condition`, the condition types and reasons shared between tiers,
 //!   and the helpers to read and set them;
@@ -319,6 +319,7 @@ impl_resource!(
 );
 impl_resource!(Event);
 impl_resource!(Lease);
+impl_resource!(Endpoints);
 impl_resource!(Namespace);
 
 const NO_COLUMNS: &[(&str, &str)] = &[];
@@ -492,6 +493,26 @@ pub static KINDS: &[KindInfo] = &[
         wide_columns: &[("DURATION", "/spec/leaseDurationSeconds")],
         validate: validate::object::<Lease>,
         schema: schema_of!(Lease),
+    },
+    KindInfo {
+        group: GROUP,
+        version: VERSION,
+        kind: "Endpoints",
+        plural: "endpoints",
+        singular: "endpoints",
+        short_names: &["ep"],
+        namespaced: true,
+        has_status: false,
+        best_effort: false,
+        immutable: &[],
+        columns: &[
+            ("ROUND-ROBIN-IP", "/spec/roundRobinIP"),
+            ("CLOSEST-IP", "/spec/closestIP"),
+            ("ENDPOINTS", "/spec/endpoints/*/ip"),
+        ],
+        wide_columns: &[("NODES", "/spec/endpoints/*/node")],
+        validate: validate::object::<Endpoints>,
+        schema: schema_of!(Endpoints),
     },
 ];
 

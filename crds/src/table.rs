@@ -6,8 +6,22 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 /// The text of a table cell: the value at `pointer` in `object`. A pointer ending in
-/// `/conditions/<Type>` yields that condition's status.
+/// `/conditions/<Type>` yields that condition's status; `/list/*/field` yields each
+/// item's field, joined by commas.
 pub fn column_value(object: &Value, pointer: &str) -> String {
+    if let Some((list, field)) = pointer.split_once("/*") {
+        let items = object.pointer(list).and_then(Value::as_array);
+        let cells: Vec<String> = items
+            .into_iter()
+            .flatten()
+            .map(|item| column_value(item, field))
+            .collect();
+        return if cells.is_empty() {
+            "<none>".into()
+        } else {
+            cells.join(",")
+        };
+    }
     let value = match pointer.rsplit_once("/conditions/") {
         Some((base, type_)) => object
             .pointer(&format!("{base}/conditions"))
@@ -58,7 +72,7 @@ mod tests {
     #[test]
     fn cells() {
         let o = json!({
-            "spec": {"replicas": 3, "name": "web", "list": ["a", 1]},
+            "spec": {"replicas": 3, "name": "web", "list": ["a", 1], "items": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}]},
             "status": {"conditions": [{"type": "Ready", "status": "True"}]}
         });
         let cases = [
@@ -68,6 +82,8 @@ mod tests {
             ("/status/conditions/Ready", "True"),
             ("/status/conditions/Scheduled", "<none>"),
             ("/spec/absent", "<none>"),
+            ("/spec/items/*/ip", "10.0.0.1,10.0.0.2"),
+            ("/spec/absent/*/ip", "<none>"),
         ];
         for (pointer, want) in cases {
             assert_eq!(column_value(&o, pointer), want, "{pointer}");

@@ -185,10 +185,31 @@ pub struct NodeStatus {
     /// URL of the node's agent (logs of its Instances).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_endpoint: Option<String>,
+    /// How the node joins the overlay between the nodes of its cluster, as its agent
+    /// set it up (the other nodes' agents make it their peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NodeNetwork>,
     /// The `metadata.generation` of the Node its agent last saw (written at the first
     /// status write after a spec change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// A node's end of the overlay (written by its agent).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeNetwork {
+    /// The overlay backend: `vxlan`, or `none` (the node reaches only its own subnet).
+    pub backend: String,
+    /// The underlay address other nodes send its overlay traffic to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_address: Option<String>,
+    /// The UDP port of its overlay device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_port: Option<u16>,
+    /// The MAC address of its vxlan device (`vxlan`).
+    #[serde(default, rename = "vtepMAC", skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<String>,
 }
 
 // ---------------------------------------------------------------- Service
@@ -550,4 +571,102 @@ pub struct LeaseSpec {
     /// When the holder last renewed the Lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_time: Option<Time>,
+}
+
+// ---------------------------------------------------------------- Endpoints
+
+/// A port a Service's IPs answer on: the template's `containerPort`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointPort {
+    /// The port, the same on the service IPs and the Instances.
+    pub port: u16,
+    /// `tcp` (default) or `udp`.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// One Instance that can take a Service's traffic.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// The Instance's name.
+    pub instance: String,
+    /// Its instance IP.
+    pub ip: Ipv4Addr,
+    /// The cluster it runs in.
+    pub cluster: String,
+    /// The node it runs on, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Whether it takes new connections: `Running` on a node that is Ready.
+    #[serde(default)]
+    pub ready: bool,
+    /// Where its cluster is (`Cluster.spec.location`), for the closest IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+}
+
+/// Where a Service's traffic goes (see [`Endpoints`]).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointsSpec {
+    /// The Service's round-robin IP.
+    #[serde(
+        default,
+        rename = "roundRobinIP",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub round_robin_ip: Option<Ipv4Addr>,
+    /// The Service's closest IP.
+    #[serde(default, rename = "closestIP", skip_serializing_if = "Option::is_none")]
+    pub closest_ip: Option<Ipv4Addr>,
+    /// The ports both IPs answer on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["port", "protocol"]))]
+    pub ports: Vec<EndpointPort>,
+    /// The Instances that have an address, ready or not, sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["instance"]))]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Where a Service's traffic goes: its service IPs, its ports and every Instance that
+/// has an address. The root's endpoints controller keeps one per Service (same name and
+/// namespace, owned by it); each cluster keeps a copy in which its own Instances'
+/// entries are current even while the root is unreachable; every node's agent turns
+/// them into its service rules.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    /// `oakestra.io/v1`.
+    pub api_version: String,
+    /// `Endpoints`.
+    pub kind: String,
+    /// Name (the Service's), namespace and server-owned fields.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Service IPs, ports and endpoints.
+    #[serde(default)]
+    pub spec: EndpointsSpec,
+}
+
+impl Endpoints {
+    /// New Endpoints with the given name and spec.
+    pub fn new(name: &str, spec: EndpointsSpec) -> Self {
+        Endpoints {
+            api_version: API_VERSION.to_string(),
+            kind: "Endpoints".to_string(),
+            metadata: ObjectMeta {
+                name: name.to_string(),
+                ..Default::default()
+            },
+            spec,
+        }
+    }
+
+    /// The endpoints that take new connections.
+    pub fn ready(&self) -> impl Iterator<Item = &Endpoint> {
+        self.spec.endpoints.iter().filter(|e| e.ready)
+    }
 }

@@ -145,6 +145,7 @@ impl Drop for Containerd {
             let _ = Command::new("umount").args(["-l", m]).status();
         }
         remove_empty_bridges();
+        remove_node_tables();
     }
 }
 
@@ -169,37 +170,24 @@ pub fn remove_empty_bridges() {
             .unwrap_or_default();
         if ports.is_empty() {
             let _ = Command::new("ip").args(["link", "delete", bridge]).status();
-            remove_masquerade(bridge);
         }
     }
 }
 
-/// Delete the agent's masquerade rule of `bridge` (`--comment "oakestra BRIDGE"`).
-fn remove_masquerade(bridge: &str) {
-    let listed = Command::new("iptables")
-        .args([
-            "-w",
-            "-t",
-            "nat",
-            "-L",
-            "POSTROUTING",
-            "-n",
-            "--line-numbers",
-        ])
+/// Delete the agents' nftables tables (`oakestra-<node>`) of this network namespace.
+pub fn remove_node_tables() {
+    let listed = Command::new("nft")
+        .args(["list", "tables", "ip"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    let tag = format!("/* oakestra {bridge} */");
-    let mut numbers: Vec<u32> = listed
+    for table in listed
         .lines()
-        .filter(|l| l.contains(&tag))
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .collect();
-    // Highest first, so the numbers of the rest stay valid.
-    numbers.sort_unstable_by(|a, b| b.cmp(a));
-    for n in numbers {
-        let _ = Command::new("iptables")
-            .args(["-w", "-t", "nat", "-D", "POSTROUTING", &n.to_string()])
+        .filter_map(|l| l.strip_prefix("table ip "))
+        .filter(|t| t.starts_with("oakestra-"))
+    {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", table])
             .status();
     }
 }

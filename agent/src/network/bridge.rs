@@ -1,11 +1,10 @@
 //! The node's bridge: an Instance's network namespace is made with `ip netns` and
 //! attached by the standard CNI `bridge` plugin (static IPAM) to a per-node bridge whose
 //! address is the node subnet's gateway, so the node reaches every Instance at its
-//! instance IP. Traffic leaving the node subnet is masqueraded.
+//! instance IP. What leaves the instance range is masqueraded by the node's service
+//! rules (`netplane`), not here: traffic to other nodes keeps the instance's address.
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -21,10 +20,6 @@ pub struct Bridge {
     pub bridge: String,
     /// CNI network name.
     pub name: String,
-    /// Masquerade traffic leaving the node (needs `iptables`).
-    pub masquerade: bool,
-    /// Set once the masquerade rule of the node subnet is in place.
-    masquerading: Arc<tokio::sync::OnceCell<()>>,
 }
 
 /// Where the Debian package puts the CNI plugins.
@@ -44,57 +39,7 @@ impl Bridge {
             cni_path: cni_path.to_path_buf(),
             bridge: format!("oak{}", &digest[7..17]),
             name: format!("oakestra-{node}"),
-            masquerade: which("iptables"),
-            masquerading: Arc::default(),
         })
-    }
-
-    /// Masquerade what the node subnet sends beyond it: one `nat POSTROUTING` rule per
-    /// bridge, checked for and added at the first attach. (The CNI plugin's `ipMasq`
-    /// would add a chain per container and remove it again, about 100 ms each way.)
-    async fn ensure_masquerade(&self, address: &InstanceAddress) -> Result<(), NetworkError> {
-        if !self.masquerade {
-            return Ok(());
-        }
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(address.prefix))
-            .unwrap_or(0);
-        let subnet = format!(
-            "{}/{}",
-            Ipv4Addr::from(u32::from(address.ip) & mask),
-            address.prefix
-        );
-        let comment = format!("oakestra {}", self.bridge);
-        self.masquerading
-            .get_or_try_init(|| async {
-                let rule = |op: &'static str| {
-                    [
-                        "-w",
-                        "-t",
-                        "nat",
-                        op,
-                        "POSTROUTING",
-                        "-s",
-                        &subnet,
-                        "!",
-                        "-d",
-                        &subnet,
-                        "-m",
-                        "comment",
-                        "--comment",
-                        &comment,
-                        "-j",
-                        "MASQUERADE",
-                    ]
-                    .map(str::to_string)
-                };
-                if run("iptables", &rule("-C")).await.is_err() {
-                    run("iptables", &rule("-A")).await?;
-                }
-                Ok(())
-            })
-            .await
-            .map(|_| ())
     }
 
     /// The `ip netns` name of the namespace at `netns`, which must be in [`NETNS_DIR`].
@@ -117,7 +62,7 @@ impl Bridge {
             "type": "bridge",
             "bridge": self.bridge,
             "isGateway": true,
-                                    "ipMasq": false,
+            "ipMasq": false,
             "hairpinMode": true,
             "ipam": {
                 "type": "static",
@@ -195,7 +140,6 @@ impl Bridge {
     ) -> Result<(), NetworkError> {
         let name = Self::netns_name(netns)?;
         let _ = self.detach(token, netns, address).await;
-        self.ensure_masquerade(address).await?;
         ip(&["netns", "add", name]).await?;
         ip(&["-n", name, "link", "set", "lo", "up"]).await?;
         if let Err(e) = self.cni("ADD", token, netns, address).await {
@@ -227,13 +171,6 @@ fn setup(step: impl Into<String>, e: std::io::Error) -> NetworkError {
         step: step.into(),
         message: e.to_string(),
     }
-}
-
-fn which(binary: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(binary).exists()))
-        .unwrap_or(false)
-        || Path::new("/usr/sbin").join(binary).exists()
 }
 
 async fn ip(args: &[&str]) -> Result<(), NetworkError> {

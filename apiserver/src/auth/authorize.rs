@@ -232,6 +232,8 @@ fn rule(
                 own_object(name, cluster, "a cluster may reach only its own Cluster")
             }
             ("events", None, Create) => Ok(()),
+            // Every Service's endpoints: the cluster keeps a copy for its nodes.
+            ("endpoints", None, Get | List | Watch) => Ok(()),
             _ => Err(format!(
                 "a cluster may not {} {}",
                 verb.name(),
@@ -243,7 +245,10 @@ fn rule(
             ("instances", None, Get) | ("instances", Some(Status), Get | Update | Patch) => {
                 assigned(stored, "spec.node", node, "bound to node")
             }
-            ("nodes", None, Create | Get | Update | Patch)
+            // The other nodes are its overlay peers; their clusters' locations and every
+            // Service's endpoints make its service rules (as kube-proxy reads them).
+            ("nodes" | "clusters" | "endpoints", None, Get | List | Watch) => Ok(()),
+            ("nodes", None, Create | Update | Patch)
             | ("nodes", Some(Status), Get | Update | Patch) => {
                 own_object(name, node, "a node may reach only its own Node")
             }
@@ -585,6 +590,12 @@ mod tests {
             ),
             // ... events: create only; nothing of services, nodes, leases.
             row(&a, Create, "events").writes(named("Event", "e")),
+            // ... reads every Service's endpoints (its nodes route to other clusters).
+            row(&a, List, "endpoints"),
+            row(&a, Watch, "endpoints"),
+            row(&a, Update, "endpoints").name("web").denied(
+                r#"endpoints.oakestra.io "web" is forbidden: User "oakestra:cluster:a" cannot update resource "endpoints" in API group "oakestra.io" in the namespace "default": a cluster may not update endpoints"#,
+            ),
             row(&a, List, "events").denied(
                 r#"events.oakestra.io is forbidden: User "oakestra:cluster:a" cannot list resource "events" in API group "oakestra.io" in the namespace "default": a cluster may not list events"#,
             ),
@@ -636,8 +647,10 @@ mod tests {
             row(&n1, Get, "nodes").name("n1"),
             row(&n1, Patch, "nodes").name("n1").stored(named("Node", "n1")),
             row(&n1, Update, "nodes").sub(Status).name("n1").stored(named("Node", "n1")),
-            row(&n1, Get, "nodes").name("n2").stored(named("Node", "n2")).denied(
-                r#"nodes.oakestra.io "n2" is forbidden: User "oakestra:node:n1" cannot get resource "nodes" in API group "oakestra.io" at the cluster scope: a node may reach only its own Node, "n1""#,
+            // ... reads the other Nodes (its overlay peers), writes only its own.
+            row(&n1, Get, "nodes").name("n2").stored(named("Node", "n2")),
+            row(&n1, Patch, "nodes").name("n2").stored(named("Node", "n2")).denied(
+                r#"nodes.oakestra.io "n2" is forbidden: User "oakestra:node:n1" cannot patch resource "nodes" in API group "oakestra.io" at the cluster scope: a node may reach only its own Node, "n1""#,
             ),
             row(&n1, Create, "nodes").writes(named("Node", "n2")).denied(
                 r#"nodes.oakestra.io "n2" is forbidden: User "oakestra:node:n1" cannot create resource "nodes" in API group "oakestra.io" at the cluster scope: a node may reach only its own Node, "n1""#,
@@ -648,9 +661,15 @@ mod tests {
             row(&n1, Delete, "nodes").name("n1").denied(
                 r#"nodes.oakestra.io "n1" is forbidden: User "oakestra:node:n1" cannot delete resource "nodes" in API group "oakestra.io" at the cluster scope: a node may not delete nodes"#,
             ),
-            row(&n1, List, "nodes").denied(
-                r#"nodes.oakestra.io is forbidden: User "oakestra:node:n1" cannot list resource "nodes" in API group "oakestra.io" at the cluster scope: a node may not list nodes"#,
+            row(&n1, List, "nodes"),
+            row(&n1, Watch, "nodes"),
+            // ... every Service's endpoints, and the clusters' locations, for its rules.
+            row(&n1, List, "endpoints"),
+            row(&n1, Watch, "endpoints"),
+            row(&n1, Patch, "endpoints").name("web").denied(
+                r#"endpoints.oakestra.io "web" is forbidden: User "oakestra:node:n1" cannot patch resource "endpoints" in API group "oakestra.io" in the namespace "default": a node may not patch endpoints"#,
             ),
+            row(&n1, Watch, "clusters"),
             row(&n1, Create, "leases").writes(named("Lease", "n1")),
             row(&n1, Get, "leases").name("n1"),
             row(&n1, Update, "leases").name("n1").stored(named("Lease", "n1")),
@@ -669,8 +688,9 @@ mod tests {
             row(&n1, List, "services").denied(
                 r#"services.oakestra.io is forbidden: User "oakestra:node:n1" cannot list resource "services" in API group "oakestra.io" in the namespace "default": a node may not list services"#,
             ),
-            row(&n1, Get, "clusters").name("a").denied(
-                r#"clusters.oakestra.io "a" is forbidden: User "oakestra:node:n1" cannot get resource "clusters" in API group "oakestra.io" at the cluster scope: a node may not get clusters"#,
+            row(&n1, Get, "clusters").name("a"),
+            row(&n1, Patch, "clusters").name("a").denied(
+                r#"clusters.oakestra.io "a" is forbidden: User "oakestra:node:n1" cannot patch resource "clusters" in API group "oakestra.io" at the cluster scope: a node may not patch clusters"#,
             ),
         ];
         assert!(rows.len() > 80, "{} rows", rows.len());

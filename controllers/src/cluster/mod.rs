@@ -4,6 +4,8 @@
 //!   capacity, allocatable, runtimes and readiness;
 //! - `sync`: brings the Instances the root placed on this cluster down into the
 //!   cluster API and sends their binding and status up;
+//! - `endpoints`: keeps the cluster's copy of every Service's `Endpoints`, its own
+//!   Instances' entries current (its nodes' service rules come from these);
 //! - `handback`: gives an Instance no node has room for back to the root, to be
 //!   placed on another cluster;
 //! - **cluster scheduler**: [`crate::placement`] over Nodes;
@@ -15,6 +17,7 @@
 //! When the root is unreachable the cluster keeps running and healing from its own
 //! API; the caches catch up when the root returns.
 
+mod endpoints;
 mod handback;
 pub mod report;
 mod sync;
@@ -81,6 +84,14 @@ pub async fn run_cluster(
             local.clone(),
             root.clone(),
             config.clone(),
+            shutdown.clone()
+        ),
+        endpoints::sync_endpoints(
+            local.clone(),
+            root.clone(),
+            config.name.clone(),
+            config.location.clone(),
+            config.concurrency,
             shutdown.clone()
         ),
         sync::sync_instances(

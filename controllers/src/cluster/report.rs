@@ -11,8 +11,8 @@ use client::runtime::cache;
 use client::{Api, Client, ListParams};
 use crds::conditions::READY;
 use crds::{
-    set_condition, Capacity, Cluster, ClusterSpec, ClusterStatus, ConditionStatus, Instance, Node,
-    Phase, RuntimeKind,
+    set_condition, Capacity, Cluster, ClusterSpec, ClusterStatus, ConditionStatus, Instance,
+    Location, Node, Phase, RuntimeKind,
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -177,31 +177,48 @@ async fn beat(
         "observedGeneration": current.metadata.generation,
     }});
     let updated = clusters.patch_status(&config.name, &patch).await?;
-    mirror_subnet(local, &config.name, updated.status.as_ref()).await
+    mirror_subnet(
+        local,
+        &config.name,
+        config.location.as_ref(),
+        updated.status.as_ref(),
+    )
+    .await
 }
 
 /// Keep a local copy of this cluster's own `Cluster` object with the subnet the root
-/// assigned, for the cluster's node subnet allocation.
+/// assigned, for the cluster's node subnet allocation, and its location, for its nodes'
+/// closest IPs.
 async fn mirror_subnet(
     local: &Client,
     name: &str,
+    location: Option<&Location>,
     root_status: Option<&ClusterStatus>,
 ) -> Result<(), Error> {
     let Some(subnet) = root_status.and_then(|s| s.subnet.clone()) else {
         return Ok(());
     };
     let api: Api<Cluster> = local.api(None);
-    let existing = match api.dynamic().get_opt(name).await? {
+    let spec = ClusterSpec {
+        location: location.cloned(),
+    };
+    let mut existing = match api.dynamic().get_opt(name).await? {
         Some(c) => c,
         None => {
             api.dynamic()
                 .create(
-                    &serde_json::to_value(Cluster::new(name, ClusterSpec::default()))
-                        .expect("serializes"),
+                    &serde_json::to_value(Cluster::new(name, spec.clone())).expect("serializes"),
                 )
                 .await?
         }
     };
+    let stored: Option<ClusterSpec> = existing
+        .get("spec")
+        .and_then(|s| serde_json::from_value(s.clone()).ok());
+    if stored.as_ref() != Some(&spec) {
+        let patch = json!({"spec": {"location": spec.location}});
+        existing = serde_json::to_value(api.patch(name, &patch).await?).expect("serializes");
+    }
     let generation = existing.pointer("/metadata/generation").cloned();
     let observed = existing.pointer("/status/observedGeneration").cloned();
     if existing.pointer("/status/subnet").and_then(|s| s.as_str()) != Some(subnet.as_str())

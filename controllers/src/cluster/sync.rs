@@ -23,7 +23,7 @@ struct SyncCtx {
     cluster: String,
     handback: Duration,
     locals: Store<Instance>,
-    namespaces: Mutex<HashSet<String>>,
+    namespaces: Namespaces,
     /// The root Instances as this controller last wrote them, while its cache of the
     /// root has not caught up: the next write up goes at that version, not at the
     /// cache's older one (each write up — binding, then status a few times — would
@@ -93,7 +93,7 @@ pub(super) async fn sync_instances(
         cluster,
         handback,
         locals,
-        namespaces: Mutex::default(),
+        namespaces: Namespaces::default(),
         written: Mutex::default(),
     });
     controller
@@ -129,7 +129,7 @@ async fn sync_one(
     };
     let Some(local) = local else {
         if let Some(ns) = ns {
-            ensure_namespace(&ctx, ns).await?;
+            ctx.namespaces.ensure(&ctx.local, ns).await?;
         }
         let copy = Instance {
             api_version: API_VERSION.into(),
@@ -257,25 +257,32 @@ where
     }
 }
 
-async fn ensure_namespace(ctx: &SyncCtx, ns: &str) -> Result<(), Error> {
-    if ctx.namespaces.lock().expect("namespaces lock").contains(ns) {
-        return Ok(());
+/// The local namespaces known to exist: each is created once (a 409 means it was).
+#[derive(Default)]
+pub(super) struct Namespaces {
+    known: Mutex<HashSet<String>>,
+}
+
+impl Namespaces {
+    /// Create the namespace `ns` in the cluster API unless it is known to exist.
+    pub(super) async fn ensure(&self, local: &Client, ns: &str) -> Result<(), Error> {
+        if self.known.lock().expect("namespaces lock").contains(ns) {
+            return Ok(());
+        }
+        let api = local.dynamic(crds::kind_by_name("namespaces").expect("served"), None);
+        match api
+            .create(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+            .await
+        {
+            Err(e) if !e.is_conflict() => return Err(e.into()),
+            _ => {}
+        }
+        self.known
+            .lock()
+            .expect("namespaces lock")
+            .insert(ns.to_string());
+        Ok(())
     }
-    let api = ctx
-        .local
-        .dynamic(crds::kind_by_name("namespaces").expect("served"), None);
-    match api
-        .create(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
-        .await
-    {
-        Err(e) if !e.is_conflict() => return Err(e.into()),
-        _ => {}
-    }
-    ctx.namespaces
-        .lock()
-        .expect("namespaces lock")
-        .insert(ns.to_string());
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,375 @@
+//! The node's network controller: follows the cluster's `Endpoints`, `Node`s and its
+//! `Cluster` and keeps the node's nftables table and overlay in line with them.
+//!
+//! Level-triggered: each pass computes the whole desired state ([`ruleset`], the
+//! overlay's [`overlay::plan`]), applies what differs from the last pass (the table in
+//! one transaction, the overlay's peers by diff against the kernel) and, every
+//! [`Config::resync`], applies everything again whatever it believes, so a table someone
+//! flushed comes back. A table or overlay that cannot be applied leaves the last good
+//! one in place and says why in the Node's `NetworkReady` condition (`RulesFailed`,
+//! `OverlayFailed`), which the cluster scheduler reads.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use client::runtime::{informer, Store};
+use client::{Client, ListParams};
+use crds::{Cluster, Endpoints, Node, NodeNetwork};
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::closest::{closest, Candidate, Locality};
+use crate::exec::Host;
+use crate::overlay::{self, NodeNet, Subnet, Vxlan};
+use crate::rules::{self, Frontend, Proto, Ruleset, ServiceRules};
+
+/// The Node condition this controller keeps.
+pub const NETWORK_READY: &str = "NetworkReady";
+/// The field manager of its status writes.
+pub const FIELD_MANAGER: &str = "oakestra-netplane";
+
+/// Settings of a node's network controller.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The Node this agent runs.
+    pub node: String,
+    /// The node's underlay address (its `spec.address`), announced to its peers.
+    pub address: Ipv4Addr,
+    /// The nftables table it owns.
+    pub table: String,
+    /// All instance addresses of every cluster: traffic leaving it is masqueraded.
+    pub instance_range: (Ipv4Addr, u8),
+    /// The overlay to the cluster's other nodes (`None`: only the node's own subnet).
+    pub overlay: Option<Vxlan>,
+    /// How often everything is applied again regardless.
+    pub resync: Duration,
+    /// Where the commands run (the agent's own namespace).
+    pub host: Host,
+}
+
+impl Config {
+    /// The table name for node `node`: one table per node, so that several agents in
+    /// one network namespace (tests, simulations) keep out of each other's way.
+    pub fn table_for(node: &str) -> String {
+        format!("oakestra-{node}")
+    }
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The kernel refused the bridge's netfilter setting.
+    #[error("preparing the node's network: {0}")]
+    Prepare(String),
+}
+
+/// The service rules node `me` wants for the cluster's `endpoints`: each Service's
+/// round-robin IP balances over all its ready endpoints; its closest IP over the ready
+/// endpoints [`closest`] to the node. Pure.
+pub fn ruleset(
+    table: &str,
+    instance_range: (Ipv4Addr, u8),
+    me: &Locality,
+    endpoints: &[Arc<Endpoints>],
+) -> Ruleset {
+    let mut services: Vec<ServiceRules> = endpoints
+        .iter()
+        .map(|e| {
+            let ready: Vec<Candidate> = e
+                .ready()
+                .map(|ep| Candidate {
+                    addr: ep.ip,
+                    node: ep.node.clone().unwrap_or_default(),
+                    cluster: ep.cluster.clone(),
+                    location: ep.location.as_ref().map(|l| (l.latitude, l.longitude)),
+                })
+                .collect();
+            let near: Vec<Ipv4Addr> = closest(me, &ready).iter().map(|c| c.addr).collect();
+            let all: Vec<Ipv4Addr> = ready.iter().map(|c| c.addr).collect();
+            let mut frontends = Vec::new();
+            for (ip, backends) in [
+                (e.spec.round_robin_ip, &all),
+                (e.spec.closest_ip, &near),
+            ] {
+                let Some(ip) = ip else { continue };
+                for port in &e.spec.ports {
+                    frontends.push(Frontend {
+                        ip,
+                        port: port.port,
+                        proto: match port.protocol {
+                            crds::Protocol::Tcp => Proto::Tcp,
+                            crds::Protocol::Udp => Proto::Udp,
+                        },
+                        backends: backends
+                            .iter()
+                            .map(|b| SocketAddrV4::new(*b, port.port))
+                            .collect(),
+                    });
+                }
+            }
+            ServiceRules {
+                namespace: e.metadata.namespace.clone().unwrap_or_default(),
+                name: e.metadata.name.clone(),
+                frontends,
+            }
+        })
+        .filter(|s| !s.frontends.is_empty())
+        .collect();
+    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    Ruleset {
+        table: table.to_string(),
+        instance_range,
+        services,
+    }
+}
+
+/// What the overlay needs to know of each Node.
+fn node_net(node: &Node) -> NodeNet {
+    let status = node.status.as_ref();
+    let network = status.and_then(|s| s.network.as_ref());
+    NodeNet {
+        name: node.metadata.name.clone(),
+        subnet: status
+            .and_then(|s| s.subnet.as_deref())
+            .and_then(|s| s.parse().ok()),
+        underlay: network
+            .and_then(|n| n.public_address.as_deref())
+            .and_then(|a| a.parse().ok()),
+        mac: network.and_then(|n| n.vtep_mac.clone()),
+    }
+}
+
+/// The state of the last pass, and what the Node's status says.
+#[derive(Default)]
+struct Applied {
+    script: Option<String>,
+    ruleset: Option<Ruleset>,
+    peers: Option<Vec<overlay::Peer>>,
+    /// The condition last written: (status, reason, message).
+    condition: Option<(bool, String, String)>,
+    /// The overlay end last published.
+    published: Option<NodeNetwork>,
+}
+
+/// Run the controller until `shutdown`.
+pub async fn run(
+    client: Client,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ControllerError> {
+    crate::nft::ensure_bridge_netfilter(&config.host)
+        .await
+        .map_err(|e| ControllerError::Prepare(e.to_string()))?;
+    let changed = Arc::new(Notify::new());
+    let endpoints = follow::<Endpoints>(&client, &changed);
+    let nodes = follow::<Node>(&client, &changed);
+    let clusters = follow::<Cluster>(&client, &changed);
+    for store in [endpoints.1.clone()] {
+        store.wait_ready().await;
+    }
+    nodes.1.wait_ready().await;
+    clusters.1.wait_ready().await;
+    let mut applied = Applied::default();
+    let mut resync = tokio::time::interval(config.resync);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(node = %config.node, table = %config.table, overlay = config.overlay.is_some(), "network controller started");
+    loop {
+        let force = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = resync.tick() => true,
+            _ = changed.notified() => {
+                // Let a burst of changes settle into one pass.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                false
+            }
+        };
+        pass(&client, &config, &endpoints.1, &nodes.1, &clusters.1, &mut applied, force).await;
+    }
+    drop((endpoints, nodes, clusters));
+    Ok(())
+}
+
+/// The shared informer of `K` (all namespaces), waking `changed` at every event.
+fn follow<K: crds::Resource>(
+    client: &Client,
+    changed: &Arc<Notify>,
+) -> (Arc<client::runtime::Informer<K>>, Store<K>) {
+    let informer = informer(client.api::<K>(None), ListParams::default());
+    let wake = changed.clone();
+    informer.subscribe(move |_| {
+        wake.notify_one();
+        true
+    });
+    let store = informer.store();
+    (informer, store)
+}
+
+async fn pass(
+    client: &Client,
+    config: &Config,
+    endpoints: &Store<Endpoints>,
+    nodes: &Store<Node>,
+    clusters: &Store<Cluster>,
+    applied: &mut Applied,
+    force: bool,
+) {
+    let me = nodes.get(&client::runtime::ObjectRef::new(None, &config.node));
+    let cluster = clusters.state().into_iter().next();
+    let locality = Locality {
+        node: config.node.clone(),
+        cluster: cluster
+            .as_ref()
+            .map(|c| c.metadata.name.clone())
+            .unwrap_or_default(),
+        location: cluster
+            .as_ref()
+            .and_then(|c| c.spec.location.as_ref())
+            .map(|l| (l.latitude, l.longitude)),
+    };
+    let mut problems = Vec::new();
+
+    // The overlay: this node's end first (it needs the subnet), then its peers.
+    let own_subnet: Option<Subnet> = me
+        .as_ref()
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.subnet.as_deref())
+        .and_then(|s| s.parse().ok());
+    let mut overlay_ok = true;
+    let mut end = None;
+    if let (Some(vx), Some(subnet)) = (&config.overlay, own_subnet) {
+        match overlay::ensure(&config.host, vx, subnet).await {
+            Ok(mac) => {
+                let network = NodeNetwork {
+                    backend: "vxlan".into(),
+                    public_address: Some(config.address.to_string()),
+                    public_port: Some(vx.port),
+                    vtep_mac: Some(mac),
+                };
+                end = Some(network);
+            }
+            Err(e) => {
+                overlay_ok = false;
+                problems.push(("OverlayFailed", e.to_string()));
+            }
+        }
+        if overlay_ok {
+            let all: Vec<NodeNet> = nodes.state().iter().map(|n| node_net(n)).collect();
+            let peers = overlay::plan(&config.node, &all);
+            if force || applied.peers.as_ref() != Some(&peers) {
+                match overlay::sync(&config.host, vx, &peers).await {
+                    Ok(report) => {
+                        tracing::debug!(node = %config.node, ?report, peers = peers.len(), "overlay synced");
+                        applied.peers = Some(peers);
+                    }
+                    Err(e) => problems.push(("OverlayFailed", e.to_string())),
+                }
+            }
+        }
+    }
+
+    // The service rules.
+    let wanted = ruleset(
+        &config.table,
+        config.instance_range,
+        &locality,
+        &endpoints.state(),
+    );
+    let script = rules::render(&wanted);
+    if force || applied.script.as_deref() != Some(script.as_str()) {
+        let started = std::time::Instant::now();
+        match crate::nft::apply(&config.host, &script).await {
+            Ok(()) => {
+                tracing::debug!(node = %config.node, services = wanted.services.len(), took = ?started.elapsed(), "service rules applied");
+                if let Some(old) = &applied.ruleset {
+                    for (frontend, backend) in rules::udp_removed(old, &wanted) {
+                        if let Err(e) = crate::nft::forget_udp_flows(
+                            &config.host,
+                            frontend.0,
+                            frontend.1,
+                            backend,
+                        )
+                        .await
+                        {
+                            tracing::warn!(error = %e, "deleting the UDP flows of a removed endpoint failed");
+                        }
+                    }
+                }
+                applied.script = Some(script);
+                applied.ruleset = Some(wanted);
+            }
+            Err(e) => problems.push(("RulesFailed", e.to_string())),
+        }
+    }
+
+    let condition = match problems.first() {
+        None => (
+            true,
+            "RulesApplied".to_string(),
+            format!(
+                "{} services in table {}{}",
+                applied.ruleset.as_ref().map_or(0, |r| r.services.len()),
+                config.table,
+                match (&config.overlay, &applied.peers) {
+                    (Some(_), Some(p)) => format!(", {} overlay peers", p.len()),
+                    (Some(_), None) => ", overlay waiting for the node's subnet".to_string(),
+                    (None, _) => String::new(),
+                }
+            ),
+        ),
+        Some((reason, message)) => {
+            tracing::warn!(node = %config.node, reason, message, "the node's network is not in shape");
+            (false, reason.to_string(), message.clone())
+        }
+    };
+    // Rewrite only when it changes (a count in the message changes with every Service).
+    let same = applied
+        .condition
+        .as_ref()
+        .is_some_and(|(s, r, _)| *s == condition.0 && *r == condition.1);
+    let end = end.or_else(|| applied.published.clone());
+    if !same || end != applied.published {
+        match report(client, &config.node, end.as_ref(), &condition).await {
+            Ok(()) => {
+                applied.condition = Some(condition);
+                applied.published = end;
+            }
+            Err(e) => tracing::warn!(error = %e, "writing the node's network status failed"),
+        }
+    }
+}
+
+/// Server-side apply of the node's overlay end and its `NetworkReady` condition into
+/// its status, as one manager: conditions merge by type, so the agent's `Ready` stays
+/// the agent's; both fields go in every apply, since one left out would be removed.
+async fn report(
+    client: &Client,
+    node: &str,
+    network: Option<&NodeNetwork>,
+    (ok, reason, message): &(bool, String, String),
+) -> Result<(), client::ClientError> {
+    let condition: BTreeMap<&str, serde_json::Value> = [
+        ("type", json!(NETWORK_READY)),
+        ("status", json!(if *ok { "True" } else { "False" })),
+        ("reason", json!(reason)),
+        ("message", json!(message)),
+        ("lastTransitionTime", json!(chrono::Utc::now())),
+    ]
+    .into();
+    let mut status = json!({"conditions": [condition]});
+    if let Some(network) = network {
+        status["network"] = json!(network);
+    }
+    let body = json!({
+        "apiVersion": crds::API_VERSION, "kind": "Node", "metadata": {"name": node},
+        "status": status,
+    });
+    client
+        .api::<Node>(None)
+        .dynamic()
+        .apply_status(node, &body, FIELD_MANAGER, true)
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,398 @@
+//! `rules::render` and `nft` against the real kernel, inside network namespaces this
+//! test creates (and removes on drop, with the processes it started). Traffic goes
+//! only to addresses inside those namespaces. Skipped, with a message, unless run as
+//! root with `nft` and `busybox` installed.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netplane::exec::Host;
+use netplane::nft;
+use netplane::rules::{self, Frontend, Proto, Ruleset, ServiceRules};
+
+const TABLE: &str = "oakestra";
+const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const NO_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const HAIRPIN: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+const UDP_SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+
+/// Why the kernel tests cannot run here, if they cannot.
+fn skip_reason() -> Option<String> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        });
+    if uid.as_deref() != Some("0") {
+        return Some("not root".into());
+    }
+    ["nft", "ip", "busybox", "nsenter", "sysctl", "bash"]
+        .into_iter()
+        .find(|tool| !on_path(tool))
+        .map(|tool| format!("`{tool}` is not installed"))
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+macro_rules! skip_unless_able {
+    () => {
+        if let Some(reason) = skip_reason() {
+            eprintln!("skipping kernel test: {reason}");
+            return;
+        }
+    };
+}
+
+/// Network namespaces and processes this test made; all removed on drop.
+struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    processes: Vec<Child>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        Lab {
+            prefix: format!("npt-{}-{tag}", std::process::id()),
+            namespaces: Vec::new(),
+            processes: Vec::new(),
+            _dirs: Vec::new(),
+        }
+    }
+
+    /// Create namespace `<prefix>-<suffix>` with `lo` up; returns its name.
+    async fn netns(&mut self, suffix: &str) -> String {
+        let name = format!("{}-{suffix}", self.prefix);
+        run(&Host::current(), "ip", &["netns", "add", &name]).await;
+        self.namespaces.push(name.clone());
+        run(&Host::netns(&name), "ip", &["link", "set", "lo", "up"]).await;
+        name
+    }
+
+    /// Start `busybox httpd` on port 80 in `netns`, serving an index naming `who`.
+    fn httpd(&mut self, netns: &str, who: &str) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        std::fs::write(dir.path().join("index.html"), format!("{who}\n")).expect("index");
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", netns, "busybox", "httpd", "-f", "-p", "80", "-h",
+            ])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start busybox httpd");
+        self.processes.push(child);
+        self._dirs.push(dir);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.processes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+async fn run(host: &Host, program: &str, args: &[&str]) -> String {
+    match host.run(program, args).await {
+        Ok(out) => out,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// `busybox wget` of `http://<ip>/` from `netns`: the body, or the error.
+async fn wget(netns: &str, ip: Ipv4Addr) -> Result<String, String> {
+    let url = format!("http://{ip}/");
+    Host::netns(netns)
+        .run("busybox", &["wget", "-q", "-O", "-", "-T", "2", &url])
+        .await
+        .map(|body| body.trim().to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Wait until `wget` from `netns` to `ip` answers (httpd starting up).
+async fn until_answers(netns: &str, ip: Ipv4Addr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match wget(netns, ip).await {
+            Ok(_) => return,
+            Err(e) if Instant::now() > deadline => panic!("{ip} never answered: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn frontend(ip: Ipv4Addr, port: u16, proto: Proto, backends: &[Ipv4Addr]) -> Frontend {
+    Frontend {
+        ip,
+        port,
+        proto,
+        backends: backends
+            .iter()
+            .map(|&b| SocketAddrV4::new(b, port))
+            .collect(),
+    }
+}
+
+fn ruleset(web_backends: &[Ipv4Addr], a: Ipv4Addr) -> Ruleset {
+    Ruleset {
+        table: TABLE.into(),
+        instance_range: (Ipv4Addr::new(10, 250, 0, 0), 16),
+        services: vec![
+            ServiceRules {
+                namespace: "default".into(),
+                name: "web".into(),
+                frontends: vec![frontend(SERVICE, 80, Proto::Tcp, web_backends)],
+            },
+            ServiceRules {
+                namespace: "default".into(),
+                name: "idle".into(),
+                frontends: vec![frontend(NO_ENDPOINT, 80, Proto::Tcp, &[])],
+            },
+            ServiceRules {
+                namespace: "default".into(),
+                name: "self".into(),
+                frontends: vec![
+                    frontend(HAIRPIN, 80, Proto::Tcp, &[a]),
+                    frontend(UDP_SERVICE, 5353, Proto::Udp, &[a]),
+                ],
+            },
+        ],
+    }
+}
+
+/// Count the answers of `n` requests from `netns` to `ip`, by body.
+async fn tally(netns: &str, ip: Ipv4Addr, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for i in 0..n {
+        match wget(netns, ip).await {
+            Ok(body) => *counts.entry(body).or_insert(0) += 1,
+            Err(e) => panic!("request {i} to {ip} failed: {e}"),
+        }
+    }
+    counts
+}
+
+async fn udp_entries(node: &Host) -> String {
+    run(
+        node,
+        "conntrack",
+        &["-L", "-p", "udp", "--orig-dst", &UDP_SERVICE.to_string()],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn services_through_a_bridge() {
+    skip_unless_able!();
+    let mut lab = Lab::new("svc");
+    let node_ns = lab.netns("node").await;
+    let node = Host::netns(&node_ns);
+    for args in [
+        &["link", "add", "br0", "type", "bridge"][..],
+        &["addr", "add", "10.250.0.1/24", "dev", "br0"],
+        &["link", "set", "br0", "up"],
+        // A default route into nothing (a veth whose peer answers no ARP): without
+        // the reject chain, a connection to a service with no endpoint would be
+        // forwarded here and hang.
+        &["link", "add", "void0", "type", "veth", "peer", "name", "void1"],
+        &["link", "set", "void1", "up"],
+        &["link", "set", "void0", "up"],
+        &["route", "add", "default", "dev", "void0"],
+    ] {
+        run(&node, "ip", args).await;
+    }
+    run(&node, "sysctl", &["-w", "net.ipv4.ip_forward=1"]).await;
+    nft::ensure_bridge_netfilter(&node)
+        .await
+        .expect("bridge netfilter");
+    assert_eq!(
+        run(
+            &node,
+            "sysctl",
+            &["-n", "net.bridge.bridge-nf-call-iptables"]
+        )
+        .await
+        .trim(),
+        "1"
+    );
+
+    let mut inst = Vec::new();
+    for (i, who) in ["a", "b", "c"].into_iter().enumerate() {
+        let ns = lab.netns(who).await;
+        let addr = Ipv4Addr::new(10, 250, 0, 2 + u8::try_from(i).expect("small"));
+        let port = format!("v{who}");
+        run(
+            &node,
+            "ip",
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        )
+        .await;
+        run(&node, "ip", &["link", "set", &port, "master", "br0", "up"]).await;
+        let host = Host::netns(&ns);
+        run(
+            &host,
+            "ip",
+            &["addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+        )
+        .await;
+        run(&host, "ip", &["link", "set", "eth0", "up"]).await;
+        run(
+            &host,
+            "ip",
+            &["route", "add", "default", "via", "10.250.0.1"],
+        )
+        .await;
+        inst.push((ns, addr));
+    }
+    let [(a_ns, a), (b_ns, b), (c_ns, _)] = <[_; 3]>::try_from(inst).expect("three");
+    // An instance reaching itself through its service leaves and re-enters by the
+    // same bridge port.
+    run(
+        &node,
+        "ip",
+        &["link", "set", "va", "type", "bridge_slave", "hairpin", "on"],
+    )
+    .await;
+    lab.httpd(&a_ns, "instance-a");
+    lab.httpd(&b_ns, "instance-b");
+    until_answers(&c_ns, a).await;
+    until_answers(&c_ns, b).await;
+
+    let both = ruleset(&[a, b], a);
+    let script = rules::render(&both);
+    nft::check(&node, &script)
+        .await
+        .expect("nft -c accepts the table");
+    nft::apply(&node, &script).await.expect("apply");
+    assert_eq!(nft::tables(&node).await.expect("tables"), vec![TABLE]);
+
+    // (1) Round robin from a client on the bridge.
+    let counts = tally(&c_ns, SERVICE, 20).await;
+    println!("round robin over a and b, 20 requests: {counts:?}");
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["instance-a", "instance-b"]
+    );
+    // And from the node itself (the `output` nat hook).
+    let from_node = tally(&node_ns, SERVICE, 4).await;
+    println!("from the node, 4 requests: {from_node:?}");
+    assert_eq!(from_node.values().sum::<usize>(), 4);
+
+    // (2) No endpoint: refused at once, not a 2 s timeout.
+    let started = Instant::now();
+    let refused = wget(&c_ns, NO_ENDPOINT).await;
+    let took = started.elapsed();
+    println!("no endpoint: {refused:?} after {took:?}");
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+
+    // (3) Hairpin: a reaches itself through its service.
+    assert_eq!(wget(&a_ns, HAIRPIN).await.as_deref(), Ok("instance-a"));
+
+    // UDP: a flow DNATed to a, forgotten when asked.
+    let c_host = Host::netns(&c_ns);
+    let send = format!("echo hi > /dev/udp/{UDP_SERVICE}/5353");
+    let _ = c_host.run("bash", &["-c", &send]).await;
+    if on_path("conntrack") {
+        assert!(
+            udp_entries(&node).await.contains("dst=10.250.0.2"),
+            "no UDP entry"
+        );
+        let backend = SocketAddrV4::new(a, 5353);
+        nft::forget_udp_flows(&node, UDP_SERVICE, 5353, backend)
+            .await
+            .expect("forget");
+        assert!(
+            !udp_entries(&node).await.contains("dst=10.250.0.2"),
+            "UDP entry left"
+        );
+        // Nothing left to delete is not an error.
+        nft::forget_udp_flows(&node, UDP_SERVICE, 5353, backend)
+            .await
+            .expect("forget again");
+    } else {
+        eprintln!("`conntrack` is not installed: UDP flow deletion not tested");
+    }
+
+    // (4) b leaves: everything goes to a.
+    let only_a = ruleset(&[a], a);
+    nft::apply(&node, &rules::render(&only_a))
+        .await
+        .expect("re-apply");
+    let counts = tally(&c_ns, SERVICE, 6).await;
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [("instance-a".to_string(), 6)]
+    );
+    assert_eq!(rules::udp_removed(&both, &only_a), vec![]);
+
+    // (5) A broken script changes nothing.
+    let before = run(&node, "nft", &["list", "table", "ip", TABLE]).await;
+    let broken = rules::render(&only_a).replace("jump services", "jump no-such-chain");
+    let err = nft::apply(&node, &broken).await.expect_err("broken script");
+    println!("broken script refused: {err}");
+    assert_eq!(nft::tables(&node).await.expect("tables"), vec![TABLE]);
+    assert_eq!(
+        run(&node, "nft", &["list", "table", "ip", TABLE]).await,
+        before
+    );
+    assert_eq!(wget(&c_ns, SERVICE).await.as_deref(), Ok("instance-a"));
+
+    // Removing the table.
+    nft::apply(&node, &rules::delete_script(TABLE))
+        .await
+        .expect("delete");
+    assert_eq!(
+        nft::tables(&node).await.expect("tables"),
+        Vec::<String>::new()
+    );
+    nft::apply(&node, &rules::delete_script(TABLE))
+        .await
+        .expect("delete when absent");
+}
+
+#[tokio::test]
+async fn golden_files_load_into_the_kernel() {
+    skip_unless_able!();
+    let mut lab = Lab::new("golden");
+    let host = Host::netns(lab.netns("x").await);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("tests/golden")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "nft"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no golden files in {}", dir.display());
+    for file in files {
+        let script = std::fs::read_to_string(&file).expect("golden file");
+        // `-c` checks syntax; applying also checks what only the kernel does (name
+        // lengths, hooks), and applying twice checks that the script replaces.
+        nft::check(&host, &script)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for _ in 0..2 {
+            nft::apply(&host, &script)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        }
+        println!("{}: accepted", file.display());
+    }
+}
