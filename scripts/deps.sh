@@ -9,7 +9,7 @@ packages=(
                                # official Kubernetes Python client's tests
   containerd runc              # the containerd runtime
   containernetworking-plugins  # per-container network namespaces (CNI bridge + static)
-  iproute2 iptables
+  iproute2 nftables conntrack   # the node's service rules and overlay (nft, ip, bridge)
   docker-registry skopeo umoci busybox-static  # a local registry and test images
 )
 need=()

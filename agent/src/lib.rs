@@ -11,7 +11,9 @@
 //!   adoption, waiting for an address) as a pure decision, and the reconcile around it.
 //! - [`runtime`]: the `Runtime` trait and its implementations (processes, containerd,
 //!   both combined, an in-memory fake), and their assembly.
-//! - [`network`]: Instance networking outside the runtime (CNI bridge, published ports).
+//! - [`network`]: Instance networking outside the runtime (CNI bridge, published ports);
+//!   the node's service rules and overlay are [`netplane`]'s, which [`run`] starts
+//!   beside the runtime.
 //! - [`host`]: capacity and usage of the machine, from `/proc`.
 //! - [`cgroup`]: cgroup v2 limits of Instances.
 //! - [`serve`]: the agent's HTTP endpoint (logs, metrics, health).
@@ -63,6 +65,9 @@ pub struct AgentConfig {
     pub capacity: Option<Capacity>,
     /// Where the agent serves the logs of its Instances (port 0: any free port).
     pub listen: std::net::SocketAddr,
+    /// The node's service rules and overlay, kept by [`netplane`] when its Instances
+    /// have a network of their own (bridge networking); `None`: not kept.
+    pub dataplane: Option<netplane::controller::Config>,
 }
 
 /// Why the agent (or one reconcile of it) failed.
@@ -189,6 +194,7 @@ pub async fn run(
     });
     node.register().await?;
     tracing::info!(node = %config.node, runtime = runtime.name(), "worker agent registered");
+    let bridged = network.is_some();
     let instances = Arc::new(Instances {
         client: client.clone(),
         node: config.node.clone(),
@@ -218,6 +224,19 @@ pub async fn run(
         }
     });
     let beats = tokio::spawn(node.heartbeats(shutdown.clone()));
+    // The service rules and the overlay, beside the runtime (bridge networking only:
+    // with host networking the Instances have no address of their own to route to).
+    let dataplane = match (&config.dataplane, bridged) {
+        (Some(settings), true) => {
+            let (client, settings, shutdown) = (client.clone(), settings.clone(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = netplane::controller::run(client, settings, shutdown).await {
+                    tracing::error!(error = %e, "the node's network controller stopped");
+                }
+            }))
+        }
+        _ => None,
+    };
     controller
         .run_keyed(
             move |key, instance| instances::reconcile(key, instance, instances.clone()),
@@ -225,5 +244,8 @@ pub async fn run(
         )
         .await;
     beats.abort();
+    if let Some(dataplane) = dataplane {
+        let _ = dataplane.await;
+    }
     Ok(())
 }

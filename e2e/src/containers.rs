@@ -283,6 +283,23 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// A web server image tagged `web:TAG`: it writes `<instance> <marker>` (its
+    /// Instance's name and `TAG`) as its index page, says so on stdout and serves port 80.
+    pub fn push_web(&self, tag: &str) -> String {
+        self.push_busybox(
+            "web",
+            tag,
+            &[
+                "/bin/sh",
+                "-c",
+                "echo \"$OAKESTRA_INSTANCE $(cat /marker)\" > /index.html; echo serving $OAKESTRA_INSTANCE; exec httpd -f -p 80 -h /",
+            ],
+            tag,
+        )
+    }
+}
+
 /// The static busybox of Debian's `busybox-static` (it runs in an empty image).
 fn busybox() -> PathBuf {
     ["/bin/busybox", "/usr/bin/busybox"]

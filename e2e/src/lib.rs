@@ -17,6 +17,7 @@
 //! - [`containers`]: a private `containerd`, a local registry and busybox images.
 
 pub mod containers;
+pub mod netns;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -327,6 +328,8 @@ pub struct Oakestra {
     pub port: Option<u16>,
     /// The `oakestra` binary it runs.
     pub binary: PathBuf,
+    /// The network namespace it runs in (`None`: the machine's).
+    netns: Option<String>,
     args: Vec<String>,
     process: Process,
     log: PathBuf,
@@ -348,18 +351,49 @@ impl Oakestra {
         log_dir: &Path,
     ) -> Oakestra {
         let log = log_dir.join(format!("oakestra-{name}.log"));
-        let process = Self::launch(binary, args, port, &log);
+        let process = Self::launch(binary, None, args, port, &log);
         Oakestra {
             port,
             binary: binary.to_path_buf(),
+            netns: None,
             args: args.to_vec(),
             process,
             log,
         }
     }
 
-    fn launch(binary: &Path, args: &[String], port: Option<u16>, log: &Path) -> Process {
-        let mut cmd = Command::new(binary);
+    /// Start `oakestra ARGS…` (a role that serves no port, e.g. a worker) inside the
+    /// network namespace `netns` ([`netns::Netns`]).
+    pub fn start_in(netns: &netns::Netns, name: &str, args: &[String], log_dir: &Path) -> Oakestra {
+        let log = log_dir.join(format!("oakestra-{name}.log"));
+        let binary = binary("oakestra");
+        let process = Self::launch(&binary, Some(netns.name()), args, None, &log);
+        Oakestra {
+            port: None,
+            binary,
+            netns: Some(netns.name().to_string()),
+            args: args.to_vec(),
+            process,
+            log,
+        }
+    }
+
+    fn launch(
+        binary: &Path,
+        netns: Option<&str>,
+        args: &[String],
+        port: Option<u16>,
+        log: &Path,
+    ) -> Process {
+        let mut cmd = match netns {
+            // nsenter enters the namespace and executes the binary: same process.
+            Some(ns) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
         cmd.args(args);
         // Append, so a restart keeps what the first run logged.
         let process = Process::spawn_appending("oakestra", cmd, log);
@@ -394,7 +428,13 @@ impl Oakestra {
     /// Start it again with the same arguments.
     pub fn restart(&mut self) {
         self.process.kill9();
-        self.process = Self::launch(&self.binary, &self.args, self.port, &self.log);
+        self.process = Self::launch(
+            &self.binary,
+            self.netns.as_deref(),
+            &self.args,
+            self.port,
+            &self.log,
+        );
     }
 
     /// What it logged so far (for failure messages).

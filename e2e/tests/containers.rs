@@ -29,18 +29,9 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
     (status.starts_with("HTTP/1.") && status.contains(" 200 ")).then_some(out)
 }
 
-/// A web server image: writes `<instance> <marker>` as its index page, says so on stdout.
+/// The web server image `web:TAG` ([`Registry::push_web`]).
 fn web_image(registry: &Registry, tag: &str) -> String {
-    registry.push_busybox(
-        "web",
-        tag,
-        &[
-            "/bin/sh",
-            "-c",
-            "echo \"$OAKESTRA_INSTANCE $(cat /marker)\" > /index.html; echo serving $OAKESTRA_INSTANCE; exec httpd -f -p 80 -h /",
-        ],
-        tag,
-    )
+    registry.push_web(tag)
 }
 
 /// `oakctl apply` the manifest `yaml`, written to `dir/NAME.yaml`, with `kubeconfig`.

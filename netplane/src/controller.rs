@@ -81,14 +81,14 @@ pub fn ruleset(
             let ready: Vec<Candidate> = e
                 .ready()
                 .map(|ep| Candidate {
-                    addr: ep.ip,
+                    addr: SocketAddrV4::new(ep.ip, 0),
                     node: ep.node.clone().unwrap_or_default(),
                     cluster: ep.cluster.clone(),
                     location: ep.location.as_ref().map(|l| (l.latitude, l.longitude)),
                 })
                 .collect();
-            let near: Vec<Ipv4Addr> = closest(me, &ready).iter().map(|c| c.addr).collect();
-            let all: Vec<Ipv4Addr> = ready.iter().map(|c| c.addr).collect();
+            let near: Vec<Ipv4Addr> = closest(me, &ready).iter().map(|c| *c.addr.ip()).collect();
+            let all: Vec<Ipv4Addr> = ready.iter().map(|c| *c.addr.ip()).collect();
             let mut frontends = Vec::new();
             for (ip, backends) in [
                 (e.spec.round_robin_ip, &all),
@@ -256,8 +256,19 @@ async fn pass(
             }
         }
         if overlay_ok {
-            let all: Vec<NodeNet> = nodes.state().iter().map(|n| node_net(n)).collect();
-            let peers = overlay::plan(&config.node, &all);
+            // A node on this very address is on this machine (tests, simulations):
+            // its subnet is on a bridge here already, so it is no peer.
+            let all: Vec<NodeNet> = nodes
+                .state()
+                .iter()
+                .map(|n| node_net(n))
+                .filter(|n| n.name == config.node || n.underlay != Some(config.address))
+                .collect();
+            let plan = overlay::plan(&config.node, &all);
+            for (node, why) in &plan.skipped {
+                tracing::debug!(node = %config.node, peer = %node, reason = %why, "not an overlay peer (yet)");
+            }
+            let peers = plan.peers;
             if force || applied.peers.as_ref() != Some(&peers) {
                 match overlay::sync(&config.host, vx, &peers).await {
                     Ok(report) => {
@@ -284,12 +295,12 @@ async fn pass(
             Ok(()) => {
                 tracing::debug!(node = %config.node, services = wanted.services.len(), took = ?started.elapsed(), "service rules applied");
                 if let Some(old) = &applied.ruleset {
-                    for (frontend, backend) in rules::udp_removed(old, &wanted) {
+                    for flow in rules::udp_removed(old, &wanted) {
                         if let Err(e) = crate::nft::forget_udp_flows(
                             &config.host,
-                            frontend.0,
-                            frontend.1,
-                            backend,
+                            *flow.frontend.ip(),
+                            flow.frontend.port(),
+                            flow.backend,
                         )
                         .await
                         {
@@ -372,4 +383,102 @@ async fn report(
         .apply_status(node, &body, FIELD_MANAGER, true)
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crds::{Endpoint, EndpointPort, EndpointsSpec, Location, Protocol};
+
+    fn at(lat: f64, lon: f64) -> Option<Location> {
+        Some(Location {
+            latitude: lat,
+            longitude: lon,
+            place: None,
+        })
+    }
+
+    fn entry(ip: &str, node: &str, cluster: &str, ready: bool) -> Endpoint {
+        Endpoint {
+            instance: format!("web-{node}"),
+            ip: ip.parse().unwrap(),
+            cluster: cluster.into(),
+            node: Some(node.into()),
+            ready,
+            location: if cluster == "munich" {
+                at(48.1, 11.6)
+            } else {
+                at(52.5, 13.4)
+            },
+        }
+    }
+
+    #[test]
+    fn each_service_ip_and_port_is_a_frontend_over_the_ready_endpoints() {
+        let mut web = Endpoints::new(
+            "web",
+            EndpointsSpec {
+                round_robin_ip: Some("10.30.0.5".parse().unwrap()),
+                closest_ip: Some("10.30.1.5".parse().unwrap()),
+                ports: vec![
+                    EndpointPort {
+                        port: 80,
+                        protocol: Protocol::Tcp,
+                    },
+                    EndpointPort {
+                        port: 53,
+                        protocol: Protocol::Udp,
+                    },
+                ],
+                endpoints: vec![
+                    entry("10.128.0.2", "m1", "munich", true),
+                    entry("10.128.0.66", "m2", "munich", true),
+                    entry("10.129.0.2", "b1", "berlin", true),
+                    entry("10.129.0.3", "b2", "berlin", false),
+                ],
+            },
+        );
+        web.metadata.namespace = Some("shop".into());
+        // A Service without an IP yet has no rules.
+        let pending = Endpoints::new("pending", EndpointsSpec::default());
+        let me = Locality {
+            node: "m2".into(),
+            cluster: "munich".into(),
+            location: Some((48.1, 11.6)),
+        };
+        let rules = ruleset(
+            "t",
+            ("10.128.0.0".parse().unwrap(), 9),
+            &me,
+            &[Arc::new(web), Arc::new(pending)],
+        );
+        assert_eq!(rules.services.len(), 1);
+        let got: Vec<(String, Vec<String>)> = rules.services[0]
+            .frontends
+            .iter()
+            .map(|f| {
+                (
+                    format!("{}:{}/{}", f.ip, f.port, f.proto),
+                    f.backends.iter().map(|b| b.to_string()).collect(),
+                )
+            })
+            .collect();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "10.30.0.5:80/tcp".to_string(),
+                    s(&["10.128.0.2:80", "10.128.0.66:80", "10.129.0.2:80"])
+                ),
+                (
+                    "10.30.0.5:53/udp".to_string(),
+                    s(&["10.128.0.2:53", "10.128.0.66:53", "10.129.0.2:53"])
+                ),
+                // The closest IP: the endpoint on this very node.
+                ("10.30.1.5:80/tcp".to_string(), s(&["10.128.0.66:80"])),
+                ("10.30.1.5:53/udp".to_string(), s(&["10.128.0.66:53"])),
+            ]
+        );
+    }
 }

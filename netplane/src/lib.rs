@@ -1,4 +1,4 @@
-//! The worker's network data plane (Oakestra's NetManager, declaratively).
+//! The worker's network data plane (Oakestra's `NetManager`, declaratively).
 //!
 //! The agent runs this beside its container runtime. It owns three things on its node
 //! and nothing else:
@@ -9,12 +9,16 @@
 //! - [`closest`]: which endpoints a node's `closestIP` goes to (same node, else same
 //!   cluster, else the nearest cluster);
 //! - [`overlay`]: the vxlan device and the per-peer routes, neighbours and forwarding
-//!   entries that carry instance traffic between the nodes of a cluster.
+//!   entries that carry instance traffic between the nodes of a cluster;
+//! - [`controller`]: the loop that follows the cluster API (`Endpoints`, `Node`s, its
+//!   `Cluster`) and keeps the three above in line with it, reporting the Node's
+//!   `NetworkReady` condition and its end of the overlay.
 //!
 //! Every command runs in the network namespace an [`exec::Host`] names (the current
 //! one for the agent; a test's own namespace in tests).
 
 pub mod closest;
+pub mod controller;
 pub mod exec;
 pub mod nft;
 pub mod overlay;

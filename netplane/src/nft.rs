@@ -66,7 +66,7 @@ fn parse_tables(listing: &str) -> Vec<String> {
 }
 
 /// Delete the UDP conntrack entries of packets to `frontend_ip:frontend_port` that
-/// were DNATed to `backend`, so they go to a current backend instead. Nothing to
+/// were sent on to `backend` by DNAT, so they go to a current backend. Nothing to
 /// delete is not an error.
 pub async fn forget_udp_flows(
     host: &Host,

@@ -291,8 +291,9 @@ pub struct NodeNet {
 pub enum SkipReason {
     /// These fields are not known yet (`subnet`, `underlay`, `mac`).
     Missing(Vec<&'static str>),
-    /// The published MAC is not a unicast MAC.
-    InvalidMac(String),
+    /// A value the overlay cannot use: a MAC that is not unicast, a subnet or underlay
+    /// address that is not unicast (loopback, multicast, link-local, `0.0.0.0`, …).
+    Unusable(String),
     /// Another node (first by name, or this node) already has this subnet base or MAC.
     Conflict {
         /// The other node.
@@ -306,7 +307,7 @@ impl fmt::Display for SkipReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SkipReason::Missing(fields) => write!(f, "no {} yet", fields.join(", ")),
-            SkipReason::InvalidMac(mac) => write!(f, "{mac:?} is not a unicast MAC"),
+            SkipReason::Unusable(what) => write!(f, "{what}"),
             SkipReason::Conflict { with, what } => write!(f, "{what} is also node {with}'s"),
         }
     }
@@ -354,10 +355,12 @@ pub fn plan(me: &str, nodes: &[NodeNet]) -> Plan {
             out.skipped.push(skip(SkipReason::Missing(missing)));
             continue;
         };
-        let Some(mac) = mac.filter(|m| is_unicast_mac(m)) else {
-            out.skipped
-                .push(skip(SkipReason::InvalidMac(raw.to_string())));
-            continue;
+        let mac = match usable(subnet, underlay, raw, mac) {
+            Ok(mac) => mac,
+            Err(why) => {
+                out.skipped.push(skip(SkipReason::Unusable(why)));
+                continue;
+            }
         };
         let conflict = if let Some(with) = bases.get(&subnet.base()) {
             Some((*with, format!("subnet base {}", subnet.base())))
@@ -381,6 +384,24 @@ pub fn plan(me: &str, nodes: &[NodeNet]) -> Plan {
     out
 }
 
+/// A peer's normalized MAC, or why its subnet, underlay address or MAC (`raw`,
+/// normalized: `mac`) cannot be used.
+fn usable(
+    subnet: Subnet,
+    underlay: Ipv4Addr,
+    raw: &str,
+    mac: Option<String>,
+) -> Result<String, String> {
+    if !is_unicast(subnet.base()) {
+        return Err(format!("subnet {subnet} is not unicast"));
+    }
+    if !is_unicast(underlay) {
+        return Err(format!("underlay address {underlay} is not unicast"));
+    }
+    mac.filter(|m| is_unicast_mac(m))
+        .ok_or_else(|| format!("MAC {raw:?} is not a unicast MAC"))
+}
+
 /// `mac` in lower case if it is six colon-separated hex octets.
 fn normalize_mac(mac: &str) -> Option<String> {
     let octets: Vec<&str> = mac.split(':').collect();
@@ -389,6 +410,15 @@ fn normalize_mac(mac: &str) -> Option<String> {
             .iter()
             .all(|o| o.len() == 2 && o.chars().all(|c| c.is_ascii_hexdigit()));
     ok.then(|| mac.to_ascii_lowercase())
+}
+
+/// Whether `ip` can be a peer's subnet base or underlay address.
+fn is_unicast(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || ip.is_link_local())
 }
 
 /// Whether a normalized MAC is a unicast, non-zero address.
@@ -738,8 +768,8 @@ pub fn parse_routes(json: &str) -> Result<Vec<Route>, String> {
     Ok(routes)
 }
 
-/// Parses `ip -4 -j neigh show dev <device>`; keeps the permanent unicast IPv4
-/// neighbours with a MAC (the kernel's own, learned ones are not ours).
+/// Parses `ip -4 -j neigh show dev <device>`; keeps the permanent IPv4 neighbours with
+/// a MAC (the kernel's own, learned or `NOARP` multicast ones, are not ours).
 pub fn parse_neighbours(json: &str) -> Result<Vec<Neighbour>, String> {
     let mut neighbours = Vec::new();
     for n in parse_json::<NeighJson>(json)? {
@@ -747,9 +777,8 @@ pub fn parse_neighbours(json: &str) -> Result<Vec<Neighbour>, String> {
             continue; // IPv6
         };
         let permanent = n.state.iter().any(|s| s == "PERMANENT");
-        let unicast = !(ip.is_multicast() || ip.is_broadcast() || ip.is_unspecified());
         let mac = n.lladdr.as_deref().and_then(normalize_mac);
-        if let (true, true, Some(mac)) = (permanent, unicast, mac) {
+        if let (true, Some(mac)) = (permanent, mac) {
             neighbours.push(Neighbour { ip, mac });
         }
     }
@@ -1153,7 +1182,8 @@ mod tests {
 
     #[test]
     fn subnets_parse_and_print() {
-        let cases: &[(&str, Result<(&str, u8), &str>)] = &[
+        type Row<'a> = (&'a str, Result<(&'a str, u8), &'a str>);
+        let cases: &[Row] = &[
             ("10.128.0.64/26", Ok(("10.128.0.64", 26))),
             ("0.0.0.0/0", Ok(("0.0.0.0", 0))),
             ("10.1.2.3/32", Ok(("10.1.2.3", 32))),
@@ -1186,7 +1216,8 @@ mod tests {
         assert_eq!(ok.device, "oakestra.1");
         assert_eq!((ok.vni, ok.port), (1, 8472));
         assert!(ok.validate().is_ok());
-        let bad: &[(&str, fn(&mut Vxlan))] = &[
+        type Spoil = fn(&mut Vxlan);
+        let bad: &[(&str, Spoil)] = &[
             ("long name", |v| v.device = "oakestra.vxlan.1".into()),
             ("empty name", |v| v.device = String::new()),
             ("slash", |v| v.device = "oak/1".into()),
@@ -1278,6 +1309,18 @@ mod tests {
                 Some("192.168.0.8"),
                 Some("02:AB:00:00:00:08"),
             ),
+            node(
+                "na",
+                Some("224.0.0.0/24"),
+                Some("192.168.0.10"),
+                Some("02:00:00:00:00:0a"),
+            ),
+            node(
+                "nb",
+                Some("10.0.4.0/26"),
+                Some("127.0.0.1"),
+                Some("02:00:00:00:00:0b"),
+            ),
         ];
         let got = plan("n1", &nodes);
         let names: Vec<&str> = got.peers.iter().map(|p| p.node.as_str()).collect();
@@ -1292,25 +1335,21 @@ mod tests {
             }
         );
         assert_eq!(got.peers[2].mac, "02:ab:00:00:00:08", "lower-cased");
-        let skipped: Vec<(&str, String)> = got
+        let skipped: Vec<String> = got
             .skipped
             .iter()
-            .map(|(n, r)| (n.as_str(), r.to_string()))
+            .map(|(node, reason)| format!("{node}: {reason}"))
             .collect();
         assert_eq!(
             skipped,
             [
-                ("n0", "subnet base 10.0.0.0 is also node n1's".to_string()),
-                ("n4", "no subnet, mac yet".to_string()),
-                (
-                    "n5",
-                    "\"02:00:00:00:00:0\" is not a unicast MAC".to_string()
-                ),
-                (
-                    "n6",
-                    "\"01:00:5e:00:00:01\" is not a unicast MAC".to_string()
-                ),
-                ("n7", "MAC 02:00:00:00:00:02 is also node n2's".to_string()),
+                "n0: subnet base 10.0.0.0 is also node n1's",
+                "n4: no subnet, mac yet",
+                "n5: MAC \"02:00:00:00:00:0\" is not a unicast MAC",
+                "n6: MAC \"01:00:5e:00:00:01\" is not a unicast MAC",
+                "n7: MAC 02:00:00:00:00:02 is also node n2's",
+                "na: subnet 224.0.0.0/24 is not unicast",
+                "nb: underlay address 127.0.0.1 is not unicast",
             ]
         );
         // Alone, or only with incomplete nodes: no peers.
@@ -1360,7 +1399,8 @@ mod tests {
     fn device_is_recreated_when_its_identity_differs() {
         let current = parse_device(DEVICE).expect("parses");
         let veth = parse_device(VETH).expect("parses");
-        let cases: &[(&str, &DeviceState, fn(&mut Vxlan), bool)] = &[
+        type Row<'a> = (&'a str, &'a DeviceState, fn(&mut Vxlan), bool);
+        let cases: &[Row] = &[
             ("same", &current, |_| {}, false),
             ("mtu only", &current, |v| v.mtu = Some(1400), false),
             ("vni", &current, |v| v.vni = 2, true),
@@ -1395,7 +1435,8 @@ mod tests {
             addresses: vec![(ip("10.1.1.1"), 24), (ip("10.251.0.0"), 32)],
             ..current.clone()
         };
-        let cases: &[(&str, &DeviceState, Option<u32>, Subnet, &[&str])] = &[
+        type Row<'a> = (&'a str, &'a DeviceState, Option<u32>, Subnet, &'a [&'a str]);
+        let cases: &[Row] = &[
             ("in line", &current, None, own, &[]),
             ("same mtu", &current, Some(1450), own, &[]),
             (
@@ -1447,7 +1488,7 @@ mod tests {
     // route with a metric, a host route, four peers' routes, a learned neighbour, and
     // the all-zero forwarding entry; the IPv6 and multicast lines are hand-made.
     const ROUTES: &str = r#"[{"dst":"10.77.0.0/24","protocol":"kernel","scope":"link","prefsrc":"10.77.0.1","flags":[]},{"dst":"10.88.0.0/26","gateway":"10.88.0.0","metric":7,"flags":["onlink"]},{"dst":"10.89.0.5","scope":"link","flags":[]},{"dst":"10.251.0.64/26","gateway":"10.251.0.64","flags":["onlink"]},{"dst":"default","gateway":"10.251.1.0","flags":["onlink"]}]"#;
-    const NEIGHBOURS: &str = r#"[{"dst":"10.77.0.9","lladdr":"02:00:00:00:00:09","state":["STALE"]},{"dst":"10.251.0.64","lladdr":"aa:bb:cc:dd:ee:01","state":["PERMANENT"]},{"dst":"10.77.0.20","state":["FAILED"]},{"dst":"224.0.0.5","lladdr":"01:00:5e:00:00:05","state":["NOARP","PERMANENT"]},{"dst":"fe80::1","lladdr":"02:00:00:00:00:01","state":["PERMANENT"]}]"#;
+    const NEIGHBOURS: &str = r#"[{"dst":"10.77.0.9","lladdr":"02:00:00:00:00:09","state":["STALE"]},{"dst":"10.251.0.64","lladdr":"aa:bb:cc:dd:ee:01","state":["PERMANENT"]},{"dst":"10.77.0.20","state":["FAILED"]},{"dst":"224.0.0.5","lladdr":"01:00:5e:00:00:05","state":["NOARP"]},{"dst":"fe80::1","lladdr":"02:00:00:00:00:01","state":["PERMANENT"]}]"#;
     const FDB: &str = r#"[{"mac":"aa:bb:cc:dd:ee:03","dst":"192.168.249.3","flags":["self"],"state":"permanent"},{"mac":"00:00:00:00:00:00","dst":"192.168.249.9","flags":["self"],"state":"permanent"},{"mac":"aa:bb:cc:dd:ee:01","dst":"192.168.249.2","flags":["self"],"state":"permanent"},{"mac":"33:33:00:00:00:01","flags":["self"],"state":"permanent"},{"mac":"02:00:00:00:00:07","master":"br0","state":"permanent"}]"#;
 
     fn route(dst: &str, via: Option<&str>, onlink: bool, metric: u32) -> Route {
@@ -1488,11 +1529,9 @@ mod tests {
                 fdb("aa:bb:cc:dd:ee:01", "192.168.249.2"),
             ]
         );
-        for parse in [parse_routes as fn(&str) -> Result<Vec<Route>, String>] {
-            assert_eq!(parse("").expect("empty"), []);
-            assert_eq!(parse("[]").expect("empty"), []);
-            assert!(parse("[{\"dst\":\"nonsense\"}]").is_err());
-        }
+        assert_eq!(parse_routes("").expect("empty"), []);
+        assert_eq!(parse_routes("[]").expect("empty"), []);
+        assert!(parse_routes(r#"[{"dst":"nonsense"}]"#).is_err());
         assert!(parse_neighbours("{").is_err());
         assert!(parse_fdb(r#"[{"mac":"zz"}]"#).is_err());
     }
@@ -1541,7 +1580,7 @@ mod tests {
         let n3 = peer("n3", "10.0.0.128/26", "192.168.0.3", "02:00:00:00:00:03");
         let n3_moved = peer("n3", "10.0.0.128/26", "192.168.0.33", "02:00:00:00:00:03");
         let n3_new_mac = peer("n3", "10.0.0.128/26", "192.168.0.3", "02:00:00:00:00:33");
-        let mut stray = state_of(&[n2.clone()]);
+        let mut stray = state_of(std::slice::from_ref(&n2));
         stray
             .routes
             .push(route("10.0.0.64/26", Some("10.0.0.64"), true, 7));
@@ -1555,7 +1594,8 @@ mod tests {
                 })
                 .collect()
         };
-        let cases: Vec<(&str, KernelState, Vec<Peer>, Vec<&str>, SyncReport)> = vec![
+        type Row<'a> = (&'a str, KernelState, Vec<Peer>, Vec<&'a str>, SyncReport);
+        let cases: Vec<Row> = vec![
             (
                 "nothing",
                 KernelState::default(),
@@ -1572,7 +1612,7 @@ mod tests {
             ),
             (
                 "new peer",
-                state_of(&[n2.clone()]),
+                state_of(std::slice::from_ref(&n2)),
                 vec![n2.clone(), n3.clone()],
                 vec![
                     "bridge fdb replace 02:00:00:00:00:03 dev vx dst 192.168.0.3 self permanent",
@@ -1602,7 +1642,7 @@ mod tests {
             ),
             (
                 "peer moved",
-                state_of(&[n3.clone()]),
+                state_of(std::slice::from_ref(&n3)),
                 vec![n3_moved],
                 vec!["bridge fdb replace 02:00:00:00:00:03 dev vx dst 192.168.0.33 self permanent"],
                 SyncReport {
@@ -1613,7 +1653,7 @@ mod tests {
             ),
             (
                 "peer's device recreated",
-                state_of(&[n3.clone()]),
+                state_of(std::slice::from_ref(&n3)),
                 vec![n3_new_mac],
                 vec![
                     "bridge fdb del 02:00:00:00:00:03 dev vx self",

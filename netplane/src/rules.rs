@@ -15,7 +15,10 @@
 //!   DNATs to the backend;
 //! - `no-endpoint-services`, the same key for frontends without backends, checked by
 //!   the `filter` hooks `forward` and `output` for new connections: those are refused
-//!   at once (TCP reset, else ICMP port unreachable), never left to time out;
+//!   at once (TCP reset, else ICMP port unreachable), never left to time out; so are
+//!   new connections to a port a service IP does not serve (`service-addresses`, the
+//!   set of every service IP: what still goes to one after the `nat` hooks was not
+//!   translated);
 //! - `nat-postrouting` (priority `srcnat`): masquerade packets carrying
 //!   [`MASQUERADE_MARK`], and packets from the instance range to anywhere outside it
 //!   (instance addresses survive between nodes).
@@ -92,7 +95,7 @@ pub struct Ruleset {
 }
 
 /// A UDP flow whose conntrack entries must be deleted: packets to `frontend` were
-/// DNATed to `backend`, which the frontend no longer has.
+/// sent on to `backend` by DNAT, and the frontend no longer has that backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UdpFlow {
     /// The service IP and port.
@@ -130,7 +133,19 @@ pub fn render(rules: &Ruleset) -> String {
             .filter(|f| f.backends.is_empty())
             .map(|f| (f.key(), "reject-chain".to_string())),
     );
+    write_set(
+        &mut out,
+        "service-addresses",
+        plan.frontends
+            .iter()
+            .map(|f| f.ip)
+            .collect::<BTreeSet<_>>()
+            .into_iter(),
+    );
     let no_endpoint = "ct state new ip daddr . meta l4proto . th dport vmap @no-endpoint-services";
+    // What is still addressed to a service IP here was not DNATed: a port the Service
+    // does not have.
+    let unknown_port = "ct state new ip daddr @service-addresses goto reject-chain";
     let range = cidr(rules.instance_range);
     let mark = format!("0x{MASQUERADE_MARK:08x}");
     let fixed: [(&str, Option<&str>, Vec<String>); 9] = [
@@ -145,12 +160,12 @@ pub fn render(rules: &Ruleset) -> String {
         (
             "filter-forward",
             Some("filter hook forward priority filter"),
-            vec![no_endpoint.into()],
+            vec![no_endpoint.into(), unknown_port.into()],
         ),
         (
             "filter-output",
             Some("filter hook output priority filter"),
-            vec![no_endpoint.into()],
+            vec![no_endpoint.into(), unknown_port.into()],
         ),
         (
             "nat-prerouting",
@@ -367,6 +382,20 @@ fn write_map(out: &mut String, name: &str, elements: impl Iterator<Item = (Strin
         out.push_str("\t\telements = {\n");
         for (key, chain) in elements {
             let _ = writeln!(out, "\t\t\t{key} : goto {chain},");
+        }
+        out.push_str("\t\t}\n");
+    }
+    out.push_str("\t}\n");
+}
+
+fn write_set(out: &mut String, name: &str, elements: impl Iterator<Item = Ipv4Addr>) {
+    let _ = writeln!(out, "\tset {name} {{");
+    out.push_str("\t\ttype ipv4_addr\n");
+    let mut elements = elements.peekable();
+    if elements.peek().is_some() {
+        out.push_str("\t\telements = {\n");
+        for ip in elements {
+            let _ = writeln!(out, "\t\t\t{ip},");
         }
         out.push_str("\t\t}\n");
     }

@@ -103,7 +103,10 @@ impl Lab {
     fn instance(&mut self, node: &str, name: &str, address: &str, gateway: &str) -> String {
         let ns = self.netns(name);
         let port = format!("v{name}");
-        ip(node, &format!("link add {port} type veth peer name eth0 netns {ns}"));
+        ip(
+            node,
+            &format!("link add {port} type veth peer name eth0 netns {ns}"),
+        );
         ip(node, &format!("link set {port} master br0 up"));
         ip(&ns, &format!("addr add {address} dev eth0"));
         ip(&ns, "link set eth0 up");
@@ -116,7 +119,18 @@ impl Lab {
         std::fs::write(&cgi, script).expect("cgi");
         cmd("chmod", &["755", &cgi.to_string_lossy()]);
         let root = root.to_string_lossy().into_owned();
-        let args = ["netns", "exec", &ns, "busybox", "httpd", "-f", "-p", "80", "-h", &root];
+        let args = [
+            "netns",
+            "exec",
+            &ns,
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "0.0.0.0:80",
+            "-h",
+            &root,
+        ];
         let child = Command::new("ip")
             .args(args)
             .stdin(Stdio::null())
@@ -159,7 +173,9 @@ fn sh(ns: &str, script: &str) -> String {
 fn wget(ns: &str, address: &str, path: &str) -> Option<String> {
     let url = format!("http://{address}{path}");
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "timeout", "3", "busybox", "wget", "-q", "-O", "-", &url])
+        .args([
+            "netns", "exec", ns, "timeout", "3", "busybox", "wget", "-q", "-O", "-", &url,
+        ])
         .stderr(Stdio::null())
         .output()
         .ok()?;
@@ -227,7 +243,10 @@ async fn mesh() {
     let mut lab = Lab::new("m");
     let n1 = lab.node("n1", "10.251.0.1/26");
     let n2 = lab.node("n2", "10.251.0.65/26");
-    ip(&n1, &format!("link add ul type veth peer name ul netns {n2}"));
+    ip(
+        &n1,
+        &format!("link add ul type veth peer name ul netns {n2}"),
+    );
     ip(&n1, "addr add 192.168.250.1/24 dev ul");
     ip(&n2, "addr add 192.168.250.2/24 dev ul");
     ip(&n1, "link set ul up");
@@ -252,7 +271,10 @@ async fn mesh() {
     assert_eq!(dev1.addresses, [(addr("10.251.0.0"), 32)]);
     assert!(dev1.up);
     assert_eq!(dev1.mtu, 1450, "the uplink's 1500 − 50");
-    assert_eq!((dev1.vni, dev1.port, dev1.learning), (Some(1), Some(8472), Some(false)));
+    assert_eq!(
+        (dev1.vni, dev1.port, dev1.learning),
+        (Some(1), Some(8472), Some(false))
+    );
 
     // The peers, from what the API would say.
     let nodes = [
@@ -276,23 +298,40 @@ async fn mesh() {
     ];
     let plan1 = overlay::plan("n1", &nodes);
     let plan2 = overlay::plan("n2", &nodes);
-    assert_eq!(plan1.skipped, [("n3".into(), SkipReason::Missing(vec!["underlay", "mac"]))]);
+    assert_eq!(
+        plan1.skipped,
+        [("n3".into(), SkipReason::Missing(vec!["underlay", "mac"]))]
+    );
     assert_eq!(plan1.peers.len(), 1);
     assert_eq!(plan2.peers[0].mac, mac1, "lower-cased");
-    let report = overlay::sync(&h1, &vx1, &plan1.peers).await.expect("sync n1");
+    let report = overlay::sync(&h1, &vx1, &plan1.peers)
+        .await
+        .expect("sync n1");
     assert_eq!((report.added, report.changed, report.removed), (3, 0, 0));
-    overlay::sync(&h2, &vx2, &plan2.peers).await.expect("sync n2");
+    overlay::sync(&h2, &vx2, &plan2.peers)
+        .await
+        .expect("sync n2");
 
     // (1) Both ways, without NAT.
     assert_eq!(wget(&i1, "10.251.0.66", "/").as_deref(), Some(i2.as_str()));
     assert_eq!(wget(&i2, "10.251.0.2", "/").as_deref(), Some(i1.as_str()));
     let seen = wget(&i1, "10.251.0.66", "/cgi-bin/ip");
-    assert_eq!(seen.as_deref(), Some("10.251.0.2"), "i2 sees i1's own address");
+    assert_eq!(
+        seen.as_deref(),
+        Some("10.251.0.2"),
+        "i2 sees i1's own address"
+    );
     let seen = wget(&i2, "10.251.0.2", "/cgi-bin/ip");
-    assert_eq!(seen.as_deref(), Some("10.251.0.66"), "i1 sees i2's own address");
+    assert_eq!(
+        seen.as_deref(),
+        Some("10.251.0.66"),
+        "i1 sees i2's own address"
+    );
 
     // (2) Idempotent.
-    let again = overlay::sync(&h1, &vx1, &plan1.peers).await.expect("resync");
+    let again = overlay::sync(&h1, &vx1, &plan1.peers)
+        .await
+        .expect("resync");
     assert_eq!(again.total(), 0, "{again:?}");
     let n2_only = entries_of(&[&plan1.peers[0]]);
     let state = overlay::read_state(&h1, &vx1).await.expect("read");
@@ -309,15 +348,24 @@ async fn mesh() {
     let report = overlay::sync(&h1, &vx1, &with_n3).await.expect("add n3");
     assert_eq!((report.added, report.changed, report.removed), (3, 0, 0));
     let state = overlay::read_state(&h1, &vx1).await.expect("read");
-    assert_eq!(sorted(state), entries_of(&[&plan1.peers[0], &n3]));
-    let report = overlay::sync(&h1, &vx1, &plan1.peers).await.expect("drop n3");
+    assert_eq!(sorted(state), sorted(entries_of(&[&plan1.peers[0], &n3])));
+    let report = overlay::sync(&h1, &vx1, &plan1.peers)
+        .await
+        .expect("drop n3");
     assert_eq!((report.added, report.changed, report.removed), (0, 0, 3));
     let state = overlay::read_state(&h1, &vx1).await.expect("read");
     assert_eq!(sorted(state), n2_only);
     let report = overlay::sync(&h1, &vx1, &[]).await.expect("no peers");
     assert_eq!((report.added, report.changed, report.removed), (0, 0, 3));
-    assert!(overlay::read_state(&h1, &vx1).await.expect("read").is_empty());
-    assert_eq!(wget(&i1, "10.251.0.66", "/"), None, "no route to n2 any more");
+    assert!(overlay::read_state(&h1, &vx1)
+        .await
+        .expect("read")
+        .is_empty());
+    assert_eq!(
+        wget(&i1, "10.251.0.66", "/"),
+        None,
+        "no route to n2 any more"
+    );
 
     // A peer the kernel refuses does not keep the others out, and is named.
     let bad = Peer {
@@ -332,12 +380,17 @@ async fn mesh() {
     let OverlayError::Apply { failures } = &err else {
         panic!("{err}");
     };
-    assert!(failures.iter().all(|f| f.what.starts_with("peer bad: ")), "{err}");
+    assert!(
+        failures.iter().all(|f| f.what.starts_with("peer bad: ")),
+        "{err}"
+    );
     println!("refused peer: {err}");
     assert_eq!(wget(&i1, "10.251.0.66", "/").as_deref(), Some(i2.as_str()));
     let state = overlay::read_state(&h1, &vx1).await.expect("read");
     assert!(state.routes.iter().all(|r| r.dst != subnet("224.0.0.0/24")));
-    overlay::sync(&h1, &vx1, &plan1.peers).await.expect("drop the bad peer");
+    overlay::sync(&h1, &vx1, &plan1.peers)
+        .await
+        .expect("drop the bad peer");
     let state = overlay::read_state(&h1, &vx1).await.expect("read");
     assert_eq!(sorted(state), n2_only);
 
@@ -346,7 +399,9 @@ async fn mesh() {
         port: 4789,
         ..vx1.clone()
     };
-    overlay::ensure(&h1, &other_port, s1).await.expect("recreate");
+    overlay::ensure(&h1, &other_port, s1)
+        .await
+        .expect("recreate");
     let dev = overlay::read_device(&h1, "oakestra.1")
         .await
         .expect("read")
@@ -355,7 +410,10 @@ async fn mesh() {
     let state = overlay::read_state(&h1, &vx1).await.expect("read");
     assert!(state.is_empty(), "a new device has no entries: {state:?}");
     assert!(overlay::remove(&h1, &vx1).await.expect("remove"));
-    assert!(overlay::read_device(&h1, "oakestra.1").await.expect("read").is_none());
+    assert!(overlay::read_device(&h1, "oakestra.1")
+        .await
+        .expect("read")
+        .is_none());
     assert!(!overlay::remove(&h1, &vx1).await.expect("remove again"));
     let err = overlay::sync(&h1, &vx1, &[]).await.expect_err("no device");
     assert!(matches!(err, OverlayError::Command(_)), "{err}");
@@ -377,7 +435,9 @@ async fn sync_cost() {
     ip(&n1, "link set ul-peer up");
     let host = Host::netns(&n1);
     let vx = vxlan(1);
-    overlay::ensure(&host, &vx, subnet("10.251.0.0/26")).await.expect("ensure");
+    overlay::ensure(&host, &vx, subnet("10.251.0.0/26"))
+        .await
+        .expect("ensure");
     let peers: Vec<Peer> = (0..100u8)
         .map(|i| Peer {
             node: format!("fake-{i:03}"),
@@ -408,9 +468,14 @@ async fn sync_cost() {
     let report = overlay::sync(&host, &vx, &[]).await.expect("remove 100");
     took("remove", start, report);
     assert_eq!(report.removed, 300);
-    assert!(overlay::read_state(&host, &vx).await.expect("read").is_empty());
+    assert!(overlay::read_state(&host, &vx)
+        .await
+        .expect("read")
+        .is_empty());
 
     let start = Instant::now();
-    overlay::ensure(&host, &vx, subnet("10.251.0.0/26")).await.expect("ensure");
+    overlay::ensure(&host, &vx, subnet("10.251.0.0/26"))
+        .await
+        .expect("ensure");
     println!("ensure (in line): {:?}", start.elapsed());
 }

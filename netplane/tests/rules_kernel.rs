@@ -113,14 +113,18 @@ async fn run(host: &Host, program: &str, args: &[&str]) -> String {
     }
 }
 
-/// `busybox wget` of `http://<ip>/` from `netns`: the body, or the error.
+/// `busybox wget` of `http://<ip>/` from `netns`: the body, or the error. Given up
+/// (and killed) after 2 s: Debian's busybox 1.35 `wget -T` crashes with SIGSEGV.
 async fn wget(netns: &str, ip: Ipv4Addr) -> Result<String, String> {
     let url = format!("http://{ip}/");
-    Host::netns(netns)
-        .run("busybox", &["wget", "-q", "-O", "-", "-T", "2", &url])
-        .await
-        .map(|body| body.trim().to_string())
-        .map_err(|e| e.to_string())
+    let host = Host::netns(netns);
+    let args = ["wget", "-q", "-O", "-", &url];
+    let request = host.run("busybox", &args);
+    match tokio::time::timeout(Duration::from_secs(2), request).await {
+        Ok(Ok(body)) => Ok(body.trim().to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("{url}: no answer within 2 s")),
+    }
 }
 
 /// Wait until `wget` from `netns` to `ip` answers (httpd starting up).
@@ -208,7 +212,9 @@ async fn services_through_a_bridge() {
         // A default route into nothing (a veth whose peer answers no ARP): without
         // the reject chain, a connection to a service with no endpoint would be
         // forwarded here and hang.
-        &["link", "add", "void0", "type", "veth", "peer", "name", "void1"],
+        &[
+            "link", "add", "void0", "type", "veth", "peer", "name", "void1",
+        ],
         &["link", "set", "void1", "up"],
         &["link", "set", "void0", "up"],
         &["route", "add", "default", "dev", "void0"],
@@ -216,6 +222,14 @@ async fn services_through_a_bridge() {
         run(&node, "ip", args).await;
     }
     run(&node, "sysctl", &["-w", "net.ipv4.ip_forward=1"]).await;
+    // New namespaces start with bridge netfilter on; turn it off so that
+    // `ensure_bridge_netfilter` has something to do.
+    run(
+        &node,
+        "sysctl",
+        &["-w", "net.bridge.bridge-nf-call-iptables=0"],
+    )
+    .await;
     nft::ensure_bridge_netfilter(&node)
         .await
         .expect("bridge netfilter");
@@ -311,7 +325,7 @@ async fn services_through_a_bridge() {
     let _ = c_host.run("bash", &["-c", &send]).await;
     if on_path("conntrack") {
         assert!(
-            udp_entries(&node).await.contains("dst=10.250.0.2"),
+            udp_entries(&node).await.contains("src=10.250.0.2 dst="),
             "no UDP entry"
         );
         let backend = SocketAddrV4::new(a, 5353);
@@ -319,7 +333,7 @@ async fn services_through_a_bridge() {
             .await
             .expect("forget");
         assert!(
-            !udp_entries(&node).await.contains("dst=10.250.0.2"),
+            !udp_entries(&node).await.contains("src=10.250.0.2 dst="),
             "UDP entry left"
         );
         // Nothing left to delete is not an error.
@@ -340,7 +354,6 @@ async fn services_through_a_bridge() {
         counts.into_iter().collect::<Vec<_>>(),
         [("instance-a".to_string(), 6)]
     );
-    assert_eq!(rules::udp_removed(&both, &only_a), vec![]);
 
     // (5) A broken script changes nothing.
     let before = run(&node, "nft", &["list", "table", "ip", TABLE]).await;

@@ -85,7 +85,7 @@ pub struct InstanceAddress {
 /// Why attaching or detaching an Instance's network failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    /// A setup command (`ip`, `iptables`, the CNI plugin) failed.
+    /// A setup command (`ip`, the CNI plugin) failed.
     #[error("{step}: {message}")]
     Setup {
         /// The command or step.

@@ -17,7 +17,7 @@ use pki::Identity;
 use trust::dir::{MEMBER_LIFETIME, SERVING_LIFETIME};
 
 use crate::roles::root::RootFlags;
-use crate::roles::worker::{RuntimeFlags, WorkerFlags};
+use crate::roles::worker::{NetworkFlags, RuntimeFlags, WorkerFlags};
 use crate::roles::{
     admin_kubeconfig_after, admin_kubeconfig_before, cluster, root, worker, ApiFlags, Running,
     TlsFlags,
@@ -74,6 +74,7 @@ pub fn local_worker(data_dir: &Path, mut runtime: RuntimeFlags) -> WorkerFlags {
         location: None,
         labels: BTreeMap::new(),
         listen: "127.0.0.1:0".parse().expect("valid address"),
+        net: NetworkFlags::defaults(),
     }
 }
 

@@ -102,6 +102,83 @@ pub struct WorkerFlags {
     /// Where the agent serves instance logs (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub net: NetworkFlags,
+}
+
+/// The overlay between nodes ( `--overlay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OverlayChoice {
+    /// A vxlan mesh: other nodes' subnets are reached through them, over UDP.
+    Vxlan,
+    /// No overlay: Instances reach only their own node's subnet (and service IPs whose
+    /// endpoints are there).
+    None,
+}
+
+/// The node's network data plane (service IPs, overlay), as Oakestra's `NetManager`
+/// configures it (public address and port).
+#[derive(Args, Clone)]
+pub struct NetworkFlags {
+    /// The overlay to the cluster's other nodes.
+    #[arg(long, value_enum, default_value_t = OverlayChoice::Vxlan)]
+    pub overlay: OverlayChoice,
+    /// Address the other nodes send overlay traffic to (default: `--address`). A
+    /// loopback address turns the overlay off.
+    #[arg(long)]
+    pub public_address: Option<std::net::Ipv4Addr>,
+    /// UDP port of the overlay (Oakestra's tunnel port); open it between the nodes.
+    #[arg(long, default_value_t = 50103)]
+    pub public_port: u16,
+    /// Every instance address of every cluster (the root's `--cluster-cidr`): traffic
+    /// leaving it is masqueraded, traffic inside it keeps the instance's address.
+    #[arg(long, default_value = "10.128.0.0/9")]
+    pub instance_cidr: crds::ipam::Cidr,
+    /// Seconds between full re-applications of the node's service rules and overlay.
+    #[arg(long, default_value_t = 300)]
+    pub resync_seconds: u64,
+}
+
+impl NetworkFlags {
+    /// The defaults (what `oakestra up` uses).
+    pub fn defaults() -> NetworkFlags {
+        NetworkFlags {
+            overlay: OverlayChoice::Vxlan,
+            public_address: None,
+            public_port: 50103,
+            instance_cidr: "10.128.0.0/9".parse().expect("valid CIDR"),
+            resync_seconds: 300,
+        }
+    }
+
+    /// The data plane's settings for node `node` reachable at `address`. The overlay
+    /// needs an IPv4 underlay address that is not loopback; without one it is off (and
+    /// the log says why).
+    pub fn dataplane(&self, node: &str, address: &str) -> netplane::controller::Config {
+        let public = self.public_address.or_else(|| address.parse().ok());
+        let overlay = match (self.overlay, public) {
+            (OverlayChoice::None, _) => None,
+            (OverlayChoice::Vxlan, Some(ip)) if !ip.is_loopback() => {
+                Some(netplane::overlay::Vxlan {
+                    port: self.public_port,
+                    ..netplane::overlay::Vxlan::new(ip)
+                })
+            }
+            (OverlayChoice::Vxlan, _) => {
+                tracing::info!(node, address, "no overlay: the node's address is not an IPv4 address other nodes can reach (set --public-address)");
+                None
+            }
+        };
+        netplane::controller::Config {
+            node: node.to_string(),
+            address: public.unwrap_or(std::net::Ipv4Addr::LOCALHOST),
+            table: netplane::controller::Config::table_for(node),
+            instance_range: (self.instance_cidr.base, self.instance_cidr.prefix),
+            overlay,
+            resync: Duration::from_secs(self.resync_seconds.max(1)),
+            host: netplane::exec::Host::current(),
+        }
+    }
 }
 
 /// `KEY=VALUE[,KEY=VALUE…]`, as `--labels` takes them.
@@ -127,6 +204,7 @@ impl WorkerFlags {
                 .unwrap_or_else(|_| "worker".into()),
         };
         crds::validate::name(&node).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+        let dataplane = Some(self.net.dataplane(&node, &self.address));
         Ok(AgentConfig {
             data_dir: self.data_dir.clone().unwrap_or(default_dir).join(&node),
             node,
@@ -136,6 +214,7 @@ impl WorkerFlags {
             heartbeat: Duration::from_secs(self.heartbeat_seconds.max(1)),
             capacity: None,
             listen: self.listen,
+            dataplane,
         })
     }
 }

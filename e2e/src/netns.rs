@@ -1,0 +1,205 @@
+//! Hosts made of network namespaces, for tests of what crosses a network: each
+//! [`Netns`] is one the test creates (and deletes on drop, with every process left in
+//! it, also when the test fails); [`Underlay`] joins several with veth pairs to a bridge
+//! in a namespace of its own, like machines on a LAN.
+//!
+//! The control plane stays on the machine's loopback: [`Netns::relay_loopback`] makes a
+//! port of the host's loopback reachable at the same port of a namespace's loopback,
+//! so traffic only ever goes to loopback or to addresses inside the test's namespaces.
+
+use std::io::ErrorKind;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A network namespace (`ip netns`) this test made; deleted on drop.
+pub struct Netns {
+    name: String,
+}
+
+fn must(what: &str, out: std::io::Result<Output>) -> Output {
+    let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    out
+}
+
+impl Netns {
+    /// Create the namespace `name` (gone first if an earlier run left it) with its
+    /// loopback up.
+    pub fn create(name: &str) -> Netns {
+        let _ = Command::new("ip").args(["netns", "delete", name]).output();
+        must(
+            &format!("ip netns add {name}"),
+            Command::new("ip").args(["netns", "add", name]).output(),
+        );
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `program` to be run inside the namespace (only the network namespace changes:
+    /// files, mounts and `/run/netns` are the machine's).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Run `ip ARGS…` in the namespace; panics on failure.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = must(
+            &format!("ip -n {} {}", self.name, args.join(" ")),
+            Command::new("ip").arg("-n").arg(&self.name).args(args).output(),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run `program ARGS…` in the namespace and return its output, whatever it is.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        self.command(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {program} in {}: {e}", self.name))
+    }
+
+    /// Set a sysctl in the namespace (e.g. `net.ipv4.ip_forward=1`).
+    pub fn sysctl(&self, setting: &str) {
+        must(
+            &format!("sysctl -w {setting} in {}", self.name),
+            self.command("sysctl").args(["-qw", setting]).output(),
+        );
+    }
+
+    /// Forward connections to `127.0.0.1:port` inside this namespace to the same port
+    /// of the machine's loopback, until the returned relay is dropped.
+    pub fn relay_loopback(&self, port: u16) -> Relay {
+        let path = format!("/run/netns/{}", self.name);
+        // A socket belongs to the namespace of the thread that made it: bind it on a
+        // thread that has entered the namespace; the listener stays there.
+        let listener = std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open the namespace");
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("enter the namespace");
+            TcpListener::bind(("127.0.0.1", port)).expect("bind in the namespace")
+        })
+        .join()
+        .expect("binding the relay");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((inner, _)) => {
+                        let _ = inner.set_nonblocking(false);
+                        if let Ok(outer) = TcpStream::connect(("127.0.0.1", port)) {
+                            pipe(inner, outer);
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Relay { stop }
+    }
+
+    /// Kill every process still in the namespace.
+    pub fn kill_all(&self) {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for pid in out.split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.kill_all();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
+    }
+}
+
+/// Copy bytes both ways between two connections, each way on a thread of its own.
+fn pipe(a: TcpStream, b: TcpStream) {
+    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
+    let one_way = |mut from: TcpStream, mut to: TcpStream| {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+    };
+    one_way(a, b2);
+    one_way(b, a2);
+}
+
+/// A relay made by [`Netns::relay_loopback`]; stops accepting when dropped.
+pub struct Relay {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Namespaces joined by veth pairs to one bridge, like machines on a LAN: the bridge
+/// lives in a namespace of its own; each host gets `eth0` with its address.
+pub struct Underlay {
+    /// The namespace holding the bridge.
+    pub wan: Netns,
+    prefix: String,
+}
+
+impl Underlay {
+    /// A LAN `prefix.0/24` (e.g. `192.168.77`) in the namespace `name`.
+    pub fn new(name: &str, prefix: &str) -> Underlay {
+        let wan = Netns::create(name);
+        wan.ip(&["link", "add", "lan", "type", "bridge"]);
+        wan.ip(&["link", "set", "lan", "up"]);
+        Underlay {
+            wan,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// Attach `host` as `prefix.<last>` with `eth0`; returns the address.
+    pub fn attach(&self, host: &Netns, last: u8) -> String {
+        let outside = format!("v{}", last);
+        let address = format!("{}.{last}", self.prefix);
+        self.wan.ip(&[
+            "link", "add", &outside, "type", "veth", "peer", "name", "eth0", "netns", host.name(),
+        ]);
+        self.wan.ip(&["link", "set", &outside, "master", "lan", "up"]);
+        host.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+        host.ip(&["link", "set", "eth0", "up"]);
+        address
+    }
+}

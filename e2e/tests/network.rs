@@ -1,0 +1,298 @@
+//! The worker's network over real kernel pieces: two nodes, each a network namespace
+//! the test makes, on a LAN of veth pairs and a bridge; one containerd shared by both;
+//! root and cluster on the machine's loopback (each node reaches the cluster API and
+//! the registry through a relay on its own loopback). Every request goes to an address
+//! inside the test's namespaces.
+//!
+//! What a user of service IPs would check: a round-robin IP answered by the instances
+//! on both nodes (from a container, and from the node itself), the closest IP
+//! answered on the caller's own node (also by the caller itself: hairpin), a port the
+//! Service does not have refused at once, a deleted instance out of the rotation, a
+//! node whose agent died out of its peers' rules once its heartbeat lapsed, and the
+//! service IPs still working while the root is down.
+
+use std::collections::BTreeMap;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use client::{Api, ListParams};
+use crds::{Endpoints, Instance, Phase};
+use e2e::containers::{Containerd, Registry};
+use e2e::netns::{Netns, Underlay};
+use e2e::{eventually, free_port, Oakestra, RootServer};
+
+const WAIT: Duration = Duration::from_secs(120);
+const RR_IP: &str = "10.30.30.30";
+const CLOSEST_IP: &str = "10.30.30.31";
+
+/// One HTTP GET of `url` with busybox's wget from inside the network namespace at
+/// `/run/netns/NETNS` (a container's, or a node's), bounded at 3 s: the body, or why not.
+fn get_from(netns: &str, url: &str) -> Result<String, String> {
+    let out: Output = std::process::Command::new("timeout")
+        .args(["3", "nsenter", &format!("--net=/run/netns/{netns}"), "--"])
+        .args(["busybox", "wget", "-q", "-O", "-", url])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The Instance that answered (the page says `<instance> <tag>`).
+fn answered_by(body: &str) -> String {
+    body.split_whitespace().next().unwrap_or_default().to_string()
+}
+
+/// `n` requests of `url` from `netns`: how many each Instance answered; an error at the
+/// first request that fails.
+fn tally(netns: &str, url: &str, n: usize) -> Result<BTreeMap<String, usize>, String> {
+    let mut counts = BTreeMap::new();
+    for i in 0..n {
+        let body = get_from(netns, url).map_err(|e| format!("request {i} of {url}: {e}"))?;
+        *counts.entry(answered_by(&body)).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+/// The network namespace of Instance `name` (in `default`).
+fn container_netns(name: &str) -> String {
+    format!("oak-default_{name}")
+}
+
+async fn running(api: &Api<Instance>, service: &str, n: usize) -> Vec<Instance> {
+    eventually(
+        &format!("{n} Running instances of {service}"),
+        WAIT,
+        || async {
+            let (items, _) = api.list(&ListParams::default()).await.ok()?;
+            let items: Vec<Instance> = items
+                .into_iter()
+                .filter(|i| i.spec.service == service && i.metadata.deletion_timestamp.is_none())
+                .collect();
+            let ok = items.len() == n
+                && items
+                    .iter()
+                    .all(|i| i.status.as_ref().is_some_and(|s| s.phase == Phase::Running));
+            ok.then_some(items)
+        },
+    )
+    .await
+}
+
+/// Whether an `nft` that can run is here (the test needs it, and root).
+fn kernel_pieces() -> bool {
+    let ok = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipped: needs root and nft (nftables)");
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_ips_balance_across_nodes() {
+    if !kernel_pieces() {
+        return;
+    }
+    let _one_at_a_time = e2e::containers::exclusive().await;
+    let containerd = Containerd::start();
+    let registry = Registry::start();
+    let image = registry.push_web("v1");
+    let dir = tempfile::tempdir().unwrap();
+    let mut root = RootServer::start(
+        &format!("embedded:{}", dir.path().join("root").display()),
+        dir.path(),
+    );
+    let cluster_port = free_port();
+    let _cluster = Oakestra::start(
+        "a",
+        &e2e::cluster_args(
+            "a",
+            &root.upstream(),
+            cluster_port,
+            dir.path(),
+            e2e::QUICK_CLUSTER,
+        ),
+        Some(cluster_port),
+        dir.path(),
+    );
+    let upstream = e2e::Upstream::cluster(
+        &format!("https://127.0.0.1:{cluster_port}"),
+        dir.path(),
+        "a",
+    );
+    let registry_port: u16 = registry
+        .host
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("registry port");
+
+    // Two machines on a LAN.
+    let tag = std::process::id();
+    let lan = Underlay::new(&format!("oakt{tag}-lan"), "192.168.77");
+    let socket = containerd.socket.display().to_string();
+    let mut nodes = Vec::new();
+    for (i, name) in ["n1", "n2"].into_iter().enumerate() {
+        let ns = Netns::create(&format!("oakt{tag}-{name}"));
+        let address = lan.attach(&ns, 11 + i as u8);
+        let relays = [ns.relay_loopback(cluster_port), ns.relay_loopback(registry_port)];
+        let worker = Oakestra::start_in(
+            &ns,
+            name,
+            &e2e::worker_args(
+                name,
+                &upstream,
+                dir.path(),
+                &[
+                    "--address",
+                    &address,
+                    "--runtime",
+                    "containerd",
+                    "--containerd-socket",
+                    &socket,
+                    "--heartbeat-seconds",
+                    "1",
+                ],
+            ),
+            dir.path(),
+        );
+        nodes.push((name, ns, address, relays, worker));
+    }
+
+    let cluster = e2e::tier_client(&e2e::tier_kubeconfig(&e2e::cluster_dir(dir.path(), "a")));
+    let cluster_nodes: Api<crds::Node> = cluster.api(None);
+    eventually("both nodes Ready with their network", WAIT, || async {
+        let (items, _) = cluster_nodes.list(&ListParams::default()).await.ok()?;
+        let ready = items.iter().filter(|n| {
+            let s = n.status.clone().unwrap_or_default();
+            crds::is_true(&s.conditions, "Ready")
+                && crds::is_true(&s.conditions, "NetworkReady")
+                && s.network.as_ref().is_some_and(|n| n.vtep_mac.is_some())
+        });
+        (ready.count() == 2).then_some(())
+    })
+    .await;
+
+    let kubeconfig = root.kubeconfig();
+    let manifest = format!(
+        "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: 2\n  addressing: {{roundRobinIP: {RR_IP}, closestIP: {CLOSEST_IP}}}\n  template:\n    runtime: container\n    image: {image}\n    ports: [{{containerPort: 80}}]\n    resources: {{cpuMillicores: 100, memoryMiB: 32}}\n"
+    );
+    e2e::apply_manifest(&kubeconfig, dir.path(), "web.yaml", &manifest);
+    let root_client = root.client();
+    let instances: Api<Instance> = root_client.api(Some("default"));
+    let web = running(&instances, "web", 2).await;
+    let on = |node: &str| -> String {
+        web.iter()
+            .find(|i| i.spec.node.as_deref() == Some(node))
+            .unwrap_or_else(|| panic!("no web instance on {node}: spread over the nodes"))
+            .metadata
+            .name
+            .clone()
+    };
+    let (web1, web2) = (on("n1"), on("n2"));
+
+    // The Endpoints the root keeps, and the cluster's copy, list both as ready.
+    let endpoints: Api<Endpoints> = root_client.api(Some("default"));
+    eventually("the root's endpoints of web: both ready", WAIT, || async {
+        let e = endpoints.get("web").await.ok()?;
+        (e.ready().count() == 2).then_some(())
+    })
+    .await;
+
+    // (a) the round-robin IP, from the container on n1: both instances answer.
+    let rr = format!("http://{RR_IP}/");
+    let from_n1 = container_netns(&web1);
+    let counts = eventually("web1 reaches both instances through the RR IP", WAIT, || async {
+        let counts = tally(&from_n1, &rr, 6).ok()?;
+        (counts.len() == 2).then_some(counts)
+    })
+    .await;
+    eprintln!("round robin, warm-up: {counts:?}");
+    let counts = tally(&from_n1, &rr, 30).expect("30 requests through the RR IP");
+    eprintln!("round robin from a container on n1, 30 requests: {counts:?}");
+    assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), {
+        let mut both = vec![web1.clone(), web2.clone()];
+        both.sort();
+        both
+    });
+    assert!(counts.values().all(|&c| c >= 10), "balanced: {counts:?}");
+    // From the node itself (a host process, e.g. a process-runtime Instance).
+    let n1_ns = nodes[0].1.name().to_string();
+    let counts = tally(&n1_ns, &rr, 10).expect("the RR IP from node n1 itself");
+    assert_eq!(counts.len(), 2, "from the node: {counts:?}");
+
+    // (c) the closest IP answers on the caller's node, also to the instance there
+    // (which reaches itself through its own service: hairpin).
+    let closest = format!("http://{CLOSEST_IP}/");
+    let counts = tally(&from_n1, &closest, 10).expect("the closest IP from n1");
+    assert_eq!(counts, BTreeMap::from([(web1.clone(), 10)]));
+    let counts = tally(&container_netns(&web2), &closest, 10).expect("the closest IP from n2");
+    assert_eq!(counts, BTreeMap::from([(web2.clone(), 10)]));
+
+    // A port the Service does not have is refused at once, not left to time out.
+    let started = Instant::now();
+    let refused = get_from(&from_n1, &format!("http://{RR_IP}:81/"));
+    assert!(refused.is_err(), "port 81 answered: {refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused, not timed out: took {:?}",
+        started.elapsed()
+    );
+
+    // (b) a deleted instance leaves the rotation; no request fails after that.
+    let deleted_at = Instant::now();
+    instances.delete(&web2).await.expect("delete web2");
+    let gone = eventually("web2 out of the rotation", WAIT, || async {
+        let counts = tally(&from_n1, &rr, 10).ok()?;
+        (!counts.contains_key(&web2)).then(|| deleted_at.elapsed())
+    })
+    .await;
+    eprintln!("a deleted instance left the rotation {gone:?} after its delete");
+    let replaced = running(&instances, "web", 2).await;
+    let web2b = replaced
+        .iter()
+        .map(|i| i.metadata.name.clone())
+        .find(|n| *n != web1)
+        .expect("a replacement of web2");
+    eventually("the replacement answers", WAIT, || async {
+        tally(&from_n1, &rr, 8)
+            .ok()?
+            .contains_key(&web2b)
+            .then_some(())
+    })
+    .await;
+    let counts = tally(&from_n1, &rr, 20).expect("no request fails after the change");
+    assert!(!counts.contains_key(&web2), "{counts:?}");
+
+    // (h) the root stops: the service IPs keep working.
+    root.kill9();
+    let counts = tally(&from_n1, &rr, 10).expect("the RR IP with the root down");
+    assert!(counts.contains_key(&web1), "{counts:?}");
+
+    // (d) n2's agent dies: once its heartbeat lapsed, its instance (still running)
+    // leaves n1's rules, before any eviction.
+    let node2 = nodes.iter_mut().find(|n| n.0 == "n2").expect("n2");
+    let n2_instance = replaced
+        .iter()
+        .find(|i| i.spec.node.as_deref() == Some("n2"))
+        .map(|i| i.metadata.name.clone());
+    node2.4.kill9();
+    let killed = Instant::now();
+    let lapsed = eventually("n2's endpoints out of n1's rules", WAIT, || async {
+        let counts = tally(&from_n1, &rr, 10).ok()?;
+        (counts.keys().all(|k| *k == web1)).then(|| killed.elapsed())
+    })
+    .await;
+    eprintln!(
+        "n2's agent killed: its instance {n2_instance:?} left n1's rules {lapsed:?} later"
+    );
+}
