@@ -389,7 +389,9 @@ impl Oakestra {
             // nsenter enters the namespace and executes the binary: same process.
             Some(ns) => {
                 let mut cmd = Command::new("nsenter");
-                cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(binary);
+                cmd.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(binary);
                 cmd
             }
             None => Command::new(binary),

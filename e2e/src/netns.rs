@@ -65,7 +65,11 @@ impl Netns {
     pub fn ip(&self, args: &[&str]) -> String {
         let out = must(
             &format!("ip -n {} {}", self.name, args.join(" ")),
-            Command::new("ip").arg("-n").arg(&self.name).args(args).output(),
+            Command::new("ip")
+                .arg("-n")
+                .arg(&self.name)
+                .args(args)
+                .output(),
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -179,10 +183,12 @@ pub struct Underlay {
 }
 
 impl Underlay {
-    /// A LAN `prefix.0/24` (e.g. `192.168.77`) in the namespace `name`.
+    /// A LAN `prefix.0/24` (e.g. `192.168.77`) in the namespace `name`, whose bridge is
+    /// its router at `prefix.1` (the hosts' default route, as machines have one).
     pub fn new(name: &str, prefix: &str) -> Underlay {
         let wan = Netns::create(name);
         wan.ip(&["link", "add", "lan", "type", "bridge"]);
+        wan.ip(&["addr", "add", &format!("{prefix}.1/24"), "dev", "lan"]);
         wan.ip(&["link", "set", "lan", "up"]);
         Underlay {
             wan,
@@ -190,16 +196,34 @@ impl Underlay {
         }
     }
 
-    /// Attach `host` as `prefix.<last>` with `eth0`; returns the address.
+    /// Attach `host` as `prefix.<last>` with `eth0` and its default route via the
+    /// router; returns the address.
     pub fn attach(&self, host: &Netns, last: u8) -> String {
         let outside = format!("v{}", last);
         let address = format!("{}.{last}", self.prefix);
         self.wan.ip(&[
-            "link", "add", &outside, "type", "veth", "peer", "name", "eth0", "netns", host.name(),
+            "link",
+            "add",
+            &outside,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            host.name(),
         ]);
-        self.wan.ip(&["link", "set", &outside, "master", "lan", "up"]);
+        self.wan
+            .ip(&["link", "set", &outside, "master", "lan", "up"]);
         host.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
         host.ip(&["link", "set", "eth0", "up"]);
+        host.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{}.1", self.prefix),
+        ]);
         address
     }
 }

@@ -44,9 +44,35 @@ fn get_from(netns: &str, url: &str) -> Result<String, String> {
     }
 }
 
-/// The Instance that answered (the page says `<instance> <tag>`).
+/// The Instance that answered and its node, `instance@node` (the page says
+/// `<instance> <node> <container id>`).
 fn answered_by(body: &str) -> String {
-    body.split_whitespace().next().unwrap_or_default().to_string()
+    let mut words = body.split_whitespace();
+    let instance = words.next().unwrap_or_default();
+    format!("{instance}@{}", words.next().unwrap_or_default())
+}
+
+/// The container that answered: the page's last word, a random id each container
+/// draws at start (a replacement has its Instance's name, but not its id).
+fn container_of(body: &str) -> String {
+    body.split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A web server image whose page names the Instance, its node and the container.
+fn web_image(registry: &Registry) -> String {
+    registry.push_busybox(
+        "netweb",
+        "v1",
+        &[
+            "/bin/sh",
+            "-c",
+            "echo \"$OAKESTRA_INSTANCE $OAKESTRA_NODE $(cat /proc/sys/kernel/random/uuid)\" > /index.html; exec httpd -f -p 80 -h /",
+        ],
+        "v1",
+    )
 }
 
 /// `n` requests of `url` from `netns`: how many each Instance answered; an error at the
@@ -105,7 +131,7 @@ async fn service_ips_balance_across_nodes() {
     let _one_at_a_time = e2e::containers::exclusive().await;
     let containerd = Containerd::start();
     let registry = Registry::start();
-    let image = registry.push_web("v1");
+    let image = web_image(&registry);
     let dir = tempfile::tempdir().unwrap();
     let mut root = RootServer::start(
         &format!("embedded:{}", dir.path().join("root").display()),
@@ -119,7 +145,16 @@ async fn service_ips_balance_across_nodes() {
             &root.upstream(),
             cluster_port,
             dir.path(),
-            e2e::QUICK_CLUSTER,
+            // Quick heartbeats, but eviction only after a minute: a lost node's
+            // endpoints must leave the rules long before its Instances move.
+            &[
+                "--heartbeat-seconds",
+                "1",
+                "--node-heartbeat-timeout-seconds",
+                "3",
+                "--eviction-seconds",
+                "60",
+            ],
         ),
         Some(cluster_port),
         dir.path(),
@@ -144,7 +179,10 @@ async fn service_ips_balance_across_nodes() {
     for (i, name) in ["n1", "n2"].into_iter().enumerate() {
         let ns = Netns::create(&format!("oakt{tag}-{name}"));
         let address = lan.attach(&ns, 11 + i as u8);
-        let relays = [ns.relay_loopback(cluster_port), ns.relay_loopback(registry_port)];
+        let relays = [
+            ns.relay_loopback(cluster_port),
+            ns.relay_loopback(registry_port),
+        ];
         let worker = Oakestra::start_in(
             &ns,
             name,
@@ -199,6 +237,8 @@ async fn service_ips_balance_across_nodes() {
             .clone()
     };
     let (web1, web2) = (on("n1"), on("n2"));
+    // How their answers are tallied.
+    let (at1, at2) = (format!("{web1}@n1"), format!("{web2}@n2"));
 
     // The Endpoints the root keeps, and the cluster's copy, list both as ready.
     let endpoints: Api<Endpoints> = root_client.api(Some("default"));
@@ -211,16 +251,20 @@ async fn service_ips_balance_across_nodes() {
     // (a) the round-robin IP, from the container on n1: both instances answer.
     let rr = format!("http://{RR_IP}/");
     let from_n1 = container_netns(&web1);
-    let counts = eventually("web1 reaches both instances through the RR IP", WAIT, || async {
-        let counts = tally(&from_n1, &rr, 6).ok()?;
-        (counts.len() == 2).then_some(counts)
-    })
+    let counts = eventually(
+        "web1 reaches both instances through the RR IP",
+        WAIT,
+        || async {
+            let counts = tally(&from_n1, &rr, 6).ok()?;
+            (counts.len() == 2).then_some(counts)
+        },
+    )
     .await;
     eprintln!("round robin, warm-up: {counts:?}");
     let counts = tally(&from_n1, &rr, 30).expect("30 requests through the RR IP");
     eprintln!("round robin from a container on n1, 30 requests: {counts:?}");
     assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), {
-        let mut both = vec![web1.clone(), web2.clone()];
+        let mut both = vec![at1.clone(), at2.clone()];
         both.sort();
         both
     });
@@ -234,9 +278,9 @@ async fn service_ips_balance_across_nodes() {
     // (which reaches itself through its own service: hairpin).
     let closest = format!("http://{CLOSEST_IP}/");
     let counts = tally(&from_n1, &closest, 10).expect("the closest IP from n1");
-    assert_eq!(counts, BTreeMap::from([(web1.clone(), 10)]));
+    assert_eq!(counts, BTreeMap::from([(at1.clone(), 10)]));
     let counts = tally(&container_netns(&web2), &closest, 10).expect("the closest IP from n2");
-    assert_eq!(counts, BTreeMap::from([(web2.clone(), 10)]));
+    assert_eq!(counts, BTreeMap::from([(at2.clone(), 10)]));
 
     // A port the Service does not have is refused at once, not left to time out.
     let started = Instant::now();
@@ -248,51 +292,52 @@ async fn service_ips_balance_across_nodes() {
         started.elapsed()
     );
 
-    // (b) a deleted instance leaves the rotation; no request fails after that.
-    let deleted_at = Instant::now();
-    instances.delete(&web2).await.expect("delete web2");
-    let gone = eventually("web2 out of the rotation", WAIT, || async {
-        let counts = tally(&from_n1, &rr, 10).ok()?;
-        (!counts.contains_key(&web2)).then(|| deleted_at.elapsed())
-    })
-    .await;
-    eprintln!("a deleted instance left the rotation {gone:?} after its delete");
-    let replaced = running(&instances, "web", 2).await;
-    let web2b = replaced
-        .iter()
-        .map(|i| i.metadata.name.clone())
-        .find(|n| *n != web1)
-        .expect("a replacement of web2");
-    eventually("the replacement answers", WAIT, || async {
-        tally(&from_n1, &rr, 8)
-            .ok()?
-            .contains_key(&web2b)
-            .then_some(())
-    })
-    .await;
-    let counts = tally(&from_n1, &rr, 20).expect("no request fails after the change");
-    assert!(!counts.contains_key(&web2), "{counts:?}");
-
-    // (h) the root stops: the service IPs keep working.
-    root.kill9();
-    let counts = tally(&from_n1, &rr, 10).expect("the RR IP with the root down");
-    assert!(counts.contains_key(&web1), "{counts:?}");
-
-    // (d) n2's agent dies: once its heartbeat lapsed, its instance (still running)
-    // leaves n1's rules, before any eviction.
+    // (d) n2's agent dies: once its heartbeat lapsed, the instance there (still
+    // running) leaves n1's rules, long before its eviction (a minute here).
     let node2 = nodes.iter_mut().find(|n| n.0 == "n2").expect("n2");
-    let n2_instance = replaced
-        .iter()
-        .find(|i| i.spec.node.as_deref() == Some("n2"))
-        .map(|i| i.metadata.name.clone());
     node2.4.kill9();
     let killed = Instant::now();
     let lapsed = eventually("n2's endpoints out of n1's rules", WAIT, || async {
         let counts = tally(&from_n1, &rr, 10).ok()?;
-        (counts.keys().all(|k| *k == web1)).then(|| killed.elapsed())
+        (counts.keys().all(|k| *k == at1)).then(|| killed.elapsed())
     })
     .await;
-    eprintln!(
-        "n2's agent killed: its instance {n2_instance:?} left n1's rules {lapsed:?} later"
+    eprintln!("n2's agent killed: its instance left n1's rules {lapsed:?} later");
+    let bound: Api<Instance> = cluster.api(Some("default"));
+    let still = bound.get(&web2).await.expect("web2 in the cluster");
+    assert_eq!(
+        still.spec.node.as_deref(),
+        Some("n2"),
+        "not evicted yet: the rules followed the node's readiness"
     );
+    assert!(
+        get_from(&container_netns(&web2), &format!("http://{CLOSEST_IP}/")).is_ok(),
+        "web2 itself still runs (only its agent died)"
+    );
+
+    // (b) web1, the one instance left in the rotation, is deleted: its replacement
+    // (same name, a new container; n2 is NotReady, so on n1) takes over, and once it
+    // answered no request goes to the old one or fails.
+    let before = get_from(&from_n1, &rr).expect("web1 answers");
+    let old_container = container_of(&before);
+    let deleted_at = Instant::now();
+    instances.delete(&web1).await.expect("delete web1");
+    let took = eventually("web1's replacement answers the RR IP", WAIT, || async {
+        let body = get_from(&container_netns(&web1), &rr).ok()?;
+        (container_of(&body) != old_container).then(|| deleted_at.elapsed())
+    })
+    .await;
+    eprintln!("a deleted instance was replaced in the rotation {took:?} after its delete");
+    let replacement = container_netns(&web1);
+    for i in 0..20 {
+        let body = get_from(&replacement, &rr)
+            .unwrap_or_else(|e| panic!("request {i} after the replacement: {e}"));
+        assert_ne!(container_of(&body), old_container, "request {i}: {body}");
+        assert_eq!(answered_by(&body), at1, "request {i}: n2 is still out");
+    }
+
+    // (h) the root stops: the service IPs keep working.
+    root.kill9();
+    let counts = tally(&replacement, &rr, 10).expect("the RR IP with the root down");
+    assert_eq!(counts, BTreeMap::from([(at1.clone(), 10)]));
 }

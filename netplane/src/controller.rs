@@ -90,10 +90,7 @@ pub fn ruleset(
             let near: Vec<Ipv4Addr> = closest(me, &ready).iter().map(|c| *c.addr.ip()).collect();
             let all: Vec<Ipv4Addr> = ready.iter().map(|c| *c.addr.ip()).collect();
             let mut frontends = Vec::new();
-            for (ip, backends) in [
-                (e.spec.round_robin_ip, &all),
-                (e.spec.closest_ip, &near),
-            ] {
+            for (ip, backends) in [(e.spec.round_robin_ip, &all), (e.spec.closest_ip, &near)] {
                 let Some(ip) = ip else { continue };
                 for port in &e.spec.ports {
                     frontends.push(Frontend {
@@ -186,7 +183,16 @@ pub async fn run(
                 false
             }
         };
-        pass(&client, &config, &endpoints.1, &nodes.1, &clusters.1, &mut applied, force).await;
+        pass(
+            &client,
+            &config,
+            &endpoints.1,
+            &nodes.1,
+            &clusters.1,
+            &mut applied,
+            force,
+        )
+        .await;
     }
     drop((endpoints, nodes, clusters));
     Ok(())
