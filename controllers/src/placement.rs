@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use client::runtime::{Action, Controller, ObjectRef, Store};
 use client::{Client, ListParams};
-use crds::conditions::READY;
+use crds::conditions::{NETWORK_READY, READY};
 use crds::{Cluster, HasConditions, Instance, Node, Resource};
 use scheduler::{Candidate, Profile, Tier};
 use tokio_util::sync::CancellationToken;
@@ -50,6 +50,7 @@ fn profile_of<T: Target>(
         runtimes,
         allocatable: allocatable.unwrap_or_default(),
         location: None,
+        impaired: None,
     }
 }
 
@@ -79,9 +80,17 @@ impl Target for Node {
     const RETRY_UNPLACED: Duration = Duration::from_secs(5);
     fn profile(&self) -> Profile {
         let allocatable = self.status.as_ref().and_then(|s| s.allocatable.clone());
+        // Its agent says so when the node's service rules or overlay failed: Instances
+        // there could not be reached.
+        let impaired = self
+            .conditions()
+            .iter()
+            .find(|c| c.type_ == NETWORK_READY && c.status == crds::ConditionStatus::False)
+            .map(|c| format!("network not ready ({}: {})", c.reason, c.message));
         Profile {
             schedulable: !self.spec.unschedulable,
             location: self.spec.location.clone(),
+            impaired,
             ..profile_of(self, self.spec.runtimes.clone(), allocatable)
         }
     }

@@ -31,6 +31,11 @@ pub const AVAILABLE: &str = "Available";
 /// and why).
 pub const PLACED: &str = "Placed";
 
+/// Condition type of a Node: its agent's network data plane (service rules, overlay)
+/// is in place; `False` says which part failed and why, and the cluster scheduler
+/// places nothing there.
+pub const NETWORK_READY: &str = "NetworkReady";
+
 /// Reasons shared between tiers and components.
 pub mod reason {
     /// `Scheduled=True`: the Instance was bound.

@@ -422,6 +422,7 @@ pub static KINDS: &[KindInfo] = &[
             ("SERVICE-IP", "/status/serviceIP"),
         ],
         wide_columns: &[
+            ("ENDPOINTS", "/status/readyEndpoints"),
             ("IMAGE", "/spec/template/image"),
             ("EXECUTABLE", "/spec/template/executable"),
         ],

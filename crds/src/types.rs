@@ -393,6 +393,10 @@ pub struct ServiceStatus {
     /// The Service's round-robin IP, allocated by the root.
     #[serde(default, rename = "serviceIP", skip_serializing_if = "Option::is_none")]
     pub service_ip: Option<Ipv4Addr>,
+    /// Endpoints taking connections through the service IPs (its `Endpoints` object's
+    /// ready entries, as the root last saw them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_endpoints: Option<i32>,
     /// `Ready` (exactly `spec.replicas` Instances, all of the current template and
     /// running), `Reconciling` (`True` while it scales, rolls out or waits for
     /// Instances to start), `Stalled` (`True` while an Instance cannot be placed or

@@ -111,7 +111,7 @@ async fn one_device_runs_containers() {
         service(
             "web",
             2,
-            &format!("    runtime: container\n    image: {image}\n    resources: {{cpuMillicores: 200, memoryMiB: 32}}\n"),
+            &format!("    runtime: container\n    image: {image}\n    ports: [{{containerPort: 80}}]\n    resources: {{cpuMillicores: 200, memoryMiB: 32}}\n"),
         )
     };
     apply(&kubeconfig, dir.path(), "web", &web(&v1));
@@ -133,6 +133,28 @@ async fn one_device_runs_containers() {
         .await;
         assert!(page.contains(&format!("{} v1", i.metadata.name)), "{page}");
     }
+    // The Service's IP, from the device itself: both replicas answer.
+    let services: Api<crds::Service> = e2e::tier_client(&kubeconfig).api(Some("default"));
+    let service_ip = eventually("web's service IP", WAIT, || async {
+        services.get("web").await.ok()?.status?.service_ip
+    })
+    .await;
+    let answered = eventually(
+        &format!("both replicas through {service_ip}"),
+        WAIT,
+        || async {
+            let mut names = std::collections::BTreeSet::new();
+            for _ in 0..6 {
+                let page = http_get(&format!("{service_ip}:80"), "/index.html")?;
+                names.insert(page.lines().last()?.split_whitespace().next()?.to_string());
+            }
+            (names.len() == 2).then_some(names)
+        },
+    )
+    .await;
+    let mut expected: Vec<String> = items.iter().map(|i| i.metadata.name.clone()).collect();
+    expected.sort();
+    assert_eq!(answered.into_iter().collect::<Vec<_>>(), expected);
     let tasks = containerd.tasks(ns);
     assert_eq!(tasks.len(), 2, "{tasks:?}");
     assert!(tasks.values().all(|(_, s)| s == "RUNNING"), "{tasks:?}");

@@ -248,6 +248,28 @@ async fn service_ips_balance_across_nodes() {
     })
     .await;
 
+    // What a user reads: the endpoints, in `get` and in `describe svc`.
+    let listed = e2e::oakctl(&kubeconfig, &["get", "endpoints"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(RR_IP) && listed.contains(CLOSEST_IP),
+        "{listed}"
+    );
+    let described = e2e::oakctl(&kubeconfig, &["describe", "svc", "web"]);
+    let described = String::from_utf8_lossy(&described.stdout);
+    let section = described
+        .split("\nEndpoints:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Endpoints section: {described}"));
+    for name in [&web1, &web2] {
+        assert!(section.contains(name.as_str()), "{described}");
+    }
+    eventually("the Service counts 2 ready endpoints", WAIT, || async {
+        let svc: Api<crds::Service> = root_client.api(Some("default"));
+        (svc.get("web").await.ok()?.status?.ready_endpoints == Some(2)).then_some(())
+    })
+    .await;
+
     // (a) the round-robin IP, from the container on n1: both instances answer.
     let rr = format!("http://{RR_IP}/");
     let from_n1 = container_netns(&web1);

@@ -26,8 +26,7 @@ use crate::exec::Host;
 use crate::overlay::{self, NodeNet, Subnet, Vxlan};
 use crate::rules::{self, Frontend, Proto, Ruleset, ServiceRules};
 
-/// The Node condition this controller keeps.
-pub const NETWORK_READY: &str = "NetworkReady";
+pub use crds::conditions::NETWORK_READY;
 /// The field manager of its status writes.
 pub const FIELD_MANAGER: &str = "oakestra-netplane";
 

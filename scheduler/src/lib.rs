@@ -126,6 +126,9 @@ pub struct Profile {
     pub location: Option<Location>,
     /// Allocatable as reported.
     pub allocatable: Capacity,
+    /// Why it cannot take work although it is ready, if so: a node whose network data
+    /// plane failed (its `NetworkReady` condition is `False`) says why here.
+    pub impaired: Option<String>,
 }
 
 /// One cluster or node, as the scheduler sees it for one decision: its profile and
@@ -203,6 +206,9 @@ fn constraint_failure(c: &Candidate, r: &Request) -> Option<String> {
     }
     if !c.profile.ready {
         return Some("not ready".into());
+    }
+    if let Some(why) = &c.profile.impaired {
+        return Some(why.clone());
     }
     if !c.profile.schedulable {
         return Some("unschedulable".into());
@@ -432,6 +438,9 @@ mod tests {
         };
         let mut spread = cluster("a", 8000, 8192);
         spread.replicas_here = 2;
+        let mut impaired = cluster("a", 4000, 4096);
+        Arc::make_mut(&mut impaired.profile).impaired =
+            Some("network not ready (RulesFailed: nft: no such file)".into());
         let mut labelled = cluster("b", 1000, 1024);
         Arc::make_mut(&mut labelled.profile)
             .labels
@@ -449,6 +458,17 @@ mod tests {
                 vec![not_ready.clone(), cluster("b", 1000, 1024)],
                 &none,
                 Decision::Place("b".into()),
+            ),
+            (
+                "an impaired target is skipped, saying why",
+                vec![impaired.clone()],
+                &none,
+                Decision::Unschedulable {
+                    reason: "NoTargetCluster",
+                    message:
+                        "0/1 clusters fit: a: network not ready (RulesFailed: nft: no such file)"
+                            .into(),
+                },
             ),
             (
                 "geo keeps it near",

@@ -111,9 +111,46 @@ pub async fn run(s: &Session, args: Args) -> anyhow::Result<()> {
             }
         }
     }
+    if kind.kind == "Service" {
+        print_endpoints(s, &o).await?;
+    }
     if kind.kind != "Event" {
         print_events(s, kind, &o).await?;
     }
+    Ok(())
+}
+
+/// A Service's endpoints: where its service IPs send connections.
+async fn print_endpoints(s: &Session, svc: &Value) -> anyhow::Result<()> {
+    let kind = crds::kind_by_name("endpoints").expect("endpoints are served");
+    let ns = svc["metadata"]["namespace"].as_str();
+    let name = svc["metadata"]["name"].as_str().unwrap_or_default();
+    outln!("Endpoints:");
+    let Some(e) = s.client.dynamic(kind, ns).get_opt(name).await? else {
+        outln!("  <none>");
+        return Ok(());
+    };
+    let entries = e
+        .pointer("/spec/endpoints")
+        .and_then(Value::as_array)
+        .filter(|e| !e.is_empty());
+    let Some(entries) = entries else {
+        outln!("  <none>");
+        return Ok(());
+    };
+    let mut rows = vec![["INSTANCE", "IP", "CLUSTER", "NODE", "READY"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()];
+    for entry in entries {
+        rows.push(
+            ["/instance", "/ip", "/cluster", "/node", "/ready"]
+                .iter()
+                .map(|p| crds::column_value(entry, p))
+                .collect(),
+        );
+    }
+    outln!("{}", indent(&print::table(rows)));
     Ok(())
 }
 
