@@ -90,20 +90,28 @@ impl Netns {
         );
     }
 
-    /// Forward connections to `127.0.0.1:port` inside this namespace to the same port
-    /// of the machine's loopback, until the returned relay is dropped.
-    pub fn relay_loopback(&self, port: u16) -> Relay {
+    /// Run `f` on a thread of its own that has entered this namespace, and return what
+    /// it returns. A socket belongs to the namespace it was made in, so one made by
+    /// `f` (a listener, a connected stream) stays in this namespace whichever thread
+    /// uses it afterwards.
+    pub fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = format!("/run/netns/{}", self.name);
-        // A socket belongs to the namespace of the thread that made it: bind it on a
-        // thread that has entered the namespace; the listener stays there.
-        let listener = std::thread::spawn(move || {
+        std::thread::spawn(move || {
             let ns = std::fs::File::open(&path).expect("open the namespace");
             nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                 .expect("enter the namespace");
-            TcpListener::bind(("127.0.0.1", port)).expect("bind in the namespace")
+            f()
         })
         .join()
-        .expect("binding the relay");
+        .expect("the thread in the namespace")
+    }
+
+    /// Forward connections to `127.0.0.1:port` inside this namespace to the same port
+    /// of the machine's loopback, until the returned relay is dropped.
+    pub fn relay_loopback(&self, port: u16) -> Relay {
+        let listener = self.within(move || {
+            TcpListener::bind(("127.0.0.1", port)).expect("bind in the namespace")
+        });
         listener.set_nonblocking(true).expect("non-blocking");
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
