@@ -19,6 +19,8 @@
 //!   Instances) with the footprint of root, cluster and hollow processes meanwhile.
 //! - [`gitops`]: a reconcile of unchanged objects (drift check, re-apply) must write
 //!   nothing.
+//! - [`network`]: the worker's data plane in network namespaces: service rules at
+//!   scale, service IP against direct, vxlan overlay against the underlay.
 //!
 //! How to run it and the figures of a run are in `docs/benchmarks.md`.
 
@@ -26,6 +28,7 @@ mod api_writes;
 mod failover;
 mod footprint;
 mod gitops;
+mod network;
 mod placement;
 mod procfs;
 mod prom;
@@ -51,6 +54,7 @@ enum Scenario {
     Failover,
     Scheduling,
     Gitops,
+    Network,
     All,
 }
 
@@ -258,6 +262,12 @@ async fn main() -> anyhow::Result<()> {
         let failover_report = failover::run(&opts).await?;
         failover::print(&failover_report);
         report["failover"] = failover::to_json(&failover_report);
+    }
+
+    if matches!(cli.scenario, Scenario::Network | Scenario::All) {
+        let network_report = network::run(network::Options::new(cli.quick)).await?;
+        network::print(&network_report);
+        report["network"] = network::to_json(&network_report);
     }
 
     // Not part of `all`: at full size it runs for minutes and starts 21 processes.

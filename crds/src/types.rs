@@ -120,6 +120,11 @@ pub struct ClusterStatus {
     /// URL of the cluster's own API (where its Nodes are).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_endpoint: Option<String>,
+    /// How other clusters reach this one's Instances: its gateway nodes (reported by
+    /// the cluster); in a cluster's own copy, also the other clusters' subnets and
+    /// gateways (mirrored from the root), for its nodes' routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<ClusterNetwork>,
     /// `Ready`: `True` while the cluster orchestrator reports in time and one of its
     /// nodes at least is Ready (`NodesReady`); `False` with `NoReadyNodes` or
     /// `HeartbeatLapsed`.
@@ -210,6 +215,49 @@ pub struct NodeNetwork {
     /// The MAC address of its vxlan device (`vxlan`).
     #[serde(default, rename = "vtepMAC", skip_serializing_if = "Option::is_none")]
     pub vtep_mac: Option<String>,
+}
+
+/// A node that carries a cluster's traffic to and from the other clusters.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Gateway {
+    /// The node.
+    pub node: String,
+    /// Its overlay end (as in its Node's `status.network`).
+    pub public_address: String,
+    /// The UDP port of its overlay device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_port: Option<u16>,
+    /// The MAC address of its vxlan device.
+    #[serde(rename = "vtepMAC")]
+    pub vtep_mac: String,
+}
+
+/// Another cluster, as a cluster's nodes route to it.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteCluster {
+    /// The cluster's name.
+    pub name: String,
+    /// Its subnet (all its Instances' addresses).
+    pub subnet: String,
+    /// Its gateway nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<Gateway>,
+}
+
+/// A cluster's place in the network between clusters.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNetwork {
+    /// This cluster's gateway nodes (the first Ready node with a working data plane).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub gateways: Vec<Gateway>,
+    /// The other clusters (only in a cluster's own copy of its `Cluster`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub remotes: Vec<RemoteCluster>,
 }
 
 // ---------------------------------------------------------------- Service

@@ -109,9 +109,8 @@ impl Netns {
     /// Forward connections to `127.0.0.1:port` inside this namespace to the same port
     /// of the machine's loopback, until the returned relay is dropped.
     pub fn relay_loopback(&self, port: u16) -> Relay {
-        let listener = self.within(move || {
-            TcpListener::bind(("127.0.0.1", port)).expect("bind in the namespace")
-        });
+        let listener = self
+            .within(move || TcpListener::bind(("127.0.0.1", port)).expect("bind in the namespace"));
         listener.set_nonblocking(true).expect("non-blocking");
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();

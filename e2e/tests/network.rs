@@ -123,74 +123,75 @@ fn kernel_pieces() -> bool {
     ok
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_ips_balance_across_nodes() {
-    if !kernel_pieces() {
-        return;
-    }
-    let _one_at_a_time = e2e::containers::exclusive().await;
-    let containerd = Containerd::start();
-    let registry = Registry::start();
-    let image = web_image(&registry);
-    let dir = tempfile::tempdir().unwrap();
-    let mut root = RootServer::start(
-        &format!("embedded:{}", dir.path().join("root").display()),
-        dir.path(),
-    );
-    let cluster_port = free_port();
-    let _cluster = Oakestra::start(
-        "a",
-        &e2e::cluster_args(
-            "a",
-            &root.upstream(),
-            cluster_port,
+/// One worker: a network namespace on the LAN, with relays to the cluster API and the
+/// registry on its loopback, running `oakestra worker`. Dropped in this order: the
+/// worker, the relays, the namespace (with what is left in it).
+struct Machine {
+    name: &'static str,
+    worker: Oakestra,
+    _relays: Vec<e2e::netns::Relay>,
+    ns: Netns,
+}
+
+/// Root, clusters and their machines on one LAN, one containerd, one registry.
+/// Fields drop in order: machines first, containerd last.
+struct Lab {
+    machines: Vec<Machine>,
+    _clusters: Vec<(&'static str, Oakestra)>,
+    root: RootServer,
+    image: String,
+    _lan: Underlay,
+    _registry: Registry,
+    _containerd: Containerd,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// Start the root, then each cluster with its machines (named, in order), and wait
+    /// until every node is Ready with its data plane. Clusters heartbeat every second
+    /// and lose a node after 3 s, but evict only after a minute: a lost node's
+    /// endpoints must leave the rules long before its Instances move.
+    async fn start(topology: &[(&'static str, &[&'static str])]) -> Lab {
+        let containerd = Containerd::start();
+        let registry = Registry::start();
+        let image = web_image(&registry);
+        let registry_port: u16 = registry
+            .host
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("registry port");
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootServer::start(
+            &format!("embedded:{}", dir.path().join("root").display()),
             dir.path(),
-            // Quick heartbeats, but eviction only after a minute: a lost node's
-            // endpoints must leave the rules long before its Instances move.
-            &[
+        );
+        let tag = std::process::id();
+        let lan = Underlay::new(&format!("oakt{tag}-lan"), "192.168.77");
+        let socket = containerd.socket.display().to_string();
+        let (mut clusters, mut machines) = (Vec::new(), Vec::new());
+        for &(cluster, names) in topology {
+            let port = free_port();
+            let flags = [
                 "--heartbeat-seconds",
                 "1",
                 "--node-heartbeat-timeout-seconds",
                 "3",
                 "--eviction-seconds",
                 "60",
-            ],
-        ),
-        Some(cluster_port),
-        dir.path(),
-    );
-    let upstream = e2e::Upstream::cluster(
-        &format!("https://127.0.0.1:{cluster_port}"),
-        dir.path(),
-        "a",
-    );
-    let registry_port: u16 = registry
-        .host
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("registry port");
-
-    // Two machines on a LAN.
-    let tag = std::process::id();
-    let lan = Underlay::new(&format!("oakt{tag}-lan"), "192.168.77");
-    let socket = containerd.socket.display().to_string();
-    let mut nodes = Vec::new();
-    for (i, name) in ["n1", "n2"].into_iter().enumerate() {
-        let ns = Netns::create(&format!("oakt{tag}-{name}"));
-        let address = lan.attach(&ns, 11 + i as u8);
-        let relays = [
-            ns.relay_loopback(cluster_port),
-            ns.relay_loopback(registry_port),
-        ];
-        let worker = Oakestra::start_in(
-            &ns,
-            name,
-            &e2e::worker_args(
-                name,
-                &upstream,
-                dir.path(),
-                &[
+            ];
+            let args = e2e::cluster_args(cluster, &root.upstream(), port, dir.path(), &flags);
+            clusters.push((
+                cluster,
+                Oakestra::start(cluster, &args, Some(port), dir.path()),
+            ));
+            let upstream =
+                e2e::Upstream::cluster(&format!("https://127.0.0.1:{port}"), dir.path(), cluster);
+            for &name in names {
+                let ns = Netns::create(&format!("oakt{tag}-{name}"));
+                let address = lan.attach(&ns, 11 + machines.len() as u8);
+                let relays = vec![ns.relay_loopback(port), ns.relay_loopback(registry_port)];
+                let extra = [
                     "--address",
                     &address,
                     "--runtime",
@@ -199,33 +200,88 @@ async fn service_ips_balance_across_nodes() {
                     &socket,
                     "--heartbeat-seconds",
                     "1",
-                ],
-            ),
-            dir.path(),
-        );
-        nodes.push((name, ns, address, relays, worker));
+                ];
+                let args = e2e::worker_args(name, &upstream, dir.path(), &extra);
+                let worker = Oakestra::start_in(&ns, name, &args, dir.path());
+                machines.push(Machine {
+                    name,
+                    worker,
+                    _relays: relays,
+                    ns,
+                });
+            }
+        }
+        let lab = Lab {
+            machines,
+            _clusters: clusters,
+            root,
+            image,
+            _lan: lan,
+            _registry: registry,
+            _containerd: containerd,
+            dir,
+        };
+        for &(cluster, names) in topology {
+            let nodes: Api<crds::Node> = lab.cluster(cluster).api(None);
+            eventually(
+                &format!("the nodes of {cluster} Ready with their network"),
+                WAIT,
+                || async {
+                    let (items, _) = nodes.list(&ListParams::default()).await.ok()?;
+                    let ready = items.iter().filter(|n| {
+                        let s = n.status.clone().unwrap_or_default();
+                        crds::is_true(&s.conditions, "Ready")
+                            && crds::is_true(&s.conditions, "NetworkReady")
+                            && s.network.as_ref().is_some_and(|n| n.vtep_mac.is_some())
+                    });
+                    (ready.count() == names.len()).then_some(())
+                },
+            )
+            .await;
+        }
+        lab
     }
 
-    let cluster = e2e::tier_client(&e2e::tier_kubeconfig(&e2e::cluster_dir(dir.path(), "a")));
-    let cluster_nodes: Api<crds::Node> = cluster.api(None);
-    eventually("both nodes Ready with their network", WAIT, || async {
-        let (items, _) = cluster_nodes.list(&ListParams::default()).await.ok()?;
-        let ready = items.iter().filter(|n| {
-            let s = n.status.clone().unwrap_or_default();
-            crds::is_true(&s.conditions, "Ready")
-                && crds::is_true(&s.conditions, "NetworkReady")
-                && s.network.as_ref().is_some_and(|n| n.vtep_mac.is_some())
-        });
-        (ready.count() == 2).then_some(())
-    })
-    .await;
+    /// An administrator's client of cluster `name`'s own API.
+    fn cluster(&self, name: &str) -> client::Client {
+        e2e::tier_client(&e2e::tier_kubeconfig(&e2e::cluster_dir(
+            self.dir.path(),
+            name,
+        )))
+    }
 
-    let kubeconfig = root.kubeconfig();
-    let manifest = format!(
-        "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: 2\n  addressing: {{roundRobinIP: {RR_IP}, closestIP: {CLOSEST_IP}}}\n  template:\n    runtime: container\n    image: {image}\n    ports: [{{containerPort: 80}}]\n    resources: {{cpuMillicores: 100, memoryMiB: 32}}\n"
+    /// Apply a Service `name` of the web image (port 80) with these addressing and
+    /// placement lines.
+    fn apply_web(&self, name: &str, replicas: u32, addressing: &str, placement: &str) {
+        let manifest = format!(
+            "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  addressing: {{{addressing}}}\n  template:\n    runtime: container\n    image: {image}\n    ports: [{{containerPort: 80}}]\n    resources: {{cpuMillicores: 100, memoryMiB: 32}}\n    placement: {{{placement}}}\n",
+            image = self.image
+        );
+        e2e::apply_manifest(
+            &self.root.kubeconfig(),
+            self.dir.path(),
+            &format!("{name}.yaml"),
+            &manifest,
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_ips_balance_across_nodes() {
+    if !kernel_pieces() {
+        return;
+    }
+    let _one_at_a_time = e2e::containers::exclusive().await;
+    let mut lab = Lab::start(&[("a", &["n1", "n2"])]).await;
+    let cluster = lab.cluster("a");
+    let kubeconfig = lab.root.kubeconfig();
+    lab.apply_web(
+        "web",
+        2,
+        &format!("roundRobinIP: {RR_IP}, closestIP: {CLOSEST_IP}"),
+        "",
     );
-    e2e::apply_manifest(&kubeconfig, dir.path(), "web.yaml", &manifest);
-    let root_client = root.client();
+    let root_client = lab.root.client();
     let instances: Api<Instance> = root_client.api(Some("default"));
     let web = running(&instances, "web", 2).await;
     let on = |node: &str| -> String {
@@ -292,7 +348,7 @@ async fn service_ips_balance_across_nodes() {
     });
     assert!(counts.values().all(|&c| c >= 10), "balanced: {counts:?}");
     // From the node itself (a host process, e.g. a process-runtime Instance).
-    let n1_ns = nodes[0].1.name().to_string();
+    let n1_ns = lab.machines[0].ns.name().to_string();
     let counts = tally(&n1_ns, &rr, 10).expect("the RR IP from node n1 itself");
     assert_eq!(counts.len(), 2, "from the node: {counts:?}");
 
@@ -316,8 +372,12 @@ async fn service_ips_balance_across_nodes() {
 
     // (d) n2's agent dies: once its heartbeat lapsed, the instance there (still
     // running) leaves n1's rules, long before its eviction (a minute here).
-    let node2 = nodes.iter_mut().find(|n| n.0 == "n2").expect("n2");
-    node2.4.kill9();
+    let node2 = lab
+        .machines
+        .iter_mut()
+        .find(|m| m.name == "n2")
+        .expect("n2");
+    node2.worker.kill9();
     let killed = Instant::now();
     let lapsed = eventually("n2's endpoints out of n1's rules", WAIT, || async {
         let counts = tally(&from_n1, &rr, 10).ok()?;
@@ -359,7 +419,63 @@ async fn service_ips_balance_across_nodes() {
     }
 
     // (h) the root stops: the service IPs keep working.
-    root.kill9();
+    lab.root.kill9();
     let counts = tally(&replacement, &rr, 10).expect("the RR IP with the root down");
     assert_eq!(counts, BTreeMap::from([(at1.clone(), 10)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_ips_reach_across_clusters() {
+    if !kernel_pieces() {
+        return;
+    }
+    let _one_at_a_time = e2e::containers::exclusive().await;
+    let lab = Lab::start(&[("a", &["n1", "n2"]), ("b", &["n3"])]).await;
+    let root_client = lab.root.client();
+
+    // Each cluster names its gateway to the root (the first node by name).
+    let clusters: Api<crds::Cluster> = root_client.api(None);
+    for (cluster, gateway) in [("a", "n1"), ("b", "n3")] {
+        eventually(&format!("{cluster}'s gateway {gateway}"), WAIT, || async {
+            let c = clusters.get(cluster).await.ok()?;
+            let gws = c.status?.network?.gateways;
+            (gws.first()?.node == gateway).then_some(())
+        })
+        .await;
+    }
+
+    // A Service that runs only in cluster b, and clients on both nodes of cluster a.
+    let far_ip = "10.30.40.40";
+    lab.apply_web(
+        "far",
+        1,
+        &format!("roundRobinIP: {far_ip}"),
+        "clusters: [b]",
+    );
+    lab.apply_web("near", 2, "", "clusters: [a]");
+    let instances: Api<Instance> = root_client.api(Some("default"));
+    let far = running(&instances, "far", 1).await;
+    assert_eq!(far[0].spec.cluster.as_deref(), Some("b"));
+    let far_at = format!("{}@n3", far[0].metadata.name);
+    let near = running(&instances, "near", 2).await;
+    let url = format!("http://{far_ip}/");
+    for client in &near {
+        let node = client.spec.node.clone().unwrap_or_default();
+        // n1 is a's gateway: it sends to b's gateway; n2 goes through n1.
+        let from = container_netns(&client.metadata.name);
+        let started = Instant::now();
+        let counts = eventually(
+            &format!("{far_ip} answered from cluster a's node {node}"),
+            WAIT,
+            || async { tally(&from, &url, 5).ok() },
+        )
+        .await;
+        eprintln!(
+            "from {node} in cluster a: {counts:?} (first answer after {:?})",
+            started.elapsed()
+        );
+        assert_eq!(counts, BTreeMap::from([(far_at.clone(), 5)]));
+        let counts = tally(&from, &url, 20).expect("20 requests across the clusters");
+        assert_eq!(counts, BTreeMap::from([(far_at.clone(), 20)]));
+    }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use client::runtime::{informer, Store};
 use client::{Client, ListParams};
-use crds::{Cluster, Endpoints, Node, NodeNetwork};
+use crds::{Cluster, ClusterNetwork, Endpoints, Gateway, Node, NodeNetwork};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -122,6 +122,36 @@ pub fn ruleset(
     }
 }
 
+/// The overlay entries to the other clusters' subnets: on a gateway of this cluster,
+/// straight to each remote cluster's gateway; on any other node, through this
+/// cluster's gateway (which forwards them). Pure.
+pub fn remote_peers(me: &str, network: &ClusterNetwork) -> Vec<overlay::Peer> {
+    let own_gateway = network.gateways.first();
+    let i_am_gateway = own_gateway.is_some_and(|g| g.node == me);
+    let peer = |node: String, subnet: Subnet, gw: &Gateway| {
+        Some(overlay::Peer {
+            node,
+            subnet,
+            underlay: gw.public_address.parse().ok()?,
+            mac: gw.vtep_mac.to_ascii_lowercase(),
+        })
+    };
+    network
+        .remotes
+        .iter()
+        .filter_map(|remote| {
+            let subnet: Subnet = remote.subnet.parse().ok()?;
+            if i_am_gateway {
+                let gw = remote.gateways.first()?;
+                peer(format!("{}/{}", remote.name, gw.node), subnet, gw)
+            } else {
+                let gw = own_gateway?;
+                peer(format!("{} via {}", remote.name, gw.node), subnet, gw)
+            }
+        })
+        .collect()
+}
+
 /// What the overlay needs to know of each Node.
 fn node_net(node: &Node) -> NodeNet {
     let status = node.status.as_ref();
@@ -157,6 +187,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ControllerError> {
     crate::nft::ensure_bridge_netfilter(&config.host)
+        .await
+        .map_err(|e| ControllerError::Prepare(e.to_string()))?;
+    // The node routes between its bridge, the overlay and (a gateway) other clusters.
+    config
+        .host
+        .run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
         .await
         .map_err(|e| ControllerError::Prepare(e.to_string()))?;
     let changed = Arc::new(Notify::new());
@@ -273,7 +309,14 @@ async fn pass(
             for (node, why) in &plan.skipped {
                 tracing::debug!(node = %config.node, peer = %node, reason = %why, "not an overlay peer (yet)");
             }
-            let peers = plan.peers;
+            let mut peers = plan.peers;
+            if let Some(network) = cluster
+                .as_ref()
+                .and_then(|c| c.status.as_ref())
+                .and_then(|s| s.network.as_ref())
+            {
+                peers.extend(remote_peers(&config.node, network));
+            }
             if force || applied.peers.as_ref() != Some(&peers) {
                 match overlay::sync(&config.host, vx, &peers).await {
                     Ok(report) => {
@@ -416,6 +459,57 @@ mod tests {
                 at(52.5, 13.4)
             },
         }
+    }
+
+    #[test]
+    fn other_clusters_are_reached_through_the_gateways() {
+        let gw = |node: &str, ip: &str, mac: &str| Gateway {
+            node: node.into(),
+            public_address: ip.into(),
+            public_port: Some(50103),
+            vtep_mac: mac.into(),
+        };
+        let network = ClusterNetwork {
+            gateways: vec![gw("a1", "192.168.1.1", "AA:00:00:00:00:01")],
+            remotes: vec![
+                crds::RemoteCluster {
+                    name: "b".into(),
+                    subnet: "10.129.0.0/16".into(),
+                    gateways: vec![gw("b1", "192.168.2.1", "aa:00:00:00:00:02")],
+                },
+                // No gateway yet: nothing to route through.
+                crds::RemoteCluster {
+                    name: "c".into(),
+                    subnet: "10.130.0.0/16".into(),
+                    gateways: vec![],
+                },
+            ],
+        };
+        let show = |peers: Vec<overlay::Peer>| -> Vec<String> {
+            peers
+                .iter()
+                .map(|p| format!("{} {} {} {}", p.node, p.subnet, p.underlay, p.mac))
+                .collect()
+        };
+        // The gateway goes to the remote gateway.
+        assert_eq!(
+            show(remote_peers("a1", &network)),
+            ["b/b1 10.129.0.0/16 192.168.2.1 aa:00:00:00:00:02"]
+        );
+        // Any other node sends both remote subnets to its own gateway.
+        assert_eq!(
+            show(remote_peers("a2", &network)),
+            [
+                "b via a1 10.129.0.0/16 192.168.1.1 aa:00:00:00:00:01",
+                "c via a1 10.130.0.0/16 192.168.1.1 aa:00:00:00:00:01"
+            ]
+        );
+        // No gateway in this cluster: no route out.
+        let alone = ClusterNetwork {
+            gateways: vec![],
+            ..network
+        };
+        assert!(remote_peers("a2", &alone).is_empty());
     }
 
     #[test]

@@ -19,6 +19,7 @@
 
 pub mod closest;
 pub mod controller;
+pub mod dns;
 pub mod exec;
 pub mod nft;
 pub mod overlay;

@@ -227,9 +227,11 @@ fn rule(
                     _ => Ok(()),
                 }
             }
-            ("clusters", None, Create | Get | Update | Patch)
+            // The other clusters' subnets and gateways route its nodes' traffic to them.
+            ("clusters", None, Get | List | Watch) => Ok(()),
+            ("clusters", None, Create | Update | Patch)
             | ("clusters", Some(Status), Get | Update | Patch) => {
-                own_object(name, cluster, "a cluster may reach only its own Cluster")
+                own_object(name, cluster, "a cluster may write only its own Cluster")
             }
             ("events", None, Create) => Ok(()),
             // Every Service's endpoints: the cluster keeps a copy for its nodes.
@@ -574,20 +576,17 @@ mod tests {
             row(&a, Update, "clusters").name("a").stored(named("Cluster", "a")),
             row(&a, Patch, "clusters").sub(Status).name("a").stored(named("Cluster", "a")),
             row(&a, Create, "clusters").writes(named("Cluster", "b")).denied(
-                r#"clusters.oakestra.io "b" is forbidden: User "oakestra:cluster:a" cannot create resource "clusters" in API group "oakestra.io" at the cluster scope: a cluster may reach only its own Cluster, "a""#,
+                r#"clusters.oakestra.io "b" is forbidden: User "oakestra:cluster:a" cannot create resource "clusters" in API group "oakestra.io" at the cluster scope: a cluster may write only its own Cluster, "a""#,
             ),
-            row(&a, Get, "clusters").name("b").stored(named("Cluster", "b")).denied(
-                r#"clusters.oakestra.io "b" is forbidden: User "oakestra:cluster:a" cannot get resource "clusters" in API group "oakestra.io" at the cluster scope: a cluster may reach only its own Cluster, "a""#,
-            ),
+            // ... reads the other Clusters (their subnets and gateways).
+            row(&a, Get, "clusters").name("b").stored(named("Cluster", "b")),
             row(&a, Patch, "clusters").sub(Status).name("b").denied(
-                r#"clusters.oakestra.io "b" is forbidden: User "oakestra:cluster:a" cannot patch resource "clusters/status" in API group "oakestra.io" at the cluster scope: a cluster may reach only its own Cluster, "a""#,
+                r#"clusters.oakestra.io "b" is forbidden: User "oakestra:cluster:a" cannot patch resource "clusters/status" in API group "oakestra.io" at the cluster scope: a cluster may write only its own Cluster, "a""#,
             ),
             row(&a, Delete, "clusters").name("a").denied(
                 r#"clusters.oakestra.io "a" is forbidden: User "oakestra:cluster:a" cannot delete resource "clusters" in API group "oakestra.io" at the cluster scope: a cluster may not delete clusters"#,
             ),
-            row(&a, List, "clusters").denied(
-                r#"clusters.oakestra.io is forbidden: User "oakestra:cluster:a" cannot list resource "clusters" in API group "oakestra.io" at the cluster scope: a cluster may not list clusters"#,
-            ),
+            row(&a, List, "clusters"),
             // ... events: create only; nothing of services, nodes, leases.
             row(&a, Create, "events").writes(named("Event", "e")),
             // ... reads every Service's endpoints (its nodes route to other clusters).

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use chrono::Utc;
 use client::runtime::cache;
 use client::{Api, Client, ListParams};
-use crds::conditions::READY;
+use crds::conditions::{NETWORK_READY, READY};
 use crds::{
-    set_condition, Capacity, Cluster, ClusterSpec, ClusterStatus, ConditionStatus, Instance,
-    Location, Node, Phase, RuntimeKind,
+    set_condition, Capacity, Cluster, ClusterNetwork, ClusterSpec, ClusterStatus, ConditionStatus,
+    Gateway, Instance, Location, Node, Phase, RemoteCluster, RuntimeKind,
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -96,6 +96,53 @@ pub fn summarize(nodes: &[Arc<Node>], instances: &[Arc<Instance>]) -> Summary {
     s
 }
 
+/// The cluster's gateway: the first node by name that is Ready, whose data plane works
+/// (`NetworkReady`) and that announced its overlay end. One gateway; none while no node
+/// qualifies.
+pub fn gateways(nodes: &[Arc<Node>]) -> Vec<Gateway> {
+    let mut eligible: Vec<Gateway> = nodes
+        .iter()
+        .filter_map(|n| {
+            let status = n.status.as_ref()?;
+            let ready = crds::is_true(&status.conditions, READY)
+                && crds::is_true(&status.conditions, NETWORK_READY);
+            let network = status.network.as_ref().filter(|_| ready)?;
+            Some(Gateway {
+                node: n.metadata.name.clone(),
+                public_address: network.public_address.clone()?,
+                public_port: network.public_port,
+                vtep_mac: network.vtep_mac.clone()?,
+            })
+        })
+        .collect();
+    eligible.sort_by(|a, b| a.node.cmp(&b.node));
+    eligible.truncate(1);
+    eligible
+}
+
+/// The clusters other than `own` that have a subnet, as this cluster's nodes route to
+/// them, sorted by name.
+pub fn remotes(own: &str, clusters: &[Cluster]) -> Vec<RemoteCluster> {
+    let mut out: Vec<RemoteCluster> = clusters
+        .iter()
+        .filter(|c| c.metadata.name != own)
+        .filter_map(|c| {
+            let status = c.status.as_ref()?;
+            Some(RemoteCluster {
+                name: c.metadata.name.clone(),
+                subnet: status.subnet.clone()?,
+                gateways: status
+                    .network
+                    .as_ref()
+                    .map(|n| n.gateways.clone())
+                    .unwrap_or_default(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
 /// Register and heartbeat, forever; a root that cannot be reached is retried next beat.
 pub(super) async fn heartbeat(
     local: Client,
@@ -121,7 +168,8 @@ pub(super) async fn heartbeat(
             _ = ticker.tick() => {}
         }
         let summary = summarize(&nodes.state(), &instances.state());
-        match beat(&local, &root, &config, summary).await {
+        let gateways = gateways(&nodes.state());
+        match beat(&local, &root, &config, summary, gateways).await {
             Ok(()) if !reachable => {
                 tracing::info!(cluster = %config.name, "root reachable again");
                 reachable = true;
@@ -142,6 +190,7 @@ async fn beat(
     root: &Client,
     config: &ClusterConfig,
     summary: Summary,
+    gateways: Vec<Gateway>,
 ) -> Result<(), Error> {
     let clusters: Api<Cluster> = root.api(None);
     let current = match clusters.dynamic().get_opt(&config.name).await? {
@@ -175,25 +224,34 @@ async fn beat(
         "conditions": status.conditions,
         "lastHeartbeat": now,
         "observedGeneration": current.metadata.generation,
+        "network": {"gateways": gateways},
     }});
     let updated = clusters.patch_status(&config.name, &patch).await?;
+    // The other clusters' subnets and gateways, for this cluster's nodes' routes.
+    let (all, _) = clusters.list(&ListParams::default()).await?;
+    let network = ClusterNetwork {
+        gateways,
+        remotes: remotes(&config.name, &all),
+    };
     mirror_subnet(
         local,
         &config.name,
         config.location.as_ref(),
         updated.status.as_ref(),
+        &network,
     )
     .await
 }
 
 /// Keep a local copy of this cluster's own `Cluster` object with the subnet the root
-/// assigned, for the cluster's node subnet allocation, and its location, for its nodes'
-/// closest IPs.
+/// assigned, for the cluster's node subnet allocation, its location, for its nodes'
+/// closest IPs, and `network` (its gateways and the other clusters), for their routes.
 async fn mirror_subnet(
     local: &Client,
     name: &str,
     location: Option<&Location>,
     root_status: Option<&ClusterStatus>,
+    network: &ClusterNetwork,
 ) -> Result<(), Error> {
     let Some(subnet) = root_status.and_then(|s| s.subnet.clone()) else {
         return Ok(());
@@ -221,10 +279,15 @@ async fn mirror_subnet(
     }
     let generation = existing.pointer("/metadata/generation").cloned();
     let observed = existing.pointer("/status/observedGeneration").cloned();
+    let mirrored: Option<ClusterNetwork> = existing
+        .pointer("/status/network")
+        .and_then(|n| serde_json::from_value(n.clone()).ok());
     if existing.pointer("/status/subnet").and_then(|s| s.as_str()) != Some(subnet.as_str())
         || observed != generation
+        || mirrored.as_ref() != Some(network)
     {
-        let status = json!({"status": {"subnet": subnet, "observedGeneration": generation}});
+        // The lists go whole (a merge patch replaces them): this writer owns them.
+        let status = json!({"status": {"subnet": subnet, "observedGeneration": generation, "network": network}});
         api.patch_status(name, &status).await?;
     }
     Ok(())
@@ -282,6 +345,97 @@ mod tests {
             ..Default::default()
         });
         Arc::new(i)
+    }
+
+    /// A Ready node whose data plane is `network_ready`, announcing its overlay end
+    /// when `announced`.
+    fn gateway_candidate(
+        name: &str,
+        ready: bool,
+        network_ready: bool,
+        announced: bool,
+    ) -> Arc<Node> {
+        let mut n = (*node(name, ready, false, &[])).clone();
+        let status = n.status.as_mut().unwrap();
+        let ok = if network_ready {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        };
+        set_condition(
+            &mut status.conditions,
+            NETWORK_READY,
+            ok,
+            "",
+            "",
+            Utc::now(),
+        );
+        if announced {
+            status.network = Some(crds::NodeNetwork {
+                backend: "vxlan".into(),
+                public_address: Some(format!("192.168.0.{}", name.len())),
+                public_port: Some(50103),
+                vtep_mac: Some("aa:00:00:00:00:01".into()),
+            });
+        }
+        Arc::new(n)
+    }
+
+    #[test]
+    fn the_gateway_is_the_first_node_that_can_carry_traffic() {
+        let cases = [
+            (vec![], None),
+            (
+                vec![
+                    gateway_candidate("b", true, true, true),
+                    gateway_candidate("a", true, true, true),
+                ],
+                Some("a"),
+            ),
+            (
+                vec![
+                    gateway_candidate("a", false, true, true),
+                    gateway_candidate("b", true, false, true),
+                    gateway_candidate("c", true, true, false),
+                    gateway_candidate("d", true, true, true),
+                ],
+                Some("d"),
+            ),
+        ];
+        for (nodes, want) in cases {
+            let got = gateways(&nodes);
+            assert_eq!(got.first().map(|g| g.node.as_str()), want);
+            assert!(got.len() <= 1);
+        }
+    }
+
+    #[test]
+    fn remotes_are_the_other_clusters_with_a_subnet() {
+        let cluster = |name: &str, subnet: Option<&str>| {
+            let mut c = Cluster::new(name, ClusterSpec::default());
+            c.status = Some(ClusterStatus {
+                subnet: subnet.map(String::from),
+                ..Default::default()
+            });
+            c
+        };
+        let all = [
+            cluster("c", Some("10.130.0.0/16")),
+            cluster("a", Some("10.128.0.0/16")),
+            cluster("new", None),
+            cluster("b", Some("10.129.0.0/16")),
+        ];
+        let got: Vec<_> = remotes("a", &all)
+            .into_iter()
+            .map(|r| (r.name, r.subnet))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("b".to_string(), "10.129.0.0/16".to_string()),
+                ("c".to_string(), "10.130.0.0/16".to_string())
+            ]
+        );
     }
 
     #[test]

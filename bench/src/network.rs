@@ -1,0 +1,1034 @@
+//! Scenario `network`: the worker's data plane (`netplane`) on the real kernel, in
+//! network namespaces this scenario creates (named `onb-<pid>-…`, deleted with
+//! everything in them at the end, also on error). Traffic goes only between addresses
+//! inside those namespaces; the load is made in this process by threads that entered
+//! a namespace (`e2e::netns::Netns::within`), no external tool.
+//!
+//! 1. *Rules at scale*: in an empty namespace, `rules::render` and `nft::apply` of N
+//!    services (one TCP frontend each, 3 endpoints): the render, the first load of the
+//!    table, and the load of the table again with one service's endpoints changed (the
+//!    controller replaces the whole table on every change, so that is the cost of one
+//!    change on one node), each the median of several runs.
+//! 2. *Service IP against direct*: a node namespace with a bridge, bridge netfilter and
+//!    a rendered table with one service IP over 3 instance namespaces, each running a
+//!    request/response TCP server of this process; a client namespace on the bridge
+//!    opens one connection per request (a closed loop, at concurrency 1 and 8) straight
+//!    to one instance and through the service IP, which balances per connection.
+//! 3. *Overlay against underlay*: two node namespaces on one LAN (`e2e::netns::Underlay`),
+//!    each with a bridge and one instance, joined by `netplane::overlay`'s vxlan; bulk
+//!    TCP throughput and round-trip latency on one connection between the two instances
+//!    (over vxlan), and between the two nodes' own LAN addresses (no overlay).
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use e2e::netns::{Netns, Underlay};
+use netplane::exec::Host;
+use netplane::nft;
+use netplane::overlay::{self, NodeNet, Subnet, Vxlan};
+use netplane::rules::{self, Frontend, Proto, Ruleset, ServiceRules};
+use serde_json::{json, Value};
+use tokio::runtime::Handle;
+
+use crate::stats::{ms, round3, Summary};
+
+/// The load-time target of the issue: the whole table loads within 2 s.
+const LOAD_TARGET_MS: f64 = 2000.0;
+/// The change target of the issue: an endpoint change is applied on every node with a
+/// p99 within 1 s (one node's share of it is measured here).
+const CHANGE_TARGET_MS: f64 = 1000.0;
+/// Service IP against direct: at least this share of the direct connection rate…
+const THROUGHPUT_TARGET: f64 = 0.9;
+/// …and a p99 at most this much above the direct p99.
+const P99_TARGET_EXTRA_MS: f64 = 0.2;
+/// The size of each request/response server's answer.
+const REPLY_BYTES: usize = 100;
+/// The size of one message of the round-trip test.
+const MESSAGE: usize = 32;
+/// How long a socket operation may block before the run counts it as failed.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections per request/response run at most (conntrack and ephemeral ports).
+const MAX_CONNECTIONS: usize = 60_000;
+/// A bulk transfer stops sending after this long, whatever is left.
+const BULK_BOUND: Duration = Duration::from_secs(30);
+/// The table the scenario's rules go to.
+const TABLE: &str = "oakbench";
+
+pub struct Options {
+    /// Services in the table of part 1 (3 endpoints each).
+    pub services: usize,
+    /// Timed runs of each step of part 1 (the median is reported).
+    pub runs: usize,
+    /// Duration of each request/response run of part 2.
+    pub rr_duration: Duration,
+    /// Concurrency levels of part 2.
+    pub concurrency: Vec<usize>,
+    /// Bytes of each bulk transfer of part 3.
+    pub bulk_bytes: usize,
+    /// Round trips of the latency test of part 3.
+    pub round_trips: usize,
+}
+
+impl Options {
+    pub fn new(quick: bool) -> Options {
+        Options {
+            services: if quick { 500 } else { 2000 },
+            runs: if quick { 3 } else { 5 },
+            rr_duration: Duration::from_secs(if quick { 2 } else { 5 }),
+            concurrency: vec![1, 8],
+            bulk_bytes: if quick { 64 << 20 } else { 256 << 20 },
+            round_trips: 1000,
+        }
+    }
+}
+
+/// Part 1.
+pub struct RulesReport {
+    pub services: usize,
+    pub endpoints: usize,
+    pub script_bytes: usize,
+    pub script_lines: usize,
+    pub runs: usize,
+    pub render_ms: f64,
+    pub load_ms: f64,
+    pub change_ms: f64,
+    /// The slowest of the runs of a change (few runs: not a p99).
+    pub change_max_ms: f64,
+}
+
+/// One request/response run of part 2.
+pub struct RrRun {
+    /// `direct` or `service IP`.
+    pub path: &'static str,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub errors: usize,
+    /// Connect + request + reply of each successful connection.
+    pub latency: Summary,
+    /// Answers per backend address (the balance of the service IP).
+    pub backends: Vec<(Ipv4Addr, usize)>,
+}
+
+impl RrRun {
+    fn rate(&self) -> f64 {
+        self.latency.count as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// One path of part 3.
+pub struct PathFigures {
+    /// `overlay (vxlan)` or `underlay`.
+    pub path: &'static str,
+    pub from: Ipv4Addr,
+    pub to: Ipv4Addr,
+    pub bulk_bytes: usize,
+    pub bulk_seconds: f64,
+    pub round_trip: Summary,
+    /// The MTU of the device the traffic leaves the sending node by.
+    pub mtu: Option<u32>,
+}
+
+impl PathFigures {
+    fn mb_per_s(&self) -> f64 {
+        self.bulk_bytes as f64 / 1e6 / self.bulk_seconds.max(1e-9)
+    }
+}
+
+pub struct Report {
+    pub rules: RulesReport,
+    pub rr: Vec<RrRun>,
+    pub overlay: Vec<PathFigures>,
+}
+
+/// Run the three parts. Needs root, `ip`, `nft`, `nsenter`, `sysctl` and the
+/// `br_netfilter` module.
+pub async fn run(opts: Options) -> anyhow::Result<Report> {
+    preflight()?;
+    let handle = Handle::current();
+    // Namespaces are made by blocking commands and entered by blocking threads: the
+    // whole scenario runs on a blocking thread, calling `netplane`'s async functions
+    // through the runtime's handle. A panic (the `e2e` helpers panic on failure)
+    // unwinds through the guards, which remove what was made.
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Report> {
+        let prefix = format!("onb-{}", std::process::id());
+        eprintln!(
+            "network: rules at scale ({} services × 3 endpoints, {} runs)",
+            opts.services, opts.runs
+        );
+        let rules = rules_at_scale(&handle, &prefix, opts.services, opts.runs)?;
+        eprintln!(
+            "network: service IP against direct ({:?} per run, concurrency {:?})",
+            opts.rr_duration, opts.concurrency
+        );
+        let rr = service_vs_direct(&handle, &prefix, &opts)?;
+        eprintln!(
+            "network: overlay against underlay ({} MiB bulk, {} round trips)",
+            opts.bulk_bytes >> 20,
+            opts.round_trips
+        );
+        let overlay = overlay_vs_underlay(&handle, &prefix, &opts)?;
+        Ok(Report { rules, rr, overlay })
+    })
+    .await
+    .context("the network scenario panicked (see the message above)")?
+}
+
+fn preflight() -> anyhow::Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next());
+    anyhow::ensure!(uid == Some("0"), "the network scenario needs root");
+    for tool in ["ip", "nft", "nsenter", "sysctl"] {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
+        anyhow::ensure!(found, "the network scenario needs `{tool}` on PATH");
+    }
+    anyhow::ensure!(
+        std::path::Path::new("/proc/sys/net/bridge").exists(),
+        "the network scenario needs bridge netfilter: `modprobe br_netfilter`"
+    );
+    Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn nth_ip(base: Ipv4Addr, n: usize) -> Ipv4Addr {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    Ipv4Addr::from(u32::from(base).saturating_add(n))
+}
+
+// ---------------------------------------------------------------------------------
+// Part 1: rules at scale
+
+/// `services` services `10.30.x.y:80/tcp`, each over 3 endpoints in `10.128.0.0/9`;
+/// `changed`: service `services / 2` has 3 other endpoints.
+fn big_ruleset(services: usize, changed: bool) -> Ruleset {
+    let service_base = Ipv4Addr::new(10, 30, 0, 0);
+    let endpoint_base = Ipv4Addr::new(10, 128, 0, 0);
+    let moved_base = Ipv4Addr::new(10, 200, 0, 0);
+    Ruleset {
+        table: TABLE.into(),
+        instance_range: (Ipv4Addr::new(10, 128, 0, 0), 9),
+        services: (0..services)
+            .map(|i| {
+                let base = if changed && i == services / 2 {
+                    moved_base
+                } else {
+                    endpoint_base
+                };
+                let first = if base == moved_base { 1 } else { 3 * i + 1 };
+                ServiceRules {
+                    namespace: "bench".into(),
+                    name: format!("svc-{i:05}"),
+                    frontends: vec![Frontend {
+                        ip: nth_ip(service_base, i + 1),
+                        port: 80,
+                        proto: Proto::Tcp,
+                        backends: (0..3)
+                            .map(|j| SocketAddrV4::new(nth_ip(base, first + j), 8080))
+                            .collect(),
+                    }],
+                }
+            })
+            .collect(),
+    }
+}
+
+fn rules_at_scale(
+    handle: &Handle,
+    prefix: &str,
+    services: usize,
+    runs: usize,
+) -> anyhow::Result<RulesReport> {
+    let ns = Netns::create(&format!("{prefix}-rules"));
+    let host = Host::netns(ns.name());
+    let apply = |script: &str| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        handle
+            .block_on(nft::apply(&host, script))
+            .context("applying the table")?;
+        Ok(ms(start.elapsed()))
+    };
+    let (base, changed) = (big_ruleset(services, false), big_ruleset(services, true));
+    let mut render = Vec::new();
+    let mut script = String::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        script = rules::render(&base);
+        render.push(ms(start.elapsed()));
+    }
+    let changed_script = rules::render(&changed);
+    let mut load = Vec::new();
+    for _ in 0..runs {
+        apply(&rules::delete_script(TABLE))?;
+        load.push(apply(&script)?);
+    }
+    // Every change applies the other table, so each run does change one service.
+    let mut change = Vec::new();
+    for run in 0..runs {
+        change.push(apply(if run % 2 == 0 {
+            &changed_script
+        } else {
+            &script
+        })?);
+    }
+    let tables = handle
+        .block_on(nft::tables(&host))
+        .context("listing tables")?;
+    anyhow::ensure!(tables == [TABLE], "tables after the runs: {tables:?}");
+    let change_max_ms = change.iter().copied().fold(0.0, f64::max);
+    Ok(RulesReport {
+        services,
+        endpoints: 3 * services,
+        script_bytes: script.len(),
+        script_lines: script.lines().count(),
+        runs,
+        render_ms: median(render),
+        load_ms: median(load),
+        change_ms: median(change),
+        change_max_ms,
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Servers of this process, bound inside a namespace
+
+/// Threads serving one listener; stopped (and joined) on drop.
+struct Server {
+    addr: SocketAddrV4,
+    stop: Arc<AtomicBool>,
+    /// Tells the waker (a thread inside the server's namespace) to connect once per
+    /// worker, so that every worker blocked in `accept` sees `stop`.
+    wake: Option<std::sync::mpsc::Sender<()>>,
+    waker: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// `workers` threads accepting on `addr` (bound in `ns`), each answering one line
+    /// with 100 bytes (its address, padded) and closing the connection.
+    fn request_response(ns: &Netns, addr: SocketAddrV4, workers: usize) -> Server {
+        let listener = ns.within(move || TcpListener::bind(addr));
+        let listener = listener.unwrap_or_else(|e| panic!("binding {addr}: {e}"));
+        let mut reply = format!("{}", addr.ip()).into_bytes();
+        reply.resize(REPLY_BYTES - 1, b' ');
+        reply.push(b'\n');
+        let reply: Arc<[u8]> = reply.into();
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..workers)
+            .map(|_| {
+                let listener = listener.try_clone().expect("cloning a listener");
+                let (stop, reply) = (stop.clone(), reply.clone());
+                std::thread::spawn(move || {
+                    while let Ok((stream, _)) = listener.accept() {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let _ = answer(stream, &reply);
+                    }
+                })
+            })
+            .collect();
+        let (wake, woken) = std::sync::mpsc::channel::<()>();
+        // A thread started by a thread inside a namespace is inside it too.
+        let waker = ns.within(move || {
+            std::thread::spawn(move || {
+                if woken.recv().is_ok() {
+                    for _ in 0..workers {
+                        let _ = TcpStream::connect_timeout(&SocketAddr::V4(addr), IO_TIMEOUT);
+                    }
+                }
+            })
+        });
+        Server {
+            addr,
+            stop,
+            wake: Some(wake),
+            waker: Some(waker),
+            threads,
+        }
+    }
+}
+
+fn answer(stream: TcpStream, reply: &[u8]) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    (&stream).write_all(reply)?;
+    Ok(())
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(wake) = self.wake.take() {
+            let _ = wake.send(());
+        }
+        if let Some(waker) = self.waker.take() {
+            let _ = waker.join();
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A one-shot server on `addr` in `ns`: `serve` gets the first connection accepted
+/// within `wait` (or none), on a thread of its own.
+fn one_shot<T: Send + 'static>(
+    ns: &Netns,
+    addr: SocketAddrV4,
+    wait: Duration,
+    serve: impl FnOnce(TcpStream) -> std::io::Result<T> + Send + 'static,
+) -> JoinHandle<std::io::Result<T>> {
+    let listener = ns.within(move || TcpListener::bind(addr));
+    let listener = listener.unwrap_or_else(|e| panic!("binding {addr}: {e}"));
+    std::thread::spawn(move || {
+        listener.set_nonblocking(true)?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false)?;
+                    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+                    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+                    return serve(stream);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Part 2: service IP against direct
+
+fn service_vs_direct(handle: &Handle, prefix: &str, opts: &Options) -> anyhow::Result<Vec<RrRun>> {
+    let service = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+    let node = Netns::create(&format!("{prefix}-node"));
+    node.ip(&["link", "add", "br0", "type", "bridge"]);
+    node.ip(&["addr", "add", "10.250.0.1/24", "dev", "br0"]);
+    node.ip(&["link", "set", "br0", "up"]);
+    node.sysctl("net.ipv4.ip_forward=1");
+    let node_host = Host::netns(node.name());
+    handle
+        .block_on(nft::ensure_bridge_netfilter(&node_host))
+        .context("bridge netfilter in the node namespace")?;
+    let attach = |ns: &Netns, port: &str, address: Ipv4Addr| {
+        node.ip(&[
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ]);
+        // As the agent's CNI bridge does (`hairpinMode`).
+        node.ip(&["link", "set", port, "master", "br0", "up"]);
+        node.ip(&["link", "set", port, "type", "bridge_slave", "hairpin", "on"]);
+        ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", "default", "via", "10.250.0.1"]);
+    };
+    let mut instances = Vec::new();
+    for i in 0..3 {
+        let ns = Netns::create(&format!("{prefix}-inst{i}"));
+        let address = Ipv4Addr::new(10, 250, 0, 2 + i);
+        attach(&ns, &format!("vi{i}"), address);
+        instances.push((ns, address));
+    }
+    let client = Netns::create(&format!("{prefix}-client"));
+    attach(&client, "vcl", Ipv4Addr::new(10, 250, 0, 100));
+    let workers = opts.concurrency.iter().copied().max().unwrap_or(1);
+    // Declared after the namespaces: dropped (stopped) before them.
+    let servers: Vec<Server> = instances
+        .iter()
+        .map(|(ns, ip)| Server::request_response(ns, SocketAddrV4::new(*ip, 80), workers))
+        .collect();
+    let backends: Vec<SocketAddrV4> = servers.iter().map(|s| s.addr).collect();
+    let table = Ruleset {
+        table: TABLE.into(),
+        instance_range: (Ipv4Addr::new(10, 250, 0, 0), 16),
+        services: vec![ServiceRules {
+            namespace: "bench".into(),
+            name: "web".into(),
+            frontends: vec![Frontend {
+                ip: *service.ip(),
+                port: service.port(),
+                proto: Proto::Tcp,
+                backends: backends.clone(),
+            }],
+        }],
+    };
+    handle
+        .block_on(nft::apply(&node_host, &rules::render(&table)))
+        .context("applying the service table")?;
+
+    // Both paths answer before anything is timed.
+    for target in [backends[0], service] {
+        let probe = closed_loop(&client, target, 1, Duration::from_millis(300), 100);
+        anyhow::ensure!(
+            probe.latency.count > 0,
+            "no answer from {target} through the client namespace ({} errors)",
+            probe.errors
+        );
+    }
+    let mut runs = Vec::new();
+    for &concurrency in &opts.concurrency {
+        for (path, target) in [("direct", backends[0]), ("service IP", service)] {
+            let mut run = closed_loop(
+                &client,
+                target,
+                concurrency,
+                opts.rr_duration,
+                MAX_CONNECTIONS,
+            );
+            run.path = path;
+            eprintln!(
+                "network:   {path:<10} c={concurrency}: {:.0} connections/s, p99 {:.3} ms, {} errors",
+                run.rate(),
+                run.latency.p99_ms,
+                run.errors
+            );
+            runs.push(run);
+        }
+    }
+    drop(servers);
+    Ok(runs)
+}
+
+/// `concurrency` threads in `client`'s namespace, each opening one connection per
+/// request to `target` for `duration` (and `max` connections in all at most).
+fn closed_loop(
+    client: &Netns,
+    target: SocketAddrV4,
+    concurrency: usize,
+    duration: Duration,
+    max: usize,
+) -> RrRun {
+    client.within(move || {
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let begin = Instant::now();
+        let deadline = begin + duration;
+        let results: Vec<(Vec<Duration>, usize, Vec<Ipv4Addr>)> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..concurrency)
+                .map(|_| {
+                    let started = started.clone();
+                    s.spawn(move || {
+                        let (mut samples, mut errors, mut peers) = (Vec::new(), 0, Vec::new());
+                        while Instant::now() < deadline
+                            && started.fetch_add(1, Ordering::Relaxed) < max
+                        {
+                            let start = Instant::now();
+                            match request(target) {
+                                Ok(peer) => {
+                                    samples.push(start.elapsed());
+                                    peers.push(peer);
+                                }
+                                Err(_) => errors += 1,
+                            }
+                        }
+                        (samples, errors, peers)
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or_default())
+                .collect()
+        });
+        let seconds = begin.elapsed().as_secs_f64();
+        let mut samples = Vec::new();
+        let mut errors = 0;
+        let mut backends = std::collections::BTreeMap::new();
+        for (s, e, peers) in results {
+            samples.extend(s);
+            errors += e;
+            for p in peers {
+                *backends.entry(p).or_insert(0) += 1;
+            }
+        }
+        RrRun {
+            path: "",
+            concurrency,
+            seconds,
+            errors,
+            latency: Summary::of(&mut samples),
+            backends: backends.into_iter().collect(),
+        }
+    })
+}
+
+/// One connection: connect, send a line, read the whole reply. Returns the backend
+/// that answered (each server's reply starts with its own address).
+fn request(target: SocketAddrV4) -> std::io::Result<Ipv4Addr> {
+    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(target), IO_TIMEOUT)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.write_all(b"GET\n")?;
+    let mut reply = Vec::with_capacity(REPLY_BYTES);
+    stream.read_to_end(&mut reply)?;
+    if reply.len() != REPLY_BYTES {
+        return Err(std::io::Error::new(
+            ErrorKind::UnexpectedEof,
+            format!("a reply of {} bytes", reply.len()),
+        ));
+    }
+    String::from_utf8_lossy(&reply)
+        .split_whitespace()
+        .next()
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidData, "a reply without an address"))
+}
+
+// ---------------------------------------------------------------------------------
+// Part 3: overlay against underlay
+
+fn overlay_vs_underlay(
+    handle: &Handle,
+    prefix: &str,
+    opts: &Options,
+) -> anyhow::Result<Vec<PathFigures>> {
+    let lan = Underlay::new(&format!("{prefix}-lan"), "192.168.213");
+    let nodes = [
+        Netns::create(&format!("{prefix}-n1")),
+        Netns::create(&format!("{prefix}-n2")),
+    ];
+    let underlay: Vec<Ipv4Addr> = nodes
+        .iter()
+        .zip([11, 12])
+        .map(|(n, last)| {
+            let address = lan.attach(n, last);
+            address.parse().expect("an IPv4 address")
+        })
+        .collect();
+    let subnets: [Subnet; 2] = [
+        "10.251.0.0/26".parse().context("subnet")?,
+        "10.251.0.64/26".parse().context("subnet")?,
+    ];
+    let mut instances = Vec::new();
+    for (i, (node, subnet)) in nodes.iter().zip(subnets).enumerate() {
+        node.sysctl("net.ipv4.ip_forward=1");
+        let gateway = nth_ip(subnet.base(), 1);
+        let address = nth_ip(subnet.base(), 2);
+        node.ip(&["link", "add", "br0", "type", "bridge"]);
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("{gateway}/{}", subnet.prefix()),
+            "dev",
+            "br0",
+        ]);
+        node.ip(&["link", "set", "br0", "up"]);
+        let ns = Netns::create(&format!("{prefix}-i{}", i + 1));
+        node.ip(&[
+            "link",
+            "add",
+            "vinst",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ]);
+        node.ip(&["link", "set", "vinst", "master", "br0", "up"]);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{address}/{}", subnet.prefix()),
+            "dev",
+            "eth0",
+        ]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", "default", "via", &gateway.to_string()]);
+        instances.push((ns, address));
+    }
+    let vxlans: Vec<Vxlan> = underlay
+        .iter()
+        .map(|&local| Vxlan {
+            underlay_device: Some("eth0".into()),
+            ..Vxlan::new(local)
+        })
+        .collect();
+    let hosts: Vec<Host> = nodes.iter().map(|n| Host::netns(n.name())).collect();
+    let mut nets = Vec::new();
+    for (i, name) in ["n1", "n2"].into_iter().enumerate() {
+        let mac = handle
+            .block_on(overlay::ensure(&hosts[i], &vxlans[i], subnets[i]))
+            .with_context(|| format!("the vxlan device of {name}"))?;
+        nets.push(NodeNet {
+            name: name.into(),
+            subnet: Some(subnets[i]),
+            underlay: Some(underlay[i]),
+            mac: Some(mac),
+        });
+    }
+    for (i, name) in ["n1", "n2"].into_iter().enumerate() {
+        let plan = overlay::plan(name, &nets);
+        anyhow::ensure!(plan.skipped.is_empty(), "{name} skipped {:?}", plan.skipped);
+        handle
+            .block_on(overlay::sync(&hosts[i], &vxlans[i], &plan.peers))
+            .with_context(|| format!("the overlay entries of {name}"))?;
+    }
+    let vxlan_mtu = handle
+        .block_on(overlay::read_device(&hosts[0], &vxlans[0].device))
+        .context("reading the vxlan device")?
+        .map(|d| d.mtu);
+    let eth0_mtu = link_mtu(&nodes[0], "eth0");
+
+    let mut figures = Vec::new();
+    let paths = [
+        (
+            "overlay (vxlan)",
+            &instances[0].0,
+            instances[0].1,
+            &instances[1].0,
+            instances[1].1,
+            vxlan_mtu,
+        ),
+        (
+            "underlay",
+            &nodes[0],
+            underlay[0],
+            &nodes[1],
+            underlay[1],
+            eth0_mtu,
+        ),
+    ];
+    for (path, from_ns, from, to_ns, to, mtu) in paths {
+        let (bulk_bytes, bulk_seconds) = bulk(from_ns, to_ns, to, opts.bulk_bytes)
+            .with_context(|| format!("bulk transfer {from} -> {to} ({path})"))?;
+        let round_trip = round_trips(from_ns, to_ns, to, opts.round_trips)
+            .with_context(|| format!("round trips {from} -> {to} ({path})"))?;
+        let f = PathFigures {
+            path,
+            from,
+            to,
+            bulk_bytes,
+            bulk_seconds,
+            round_trip,
+            mtu,
+        };
+        eprintln!(
+            "network:   {path}: {:.0} MB/s, round trip p50 {:.3} ms",
+            f.mb_per_s(),
+            f.round_trip.p50_ms
+        );
+        figures.push(f);
+    }
+    Ok(figures)
+}
+
+fn link_mtu(ns: &Netns, device: &str) -> Option<u32> {
+    let out = ns.ip(&["-j", "link", "show", "dev", device]);
+    let links: Value = serde_json::from_str(&out).ok()?;
+    links
+        .get(0)?
+        .get("mtu")?
+        .as_u64()
+        .and_then(|m| u32::try_from(m).ok())
+}
+
+/// Send `bytes` in 64 KiB writes from `from_ns` to a sink at `to:5001` in `to_ns`;
+/// the time from the first write to the sink's count of what it received. Returns the
+/// bytes sent (fewer than asked if [`BULK_BOUND`] passed) and the seconds.
+fn bulk(
+    from_ns: &Netns,
+    to_ns: &Netns,
+    to: Ipv4Addr,
+    bytes: usize,
+) -> anyhow::Result<(usize, f64)> {
+    let addr = SocketAddrV4::new(to, 5001);
+    let sink = one_shot(to_ns, addr, Duration::from_secs(5), |mut stream| {
+        let mut buf = vec![0u8; 256 << 10];
+        let mut total: u64 = 0;
+        loop {
+            match stream.read(&mut buf)? {
+                0 => break,
+                n => total += n as u64,
+            }
+        }
+        stream.write_all(&total.to_le_bytes())?;
+        Ok(total)
+    });
+    let sent = from_ns.within(move || -> std::io::Result<(usize, f64)> {
+        let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), IO_TIMEOUT)?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        let chunk = vec![0x5au8; 64 << 10];
+        let start = Instant::now();
+        let mut sent = 0;
+        while sent < bytes && start.elapsed() < BULK_BOUND {
+            let n = chunk.len().min(bytes - sent);
+            stream.write_all(&chunk[..n])?;
+            sent += n;
+        }
+        stream.shutdown(Shutdown::Write)?;
+        let mut count = [0u8; 8];
+        stream.read_exact(&mut count)?;
+        let seconds = start.elapsed().as_secs_f64();
+        let received = u64::from_le_bytes(count);
+        if received != sent as u64 {
+            return Err(std::io::Error::other(format!(
+                "sent {sent} bytes, the sink counted {received}"
+            )));
+        }
+        Ok((sent, seconds))
+    });
+    let received = sink
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sink thread panicked"))?;
+    let sent = sent.context("sending")?;
+    received.context("the sink")?;
+    Ok(sent)
+}
+
+/// `n` round trips of [`MESSAGE`] bytes on one connection (`TCP_NODELAY`) to an echo
+/// server at `to:5002` in `to_ns`, after 20 that are not counted.
+fn round_trips(from_ns: &Netns, to_ns: &Netns, to: Ipv4Addr, n: usize) -> anyhow::Result<Summary> {
+    let addr = SocketAddrV4::new(to, 5002);
+    let echo = one_shot(to_ns, addr, Duration::from_secs(5), |mut stream| {
+        stream.set_nodelay(true)?;
+        let mut buf = [0u8; MESSAGE];
+        loop {
+            match stream.read_exact(&mut buf) {
+                Ok(()) => stream.write_all(&buf)?,
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let samples = from_ns.within(move || -> std::io::Result<Vec<Duration>> {
+        let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), IO_TIMEOUT)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let message = [0x42u8; MESSAGE];
+        let mut back = [0u8; MESSAGE];
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..n + 20 {
+            let start = Instant::now();
+            stream.write_all(&message)?;
+            stream.read_exact(&mut back)?;
+            if i >= 20 {
+                samples.push(start.elapsed());
+            }
+        }
+        stream.shutdown(Shutdown::Write)?;
+        Ok(samples)
+    });
+    let served = echo
+        .join()
+        .map_err(|_| anyhow::anyhow!("the echo thread panicked"))?;
+    let mut samples = samples.context("round trips")?;
+    served.context("the echo server")?;
+    Ok(Summary::of(&mut samples))
+}
+
+// ---------------------------------------------------------------------------------
+// Output
+
+pub fn print(report: &Report) {
+    let r = &report.rules;
+    println!(
+        "\nnetwork 1: rules at scale, `rules::render` + `nft -f` in an empty namespace \
+         (median of {} runs; a change replaces the whole table)",
+        r.runs
+    );
+    println!(
+        "{:>8} {:>9} {:>12} {:>9} {:>10} {:>9} {:>11} {:>10} {:>11} {:>13}",
+        "services",
+        "endpoints",
+        "script bytes",
+        "lines",
+        "render ms",
+        "load ms",
+        "load target",
+        "change ms",
+        "change max",
+        "change target"
+    );
+    println!(
+        "{:>8} {:>9} {:>12} {:>9} {:>10.1} {:>9.1} {:>11} {:>10.1} {:>11.1} {:>13}",
+        r.services,
+        r.endpoints,
+        r.script_bytes,
+        r.script_lines,
+        r.render_ms,
+        r.load_ms,
+        format!("≤ {LOAD_TARGET_MS:.0} ms"),
+        r.change_ms,
+        r.change_max_ms,
+        format!("p99 ≤ {CHANGE_TARGET_MS:.0} ms"),
+    );
+    println!(
+        "(the change target is for every node: here one node's apply; the agent's watch \
+         delay and the API's fan-out come on top)"
+    );
+
+    println!(
+        "\nnetwork 2: one TCP connection per request (connect + line + {REPLY_BYTES}-byte reply), \
+         client → instance on one node's bridge, direct or through a service IP \
+         (target: ≥ {THROUGHPUT_TARGET}× the rate, p99 ≤ direct + {P99_TARGET_EXTRA_MS} ms)"
+    );
+    println!(
+        "{:<11} {:>4} {:>9} {:>7} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:<6} {}",
+        "path",
+        "conc",
+        "conns",
+        "errors",
+        "conns/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "rate ×dir",
+        "p99 −dir",
+        "target",
+        "backends"
+    );
+    for run in &report.rr {
+        let direct = report
+            .rr
+            .iter()
+            .find(|d| d.path == "direct" && d.concurrency == run.concurrency);
+        let (ratio, extra, verdict) = match direct {
+            Some(d) if run.path != "direct" => {
+                let ratio = run.rate() / d.rate().max(1e-9);
+                let extra = run.latency.p99_ms - d.latency.p99_ms;
+                let met = ratio >= THROUGHPUT_TARGET && extra <= P99_TARGET_EXTRA_MS;
+                (
+                    format!("{ratio:.2}"),
+                    format!("{extra:+.3}"),
+                    if met { "met" } else { "MISSED" },
+                )
+            }
+            _ => (String::new(), String::new(), ""),
+        };
+        let backends = run
+            .backends
+            .iter()
+            .map(|(ip, n)| format!("{ip}:{n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!(
+            "{:<11} {:>4} {:>9} {:>7} {:>8.0} {:>8.3} {:>8.3} {:>7.2} {:>10} {:>10} {:<6} {}",
+            run.path,
+            run.concurrency,
+            run.latency.count,
+            run.errors,
+            run.rate(),
+            run.latency.p50_ms,
+            run.latency.p99_ms,
+            run.latency.max_ms,
+            ratio,
+            extra,
+            verdict,
+            backends
+        );
+    }
+
+    println!(
+        "\nnetwork 3: two nodes on one LAN, instance ↔ instance over the vxlan overlay \
+         against node ↔ node on the LAN itself (bulk: 64 KiB writes on one connection; \
+         round trip: {MESSAGE}-byte messages, TCP_NODELAY)"
+    );
+    println!(
+        "{:<16} {:<29} {:>5} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "path", "from → to", "mtu", "MiB sent", "MB/s", "Gbit/s", "rtt p50", "rtt p99", "rtt max"
+    );
+    for f in &report.overlay {
+        println!(
+            "{:<16} {:<29} {:>5} {:>9} {:>8.0} {:>8.2} {:>8.3} {:>8.3} {:>8.3}",
+            f.path,
+            format!("{} → {}", f.from, f.to),
+            f.mtu.map(|m| m.to_string()).unwrap_or_default(),
+            f.bulk_bytes >> 20,
+            f.mb_per_s(),
+            f.mb_per_s() * 8.0 / 1000.0,
+            f.round_trip.p50_ms,
+            f.round_trip.p99_ms,
+            f.round_trip.max_ms
+        );
+    }
+    if let [over, under] = &report.overlay[..] {
+        println!(
+            "{:<16} {:<29} {:>5} {:>9} {:>8.2} {:>8} {:>8.2} {:>8.2}",
+            "overlay/underlay",
+            "",
+            "",
+            "",
+            over.mb_per_s() / under.mb_per_s().max(1e-9),
+            "",
+            over.round_trip.p50_ms / under.round_trip.p50_ms.max(1e-9),
+            over.round_trip.p99_ms / under.round_trip.p99_ms.max(1e-9),
+        );
+    }
+    println!(
+        "note: WireGuard is not measured: this kernel has no `wireguard` module \
+         (the overlay is plain vxlan, unencrypted)"
+    );
+}
+
+pub fn to_json(report: &Report) -> Value {
+    let r = &report.rules;
+    json!({
+        "rules": {
+            "services": r.services,
+            "endpoints": r.endpoints,
+            "script_bytes": r.script_bytes,
+            "script_lines": r.script_lines,
+            "runs": r.runs,
+            "render_ms": round3(r.render_ms),
+            "load_ms": round3(r.load_ms),
+            "change_ms": round3(r.change_ms),
+            "change_max_ms": round3(r.change_max_ms),
+            "load_target_ms": LOAD_TARGET_MS,
+            "change_target_p99_ms": CHANGE_TARGET_MS,
+        },
+        "service_vs_direct": report.rr.iter().map(|run| json!({
+            "path": run.path,
+            "concurrency": run.concurrency,
+            "seconds": round3(run.seconds),
+            "connections": run.latency.count,
+            "errors": run.errors,
+            "connections_per_s": round3(run.rate()),
+            "latency": run.latency.to_json(),
+            "backends": run.backends.iter().map(|(ip, n)| json!({"ip": ip.to_string(), "answers": n})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "overlay_vs_underlay": report.overlay.iter().map(|f| json!({
+            "path": f.path,
+            "from": f.from.to_string(),
+            "to": f.to.to_string(),
+            "mtu": f.mtu,
+            "bulk_bytes": f.bulk_bytes,
+            "bulk_seconds": round3(f.bulk_seconds),
+            "mb_per_s": round3(f.mb_per_s()),
+            "round_trip": f.round_trip.to_json(),
+        })).collect::<Vec<_>>(),
+        "wireguard": "not measured: no wireguard module on this kernel",
+    })
+}
