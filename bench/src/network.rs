@@ -459,8 +459,6 @@ fn service_vs_direct(handle: &Handle, prefix: &str, opts: &Options) -> anyhow::R
         attach(&ns, &format!("vi{i}"), address);
         instances.push((ns, address));
     }
-    let client = Netns::create(&format!("{prefix}-client"));
-    attach(&client, "vcl", Ipv4Addr::new(10, 250, 0, 100));
     let workers = opts.concurrency.iter().copied().max().unwrap_or(1);
     // Declared after the namespaces: dropped (stopped) before them.
     let servers: Vec<Server> = instances
@@ -486,25 +484,42 @@ fn service_vs_direct(handle: &Handle, prefix: &str, opts: &Options) -> anyhow::R
         .block_on(nft::apply(&node_host, &rules::render(&table)))
         .context("applying the service table")?;
 
+    // Each run has a client namespace (and address) of its own, with the whole port
+    // range: a run reuses no 4-tuple of an earlier run (whose TIME_WAIT sockets and
+    // conntrack entries, NATed or not, would meet its SYNs), and none of its own
+    // within `MAX_CONNECTIONS`.
+    let mut clients = 0u8;
+    let mut client = || {
+        clients += 1;
+        let ns = Netns::create(&format!("{prefix}-client{clients}"));
+        attach(
+            &ns,
+            &format!("vc{clients}"),
+            Ipv4Addr::new(10, 250, 0, 100 + clients),
+        );
+        ns.sysctl("net.ipv4.ip_local_port_range=1024 65535");
+        ns
+    };
     // Both paths answer before anything is timed.
+    let probe_client = client();
     for target in [backends[0], service] {
-        let probe = closed_loop(&client, target, 1, Duration::from_millis(300), 100);
+        let probe = closed_loop(&probe_client, target, 1, Duration::from_millis(300), 100);
         anyhow::ensure!(
             probe.latency.count > 0,
             "no answer from {target} through the client namespace ({} errors)",
             probe.errors
         );
     }
+    drop(probe_client);
     let mut runs = Vec::new();
     for &concurrency in &opts.concurrency {
         for (path, target) in [("direct", backends[0]), ("service IP", service)] {
-            let mut run = closed_loop(
-                &client,
-                target,
-                concurrency,
-                opts.rr_duration,
-                MAX_CONNECTIONS,
-            );
+            let ns = client();
+            // The node's conntrack entries of the earlier runs (bridged traffic meets
+            // conntrack too) are only a count to stay below `nf_conntrack_max`; flush
+            // them where the tool is there.
+            let _ = handle.block_on(node_host.run("conntrack", &["-F"]));
+            let mut run = closed_loop(&ns, target, concurrency, opts.rr_duration, MAX_CONNECTIONS);
             run.path = path;
             eprintln!(
                 "network:   {path:<10} c={concurrency}: {:.0} connections/s, p99 {:.3} ms, {} errors",

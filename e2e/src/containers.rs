@@ -125,6 +125,7 @@ impl Drop for Containerd {
                 let _ = Command::new("ip")
                     .args(["netns", "delete", &format!("oak-{id}")])
                     .output();
+                let _ = std::fs::remove_dir_all(format!("/etc/netns/oak-{id}"));
             }
         }
         self.process.kill9();
@@ -255,7 +256,7 @@ impl Registry {
         std::fs::create_dir_all(rootfs.join("bin")).expect("mkdir bin");
         std::fs::copy(busybox(), rootfs.join("bin/busybox")).expect("copy busybox");
         for applet in [
-            "sh", "httpd", "sleep", "echo", "cat", "wget", "ls", "hostname", "ip",
+            "sh", "httpd", "sleep", "echo", "cat", "wget", "ls", "hostname", "ip", "nslookup",
         ] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
                 .expect("symlink applet");

@@ -142,7 +142,7 @@ struct Lab {
     image: String,
     _lan: Underlay,
     _registry: Registry,
-    _containerd: Containerd,
+    containerd: Containerd,
     dir: tempfile::TempDir,
 }
 
@@ -218,7 +218,7 @@ impl Lab {
             image,
             _lan: lan,
             _registry: registry,
-            _containerd: containerd,
+            containerd,
             dir,
         };
         for &(cluster, names) in topology {
@@ -351,6 +351,30 @@ async fn service_ips_balance_across_nodes() {
     let n1_ns = lab.machines[0].ns.name().to_string();
     let counts = tally(&n1_ns, &rr, 10).expect("the RR IP from node n1 itself");
     assert_eq!(counts.len(), 2, "from the node: {counts:?}");
+
+    // (f) a container resolves the Service's names at its node's responder (its
+    // resolv.conf names it), from inside the container.
+    for (name, ip) in [
+        ("web.default.svc.oakestra.local", RR_IP),
+        ("closest.web.default.svc.oakestra.local", CLOSEST_IP),
+        // The search path of its resolv.conf, as in Kubernetes.
+        ("web", RR_IP),
+    ] {
+        let answer = eventually(&format!("{name} resolves in web1"), WAIT, || async {
+            let out = std::process::Command::new("ctr")
+                .args(["-a", &lab.containerd.socket.display().to_string()])
+                .args(["-n", "oakestra-n1", "tasks", "exec", "--exec-id"])
+                .arg(format!("dns{}", free_port()))
+                .arg(format!("default_{web1}"))
+                .args(["nslookup", name])
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains(ip).then_some(text)
+        })
+        .await;
+        assert!(answer.contains(ip), "{answer}");
+    }
 
     // (c) the closest IP answers on the caller's node, also to the instance there
     // (which reaches itself through its own service: hairpin).

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::closest::{closest, Candidate, Locality};
+use crate::dns;
 use crate::exec::Host;
 use crate::overlay::{self, NodeNet, Subnet, Vxlan};
 use crate::rules::{self, Frontend, Proto, Ruleset, ServiceRules};
@@ -47,6 +48,17 @@ pub struct Config {
     pub resync: Duration,
     /// Where the commands run (the agent's own namespace).
     pub host: Host,
+    /// The DNS responder on the bridge gateway (`None`: none).
+    pub dns: Option<DnsSettings>,
+}
+
+/// What the node's DNS responder serves.
+#[derive(Debug, Clone)]
+pub struct DnsSettings {
+    /// The zone's domain: names are `<service>.<namespace>.svc.<domain>`.
+    pub domain: String,
+    /// Where other names are forwarded (the host's resolvers).
+    pub upstreams: Vec<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -152,6 +164,22 @@ pub fn remote_peers(me: &str, network: &ClusterNetwork) -> Vec<overlay::Peer> {
         .collect()
 }
 
+/// The DNS zone of the cluster's `endpoints`: each Service's round-robin and closest
+/// IPs under `domain`. Pure.
+pub fn zone(domain: &str, endpoints: &[Arc<Endpoints>]) -> Result<dns::Zone, dns::DnsError> {
+    dns::Zone::new(
+        domain,
+        endpoints.iter().map(|e| {
+            (
+                e.metadata.namespace.clone().unwrap_or_default(),
+                e.metadata.name.clone(),
+                e.spec.round_robin_ip,
+                e.spec.closest_ip,
+            )
+        }),
+    )
+}
+
 /// What the overlay needs to know of each Node.
 fn node_net(node: &Node) -> NodeNet {
     let status = node.status.as_ref();
@@ -178,6 +206,15 @@ struct Applied {
     condition: Option<(bool, String, String)>,
     /// The overlay end last published.
     published: Option<NodeNetwork>,
+    /// The DNS responder's zone, once it serves.
+    dns: Option<dns::ZoneHandle>,
+}
+
+/// The caches a pass reads.
+struct Caches {
+    endpoints: Store<Endpoints>,
+    nodes: Store<Node>,
+    clusters: Store<Cluster>,
 }
 
 /// Run the controller until `shutdown`.
@@ -204,6 +241,11 @@ pub async fn run(
     }
     nodes.1.wait_ready().await;
     clusters.1.wait_ready().await;
+    let caches = Caches {
+        endpoints: endpoints.1.clone(),
+        nodes: nodes.1.clone(),
+        clusters: clusters.1.clone(),
+    };
     let mut applied = Applied::default();
     let mut resync = tokio::time::interval(config.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -218,16 +260,7 @@ pub async fn run(
                 false
             }
         };
-        pass(
-            &client,
-            &config,
-            &endpoints.1,
-            &nodes.1,
-            &clusters.1,
-            &mut applied,
-            force,
-        )
-        .await;
+        pass(&client, &config, &caches, &mut applied, force, &shutdown).await;
     }
     drop((endpoints, nodes, clusters));
     Ok(())
@@ -251,12 +284,16 @@ fn follow<K: crds::Resource>(
 async fn pass(
     client: &Client,
     config: &Config,
-    endpoints: &Store<Endpoints>,
-    nodes: &Store<Node>,
-    clusters: &Store<Cluster>,
+    caches: &Caches,
     applied: &mut Applied,
     force: bool,
+    shutdown: &CancellationToken,
 ) {
+    let Caches {
+        endpoints,
+        nodes,
+        clusters,
+    } = caches;
     let me = nodes.get(&client::runtime::ObjectRef::new(None, &config.node));
     let cluster = clusters.state().into_iter().next();
     let locality = Locality {
@@ -329,6 +366,13 @@ async fn pass(
         }
     }
 
+    // Names: the responder starts on the bridge gateway once the node has its subnet.
+    if let (Some(settings), Some(subnet)) = (&config.dns, own_subnet) {
+        if let Err(e) = serve_names(settings, subnet, &endpoints.state(), applied, shutdown) {
+            problems.push(("DnsFailed", e.to_string()));
+        }
+    }
+
     // The service rules.
     let wanted = ruleset(
         &config.table,
@@ -398,6 +442,36 @@ async fn pass(
             Err(e) => tracing::warn!(error = %e, "writing the node's network status failed"),
         }
     }
+}
+
+/// Give the DNS responder the zone of `endpoints`, starting it on the gateway of
+/// `subnet` (its first address) the first time.
+fn serve_names(
+    settings: &DnsSettings,
+    subnet: Subnet,
+    endpoints: &[Arc<Endpoints>],
+    applied: &mut Applied,
+    shutdown: &CancellationToken,
+) -> Result<(), dns::DnsError> {
+    let zone = zone(&settings.domain, endpoints)?;
+    if let Some(handle) = &applied.dns {
+        handle.replace(zone);
+        return Ok(());
+    }
+    let gateway = Ipv4Addr::from(u32::from(subnet.base()) + 1);
+    let listen = SocketAddrV4::new(gateway, dns::DNS_PORT);
+    let sockets = dns::bind(listen)?;
+    let handle = dns::ZoneHandle::new(zone);
+    let (zone, upstreams) = (handle.clone(), settings.upstreams.clone());
+    let stop = shutdown.clone().cancelled_owned();
+    tokio::spawn(async move {
+        if let Err(e) = dns::serve_on(sockets, zone, upstreams, stop).await {
+            tracing::error!(error = %e, "the DNS responder stopped");
+        }
+    });
+    tracing::info!(%listen, domain = %settings.domain, "DNS responder serving");
+    applied.dns = Some(handle);
+    Ok(())
 }
 
 /// Server-side apply of the node's overlay end and its `NetworkReady` condition into

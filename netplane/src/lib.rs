@@ -10,6 +10,9 @@
 //!   cluster, else the nearest cluster);
 //! - [`overlay`]: the vxlan device and the per-peer routes, neighbours and forwarding
 //!   entries that carry instance traffic between the nodes of a cluster;
+//! - [`dns`]: the responder on the node's bridge gateway: Service names
+//!   (`<service>.<namespace>.svc.<domain>`, `closest.…`) from the zone the controller
+//!   keeps, other names forwarded to the host's resolvers;
 //! - [`controller`]: the loop that follows the cluster API (`Endpoints`, `Node`s, its
 //!   `Cluster`) and keeps the three above in line with it, reporting the Node's
 //!   `NetworkReady` condition and its end of the overlay.

@@ -148,6 +148,25 @@ pub struct Network {
     publish_address: Ipv4Addr,
     /// Where attachments are recorded.
     dir: PathBuf,
+    /// The DNS domain of the node's responder, if it has one: each namespace gets a
+    /// `resolv.conf` naming its gateway ([`resolv_conf`]).
+    dns_domain: Option<String>,
+}
+
+/// Where the `resolv.conf` of the network namespace at `netns` is kept: `ip netns`'s
+/// convention (`/etc/netns/<name>/`), which the containerd runtime mounts into the
+/// container when it is there.
+pub fn resolv_conf(netns: &Path) -> Option<PathBuf> {
+    let name = netns.file_name()?;
+    Some(Path::new("/etc/netns").join(name).join("resolv.conf"))
+}
+
+/// The `resolv.conf` of an Instance of namespace `namespace`: the node's responder at
+/// `gateway`, and the search path of Service names (as Kubernetes writes a pod's).
+fn resolv_conf_text(gateway: Ipv4Addr, namespace: &str, domain: &str) -> String {
+    format!(
+        "nameserver {gateway}\nsearch {namespace}.svc.{domain} svc.{domain} {domain}\noptions ndots:5\n"
+    )
 }
 
 impl Network {
@@ -157,6 +176,7 @@ impl Network {
         bridge: Bridge,
         publish_address: Ipv4Addr,
         data_dir: &Path,
+        dns_domain: Option<String>,
     ) -> std::io::Result<Network> {
         let dir = data_dir.join("network");
         std::fs::create_dir_all(&dir)?;
@@ -165,6 +185,7 @@ impl Network {
             publisher: Publisher::default(),
             publish_address,
             dir,
+            dns_domain,
         })
     }
 
@@ -264,6 +285,18 @@ impl Network {
         std::fs::rename(&tmp, &path).map_err(record)?;
         let token = id.token();
         self.bridge.attach(&token, netns, address).await?;
+        if let (Some(domain), Some(path)) = (&self.dns_domain, resolv_conf(netns)) {
+            let text = resolv_conf_text(address.gateway, &id.namespace, domain);
+            let written = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&path, text));
+            written.map_err(|source| NetworkError::Record {
+                step: "writing the resolv.conf",
+                path: path.clone(),
+                source,
+            })?;
+        }
         if !attachment.ports.is_empty() {
             self.publisher
                 .publish(&token, self.publish_address, address.ip, &attachment.ports)
@@ -288,6 +321,11 @@ impl Network {
         self.bridge
             .detach(&token, &attachment.netns, &attachment.address)
             .await?;
+        if let Some(dir) =
+            resolv_conf(&attachment.netns).and_then(|p| p.parent().map(PathBuf::from))
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         let path = self.record_path(id);
         match std::fs::remove_file(&path) {
             Err(source) if source.kind() != std::io::ErrorKind::NotFound => {

@@ -175,8 +175,14 @@ pub async fn build(
                             .address
                             .parse()
                             .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+                        // Containers resolve Service names at the node's responder.
+                        let dns_domain = config
+                            .dataplane
+                            .as_ref()
+                            .and_then(|d| d.dns.as_ref())
+                            .map(|d| d.domain.clone());
                         Some(
-                            Network::new(bridge, publish_address, &config.data_dir)
+                            Network::new(bridge, publish_address, &config.data_dir, dns_domain)
                                 .map_err(data_dir)?,
                         )
                     }

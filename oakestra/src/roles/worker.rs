@@ -137,6 +137,13 @@ pub struct NetworkFlags {
     /// Seconds between full re-applications of the node's service rules and overlay.
     #[arg(long, default_value_t = 300)]
     pub resync_seconds: u64,
+    /// The DNS domain of Service names (`<service>.<namespace>.svc.<domain>`), answered
+    /// on each node's bridge gateway for its containers.
+    #[arg(long, default_value = netplane::dns::DEFAULT_DOMAIN)]
+    pub dns_domain: String,
+    /// Answer no DNS on the node: containers get the host's `resolv.conf`.
+    #[arg(long)]
+    pub no_dns: bool,
 }
 
 impl NetworkFlags {
@@ -148,6 +155,8 @@ impl NetworkFlags {
             public_port: 50103,
             instance_cidr: "10.128.0.0/9".parse().expect("valid CIDR"),
             resync_seconds: 300,
+            dns_domain: netplane::dns::DEFAULT_DOMAIN.to_string(),
+            no_dns: false,
         }
     }
 
@@ -177,6 +186,17 @@ impl NetworkFlags {
             overlay,
             resync: Duration::from_secs(self.resync_seconds.max(1)),
             host: netplane::exec::Host::current(),
+            dns: (!self.no_dns).then(|| netplane::controller::DnsSettings {
+                domain: self.dns_domain.clone(),
+                // The host's own resolvers, never a public one of ours.
+                upstreams: netplane::dns::upstreams_from_file(std::path::Path::new(
+                    "/etc/resolv.conf",
+                ))
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "no upstream resolvers: only Service names resolve");
+                    Vec::new()
+                }),
+            }),
         }
     }
 }

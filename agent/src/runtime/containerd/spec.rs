@@ -105,9 +105,24 @@ pub fn build(
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
         json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
     ];
-    for file in ["/etc/resolv.conf", "/etc/hosts"] {
-        if std::path::Path::new(file).exists() {
-            mounts.push(json!({"destination": file, "type": "bind", "source": file, "options": ["rbind", "ro"]}));
+    // A namespace of its own may come with its own resolv.conf (the node's DNS
+    // responder, written where `ip netns` keeps such files); else the host's.
+    let own_resolv = match network {
+        Network::Path(p) => crate::network::resolv_conf(std::path::Path::new(p))
+            .filter(|f| f.exists())
+            .map(|f| f.display().to_string()),
+        Network::Host => None,
+    };
+    let files = [
+        (
+            "/etc/resolv.conf",
+            own_resolv.unwrap_or_else(|| "/etc/resolv.conf".into()),
+        ),
+        ("/etc/hosts", "/etc/hosts".into()),
+    ];
+    for (destination, source) in files {
+        if std::path::Path::new(&source).exists() {
+            mounts.push(json!({"destination": destination, "type": "bind", "source": source, "options": ["rbind", "ro"]}));
         }
     }
     match network {
