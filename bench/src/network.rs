@@ -130,6 +130,8 @@ pub struct PathFigures {
     pub to: Ipv4Addr,
     pub bulk_bytes: usize,
     pub bulk_seconds: f64,
+    /// The speed of each transfer, in the order they ran.
+    pub bulk_runs_mb_per_s: Vec<f64>,
     pub round_trip: Summary,
     /// The MTU of the device the traffic leaves the sending node by.
     pub mtu: Option<u32>,
@@ -745,6 +747,10 @@ fn overlay_vs_underlay(
                     .with_context(|| format!("bulk transfer {from} -> {to} ({path})"))?,
             );
         }
+        let bulk_runs_mb_per_s: Vec<f64> = transfers
+            .iter()
+            .map(|(bytes, seconds)| *bytes as f64 / 1e6 / seconds.max(1e-9))
+            .collect();
         transfers.sort_by(|a, b| (a.0 as f64 / a.1).total_cmp(&(b.0 as f64 / b.1)));
         let (bulk_bytes, bulk_seconds) = transfers[transfers.len() / 2];
         let round_trip = round_trips(from_ns, to_ns, to, opts.round_trips)
@@ -755,12 +761,14 @@ fn overlay_vs_underlay(
             to,
             bulk_bytes,
             bulk_seconds,
+            bulk_runs_mb_per_s,
             round_trip,
             mtu,
         };
         eprintln!(
-            "network:   {path}: {:.0} MB/s, round trip p50 {:.3} ms",
+            "network:   {path}: {:.0} MB/s (runs {:.0?}), round trip p50 {:.3} ms",
             f.mb_per_s(),
+            f.bulk_runs_mb_per_s,
             f.round_trip.p50_ms
         );
         figures.push(f);
@@ -1052,6 +1060,7 @@ pub fn to_json(report: &Report) -> Value {
             "bulk_bytes": f.bulk_bytes,
             "bulk_seconds": round3(f.bulk_seconds),
             "mb_per_s": round3(f.mb_per_s()),
+            "mb_per_s_runs": f.bulk_runs_mb_per_s.iter().map(|x| round3(*x)).collect::<Vec<_>>(),
             "round_trip": f.round_trip.to_json(),
         })).collect::<Vec<_>>(),
         "wireguard": "not measured: no wireguard module on this kernel",

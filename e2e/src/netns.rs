@@ -15,6 +15,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Why tests that make namespaces cannot run here, if they cannot: they need root and
+/// each of `tools` on the `PATH`.
+pub fn unavailable(tools: &[&str]) -> Option<String> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        });
+    if uid.as_deref() != Some("0") {
+        return Some("not root".into());
+    }
+    tools
+        .iter()
+        .find(|tool| !on_path(tool))
+        .map(|tool| format!("`{tool}` is not installed (scripts/deps.sh installs it)"))
+}
+
+/// Whether `program` is on the `PATH`.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
 /// A network namespace (`ip netns`) this test made; deleted on drop.
 pub struct Netns {
     name: String,

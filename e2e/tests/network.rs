@@ -111,16 +111,15 @@ async fn running(api: &Api<Instance>, service: &str, n: usize) -> Vec<Instance> 
     .await
 }
 
-/// Whether an `nft` that can run is here (the test needs it, and root).
+/// Whether the kernel pieces these tests use are here (and root).
 fn kernel_pieces() -> bool {
-    let ok = std::process::Command::new("nft")
-        .args(["list", "tables"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("skipped: needs root and nft (nftables)");
+    match e2e::netns::unavailable(&["nft", "ip", "nsenter", "busybox"]) {
+        Some(why) => {
+            eprintln!("skipped: {why}");
+            false
+        }
+        None => true,
     }
-    ok
 }
 
 /// One worker: a network namespace on the LAN, with relays to the cluster API and the

@@ -11,7 +11,6 @@
 //! with `ip`, `nsenter` and `busybox`.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -30,25 +29,6 @@ const FAKE_UPSTREAM: SocketAddrV4 = SocketAddrV4::new(NODE, 5353);
 const SILENT_UPSTREAM: SocketAddrV4 = SocketAddrV4::new(NODE, 5354);
 /// Nothing listens there: the kernel answers "port unreachable".
 const REFUSING_UPSTREAM: SocketAddrV4 = SocketAddrV4::new(NODE, 5355);
-
-/// Why the test cannot run here, if it cannot.
-fn cannot_run() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Some("not root".into());
-    }
-    for tool in ["ip", "busybox", "nsenter"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            return Some(format!("no `{tool}`"));
-        }
-    }
-    None
-}
 
 fn zone(web: Ipv4Addr) -> Zone {
     Zone::new(
@@ -314,7 +294,7 @@ fn tcp_queries(
 
 #[test]
 fn responder_in_namespaces() {
-    if let Some(why) = cannot_run() {
+    if let Some(why) = e2e::netns::unavailable(&["ip", "busybox", "nsenter"]) {
         eprintln!("skipping: {why}");
         return;
     }

@@ -17,28 +17,11 @@ use netplane::overlay::{
     self, KernelState, NodeNet, OverlayError, Peer, SkipReason, Subnet, SyncReport, Vxlan,
 };
 
-/// Why the tests cannot run here, if they cannot.
-fn cannot_run() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Some("not root".into());
-    }
-    for tool in ["ip", "bridge", "busybox", "timeout", "nsenter"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            return Some(format!("no `{tool}`"));
-        }
-    }
-    None
-}
-
 macro_rules! skip_unless_able {
     () => {
-        if let Some(why) = cannot_run() {
+        if let Some(why) =
+            e2e::netns::unavailable(&["ip", "bridge", "busybox", "timeout", "nsenter"])
+        {
             eprintln!("skipping: {why}");
             return;
         }

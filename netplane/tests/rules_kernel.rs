@@ -18,32 +18,11 @@ const NO_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const HAIRPIN: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
 const UDP_SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 
-/// Why the kernel tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().next().map(str::to_string))
-        });
-    if uid.as_deref() != Some("0") {
-        return Some("not root".into());
-    }
-    ["nft", "ip", "busybox", "nsenter", "sysctl", "bash"]
-        .into_iter()
-        .find(|tool| !on_path(tool))
-        .map(|tool| format!("`{tool}` is not installed"))
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
-}
-
 macro_rules! skip_unless_able {
     () => {
-        if let Some(reason) = skip_reason() {
+        if let Some(reason) =
+            e2e::netns::unavailable(&["nft", "ip", "busybox", "nsenter", "sysctl", "bash"])
+        {
             eprintln!("skipping kernel test: {reason}");
             return;
         }
@@ -323,7 +302,7 @@ async fn services_through_a_bridge() {
     let c_host = Host::netns(&c_ns);
     let send = format!("echo hi > /dev/udp/{UDP_SERVICE}/5353");
     let _ = c_host.run("bash", &["-c", &send]).await;
-    if on_path("conntrack") {
+    if e2e::netns::on_path("conntrack") {
         assert!(
             udp_entries(&node).await.contains("src=10.250.0.2 dst="),
             "no UDP entry"
