@@ -266,6 +266,21 @@ pub async fn run(
     Ok(())
 }
 
+/// Remove what the controller keeps on the node: its table and its overlay device (for
+/// `oakestra down`; a stopped agent leaves them, so that service IPs keep working while
+/// it restarts).
+pub async fn teardown(config: &Config) -> Result<(), String> {
+    crate::nft::apply(&config.host, &rules::delete_script(&config.table))
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(vx) = &config.overlay {
+        overlay::remove(&config.host, vx)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// The shared informer of `K` (all namespaces), waking `changed` at every event.
 fn follow<K: crds::Resource>(
     client: &Client,

@@ -1,7 +1,8 @@
 //! `oakestra down`: stop the workloads that the worker of an `oakestra up` left running
 //! (its process runtime's processes under the data dir and, where containerd runs,
 //! its containers in the `oakestra-local` namespace). It asks the agent's runtimes,
-//! built as `up` builds them, for what they have, and removes each.
+//! built as `up` builds them, for what they have, and removes each; then it removes the
+//! node's service rules (its nftables table) and overlay device.
 
 use std::path::PathBuf;
 
@@ -40,6 +41,11 @@ pub async fn run(args: DownArgs) -> anyhow::Result<()> {
         .held()
         .await
         .context("listing the workloads of the worker")?;
+    if let Some(dataplane) = &config.dataplane {
+        if let Err(e) = netplane::controller::teardown(dataplane).await {
+            println!("oakestra down: the node's service rules stay: {e}");
+        }
+    }
     if ids.is_empty() {
         println!("oakestra down: worker \"{LOCAL}\" runs no workloads");
         return Ok(());
