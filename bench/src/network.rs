@@ -324,17 +324,22 @@ struct Server {
 impl Server {
     /// `workers` threads accepting on `addr` (bound in `ns`), each answering one line
     /// with 100 bytes (its address, padded) and closing the connection.
-    fn request_response(ns: &Netns, addr: SocketAddrV4, workers: usize) -> Server {
-        let listener = ns.within(move || TcpListener::bind(addr));
-        let listener = listener.unwrap_or_else(|e| panic!("binding {addr}: {e}"));
+    fn request_response(ns: &Netns, addr: SocketAddrV4, workers: usize) -> anyhow::Result<Server> {
+        let listener = ns
+            .within(move || TcpListener::bind(addr))
+            .with_context(|| format!("binding {addr} in {}", ns.name()))?;
+        let listeners = (0..workers)
+            .map(|_| listener.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("cloning a listener")?;
         let mut reply = format!("{}", addr.ip()).into_bytes();
         reply.resize(REPLY_BYTES - 1, b' ');
         reply.push(b'\n');
         let reply: Arc<[u8]> = reply.into();
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..workers)
-            .map(|_| {
-                let listener = listener.try_clone().expect("cloning a listener");
+        let threads = listeners
+            .into_iter()
+            .map(|listener| {
                 let (stop, reply) = (stop.clone(), reply.clone());
                 std::thread::spawn(move || {
                     while let Ok((stream, _)) = listener.accept() {
@@ -357,13 +362,13 @@ impl Server {
                 }
             })
         });
-        Server {
+        Ok(Server {
             addr,
             stop,
             wake: Some(wake),
             waker: Some(waker),
             threads,
-        }
+        })
     }
 }
 
@@ -399,10 +404,11 @@ fn one_shot<T: Send + 'static>(
     addr: SocketAddrV4,
     wait: Duration,
     serve: impl FnOnce(TcpStream) -> std::io::Result<T> + Send + 'static,
-) -> JoinHandle<std::io::Result<T>> {
-    let listener = ns.within(move || TcpListener::bind(addr));
-    let listener = listener.unwrap_or_else(|e| panic!("binding {addr}: {e}"));
-    std::thread::spawn(move || {
+) -> anyhow::Result<JoinHandle<std::io::Result<T>>> {
+    let listener = ns
+        .within(move || TcpListener::bind(addr))
+        .with_context(|| format!("binding {addr} in {}", ns.name()))?;
+    Ok(std::thread::spawn(move || {
         listener.set_nonblocking(true)?;
         let deadline = Instant::now() + wait;
         loop {
@@ -419,7 +425,7 @@ fn one_shot<T: Send + 'static>(
                 Err(e) => return Err(e),
             }
         }
-    })
+    }))
 }
 
 // ---------------------------------------------------------------------------------
@@ -468,7 +474,7 @@ fn service_vs_direct(handle: &Handle, prefix: &str, opts: &Options) -> anyhow::R
     let servers: Vec<Server> = instances
         .iter()
         .map(|(ns, ip)| Server::request_response(ns, SocketAddrV4::new(*ip, 80), workers))
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     let backends: Vec<SocketAddrV4> = servers.iter().map(|s| s.addr).collect();
     let table = Ruleset {
         table: TABLE.into(),
@@ -640,9 +646,11 @@ fn overlay_vs_underlay(
         .zip([11, 12])
         .map(|(n, last)| {
             let address = lan.attach(n, last);
-            address.parse().expect("an IPv4 address")
+            address
+                .parse()
+                .with_context(|| format!("the underlay address {address}"))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     let subnets: [Subnet; 2] = [
         "10.251.0.0/26".parse().context("subnet")?,
         "10.251.0.64/26".parse().context("subnet")?,
@@ -807,7 +815,7 @@ fn bulk(
         }
         stream.write_all(&total.to_le_bytes())?;
         Ok(total)
-    });
+    })?;
     let sent = from_ns.within(move || -> std::io::Result<(usize, f64)> {
         let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), IO_TIMEOUT)?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -854,7 +862,7 @@ fn round_trips(from_ns: &Netns, to_ns: &Netns, to: Ipv4Addr, n: usize) -> anyhow
                 Err(e) => return Err(e),
             }
         }
-    });
+    })?;
     let samples = from_ns.within(move || -> std::io::Result<Vec<Duration>> {
         let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), IO_TIMEOUT)?;
         stream.set_nodelay(true)?;
@@ -929,7 +937,7 @@ pub fn print(report: &Report) {
          (target: ≥ {THROUGHPUT_TARGET}× the rate, p99 ≤ direct + {P99_TARGET_EXTRA_MS} ms)"
     );
     println!(
-        "{:<11} {:>4} {:>9} {:>7} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:<6} {}",
+        "{:<11} {:>4} {:>9} {:>7} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:<6} backends",
         "path",
         "conc",
         "conns",
@@ -941,7 +949,6 @@ pub fn print(report: &Report) {
         "rate ×dir",
         "p99 −dir",
         "target",
-        "backends"
     );
     for run in &report.rr {
         let direct = report

@@ -15,6 +15,8 @@
 //!
 //! Modules:
 //! - [`containers`]: a private `containerd`, a local registry and busybox images.
+//! - [`netns`]: machines made of network namespaces on a LAN of veth pairs, reaching
+//!   the control plane on the machine's loopback through relays.
 
 pub mod containers;
 pub mod netns;
