@@ -46,6 +46,9 @@ use crate::network::NetworkError;
 use crate::node::{register_node, NodeHeartbeat, NodeInfo, NodeReport};
 use crate::runtime::{Assembly, RuntimeError};
 
+/// The label every Node gets with its own name (Kubernetes' well-known label).
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
 /// Settings of one agent.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -109,12 +112,18 @@ struct NodeSide {
 impl NodeSide {
     async fn register(&self) -> Result<(), AgentError> {
         let c = &self.config;
+        // As kubelet does: selectors (and Oakestra SLAs' `direct` node constraints) can
+        // name the node by this label.
+        let mut labels = c.labels.clone();
+        labels
+            .entry(HOSTNAME_LABEL.to_string())
+            .or_insert_with(|| c.node.clone());
         let info = NodeInfo {
             name: c.node.clone(),
             address: c.address.clone(),
             runtimes: self.kinds.clone(),
             location: c.location.clone(),
-            labels: c.labels.clone(),
+            labels,
         };
         register_node(&self.client.api(None), &info).await?;
         self.beat().await

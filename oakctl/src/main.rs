@@ -2,11 +2,12 @@
 //!
 //! Modules:
 //! - `commands`: the subcommands, one file each (`apply`, `diff`, `get`, `describe`,
-//!   `delete`, `logs`, `config`), and the session they share.
+//!   `delete`, `logs`, `config`, `convert`), and the session they share.
 //! - `exit`: the exit codes scripts can rely on, decided in one function from the error.
 //! - `manifest`: reading manifests (files, directories, stdin; YAML and JSON), with
 //!   errors that name file, document and line.
 //! - `print`: tables like kubectl's, YAML, JSON and names.
+//! - `sla`: Oakestra SLAs mapped to Namespaces and Services (pure; `docs/oakestra.md`).
 //! - `config`: oakctl's own config file of contexts (which server, which namespace).
 //! - `ssa`: server-side apply as `apply` and `diff` send it, and what its answers mean.
 //! - `source`: which server to talk to with which credentials (a kubeconfig, `--server`,
@@ -34,6 +35,7 @@ mod config;
 mod exit;
 mod manifest;
 mod print;
+mod sla;
 mod source;
 mod ssa;
 
@@ -103,13 +105,17 @@ async fn main() -> std::process::ExitCode {
 /// Pick the server, credentials and namespace (see [`source`]; `--namespace` wins over
 /// the context's, else `default`) and run the command.
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = match cli.command {
+        Command::Convert(args) => return commands::convert::run(args),
+        other => other,
+    };
     let config = config::Config::load()?;
     let flags = source::Flags {
         server: cli.server.as_deref(),
         kubeconfig: cli.kubeconfig.as_deref(),
         context: cli.context.as_deref(),
     };
-    if let Command::Config { action } = cli.command {
+    if let Command::Config { action } = command {
         let namespace = cli.namespace.as_deref();
         return commands::config::run(config, action, |config| {
             let target = source::target(&flags, config)?;
@@ -122,5 +128,5 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         namespace: target.namespace(cli.namespace.as_deref()),
         client: target.client,
     };
-    session.run(cli.command).await
+    session.run(command).await
 }

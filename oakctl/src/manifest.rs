@@ -1,11 +1,15 @@
-//! Reading manifests: files, directories and stdin, multi-document YAML and JSON.
-//! Every error names the file, the document and, for syntax errors, line and column.
+//! Reading manifests: files, directories and stdin, multi-document YAML and JSON, and
+//! Oakestra SLAs (a document with `sla_version` or `applications`), which are read as
+//! the Namespaces and Services [`crate::sla`] maps them to. Every error names the file,
+//! the document and, for syntax errors, line and column.
 
 use std::path::{Path, PathBuf};
 
 use crds::KindInfo;
 use serde::Deserialize;
 use serde_json::Value;
+
+use crate::sla;
 
 /// One object read from a manifest.
 #[derive(Debug, Clone)]
@@ -76,10 +80,45 @@ pub enum ManifestError {
         index: usize,
         message: String,
     },
+    /// An Oakestra SLA that cannot be imported.
+    #[error("{path}: {error}")]
+    Sla {
+        path: String,
+        error: Box<sla::SlaError>,
+    },
 }
 
-/// Read every object of every path (files, directories of `.yaml`/`.yml`/`.json`, `-`).
-pub fn load(paths: &[PathBuf]) -> Result<Vec<Document>, Vec<ManifestError>> {
+/// How a file's documents are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// Manifests, and SLAs where a document is one ([`sla::is_sla`]).
+    Manifests,
+    /// Every document is an SLA (`oakctl convert`).
+    Slas,
+}
+
+/// Read every object of every path (files, directories of `.yaml`/`.yml`/`.json`, `-`);
+/// SLAs among them are imported with `options`.
+pub fn load(
+    paths: &[PathBuf],
+    options: &sla::Options,
+) -> Result<Vec<Document>, Vec<ManifestError>> {
+    load_as(paths, options, Reading::Manifests)
+}
+
+/// Read every document of every path as an Oakestra SLA, into the objects it maps to.
+pub fn load_slas(
+    paths: &[PathBuf],
+    options: &sla::Options,
+) -> Result<Vec<Document>, Vec<ManifestError>> {
+    load_as(paths, options, Reading::Slas)
+}
+
+fn load_as(
+    paths: &[PathBuf],
+    options: &sla::Options,
+    reading: Reading,
+) -> Result<Vec<Document>, Vec<ManifestError>> {
     let mut docs = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
@@ -91,7 +130,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Document>, Vec<ManifestError>> {
                     continue;
                 }
             };
-            match parse(&name, &text) {
+            match parse_as(&name, &text, options, reading) {
                 Ok(mut d) => docs.append(&mut d),
                 Err(mut e) => errors.append(&mut e),
             }
@@ -151,8 +190,19 @@ fn read(path: &Path) -> Result<(String, String), ManifestError> {
     Ok((name, text))
 }
 
-/// Parse the text of one file into documents.
+/// Parse the text of one file into documents (SLAs with the default [`sla::Options`]).
+#[cfg(test)]
 pub fn parse(path: &str, text: &str) -> Result<Vec<Document>, Vec<ManifestError>> {
+    parse_as(path, text, &sla::Options::default(), Reading::Manifests)
+}
+
+/// Parse the text of one file into documents, reading SLAs as `reading` says.
+fn parse_as(
+    path: &str,
+    text: &str,
+    options: &sla::Options,
+    reading: Reading,
+) -> Result<Vec<Document>, Vec<ManifestError>> {
     let values: Vec<Value> = if path.ends_with(".json") || text.trim_start().starts_with('{') {
         match serde_json::from_str::<Value>(text) {
             Ok(v) => vec![v],
@@ -199,10 +249,23 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<Document>, Vec<ManifestError>
         if value.is_null() {
             continue; // empty document, e.g. a trailing `---`
         }
-        // A `List` (as `get -o yaml` prints) holds its objects in `items`.
-        let items = match value.get("kind").and_then(Value::as_str) {
-            Some("List") => value["items"].as_array().cloned().unwrap_or_default(),
-            _ => vec![value],
+        let items = if reading == Reading::Slas || sla::is_sla(&value) {
+            match sla::convert(&value, options) {
+                Ok(converted) => converted.objects(),
+                Err(e) => {
+                    errors.extend(e.into_iter().map(|error| ManifestError::Sla {
+                        path: path.into(),
+                        error: Box::new(error),
+                    }));
+                    continue;
+                }
+            }
+        } else {
+            // A `List` (as `get -o yaml` prints) holds its objects in `items`.
+            match value.get("kind").and_then(Value::as_str) {
+                Some("List") => value["items"].as_array().cloned().unwrap_or_default(),
+                _ => vec![value],
+            }
         };
         for object in items {
             match classify(object) {
@@ -229,6 +292,13 @@ pub fn parse(path: &str, text: &str) -> Result<Vec<Document>, Vec<ManifestError>
 
 /// Find the kind of an object and validate it against the kind's schema.
 fn classify(object: Value) -> Result<(&'static KindInfo, Value), String> {
+    if object.get("apiVersion").is_none() && object.get("kind").is_none() {
+        return Err(
+            "neither a manifest (apiVersion and kind are missing) nor an Oakestra SLA \
+             (sla_version and applications are missing)"
+                .into(),
+        );
+    }
     let api_version = object
         .get("apiVersion")
         .and_then(Value::as_str)

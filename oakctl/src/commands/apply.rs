@@ -1,5 +1,6 @@
 //! `oakctl apply -f …`: one server-side apply per object of the manifests (see
-//! [`crate::ssa`]), as a dry run with `--dry-run=server`; then, with `--prune -l
+//! [`crate::ssa`]; an Oakestra SLA among them is applied as the Namespaces and Services
+//! [`crate::sla`] maps it to), as a dry run with `--dry-run=server`; then, with `--prune -l
 //! SELECTOR`, delete what this field manager applied before that matches the selector
 //! and is no longer in the manifests. Invalid manifests are refused before anything is
 //! written; a server without server-side apply is an error, never a silent fallback.
@@ -11,7 +12,8 @@ use client::{DynamicApi, ListParams};
 use crds::KindInfo;
 use serde_json::Value;
 
-use crate::commands::{load, Session};
+use crate::commands::convert::SlaFlags;
+use crate::commands::{load_with, Session};
 use crate::exit::{Exit, Failure};
 use crate::manifest::Document;
 use crate::ssa::{self, Manager, Outcome};
@@ -35,6 +37,8 @@ pub struct Args {
     files: Vec<PathBuf>,
     #[command(flatten)]
     manager: Manager,
+    #[command(flatten)]
+    sla: SlaFlags,
     /// `server`: check and show what would be applied and pruned, store nothing.
     #[arg(long, value_enum, value_name = "MODE", default_value = "none")]
     dry_run: DryRun,
@@ -74,7 +78,7 @@ pub async fn run(s: &Session, args: Args) -> anyhow::Result<()> {
     }
     let dry_run = args.dry_run == DryRun::Server;
     let suffix = if dry_run { " (dry run)" } else { "" };
-    let mut docs = load(&args.files)?;
+    let mut docs = load_with(&args.files, &args.sla.options())?;
     let managed = ssa::with_managed_fields(&docs);
     if !managed.is_empty() {
         return Err(Failure::usage(format!(

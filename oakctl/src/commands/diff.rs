@@ -1,11 +1,13 @@
-//! `oakctl diff -f …`: for each object of the manifests, the live object against the
+//! `oakctl diff -f …`: for each object of the manifests (an Oakestra SLA read as the
+//! objects [`crate::sla`] maps it to), the live object against the
 //! server's dry-run answer to applying it (see [`crate::ssa`]), as a unified diff of
 //! YAML. Exits as kubectl's diff: 0 when nothing would change, 1 when something would,
 //! more on errors (see [`Exit::for_diff`]).
 
 use std::path::PathBuf;
 
-use crate::commands::{load, Session};
+use crate::commands::convert::SlaFlags;
+use crate::commands::{load_with, Session};
 use crate::exit::{Exit, Failure};
 use crate::manifest::Document;
 use crate::ssa::{self, Manager};
@@ -19,12 +21,14 @@ pub struct Args {
     files: Vec<PathBuf>,
     #[command(flatten)]
     manager: Manager,
+    #[command(flatten)]
+    sla: SlaFlags,
 }
 
 /// Diff every object, printing each difference; fail at the end if any object could
 /// not be diffed (at once if the server cannot be reached or has no server-side apply).
 pub async fn run(s: &Session, args: Args) -> anyhow::Result<()> {
-    let docs = load(&args.files)?;
+    let docs = load_with(&args.files, &args.sla.options())?;
     let mut failed = Vec::new();
     let mut differs = false;
     for doc in &docs {

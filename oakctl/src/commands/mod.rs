@@ -1,8 +1,10 @@
 //! The subcommands, one file each (as cargo does), and what they share: the [`Session`]
-//! (client and namespace), kind lookup by name, and reading manifests.
+//! (client and namespace), kind lookup by name, and reading manifests (and Oakestra
+//! SLAs among them).
 
 pub mod apply;
 pub mod config;
+pub mod convert;
 pub mod delete;
 pub mod describe;
 pub mod diff;
@@ -15,7 +17,7 @@ use client::{Client, DynamicApi};
 use crds::KindInfo;
 
 use crate::exit::Failure;
-use crate::manifest;
+use crate::{manifest, sla};
 
 /// The subcommands of `oakctl`.
 #[derive(clap::Subcommand)]
@@ -33,6 +35,9 @@ pub enum Command {
     Delete(delete::Args),
     /// Print the output of an Instance's workload (through the API server).
     Logs(logs::Args),
+    /// Print the manifests an Oakestra SLA maps to (multi-document YAML), without a
+    /// server: what `apply -f` does with the SLA, to keep as declarative files.
+    Convert(convert::Args),
     /// Manage contexts in the config file.
     Config {
         /// What to do with the config file.
@@ -61,6 +66,7 @@ impl Session {
             Command::Delete(args) => delete::run(self, args).await,
             Command::Logs(args) => logs::run(self, args).await,
             Command::Config { .. } => unreachable!("config commands need no session"),
+            Command::Convert(_) => unreachable!("convert needs no session"),
         }
     }
 
@@ -83,11 +89,28 @@ pub fn kind(name: &str) -> anyhow::Result<&'static KindInfo> {
     })
 }
 
-/// Every object of the manifests at `files`; any invalid one is an input error that
-/// names each problem, and nothing is done.
+/// Every object of the manifests at `files` (SLAs imported with the default
+/// [`sla::Options`]); any invalid one is an input error that names each problem, and
+/// nothing is done.
 pub fn load(files: &[PathBuf]) -> anyhow::Result<Vec<manifest::Document>> {
-    manifest::load(files).map_err(|errors| {
+    load_with(files, &sla::Options::default())
+}
+
+/// [`load`], importing SLAs with `options`.
+pub fn load_with(
+    files: &[PathBuf],
+    options: &sla::Options,
+) -> anyhow::Result<Vec<manifest::Document>> {
+    refused(manifest::load(files, options), "applied")
+}
+
+/// The documents, or a usage error listing every problem and saying nothing was `done`.
+pub fn refused(
+    read: Result<Vec<manifest::Document>, Vec<manifest::ManifestError>>,
+    done: &str,
+) -> anyhow::Result<Vec<manifest::Document>> {
+    read.map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        Failure::usage(format!("{}\nnothing was applied", lines.join("\n")))
+        Failure::usage(format!("{}\nnothing was {done}", lines.join("\n")))
     })
 }
