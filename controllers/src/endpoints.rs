@@ -22,18 +22,19 @@ use tokio_util::sync::CancellationToken;
 use crate::{index_by_service, instance_owner, Error, RootConfig, ServiceKey, BY_SERVICE};
 
 /// Whether `instance` takes new connections as far as its Instance says: its workload
-/// runs and it is not being deleted (its node's readiness is the caller's to add).
+/// runs, it is not being deleted, and its cluster has not marked it `Ready=False`
+/// because its node is not Ready ([`crate::cluster`]'s readiness).
 /// `process` Instances share their node's network: they reach service IPs but are not
 /// behind them (nothing answers at their instance IP), so they never serve.
 pub fn serving(instance: &Instance) -> bool {
     if instance.spec.template.runtime == crds::RuntimeKind::Process {
         return false;
     }
+    // `Ready=False` while running: its cluster says its node is not Ready.
     instance.metadata.deletion_timestamp.is_none()
-        && instance
-            .status
-            .as_ref()
-            .is_some_and(|s| s.phase == Phase::Running)
+        && instance.status.as_ref().is_some_and(|s| {
+            s.phase == Phase::Running && !crds::is_false(&s.conditions, crds::conditions::READY)
+        })
 }
 
 /// The entry of `instance`, running in `cluster`, if it has an address: `ready` as the

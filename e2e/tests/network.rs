@@ -501,4 +501,22 @@ async fn service_ips_reach_across_clusters() {
         let counts = tally(&from, &url, 20).expect("20 requests across the clusters");
         assert_eq!(counts, BTreeMap::from([(far_at.clone(), 20)]));
     }
+
+    // n3's agent dies: cluster b marks its instance not ready, the root's endpoints
+    // follow, and cluster a stops sending there (the instance still runs, and is not
+    // evicted yet): connections are refused at once instead of going to a lost node.
+    let mut lab = lab;
+    let n3 = lab.machines.iter_mut().find(|m| m.name == "n3").expect("n3");
+    n3.worker.kill9();
+    let killed = Instant::now();
+    let from = container_netns(&near[0].metadata.name);
+    let took = eventually("cluster a stops sending to n3", WAIT, || async {
+        let started = Instant::now();
+        let refused = get_from(&from, &url).is_err() && started.elapsed() < Duration::from_secs(1);
+        refused.then(|| killed.elapsed())
+    })
+    .await;
+    eprintln!("n3's agent killed: cluster a's rules dropped its endpoint {took:?} later");
+    let far_now = instances.get(&far[0].metadata.name).await.expect("far");
+    assert_eq!(far_now.spec.node.as_deref(), Some("n3"), "not evicted yet");
 }

@@ -6,6 +6,8 @@
 //!   cluster API and sends their binding and status up;
 //! - `endpoints`: keeps the cluster's copy of every Service's `Endpoints`, its own
 //!   Instances' entries current (its nodes' service rules come from these);
+//! - [`readiness`]: an Instance of a node that is not Ready is `Ready=False`
+//!   (`NodeNotReady`) until the node is back, so every cluster's endpoints drop it;
 //! - `handback`: gives an Instance no node has room for back to the root, to be
 //!   placed on another cluster;
 //! - **cluster scheduler**: [`crate::placement`] over Nodes;
@@ -19,6 +21,7 @@
 
 mod endpoints;
 mod handback;
+pub mod readiness;
 pub mod report;
 mod sync;
 
@@ -113,6 +116,7 @@ pub async fn run_cluster(
             config.node_heartbeat_timeout,
             shutdown.clone()
         ),
+        readiness::run(local.clone(), config.concurrency, shutdown.clone()),
         crate::subnets::run_cluster(local, config.name.clone(), config.node_prefix, shutdown),
     );
 }
