@@ -398,9 +398,30 @@ async fn pass(
     let script = rules::render(&wanted);
     if force || applied.script.as_deref() != Some(script.as_str()) {
         let started = std::time::Instant::now();
-        match crate::nft::apply(&config.host, &script).await {
+        // Between resyncs, rewrite only what changed (the whole table costs seconds of
+        // kernel time at thousands of services); replace it all when that is refused.
+        let update = match &applied.ruleset {
+            Some(old) if !force => rules::render_update(old, &wanted),
+            _ => None,
+        };
+        let partial = match update {
+            Some(update) => match crate::nft::apply(&config.host, &update).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(node = %config.node, error = %e, "the partial update of the service rules was refused; replacing the table");
+                    false
+                }
+            },
+            None => false,
+        };
+        let result = if partial {
+            Ok(())
+        } else {
+            crate::nft::apply(&config.host, &script).await
+        };
+        match result {
             Ok(()) => {
-                tracing::debug!(node = %config.node, services = wanted.services.len(), took = ?started.elapsed(), "service rules applied");
+                tracing::debug!(node = %config.node, services = wanted.services.len(), partial, took = ?started.elapsed(), "service rules applied");
                 if let Some(old) = &applied.ruleset {
                     for flow in rules::udp_removed(old, &wanted) {
                         if let Err(e) = crate::nft::forget_udp_flows(

@@ -23,10 +23,14 @@
 //!   [`MASQUERADE_MARK`], and packets from the instance range to anywhere outside it
 //!   (instance addresses survive between nodes).
 //!
+//! [`render_update`] turns one rendered table into another in place, rewriting only the
+//! elements and chains of frontends that changed (kube-proxy's partial sync): at
+//! thousands of services, replacing the whole table costs seconds of kernel time.
+//!
 //! [`udp_removed`] lists the UDP flows whose conntrack entries go stale when a table
 //! replaces another, and [`delete_script`] removes the table.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -36,6 +40,13 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 /// upper 16 bits, Cilium 0x0F00 and Tailscale 0xFF0000, so 0x1000 stays clear of
 /// the data planes most likely to share a node with us.
 pub const MASQUERADE_MARK: u32 = 0x1000;
+
+/// The verdict map of frontends with backends.
+const SERVICE_IPS: &str = "service-ips";
+/// The verdict map of frontends without backends.
+const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+/// The set of every service IP.
+const SERVICE_ADDRESSES: &str = "service-addresses";
 
 /// The longest chain name the kernel accepts (`NFT_CHAIN_MAXNAMELEN` less the NUL).
 const MAX_CHAIN_NAME: usize = 255;
@@ -117,31 +128,17 @@ pub fn render(rules: &Ruleset) -> String {
     let plan = Plan::new(rules);
     let mut out = delete_script(&rules.table);
     let _ = writeln!(out, "table ip {} {{", rules.table);
-    write_map(
-        &mut out,
-        "service-ips",
-        plan.frontends
-            .iter()
-            .filter(|f| !f.backends.is_empty())
-            .map(|f| (f.key(), f.chain.clone())),
-    );
-    write_map(
-        &mut out,
-        "no-endpoint-services",
-        plan.frontends
-            .iter()
-            .filter(|f| f.backends.is_empty())
-            .map(|f| (f.key(), "reject-chain".to_string())),
-    );
-    write_set(
-        &mut out,
-        "service-addresses",
-        plan.frontends
-            .iter()
-            .map(|f| f.ip)
-            .collect::<BTreeSet<_>>()
-            .into_iter(),
-    );
+    for map in [SERVICE_IPS, NO_ENDPOINT_SERVICES] {
+        write_map(
+            &mut out,
+            map,
+            plan.frontends
+                .iter()
+                .filter(|f| f.verdict().0 == map)
+                .map(|f| (f.key(), f.verdict().1.to_string())),
+        );
+    }
+    write_set(&mut out, SERVICE_ADDRESSES, plan.addresses().into_iter());
     let no_endpoint = "ct state new ip daddr . meta l4proto . th dport vmap @no-endpoint-services";
     // What is still addressed to a service IP here was not DNATed: a port the Service
     // does not have.
@@ -208,23 +205,8 @@ pub fn render(rules: &Ruleset) -> String {
     for (name, hook, body) in &fixed {
         write_chain(&mut out, name, *hook, body);
     }
-    for f in plan.frontends.iter().filter(|f| !f.backends.is_empty()) {
-        let picks = f
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, (_, chain))| format!("{i} : goto {chain}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let pick = format!("numgen inc mod {} vmap {{ {picks} }}", f.backends.len());
-        write_chain(&mut out, &f.chain, None, &[pick]);
-        for (backend, chain) in &f.backends {
-            let body = [
-                format!("ip saddr {} jump mark-for-masquerade", backend.ip()),
-                format!("meta l4proto {} dnat to {backend}", f.proto),
-            ];
-            write_chain(&mut out, chain, None, &body);
-        }
+    for (name, body) in plan.frontends.iter().flat_map(PlannedFrontend::chains) {
+        write_chain(&mut out, name, None, &body);
     }
     out.push_str("}\n");
     out
@@ -253,6 +235,86 @@ pub fn udp_removed(old: &Ruleset, new: &Ruleset) -> Vec<UdpFlow> {
     udp_flows(old).difference(&kept).copied().collect()
 }
 
+/// The `nft -f` script that turns the table [`render`] made for `old` into the one it
+/// makes for `new`, in one transaction, touching only what differs (kube-proxy's
+/// partial sync): the map and set elements whose value changed, and the chains of
+/// frontends whose backends changed. Chains and elements of unchanged frontends are
+/// left alone. Empty when both render the same table.
+///
+/// `None` when the table cannot be updated in place: another table name or instance
+/// range (the fixed chains differ); the caller then applies `render(new)`.
+///
+/// The order within the transaction keeps every reference valid at each step:
+///
+/// 1. map and set elements that go or change value are deleted (nothing refers to a
+///    frontend chain any more);
+/// 2. chains that go or change are flushed (nothing refers to a backend chain), then
+///    the ones that go are deleted;
+/// 3. new chains are added empty, then every new or changed chain gets its rules
+///    (so a `goto` finds its target however the chains are ordered);
+/// 4. map and set elements that are new or changed value are added.
+///
+/// An element changing value is deleted and added again: nft 1.0.6's `add element`
+/// on a key that is present with another verdict fails ("File exists"), it never
+/// replaces; deleting and adding the same key in one transaction is accepted.
+pub fn render_update(old: &Ruleset, new: &Ruleset) -> Option<String> {
+    if old.table != new.table || old.instance_range != new.instance_range {
+        return None;
+    }
+    let table = &new.table;
+    let (old, new) = (Plan::new(old), Plan::new(new));
+    let (old_verdicts, new_verdicts) = (old.verdicts(), new.verdicts());
+    let (old_chains, new_chains) = (old.chains(), new.chains());
+    let (old_ips, new_ips) = (old.addresses(), new.addresses());
+    let mut out = String::new();
+
+    // 1. Elements out.
+    for (key, &(map, _)) in &old_verdicts {
+        if new_verdicts.get(key) != old_verdicts.get(key) {
+            let _ = writeln!(out, "delete element ip {table} {map} {{ {key} }}");
+        }
+    }
+    for ip in old_ips.difference(&new_ips) {
+        let _ = writeln!(
+            out,
+            "delete element ip {table} {SERVICE_ADDRESSES} {{ {ip} }}"
+        );
+    }
+    // 2. Chains emptied, then the ones that go deleted.
+    for (name, body) in &old_chains {
+        if new_chains.get(name) != Some(body) {
+            let _ = writeln!(out, "flush chain ip {table} {name}");
+        }
+    }
+    for name in old_chains.keys().filter(|n| !new_chains.contains_key(*n)) {
+        let _ = writeln!(out, "delete chain ip {table} {name}");
+    }
+    // 3. Chains in, then their rules.
+    for name in new_chains.keys().filter(|n| !old_chains.contains_key(*n)) {
+        let _ = writeln!(out, "add chain ip {table} {name}");
+    }
+    for (name, body) in &new_chains {
+        if old_chains.get(name) != Some(body) {
+            for rule in body {
+                let _ = writeln!(out, "add rule ip {table} {name} {rule}");
+            }
+        }
+    }
+    // 4. Elements in.
+    for (key, &(map, chain)) in &new_verdicts {
+        if old_verdicts.get(key) != new_verdicts.get(key) {
+            let _ = writeln!(
+                out,
+                "add element ip {table} {map} {{ {key} : goto {chain} }}"
+            );
+        }
+    }
+    for ip in new_ips.difference(&old_ips) {
+        let _ = writeln!(out, "add element ip {table} {SERVICE_ADDRESSES} {{ {ip} }}");
+    }
+    Some(out)
+}
+
 /// A frontend as rendered: its chain and its backends' chains, sorted.
 struct PlannedFrontend {
     ip: Ipv4Addr,
@@ -265,6 +327,40 @@ struct PlannedFrontend {
 impl PlannedFrontend {
     fn key(&self) -> String {
         format!("{} . {} . {}", self.ip, self.proto, self.port)
+    }
+
+    /// The map holding this frontend's key and the chain it sends packets to.
+    fn verdict(&self) -> (&'static str, &str) {
+        if self.backends.is_empty() {
+            (NO_ENDPOINT_SERVICES, "reject-chain")
+        } else {
+            (SERVICE_IPS, &self.chain)
+        }
+    }
+
+    /// The chains of this frontend and their rules: its own chain (round robin) and
+    /// one per backend, in that order; none without backends.
+    fn chains(&self) -> Vec<(&str, Vec<String>)> {
+        if self.backends.is_empty() {
+            return Vec::new();
+        }
+        let picks = self
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, (_, chain))| format!("{i} : goto {chain}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let pick = format!("numgen inc mod {} vmap {{ {picks} }}", self.backends.len());
+        let mut chains = vec![(self.chain.as_str(), vec![pick])];
+        for (backend, chain) in &self.backends {
+            let body = vec![
+                format!("ip saddr {} jump mark-for-masquerade", backend.ip()),
+                format!("meta l4proto {} dnat to {backend}", self.proto),
+            ];
+            chains.push((chain.as_str(), body));
+        }
+        chains
     }
 }
 
@@ -313,6 +409,27 @@ impl Plan {
             }
         }
         Plan { frontends }
+    }
+
+    /// Every service IP (the `service-addresses` set).
+    fn addresses(&self) -> BTreeSet<Ipv4Addr> {
+        self.frontends.iter().map(|f| f.ip).collect()
+    }
+
+    /// Each frontend's map entry, by key: (key, (map, chain)).
+    fn verdicts(&self) -> BTreeMap<String, (&'static str, &str)> {
+        self.frontends
+            .iter()
+            .map(|f| (f.key(), f.verdict()))
+            .collect()
+    }
+
+    /// Every frontend chain and its rules, by name.
+    fn chains(&self) -> BTreeMap<&str, Vec<String>> {
+        self.frontends
+            .iter()
+            .flat_map(PlannedFrontend::chains)
+            .collect()
     }
 }
 
@@ -527,10 +644,58 @@ mod tests {
         ]
     }
 
-    fn golden_path(name: &str) -> std::path::PathBuf {
+    /// Updates kept as golden files in `tests/golden/updates/` (old, new).
+    fn golden_update_cases() -> Vec<(&'static str, Ruleset, Ruleset)> {
+        use Proto::Tcp;
+        let web =
+            |backends: &[&str]| svc("default", "web", vec![fe("10.96.0.10", 80, Tcp, backends)]);
+        let cache =
+            |backends: &[&str]| svc("shop", "cache", vec![fe("10.30.0.2", 6379, Tcp, backends)]);
+        vec![
+            (
+                // One backend leaves, one joins; the other service stays untouched.
+                "backends_changed",
+                ruleset(vec![
+                    web(&["10.128.0.2:8080", "10.128.0.3:8080"]),
+                    cache(&["10.128.64.3:6379"]),
+                ]),
+                ruleset(vec![
+                    web(&["10.128.0.2:8080", "10.128.1.2:8080"]),
+                    cache(&["10.128.64.3:6379"]),
+                ]),
+            ),
+            (
+                "to_no_endpoints_and_service_added",
+                ruleset(vec![web(&["10.128.0.2:8080"])]),
+                ruleset(vec![web(&[]), cache(&["10.128.64.3:6379"])]),
+            ),
+        ]
+    }
+
+    fn golden_path(dir: &str, name: &str) -> std::path::PathBuf {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden")
+            .join(dir)
             .join(format!("{name}.nft"))
+    }
+
+    /// Compare `actual` with the golden file at `path` (or rewrite it when blessing);
+    /// a difference goes to `failures`.
+    fn check_golden(path: &std::path::Path, actual: &str, failures: &mut Vec<String>) {
+        if std::env::var_os("NETPLANE_BLESS").is_some_and(|v| v == "1") {
+            std::fs::create_dir_all(path.parent().expect("golden dir"))
+                .expect("create the golden directory");
+            std::fs::write(path, actual).expect("write golden file");
+            return;
+        }
+        match std::fs::read_to_string(path) {
+            Ok(expected) if expected == actual => {}
+            Ok(expected) => failures.push(format!(
+                "{}: differs at {}",
+                path.display(),
+                first_difference(&expected, actual)
+            )),
+            Err(e) => failures.push(format!("{}: {e}", path.display())),
+        }
     }
 
     /// Where `actual` first differs from `expected`, for a readable failure.
@@ -554,26 +719,21 @@ mod tests {
 
     #[test]
     fn golden_files() {
-        let bless = std::env::var_os("NETPLANE_BLESS").is_some_and(|v| v == "1");
         let mut failures = Vec::new();
         for (name, rules) in golden_cases() {
-            let path = golden_path(name);
-            let actual = render(&rules);
-            if bless {
-                std::fs::create_dir_all(path.parent().expect("golden dir"))
-                    .expect("create tests/golden");
-                std::fs::write(&path, &actual).expect("write golden file");
-                continue;
-            }
-            match std::fs::read_to_string(&path) {
-                Ok(expected) if expected == actual => {}
-                Ok(expected) => failures.push(format!(
-                    "{}: differs at {}",
-                    path.display(),
-                    first_difference(&expected, &actual)
-                )),
-                Err(e) => failures.push(format!("{}: {e}", path.display())),
-            }
+            check_golden(
+                &golden_path("tests/golden", name),
+                &render(&rules),
+                &mut failures,
+            );
+        }
+        for (name, old, new) in golden_update_cases() {
+            let update = render_update(&old, &new).expect("an update");
+            check_golden(
+                &golden_path("tests/golden/updates", name),
+                &update,
+                &mut failures,
+            );
         }
         assert!(
             failures.is_empty(),
@@ -581,6 +741,174 @@ mod tests {
              then review the diff):\n{}",
             failures.join("\n")
         );
+    }
+
+    /// (case, old, new, lines that must appear, substrings that must not).
+    type UpdateCase = (
+        &'static str,
+        Ruleset,
+        Ruleset,
+        Vec<&'static str>,
+        Vec<&'static str>,
+    );
+
+    #[test]
+    fn render_update_shapes() {
+        use Proto::{Tcp, Udp};
+        let web = |backends: &[&str]| svc("a", "web", vec![fe("10.96.0.1", 80, Tcp, backends)]);
+        let other = svc(
+            "a",
+            "other",
+            vec![fe("10.96.0.9", 53, Udp, &["10.0.0.9:53"])],
+        );
+        let two = ["10.0.0.1:80", "10.0.0.2:80"];
+        let cases: Vec<UpdateCase> = vec![
+            (
+                "a frontend is added",
+                ruleset(vec![other.clone()]),
+                ruleset(vec![other.clone(), web(&two)]),
+                vec![
+                    "add chain ip oakestra svc-a/web-10.96.0.1-tcp-80",
+                    "add chain ip oakestra ep-a/web-10.96.0.1-tcp-80-10.0.0.2-80",
+                    "add rule ip oakestra svc-a/web-10.96.0.1-tcp-80 numgen inc mod 2 vmap { 0 : goto ep-a/web-10.96.0.1-tcp-80-10.0.0.1-80, 1 : goto ep-a/web-10.96.0.1-tcp-80-10.0.0.2-80 }",
+                    "add rule ip oakestra ep-a/web-10.96.0.1-tcp-80-10.0.0.1-80 meta l4proto tcp dnat to 10.0.0.1:80",
+                    "add element ip oakestra service-ips { 10.96.0.1 . tcp . 80 : goto svc-a/web-10.96.0.1-tcp-80 }",
+                    "add element ip oakestra service-addresses { 10.96.0.1 }",
+                ],
+                vec!["a/other", "delete", "flush"],
+            ),
+            (
+                "a frontend is removed",
+                ruleset(vec![other.clone(), web(&two)]),
+                ruleset(vec![other.clone()]),
+                vec![
+                    "delete element ip oakestra service-ips { 10.96.0.1 . tcp . 80 }",
+                    "delete element ip oakestra service-addresses { 10.96.0.1 }",
+                    "flush chain ip oakestra svc-a/web-10.96.0.1-tcp-80",
+                    "flush chain ip oakestra ep-a/web-10.96.0.1-tcp-80-10.0.0.1-80",
+                    "delete chain ip oakestra svc-a/web-10.96.0.1-tcp-80",
+                    "delete chain ip oakestra ep-a/web-10.96.0.1-tcp-80-10.0.0.2-80",
+                ],
+                vec!["a/other", "add "],
+            ),
+            (
+                "a backend is replaced",
+                ruleset(vec![other.clone(), web(&two)]),
+                ruleset(vec![other.clone(), web(&["10.0.0.1:80", "10.0.0.3:80"])]),
+                vec![
+                    "flush chain ip oakestra svc-a/web-10.96.0.1-tcp-80",
+                    "flush chain ip oakestra ep-a/web-10.96.0.1-tcp-80-10.0.0.2-80",
+                    "delete chain ip oakestra ep-a/web-10.96.0.1-tcp-80-10.0.0.2-80",
+                    "add chain ip oakestra ep-a/web-10.96.0.1-tcp-80-10.0.0.3-80",
+                    "add rule ip oakestra svc-a/web-10.96.0.1-tcp-80 numgen inc mod 2 vmap { 0 : goto ep-a/web-10.96.0.1-tcp-80-10.0.0.1-80, 1 : goto ep-a/web-10.96.0.1-tcp-80-10.0.0.3-80 }",
+                ],
+                vec![
+                    "a/other",
+                    "element",
+                    "add chain ip oakestra svc-",
+                    "ep-a/web-10.96.0.1-tcp-80-10.0.0.1-80 ",
+                    "chain ip oakestra ep-a/web-10.96.0.1-tcp-80-10.0.0.1-80",
+                ],
+            ),
+            (
+                "the last backend leaves",
+                ruleset(vec![web(&two)]),
+                ruleset(vec![web(&[])]),
+                vec![
+                    "delete element ip oakestra service-ips { 10.96.0.1 . tcp . 80 }",
+                    "add element ip oakestra no-endpoint-services { 10.96.0.1 . tcp . 80 : goto reject-chain }",
+                    "delete chain ip oakestra svc-a/web-10.96.0.1-tcp-80",
+                    "delete chain ip oakestra ep-a/web-10.96.0.1-tcp-80-10.0.0.1-80",
+                ],
+                vec!["service-addresses", "add chain", "add rule"],
+            ),
+            (
+                "a backend comes back",
+                ruleset(vec![web(&[])]),
+                ruleset(vec![web(&["10.0.0.1:80"])]),
+                vec![
+                    "delete element ip oakestra no-endpoint-services { 10.96.0.1 . tcp . 80 }",
+                    "add chain ip oakestra svc-a/web-10.96.0.1-tcp-80",
+                    "add chain ip oakestra ep-a/web-10.96.0.1-tcp-80-10.0.0.1-80",
+                    "add element ip oakestra service-ips { 10.96.0.1 . tcp . 80 : goto svc-a/web-10.96.0.1-tcp-80 }",
+                ],
+                vec!["service-addresses", "flush", "delete chain"],
+            ),
+            (
+                "a service IP another frontend still uses stays in the set",
+                ruleset(vec![svc(
+                    "a",
+                    "dns",
+                    vec![fe("10.96.0.53", 53, Udp, &[]), fe("10.96.0.53", 53, Tcp, &[])],
+                )]),
+                ruleset(vec![svc("a", "dns", vec![fe("10.96.0.53", 53, Udp, &[])])]),
+                vec!["delete element ip oakestra no-endpoint-services { 10.96.0.53 . tcp . 53 }"],
+                vec!["service-addresses", "udp", "chain"],
+            ),
+            (
+                "a frontend moving to another service changes chain",
+                ruleset(vec![web(&["10.0.0.1:80"])]),
+                ruleset(vec![svc("b", "web", vec![fe("10.96.0.1", 80, Tcp, &["10.0.0.1:80"])])]),
+                vec![
+                    "delete element ip oakestra service-ips { 10.96.0.1 . tcp . 80 }",
+                    "delete chain ip oakestra svc-a/web-10.96.0.1-tcp-80",
+                    "add chain ip oakestra svc-b/web-10.96.0.1-tcp-80",
+                    "add element ip oakestra service-ips { 10.96.0.1 . tcp . 80 : goto svc-b/web-10.96.0.1-tcp-80 }",
+                ],
+                vec!["service-addresses"],
+            ),
+        ];
+        // The phase of each command: they must come in this order (see `render_update`).
+        let phases = [
+            "delete element ",
+            "flush chain ",
+            "delete chain ",
+            "add chain ",
+            "add rule ",
+            "add element ",
+        ];
+        for (case, old, new, present, absent) in cases {
+            let out = render_update(&old, &new).unwrap_or_else(|| panic!("{case}: no update"));
+            let lines: Vec<&str> = out.lines().collect();
+            for want in present {
+                assert!(lines.contains(&want), "{case}: missing {want:?} in\n{out}");
+            }
+            for unwanted in absent {
+                assert!(
+                    !out.contains(unwanted),
+                    "{case}: unexpected {unwanted:?} in\n{out}"
+                );
+            }
+            let order: Vec<usize> = lines
+                .iter()
+                .map(|l| {
+                    phases
+                        .iter()
+                        .position(|p| l.starts_with(p))
+                        .unwrap_or_else(|| panic!("{case}: unknown command {l:?}"))
+                })
+                .collect();
+            assert!(
+                order.windows(2).all(|w| w[0] <= w[1]),
+                "{case}: out of order:\n{out}"
+            );
+        }
+    }
+
+    #[test]
+    fn render_update_of_nothing_is_empty_and_of_another_table_none() {
+        let (_, rules) = golden_cases().remove(5);
+        assert_eq!(render_update(&rules, &rules).as_deref(), Some(""));
+        let renamed = Ruleset {
+            table: "other".into(),
+            ..rules.clone()
+        };
+        assert_eq!(render_update(&rules, &renamed), None);
+        let moved = Ruleset {
+            instance_range: (ip("10.0.0.0"), 8),
+            ..rules.clone()
+        };
+        assert_eq!(render_update(&rules, &moved), None);
     }
 
     #[test]

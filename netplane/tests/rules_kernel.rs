@@ -388,3 +388,201 @@ async fn golden_files_load_into_the_kernel() {
         println!("{}: accepted", file.display());
     }
 }
+
+/// `nft list table` output in a form two equal tables share whatever the order the
+/// kernel keeps chains and elements in: one line per rule (prefixed with its chain and
+/// its place in it) and per map or set element (prefixed with its map or set), sorted.
+fn normalized(listing: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut container = String::new();
+    let mut place = 0;
+    let mut elements: Option<String> = None;
+    for line in listing
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "}")
+    {
+        if let Some(acc) = elements.as_mut() {
+            acc.push_str(line);
+        } else if let Some(rest) = line.strip_prefix("elements = {") {
+            elements = Some(rest.to_string());
+        } else if line.ends_with('{') {
+            container = line.to_string();
+            place = 0;
+            continue;
+        } else {
+            place += 1;
+            out.push(format!("{container} {place}: {line}"));
+            continue;
+        }
+        if let Some(acc) = elements.take_if(|acc| acc.ends_with('}')) {
+            let items = acc.trim_end_matches('}');
+            out.extend(
+                items
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|i| !i.is_empty())
+                    .map(|i| format!("{container} element {i}")),
+            );
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn listing(host: &Host) -> Vec<String> {
+    normalized(&run(host, "nft", &["list", "table", "ip", TABLE]).await)
+}
+
+fn service(name: &str, frontends: Vec<Frontend>) -> ServiceRules {
+    ServiceRules {
+        namespace: "default".into(),
+        name: name.into(),
+        frontends,
+    }
+}
+
+#[tokio::test]
+async fn partial_updates_reach_the_table_a_full_render_makes() {
+    skip_unless_able!();
+    let mut lab = Lab::new("upd");
+    let updated = Host::netns(lab.netns("updated").await);
+    let fresh = Host::netns(lab.netns("fresh").await);
+    let [a, b, c] = [2, 3, 4].map(|i| Ipv4Addr::new(10, 250, 0, i));
+    let extra = Ipv4Addr::new(10, 96, 0, 30);
+    let dns = Ipv4Addr::new(10, 96, 0, 53);
+    let start = ruleset(&[a, b], a);
+    let with = |mut rules: Ruleset, f: &dyn Fn(&mut Vec<ServiceRules>)| {
+        f(&mut rules.services);
+        rules
+    };
+    let web =
+        |backends: &[Ipv4Addr]| service("web", vec![frontend(SERVICE, 80, Proto::Tcp, backends)]);
+    let steps: Vec<(&str, Ruleset)> = vec![
+        (
+            "a service is added",
+            with(start.clone(), &|s| {
+                s.push(service(
+                    "extra",
+                    vec![frontend(extra, 80, Proto::Tcp, &[c])],
+                ));
+            }),
+        ),
+        (
+            "backends change",
+            with(start.clone(), &|s| s[0] = web(&[a, c])),
+        ),
+        (
+            "the last backend leaves",
+            with(start.clone(), &|s| s[0] = web(&[])),
+        ),
+        (
+            "a backend comes back",
+            with(start.clone(), &|s| s[0] = web(&[b])),
+        ),
+        ("back to the start", start.clone()),
+        (
+            "one of two frontends of a service goes",
+            with(start.clone(), &|s| s[2].frontends.truncate(1)),
+        ),
+        (
+            "a frontend changes service",
+            with(start.clone(), &|s| s[0].name = "web2".into()),
+        ),
+        (
+            "two frontends share an IP",
+            with(start.clone(), &|s| {
+                s.push(service(
+                    "dns",
+                    vec![
+                        frontend(dns, 53, Proto::Udp, &[c]),
+                        frontend(dns, 53, Proto::Tcp, &[c]),
+                    ],
+                ));
+            }),
+        ),
+        (
+            "one of them goes",
+            with(start.clone(), &|s| {
+                s.push(service("dns", vec![frontend(dns, 53, Proto::Udp, &[c])]));
+            }),
+        ),
+        ("every service goes", with(start.clone(), &|s| s.clear())),
+        ("all come back", start.clone()),
+    ];
+    nft::apply(&updated, &rules::render(&start))
+        .await
+        .expect("first table");
+    let mut prev = start;
+    for (step, next) in steps {
+        let update = rules::render_update(&prev, &next).expect("an update");
+        nft::apply(&updated, &update)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e}\n{update}"));
+        nft::apply(&fresh, &rules::render(&next))
+            .await
+            .unwrap_or_else(|e| panic!("{step}: full render: {e}"));
+        let (got, want) = (listing(&updated).await, listing(&fresh).await);
+        assert_eq!(got, want, "{step}: the updated table differs\n{update}");
+        println!("{step}: {} commands, same table", update.lines().count());
+        prev = next;
+    }
+}
+
+/// 2000 services of 3 endpoints each: how long one changed service takes to apply
+/// in place, against replacing the table. Prints, asserts nothing about speed (speed
+/// is `oakbench`'s business); ignored by default: `cargo test -p netplane --test
+/// rules_kernel -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "takes seconds; a measurement"]
+async fn partial_update_at_scale() {
+    skip_unless_able!();
+    let mut lab = Lab::new("scale");
+    let host = Host::netns(lab.netns("x").await);
+    let services = |changed: u8| -> Ruleset {
+        let services = (0..2000u16)
+            .map(|i| {
+                let [hi, lo] = i.to_be_bytes();
+                let backends: Vec<Ipv4Addr> = (0..3u8)
+                    .map(|k| {
+                        let k = if i == 0 { k + changed } else { k };
+                        Ipv4Addr::new(10, 250 + k, hi, lo)
+                    })
+                    .collect();
+                service(
+                    &format!("svc-{i}"),
+                    vec![frontend(
+                        Ipv4Addr::new(10, 96, hi, lo),
+                        80,
+                        Proto::Tcp,
+                        &backends,
+                    )],
+                )
+            })
+            .collect();
+        Ruleset {
+            table: TABLE.into(),
+            instance_range: (Ipv4Addr::new(10, 250, 0, 0), 14),
+            services,
+        }
+    };
+    let (before, after) = (services(0), services(1));
+    let timed = |script: String| {
+        let host = host.clone();
+        async move {
+            let started = Instant::now();
+            nft::apply(&host, &script).await.expect("apply");
+            started.elapsed()
+        }
+    };
+    let first = timed(rules::render(&before)).await;
+    let full = timed(rules::render(&after)).await;
+    let back = timed(rules::render(&before)).await;
+    let update = rules::render_update(&before, &after).expect("an update");
+    let commands = update.lines().count();
+    let partial = timed(update).await;
+    println!(
+        "2000 services x 3 endpoints: first load {first:?}, full replacement {full:?} \
+         and {back:?}, partial update of one service ({commands} commands) {partial:?}"
+    );
+}
