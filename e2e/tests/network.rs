@@ -506,7 +506,11 @@ async fn service_ips_reach_across_clusters() {
     // follow, and cluster a stops sending there (the instance still runs, and is not
     // evicted yet): connections are refused at once instead of going to a lost node.
     let mut lab = lab;
-    let n3 = lab.machines.iter_mut().find(|m| m.name == "n3").expect("n3");
+    let n3 = lab
+        .machines
+        .iter_mut()
+        .find(|m| m.name == "n3")
+        .expect("n3");
     n3.worker.kill9();
     let killed = Instant::now();
     let from = container_netns(&near[0].metadata.name);
