@@ -204,6 +204,8 @@ struct Applied {
     peers: Option<Vec<overlay::Peer>>,
     /// The condition last written: (status, reason, message).
     condition: Option<(bool, String, String)>,
+    /// When the condition's status last changed (its `lastTransitionTime`).
+    since: Option<chrono::DateTime<chrono::Utc>>,
     /// The overlay end last published.
     published: Option<NodeNetwork>,
     /// The DNS responder's zone, once it serves.
@@ -470,9 +472,16 @@ async fn pass(
         .is_some_and(|(s, r, _)| *s == condition.0 && *r == condition.1);
     let end = end.or_else(|| applied.published.clone());
     if !same || end != applied.published {
-        match report(client, &config.node, end.as_ref(), &condition).await {
+        // The transition time moves only when the status does.
+        let flipped = applied.condition.as_ref().map(|(s, _, _)| *s) != Some(condition.0);
+        let since = match applied.since {
+            Some(at) if !flipped => at,
+            _ => chrono::Utc::now(),
+        };
+        match report(client, &config.node, end.as_ref(), &condition, since).await {
             Ok(()) => {
                 applied.condition = Some(condition);
+                applied.since = Some(since);
                 applied.published = end;
             }
             Err(e) => tracing::warn!(error = %e, "writing the node's network status failed"),
@@ -518,13 +527,14 @@ async fn report(
     node: &str,
     network: Option<&NodeNetwork>,
     (ok, reason, message): &(bool, String, String),
+    since: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), client::ClientError> {
     let condition: BTreeMap<&str, serde_json::Value> = [
         ("type", json!(NETWORK_READY)),
         ("status", json!(if *ok { "True" } else { "False" })),
         ("reason", json!(reason)),
         ("message", json!(message)),
-        ("lastTransitionTime", json!(chrono::Utc::now())),
+        ("lastTransitionTime", json!(since)),
     ]
     .into();
     let mut status = json!({"conditions": [condition]});
