@@ -46,9 +46,6 @@ use crate::network::NetworkError;
 use crate::node::{register_node, NodeHeartbeat, NodeInfo, NodeReport};
 use crate::runtime::{Assembly, RuntimeError};
 
-/// The label every Node gets with its own name (Kubernetes' well-known label).
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
-
 /// Settings of one agent.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -116,7 +113,7 @@ impl NodeSide {
         // name the node by this label.
         let mut labels = c.labels.clone();
         labels
-            .entry(HOSTNAME_LABEL.to_string())
+            .entry(crds::HOSTNAME_LABEL.to_string())
             .or_insert_with(|| c.node.clone());
         let info = NodeInfo {
             name: c.node.clone(),

@@ -42,6 +42,10 @@ pub const GROUP: &str = "oakestra.io";
 pub const VERSION: &str = "v1";
 /// `apiVersion` of the Oakestra kinds.
 pub const API_VERSION: &str = "oakestra.io/v1";
+/// The label every Node carries with its own name (Kubernetes' well-known label, as
+/// kubelet sets it): node selectors, and Oakestra SLAs' `direct` node constraints,
+/// name a node by it.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// Static facts about a served kind.
 #[derive(Debug)]

@@ -30,7 +30,7 @@ pub const SUPPORTED_VERSIONS: &[&str] = &["v2.0"];
 /// Oakestra's service range, and the root's default `--service-cidr`.
 pub const DEFAULT_SERVICE_CIDR: &str = "10.30.0.0/16";
 /// The node label a direct `node` constraint selects on (its value: the host name).
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+pub use crds::HOSTNAME_LABEL;
 
 /// Label: the application's original name.
 pub const LABEL_APPLICATION: &str = "oakestra.io/application";
