@@ -1026,17 +1026,18 @@ async fn server_side_apply(c: &Client) {
     let dropped = svc.apply("ssa", &a3, "a", false).await.unwrap();
     assert_eq!(dropped["metadata"]["labels"], json!({"app": "ssa"}));
 
-    // A merge patch is an Update of its manager (this client sends no User-Agent).
+    // A merge patch is an Update of its manager: without a fieldManager, the product
+    // of the User-Agent (this client sends `oakestra/<version>`).
     let patched = svc
         .patch("ssa", &json!({"metadata": {"annotations": {"note": "hi"}}}))
         .await
         .unwrap();
     assert!(
-        managers(&patched).contains(&entry("unknown", "Update", "")),
+        managers(&patched).contains(&entry("oakestra", "Update", "")),
         "{patched}"
     );
     assert_eq!(
-        fields_of(&patched, "unknown", "Update"),
+        fields_of(&patched, "oakestra", "Update"),
         json!({"f:metadata": {"f:annotations": {"f:note": {}}}})
     );
 

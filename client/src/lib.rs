@@ -156,7 +156,13 @@ pub struct Client {
     /// The shared informers of this client and its clones: one watch per kind and
     /// selectors, however many controllers follow it.
     informers: runtime::Informers,
+    /// Sent with every request; the server records writes without a `fieldManager`
+    /// under its product (`metadata.managedFields`).
+    user_agent: reqwest::header::HeaderValue,
 }
+
+/// The User-Agent a client sends unless told otherwise: `oakestra/<version>`.
+pub const USER_AGENT: &str = concat!("oakestra/", env!("CARGO_PKG_VERSION"));
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -220,6 +226,7 @@ impl Client {
             base,
             local: None,
             informers: runtime::Informers::default(),
+            user_agent: reqwest::header::HeaderValue::from_static(USER_AGENT),
         })
     }
 
@@ -271,6 +278,9 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response> {
+        // Set on the request itself: a client's default headers would not reach a
+        // server in this process.
+        let request = request.header(reqwest::header::USER_AGENT, self.user_agent.clone());
         let sent = match &self.local {
             None => request.send().await,
             Some(server) => match request.build() {
