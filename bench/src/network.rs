@@ -468,18 +468,7 @@ fn service_vs_direct(handle: &Handle, prefix: &str, opts: &Options) -> anyhow::R
         .block_on(nft::ensure_bridge_netfilter(&node_host))
         .context("bridge netfilter in the node namespace")?;
     let attach = |ns: &Netns, port: &str, address: Ipv4Addr| {
-        node.ip(&[
-            "link",
-            "add",
-            port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ]);
+        node.veth_to(port, ns);
         // As the agent's CNI bridge does (`hairpinMode`).
         node.ip(&["link", "set", port, "master", "br0", "up"]);
         node.ip(&["link", "set", port, "type", "bridge_slave", "hairpin", "on"]);
@@ -695,18 +684,7 @@ fn overlay_vs_underlay(
         ]);
         node.ip(&["link", "set", "br0", "up"]);
         let ns = Netns::create(&format!("{prefix}-i{}", i + 1));
-        node.ip(&[
-            "link",
-            "add",
-            "vinst",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ]);
+        node.veth_to("vinst", &ns);
         node.ip(&["link", "set", "vinst", "master", "br0", "up"]);
         ns.ip(&[
             "addr",

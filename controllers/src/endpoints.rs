@@ -56,6 +56,17 @@ pub fn endpoint(
     })
 }
 
+/// Whether `instance` is a ready entry of its Service's Endpoints: [`serving`], with an
+/// address and a cluster (what the Service's `status.readyEndpoints` counts).
+pub fn ready_endpoint(instance: &Instance) -> bool {
+    serving(instance)
+        && instance.spec.cluster.is_some()
+        && instance
+            .status
+            .as_ref()
+            .is_some_and(|s| s.instance_ip.is_some())
+}
+
 /// Sort entries by Instance name, the order every Endpoints object keeps.
 pub fn sort(endpoints: &mut [Endpoint]) {
     endpoints.sort_by(|a, b| a.instance.cmp(&b.instance));

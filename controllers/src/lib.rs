@@ -168,6 +168,19 @@ pub fn index_by_service(instances: &client::runtime::Store<crds::Instance>) {
     instances.add_index(BY_SERVICE, |i| Some(ServiceKey::of(i).key()));
 }
 
+/// Name of the Instance-cache index by node (`spec.node`).
+pub const BY_NODE: client::runtime::IndexName = client::runtime::IndexName::new("node");
+
+/// Index an Instance cache by the node it is bound to, and return what a mapper of
+/// Node changes needs: the Instances bound to a node, read through that index.
+pub fn index_by_node(
+    instances: &client::runtime::Store<crds::Instance>,
+) -> impl Fn(&str) -> Vec<std::sync::Arc<crds::Instance>> + Send + Sync + 'static {
+    instances.add_index(BY_NODE, |i| i.spec.node.clone());
+    let instances = instances.clone();
+    move |node| instances.by_index(BY_NODE, node)
+}
+
 /// The mapper from an Instance to the Service it belongs to, for controllers of
 /// Services that an Instance change queues.
 pub fn instance_owner(instance: &crds::Instance) -> Vec<ObjectRef> {

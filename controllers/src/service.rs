@@ -16,8 +16,8 @@ use client::runtime::{Action, Controller, ObjectRef, Recorder, Store};
 use client::{Api, Client, ListParams};
 use crds::conditions::{reason, AVAILABLE, PLACED, READY, RECONCILING, SCHEDULED, STALLED};
 use crds::{
-    find_with_status, is_false, set_condition, ConditionStatus, Endpoints, EventType, Instance,
-    InstanceSpec, ObjectMeta, OwnerReference, Phase, Service, ServiceStatus, API_VERSION,
+    find_with_status, is_false, set_condition, ConditionStatus, EventType, Instance, InstanceSpec,
+    ObjectMeta, OwnerReference, Phase, Service, ServiceStatus, API_VERSION,
 };
 use futures::StreamExt;
 use serde_json::json;
@@ -36,7 +36,6 @@ pub const TEMPLATE_LABEL: &str = "oakestra.io/template-hash";
 struct Ctx {
     client: Client,
     instances: Store<Instance>,
-    endpoints: Store<Endpoints>,
     recorder: Recorder,
     /// Instances this controller created (or found existing) that its cache may not
     /// show yet, with when: a reconcile from a lagging cache does not send their
@@ -63,17 +62,10 @@ pub async fn run(client: Client, config: &RootConfig, shutdown: CancellationToke
         instance_owner,
     );
     index_by_service(&instances);
-    // The ready endpoints are counted in the status.
-    let endpoints = controller.watches(
-        client.api::<Endpoints>(None),
-        ListParams::default(),
-        |e: &Endpoints| vec![ObjectRef::of(e)],
-    );
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), "service-controller"),
         client,
         instances,
-        endpoints,
         expected: Mutex::default(),
     });
     controller
@@ -473,10 +465,13 @@ async fn update_status(
     let mut status = ServiceStatus {
         replicas: mine.len() as i32,
         ready_replicas: ready,
-        ready_endpoints: ctx
-            .endpoints
-            .get(&ObjectRef::of(svc))
-            .map(|e| e.ready().count() as i32),
+        // The ready entries its Endpoints get (the endpoints controller's rule, on
+        // the same Instances).
+        ready_endpoints: Some(
+            mine.iter()
+                .filter(|i| crate::endpoints::ready_endpoint(i))
+                .count() as i32,
+        ),
         observed_generation: svc.metadata.generation,
         ..old.clone()
     };

@@ -100,6 +100,40 @@ where
     }
 }
 
+/// The Instances of `service` that are not being deleted, as `api` lists them (none
+/// when it cannot be reached).
+pub async fn instances_of(api: &client::Api<crds::Instance>, service: &str) -> Vec<crds::Instance> {
+    let (items, _) = api
+        .list(&client::ListParams::default())
+        .await
+        .unwrap_or_default();
+    items
+        .into_iter()
+        .filter(|i| i.spec.service == service && i.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// Wait up to `deadline` until exactly `n` Instances of `service` exist and all are
+/// `Running`; returns them.
+pub async fn running_instances(
+    api: &client::Api<crds::Instance>,
+    service: &str,
+    n: usize,
+    deadline: Duration,
+) -> Vec<crds::Instance> {
+    let what = format!("{n} Running instances of {service}");
+    eventually(&what, deadline, || async {
+        let items = instances_of(api, service).await;
+        let running = items.iter().all(|i| {
+            i.status
+                .as_ref()
+                .is_some_and(|s| s.phase == crds::Phase::Running)
+        });
+        (items.len() == n && running).then_some(items)
+    })
+    .await
+}
+
 /// Check that `what` holds for the whole of `duration`: poll `check` from now until
 /// `duration` has passed (every 50 ms, the last poll at or after its end). `check`
 /// returns `Ok(value)` while it holds and `Err(observed)` once it does not; the first

@@ -107,6 +107,22 @@ impl Netns {
             .unwrap_or_else(|e| panic!("running {program} in {}: {e}", self.name))
     }
 
+    /// A veth pair: `port` in this namespace, its other end `eth0` in `peer`.
+    pub fn veth_to(&self, port: &str, peer: &Netns) {
+        self.ip(&[
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            peer.name(),
+        ]);
+    }
+
     /// Set a sysctl in the namespace (e.g. `net.ipv4.ip_forward=1`).
     pub fn sysctl(&self, setting: &str) {
         must(
@@ -233,18 +249,7 @@ impl Underlay {
     pub fn attach(&self, host: &Netns, last: u8) -> String {
         let outside = format!("v{}", last);
         let address = format!("{}.{last}", self.prefix);
-        self.wan.ip(&[
-            "link",
-            "add",
-            &outside,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            host.name(),
-        ]);
+        self.wan.veth_to(&outside, host);
         self.wan
             .ip(&["link", "set", &outside, "master", "lan", "up"]);
         host.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);

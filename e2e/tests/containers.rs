@@ -29,11 +29,6 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
     (status.starts_with("HTTP/1.") && status.contains(" 200 ")).then_some(out)
 }
 
-/// The web server image `web:TAG` ([`Registry::push_web`]).
-fn web_image(registry: &Registry, tag: &str) -> String {
-    registry.push_web(tag)
-}
-
 /// `oakctl apply` the manifest `yaml`, written to `dir/NAME.yaml`, with `kubeconfig`.
 fn apply(kubeconfig: &Path, dir: &Path, name: &str, yaml: &str) {
     e2e::apply_manifest(kubeconfig, dir, &format!("{name}.yaml"), yaml);
@@ -43,30 +38,9 @@ fn service(name: &str, replicas: u32, template: &str) -> String {
     format!("apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  template:\n{template}")
 }
 
-/// Instances of `service` (not being deleted).
-async fn instances_of(api: &Api<Instance>, service: &str) -> Vec<Instance> {
-    let (items, _) = api.list(&ListParams::default()).await.unwrap_or_default();
-    items
-        .into_iter()
-        .filter(|i| i.spec.service == service && i.metadata.deletion_timestamp.is_none())
-        .collect()
-}
-
 /// Wait until `n` Instances of `service` are Running; returns them.
 async fn running(api: &Api<Instance>, service: &str, n: usize) -> Vec<Instance> {
-    eventually(
-        &format!("{n} Running instances of {service}"),
-        WAIT,
-        || async {
-            let items = instances_of(api, service).await;
-            let ok = items.len() == n
-                && items
-                    .iter()
-                    .all(|i| i.status.as_ref().is_some_and(|s| s.phase == Phase::Running));
-            ok.then_some(items)
-        },
-    )
-    .await
+    e2e::running_instances(api, service, n, WAIT).await
 }
 
 fn netns_left(prefix: &str) -> Vec<String> {
@@ -86,8 +60,8 @@ async fn one_device_runs_containers() {
     let _one_at_a_time = e2e::containers::exclusive().await;
     let containerd = Containerd::start();
     let registry = Registry::start();
-    let v1 = web_image(&registry, "v1");
-    let v2 = web_image(&registry, "v2");
+    let v1 = registry.push_web("v1");
+    let v2 = registry.push_web("v2");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (api_port, cluster_port) = (free_port(), free_port());
@@ -209,13 +183,17 @@ async fn one_device_runs_containers() {
     );
     for (svc, reason) in [("hog", "OOMKilled"), ("ghost", "ImagePullFailed")] {
         eventually(&format!("{svc}: {reason}"), WAIT, || async {
-            let items = instances_of(&api, svc).await;
+            let items = e2e::instances_of(&api, svc).await;
             let s = items.first()?.status.clone()?;
             (s.phase == Phase::Failed && s.reason == reason).then_some(())
         })
         .await;
     }
-    let ghost = instances_of(&api, "ghost").await.remove(0).metadata.name;
+    let ghost = e2e::instances_of(&api, "ghost")
+        .await
+        .remove(0)
+        .metadata
+        .name;
     let out = e2e::oakctl(&kubeconfig, &["describe", "instance", &ghost]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -233,7 +211,7 @@ async fn one_device_runs_containers() {
     let rolled = Instant::now();
     apply(&kubeconfig, dir.path(), "web", &web(&v2));
     eventually("both replicas serving v2", WAIT, || async {
-        let items = instances_of(&api, "web").await;
+        let items = e2e::instances_of(&api, "web").await;
         let mut v2_pages = 0;
         for i in &items {
             let s = i.status.as_ref()?;
@@ -301,7 +279,7 @@ async fn one_device_runs_containers() {
     apply(&kubeconfig, dir.path(), "front", &front(2, &v2));
     let port_taken = format!("host port {host_port}/tcp is taken");
     eventually("the second replica waits for the port", WAIT, || async {
-        let items = instances_of(&api, "front").await;
+        let items = e2e::instances_of(&api, "front").await;
         let pending = items.iter().find(|i| i.spec.ordinal == 1)?.status.clone()?;
         (pending.phase == Phase::Pending && pending.message.contains(&port_taken)).then_some(())
     })
@@ -314,7 +292,7 @@ async fn one_device_runs_containers() {
             .success());
     }
     eventually("every container gone", WAIT, || async {
-        (containerd.containers(ns).is_empty() && instances_of(&api, "web").await.is_empty())
+        (containerd.containers(ns).is_empty() && e2e::instances_of(&api, "web").await.is_empty())
             .then_some(())
     })
     .await;
@@ -465,7 +443,7 @@ async fn containers_across_the_hierarchy() {
     workers.get_mut("cb1").unwrap().kill9();
     let killed = Instant::now();
     eventually("the 4 sleepers Running on ca1", WAIT, || async {
-        let items = instances_of(&api, "sleepers").await;
+        let items = e2e::instances_of(&api, "sleepers").await;
         let moved = items.len() == 4
             && items.iter().all(|i| {
                 i.spec.node.as_deref() == Some("ca1")
@@ -521,7 +499,7 @@ async fn containers_across_the_hierarchy() {
     eventually("two containers left", WAIT, || async {
         let n = containerd.containers("oakestra-ca1").len()
             + containerd.containers("oakestra-cb1").len();
-        (n == 2 && instances_of(&api, "sleepers").await.len() == 2).then_some(())
+        (n == 2 && e2e::instances_of(&api, "sleepers").await.len() == 2).then_some(())
     })
     .await;
     for svc in ["sleepers", "native"] {

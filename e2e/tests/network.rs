@@ -16,7 +16,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use client::{Api, ListParams};
-use crds::{Endpoints, Instance, Phase};
+use crds::{Endpoints, Instance};
 use e2e::containers::{Containerd, Registry};
 use e2e::netns::{Netns, Underlay};
 use e2e::{eventually, free_port, Oakestra, RootServer};
@@ -91,24 +91,9 @@ fn container_netns(name: &str) -> String {
     format!("oak-default_{name}")
 }
 
+/// Wait until `n` Instances of `service` are Running; returns them.
 async fn running(api: &Api<Instance>, service: &str, n: usize) -> Vec<Instance> {
-    eventually(
-        &format!("{n} Running instances of {service}"),
-        WAIT,
-        || async {
-            let (items, _) = api.list(&ListParams::default()).await.ok()?;
-            let items: Vec<Instance> = items
-                .into_iter()
-                .filter(|i| i.spec.service == service && i.metadata.deletion_timestamp.is_none())
-                .collect();
-            let ok = items.len() == n
-                && items
-                    .iter()
-                    .all(|i| i.status.as_ref().is_some_and(|s| s.phase == Phase::Running));
-            ok.then_some(items)
-        },
-    )
-    .await
+    e2e::running_instances(api, service, n, WAIT).await
 }
 
 /// Whether the kernel pieces these tests use are here (and root).
@@ -239,6 +224,14 @@ impl Lab {
             .await;
         }
         lab
+    }
+
+    /// The machine `name`.
+    fn machine(&mut self, name: &str) -> &mut Machine {
+        self.machines
+            .iter_mut()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no machine {name}"))
     }
 
     /// An administrator's client of cluster `name`'s own API.
@@ -395,12 +388,7 @@ async fn service_ips_balance_across_nodes() {
 
     // (d) n2's agent dies: once its heartbeat lapsed, the instance there (still
     // running) leaves n1's rules, long before its eviction (a minute here).
-    let node2 = lab
-        .machines
-        .iter_mut()
-        .find(|m| m.name == "n2")
-        .expect("n2");
-    node2.worker.kill9();
+    lab.machine("n2").worker.kill9();
     let killed = Instant::now();
     let lapsed = eventually("n2's endpoints out of n1's rules", WAIT, || async {
         let counts = tally(&from_n1, &rr, 10).ok()?;
@@ -453,7 +441,7 @@ async fn service_ips_reach_across_clusters() {
         return;
     }
     let _one_at_a_time = e2e::containers::exclusive().await;
-    let lab = Lab::start(&[("a", &["n1", "n2"]), ("b", &["n3"])]).await;
+    let mut lab = Lab::start(&[("a", &["n1", "n2"]), ("b", &["n3"])]).await;
     let root_client = lab.root.client();
 
     // Each cluster names its gateway to the root (the first node by name).
@@ -505,13 +493,7 @@ async fn service_ips_reach_across_clusters() {
     // n3's agent dies: cluster b marks its instance not ready, the root's endpoints
     // follow, and cluster a stops sending there (the instance still runs, and is not
     // evicted yet): connections are refused at once instead of going to a lost node.
-    let mut lab = lab;
-    let n3 = lab
-        .machines
-        .iter_mut()
-        .find(|m| m.name == "n3")
-        .expect("n3");
-    n3.worker.kill9();
+    lab.machine("n3").worker.kill9();
     let killed = Instant::now();
     let from = container_netns(&near[0].metadata.name);
     let took = eventually("cluster a stops sending to n3", WAIT, || async {

@@ -199,7 +199,7 @@ fn node_net(node: &Node) -> NodeNet {
 /// The state of the last pass, and what the Node's status says.
 #[derive(Default)]
 struct Applied {
-    script: Option<String>,
+    /// The service rules the kernel holds.
     ruleset: Option<Ruleset>,
     peers: Option<Vec<overlay::Peer>>,
     /// The condition last written: (status, reason, message).
@@ -238,9 +238,7 @@ pub async fn run(
     let endpoints = follow::<Endpoints>(&client, &changed);
     let nodes = follow::<Node>(&client, &changed);
     let clusters = follow::<Cluster>(&client, &changed);
-    for store in [endpoints.1.clone()] {
-        store.wait_ready().await;
-    }
+    endpoints.1.wait_ready().await;
     nodes.1.wait_ready().await;
     clusters.1.wait_ready().await;
     let caches = Caches {
@@ -383,22 +381,18 @@ async fn pass(
         }
     }
 
+    let services = endpoints.state();
+
     // Names: the responder starts on the bridge gateway once the node has its subnet.
     if let (Some(settings), Some(subnet)) = (&config.dns, own_subnet) {
-        if let Err(e) = serve_names(settings, subnet, &endpoints.state(), applied, shutdown) {
+        if let Err(e) = serve_names(settings, subnet, &services, applied, shutdown) {
             problems.push(("DnsFailed", e.to_string()));
         }
     }
 
     // The service rules.
-    let wanted = ruleset(
-        &config.table,
-        config.instance_range,
-        &locality,
-        &endpoints.state(),
-    );
-    let script = rules::render(&wanted);
-    if force || applied.script.as_deref() != Some(script.as_str()) {
+    let wanted = ruleset(&config.table, config.instance_range, &locality, &services);
+    if force || applied.ruleset.as_ref() != Some(&wanted) {
         let started = std::time::Instant::now();
         // Between resyncs, rewrite only what changed (the whole table costs seconds of
         // kernel time at thousands of services); replace it all when that is refused.
@@ -407,6 +401,8 @@ async fn pass(
             _ => None,
         };
         let partial = match update {
+            // The same table after all (the inputs came in another order).
+            Some(update) if update.is_empty() => true,
             Some(update) => match crate::nft::apply(&config.host, &update).await {
                 Ok(()) => true,
                 Err(e) => {
@@ -419,7 +415,7 @@ async fn pass(
         let result = if partial {
             Ok(())
         } else {
-            crate::nft::apply(&config.host, &script).await
+            crate::nft::apply(&config.host, &rules::render(&wanted)).await
         };
         match result {
             Ok(()) => {
@@ -438,7 +434,6 @@ async fn pass(
                         }
                     }
                 }
-                applied.script = Some(script);
                 applied.ruleset = Some(wanted);
             }
             Err(e) => problems.push(("RulesFailed", e.to_string())),

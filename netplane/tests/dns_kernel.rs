@@ -305,18 +305,7 @@ fn responder_in_namespaces() {
     // Bound before the addresses exist, as the agent does before the bridge is made.
     let sockets = Node::bind(&node);
 
-    node.ip(&[
-        "link",
-        "add",
-        "veth-cl",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        client.name(),
-    ]);
+    node.veth_to("veth-cl", &client);
     for ip in [NODE, FAILOVER, DEAD_END] {
         node.ip(&["addr", "add", &format!("{ip}/24"), "dev", "veth-cl"]);
     }

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::sync::Namespaces;
 use crate::endpoints::{endpoint, serving, sort, write};
-use crate::{index_by_service, instance_owner, not_ready_for, Error, ServiceKey, BY_SERVICE};
+use crate::{
+    index_by_node, index_by_service, instance_owner, not_ready_for, Error, ServiceKey, BY_SERVICE,
+};
 
 /// The root's `spec` with the entries of `cluster` replaced by `local` (this cluster's
 /// own view of its Instances).
@@ -64,13 +66,12 @@ pub(super) async fn sync_endpoints(
     );
     index_by_service(&instances);
     // A node's readiness changes the entries of the Instances bound to it.
-    let bound = instances.clone();
+    let bound = index_by_node(&instances);
     let nodes = controller.watches(
         local.api::<Node>(None),
         ListParams::default(),
         move |node: &Node| {
-            let mut services: Vec<ObjectRef> = bound
-                .find(|i| i.spec.node.as_deref() == Some(node.metadata.name.as_str()))
+            let mut services: Vec<ObjectRef> = bound(&node.metadata.name)
                 .iter()
                 .map(|i| ServiceKey::of(i).object_ref())
                 .collect();

@@ -15,7 +15,7 @@ use crds::{find_condition, set_condition, ConditionStatus, Instance, Node, Phase
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::{not_ready_for, Error};
+use crate::{index_by_node, not_ready_for, Error};
 
 /// The reason of `Ready=False` on an Instance whose node is not Ready.
 pub const NODE_NOT_READY: &str = "NodeNotReady";
@@ -57,13 +57,12 @@ pub(super) async fn run(local: Client, concurrency: usize, shutdown: Cancellatio
     let mut controller = Controller::new(local.api::<Instance>(None), ListParams::default())
         .name("instance-readiness")
         .concurrency(concurrency);
-    let instances = controller.store();
+    let bound = index_by_node(&controller.store());
     let nodes = controller.watches(
         local.api::<Node>(None),
         ListParams::default(),
         move |node: &Node| {
-            instances
-                .find(|i| i.spec.node.as_deref() == Some(node.metadata.name.as_str()))
+            bound(&node.metadata.name)
                 .iter()
                 .map(|i| ObjectRef::of(i.as_ref()))
                 .collect()

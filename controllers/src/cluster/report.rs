@@ -122,7 +122,7 @@ pub fn gateways(nodes: &[Arc<Node>]) -> Vec<Gateway> {
 
 /// The clusters other than `own` that have a subnet, as this cluster's nodes route to
 /// them, sorted by name.
-pub fn remotes(own: &str, clusters: &[Cluster]) -> Vec<RemoteCluster> {
+pub fn remotes(own: &str, clusters: &[Arc<Cluster>]) -> Vec<RemoteCluster> {
     let mut out: Vec<RemoteCluster> = clusters
         .iter()
         .filter(|c| c.metadata.name != own)
@@ -155,6 +155,9 @@ pub(super) async fn heartbeat(
     let until = || shutdown.clone().cancelled_owned();
     let nodes = cache(local.api::<Node>(None), ListParams::default(), until());
     let instances = cache(local.api::<Instance>(None), ListParams::default(), until());
+    // The other clusters (their subnets and gateways), for this cluster's routes; not
+    // waited for: a root that cannot be reached yet must not hold the heartbeat up.
+    let clusters = cache(root.api::<Cluster>(None), ListParams::default(), until());
     tokio::select! {
         _ = shutdown.cancelled() => return,
         _ = async { nodes.wait_ready().await; instances.wait_ready().await } => {}
@@ -168,8 +171,11 @@ pub(super) async fn heartbeat(
             _ = ticker.tick() => {}
         }
         let summary = summarize(&nodes.state(), &instances.state());
-        let gateways = gateways(&nodes.state());
-        match beat(&local, &root, &config, summary, gateways).await {
+        let network = ClusterNetwork {
+            gateways: gateways(&nodes.state()),
+            remotes: remotes(&config.name, &clusters.state()),
+        };
+        match beat(&local, &root, &config, summary, network).await {
             Ok(()) if !reachable => {
                 tracing::info!(cluster = %config.name, "root reachable again");
                 reachable = true;
@@ -190,7 +196,7 @@ async fn beat(
     root: &Client,
     config: &ClusterConfig,
     summary: Summary,
-    gateways: Vec<Gateway>,
+    network: ClusterNetwork,
 ) -> Result<(), Error> {
     let clusters: Api<Cluster> = root.api(None);
     let current = match clusters.dynamic().get_opt(&config.name).await? {
@@ -224,15 +230,9 @@ async fn beat(
         "conditions": status.conditions,
         "lastHeartbeat": now,
         "observedGeneration": current.metadata.generation,
-        "network": {"gateways": gateways},
+        "network": {"gateways": network.gateways},
     }});
     let updated = clusters.patch_status(&config.name, &patch).await?;
-    // The other clusters' subnets and gateways, for this cluster's nodes' routes.
-    let (all, _) = clusters.list(&ListParams::default()).await?;
-    let network = ClusterNetwork {
-        gateways,
-        remotes: remotes(&config.name, &all),
-    };
     mirror_subnet(
         local,
         &config.name,
@@ -417,7 +417,7 @@ mod tests {
                 subnet: subnet.map(String::from),
                 ..Default::default()
             });
-            c
+            Arc::new(c)
         };
         let all = [
             cluster("c", Some("10.130.0.0/16")),

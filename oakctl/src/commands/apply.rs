@@ -6,14 +6,12 @@
 //! written; a server without server-side apply is an error, never a silent fallback.
 
 use std::collections::{BTreeSet, HashSet};
-use std::path::PathBuf;
 
 use client::{DynamicApi, ListParams};
 use crds::KindInfo;
 use serde_json::Value;
 
-use crate::commands::convert::SlaFlags;
-use crate::commands::{load_with, Session};
+use crate::commands::{Manifests, Session};
 use crate::exit::{Exit, Failure};
 use crate::manifest::Document;
 use crate::ssa::{self, Manager, Outcome};
@@ -32,13 +30,10 @@ pub enum DryRun {
 /// The arguments of `oakctl apply`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Manifest files, directories of them, or `-` for stdin.
-    #[arg(short = 'f', long = "filename", required = true)]
-    files: Vec<PathBuf>,
+    #[command(flatten)]
+    manifests: Manifests,
     #[command(flatten)]
     manager: Manager,
-    #[command(flatten)]
-    sla: SlaFlags,
     /// `server`: check and show what would be applied and pruned, store nothing.
     #[arg(long, value_enum, value_name = "MODE", default_value = "none")]
     dry_run: DryRun,
@@ -78,7 +73,7 @@ pub async fn run(s: &Session, args: Args) -> anyhow::Result<()> {
     }
     let dry_run = args.dry_run == DryRun::Server;
     let suffix = if dry_run { " (dry run)" } else { "" };
-    let mut docs = load_with(&args.files, &args.sla.options())?;
+    let mut docs = args.manifests.load()?;
     let managed = ssa::with_managed_fields(&docs);
     if !managed.is_empty() {
         return Err(Failure::usage(format!(

@@ -4,10 +4,7 @@
 //! YAML. Exits as kubectl's diff: 0 when nothing would change, 1 when something would,
 //! more on errors (see [`Exit::for_diff`]).
 
-use std::path::PathBuf;
-
-use crate::commands::convert::SlaFlags;
-use crate::commands::{load_with, Session};
+use crate::commands::{Manifests, Session};
 use crate::exit::{Exit, Failure};
 use crate::manifest::Document;
 use crate::ssa::{self, Manager};
@@ -16,19 +13,16 @@ use serde_json::Value;
 /// The arguments of `oakctl diff`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Manifest files, directories of them, or `-` for stdin.
-    #[arg(short = 'f', long = "filename", required = true)]
-    files: Vec<PathBuf>,
+    #[command(flatten)]
+    manifests: Manifests,
     #[command(flatten)]
     manager: Manager,
-    #[command(flatten)]
-    sla: SlaFlags,
 }
 
 /// Diff every object, printing each difference; fail at the end if any object could
 /// not be diffed (at once if the server cannot be reached or has no server-side apply).
 pub async fn run(s: &Session, args: Args) -> anyhow::Result<()> {
-    let docs = load_with(&args.files, &args.sla.options())?;
+    let docs = args.manifests.load()?;
     let mut failed = Vec::new();
     let mut differs = false;
     for doc in &docs {

@@ -93,15 +93,25 @@ pub fn kind(name: &str) -> anyhow::Result<&'static KindInfo> {
 /// [`sla::Options`]); any invalid one is an input error that names each problem, and
 /// nothing is done.
 pub fn load(files: &[PathBuf]) -> anyhow::Result<Vec<manifest::Document>> {
-    load_with(files, &sla::Options::default())
+    refused(manifest::load(files, &sla::Options::default()), "applied")
 }
 
-/// [`load`], importing SLAs with `options`.
-pub fn load_with(
-    files: &[PathBuf],
-    options: &sla::Options,
-) -> anyhow::Result<Vec<manifest::Document>> {
-    refused(manifest::load(files, options), "applied")
+/// The manifests a command reads (`apply`, `diff`): files or directories of manifests
+/// or Oakestra SLAs, and how SLAs are imported.
+#[derive(clap::Args)]
+pub struct Manifests {
+    /// Manifest files, directories of them, or `-` for stdin.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    sla: convert::SlaFlags,
+}
+
+impl Manifests {
+    /// Every object they hold, as [`load`] reads them, SLAs imported as the flags say.
+    pub fn load(&self) -> anyhow::Result<Vec<manifest::Document>> {
+        refused(manifest::load(&self.files, &self.sla.options()), "applied")
+    }
 }
 
 /// The documents, or a usage error listing every problem and saying nothing was `done`.
