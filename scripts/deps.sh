@@ -33,3 +33,13 @@ if ! "$PY_ENV/bin/python" -c 'import kubernetes' 2>/dev/null; then
   python3 -m venv "$PY_ENV"
   "$PY_ENV/bin/pip" install -q 'kubernetes==31.0.0'
 fi
+
+# Oakestra's own CLI (`oak`, the oak-cli package), for e2e/tests/oak_cli.rs, in a virtual
+# environment apart from the Kubernetes client's (its dependencies, ansible among them,
+# must not change that client's).
+OAK_ENV=${OAKESTRA_OAK_CLI_ENV:-${XDG_CACHE_HOME:-$HOME/.cache}/oakestra/oak-cli}
+if ! "$OAK_ENV/bin/pip" show -q oak-cli >/dev/null 2>&1; then
+  echo "installing Oakestra's CLI (oak-cli) in $OAK_ENV"
+  python3 -m venv "$OAK_ENV"
+  "$OAK_ENV/bin/pip" install -q 'oak-cli==0.5.5'
+fi

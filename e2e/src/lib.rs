@@ -788,6 +788,67 @@ pub fn apply_manifest(
     out
 }
 
+/// One plain-HTTP/1.1 request (`Connection: close`) to `addr`: `method path`, with a
+/// bearer `token` and a JSON `body` if given; the answer's status code and body.
+/// `None` when the server closes the connection without an answer (as a TLS-only
+/// listener does with plain HTTP). For Oakestra's REST API, which `oakestra up` also
+/// serves as plain HTTP to loopback clients.
+pub fn plain_http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    if !body.is_empty() {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = Vec::new();
+    // A server that closes the connection (a reset included) has given what it gives.
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// A loopback address (`127.X.Y.Z`) where `port` is free, for a server that must listen
+/// on a fixed port (Oakestra's CLI dials port 10000) without meeting one already there.
+pub fn loopback_with_free_port(port: u16) -> std::net::Ipv4Addr {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    let seed = std::process::id() as u64 ^ now;
+    for i in 0..200u64 {
+        let n = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(i * 1442695040888963407);
+        let ip = std::net::Ipv4Addr::new(
+            127,
+            (n >> 8) as u8,
+            (n >> 16) as u8,
+            ((n >> 24) as u8).max(2),
+        );
+        if TcpListener::bind((ip, port)).is_ok() {
+            return ip;
+        }
+    }
+    panic!("no loopback address with port {port} free");
+}
+
 #[cfg(test)]
 mod tests {
     //! [`eventually`] and [`stays`] on paused time: each case's check turns at a given

@@ -7,7 +7,8 @@
 //! - `manifest`: reading manifests (files, directories, stdin; YAML and JSON), with
 //!   errors that name file, document and line.
 //! - `print`: tables like kubectl's, YAML, JSON and names.
-//! - `sla`: Oakestra SLAs mapped to Namespaces and Services (pure; `docs/oakestra.md`).
+//! - the `sla` crate (used as `sla`): Oakestra SLAs mapped to Namespaces and Services
+//!   (pure; `docs/oakestra.md`), shared with the root's Oakestra API.
 //! - `config`: oakctl's own config file of contexts (which server, which namespace).
 //! - `ssa`: server-side apply as `apply` and `diff` send it, and what its answers mean.
 //! - `source`: which server to talk to with which credentials (a kubeconfig, `--server`,
@@ -35,7 +36,6 @@ mod config;
 mod exit;
 mod manifest;
 mod print;
-mod sla;
 mod source;
 mod ssa;
 

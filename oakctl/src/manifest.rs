@@ -1,6 +1,6 @@
 //! Reading manifests: files, directories and stdin, multi-document YAML and JSON, and
 //! Oakestra SLAs (a document with `sla_version` or `applications`), which are read as
-//! the Namespaces and Services [`crate::sla`] maps them to. Every error names the file,
+//! the Namespaces and Services [`sla`] maps them to. Every error names the file,
 //! the document and, for syntax errors, line and column.
 
 use std::path::{Path, PathBuf};
@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use crds::KindInfo;
 use serde::Deserialize;
 use serde_json::Value;
-
-use crate::sla;
 
 /// One object read from a manifest.
 #[derive(Debug, Clone)]

@@ -11,7 +11,10 @@
 //! - `roles::logs`: the `instances/{name}/log` proxy the root and clusters serve.
 //! - `roles` itself: what the roles share (API flags, in-process clients, running
 //!   until Ctrl-C or SIGTERM).
+//! - `oakapi`: Oakestra's root REST API (`/api/application/`, `/api/service/`, …), a
+//!   facade the root serves beside the Kubernetes paths (`docs/oakestra.md`).
 
+mod oakapi;
 mod roles;
 
 use anyhow::Context;

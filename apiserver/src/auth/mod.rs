@@ -12,6 +12,11 @@
 //!   extension. Anonymous requests reach only health, version and the binary's routes
 //!   ([`anonymous_may_reach`]); anything else is a 401.
 //! - [`authorize`](mod@authorize): the fixed rules of who may do what, as a pure function.
+//! - Plain HTTP, off unless the authenticator opts in ([`Authenticate::plain_http`]):
+//!   a connection whose first byte is not a TLS handshake's (`0x16`), from a peer the
+//!   authenticator admits, is served as plain HTTP, each request marked [`PlainHttp`]
+//!   and refused unless the authenticator admits its path. `oakestra up` uses it for
+//!   Oakestra's CLI on loopback only (`docs/security.md`).
 //!
 //! No network request can be [`Identity::System`]: an authenticator answering it is
 //! treated as refusing the credential. Requests handed over in process
@@ -20,6 +25,7 @@
 pub mod authorize;
 pub mod tls;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -39,6 +45,32 @@ pub trait Authenticate: Send + Sync + 'static {
     fn certificate(&self, chain_der: &[Vec<u8>]) -> Result<Identity, String>;
     /// The identity of a bearer token.
     fn bearer(&self, token: &str) -> Result<Identity, String>;
+    /// The identity of a bearer token sent over plain HTTP (a request marked
+    /// [`PlainHttp`]); by default the same as over TLS.
+    fn bearer_plain(&self, token: &str) -> Result<Identity, String> {
+        self.bearer(token)
+    }
+    /// Whether a connection from `peer` that does not start with a TLS handshake is
+    /// served as plain HTTP. By default never: every connection is TLS.
+    fn plain_http(&self, peer: SocketAddr) -> bool {
+        let _ = peer;
+        false
+    }
+    /// Whether a plain-HTTP request may reach `path` (else it is refused with a 403
+    /// before any route sees it). By default no path.
+    fn plain_http_path(&self, path: &str) -> bool {
+        let _ = path;
+        false
+    }
+}
+
+/// Request extension: the request came over plain HTTP, not TLS (see
+/// [`Authenticate::plain_http`]). Routes that treat such requests differently look
+/// for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlainHttp {
+    /// The client's address.
+    pub peer: SocketAddr,
 }
 
 /// What a server needs to serve TLS and authenticate its clients. The binaries always
@@ -84,6 +116,19 @@ pub fn unauthorized() -> Response {
         .into_response()
 }
 
+/// The 403 `Status` of a plain-HTTP request for a path that is served over TLS only.
+pub fn tls_required() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        axum::Json(crds::Status::failure(
+            403,
+            "Forbidden",
+            "this path is served over TLS only: use https",
+        )),
+    )
+        .into_response()
+}
+
 /// The identity a network credential maps to; `System` is never one.
 pub(crate) fn network_identity(
     answer: Result<Identity, String>,
@@ -120,7 +165,12 @@ pub(crate) async fn bearer(
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    let plain = request.extensions().get::<PlainHttp>().is_some();
     let identity = match token {
+        Some(token) if plain => network_identity(
+            authenticator.bearer_plain(token),
+            "bearer token (plain HTTP)",
+        ),
         Some(token) => network_identity(authenticator.bearer(token), "bearer token"),
         None => {
             tracing::debug!("an Authorization header that is not a bearer token; refused");

@@ -2,6 +2,8 @@
 //! configuration (ring provider, ALPN `http/1.1`, optional client certificates verified
 //! against the client CAs), and the accept loop that authenticates each connection's
 //! client certificate once and hands its requests to the router with that identity.
+//! Where the authenticator admits plain HTTP from a peer ([`Authenticate::plain_http`]),
+//! the loop tells the two apart by the connection's first byte ([`is_tls_handshake`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,10 +14,19 @@ use hyper_util::service::TowerToHyperService;
 use pki::Identity;
 use rustls::server::WebPkiClientVerifier;
 
-use super::{network_identity, unauthorized, Authenticate, Security};
+use super::{network_identity, tls_required, unauthorized, Authenticate, PlainHttp, Security};
 
 /// How long a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first byte of every TLS connection: the record type of a handshake.
+pub const TLS_HANDSHAKE_BYTE: u8 = 0x16;
+
+/// Whether a connection that starts with `first` is TLS (a handshake record). No
+/// plain HTTP request starts so: its first byte is a method's letter.
+pub fn is_tls_handshake(first: u8) -> bool {
+    first == TLS_HANDSHAKE_BYTE
+}
 
 /// Why a certificate, a key or the TLS configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +135,27 @@ pub(crate) async fn serve(
         let authenticator = authenticator.clone();
         let app = app.clone();
         tokio::spawn(async move {
+            if authenticator.plain_http(peer) {
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+                    Ok(Ok(1)) if !is_tls_handshake(first[0]) => {
+                        tracing::debug!(%peer, "plain HTTP connection");
+                        let plain = Some(PlainHttp { peer });
+                        let identity = Some(Identity::Anonymous);
+                        serve_connection(tcp, identity, plain, authenticator, app, peer).await;
+                        return;
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "reading the first byte");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "no first byte in time");
+                        return;
+                    }
+                }
+            }
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -136,7 +168,7 @@ pub(crate) async fn serve(
                 }
             };
             let identity = connection_identity(&tls, authenticator.as_ref(), peer);
-            serve_connection(tls, identity, app, peer).await;
+            serve_connection(tls, identity, None, authenticator, app, peer).await;
         });
     }
 }
@@ -162,20 +194,36 @@ fn connection_identity(
     }
 }
 
-async fn serve_connection(
-    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+/// Serve HTTP/1.1 on `io` with `app`, every request carrying `identity` (a refused
+/// certificate: every request is a 401). A plain-HTTP connection (`plain`) marks each
+/// request [`PlainHttp`] and refuses, with a 403, those for paths the authenticator
+/// does not admit over plain HTTP.
+async fn serve_connection<I>(
+    io: I,
     identity: Option<Identity>,
+    plain: Option<PlainHttp>,
+    authenticator: Arc<dyn Authenticate>,
     app: axum::Router,
     peer: SocketAddr,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = tower::service_fn(
         move |mut request: axum::http::Request<hyper::body::Incoming>| {
             let app = app.clone();
             let identity = identity.clone();
+            let authenticator = authenticator.clone();
             async move {
                 let Some(identity) = identity else {
                     return Ok(unauthorized());
                 };
+                if let Some(plain) = plain {
+                    if !authenticator.plain_http_path(request.uri().path()) {
+                        tracing::debug!(%peer, path = request.uri().path(), "plain HTTP refused for this path");
+                        return Ok(tls_required());
+                    }
+                    request.extensions_mut().insert(plain);
+                }
                 request.extensions_mut().insert(identity);
                 tower::ServiceExt::oneshot(app, request).await
             }
@@ -183,7 +231,7 @@ async fn serve_connection(
     );
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service))
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
         .await;
     if let Err(e) = served {
         tracing::debug!(%peer, error = %e, "connection ended with an error");

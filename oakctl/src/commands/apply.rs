@@ -1,6 +1,6 @@
 //! `oakctl apply -f …`: one server-side apply per object of the manifests (see
 //! [`crate::ssa`]; an Oakestra SLA among them is applied as the Namespaces and Services
-//! [`crate::sla`] maps it to), as a dry run with `--dry-run=server`; then, with `--prune -l
+//! [`sla`] maps it to), as a dry run with `--dry-run=server`; then, with `--prune -l
 //! SELECTOR`, delete what this field manager applied before that matches the selector
 //! and is no longer in the manifests. Invalid manifests are refused before anything is
 //! written; a server without server-side apply is an error, never a silent fallback.

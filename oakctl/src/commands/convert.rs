@@ -1,5 +1,5 @@
 //! `oakctl convert -f app.json`: the manifests an Oakestra SLA maps to (see
-//! [`crate::sla`] and `docs/oakestra.md`), printed as multi-document YAML, so that a
+//! [`sla`] and `docs/oakestra.md`), printed as multi-document YAML, so that a
 //! user can keep declarative files instead of the SLA. Needs no server. The objects are
 //! checked as `apply` checks them; any problem refuses the whole input and prints
 //! nothing. Also the SLA flags `apply` and `diff` take ([`SlaFlags`]).
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use crds::ipam::Cidr;
 
 use crate::commands::refused;
-use crate::{manifest, sla};
+use crate::manifest;
 
 /// How Oakestra SLAs are imported (`convert`, and SLAs given to `apply` and `diff`).
 #[derive(clap::Args, Debug, Clone)]

@@ -1,5 +1,5 @@
 //! `oakctl diff -f …`: for each object of the manifests (an Oakestra SLA read as the
-//! objects [`crate::sla`] maps it to), the live object against the
+//! objects [`sla`] maps it to), the live object against the
 //! server's dry-run answer to applying it (see [`crate::ssa`]), as a unified diff of
 //! YAML. Exits as kubectl's diff: 0 when nothing would change, 1 when something would,
 //! more on errors (see [`Exit::for_diff`]).

@@ -17,7 +17,7 @@ use client::{Client, DynamicApi};
 use crds::KindInfo;
 
 use crate::exit::Failure;
-use crate::{manifest, sla};
+use crate::manifest;
 
 /// The subcommands of `oakctl`.
 #[derive(clap::Subcommand)]

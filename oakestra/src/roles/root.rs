@@ -16,6 +16,7 @@ use trust::dir::server_names;
 use trust::join::Members;
 use trust::{Authority, TierPaths};
 
+use crate::oakapi;
 use crate::roles::logs::Hop;
 use crate::roles::{
     admin_kubeconfig_after, admin_kubeconfig_before, data_dir, secure_tier, ApiFlags, Running,
@@ -69,7 +70,24 @@ pub struct RootFlags {
     no_controllers: bool,
 }
 
+/// How the root serves Oakestra's REST API (`/api/...`, `docs/oakestra.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OakestraApi {
+    /// `false`: over TLS only, like every path, and the login takes the generated
+    /// admin password only. `true` (`oakestra up`): also over plain HTTP from loopback
+    /// peers, for Oakestra's paths only, where Oakestra's fixed Admin/Admin login is
+    /// accepted too (its `oak` CLI speaks plain HTTP and cannot be given a password).
+    pub plain_loopback: bool,
+    /// The service range SLAs' `rr_ip` and `closest_ip` are checked against.
+    pub service_cidr: Cidr,
+}
+
 impl RootFlags {
+    /// The service range (where SLAs' `rr_ip` and `closest_ip` must be).
+    pub fn service_cidr(&self) -> Cidr {
+        self.service_cidr
+    }
+
     /// The controllers' settings, or `None` with `--no-controllers`; a subnet prefix
     /// that does not fit the pool is refused.
     pub fn config(&self) -> anyhow::Result<Option<RootConfig>> {
@@ -126,6 +144,10 @@ pub async fn run(args: RootArgs) -> anyhow::Result<()> {
         config,
         authority.clone(),
         &args.tls,
+        OakestraApi {
+            plain_loopback: false,
+            service_cidr: args.root.service_cidr(),
+        },
     )
     .await?;
     let url = admin_kubeconfig_after(&authority, root.addr, "oakestra", &kubeconfig)?;
@@ -135,11 +157,23 @@ pub async fn run(args: RootArgs) -> anyhow::Result<()> {
         "  join token for clusters: {}",
         authority.paths.join_token().display()
     );
+    println!(
+        "  Oakestra's API (/api/...): log in as {} with the password in {}",
+        oakapi::auth::ADMIN,
+        password_file(&authority).display()
+    );
     running.until_stopped().await
 }
 
-/// Start the root API server on `store`, serving TLS with the root's `authority`, and,
-/// given a config, the root controllers on it; both are added to `running`.
+/// The file that holds the password of the administrator's login to Oakestra's API.
+pub fn password_file(authority: &Authority) -> PathBuf {
+    authority.paths.data().join(oakapi::auth::PASSWORD_FILE)
+}
+
+/// Start the root API server on `store`, serving TLS with the root's `authority` and
+/// Oakestra's REST API as `oakestra_api` says, and, given a config, the root
+/// controllers on it; both are added to `running`.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     running: &mut Running,
     listen: SocketAddr,
@@ -148,6 +182,7 @@ pub async fn start(
     controllers: Option<RootConfig>,
     authority: Arc<Authority>,
     tls: &TlsFlags,
+    oakestra_api: OakestraApi,
 ) -> anyhow::Result<Served> {
     // The root's CA vouches for administrators and clusters, nobody else.
     let trusted = vec![Trust {
@@ -157,12 +192,22 @@ pub async fn start(
     let hop = Hop::Root {
         paths: authority.paths.clone(),
     };
-    let secured = secure_tier(
+    let data = authority.paths.data().to_path_buf();
+    let mut secured = secure_tier(
         authority,
         Members::Clusters,
         tls.member_lifetime(),
         trusted,
         hop,
+    )?;
+    oakapi::install(
+        &mut secured.security,
+        secured.local.clone(),
+        oakapi::Settings {
+            data_dir: data,
+            plain_loopback: oakestra_api.plain_loopback,
+            service_cidr: oakestra_api.service_cidr,
+        },
     )?;
     let served = running
         .serve_api("root", listen, store, api, secured)

@@ -4,6 +4,10 @@
 //!
 //! Stopping `up` leaves the workloads of its worker running, so that the next `up`
 //! adopts them; [`super::down`] stops them.
+//!
+//! Unlike `oakestra root`, `up` also serves Oakestra's REST API as plain HTTP to
+//! loopback clients (with Oakestra's fixed Admin/Admin login), for Oakestra's `oak`
+//! CLI; `docs/security.md`, *Oakestra's API*.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -93,6 +97,7 @@ pub fn worker_dir(data_dir: &Path) -> PathBuf {
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = &args.data_dir;
     let controllers = args.root.config()?;
+    let service_cidr = args.root.service_cidr();
     let worker = local_worker(data_dir, args.runtime);
     let worker_config = worker.config(worker_dir(data_dir))?;
     let root_authority = root::authority(data_dir.join("root"), args.listen, &args.tls)?;
@@ -127,6 +132,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         controllers,
         root_authority.clone(),
         &args.tls,
+        root::OakestraApi {
+            plain_loopback: true,
+            service_cidr,
+        },
     )
     .await?;
     let node = trust::Upstream {
@@ -182,6 +191,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("  admin: export KUBECONFIG={}", kubeconfig.display());
     println!("  try:   oakctl apply -f manifests/   (oakctl finds this kubeconfig by itself)");
     println!("         kubectl get services        (with KUBECONFIG exported)");
+    println!(
+        "  oak:   Oakestra's API (/api/...) is also served as plain HTTP at {}, for \
+         Oakestra's oak CLI: to clients on this machine only (loopback), for Oakestra's paths \
+         only; there, and only there, Oakestra's fixed login Admin/Admin is accepted",
+        crate::roles::url_of(root.addr).replacen("https://", "http://", 1)
+    );
+    println!(
+        "         (over TLS: log in as {} with the password in {})",
+        crate::oakapi::auth::ADMIN,
+        root::password_file(&root_authority).display()
+    );
     let result = running.until_stopped().await;
     eprintln!(
         "oakestra up stopped; the workloads of worker \"{LOCAL}\" keep running (the next \

@@ -1,6 +1,8 @@
-//! Oakestra SLA import: an Oakestra deployment descriptor (an SLA, `sla_version: v2.0`)
-//! mapped to the Namespaces and Services that run the same applications here. Pure: no
-//! IO; the caller reads the file, names it in messages and applies or prints the result.
+//! Oakestra SLA import, this crate's one concern: an Oakestra deployment descriptor (an
+//! SLA, `sla_version: v2.0`) mapped to the Namespaces and Services that run the same
+//! applications here. Pure: no IO; the caller reads the file, names it in messages and
+//! applies or prints the result. `oakctl` (`apply`, `diff`, `convert`) and the root's
+//! Oakestra API (`POST /api/application/`) both map through it.
 //!
 //! The mapping, field by field, is the table of `docs/oakestra.md`. In short:
 //! - an application's `application_namespace` becomes a Namespace, each of its
