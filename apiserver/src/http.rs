@@ -735,17 +735,18 @@ async fn watch(
             .collect::<Vec<_>>(),
     );
     let (labels, fields) = (opts.labels, opts.fields);
+    let selective = !(labels.is_empty() && fields.is_empty());
     let changes = live.filter_map(move |change| {
         let out = match change {
-            Ok(c) => {
+            // Without selectors or a table, the change's JSON is sent as it is: nothing
+            // is decoded.
+            Ok(c) if !selective && !table => Some(event_line(c.kind, &c.json)),
+            Ok(c) => c.object().and_then(|object| {
                 let matches = |o: &Value| labels.matches(o) && fields.matches(o);
-                selected_type(
-                    c.kind,
-                    c.previous.as_deref().map(matches),
-                    matches(&c.object),
-                )
-                .map(|t| encode(t, &c.object, Some(&c.json)))
-            }
+                let before = selective.then(|| c.previous()).flatten();
+                selected_type(c.kind, before.as_deref().map(matches), matches(&object))
+                    .map(|t| encode(t, &object, Some(&c.json)))
+            }),
             Err(WatchError::TooOld { .. } | WatchError::Expired) => {
                 Some(error_line(&ApiError::Gone(
                     "the watch expired: list again and watch from the new resourceVersion".into(),

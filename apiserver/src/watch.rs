@@ -3,20 +3,33 @@
 //! One storage watch over every key feeds a bounded ring of recent events and a
 //! broadcast channel; each HTTP watcher subscribes to it, replays the ring after its
 //! resourceVersion and follows the broadcast. Each event's JSON is encoded once, not
-//! once per watcher. A watcher that asks for a version older than the ring, or that
-//! falls too far behind, gets "too old" (410) and relists, as Kubernetes clients do.
+//! once per watcher. A watcher that asks for a version older than the ring gets "too
+//! old" (410) and relists, as Kubernetes clients do.
+//!
+//! Memory: the ring keeps each change as its JSON only (and the stored bytes of the
+//! version it replaced); the decoded object that selectors read is kept only by the
+//! live copy the broadcast carries, whose channel holds the last [`LIVE`] changes. A
+//! watcher that falls further behind than that catches up from the ring (decoding
+//! what its selectors need as it goes); only one that falls behind the whole ring must
+//! relist. At 10,000 recent changes of Instances the ring holding decoded objects was
+//! most of a root's memory.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::object;
-use crate::storage::{Storage, StorageError, WatchEvent};
+use crate::storage::{KeyValue, Storage, StorageError, WatchEvent};
 
-/// A change, decoded once for every watcher.
+/// Changes the broadcast channel holds: a watcher further behind catches up from the
+/// ring.
+pub const LIVE: usize = 1024;
+
+/// A change, encoded once for every watcher.
 #[derive(Debug)]
 pub struct Change {
     /// `ADDED`, `MODIFIED` or `DELETED`.
@@ -25,18 +38,26 @@ pub struct Change {
     pub key: String,
     /// The storage revision of the change.
     pub revision: i64,
-    /// The object with `metadata.resourceVersion` set.
-    pub object: Arc<serde_json::Value>,
-    /// `object` serialized.
+    /// The object serialized, with `metadata.resourceVersion` set.
     pub json: bytes::Bytes,
-    /// For `MODIFIED`: the object before the change (to tell selector transitions).
-    pub previous: Option<Arc<serde_json::Value>>,
+    /// For `MODIFIED`: the version it replaced, as stored (to tell selector
+    /// transitions).
+    replaced: Option<KeyValue>,
+    /// The decoded object and previous version, kept by the live copy only (see the
+    /// module docs); `None` in the ring's copies, which decode on demand.
+    decoded: Option<Decoded>,
+}
+
+#[derive(Debug, Default)]
+struct Decoded {
+    object: OnceLock<Option<Arc<Value>>>,
+    previous: OnceLock<Option<Arc<Value>>>,
 }
 
 impl Change {
-    /// The change `event` makes; `known` is the hub's last change of the same key, whose
-    /// object is the previous version when their revisions match (then it is shared,
-    /// not decoded again).
+    /// The change `event` makes; `known` is the live copy of the hub's last change of
+    /// the same key, if it is still alive: when it is the version this one replaced,
+    /// its decoded object is the previous version (shared, not decoded again).
     fn from_event(event: &WatchEvent, known: Option<&Change>) -> Option<Change> {
         let kind = match event {
             WatchEvent::Created(_) => "ADDED",
@@ -46,23 +67,58 @@ impl Change {
         let kv = event.kv();
         let object = Arc::new(object::decode(kv).ok()?);
         let json = serde_json::to_vec(&*object).ok()?.into();
-        let previous = match (event, known) {
-            (WatchEvent::Updated { prev: Some(p), .. }, Some(known))
-                if known.revision == p.mod_revision && known.kind != "DELETED" =>
-            {
-                Some(known.object.clone())
-            }
-            (WatchEvent::Updated { prev: Some(p), .. }, _) => object::decode(p).ok().map(Arc::new),
+        let replaced = match event {
+            WatchEvent::Updated { prev, .. } => prev.clone(),
             _ => None,
         };
+        let decoded = Decoded::default();
+        let _ = decoded.object.set(Some(object));
+        if let (Some(p), Some(known)) = (&replaced, known) {
+            if known.revision == p.mod_revision && known.kind != "DELETED" {
+                if let Some(previous) = known.decoded.as_ref().and_then(|d| d.object.get()) {
+                    let _ = decoded.previous.set(previous.clone());
+                }
+            }
+        }
         Some(Change {
             kind,
             key: kv.key.clone(),
             revision: kv.mod_revision,
-            object,
             json,
-            previous,
+            replaced,
+            decoded: Some(decoded),
         })
+    }
+
+    /// The copy the ring keeps: the same change without its decoded forms.
+    fn slim(&self) -> Change {
+        Change {
+            kind: self.kind,
+            key: self.key.clone(),
+            revision: self.revision,
+            json: self.json.clone(),
+            replaced: self.replaced.clone(),
+            decoded: None,
+        }
+    }
+
+    /// The object, with `metadata.resourceVersion` set.
+    pub fn object(&self) -> Option<Arc<Value>> {
+        let decode = || serde_json::from_slice(&self.json).ok().map(Arc::new);
+        match &self.decoded {
+            Some(d) => d.object.get_or_init(decode).clone(),
+            None => decode(),
+        }
+    }
+
+    /// For `MODIFIED`: the object before the change.
+    pub fn previous(&self) -> Option<Arc<Value>> {
+        let replaced = self.replaced.as_ref()?;
+        let decode = || object::decode(replaced).ok().map(Arc::new);
+        match &self.decoded {
+            Some(d) => d.previous.get_or_init(decode).clone(),
+            None => decode(),
+        }
     }
 }
 
@@ -73,14 +129,40 @@ enum Message {
     Reset,
 }
 
+/// The last change of a key: the ring's copy, and the live one while it lives.
+struct Latest {
+    kept: Arc<Change>,
+    live: Weak<Change>,
+}
+
 struct Ring {
     changes: VecDeque<Arc<Change>>,
     /// The latest change of each key that has one in `changes`.
-    by_key: HashMap<String, Arc<Change>>,
+    by_key: HashMap<String, Latest>,
     capacity: usize,
     /// Every change after this revision is in `changes`.
     complete_after: i64,
     latest: i64,
+}
+
+impl Ring {
+    /// The changes of keys under `prefix` after revision `after`, or why not.
+    fn after(&self, prefix: &str, after: i64) -> Result<Vec<Arc<Change>>, WatchError> {
+        if after < self.complete_after {
+            return Err(WatchError::TooOld {
+                requested: after,
+                oldest: self.complete_after,
+            });
+        }
+        // Changes are in revision order: start where `after` ends.
+        let from = self.changes.partition_point(|c| c.revision <= after);
+        Ok(self
+            .changes
+            .range(from..)
+            .filter(|c| c.key.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
 }
 
 /// Fan-out of one storage watch to many watchers.
@@ -104,7 +186,7 @@ pub enum WatchError {
         /// The oldest revision available.
         oldest: i64,
     },
-    /// The watcher fell behind the hub, or the hub lost its storage watch.
+    /// The watcher fell behind the hub's ring, or the hub lost its storage watch.
     #[error("the watch fell behind or the server lost its storage watch; list again")]
     Expired,
 }
@@ -114,7 +196,7 @@ impl WatchHub {
     /// kept for watchers that start slightly in the past.
     pub async fn start(store: Arc<dyn Storage>, capacity: usize) -> Result<WatchHub, StorageError> {
         let latest = store.revision().await?;
-        let (live, _) = broadcast::channel(capacity.max(1024));
+        let (live, _) = broadcast::channel(LIVE);
         let hub = WatchHub {
             ring: Arc::new(Mutex::new(Ring {
                 changes: VecDeque::new(),
@@ -141,17 +223,16 @@ impl WatchHub {
     /// starts from this must compare-and-swap on its revision (as `Registry::write`
     /// does) and read the store when that fails.
     pub fn latest_of(&self, key: &str) -> Option<Arc<Change>> {
-        self.known(key).filter(|c| c.kind != "DELETED")
+        let ring = self.ring.lock().expect("ring lock");
+        let latest = ring.by_key.get(key)?;
+        let change = latest.live.upgrade().unwrap_or_else(|| latest.kept.clone());
+        (change.kind != "DELETED").then_some(change)
     }
 
-    /// The hub's last change of `key`, deleted or not.
-    fn known(&self, key: &str) -> Option<Arc<Change>> {
-        self.ring
-            .lock()
-            .expect("ring lock")
-            .by_key
-            .get(key)
-            .cloned()
+    /// The live copy of the hub's last change of `key`, while it lives.
+    fn known_live(&self, key: &str) -> Option<Arc<Change>> {
+        let ring = self.ring.lock().expect("ring lock");
+        ring.by_key.get(key)?.live.upgrade()
     }
 
     /// Latest revision the hub has seen.
@@ -166,7 +247,7 @@ impl WatchHub {
                 match next {
                     Ok(event) => {
                         backoff = Duration::from_millis(50);
-                        let known = self.known(&event.kv().key);
+                        let known = self.known_live(&event.kv().key);
                         if let Some(change) = Change::from_event(&event, known.as_deref()) {
                             self.publish(Arc::new(change));
                         }
@@ -209,14 +290,19 @@ impl WatchHub {
                 if ring
                     .by_key
                     .get(&old.key)
-                    .is_some_and(|c| Arc::ptr_eq(c, &old))
+                    .is_some_and(|c| Arc::ptr_eq(&c.kept, &old))
                 {
                     ring.by_key.remove(&old.key);
                 }
             }
         }
-        ring.by_key.insert(change.key.clone(), change.clone());
-        ring.changes.push_back(change.clone());
+        let kept = Arc::new(change.slim());
+        let latest = Latest {
+            kept: kept.clone(),
+            live: Arc::downgrade(&change),
+        };
+        ring.by_key.insert(change.key.clone(), latest);
+        ring.changes.push_back(kept);
         let _ = self.live.send(Message::Change(change));
     }
 
@@ -230,52 +316,83 @@ impl WatchHub {
         let _ = self.live.send(Message::Reset);
     }
 
-    /// Changes of keys under `prefix` after revision `after`.
+    /// Changes of keys under `prefix` after revision `after`: from the ring, then live;
+    /// a watcher that falls behind the live channel catches up from the ring.
     pub fn subscribe(
         &self,
         prefix: &str,
         after: i64,
     ) -> Result<impl Stream<Item = Result<Arc<Change>, WatchError>> + Send + 'static, WatchError>
     {
-        let (backlog, rx, floor) = {
+        let (backlog, rx) = {
             let ring = self.ring.lock().expect("ring lock");
-            if after < ring.complete_after {
-                return Err(WatchError::TooOld {
-                    requested: after,
-                    oldest: ring.complete_after,
-                });
-            }
-            let backlog: Vec<_> = ring
-                .changes
-                .iter()
-                .filter(|c| c.revision > after && c.key.starts_with(prefix))
-                .cloned()
-                .collect();
-            (backlog, self.live.subscribe(), after.max(ring.latest))
+            (ring.after(prefix, after)?, self.live.subscribe())
         };
-        let guard = WatcherGuard::new(self.watchers.clone());
-        let prefix = prefix.to_string();
-        let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |m| {
-            let out = match m {
-                Ok(Message::Change(c))
-                    if c.revision > floor && c.key.starts_with(prefix.as_str()) =>
-                {
-                    Some(Ok(c))
+        let state = Follow {
+            ring: self.ring.clone(),
+            rx,
+            prefix: prefix.to_string(),
+            last: backlog.last().map_or(after, |c| c.revision).max(after),
+            pending: backlog.into(),
+            ended: false,
+            _guard: WatcherGuard::new(self.watchers.clone()),
+        };
+        Ok(futures::stream::unfold(state, Follow::next))
+    }
+}
+
+/// One watcher's position: what it has still to see from the ring, then the channel.
+struct Follow {
+    ring: Arc<Mutex<Ring>>,
+    rx: broadcast::Receiver<Message>,
+    prefix: String,
+    /// The revision of the last change this watcher was given (or skipped).
+    last: i64,
+    pending: VecDeque<Arc<Change>>,
+    ended: bool,
+    _guard: WatcherGuard,
+}
+
+impl Follow {
+    async fn next(mut self) -> Option<(Result<Arc<Change>, WatchError>, Follow)> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            if let Some(c) = self.pending.pop_front() {
+                self.last = c.revision;
+                return Some((Ok(c), self));
+            }
+            match self.rx.recv().await {
+                Ok(Message::Change(c)) => {
+                    if c.revision <= self.last {
+                        continue;
+                    }
+                    self.last = c.revision;
+                    if c.key.starts_with(self.prefix.as_str()) {
+                        return Some((Ok(c), self));
+                    }
                 }
-                Ok(Message::Change(_)) => None,
-                Ok(Message::Reset) | Err(_) => Some(Err(WatchError::Expired)),
-            };
-            futures::future::ready(out)
-        });
-        let mut ended = false;
-        Ok(futures::stream::iter(backlog.into_iter().map(Ok))
-            .chain(live)
-            .take_while(move |r| {
-                let _keep_alive = &guard;
-                let go = !ended;
-                ended = r.is_err();
-                futures::future::ready(go)
-            }))
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Behind the channel: what it missed is in the ring, unless the
+                    // ring has moved past it too.
+                    let caught_up = {
+                        let ring = self.ring.lock().expect("ring lock");
+                        ring.after(&self.prefix, self.last)
+                    };
+                    match caught_up {
+                        Ok(missed) => self.pending = missed.into(),
+                        Err(_) => return self.end(),
+                    }
+                }
+                Ok(Message::Reset) | Err(broadcast::error::RecvError::Closed) => return self.end(),
+            }
+        }
+    }
+
+    fn end(mut self) -> Option<(Result<Arc<Change>, WatchError>, Follow)> {
+        self.ended = true;
+        Some((Err(WatchError::Expired), self))
     }
 }
 
@@ -292,5 +409,108 @@ impl WatcherGuard {
 impl Drop for WatcherGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::embedded::{EmbeddedOptions, EmbeddedStore};
+
+    /// A hub keeping `ring` changes over a fresh embedded store.
+    async fn hub(dir: &std::path::Path, ring: usize) -> (Arc<dyn Storage>, WatchHub) {
+        let store: Arc<dyn Storage> =
+            Arc::new(EmbeddedStore::open(dir, EmbeddedOptions::default()).unwrap());
+        let hub = WatchHub::start(store.clone(), ring).await.unwrap();
+        (store, hub)
+    }
+
+    /// Create `n` objects under `/t/`, then wait until the hub has seen them.
+    async fn create(store: &Arc<dyn Storage>, hub: &WatchHub, n: usize) -> i64 {
+        let mut last = 0;
+        for i in 0..n {
+            let value = serde_json::to_vec(&serde_json::json!({"metadata": {"name": i}})).unwrap();
+            last = store
+                .create(&format!("/t/{i}"), value)
+                .await
+                .unwrap()
+                .mod_revision;
+        }
+        while hub.latest() < last {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        last
+    }
+
+    #[tokio::test]
+    async fn a_watcher_behind_the_live_channel_catches_up_from_the_ring() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, hub) = hub(dir.path(), 4 * LIVE).await;
+        let from = hub.latest();
+        let watch = hub.subscribe("/t/", from).unwrap();
+        // Nothing is read while twice the channel's capacity is written.
+        let n = 2 * LIVE + 10;
+        create(&store, &hub, n).await;
+        let got: Vec<_> = watch.take(n).collect().await;
+        let revisions: Vec<i64> = got
+            .iter()
+            .map(|r| r.as_ref().expect("no error").revision)
+            .collect();
+        assert_eq!(revisions.len(), n);
+        assert!(
+            revisions.windows(2).all(|w| w[0] < w[1]),
+            "in order, no repeat"
+        );
+        // What the ring kept decodes on demand, with its resourceVersion.
+        let first = got[0].as_ref().unwrap().object().unwrap();
+        assert_eq!(
+            first["metadata"]["resourceVersion"],
+            revisions[0].to_string()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_watcher_behind_the_whole_ring_must_relist() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, hub) = hub(dir.path(), 100).await;
+        let watch = hub.subscribe("/t/", hub.latest()).unwrap();
+        create(&store, &hub, LIVE + 200).await;
+        let got: Vec<_> = watch.collect().await;
+        assert!(
+            matches!(got.last(), Some(Err(WatchError::Expired))),
+            "ends with Expired"
+        );
+        // And a new watch from where it started is too old.
+        assert!(matches!(
+            hub.subscribe("/t/", 0),
+            Err(WatchError::TooOld { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_update_carries_the_version_it_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, hub) = hub(dir.path(), 100).await;
+        let mut watch = Box::pin(hub.subscribe("/t/", hub.latest()).unwrap());
+        let a = store
+            .create("/t/a", br#"{"metadata":{"labels":{"v":"1"}}}"#.to_vec())
+            .await
+            .unwrap();
+        store
+            .update(
+                "/t/a",
+                br#"{"metadata":{"labels":{"v":"2"}}}"#.to_vec(),
+                a.mod_revision,
+            )
+            .await
+            .unwrap();
+        let _created = watch.next().await.unwrap().unwrap();
+        let updated = watch.next().await.unwrap().unwrap();
+        assert_eq!(updated.kind, "MODIFIED");
+        assert_eq!(updated.previous().unwrap()["metadata"]["labels"]["v"], "1");
+        assert_eq!(updated.object().unwrap()["metadata"]["labels"]["v"], "2");
+        // The ring's copy (what a writer starts from) has the same object.
+        let latest = hub.latest_of("/t/a").unwrap();
+        assert_eq!(latest.object().unwrap()["metadata"]["labels"]["v"], "2");
     }
 }

@@ -5,7 +5,10 @@
 //! Instances records, per Instance, when it was first seen (created by the service
 //! controller) and when it was first seen with `spec.cluster` set (placed). Reported:
 //! time until all N exist and until all are placed, placements per second, and the
-//! creation-to-placement latency.
+//! creation-to-placement latency; the root's CPU during the burst and its resident
+//! memory after it; and, after the burst, the root's bare write floor (creates of empty
+//! Namespaces at concurrency 64, as in `scheduling`), so that the placement rate is
+//! also a ratio to what the same server writes in the same run.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -37,6 +40,24 @@ pub struct Report {
     pub per_cluster: Vec<usize>,
     /// From an Instance's creation to its placement, as the watcher saw them.
     pub latency: Summary,
+    /// The root's CPU from the Service's create until the last placement, in cores.
+    pub root_cores: Option<f64>,
+    /// The root's resident memory after the burst.
+    pub root_rss_kib: Option<u64>,
+    pub write_floor: Option<crate::scheduling::WriteFloor>,
+}
+
+impl Report {
+    /// Placements per second, from the Service's create to the last placement.
+    pub fn per_second(&self) -> Option<f64> {
+        self.all_placed_after
+            .map(|d| self.placed as f64 / d.as_secs_f64())
+    }
+
+    /// The placement rate as a share of the write floor.
+    pub fn floor_ratio(&self) -> Option<f64> {
+        Some(self.per_second()? / self.write_floor.as_ref()?.per_second)
+    }
 }
 
 pub async fn run(opts: &Options) -> anyhow::Result<Report> {
@@ -69,6 +90,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     );
     let service = json!({"apiVersion": "oakestra.io/v1", "kind": "Service", "metadata": {"name": "bench"},
         "spec": {"replicas": opts.instances, "template": {"image": "bench", "resources": {"cpuMillicores": 10, "memoryMiB": 10}}}});
+    let pid = server.pid();
+    let cpu_before = crate::procfs::CpuSample::take(pid);
     let start = Instant::now();
     services
         .create(&service)
@@ -102,6 +125,26 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     if placed.len() == opts.instances {
         all_placed_after = Some(start.elapsed());
     }
+    let cpu = crate::procfs::CpuSample::take(pid).since(&cpu_before);
+    let root_cores = cpu.other_process.map(|s| s / start.elapsed().as_secs_f64());
+    let root_rss_kib = pid.and_then(|p| crate::procfs::rss_kib(p).ok());
+    // Let the last writes settle, then the floor.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let floor = crate::scheduling::write_floor(
+        &client,
+        pid,
+        0.0,
+        opts.instances.clamp(200, 2000),
+        opts.time_bound,
+    )
+    .await;
+    let write_floor = match floor {
+        Ok(f) => Some(f),
+        Err(e) => {
+            eprintln!("placement: the write floor was not measured: {e:#}");
+            None
+        }
+    };
     let mut latencies: Vec<Duration> = placed
         .iter()
         .filter_map(|(n, (t, _))| Some(t.saturating_duration_since(*seen.get(n)?)))
@@ -122,6 +165,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         all_placed_after,
         per_cluster,
         latency: Summary::of(&mut latencies),
+        root_cores,
+        root_rss_kib,
+        write_floor,
     })
 }
 
@@ -134,7 +180,11 @@ pub fn to_json(r: &Report) -> Value {
         "placed": r.placed,
         "all_created_after_ms": r.all_created_after.map(|d| round3(ms(d))),
         "all_placed_after_ms": r.all_placed_after.map(|d| round3(ms(d))),
-        "placements_per_second": r.all_placed_after.map(|d| round3(r.placed as f64 / d.as_secs_f64())),
+        "placements_per_second": r.per_second().map(round3),
+        "root_cores_in_burst": r.root_cores.map(round3),
+        "root_rss_kib_after": r.root_rss_kib,
+        "write_floor_per_second": r.write_floor.as_ref().map(|f| round3(f.per_second)),
+        "placements_to_write_floor": r.floor_ratio().map(round3),
         "per_cluster": r.per_cluster,
         "create_to_placed": r.latency.to_json(),
     })
@@ -163,10 +213,13 @@ pub fn print(r: &Report) {
         r.instances,
         secs(r.all_placed_after)
     );
-    if let Some(d) = r.all_placed_after {
+    if let Some(rate) = r.per_second() {
+        println!("  throughput         {rate:.0} placements/s");
+    }
+    if let (Some(f), Some(ratio)) = (&r.write_floor, r.floor_ratio()) {
         println!(
-            "  throughput         {:.0} placements/s",
-            r.placed as f64 / d.as_secs_f64()
+            "  write floor        {:.0} empty Namespaces/s at c = {} → placements at {ratio:.2}× the floor (target ≥ 0.3×)",
+            f.per_second, f.concurrency
         );
     }
     println!(
@@ -174,4 +227,16 @@ pub fn print(r: &Report) {
         r.latency.p50_ms, r.latency.p99_ms, r.latency.max_ms
     );
     println!("  per cluster        {:?}", r.per_cluster);
+    if let Some(cores) = r.root_cores {
+        println!(
+            "  root CPU           {:.0} % of one core during the burst",
+            cores * 100.0
+        );
+    }
+    if let Some(kib) = r.root_rss_kib {
+        println!(
+            "  root RSS           {:.1} MiB after the burst",
+            kib as f64 / 1024.0
+        );
+    }
 }

@@ -133,6 +133,17 @@ pub struct Report {
     pub api_load: Vec<ApiLoad>,
     /// The cheapest durable write at the root, measured after the burst.
     pub write_floor: Option<WriteFloor>,
+    /// Targets given more than they have, counted after the burst.
+    pub commitment: Option<Commitment>,
+}
+
+/// What [`commitment`] found: how many targets, and which got more than they have.
+#[derive(Debug, Clone, Default)]
+pub struct Commitment {
+    pub clusters: usize,
+    pub clusters_over: Vec<String>,
+    pub nodes: usize,
+    pub nodes_over: Vec<String>,
 }
 
 /// Creates of empty Namespaces through the root's HTTP API, measured after the burst
@@ -387,6 +398,13 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     }
     // Let the last status reports settle, then the floor, with the fleet at rest.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let commitment = match commitment(&root, &fleet.cluster_apis).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("scheduling: the bound requests were not counted: {e:#}");
+            None
+        }
+    };
     let root_at_rest = idle.usage.first().map_or(0.0, |u| u.cpu_mean);
     let floor_creates = opts.instances.clamp(200, 2000);
     let write_floor = match write_floor(
@@ -457,13 +475,101 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         watch_restarts: restarts.load(std::sync::atomic::Ordering::Relaxed),
         api_load,
         write_floor,
+        commitment,
     })
+}
+
+/// Count, after the burst, the requests bound to every target against what it has:
+/// the Instances placed on each cluster (at the root) against the cluster's capacity,
+/// those bound to each node (at its cluster) against the node's. A decision that
+/// over-commits under the burst shows here.
+async fn commitment(root: &Client, clusters: &[Client]) -> anyhow::Result<Commitment> {
+    let (cluster_list, _) = root
+        .api::<crds::Cluster>(None)
+        .list(&ListParams::default())
+        .await?;
+    let (placed, _) = root
+        .api::<crds::Instance>(None)
+        .list(&ListParams::default())
+        .await?;
+    let capacity =
+        |c: Option<&crds::Capacity>| c.map_or((0, 0), |c| (c.cpu_millicores, c.memory_mib));
+    let cluster_capacity: HashMap<String, (u64, u64)> = cluster_list
+        .iter()
+        .map(|c| {
+            (
+                c.metadata.name.clone(),
+                capacity(c.status.as_ref().and_then(|s| s.capacity.as_ref())),
+            )
+        })
+        .collect();
+    let mut out = Commitment {
+        clusters: cluster_capacity.len(),
+        clusters_over: over_committed(
+            &cluster_capacity,
+            placed
+                .iter()
+                .filter_map(|i| Some((i.spec.cluster.clone()?, &i.spec.template.resources))),
+        ),
+        ..Default::default()
+    };
+    for api in clusters {
+        let (nodes, _) = api
+            .api::<crds::Node>(None)
+            .list(&ListParams::default())
+            .await?;
+        let (bound, _) = api
+            .api::<crds::Instance>(None)
+            .list(&ListParams::default())
+            .await?;
+        let node_capacity: HashMap<String, (u64, u64)> = nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.metadata.name.clone(),
+                    capacity(n.status.as_ref().and_then(|s| s.capacity.as_ref())),
+                )
+            })
+            .collect();
+        out.nodes += node_capacity.len();
+        out.nodes_over.extend(over_committed(
+            &node_capacity,
+            bound
+                .iter()
+                .filter_map(|i| Some((i.spec.node.clone()?, &i.spec.template.resources))),
+        ));
+    }
+    Ok(out)
+}
+
+/// The targets (of `capacity`: CPU millicores and MiB) whose `bound` requests add up to
+/// more than they have. Pure.
+fn over_committed<'a>(
+    capacity: &HashMap<String, (u64, u64)>,
+    bound: impl Iterator<Item = (String, &'a crds::Resources)>,
+) -> Vec<String> {
+    let mut sums: HashMap<String, (u64, u64)> = HashMap::new();
+    for (target, r) in bound {
+        let sum = sums.entry(target).or_default();
+        sum.0 += r.cpu_millicores;
+        sum.1 += r.memory_mib;
+    }
+    let mut over: Vec<String> = sums
+        .into_iter()
+        .filter(|(t, (cpu, mem))| {
+            let (has_cpu, has_mem) = capacity.get(t).copied().unwrap_or_default();
+            *cpu > has_cpu || *mem > has_mem
+        })
+        .map(|(t, _)| t)
+        .collect();
+    over.sort();
+    over
 }
 
 /// Measure [`WriteFloor`]: `count` creates of empty Namespaces at concurrency 64 (the
 /// fastest in `api-writes`) through the root's HTTP API, after `2 × 64` unmeasured ones
 /// to open the connections; `root_at_rest` is the root's CPU at rest, in cores.
-async fn write_floor(
+pub(crate) async fn write_floor(
     root: &Client,
     root_pid: Option<u32>,
     root_at_rest: f64,
@@ -866,6 +972,10 @@ pub fn to_json(r: &Report) -> Value {
         "writes_per_instance": r.writes_per_instance().map(|(root, cluster)| json!({
             "root": round3(root), "cluster": round3(cluster),
         })),
+        "over_committed": r.commitment.as_ref().map(|c| json!({
+            "clusters": c.clusters, "clusters_over": c.clusters_over,
+            "nodes": c.nodes, "nodes_over": c.nodes_over,
+        })),
         "write_floor": r.write_floor.as_ref().map(|f| json!({
             "creates": f.creates,
             "concurrency": f.concurrency,
@@ -978,6 +1088,20 @@ pub fn print(r: &Report) {
             "  API writes per Instance (Instances, their bindings, status and Events, Services): root {root:.1}, cluster c0 {cluster:.1}"
         );
     }
+    if let Some(c) = &r.commitment {
+        println!(
+            "  over-committed after the burst (requests bound against capacity): {} of {} clusters, {} of {} nodes{}",
+            c.clusters_over.len(),
+            c.clusters,
+            c.nodes_over.len(),
+            c.nodes,
+            if c.clusters_over.is_empty() && c.nodes_over.is_empty() {
+                String::new()
+            } else {
+                format!(": {:?} {:?}", c.clusters_over, c.nodes_over)
+            }
+        );
+    }
     if let Some(f) = &r.write_floor {
         println!(
             "  write floor, after the burst: {} empty Namespaces created at the root over HTTP at concurrency {}: {:.0}/s, {:.0} µs of the root's CPU each",
@@ -1024,6 +1148,32 @@ mod tests {
                 .collect(),
             storage: Vec::new(),
         }
+    }
+
+    #[test]
+    fn over_commitment_is_counted_per_target() {
+        let capacity: HashMap<String, (u64, u64)> =
+            [("n1".into(), (1000, 1024)), ("n2".into(), (1000, 1024))].into();
+        let r = |cpu, mem| crds::Resources {
+            cpu_millicores: cpu,
+            memory_mib: mem,
+            ..Default::default()
+        };
+        let (half, big_memory) = (r(500, 100), r(10, 2000));
+        // Exactly full is not over; one more millicore, too much memory, or an unknown
+        // target is.
+        let bound = [
+            ("n1", &half),
+            ("n1", &half),
+            ("n2", &big_memory),
+            ("gone", &half),
+        ];
+        let over = over_committed(&capacity, bound.iter().map(|(t, r)| (t.to_string(), *r)));
+        assert_eq!(over, vec!["gone", "n2"]);
+        let one_more = r(1, 0);
+        let bound = [("n1", &half), ("n1", &half), ("n1", &one_more)];
+        let over = over_committed(&capacity, bound.iter().map(|(t, r)| (t.to_string(), *r)));
+        assert_eq!(over, vec!["n1"]);
     }
 
     #[test]

@@ -8,6 +8,13 @@
 //! has (for spreading) and, for nodes, the host ports their Instances publish.
 //! Decisions are serialized, so a burst does not over-commit. What differs between the
 //! tiers comes from [`Tier`]'s methods.
+//!
+//! As kube-scheduler splits its serial scheduling cycle from an asynchronous binding
+//! cycle, a decision does not wait for the previous one's write: the binder decides,
+//! reserves the target's room in its own bookkeeping ("recent"), and writes the binding
+//! in a task of its own (at most [`BINDINGS_IN_FLIGHT`] at once). The reconcile is done
+//! once the decision is made. A binding that fails gives its room back and queues the
+//! Instance again; while a binding is in flight the Instance is not decided again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,11 +25,12 @@ use client::runtime::{Action, IndexName, ObjectRef, Recorder, Store};
 use client::{Api, Client};
 use crds::conditions::{instance_readiness, reason, READY, SCHEDULED};
 use crds::{
-    find_with_status, set_condition, ConditionStatus, EventType, Instance, InstanceStatus, Phase,
-    Protocol, Resources, Time,
+    find_with_status, set_condition, ConditionStatus, EventType, Instance, InstanceStatus,
+    ObjectReference, Phase, Protocol, Resources, Time,
 };
 use scheduler::{Candidate, Decision, Request, Tier};
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use crate::{index_by_service, Error, ServiceKey, BY_SERVICE};
 
@@ -72,6 +80,20 @@ impl Targets {
     }
 }
 
+/// Bindings written at once at most, per binder.
+pub const BINDINGS_IN_FLIGHT: usize = 64;
+
+/// How soon an Instance whose binding failed is decided again: after a conflict (the
+/// cache is about to show the newer version), and after any other failure.
+const REBIND_AFTER_CONFLICT: Duration = Duration::from_millis(50);
+const REBIND_AFTER_ERROR: Duration = Duration::from_secs(1);
+
+/// Decisions whose binding the cache does not show yet, by Instance.
+type RecentMap = Arc<Mutex<HashMap<ObjectRef, Recent>>>;
+
+/// Queues an Instance for its controller to reconcile again.
+pub type Requeue = Arc<dyn Fn(ObjectRef) + Send + Sync>;
+
 /// Binds Instances at one tier (see the module docs); one per placement controller,
 /// whose reconciles share it.
 pub struct Binder {
@@ -81,7 +103,12 @@ pub struct Binder {
     client: Client,
     instances: Store<Instance>,
     recorder: Recorder,
-    recent: Mutex<HashMap<ObjectRef, Recent>>,
+    /// Decisions not yet in the cache: their bindings are in flight, or written and
+    /// not yet seen.
+    recent: RecentMap,
+    /// Bindings in flight (see [`BINDINGS_IN_FLIGHT`]).
+    bindings: Arc<Semaphore>,
+    requeue: Requeue,
     /// Per target, what its [`IN_FLIGHT`] group added up to at a version of the group.
     in_flight: Mutex<HashMap<String, InFlight>>,
 }
@@ -145,6 +172,24 @@ fn add(total: &mut Resources, r: &Resources) {
     total.storage_mib += r.storage_mib;
 }
 
+/// The Service of `instance`, whose Events combine its Instances' (see
+/// [`client::runtime::events`]); at a cluster the Service itself is not stored, and
+/// the Instance does not reference it.
+fn service_of(instance: &Instance) -> Option<ObjectReference> {
+    let uid = instance
+        .metadata
+        .owner_references
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.clone());
+    Some(ObjectReference {
+        kind: <crds::Service as crds::Resource>::KIND.into(),
+        name: instance.spec.service.clone(),
+        namespace: instance.metadata.namespace.clone(),
+        uid,
+    })
+}
+
 /// The merge patch of `spec` that takes an Instance off its target at `tier`.
 pub fn unbinding(tier: Tier) -> serde_json::Value {
     let fields = tier.bound_fields().iter();
@@ -189,14 +234,16 @@ const BY_SERVICE_TARGET: IndexName = IndexName::new("service-target");
 
 impl Binder {
     /// A binder for `tier` over the Instances of `client`'s API, cached in
-    /// `instances` (which it indexes); its Events come from `source`, and an Instance
-    /// nothing fits is tried again after `retry_unplaced` at most.
+    /// `instances` (which it indexes); its Events come from `source`, an Instance
+    /// nothing fits is tried again after `retry_unplaced` at most, and one whose binding
+    /// failed is handed to `requeue`.
     pub fn new(
         tier: Tier,
         client: Client,
         instances: Store<Instance>,
         source: &str,
         retry_unplaced: Duration,
+        requeue: Requeue,
     ) -> Self {
         index_by_service(&instances);
         instances.add_index(BY_SERVICE_TARGET, move |i| {
@@ -213,7 +260,9 @@ impl Binder {
             recorder: Recorder::new(client.clone(), source),
             client,
             instances,
-            recent: Mutex::default(),
+            recent: RecentMap::default(),
+            bindings: Arc::new(Semaphore::new(BINDINGS_IN_FLIGHT)),
+            requeue,
             in_flight: Mutex::default(),
         }
     }
@@ -285,9 +334,14 @@ impl Binder {
         }
     }
 
-    /// Choose a target for `instance` among `targets` and write it, or record why not.
-    pub async fn bind(&self, instance: &Instance, mut targets: Targets) -> Result<Action, Error> {
-        let key = ObjectRef::of(instance);
+    /// Choose a target for `instance` among `targets` and write it (in the binding
+    /// cycle, see the module docs), or record why not.
+    pub async fn bind(
+        &self,
+        instance: &Arc<Instance>,
+        mut targets: Targets,
+    ) -> Result<Action, Error> {
+        let key = ObjectRef::of(instance.as_ref());
         let decision = {
             let mut recent = self.recent.lock().expect("recent lock");
             // Forget bindings the cache now shows (or whose Instance is gone).
@@ -296,6 +350,11 @@ impl Binder {
                     .get(k)
                     .is_some_and(|i| self.tier.target_of(&i) != Some(&r.target))
             });
+            if recent.contains_key(&key) {
+                // Its binding is in flight: the cache's change (or the failure) brings
+                // it back.
+                return Ok(Action::await_change());
+            }
             self.complete(instance, &mut targets, &recent);
             let excluded = rejected_by(instance);
             let wanted = host_ports(instance);
@@ -322,27 +381,30 @@ impl Binder {
         let api: Api<Instance> = self.client.api(instance.metadata.namespace.as_deref());
         let now = Utc::now();
         let mut status = instance.status.clone().unwrap_or_default();
-        let noun = self.tier.noun();
         match decision {
             Decision::Place(target) => {
-                // Target field, phase and Scheduled condition in one write, at the
-                // version read.
-                let bound = api
-                    .bind(
-                        &instance.metadata.name,
-                        self.tier.kind(),
-                        &target,
-                        instance.metadata.resource_version.as_deref(),
-                    )
-                    .await;
-                if let Err(e) = bound {
-                    self.recent.lock().expect("recent lock").remove(&key);
-                    return Err(e.into());
-                }
-                let message = format!("placed on {noun} {target}");
-                self.recorder
-                    .record(instance, EventType::Normal, reason::PLACED, &message)
-                    .await;
+                let permit = self
+                    .bindings
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the binder's semaphore is never closed");
+                let binding = Binding {
+                    tier: self.tier,
+                    api,
+                    recent: self.recent.clone(),
+                    recorder: self.recorder.clone(),
+                    requeue: self.requeue.clone(),
+                };
+                let instance = instance.clone();
+                let span = tracing::debug_span!("binding", instance = %key, %target);
+                tokio::spawn(tracing::Instrument::instrument(
+                    async move {
+                        binding.write(key, &instance, &target).await;
+                        drop(permit);
+                    },
+                    span,
+                ));
                 Ok(Action::await_change())
             }
             Decision::Unschedulable { reason, message } => {
@@ -365,14 +427,13 @@ impl Binder {
                 let generation = instance.metadata.generation;
                 if let Some(patch) = pending(&mut status, generation, reason, &message, now) {
                     api.patch_status(&instance.metadata.name, &patch).await?;
-                    self.recorder
-                        .record(
-                            instance,
-                            EventType::Warning,
-                            reason::FAILED_PLACEMENT,
-                            &message,
-                        )
-                        .await;
+                    self.recorder.record_in(
+                        instance.as_ref(),
+                        service_of(instance),
+                        EventType::Warning,
+                        reason::FAILED_PLACEMENT,
+                        &message,
+                    );
                 }
                 // Changes of the candidates trigger a retry; without one, look again
                 // after the tier's `Target::RETRY_UNPLACED`.
@@ -398,8 +459,60 @@ impl Binder {
             api.patch_status(&instance.metadata.name, &patch).await?;
         }
         self.recorder
-            .record(instance, EventType::Warning, reason, message)
-            .await;
+            .record(instance, EventType::Warning, reason, message);
         Ok(())
+    }
+}
+
+/// What the binding cycle of one decision needs (see the module docs).
+struct Binding {
+    tier: Tier,
+    api: Api<Instance>,
+    recent: RecentMap,
+    recorder: Recorder,
+    requeue: Requeue,
+}
+
+impl Binding {
+    /// Write the binding of `instance` (at the version decided on) to `target`: target
+    /// field, phase and Scheduled condition in one write. On failure, give the room
+    /// back and queue the Instance again.
+    async fn write(self, key: ObjectRef, instance: &Instance, target: &str) {
+        let bound = self
+            .api
+            .bind(
+                &instance.metadata.name,
+                self.tier.kind(),
+                target,
+                instance.metadata.resource_version.as_deref(),
+            )
+            .await;
+        let e = match bound {
+            Ok(_) => {
+                let message = format!("placed on {} {target}", self.tier.noun());
+                let group = service_of(instance);
+                self.recorder.record_in(
+                    instance,
+                    group,
+                    EventType::Normal,
+                    reason::PLACED,
+                    &message,
+                );
+                return;
+            }
+            Err(e) => e,
+        };
+        self.recent.lock().expect("recent lock").remove(&key);
+        let after = if e.is_conflict() {
+            tracing::debug!(error = %e, "binding at a stale version; deciding again");
+            REBIND_AFTER_CONFLICT
+        } else if e.is_not_found() {
+            return; // deleted meanwhile
+        } else {
+            tracing::warn!(error = %e, "binding failed; deciding again");
+            REBIND_AFTER_ERROR
+        };
+        tokio::time::sleep(after).await;
+        (self.requeue)(key);
     }
 }

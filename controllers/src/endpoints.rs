@@ -9,7 +9,9 @@
 //! What an Endpoints object should hold is the pure [`desired`] (and [`endpoint`] per
 //! Instance, shared with the cluster tier); the reconcile writes it when it differs.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use client::runtime::{Action, Controller, ObjectRef, Store};
 use client::{Client, ListParams};
@@ -118,15 +120,24 @@ struct Ctx {
     instances: Store<Instance>,
     clusters: Store<Cluster>,
     endpoints: Store<Endpoints>,
+    pacer: Pacer,
 }
+
+/// How often, at most, an `Endpoints` object is written while its Instances change in
+/// a burst (a lone change is written at once; see [`Controller::debounce`]), by the
+/// root and by each cluster's copy. An `Endpoints` object holds every Instance of its
+/// Service: at 1,000 replicas it is some 200 KB that each write parses, checks, stores
+/// and sends to every cluster, so a 10,000-Instance burst with a write per 100 ms
+/// kept the root's store busy with them (Kubernetes' `EndpointSlice` controller batches
+/// the same way, `--endpointslice-updates-batch-period`).
+pub const BATCH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Run the endpoints controller until `shutdown`.
 pub async fn run(client: Client, config: &RootConfig, shutdown: CancellationToken) {
     let mut controller = Controller::new(client.api::<Service>(None), ListParams::default())
         .name("endpoints")
         .concurrency(config.concurrency)
-        // A burst of Instance changes costs a Service one write per 100 ms.
-        .debounce(std::time::Duration::from_millis(100));
+        .debounce(BATCH);
     let instances = controller.watches(
         client.api::<Instance>(None),
         ListParams::default(),
@@ -148,6 +159,7 @@ pub async fn run(client: Client, config: &RootConfig, shutdown: CancellationToke
         instances,
         clusters,
         endpoints,
+        pacer: Pacer::default(),
     });
     controller
         .run_keyed(
@@ -190,12 +202,60 @@ async fn reconcile(
         controller: Some(true),
         block_owner_deletion: None,
     };
-    write(&api, &key, current.as_deref(), spec, vec![owner]).await?;
-    Ok(Action::await_change())
+    write(
+        &api,
+        &key,
+        current.as_deref(),
+        spec,
+        vec![owner],
+        &ctx.pacer,
+    )
+    .await
+}
+
+/// Endpoints entries per second of [`pace`]: an object of 1,000 entries is written
+/// at most every 10 s while its Instances change.
+const ENTRIES_PER_SECOND_OF_PACE: usize = 100;
+/// The longest [`pace`].
+const MAX_PACE: Duration = Duration::from_secs(10);
+
+/// The least time between two writes of one `Endpoints` object of `entries` entries
+/// while it keeps changing: [`BATCH`] for up to 100 entries, a second more for each 100
+/// more, at most [`MAX_PACE`]. Each write of such an object costs in proportion to
+/// its size (at the root and at every cluster that copies it), so a Service with
+/// thousands of Instances in a burst cost quadratically many bytes without it; a
+/// change after a quiet period is still written at once.
+pub fn pace(entries: usize) -> Duration {
+    let seconds = (entries / ENTRIES_PER_SECOND_OF_PACE).max(1);
+    (BATCH * u32::try_from(seconds).unwrap_or(u32::MAX)).min(MAX_PACE)
+}
+
+/// When each `Endpoints` object was last written by this controller (see [`pace`]).
+#[derive(Default)]
+pub(crate) struct Pacer {
+    written: Mutex<HashMap<ObjectRef, Instant>>,
+}
+
+impl Pacer {
+    /// How long a write of `key` with `entries` entries must still wait, if at all.
+    fn wait(&self, key: &ObjectRef, entries: usize) -> Option<Duration> {
+        let written = self.written.lock().expect("pacer lock");
+        let since = written.get(key)?.elapsed();
+        pace(entries).checked_sub(since).filter(|d| !d.is_zero())
+    }
+
+    fn wrote(&self, key: &ObjectRef) {
+        let mut written = self.written.lock().expect("pacer lock");
+        // Forget what is past any pace, once the map has grown.
+        if written.len() > 1024 {
+            written.retain(|_, t| t.elapsed() < MAX_PACE);
+        }
+        written.insert(key.clone(), Instant::now());
+    }
 }
 
 /// Create (with `owners`) or replace the Endpoints at `key` when `spec` differs from
-/// `current`, the cached copy. The replace carries the cached version: a 409 is retried
+/// `current`, the cached copy, as `pacer` allows (else: when to try again). The replace carries the cached version: a 409 is retried
 /// from a fresher cache.
 pub(crate) async fn write(
     api: &client::Api<Endpoints>,
@@ -203,14 +263,19 @@ pub(crate) async fn write(
     current: Option<&Endpoints>,
     spec: EndpointsSpec,
     owners: Vec<OwnerReference>,
-) -> Result<(), Error> {
+    pacer: &Pacer,
+) -> Result<Action, Error> {
     match current {
-        Some(c) if c.spec == spec => Ok(()),
+        Some(c) if c.spec == spec => Ok(Action::await_change()),
         Some(c) => {
+            if let Some(wait) = pacer.wait(key, spec.endpoints.len()) {
+                return Ok(Action::requeue(wait));
+            }
             let mut next = c.clone();
             next.spec = spec;
             api.replace(&next).await?;
-            Ok(())
+            pacer.wrote(key);
+            Ok(Action::await_change())
         }
         None => {
             let mut object = Endpoints::new(&key.name, spec);
@@ -223,7 +288,8 @@ pub(crate) async fn write(
             // A 409 (made by an earlier reconcile this cache does not show yet) is
             // retried from the cache that then shows it.
             api.create(&object).await?;
-            Ok(())
+            pacer.wrote(key);
+            Ok(Action::await_change())
         }
     }
 }
@@ -235,6 +301,25 @@ mod tests {
         Addressing, InstanceSpec, InstanceStatus, Protocol, ServicePort, ServiceSpec,
         ServiceStatus, Workload,
     };
+
+    #[test]
+    fn big_endpoints_are_written_less_often() {
+        // entries → least time between two writes while they keep changing
+        for (entries, secs) in [(0, 1), (1, 1), (199, 1), (200, 2), (1000, 10), (50_000, 10)] {
+            assert_eq!(pace(entries), Duration::from_secs(secs), "{entries}");
+        }
+        let pacer = Pacer::default();
+        let key = ObjectRef::new(Some("default"), "web");
+        assert_eq!(pacer.wait(&key, 1000), None, "never written: at once");
+        pacer.wrote(&key);
+        let wait = pacer.wait(&key, 1000).expect("just written");
+        assert!(
+            wait > Duration::from_secs(9) && wait <= MAX_PACE,
+            "{wait:?}"
+        );
+        let other = ObjectRef::new(Some("default"), "db");
+        assert_eq!(pacer.wait(&other, 1000), None, "per object");
+    }
 
     fn service(ports: &[(u16, Protocol)]) -> Service {
         let mut svc = Service::new(

@@ -209,9 +209,7 @@ async fn reconcile<K: Heartbeats>(
                 .api::<K>(None)
                 .patch_status(&k.metadata().name, &patch)
                 .await?;
-            recorder
-                .record(k.as_ref(), EventType::Warning, HEARTBEAT_LAPSED, &message)
-                .await;
+            recorder.record(k.as_ref(), EventType::Warning, HEARTBEAT_LAPSED, &message);
             Ok(Action::await_change())
         }
     }

@@ -205,6 +205,7 @@ pub async fn run<T: Target>(
         instances,
         T::EVENT_SOURCE,
         T::RETRY_UNPLACED,
+        Arc::new(controller.trigger()),
     );
     let ctx = Arc::new(Ctx {
         binder,

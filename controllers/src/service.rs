@@ -361,7 +361,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         })
         .collect();
     let deleted = parallel(deletes.into_iter()).await?;
-    record_batch(&ctx, &svc, "ScaledDown", "deleted", deleted).await;
+    record_batch(&ctx, &svc, "ScaledDown", "deleted", deleted);
 
     let creates: Vec<_> = plan
         .create
@@ -386,14 +386,13 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         })
         .collect();
     let created = parallel(creates.into_iter()).await?;
-    record_batch(&ctx, &svc, "ScaledUp", "created", created).await;
+    record_batch(&ctx, &svc, "ScaledUp", "created", created);
 
     for i in &plan.replace {
         delete(&ctx, &api, &ObjectRef::of(*i)).await?;
         let message = format!("replaced instance {} (template changed)", i.metadata.name);
         ctx.recorder
-            .record(svc.as_ref(), EventType::Normal, "RollingUpdate", &message)
-            .await;
+            .record(svc.as_ref(), EventType::Normal, "RollingUpdate", &message);
     }
 
     update_status(&svc, &ctx, &mine, &hash, replicas).await?;
@@ -420,7 +419,7 @@ where
 }
 
 /// One Event for a batch of Instances ("created 3 instances: a, b, c").
-async fn record_batch(ctx: &Ctx, svc: &Service, reason: &str, verb: &str, names: Vec<String>) {
+fn record_batch(ctx: &Ctx, svc: &Service, reason: &str, verb: &str, names: Vec<String>) {
     if names.is_empty() {
         return;
     }
@@ -437,8 +436,7 @@ async fn record_batch(ctx: &Ctx, svc: &Service, reason: &str, verb: &str, names:
     };
     let message = format!("{verb} {} {noun}: {}{more}", names.len(), shown.join(", "));
     ctx.recorder
-        .record(svc, EventType::Normal, reason, &message)
-        .await;
+        .record(svc, EventType::Normal, reason, &message);
 }
 
 /// Delete Instance `key`, and forget that this controller expects to see it: a

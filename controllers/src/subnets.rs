@@ -449,8 +449,7 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
             if K::EVENT_ON_ASSIGN {
                 let message = format!("{} {address}", K::FIELD);
                 ctx.recorder
-                    .record(k.as_ref(), EventType::Normal, K::CONDITION, &message)
-                    .await;
+                    .record(k.as_ref(), EventType::Normal, K::CONDITION, &message);
             }
             Ok(Action::await_change())
         }
@@ -470,8 +469,7 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
                 });
                 api.patch_status(&k.metadata().name, &patch).await?;
                 ctx.recorder
-                    .record(k.as_ref(), EventType::Warning, reason, &message)
-                    .await;
+                    .record(k.as_ref(), EventType::Warning, reason, &message);
             }
             // A released address frees the pool for it: look again soon.
             Ok(Action::requeue(Duration::from_secs(5)))

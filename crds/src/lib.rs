@@ -68,7 +68,8 @@ pub struct KindInfo {
     pub has_status: bool,
     /// Writes of this kind may be acknowledged before they are on disk (the embedded
     /// store makes them durable within a second): records their writers repeat anyway,
-    /// node Leases and Events, as Kubernetes treats Events as best-effort.
+    /// node Leases and Events (as Kubernetes treats Events as best-effort), and
+    /// `Endpoints`, which their controllers derive again from the Instances at start.
     pub best_effort: bool,
     /// Fields that cannot change after creation, as JSON pointers.
     pub immutable: &'static [&'static str],
@@ -508,7 +509,7 @@ pub static KINDS: &[KindInfo] = &[
         short_names: &["ep"],
         namespaced: true,
         has_status: false,
-        best_effort: false,
+        best_effort: true,
         immutable: &[],
         columns: &[
             ("ROUND-ROBIN-IP", "/spec/roundRobinIP"),

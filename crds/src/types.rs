@@ -565,7 +565,7 @@ pub struct ObjectReference {
 }
 
 /// Severity of an Event.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum EventType {
     /// Something expected happened.
     #[default]

@@ -209,15 +209,16 @@ async fn unplaceable_services_say_why(backend: &str) {
             && message.contains("munich-1: is 6489 km away"),
         "{message}"
     );
-    let described = e2e::oakctl(
-        &root.server.kubeconfig(),
-        &["describe", "instance", &root.placements("far").await[0].0],
-    );
-    let described = String::from_utf8_lossy(&described.stdout);
-    assert!(
-        described.contains("NoTargetCluster") && described.contains("FailedPlacement"),
-        "{described}"
-    );
+    // Events are written in the background, within a fraction of a second.
+    let instance = root.placements("far").await[0].0.clone();
+    let kubeconfig = root.server.kubeconfig();
+    eventually("describe shows the FailedPlacement Event", WAIT, || async {
+        let described = e2e::oakctl(&kubeconfig, &["describe", "instance", &instance]);
+        let described = String::from_utf8_lossy(&described.stdout).to_string();
+        (described.contains("NoTargetCluster") && described.contains("FailedPlacement"))
+            .then_some(())
+    })
+    .await;
     // Too big for any cluster: NoResourcesAvailable.
     let mut huge = spec(1);
     huge["template"]["resources"]["cpuMillicores"] = json!(64000);

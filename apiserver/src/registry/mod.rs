@@ -581,13 +581,14 @@ impl Registry {
                 self.hub
                     .latest_of(&key)
                     .filter(|c| precondition.is_none_or(|p| p == c.revision))
+                    .and_then(|c| Some((c.object()?, c.revision)))
             } else {
                 None
             };
             first = false;
             let stored: Value;
             let (current, revision) = match &cached {
-                Some(change) => (change.object.as_ref(), change.revision),
+                Some((object, revision)) => (object.as_ref(), *revision),
                 None => {
                     let revision;
                     (stored, revision) = self.stored_for(&request, caller, precondition).await?;

@@ -159,7 +159,7 @@ fn decode(key: &str, raw: &[u8]) -> KeyValue {
         key: key.to_string(),
         create_revision: num(&raw[0..8]),
         mod_revision: num(&raw[8..16]),
-        value: raw[16..].to_vec(),
+        value: bytes::Bytes::copy_from_slice(&raw[16..]),
     }
 }
 
@@ -437,7 +437,7 @@ fn apply_one(
             *revision += 1;
             let kv = KeyValue {
                 key: key.into(),
-                value: value.clone(),
+                value: value.clone().into(),
                 create_revision: *revision,
                 mod_revision: *revision,
             };
@@ -471,7 +471,7 @@ fn apply_one(
             *revision += 1;
             let kv = KeyValue {
                 key: key.into(),
-                value: value.clone(),
+                value: value.clone().into(),
                 create_revision: cur.create_revision,
                 mod_revision: *revision,
             };

@@ -66,7 +66,7 @@ impl EtcdStore {
                 .strip_prefix(&self.root)
                 .unwrap_or_default()
                 .to_string(),
-            value: kv.value().to_vec(),
+            value: bytes::Bytes::copy_from_slice(kv.value()),
             create_revision: kv.create_revision(),
             mod_revision: kv.mod_revision(),
         }
@@ -176,7 +176,7 @@ impl Storage for EtcdStore {
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         Ok(KeyValue {
             key: key.into(),
-            value,
+            value: value.into(),
             create_revision: revision,
             mod_revision: revision,
         })
@@ -207,7 +207,7 @@ impl Storage for EtcdStore {
             .unwrap_or_default();
         Ok(KeyValue {
             key: key.into(),
-            value,
+            value: value.into(),
             create_revision,
             mod_revision: revision,
         })

@@ -19,8 +19,9 @@ pub mod etcd;
 pub struct KeyValue {
     /// The key.
     pub key: String,
-    /// The bytes stored under it.
-    pub value: Vec<u8>,
+    /// The bytes stored under it (shared: the history, the watch channel and the
+    /// previous version of an event hold one copy, not one each).
+    pub value: bytes::Bytes,
     /// Revision of the write that created the key.
     pub create_revision: i64,
     /// Revision of the last write to the key (for a deletion event: the deletion's).

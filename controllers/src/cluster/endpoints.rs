@@ -14,7 +14,7 @@ use crds::{Endpoint, Endpoints, EndpointsSpec, Instance, Location, Node};
 use tokio_util::sync::CancellationToken;
 
 use super::sync::Namespaces;
-use crate::endpoints::{endpoint, serving, sort, write};
+use crate::endpoints::{endpoint, serving, sort, write, Pacer};
 use crate::{
     index_by_node, index_by_service, instance_owner, not_ready_for, Error, ServiceKey, BY_SERVICE,
 };
@@ -44,6 +44,7 @@ struct Ctx {
     nodes: Store<Node>,
     copies: Store<Endpoints>,
     namespaces: Namespaces,
+    pacer: Pacer,
 }
 
 /// Keep the local copies until `shutdown`.
@@ -58,7 +59,7 @@ pub(super) async fn sync_endpoints(
     let mut controller = Controller::new(root.api::<Endpoints>(None), ListParams::default())
         .name("endpoints-sync")
         .concurrency(concurrency)
-        .debounce(std::time::Duration::from_millis(100));
+        .debounce(crate::endpoints::BATCH);
     let instances = controller.watches(
         local.api::<Instance>(None),
         ListParams::default(),
@@ -93,6 +94,7 @@ pub(super) async fn sync_endpoints(
         nodes,
         copies,
         namespaces: Namespaces::default(),
+        pacer: Pacer::default(),
     });
     controller
         .run_keyed(
@@ -139,8 +141,7 @@ async fn reconcile(
         })
         .collect();
     let spec = merge(&root.spec, &ctx.cluster, local);
-    write(&api, &key, current.as_deref(), spec, Vec::new()).await?;
-    Ok(Action::await_change())
+    write(&api, &key, current.as_deref(), spec, Vec::new(), &ctx.pacer).await
 }
 
 #[cfg(test)]
