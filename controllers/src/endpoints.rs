@@ -217,7 +217,7 @@ async fn reconcile(
 /// at most every 10 s while its Instances change.
 const ENTRIES_PER_SECOND_OF_PACE: usize = 100;
 /// The longest [`pace`].
-const MAX_PACE: Duration = Duration::from_secs(10);
+pub const MAX_PACE: Duration = Duration::from_secs(10);
 
 /// The least time between two writes of one `Endpoints` object of `entries` entries
 /// while it keeps changing: [`BATCH`] for up to 100 entries, a second more for each 100

@@ -170,6 +170,49 @@ fn oakctl_apply_get_describe_delete() {
     assert_eq!(out, "service/nginx created\n");
 }
 
+/// An Oakestra SLA of one application with one container microservice `web`.
+fn sla(image: &str, vcpus: f64) -> String {
+    serde_json::json!({
+        "sla_version": "v2.0", "customerID": "Admin",
+        "applications": [{
+            "applicationID": "", "application_name": "shop", "application_namespace": "demo",
+            "application_desc": "", "microservices": [{
+                "microserviceID": "", "microservice_name": "web", "microservice_namespace": "demo",
+                "virtualization": "container", "code": image, "vcpus": vcpus, "memory": 100,
+                "port": "8080:80"}]}]
+    })
+    .to_string()
+}
+
+#[test]
+fn an_sla_imported_again_with_a_change_updates_its_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, cli) = start(dir.path());
+    let file = dir.path().join("shop.json");
+    std::fs::write(&file, sla("docker.io/library/nginx:1.27", 1.0)).unwrap();
+    let file = file.to_str().unwrap();
+
+    let out = ok(cli.oakctl(&["apply", "-f", file]));
+    assert!(out.contains("service/web created"), "{out}");
+    let again = ok(cli.oakctl(&["apply", "-f", file]));
+    assert!(again.contains("service/web unchanged"), "{again}");
+
+    // The same file with another image and more CPU: the Service is configured (its
+    // template changes, which the service controller rolls out), not refused or added.
+    std::fs::write(file, sla("docker.io/library/nginx:1.28", 2.0)).unwrap();
+    let out = ok(cli.oakctl(&["apply", "-f", file]));
+    assert!(out.contains("service/web configured"), "{out}");
+    let yaml = ok(cli.oakctl(&["get", "svc", "web", "-n", "demo", "-o", "yaml"]));
+    assert!(
+        yaml.contains("image: docker.io/library/nginx:1.28"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("cpuMillicores: 2000"), "{yaml}");
+    assert!(yaml.contains("generation: 2"), "{yaml}");
+    let names = ok(cli.oakctl(&["get", "svc", "-n", "demo", "-o", "name"]));
+    assert_eq!(names, "service/web\n", "one Service, not a second one");
+}
+
 #[test]
 fn oakctl_bad_input_is_refused_and_applies_nothing() {
     let dir = tempfile::tempdir().unwrap();
