@@ -36,6 +36,9 @@ use crate::{index_by_service, Error, ServiceKey, BY_SERVICE};
 
 struct Recent {
     target: String,
+    /// The Instance's resourceVersion the decision was made at (and its binding
+    /// written at).
+    version: Option<String>,
     resources: Resources,
     service: String,
     host_ports: Vec<(u16, Protocol)>,
@@ -344,14 +347,18 @@ impl Binder {
         let key = ObjectRef::of(instance.as_ref());
         let decision = {
             let mut recent = self.recent.lock().expect("recent lock");
-            // Forget bindings the cache now shows (or whose Instance is gone).
+            // Forget bindings the cache now shows, and decisions about a version the
+            // cache has moved past (the binding shown and undone since, or failed),
+            // or whose Instance is gone.
             recent.retain(|k, r| {
-                self.instances
-                    .get(k)
-                    .is_some_and(|i| self.tier.target_of(&i) != Some(&r.target))
+                self.instances.get(k).is_some_and(|i| {
+                    i.metadata.resource_version == r.version
+                        && self.tier.target_of(&i) != Some(&r.target)
+                })
             });
             if recent.contains_key(&key) {
-                // Its binding is in flight: the cache's change (or the failure) brings
+                // Decided at the version the cache shows: its binding is in flight (or
+                // written and not seen yet); the cache's change, or the failure, brings
                 // it back.
                 return Ok(Action::await_change());
             }
@@ -370,6 +377,7 @@ impl Binder {
             if let Decision::Place(target) = &decision {
                 let r = Recent {
                     target: target.clone(),
+                    version: instance.metadata.resource_version.clone(),
                     resources: instance.spec.template.resources.clone(),
                     service: instance.spec.service.clone(),
                     host_ports: wanted.clone(),
@@ -502,7 +510,17 @@ impl Binding {
             }
             Err(e) => e,
         };
-        self.recent.lock().expect("recent lock").remove(&key);
+        // Give the room back, unless a later decision (at a newer version) took the
+        // entry since.
+        {
+            let mut recent = self.recent.lock().expect("recent lock");
+            if recent
+                .get(&key)
+                .is_some_and(|r| r.version == instance.metadata.resource_version)
+            {
+                recent.remove(&key);
+            }
+        }
         let after = if e.is_conflict() {
             tracing::debug!(error = %e, "binding at a stale version; deciding again");
             REBIND_AFTER_CONFLICT

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use client::runtime::{Action, Controller, ObjectRef, Recorder, Store};
 use client::{Api, Client, ListParams};
-use crds::conditions::{reason, AVAILABLE, PLACED, READY, RECONCILING, SCHEDULED, STALLED};
+use crds::conditions::{
+    reason, AVAILABLE, LATENCY_ENFORCED, PLACED, READY, RECONCILING, SCHEDULED, STALLED,
+};
 use crds::{
     find_with_status, is_false, set_condition, ConditionStatus, EventType, Instance, InstanceSpec,
     ObjectMeta, OwnerReference, Phase, Service, ServiceStatus, API_VERSION,
@@ -524,6 +526,20 @@ async fn update_status(
     for (type_, value, reason, message) in progress(mine, hash, replicas) {
         set_condition(&mut status.conditions, type_, value, &reason, &message, now);
     }
+    match latency_not_enforced(&svc.spec.template.placement) {
+        Some(message) => set_condition(
+            &mut status.conditions,
+            LATENCY_ENFORCED,
+            ConditionStatus::False,
+            "NotMeasured",
+            &message,
+            now,
+        ),
+        None => {
+            status.conditions.retain(|c| c.type_ != LATENCY_ENFORCED);
+            false
+        }
+    };
     if status != old {
         // Only the fields this controller owns, at the version it read (409 if stale).
         let patch = json!({
@@ -542,9 +558,35 @@ async fn update_status(
     Ok(())
 }
 
+/// For a Service with a latency constraint: the message saying it is kept but not
+/// acted on (nothing measures latency yet).
+fn latency_not_enforced(placement: &crds::Placement) -> Option<String> {
+    let l = placement.latency.as_ref()?;
+    Some(format!(
+        "placement.latency ({} ms to {}) is kept but not enforced: no latency is measured \
+         yet, so Instances are placed without it",
+        l.max_ms, l.target
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_latency_constraint_is_said_not_enforced() {
+        let mut placement = crds::Placement::default();
+        assert_eq!(latency_not_enforced(&placement), None);
+        placement.latency = Some(crds::LatencyConstraint {
+            target: "munich".into(),
+            max_ms: 20,
+        });
+        let message = latency_not_enforced(&placement).unwrap();
+        assert!(
+            message.starts_with("placement.latency (20 ms to munich) is kept but not enforced"),
+            "{message}"
+        );
+    }
 
     /// How an Instance of the table is doing.
     #[derive(Clone, Copy)]

@@ -31,6 +31,11 @@ pub const AVAILABLE: &str = "Available";
 /// and why).
 pub const PLACED: &str = "Placed";
 
+/// Condition type of a Service with a `placement.latency` constraint: `False`
+/// (`NotMeasured`) while nothing measures latency, so placement keeps the constraint but
+/// does not act on it (an imported Oakestra SLA's `latency` constraint becomes one).
+pub const LATENCY_ENFORCED: &str = "LatencyEnforced";
+
 /// Condition type of a Node: its agent's network data plane (service rules, overlay)
 /// is in place; `False` says which part failed and why, and the cluster scheduler
 /// places nothing there.
