@@ -484,62 +484,54 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
 /// those bound to each node (at its cluster) against the node's. A decision that
 /// over-commits under the burst shows here.
 async fn commitment(root: &Client, clusters: &[Client]) -> anyhow::Result<Commitment> {
-    let (cluster_list, _) = root
-        .api::<crds::Cluster>(None)
-        .list(&ListParams::default())
-        .await?;
-    let (placed, _) = root
-        .api::<crds::Instance>(None)
-        .list(&ListParams::default())
-        .await?;
-    let capacity =
-        |c: Option<&crds::Capacity>| c.map_or((0, 0), |c| (c.cpu_millicores, c.memory_mib));
-    let cluster_capacity: HashMap<String, (u64, u64)> = cluster_list
-        .iter()
-        .map(|c| {
-            (
-                c.metadata.name.clone(),
-                capacity(c.status.as_ref().and_then(|s| s.capacity.as_ref())),
-            )
-        })
-        .collect();
+    let (clusters_count, clusters_over) = over_at::<crds::Cluster>(
+        root,
+        |c| c.status.as_ref()?.capacity.as_ref(),
+        |i| i.spec.cluster.as_ref(),
+    )
+    .await?;
     let mut out = Commitment {
-        clusters: cluster_capacity.len(),
-        clusters_over: over_committed(
-            &cluster_capacity,
-            placed
-                .iter()
-                .filter_map(|i| Some((i.spec.cluster.clone()?, &i.spec.template.resources))),
-        ),
+        clusters: clusters_count,
+        clusters_over,
         ..Default::default()
     };
     for api in clusters {
-        let (nodes, _) = api
-            .api::<crds::Node>(None)
-            .list(&ListParams::default())
-            .await?;
-        let (bound, _) = api
-            .api::<crds::Instance>(None)
-            .list(&ListParams::default())
-            .await?;
-        let node_capacity: HashMap<String, (u64, u64)> = nodes
-            .iter()
-            .map(|n| {
-                (
-                    n.metadata.name.clone(),
-                    capacity(n.status.as_ref().and_then(|s| s.capacity.as_ref())),
-                )
-            })
-            .collect();
-        out.nodes += node_capacity.len();
-        out.nodes_over.extend(over_committed(
-            &node_capacity,
-            bound
-                .iter()
-                .filter_map(|i| Some((i.spec.node.clone()?, &i.spec.template.resources))),
-        ));
+        let (nodes, over) = over_at::<crds::Node>(
+            api,
+            |n| n.status.as_ref()?.capacity.as_ref(),
+            |i| i.spec.node.as_ref(),
+        )
+        .await?;
+        out.nodes += nodes;
+        out.nodes_over.extend(over);
     }
     Ok(out)
+}
+
+/// At the API of `client`: how many targets of kind `T` there are, and those whose
+/// Instances (bound to them by `target_of`) ask for more than `capacity_of` says they
+/// have.
+async fn over_at<T: crds::Resource>(
+    client: &Client,
+    capacity_of: impl Fn(&T) -> Option<&crds::Capacity>,
+    target_of: impl Fn(&crds::Instance) -> Option<&String>,
+) -> anyhow::Result<(usize, Vec<String>)> {
+    let (targets, _) = client.api::<T>(None).list(&ListParams::default()).await?;
+    let (instances, _) = client
+        .api::<crds::Instance>(None)
+        .list(&ListParams::default())
+        .await?;
+    let capacity: HashMap<String, (u64, u64)> = targets
+        .iter()
+        .map(|t| {
+            let c = capacity_of(t).map_or((0, 0), |c| (c.cpu_millicores, c.memory_mib));
+            (t.metadata().name.clone(), c)
+        })
+        .collect();
+    let bound = instances
+        .iter()
+        .filter_map(|i| Some((target_of(i)?.clone(), &i.spec.template.resources)));
+    Ok((capacity.len(), over_committed(&capacity, bound)))
 }
 
 /// The targets (of `capacity`: CPU millicores and MiB) whose `bound` requests add up to

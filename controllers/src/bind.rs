@@ -178,19 +178,13 @@ fn add(total: &mut Resources, r: &Resources) {
 /// The Service of `instance`, whose Events combine its Instances' (see
 /// [`client::runtime::events`]); at a cluster the Service itself is not stored, and
 /// the Instance does not reference it.
-fn service_of(instance: &Instance) -> Option<ObjectReference> {
-    let uid = instance
-        .metadata
-        .owner_references
-        .iter()
-        .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.clone());
-    Some(ObjectReference {
+fn service_of(instance: &Instance) -> ObjectReference {
+    ObjectReference {
         kind: <crds::Service as crds::Resource>::KIND.into(),
         name: instance.spec.service.clone(),
         namespace: instance.metadata.namespace.clone(),
-        uid,
-    })
+        uid: instance.metadata.controller().map(|o| o.uid.clone()),
+    }
 }
 
 /// The merge patch of `spec` that takes an Instance off its target at `tier`.
@@ -437,7 +431,7 @@ impl Binder {
                     api.patch_status(&instance.metadata.name, &patch).await?;
                     self.recorder.record_in(
                         instance.as_ref(),
-                        service_of(instance),
+                        Some(service_of(instance)),
                         EventType::Warning,
                         reason::FAILED_PLACEMENT,
                         &message,
@@ -498,7 +492,7 @@ impl Binding {
         let e = match bound {
             Ok(_) => {
                 let message = format!("placed on {} {target}", self.tier.noun());
-                let group = service_of(instance);
+                let group = Some(service_of(instance));
                 self.recorder.record_in(
                     instance,
                     group,

@@ -60,6 +60,15 @@ pub struct ObjectMeta {
     pub managed_fields: Option<Vec<serde_json::Value>>,
 }
 
+impl ObjectMeta {
+    /// The owner that manages the object (`controller: true`), if it has one.
+    pub fn controller(&self) -> Option<&OwnerReference> {
+        self.owner_references
+            .iter()
+            .find(|o| o.controller == Some(true))
+    }
+}
+
 /// Points from an object to the object that owns it (an Instance to its Service).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -94,16 +94,12 @@ impl Recorder {
     /// [`FLUSH_EVERY`] (see the module docs). Its group is its controller owner.
     pub fn record<K: Resource>(&self, object: &K, type_: EventType, reason: &str, message: &str) {
         let meta = object.metadata();
-        let group = meta
-            .owner_references
-            .iter()
-            .find(|o| o.controller == Some(true))
-            .map(|o| ObjectReference {
-                kind: o.kind.clone(),
-                name: o.name.clone(),
-                namespace: meta.namespace.clone(),
-                uid: Some(o.uid.clone()),
-            });
+        let group = meta.controller().map(|o| ObjectReference {
+            kind: o.kind.clone(),
+            name: o.name.clone(),
+            namespace: meta.namespace.clone(),
+            uid: Some(o.uid.clone()),
+        });
         self.record_in(object, group, type_, reason, message);
     }
 
