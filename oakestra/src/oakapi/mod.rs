@@ -20,7 +20,7 @@ pub mod shape;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, State};
@@ -120,7 +120,7 @@ type Answer = Result<Json<Value>, OakApiError>;
 /// The facade's shared state.
 pub struct OakApi {
     /// The server's in-process client, set once the server runs.
-    pub local: Arc<OnceLock<Client>>,
+    pub local: crate::roles::LocalClient,
     /// The login's sessions (shared with the [`auth::Gate`]).
     pub sessions: Arc<Sessions>,
     /// The administrator's password.
@@ -149,7 +149,7 @@ pub struct Settings {
 /// the server's in-process client appears once it runs. Returns the password file.
 pub fn install(
     security: &mut apiserver::auth::Security,
-    local: Arc<OnceLock<Client>>,
+    local: crate::roles::LocalClient,
     settings: Settings,
 ) -> Result<PathBuf, auth::AuthError> {
     let (path, password) = auth::admin_password(&settings.data_dir)?;
@@ -346,8 +346,8 @@ impl View {
     }
 }
 
-fn client(api: &OakApi) -> Result<&Client, OakApiError> {
-    api.local.get().ok_or(OakApiError::NotReady)
+async fn client(api: &OakApi) -> Result<Client, OakApiError> {
+    api.local.get().await.ok_or(OakApiError::NotReady)
 }
 
 fn failed(what: impl Into<String>) -> impl FnOnce(ClientError) -> OakApiError {
@@ -479,7 +479,7 @@ fn refuse_existing(view: &View, services: &[Service]) -> Result<(), OakApiError>
 async fn create_application(_: Admin, State(api): State<Arc<OakApi>>, body: Bytes) -> Answer {
     let sla = json_body(&body)?;
     let converted = convert(&api, &sla, 0)?;
-    let client = client(&api)?;
+    let client = &client(&api).await?;
     let current = view(client).await?;
     for ns in &converted.namespaces {
         for name in shape::records(ns).keys() {
@@ -533,12 +533,12 @@ async fn get_application(
     State(api): State<Arc<OakApi>>,
     Path(id): Path<String>,
 ) -> Answer {
-    let view = view(client(&api)?).await?;
+    let view = view(&client(&api).await?).await?;
     Ok(Json(view.app_json(view.app(&id)?)))
 }
 
 async fn list_applications(_: Admin, State(api): State<Arc<OakApi>>) -> Answer {
-    let view = view(client(&api)?).await?;
+    let view = view(&client(&api).await?).await?;
     Ok(Json(Value::Array(
         view.apps.iter().map(|a| view.app_json(a)).collect(),
     )))
@@ -589,7 +589,7 @@ async fn update_application(
     body: Bytes,
 ) -> Answer {
     let body = json_body(&body)?;
-    let client = client(&api)?;
+    let client = &client(&api).await?;
     let view = view(client).await?;
     let app = view.app(&id)?;
     for (field, now) in [
@@ -667,7 +667,7 @@ async fn delete_application(
     State(api): State<Arc<OakApi>>,
     Path(id): Path<String>,
 ) -> Answer {
-    let client = client(&api)?;
+    let client = &client(&api).await?;
     let view = view(client).await?;
     let app = view.app(&id)?;
     for service in view.services_of(app) {
@@ -697,7 +697,7 @@ async fn delete_application(
 }
 
 async fn list_services(_: Admin, State(api): State<Arc<OakApi>>) -> Answer {
-    let client = client(&api)?;
+    let client = &client(&api).await?;
     let view = view(client).await?;
     let instances = instances(client, None).await?;
     let all = view
@@ -714,7 +714,7 @@ async fn list_app_services(
     State(api): State<Arc<OakApi>>,
     Path(app): Path<String>,
 ) -> Answer {
-    let client = client(&api)?;
+    let client = &client(&api).await?;
     let view = view(client).await?;
     let app = view.app(&app)?;
     let instances = instances(client, None).await?;
@@ -726,7 +726,7 @@ async fn list_app_services(
 }
 
 async fn get_service(_: Admin, State(api): State<Arc<OakApi>>, Path(id): Path<String>) -> Answer {
-    let client = client(&api)?;
+    let client = &client(&api).await?;
     let view = view(client).await?;
     let service = view.service(&id)?;
     let instances = instances(client, Some(service)).await?;
@@ -764,7 +764,7 @@ fn app_named<'a>(view: &'a View, sla: &Value) -> Result<&'a App, OakApiError> {
 
 async fn create_service(_: Admin, State(api): State<Arc<OakApi>>, body: Bytes) -> Answer {
     let sla = json_body(&body)?;
-    let client = client(&api)?;
+    let client = &client(&api).await?;
     let view = view(client).await?;
     let app = app_named(&view, &sla)?.clone();
     let converted = convert(&api, &for_app(sla, &app)?, 0)?;
@@ -801,7 +801,7 @@ async fn update_service(
     body: Bytes,
 ) -> Answer {
     let sla = json_body(&body)?;
-    let client = client(&api)?;
+    let client = &client(&api).await?;
     let view = view(client).await?;
     let service = view.service(&id)?;
     let app = view
@@ -841,7 +841,7 @@ async fn delete_service(
     State(api): State<Arc<OakApi>>,
     Path(id): Path<String>,
 ) -> Answer {
-    let client = client(&api)?;
+    let client = &client(&api).await?;
     let view = view(client).await?;
     delete_one(client, view.service(&id)?).await?;
     Ok(Json(json!({"message": "Job deleted"})))
@@ -882,7 +882,7 @@ async fn scale(client: &Client, service: &Service, delta: i32) -> Result<i32, Oa
 }
 
 async fn scale_up(_: Admin, State(api): State<Arc<OakApi>>, Path(id): Path<String>) -> Answer {
-    let client = client(&api)?;
+    let client = &client(&api).await?;
     let view = view(client).await?;
     let service = view.service(&id)?;
     let replicas = scale(client, service, 1).await?;
@@ -898,7 +898,7 @@ async fn scale_down(
     let n: u32 = n
         .parse()
         .map_err(|_| OakApiError::BadRequest(format!("instance number {n:?} is not a number")))?;
-    let client = client(&api)?;
+    let client = &client(&api).await?;
     let view = view(client).await?;
     let service = view.service(&id)?;
     let instances = instances(client, Some(service)).await?;
@@ -921,7 +921,8 @@ async fn scale_down(
 }
 
 async fn clusters(api: &OakApi, active_only: bool) -> Answer {
-    let (clusters, _) = client(api)?
+    let (clusters, _) = client(api)
+        .await?
         .api::<Cluster>(None)
         .list(&ListParams::default())
         .await

@@ -9,7 +9,7 @@
 //!   Instance's node: the cluster dials the Node's `status.agentEndpoint`, checks the
 //!   agent's certificate by the node's name, and presents its own identity.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -47,7 +47,7 @@ pub struct LogProxy {
     /// The client certificate presented to the next hop.
     pub proxy: pki::CertifiedKey,
     /// The tier's own API, in process.
-    pub local: Arc<OnceLock<Client>>,
+    pub local: super::LocalClient,
 }
 
 #[derive(Deserialize)]
@@ -144,7 +144,7 @@ async fn read_log(
         };
         return Err(status(code, reason, message));
     }
-    let Some(local) = proxy.local.get() else {
+    let Some(local) = proxy.local.get().await else {
         return Err(unavailable("the server is starting".into()));
     };
     let instance: Instance = local
@@ -173,7 +173,7 @@ async fn read_log(
                 .ok_or_else(|| not_yet("placed on a cluster"))?;
             let tail = tail.map(|n| format!("?tailLines={n}")).unwrap_or_default();
             (
-                to_cluster(local, paths, cluster, &proxy.proxy).await?,
+                to_cluster(&local, paths, cluster, &proxy.proxy).await?,
                 format!("/apis/oakestra.io/v1/namespaces/{namespace}/instances/{name}/log{tail}"),
             )
         }
@@ -185,7 +185,7 @@ async fn read_log(
                 .ok_or_else(|| not_yet("bound to a node"))?;
             let tail = tail.map(|n| format!("?tail={n}")).unwrap_or_default();
             (
-                to_agent(local, ca_pem, node, &proxy.proxy).await?,
+                to_agent(&local, ca_pem, node, &proxy.proxy).await?,
                 format!("/logs/{namespace}/{name}{tail}"),
             )
         }

@@ -15,7 +15,7 @@ pub mod up;
 pub mod worker;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -68,12 +68,40 @@ impl TlsFlags {
     }
 }
 
+/// The in-process client of an API server this process starts, for the routes served
+/// beside the API (the log proxy, Oakestra's facade). The server accepts connections
+/// before it can hand its client over, so a request in that window waits for it
+/// (up to [`LocalClient::WAIT`]) instead of failing.
+#[derive(Clone, Default)]
+pub struct LocalClient(Arc<tokio::sync::watch::Sender<Option<client::Client>>>);
+
+impl LocalClient {
+    /// How long a request waits for a server that is starting.
+    pub const WAIT: Duration = Duration::from_secs(10);
+
+    /// The server runs: hand its client over.
+    pub fn set(&self, client: client::Client) {
+        self.0.send_replace(Some(client));
+    }
+
+    /// The client, once the server hands it over; `None` if it did not within
+    /// [`LocalClient::WAIT`].
+    pub async fn get(&self) -> Option<client::Client> {
+        let mut ready = self.0.subscribe();
+        let client = tokio::time::timeout(Self::WAIT, ready.wait_for(Option::is_some))
+            .await
+            .ok()?
+            .ok()?;
+        client.clone()
+    }
+}
+
 /// What a tier's API server serves with: TLS and authentication from its authority,
 /// beside the API its join, renewal and log routes; `local` is where the log proxy
 /// finds the server's in-process client once the server runs.
 pub struct Secured {
     security: apiserver::auth::Security,
-    local: Arc<OnceLock<client::Client>>,
+    local: LocalClient,
 }
 
 /// The security of a tier whose CA is `authority`'s, admitting `members` (certificates
@@ -86,7 +114,7 @@ pub fn secure_tier(
     trusted: Vec<pki::Trust>,
     hop: logs::Hop,
 ) -> anyhow::Result<Secured> {
-    let local = Arc::new(OnceLock::new());
+    let local = LocalClient::default();
     let proxy = logs::LogProxy {
         hop,
         proxy: authority.proxy.clone(),
@@ -234,7 +262,7 @@ impl Running {
                 format!("starting the {tier} API server on {listen} with store {store:?}")
             })?;
         let client = local_client(&server)?;
-        let _ = secured.local.set(client.clone());
+        secured.local.set(client.clone());
         let addr = server.addr;
         self.servers.push(server);
         Ok(Served { addr, client })
@@ -271,5 +299,31 @@ pub async fn stop_signal() -> &'static str {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => "SIGINT",
         _ = term.recv() => "SIGTERM",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_before_the_server_hands_its_client_over_waits_for_it() {
+        let local = LocalClient::default();
+        let asking = tokio::spawn({
+            let local = local.clone();
+            async move { local.get().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !asking.is_finished(),
+            "answered before the client was there"
+        );
+        local.set(client::Client::new("http://127.0.0.1:1").unwrap());
+        let got = asking.await.unwrap().expect("the client, once set");
+        assert!(
+            got.base().starts_with("http://127.0.0.1:1"),
+            "{}",
+            got.base()
+        );
     }
 }
