@@ -422,6 +422,15 @@ pub enum StartError {
     /// The runtime could not start the workload.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// Its environment takes a value that is not there (no value is ever shown).
+    #[error("{instance}: {source}")]
+    Config {
+        /// The Instance (`ns/name`).
+        instance: String,
+        /// What is missing.
+        #[source]
+        source: crate::config::ConfigError,
+    },
     /// The workload's network could not be attached.
     #[error("{instance}: network: {source}")]
     Network {
@@ -438,6 +447,7 @@ impl StartError {
     pub fn reason(&self) -> &'static str {
         match self {
             StartError::Runtime(e) => e.reason(),
+            StartError::Config { .. } => crate::config::CONFIG_ERROR,
             StartError::Network { .. } => "NetworkFailed",
         }
     }
@@ -670,8 +680,13 @@ async fn start(
     let begun = std::time::Instant::now();
     ctx.remove(id).await?;
     tracing::debug!(instance = %id, took_ms = begun.elapsed().as_millis(), "cleared earlier record");
-    let workload = &instance.spec.template;
     let outcome = async {
+        let workload = &crate::config::resolve(&ctx.client, &id.namespace, &instance.spec.template)
+            .await
+            .map_err(|source| StartError::Config {
+                instance: id.to_string(),
+                source,
+            })?;
         if let (Some(attach), Some((netns, address))) = (&ctx.network, &network) {
             attach
                 .attach(id, netns, address, &workload.ports)

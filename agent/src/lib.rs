@@ -16,12 +16,14 @@
 //!   beside the runtime.
 //! - [`host`]: capacity and usage of the machine, from `/proc`.
 //! - [`cgroup`]: cgroup v2 limits of Instances.
+//! - [`config`]: environment values taken from ConfigMaps and Secrets at each start.
 //! - [`serve`]: the agent's HTTP endpoint (logs, metrics, health).
 //! - [`metrics`]: the agent's Prometheus metrics.
 //! - [`hollow`]: simulated nodes for scale tests.
 //! - [`digest`]: `sha256:` content digests.
 
 pub mod cgroup;
+pub mod config;
 pub mod digest;
 pub mod hollow;
 pub mod host;

@@ -320,7 +320,26 @@ async fn read_bytes(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
         .map_err(|_| ApiError::TooLarge { limit })
 }
 
-async fn read_body(state: &AppState, body: Body) -> Result<Value, ApiError> {
+/// A JSON body, or a protobuf one for the core kinds (kubectl's typed commands send
+/// `kubectl create secret` so: [`object::protobuf`]). Another media type is a 415.
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|c| c.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_default()
+        .trim();
+    if media == object::protobuf::MEDIA_TYPE {
+        let bytes = read_bytes(state, body).await?;
+        return object::protobuf::decode(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("the protobuf request body: {e}")));
+    }
+    if !(media.is_empty() || media.ends_with("json")) {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format ({media:?}) - accepted media types include: application/json, {}",
+            object::protobuf::MEDIA_TYPE
+        )));
+    }
     let bytes = read_bytes(state, body).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
@@ -399,7 +418,7 @@ async fn handle(
         Some(sub) => {
             return match (method, target.name.as_deref()) {
                 (&Method::POST, Some(name)) => {
-                    let body = read_body(state, body).await?;
+                    let body = read_body(state, headers, body).await?;
                     let written = registry
                         .post_subresource(kind, ns, name, sub, body, options)
                         .await?;
@@ -437,12 +456,12 @@ async fn handle(
             .into_response())
         }
         (Method::POST, None) => {
-            let body = read_body(state, body).await?;
+            let body = read_body(state, headers, body).await?;
             let created = registry.create(kind, ns, body, options).await?;
             Ok((StatusCode::CREATED, Json(created)).into_response())
         }
         (Method::PUT, Some(name)) => {
-            let body = read_body(state, body).await?;
+            let body = read_body(state, headers, body).await?;
             Ok(Json(
                 registry
                     .replace(kind, ns, name, body, part, options)
@@ -465,7 +484,7 @@ async fn handle(
                     }
                     read_yaml_body(state, body).await?
                 }
-                _ => read_body(state, body).await?,
+                _ => read_body(state, headers, body).await?,
             };
             Ok(Json(
                 registry
@@ -509,6 +528,7 @@ fn authorize_collection(
             .get("fieldSelector")
             .map(String::as_str)
             .unwrap_or_default(),
+        users: &[],
     };
     Ok(auth::authorize(caller, &request, None, None)?)
 }

@@ -904,6 +904,10 @@ impl<K: Resource> Api<K> {
     pub async fn get(&self, name: &str) -> Result<K> {
         self.inner.get(name).await
     }
+    /// The object `name`, or `None` when it does not exist.
+    pub async fn get_opt(&self, name: &str) -> Result<Option<K>> {
+        self.inner.get_opt(name).await
+    }
     /// Every object matching `params` (all pages) and the list's resourceVersion.
     pub async fn list(&self, params: &ListParams) -> Result<(Vec<K>, String)> {
         self.inner.list_all(params).await

@@ -15,7 +15,7 @@
 //! - [`ipam`]: CIDR arithmetic for the subnet and address pools.
 //!
 //! The crate root holds the object structs (`Cluster`, `Node`, `Service`, `Instance`,
-//! `Event`, `Namespace`), the [`Resource`] trait and [`KINDS`], the table of served kinds.
+//! `Event`, `Namespace`, `ConfigMap`, `Secret`), the [`Resource`] trait and [`KINDS`], the table of served kinds.
 
 pub mod conditions;
 pub mod ipam;
@@ -23,6 +23,8 @@ pub mod meta;
 pub mod table;
 pub mod types;
 pub mod validate;
+
+use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -270,6 +272,58 @@ pub struct NamespaceStatus {
     pub phase: Option<String>,
 }
 
+/// Configuration for workloads (core group `v1`): keys and values an Instance's
+/// environment can take (`env[].valueFrom.configMapKeyRef`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMap {
+    /// `v1`.
+    pub api_version: String,
+    /// `ConfigMap`.
+    pub kind: String,
+    /// Name, namespace, labels and server-owned fields.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Keys and their text values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    /// Keys and their binary values, base64-encoded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub binary_data: BTreeMap<String, String>,
+    /// When true, `data` and `binaryData` can no longer change (delete and create the
+    /// object again instead), and `immutable` cannot be unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable: Option<bool>,
+}
+
+/// Confidential configuration for workloads (core group `v1`): values that an
+/// Instance's environment can take (`env[].valueFrom.secretKeyRef`). Only
+/// administrators, and the clusters and nodes whose Instances use it, may read one.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    /// `v1`.
+    pub api_version: String,
+    /// `Secret`.
+    pub kind: String,
+    /// Name, namespace, labels and server-owned fields.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Keys and their values, base64-encoded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    /// Keys and their values as plain text, for writing only: the server merges them
+    /// into `data` (they win over `data`'s keys) and never stores or returns them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub string_data: BTreeMap<String, String>,
+    /// What the Secret holds, for tools (`Opaque` by default); cannot change.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// When true, `data` can no longer change, and `immutable` cannot be unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable: Option<bool>,
+}
+
 macro_rules! impl_resource {
     ($name:ident $(, $check:item)?) => {
         impl Resource for $name {
@@ -326,6 +380,36 @@ impl_resource!(Event);
 impl_resource!(Lease);
 impl_resource!(Endpoints);
 impl_resource!(Namespace);
+impl_resource!(
+    ConfigMap,
+    fn check(&self, errors: &mut Vec<FieldError>) {
+        validate::config_keys(self.data.keys(), "data", errors);
+        validate::config_keys(self.binary_data.keys(), "binaryData", errors);
+        for (key, value) in &self.binary_data {
+            validate::base64_value(value, &format!("binaryData[{key}]"), errors);
+        }
+        for key in self
+            .data
+            .keys()
+            .filter(|k| self.binary_data.contains_key(*k))
+        {
+            errors.push(FieldError::new(
+                format!("binaryData[{key}]"),
+                "duplicate of a key in data",
+            ));
+        }
+    }
+);
+impl_resource!(
+    Secret,
+    fn check(&self, errors: &mut Vec<FieldError>) {
+        validate::config_keys(self.data.keys(), "data", errors);
+        validate::config_keys(self.string_data.keys(), "stringData", errors);
+        for (key, value) in &self.data {
+            validate::base64_value(value, &format!("data[{key}]"), errors);
+        }
+    }
+);
 
 const NO_COLUMNS: &[(&str, &str)] = &[];
 
@@ -356,6 +440,38 @@ pub static KINDS: &[KindInfo] = &[
         wide_columns: NO_COLUMNS,
         validate: validate::object::<Namespace>,
         schema: schema_of!(Namespace),
+    },
+    KindInfo {
+        group: "",
+        version: "v1",
+        kind: "ConfigMap",
+        plural: "configmaps",
+        singular: "configmap",
+        short_names: &["cm"],
+        namespaced: true,
+        has_status: false,
+        best_effort: false,
+        immutable: &[],
+        columns: &[("DATA", "/data")],
+        wide_columns: NO_COLUMNS,
+        validate: validate::object::<ConfigMap>,
+        schema: schema_of!(ConfigMap),
+    },
+    KindInfo {
+        group: "",
+        version: "v1",
+        kind: "Secret",
+        plural: "secrets",
+        singular: "secret",
+        short_names: &[],
+        namespaced: true,
+        has_status: false,
+        best_effort: false,
+        immutable: &["/type"],
+        columns: &[("TYPE", "/type"), ("DATA", "/data")],
+        wide_columns: NO_COLUMNS,
+        validate: validate::object::<Secret>,
+        schema: schema_of!(Secret),
     },
     KindInfo {
         group: GROUP,

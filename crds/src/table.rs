@@ -42,6 +42,9 @@ pub fn column_value(object: &Value, pointer: &str) -> String {
             })
             .collect::<Vec<_>>()
             .join(","),
+        // A map (a ConfigMap's or Secret's data) shows how many keys it has, never
+        // its values.
+        Some(Value::Object(map)) => map.len().to_string(),
         Some(other) => other.to_string(),
     }
 }

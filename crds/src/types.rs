@@ -287,14 +287,101 @@ pub struct ServicePort {
     pub protocol: Protocol,
 }
 
-/// One environment variable of a workload.
+/// One environment variable of a workload: a value, or one taken from a ConfigMap or
+/// Secret of the Instance's namespace when the workload starts.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct EnvVar {
     /// Variable name.
     pub name: String,
-    /// Variable value (empty by default).
+    /// Variable value (empty by default; not with `valueFrom`).
     #[serde(default)]
     pub value: String,
+    /// Where the value comes from instead: a key of a ConfigMap or Secret, read by the
+    /// worker each time the workload starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+/// Where an environment variable's value comes from (exactly one of the two).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVarSource {
+    /// A key of a ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeySelector>,
+    /// A key of a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeySelector>,
+}
+
+/// A key of a ConfigMap or Secret in the same namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeySelector {
+    /// The ConfigMap's or Secret's name.
+    pub name: String,
+    /// The key.
+    pub key: String,
+    /// When true, a missing object or key leaves the variable unset instead of
+    /// keeping the workload from starting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// The kind of object an environment variable's value is taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConfigSource {
+    /// A `ConfigMap`.
+    ConfigMap,
+    /// A `Secret`.
+    Secret,
+}
+
+impl ConfigSource {
+    /// The kind's plural, as in URL paths (`configmaps`, `secrets`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            ConfigSource::ConfigMap => "configmaps",
+            ConfigSource::Secret => "secrets",
+        }
+    }
+
+    /// The kind's name (`ConfigMap`, `Secret`).
+    pub fn kind(self) -> &'static str {
+        match self {
+            ConfigSource::ConfigMap => "ConfigMap",
+            ConfigSource::Secret => "Secret",
+        }
+    }
+}
+
+impl EnvVar {
+    /// The ConfigMap or Secret key this variable is taken from, if any.
+    pub fn source(&self) -> Option<(ConfigSource, &KeySelector)> {
+        let from = self.value_from.as_ref()?;
+        from.config_map_key_ref
+            .as_ref()
+            .map(|k| (ConfigSource::ConfigMap, k))
+            .or_else(|| {
+                from.secret_key_ref
+                    .as_ref()
+                    .map(|k| (ConfigSource::Secret, k))
+            })
+    }
+}
+
+impl Workload {
+    /// The ConfigMaps and Secrets (kind and name, each once) this workload's
+    /// environment takes values from.
+    pub fn config_sources(&self) -> Vec<(ConfigSource, &str)> {
+        let mut out: Vec<(ConfigSource, &str)> = Vec::new();
+        for (kind, key) in self.env.iter().filter_map(EnvVar::source) {
+            if !out.contains(&(kind, key.name.as_str())) {
+                out.push((kind, key.name.as_str()));
+            }
+        }
+        out
+    }
 }
 
 /// What happens when an Instance's workload exits.

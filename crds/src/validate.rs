@@ -11,7 +11,7 @@ use std::sync::{OnceLock, RwLock};
 
 use serde_json::Value;
 
-use crate::{Location, Resource, RuntimeKind, Workload};
+use crate::{EnvVar, Location, Resource, RuntimeKind, Workload};
 
 /// One invalid field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,12 +305,7 @@ pub fn workload(w: &Workload, path: &str, errors: &mut Vec<FieldError>) {
         }
     }
     for (i, e) in w.env.iter().enumerate() {
-        if e.name.is_empty() || e.name.contains('=') {
-            errors.push(FieldError::new(
-                format!("{path}.env[{i}].name"),
-                "must be non-empty and contain no '='",
-            ));
-        }
+        env_var(e, &format!("{path}.env[{i}]"), errors);
     }
     if let Some(geo) = &w.placement.geo {
         let l = Location {
@@ -325,6 +320,92 @@ pub fn workload(w: &Workload, path: &str, errors: &mut Vec<FieldError>) {
                 "must be >= 0",
             ));
         }
+    }
+}
+
+/// One environment variable: a name, and either a value or one source.
+fn env_var(e: &EnvVar, path: &str, errors: &mut Vec<FieldError>) {
+    if e.name.is_empty() || e.name.contains('=') {
+        errors.push(FieldError::new(
+            format!("{path}.name"),
+            "must be non-empty and contain no '='",
+        ));
+    }
+    let Some(from) = &e.value_from else {
+        return;
+    };
+    if !e.value.is_empty() {
+        errors.push(FieldError::new(
+            format!("{path}.valueFrom"),
+            "may not be given together with value",
+        ));
+    }
+    let refs = [
+        ("configMapKeyRef", &from.config_map_key_ref),
+        ("secretKeyRef", &from.secret_key_ref),
+    ];
+    let given: Vec<_> = refs.iter().filter(|(_, r)| r.is_some()).collect();
+    if given.len() != 1 {
+        errors.push(FieldError::new(
+            format!("{path}.valueFrom"),
+            "must give exactly one of configMapKeyRef and secretKeyRef",
+        ));
+    }
+    for (field, selector) in given {
+        let selector = selector.as_ref().expect("given");
+        let at = format!("{path}.valueFrom.{field}");
+        if let Err(why) = name(&selector.name) {
+            errors.push(FieldError::new(format!("{at}.name"), why));
+        }
+        if let Err(why) = config_key(&selector.key) {
+            errors.push(FieldError::new(format!("{at}.key"), why));
+        }
+    }
+}
+
+/// A key of a ConfigMap or Secret: letters, digits, `-`, `_` and `.`, at most 253
+/// characters, not `.` or `..` (Kubernetes' rule: a key can be a file name).
+pub fn config_key(key: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if key.is_empty() {
+        Err("must not be empty".into())
+    } else if key.len() > 253 {
+        Err("must be no more than 253 characters".into())
+    } else if key == "." || key == ".." {
+        Err(format!("{key:?} is not a valid key"))
+    } else if !key.chars().all(ok_char) {
+        Err(format!(
+            "{key:?} is not a valid key: use letters, digits, '-', '_' and '.'"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Every key of a ConfigMap's or Secret's map `field` is a valid key.
+pub fn config_keys<'k>(
+    keys: impl Iterator<Item = &'k String>,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    for key in keys {
+        if let Err(why) = config_key(key) {
+            errors.push(FieldError::new(format!("{field}[{key}]"), why));
+        }
+    }
+}
+
+/// A value stored base64-encoded (standard alphabet, padded, as Kubernetes sends it).
+pub fn base64_value(value: &str, field: &str, errors: &mut Vec<FieldError>) {
+    use base64::Engine as _;
+    if base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .is_err()
+    {
+        errors.push(FieldError::new(
+            field,
+            "must be base64-encoded (the standard alphabet, padded); use stringData for plain text",
+        ));
     }
 }
 

@@ -879,3 +879,123 @@ fn oakctl_server_side_apply_diff_and_prune() {
     get("keep");
     get("stranger");
 }
+
+/// ConfigMaps and Secrets as kubectl users handle them, and `kubectl apply --prune
+/// --applyset` with a ConfigMap as the set's parent: a Service left out of the set's
+/// files is deleted, one outside the set is not.
+#[test]
+fn kubectl_configmaps_secrets_and_applysets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, cli) = start(dir.path());
+
+    // A Secret from literals: stored base64-encoded, its values never in a table.
+    ok(cli.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal=password=s3cret",
+        "--from-literal=user=admin",
+    ]));
+    let table = ok(cli.kubectl(&["get", "secrets"]));
+    assert!(table.contains("db") && table.contains("Opaque"), "{table}");
+    assert!(
+        !table.contains("s3cret") && !table.contains("czNjcmV0"),
+        "{table}"
+    );
+    let stored = ok(cli.kubectl(&["get", "secret", "db", "-o", "jsonpath={.data.password}"]));
+    assert_eq!(stored, "czNjcmV0");
+    // stringData is merged into data and never kept.
+    let path = dir.path().join("secret.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: api, namespace: default}\nstringData: {token: abc}\nimmutable: true\n",
+    )
+    .unwrap();
+    ok(cli.kubectl(&["apply", "--server-side", "-f", path.to_str().unwrap()]));
+    let api = ok(cli.kubectl(&["get", "secret", "api", "-o", "json"]));
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(api["data"]["token"], "YWJj", "{api}");
+    assert_eq!(api.get("stringData"), None, "{api}");
+    // Immutable: its data cannot change.
+    let err = fails(cli.kubectl(&[
+        "patch",
+        "secret",
+        "api",
+        "--type=merge",
+        "-p",
+        r#"{"data": {"token": "eHl6"}}"#,
+    ]));
+    assert!(
+        err.contains("data: Invalid value")
+            || err.contains("field is immutable when `immutable` is set"),
+        "{err}"
+    );
+    // Bad input names the field.
+    let err = fails(cli.kubectl(&["create", "configmap", "bad", "--from-literal=no spaces=x"]));
+    assert!(err.contains("no spaces"), "{err}");
+    ok(cli.kubectl(&["create", "configmap", "conf", "--from-literal=mode=fast"]));
+    assert_eq!(
+        ok(cli.kubectl(&["get", "cm", "conf", "-o", "jsonpath={.data.mode}"])),
+        "fast"
+    );
+
+    // An applyset whose parent is a ConfigMap.
+    let svc = |name: &str| {
+        format!(
+            "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{replicas: 0, template: {{image: x}}}}\n"
+        )
+    };
+    let write = |file: &str, docs: &[String]| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, docs.join("---\n")).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let applyset = |file: &str| {
+        let mut cmd = cli.kubectl_command();
+        cmd.env("KUBECTL_APPLYSET", "true").args([
+            "apply",
+            "--server-side",
+            "--prune",
+            "--applyset=configmaps/shop",
+            "-n",
+            "default",
+            "-f",
+            file,
+        ]);
+        ok(cmd.output().unwrap())
+    };
+    ok(cli.kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &write("outside.yaml", &[svc("outside")]),
+    ]));
+    let both = write("both.yaml", &[svc("front"), svc("back")]);
+    applyset(&both);
+    let parent = ok(cli.kubectl(&["get", "cm", "shop", "-o", "json"]));
+    let parent: serde_json::Value = serde_json::from_str(&parent).unwrap();
+    let id = parent["metadata"]["labels"]["applyset.kubernetes.io/id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no applyset id: {parent}"))
+        .to_string();
+    let members = ok(cli.kubectl(&[
+        "get",
+        "svc",
+        "-l",
+        &format!("applyset.kubernetes.io/part-of={id}"),
+        "-o",
+        "name",
+    ]));
+    assert_eq!(
+        members,
+        "service.oakestra.io/back\nservice.oakestra.io/front\n"
+    );
+    let out = applyset(&write("front.yaml", &[svc("front")]));
+    assert!(out.contains("service.oakestra.io/back pruned"), "{out}");
+    let names = ok(cli.kubectl(&["get", "svc", "-o", "name"]));
+    assert_eq!(
+        names,
+        "service.oakestra.io/front\nservice.oakestra.io/outside\n"
+    );
+}

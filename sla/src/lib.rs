@@ -843,6 +843,7 @@ fn environment(entries: &[String], p: &mut Vec<Problem>) -> Vec<EnvVar> {
                 env.push(EnvVar {
                     name: name.into(),
                     value: value.into(),
+                    value_from: None,
                 });
                 continue;
             }

@@ -11,9 +11,12 @@
 //! - System and administrators: everything.
 //! - A cluster (at the root): instances assigned to it (list/watch with the field
 //!   selector `spec.cluster=C`, get, `status`, main writes that change only `spec.node`
-//!   or hand the instance back); its own Cluster object; creating events.
+//!   or hand the instance back); its own Cluster object; creating events; getting a
+//!   ConfigMap or Secret that an instance assigned to it takes values from.
 //! - A node (at its cluster): instances bound to it (list/watch with `spec.node=N`,
-//!   get, `status`); its own Node object and Lease; creating events.
+//!   get, `status`); its own Node object and Lease; creating events; getting a
+//!   ConfigMap or Secret that an instance bound to it takes values from (Kubernetes'
+//!   Node authorizer follows the same graph).
 //! - The root's proxy identity, and anonymous callers: nothing.
 //!
 //! A rule that depends on the stored object fails when there is none, with the message
@@ -84,6 +87,10 @@ pub struct RequestAttributes<'a> {
     pub name: Option<&'a str>,
     /// The `fieldSelector` of a list or watch, as sent (empty otherwise).
     pub field_selector: &'a str,
+    /// For a get of a ConfigMap or Secret by a cluster or node: the Instances of the
+    /// namespace assigned to it, which the rule searches for one whose environment
+    /// takes values from the object (the registry reads them; empty otherwise).
+    pub users: &'a [Value],
 }
 
 impl<'a> RequestAttributes<'a> {
@@ -102,7 +109,16 @@ impl<'a> RequestAttributes<'a> {
             namespace,
             name,
             field_selector: "",
+            users: &[],
         }
+    }
+
+    /// Whether the rule of this request reads [`RequestAttributes::users`].
+    pub fn needs_users(&self, identity: &Identity) -> bool {
+        matches!(identity, Identity::Cluster { .. } | Identity::Node { .. })
+            && matches!(self.kind.plural, "configmaps" | "secrets")
+            && self.verb == Verb::Get
+            && self.subresource.is_none()
     }
 }
 
@@ -236,6 +252,14 @@ fn rule(
             ("events", None, Create) => Ok(()),
             // Every Service's endpoints: the cluster keeps a copy for its nodes.
             ("endpoints", None, Get | List | Watch) => Ok(()),
+            // The configuration its instances' environment takes (copied for its nodes).
+            ("configmaps" | "secrets", None, Get) => used(
+                request,
+                name,
+                "spec.cluster",
+                cluster,
+                "assigned to cluster",
+            ),
             _ => Err(format!(
                 "a cluster may not {} {}",
                 verb.name(),
@@ -258,6 +282,10 @@ fn rule(
                 own_object(name, node, "a node may reach only its own Lease")
             }
             ("events", None, Create) => Ok(()),
+            // What its instances' environment takes, read when they start.
+            ("configmaps" | "secrets", None, Get) => {
+                used(request, name, "spec.node", node, "bound to node")
+            }
             _ => Err(format!(
                 "a node may not {} {}",
                 verb.name(),
@@ -297,6 +325,48 @@ fn assigned(stored: Option<&Value>, field: &str, value: &str, what: &str) -> Res
         Some(v) if v == value => Ok(()),
         _ => Err(format!("only instances {what} {value:?} are visible to it")),
     }
+}
+
+/// One of `request.users` is assigned to the caller (`field` is `value`) and takes
+/// values from ConfigMap or Secret `name` (as [`references`] reads it).
+fn used(
+    request: &RequestAttributes,
+    name: &str,
+    field: &str,
+    value: &str,
+    what: &str,
+) -> Result<(), String> {
+    let pointer = format!("/{}", field.replace('.', "/"));
+    let kind = request.kind.kind;
+    let used = request
+        .users
+        .iter()
+        .filter(|i| str_at(i, &pointer) == Some(value))
+        .any(|i| references(i, kind, name));
+    match used {
+        true => Ok(()),
+        false => Err(format!(
+            "only {}s used by instances {what} {value:?} are visible to it",
+            request.kind.singular
+        )),
+    }
+}
+
+/// Whether Instance `instance` (as JSON) takes an environment variable from the
+/// ConfigMap or Secret (`kind`) `name`.
+pub fn references(instance: &Value, kind: &str, name: &str) -> bool {
+    let field = match kind {
+        "ConfigMap" => "configMapKeyRef",
+        "Secret" => "secretKeyRef",
+        _ => return false,
+    };
+    instance
+        .pointer("/spec/template/env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("valueFrom")?.get(field)?.get("name")?.as_str())
+        .any(|n| n == name)
 }
 
 fn own_object(name: &str, own: &str, what: &str) -> Result<(), String> {
@@ -407,6 +477,7 @@ mod tests {
         selector: &'static str,
         stored: Option<Value>,
         new: Option<Value>,
+        users: Vec<Value>,
         want: Result<(), &'static str>,
     }
 
@@ -420,11 +491,16 @@ mod tests {
             selector: "",
             stored: None,
             new: None,
+            users: vec![],
             want: Ok(()),
         }
     }
 
     impl Row {
+        fn users(mut self, users: &[&Value]) -> Self {
+            self.users = users.iter().map(|u| (*u).clone()).collect();
+            self
+        }
         fn sub(mut self, s: Subresource) -> Self {
             self.sub = Some(s);
             self
@@ -487,7 +563,49 @@ mod tests {
         on_a_n1_generation_2["metadata"]["generation"] = json!(2);
         on_a_n1_generation_2["metadata"]["resourceVersion"] = json!("6");
 
+        // Instances whose environment takes values from ConfigMap `conf` and Secret `db`.
+        let mut configured_on_a_n1 = on_a_n1.clone();
+        configured_on_a_n1["spec"]["template"] = json!({"env": [
+            {"name": "A", "valueFrom": {"configMapKeyRef": {"name": "conf", "key": "a"}}},
+            {"name": "P", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+        ]});
+        let mut configured_on_b = configured_on_a_n1.clone();
+        configured_on_b["spec"]["cluster"] = json!("b");
+        configured_on_b["spec"]["node"] = Value::Null;
+
         let rows = vec![
+            // ConfigMaps and Secrets: admins; a cluster or node only what its instances use.
+            row(&admin, Get, "secrets").name("db"),
+            row(&admin, List, "secrets"),
+            row(&a, Get, "secrets").name("db").users(&[&configured_on_a_n1]),
+            row(&a, Get, "configmaps").name("conf").users(&[&configured_on_b, &configured_on_a_n1]),
+            row(&n1, Get, "secrets").name("db").users(&[&configured_on_a_n1]),
+            row(&n1, Get, "configmaps").name("conf").users(&[&configured_on_a_n1]),
+            row(&a, Get, "secrets").name("db").users(&[&configured_on_b]).denied(
+                r#"secrets "db" is forbidden: User "oakestra:cluster:a" cannot get resource "secrets" in API group "" in the namespace "default": only secrets used by instances assigned to cluster "a" are visible to it"#,
+            ),
+            row(&a, Get, "secrets").name("other").users(&[&configured_on_a_n1]).denied(
+                r#"secrets "other" is forbidden: User "oakestra:cluster:a" cannot get resource "secrets" in API group "" in the namespace "default": only secrets used by instances assigned to cluster "a" are visible to it"#,
+            ),
+            // A ConfigMap of the same name as a used Secret is not used.
+            row(&n1, Get, "configmaps").name("db").users(&[&configured_on_a_n1]).denied(
+                r#"configmaps "db" is forbidden: User "oakestra:node:n1" cannot get resource "configmaps" in API group "" in the namespace "default": only configmaps used by instances bound to node "n1" are visible to it"#,
+            ),
+            row(&n2, Get, "secrets").name("db").users(&[&configured_on_a_n1]).denied(
+                r#"secrets "db" is forbidden: User "oakestra:node:n2" cannot get resource "secrets" in API group "" in the namespace "default": only secrets used by instances bound to node "n2" are visible to it"#,
+            ),
+            row(&n1, List, "secrets").denied(
+                r#"secrets is forbidden: User "oakestra:node:n1" cannot list resource "secrets" in API group "" in the namespace "default": a node may not list secrets"#,
+            ),
+            row(&a, Watch, "configmaps").denied(
+                r#"configmaps is forbidden: User "oakestra:cluster:a" cannot watch resource "configmaps" in API group "" in the namespace "default": a cluster may not watch configmaps"#,
+            ),
+            row(&a, Create, "secrets").writes(named("Secret", "db")).denied(
+                r#"secrets "db" is forbidden: User "oakestra:cluster:a" cannot create resource "secrets" in API group "" in the namespace "default": a cluster may not create secrets"#,
+            ),
+            row(&anonymous, Get, "secrets").name("db").users(&[&configured_on_a_n1]).denied(
+                r#"secrets "db" is forbidden: User "system:anonymous" cannot get resource "secrets" in API group "" in the namespace "default": anonymous requests may reach only health and version"#,
+            ),
             // Privileged identities: everything, with or without a stored object.
             row(&admin, Delete, "instances").name("x").stored(on_a.clone()),
             row(&admin, Get, "instances").name("x"),
@@ -702,6 +820,7 @@ mod tests {
                 namespace: kind.namespaced.then_some("default"),
                 name: r.name,
                 field_selector: r.selector,
+                users: &r.users,
             };
             let got = authorize(&r.who, &request, r.stored.as_ref(), r.new.as_ref());
             let got = got.as_ref().map_err(|f| f.message.as_str()).copied();
@@ -727,6 +846,7 @@ mod tests {
             namespace: Some("default"),
             name: Some("x"),
             field_selector: "",
+            users: &[],
         };
         let f = authorize(&Identity::Node { name: "n1".into() }, &request, None, None).unwrap_err();
         assert_eq!(

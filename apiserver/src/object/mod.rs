@@ -6,12 +6,14 @@
 //!   which is the storage revision and is filled in on every read.
 //! - [`meta`]: reading and writing `metadata` fields.
 //! - [`selector`]: label and field selectors of lists and watches.
+//! - [`protobuf`]: request bodies of the core kinds in Kubernetes' protobuf encoding.
 //!
 //! JSON merge patch (RFC 7386) is the `json-patch` crate's `merge`.
 
 pub mod codec;
 pub mod key;
 pub mod meta;
+pub mod protobuf;
 pub mod selector;
 
 pub use codec::{decode, encode};

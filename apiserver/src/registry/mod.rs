@@ -48,7 +48,7 @@ use serde_json::{json, Value};
 use crate::auth::{authorize, RequestAttributes, Verb};
 use crate::error::ApiError;
 use crate::object;
-use crate::storage::{KeyValue, Storage, StorageError};
+use crate::storage::{KeyValue, ListRequest, Storage, StorageError};
 use crate::watch::WatchHub;
 use fields::{FieldSet, ListTypes, ManagedEntry, Operation, Scope, Writer};
 
@@ -208,6 +208,14 @@ impl Registry {
         precondition: Option<i64>,
     ) -> Result<(Value, i64), ApiError> {
         let (kind, name) = (request.kind, request.name.unwrap_or_default());
+        let users = match request.needs_users(caller) {
+            true => self.users(request.namespace, caller).await?,
+            false => Vec::new(),
+        };
+        let request = &RequestAttributes {
+            users: &users,
+            ..*request
+        };
         let kv = match self.current(kind, request.namespace, name).await {
             Ok(kv) => kv,
             Err(missing @ ApiError::NotFound { .. }) => {
@@ -230,6 +238,34 @@ impl Registry {
             )),
             _ => Ok((object, kv.mod_revision)),
         }
+    }
+
+    /// The Instances of namespace `ns` assigned to `caller` (a cluster or node), for
+    /// the rule of its gets of ConfigMaps and Secrets ([`RequestAttributes::users`]).
+    async fn users(&self, ns: Option<&str>, caller: &Identity) -> Result<Vec<Value>, ApiError> {
+        let (pointer, own) = match caller {
+            Identity::Cluster { name } => ("/spec/cluster", name),
+            Identity::Node { name } => ("/spec/node", name),
+            _ => return Ok(Vec::new()),
+        };
+        let instances = crds::kind_by_name("instances").expect("instances are served");
+        let request = ListRequest {
+            prefix: object::key(instances, ns, ""),
+            ..Default::default()
+        };
+        let page = self
+            .store
+            .list(request)
+            .await
+            .map_err(|e| ApiError::from_storage(e, instances.plural, ""))?;
+        let mut users = Vec::new();
+        for kv in &page.items {
+            let instance = decode(kv)?;
+            if instance.pointer(pointer).and_then(Value::as_str) == Some(own.as_str()) {
+                users.push(instance);
+            }
+        }
+        Ok(users)
     }
 
     /// The object `name` (404 if there is none), as `caller` may read it (the `part`

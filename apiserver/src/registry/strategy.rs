@@ -6,7 +6,9 @@
 //! may go ahead, and what a POST to a subresource such as `binding` changes. Kinds
 //! without rules of their own use [`DefaultStrategy`]; Instances ([`InstanceStrategy`])
 //! own the `binding` subresource, Namespaces ([`NamespaceStrategy`]) their deletion
-//! rules and a generation that does not follow `spec`.
+//! rules and a generation that does not follow `spec`, ConfigMaps and Secrets
+//! ([`ConfigStrategy`], [`SecretStrategy`]) their `immutable` flag and Secrets
+//! `stringData`.
 //!
 //! The methods are pure except [`Strategy::check_delete`], which reads storage.
 //! Admission (mutating and validating plugins) and server-side apply's field ownership
@@ -243,11 +245,90 @@ impl Strategy for NamespaceStrategy {
     }
 }
 
+/// ConfigMaps and Secrets: once `immutable` is set, their data cannot change and the
+/// flag cannot be unset. Secrets also take `stringData` ([`SecretStrategy`]).
+pub struct ConfigStrategy;
+
+impl Strategy for ConfigStrategy {
+    fn validate_update(
+        &self,
+        kind: &KindInfo,
+        name: &str,
+        current: &Value,
+        next: &Value,
+    ) -> Result<(), ApiError> {
+        check_immutable(kind, name, current, next)?;
+        if current.get("immutable") != Some(&Value::Bool(true)) {
+            return Ok(());
+        }
+        let errors: Vec<FieldError> = ["data", "binaryData", "immutable"]
+            .into_iter()
+            .filter(|field| current.get(*field) != next.get(*field))
+            .map(|field| FieldError::new(field, "field is immutable when `immutable` is set"))
+            .collect();
+        match errors.is_empty() {
+            true => Ok(()),
+            false => Err(ApiError::Invalid {
+                kind: kind.kind.into(),
+                name: name.into(),
+                errors,
+            }),
+        }
+    }
+}
+
+/// Secrets: the rules of [`ConfigStrategy`]; `stringData` is merged into `data`
+/// (base64-encoded, its keys winning) and never stored; `type` defaults to `Opaque`
+/// (also when sent empty, as kubectl does).
+pub struct SecretStrategy;
+
+impl Strategy for SecretStrategy {
+    fn validate(&self, kind: &KindInfo, name: &str, object: &mut Value) -> Result<(), ApiError> {
+        DefaultStrategy.validate(kind, name, object)?;
+        let Some(o) = object.as_object_mut() else {
+            return Ok(());
+        };
+        if let Some(Value::Object(plain)) = o.remove("stringData") {
+            use base64::Engine as _;
+            let data = o
+                .entry("data")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Some(data) = data.as_object_mut() {
+                for (key, value) in plain {
+                    let text = value.as_str().unwrap_or_default();
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+                    data.insert(key, Value::String(encoded));
+                }
+            }
+        }
+        let typed = o
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| !t.is_empty());
+        if !typed {
+            o.insert("type".into(), Value::String("Opaque".into()));
+        }
+        Ok(())
+    }
+
+    fn validate_update(
+        &self,
+        kind: &KindInfo,
+        name: &str,
+        current: &Value,
+        next: &Value,
+    ) -> Result<(), ApiError> {
+        ConfigStrategy.validate_update(kind, name, current, next)
+    }
+}
+
 /// The strategy of `kind`.
 pub fn for_kind(kind: &KindInfo) -> &'static dyn Strategy {
     match kind.kind {
         "Instance" => &InstanceStrategy,
         "Namespace" => &NamespaceStrategy,
+        "ConfigMap" => &ConfigStrategy,
+        "Secret" => &SecretStrategy,
         _ => &DefaultStrategy,
     }
 }
@@ -523,6 +604,82 @@ mod tests {
             };
             assert_eq!(fields, want, "{next}");
         }
+    }
+
+    /// The fields a `validate_update` of `kind` from `current` to `next` refuses.
+    fn refused(kind: &KindInfo, current: &Value, next: &Value) -> Vec<String> {
+        match for_kind(kind).validate_update(kind, "x", current, next) {
+            Ok(()) => vec![],
+            Err(ApiError::Invalid { errors, .. }) => errors.into_iter().map(|e| e.field).collect(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn immutable_configmaps_and_secrets_keep_their_data() {
+        for plural in ["configmaps", "secrets"] {
+            let k = kind(plural);
+            let frozen = json!({"data": {"a": "YQ=="}, "immutable": true, "type": "Opaque"});
+            let open = json!({"data": {"a": "YQ=="}, "type": "Opaque"});
+            let changed = json!({"data": {"a": "Yg=="}, "type": "Opaque"});
+            for (current, next, want) in [
+                (&open, &changed, vec![]),
+                (&open, &frozen, vec![]),
+                (&frozen, &frozen, vec![]),
+                (
+                    &frozen,
+                    &json!({"data": {"a": "Yg=="}, "immutable": true, "type": "Opaque"}),
+                    vec!["data"],
+                ),
+                (&frozen, &open, vec!["immutable"]),
+                (&frozen, &changed, vec!["data", "immutable"]),
+            ] {
+                assert_eq!(
+                    refused(k, current, next),
+                    want,
+                    "{plural}: {current} -> {next}"
+                );
+            }
+        }
+        let secrets = kind("secrets");
+        let typed = |t: &str| json!({"type": t});
+        assert_eq!(
+            refused(secrets, &typed("Opaque"), &typed("kubernetes.io/tls")),
+            vec!["type"]
+        );
+    }
+
+    #[test]
+    fn secret_string_data_is_merged_into_data_and_never_kept() {
+        let k = kind("secrets");
+        let mut secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "db", "namespace": "default"},
+            "data": {"user": "YWRtaW4=", "password": "b2xk"},
+            "stringData": {"password": "s3cret", "host": "db.local"}});
+        for_kind(k).validate(k, "db", &mut secret).unwrap();
+        assert_eq!(secret.get("stringData"), None, "{secret}");
+        assert_eq!(
+            secret["data"],
+            json!({"user": "YWRtaW4=", "password": "czNjcmV0", "host": "ZGIubG9jYWw="})
+        );
+        assert_eq!(secret["type"], "Opaque");
+
+        let mut bad = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "db", "namespace": "default"},
+            "data": {"password": "not base64!"}, "stringData": {"bad key": "x"}});
+        let Err(ApiError::Invalid { errors, .. }) = for_kind(k).validate(k, "db", &mut bad) else {
+            panic!("accepted {bad}");
+        };
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["stringData[bad key]", "data[password]"],
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().all(|e| !e.message.contains("not base64!")),
+            "an error repeats the secret value: {errors:?}"
+        );
     }
 
     #[test]

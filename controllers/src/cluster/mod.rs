@@ -8,6 +8,8 @@
 //!   Instances' entries current (its nodes' service rules come from these);
 //! - [`readiness`]: an Instance of a node that is not Ready is `Ready=False`
 //!   (`NodeNotReady`) until the node is back, so every cluster's endpoints drop it;
+//! - `config`: copies the ConfigMaps and Secrets its Instances take environment
+//!   values from down from the root, for its nodes' agents to read;
 //! - `handback`: gives an Instance no node has room for back to the root, to be
 //!   placed on another cluster;
 //! - **cluster scheduler**: [`crate::placement`] over Nodes;
@@ -19,6 +21,7 @@
 //! When the root is unreachable the cluster keeps running and healing from its own
 //! API; the caches catch up when the root returns.
 
+mod config;
 mod endpoints;
 mod handback;
 pub mod readiness;
@@ -94,6 +97,12 @@ pub async fn run_cluster(
             root.clone(),
             config.name.clone(),
             config.location.clone(),
+            config.concurrency,
+            shutdown.clone()
+        ),
+        config::run(
+            local.clone(),
+            root.clone(),
             config.concurrency,
             shutdown.clone()
         ),

@@ -199,6 +199,7 @@ mod tests {
             env: vec![EnvVar {
                 name: "A".into(),
                 value: "template".into(),
+                value_from: None,
             }],
             ..Default::default()
         };

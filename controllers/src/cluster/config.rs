@@ -1,0 +1,299 @@
+//! The ConfigMaps and Secrets this cluster's Instances take environment values from,
+//! copied from the root into the cluster's API, where their nodes' agents read them
+//! when a workload starts (a node reaches only its cluster).
+//!
+//! Each local Instance is reconciled: every ConfigMap and Secret its template names is
+//! read at the root (the root lets a cluster read only those its own Instances use)
+//! and written into the cluster's API when the copy differs, or removed when the root
+//! has none. An object read in the last [`FRESH`] is not read again for another
+//! Instance. A sweep every [`SWEEP`] re-reads every copy and removes those no local
+//! Instance uses any more, so a Secret does not stay on a cluster that no longer needs
+//! it. Copies carry the label [`COPIED`]; the cluster writes no other ConfigMaps or
+//! Secrets.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use client::runtime::{Action, Controller, Store};
+use client::{Api, Client, ListParams};
+use crds::{ConfigMap, ConfigSource, Instance, ObjectMeta, Resource, Secret};
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+
+/// The label of the copies this cluster keeps (value `root`).
+pub const COPIED: &str = "oakestra.io/copied-from";
+
+/// How long a copy counts as current: another Instance that uses it within this time
+/// does not read it at the root again.
+pub const FRESH: Duration = Duration::from_secs(10);
+
+/// How often every copy is read again at the root, and copies no Instance uses are
+/// removed.
+pub const SWEEP: Duration = Duration::from_secs(30);
+
+/// One object to copy: kind, namespace, name.
+type Key = (ConfigSource, String, String);
+
+struct Ctx {
+    local: Client,
+    root: Client,
+    instances: Store<Instance>,
+    /// When each object was last copied.
+    copied: Mutex<HashMap<Key, Instant>>,
+}
+
+/// Keep the copies of what the local Instances use until `shutdown`.
+pub(super) async fn run(
+    local: Client,
+    root: Client,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) {
+    let controller = Controller::new(local.api::<Instance>(None), ListParams::default())
+        .name("config-copies")
+        .concurrency(concurrency);
+    let ctx = Arc::new(Ctx {
+        local,
+        root,
+        instances: controller.store(),
+        copied: Mutex::new(HashMap::new()),
+    });
+    let sweeper = ctx.clone();
+    let stop = shutdown.clone();
+    tokio::join!(
+        controller.run(
+            {
+                let ctx = ctx.clone();
+                move |i| reconcile(i, ctx.clone())
+            },
+            shutdown.cancelled_owned(),
+        ),
+        async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(SWEEP) => {}
+                }
+                if let Err(e) = sweep(&sweeper).await {
+                    tracing::warn!(error = %e, "config copies: sweep failed; next in {SWEEP:?}");
+                }
+            }
+        }
+    );
+}
+
+/// The objects `instance` takes environment values from.
+fn used_by(instance: &Instance) -> Vec<Key> {
+    let ns = instance.metadata.namespace.clone().unwrap_or_default();
+    instance
+        .spec
+        .template
+        .config_sources()
+        .into_iter()
+        .map(|(kind, name)| (kind, ns.clone(), name.to_string()))
+        .collect()
+}
+
+async fn reconcile(instance: Arc<Instance>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    for key in used_by(&instance) {
+        let fresh = ctx
+            .copied
+            .lock()
+            .expect("not poisoned")
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < FRESH);
+        if !fresh {
+            copy(&ctx, &key).await?;
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// Read `key` at the root and make the local copy the same (or remove it).
+async fn copy(ctx: &Ctx, key: &Key) -> Result<(), Error> {
+    let (kind, ns, name) = key;
+    match kind {
+        ConfigSource::ConfigMap => copy_one::<ConfigMap>(ctx, ns, name, same_configmap).await?,
+        ConfigSource::Secret => copy_one::<Secret>(ctx, ns, name, same_secret).await?,
+    }
+    ctx.copied
+        .lock()
+        .expect("not poisoned")
+        .insert(key.clone(), Instant::now());
+    Ok(())
+}
+
+fn same_configmap(a: &ConfigMap, b: &ConfigMap) -> bool {
+    (&a.data, &a.binary_data, a.immutable) == (&b.data, &b.binary_data, b.immutable)
+}
+
+fn same_secret(a: &Secret, b: &Secret) -> bool {
+    (&a.data, &a.type_, a.immutable) == (&b.data, &b.type_, b.immutable)
+}
+
+/// The root's `K` `name` in `ns`, as the cluster keeps it: its labels (and the
+/// [`COPIED`] label) and annotations, none of the root's server fields.
+fn as_copy<K: Resource>(mut object: K, local: Option<&ObjectMeta>) -> K {
+    let meta = object.metadata_mut();
+    let mut labels = std::mem::take(&mut meta.labels);
+    labels.insert(COPIED.into(), "root".into());
+    *meta = ObjectMeta {
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        labels,
+        annotations: std::mem::take(&mut meta.annotations),
+        resource_version: local.and_then(|m| m.resource_version.clone()),
+        ..Default::default()
+    };
+    object
+}
+
+async fn copy_one<K: Resource>(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+    same: fn(&K, &K) -> bool,
+) -> Result<(), Error> {
+    let root: Api<K> = ctx.root.api(Some(ns));
+    let local: Api<K> = ctx.local.api(Some(ns));
+    let wanted = root.get_opt(name).await?;
+    let current = local.get_opt(name).await?;
+    let kind = K::KIND;
+    match (wanted, current) {
+        (None, None) => {}
+        (None, Some(_)) => {
+            local.delete(name).await?;
+            tracing::info!(
+                kind,
+                namespace = ns,
+                name,
+                "config copy removed: the root has none"
+            );
+        }
+        (Some(wanted), None) => {
+            local.create(&as_copy(wanted, None)).await?;
+            tracing::info!(kind, namespace = ns, name, "config copied from the root");
+        }
+        (Some(wanted), Some(current)) => {
+            let labels_same = {
+                let mut want = wanted.metadata().labels.clone();
+                want.insert(COPIED.into(), "root".into());
+                want == current.metadata().labels
+                    && wanted.metadata().annotations == current.metadata().annotations
+            };
+            if same(&wanted, &current) && labels_same {
+                return Ok(());
+            }
+            let frozen = serde_json::to_value(&current)
+                .ok()
+                .and_then(|v| v.get("immutable").and_then(serde_json::Value::as_bool))
+                .unwrap_or(false);
+            if frozen && !same(&wanted, &current) {
+                // An immutable copy cannot change: replace it (the root's was recreated).
+                local.delete(name).await?;
+                local.create(&as_copy(wanted, None)).await?;
+            } else {
+                local
+                    .replace(&as_copy(wanted, Some(current.metadata())))
+                    .await?;
+            }
+            tracing::info!(
+                kind,
+                namespace = ns,
+                name,
+                "config copy updated from the root"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Read every copy at the root again, and remove the copies no local Instance uses.
+async fn sweep(ctx: &Ctx) -> Result<(), Error> {
+    let used: std::collections::HashSet<Key> = ctx
+        .instances
+        .state()
+        .iter()
+        .flat_map(|i| used_by(i))
+        .collect();
+    let params = ListParams {
+        label_selector: Some(format!("{COPIED}=root")),
+        ..Default::default()
+    };
+    let mut kept: Vec<Key> = Vec::new();
+    let (maps, _) = ctx.local.api::<ConfigMap>(None).list(&params).await?;
+    let (secrets, _) = ctx.local.api::<Secret>(None).list(&params).await?;
+    let copies = maps
+        .iter()
+        .map(|m| (ConfigSource::ConfigMap, &m.metadata))
+        .chain(secrets.iter().map(|s| (ConfigSource::Secret, &s.metadata)));
+    for (kind, meta) in copies {
+        let key = (
+            kind,
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone(),
+        );
+        if used.contains(&key) {
+            kept.push(key);
+            continue;
+        }
+        let (_, ns, name) = &key;
+        match kind {
+            ConfigSource::ConfigMap => ctx.local.api::<ConfigMap>(Some(ns)).delete(name).await?,
+            ConfigSource::Secret => ctx.local.api::<Secret>(Some(ns)).delete(name).await?,
+        }
+        ctx.copied.lock().expect("not poisoned").remove(&key);
+        tracing::info!(kind = kind.kind(), namespace = %ns, %name, "config copy removed: no instance here uses it");
+    }
+    for key in kept {
+        copy(ctx, &key).await?;
+    }
+    // Objects used but never copied (the root had none at the time) are read again.
+    for key in used {
+        let known = ctx.copied.lock().expect("not poisoned").contains_key(&key);
+        if !known {
+            copy(ctx, &key).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_copy_keeps_labels_and_annotations_and_none_of_the_roots_server_fields() {
+        let mut secret = Secret {
+            api_version: "v1".into(),
+            kind: "Secret".into(),
+            metadata: ObjectMeta {
+                name: "db".into(),
+                namespace: Some("shop".into()),
+                uid: Some("root-uid".into()),
+                resource_version: Some("77".into()),
+                ..Default::default()
+            },
+            data: BTreeMap::from([("password".into(), "czNjcmV0".into())]),
+            string_data: BTreeMap::new(),
+            type_: Some("Opaque".into()),
+            immutable: None,
+        };
+        secret.metadata.labels.insert("app".into(), "shop".into());
+        let local = ObjectMeta {
+            resource_version: Some("5".into()),
+            ..Default::default()
+        };
+        let copy = as_copy(secret.clone(), Some(&local));
+        assert_eq!(copy.metadata.uid, None);
+        assert_eq!(copy.metadata.resource_version.as_deref(), Some("5"));
+        assert_eq!(copy.metadata.namespace.as_deref(), Some("shop"));
+        assert_eq!(copy.metadata.labels["app"], "shop");
+        assert_eq!(copy.metadata.labels[COPIED], "root");
+        assert!(same_secret(&copy, &secret));
+        assert_eq!(as_copy(secret, None).metadata.resource_version, None);
+    }
+}
