@@ -3,7 +3,8 @@
 //! its own: replicas spread over both clusters, get addresses in their node's subnet and
 //! serve their logs; they scale, roll to a new template, survive an agent restart, a
 //! root outage and a worker crash, and leave nothing behind when deleted. What fits a
-//! cluster but none of its nodes is handed back with the reason.
+//! cluster but none of its nodes is handed back with the reason. Their environment
+//! takes values from ConfigMaps and Secrets applied at the root.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -468,4 +469,101 @@ async fn deleting_the_service_stops_every_process() {
         processes(&t.markers[0]).is_empty().then_some(())
     })
     .await;
+}
+
+/// Environment values from a ConfigMap and a Secret created at the root with kubectl:
+/// an Instance waits with `CreateContainerConfigError` naming what is missing, starts
+/// once it exists, and reads the values; each cluster keeps a copy of what its
+/// Instances use, and removes it once none does. No status or Event shows the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_comes_from_configmaps_and_secrets() {
+    let t = Topology::start().await;
+    let marker = t.markers[0].clone();
+    let manifest = format!(
+        "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: work}}\nspec:\n  replicas: 3\n  template:\n    runtime: process\n    executable: /bin/sh\n    command: [-c, 'echo mode=$MODE password=$PASSWORD; exec sleep {marker}']\n    resources: {{cpuMillicores: 100, memoryMiB: 32}}\n    env:\n    - {{name: MODE, valueFrom: {{configMapKeyRef: {{name: conf, key: mode}}}}}}\n    - {{name: PASSWORD, valueFrom: {{secretKeyRef: {{name: db, key: password}}}}}}\n"
+    );
+    let out = e2e::apply_manifest(&t.root.kubeconfig(), t.dir.path(), "work.yaml", &manifest);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Nothing to take the values from yet: every Instance says what is missing.
+    eventually("instances waiting for their configuration", WAIT, || async {
+        let (items, _) = t.instances().list(&ListParams::default()).await.ok()?;
+        let waiting = items.iter().filter(|i| {
+            i.status.as_ref().is_some_and(|s| {
+                s.reason == "CreateContainerConfigError"
+                    && s.message.contains(r#"ConfigMap "conf" not found"#)
+            })
+        });
+        (waiting.count() == 3).then_some(())
+    })
+    .await;
+    assert!(processes(&marker).is_empty());
+
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(t.root.kubeconfig())
+            .args(args)
+            .output()
+            .expect("kubectl is installed on these machines");
+        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    kubectl(&["create", "configmap", "conf", "--from-literal=mode=fast"]);
+    kubectl(&["create", "secret", "generic", "db", "--from-literal=password=s3cret"]);
+    let per = t.running(3, &marker).await;
+    assert_eq!(per.values().sum::<usize>(), 3);
+
+    let (items, _) = t.instances().list(&ListParams::default()).await.unwrap();
+    for i in &items {
+        let name = &i.metadata.name;
+        let out = e2e::oakctl(&t.root.kubeconfig(), &["logs", name]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "mode=fast password=s3cret\n",
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Each cluster with an Instance keeps a copy.
+    let clusters: HashSet<String> = items.iter().filter_map(|i| i.spec.cluster.clone()).collect();
+    for cluster in &clusters {
+        let api = t.cluster_api(cluster);
+        let secret: crds::Secret = api.api(Some("default")).get("db").await.unwrap();
+        assert_eq!(secret.data["password"], "czNjcmV0", "{cluster}");
+        let map: crds::ConfigMap = api.api(Some("default")).get("conf").await.unwrap();
+        assert_eq!(map.data["mode"], "fast", "{cluster}");
+    }
+
+    // Neither the Instances nor any Event at the root or a cluster shows the value.
+    let mut shown = serde_json::to_string(&items).unwrap();
+    let events = |client: Client| async move {
+        let (events, _) = client
+            .api::<crds::Event>(None)
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        serde_json::to_string(&events).unwrap()
+    };
+    shown.push_str(&events(t.api.clone()).await);
+    for cluster in ["c1", "c2"] {
+        shown.push_str(&events(t.cluster_api(cluster)).await);
+    }
+    assert!(!shown.contains("s3cret"), "a status or Event shows the secret");
+
+    // Once no Instance uses them, the clusters remove their copies.
+    t.api
+        .api::<crds::Service>(Some("default"))
+        .delete("work")
+        .await
+        .unwrap();
+    for cluster in &clusters {
+        let api: Api<crds::Secret> = t.cluster_api(cluster).api(Some("default"));
+        eventually(
+            &format!("{cluster} removes its copy of the secret"),
+            Duration::from_secs(90),
+            || async { api.get_opt("db").await.ok()?.is_none().then_some(()) },
+        )
+        .await;
+    }
 }

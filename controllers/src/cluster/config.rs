@@ -6,7 +6,8 @@
 //! read at the root (the root lets a cluster read only those its own Instances use)
 //! and written into the cluster's API when the copy differs, or removed when the root
 //! has none. An object read in the last [`FRESH`] is not read again for another
-//! Instance. A sweep every [`SWEEP`] re-reads every copy and removes those no local
+//! Instance; one the root lacks is looked for again every [`MISSING_RETRY`]. A sweep
+//! every [`SWEEP`] re-reads every object in use and removes the copies no local
 //! Instance uses any more, so a Secret does not stay on a cluster that no longer needs
 //! it. Copies carry the label [`COPIED`]; the cluster writes no other ConfigMaps or
 //! Secrets.
@@ -29,6 +30,10 @@ pub const COPIED: &str = "oakestra.io/copied-from";
 /// does not read it at the root again.
 pub const FRESH: Duration = Duration::from_secs(10);
 
+/// How often an object an Instance uses but the root does not have is looked for
+/// again (the Instance's agent retries its start meanwhile).
+pub const MISSING_RETRY: Duration = Duration::from_secs(2);
+
 /// How often every copy is read again at the root, and copies no Instance uses are
 /// removed.
 pub const SWEEP: Duration = Duration::from_secs(30);
@@ -40,8 +45,8 @@ struct Ctx {
     local: Client,
     root: Client,
     instances: Store<Instance>,
-    /// When each object was last copied.
-    copied: Mutex<HashMap<Key, Instant>>,
+    /// When each object was last read at the root, and whether it was there.
+    copied: Mutex<HashMap<Key, (Instant, bool)>>,
 }
 
 /// Keep the copies of what the local Instances use until `shutdown`.
@@ -97,32 +102,37 @@ fn used_by(instance: &Instance) -> Vec<Key> {
 }
 
 async fn reconcile(instance: Arc<Instance>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let mut missing = false;
     for key in used_by(&instance) {
-        let fresh = ctx
-            .copied
-            .lock()
-            .expect("not poisoned")
-            .get(&key)
-            .is_some_and(|at| at.elapsed() < FRESH);
-        if !fresh {
-            copy(&ctx, &key).await?;
-        }
+        let known = ctx.copied.lock().expect("not poisoned").get(&key).copied();
+        let exists = match known {
+            Some((at, true)) if at.elapsed() < FRESH => true,
+            Some((at, false)) if at.elapsed() < MISSING_RETRY => false,
+            _ => copy(&ctx, &key).await?,
+        };
+        missing |= !exists;
     }
-    Ok(Action::await_change())
+    // What the root does not have yet is looked for again: a user may create it after
+    // the Service.
+    Ok(match missing {
+        true => Action::requeue(MISSING_RETRY),
+        false => Action::await_change(),
+    })
 }
 
-/// Read `key` at the root and make the local copy the same (or remove it).
-async fn copy(ctx: &Ctx, key: &Key) -> Result<(), Error> {
+/// Read `key` at the root and make the local copy the same (or remove it); whether
+/// the root has it.
+async fn copy(ctx: &Ctx, key: &Key) -> Result<bool, Error> {
     let (kind, ns, name) = key;
-    match kind {
+    let exists = match kind {
         ConfigSource::ConfigMap => copy_one::<ConfigMap>(ctx, ns, name, same_configmap).await?,
         ConfigSource::Secret => copy_one::<Secret>(ctx, ns, name, same_secret).await?,
-    }
+    };
     ctx.copied
         .lock()
         .expect("not poisoned")
-        .insert(key.clone(), Instant::now());
-    Ok(())
+        .insert(key.clone(), (Instant::now(), exists));
+    Ok(exists)
 }
 
 fn same_configmap(a: &ConfigMap, b: &ConfigMap) -> bool {
@@ -155,12 +165,13 @@ async fn copy_one<K: Resource>(
     ns: &str,
     name: &str,
     same: fn(&K, &K) -> bool,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let root: Api<K> = ctx.root.api(Some(ns));
     let local: Api<K> = ctx.local.api(Some(ns));
     let wanted = root.get_opt(name).await?;
     let current = local.get_opt(name).await?;
     let kind = K::KIND;
+    let exists = wanted.is_some();
     match (wanted, current) {
         (None, None) => {}
         (None, Some(_)) => {
@@ -184,7 +195,7 @@ async fn copy_one<K: Resource>(
                     && wanted.metadata().annotations == current.metadata().annotations
             };
             if same(&wanted, &current) && labels_same {
-                return Ok(());
+                return Ok(true);
             }
             let frozen = serde_json::to_value(&current)
                 .ok()
@@ -207,7 +218,7 @@ async fn copy_one<K: Resource>(
             );
         }
     }
-    Ok(())
+    Ok(exists)
 }
 
 /// Read every copy at the root again, and remove the copies no local Instance uses.
@@ -222,7 +233,6 @@ async fn sweep(ctx: &Ctx) -> Result<(), Error> {
         label_selector: Some(format!("{COPIED}=root")),
         ..Default::default()
     };
-    let mut kept: Vec<Key> = Vec::new();
     let (maps, _) = ctx.local.api::<ConfigMap>(None).list(&params).await?;
     let (secrets, _) = ctx.local.api::<Secret>(None).list(&params).await?;
     let copies = maps
@@ -236,7 +246,6 @@ async fn sweep(ctx: &Ctx) -> Result<(), Error> {
             meta.name.clone(),
         );
         if used.contains(&key) {
-            kept.push(key);
             continue;
         }
         let (_, ns, name) = &key;
@@ -247,15 +256,9 @@ async fn sweep(ctx: &Ctx) -> Result<(), Error> {
         ctx.copied.lock().expect("not poisoned").remove(&key);
         tracing::info!(kind = kind.kind(), namespace = %ns, %name, "config copy removed: no instance here uses it");
     }
-    for key in kept {
-        copy(ctx, &key).await?;
-    }
-    // Objects used but never copied (the root had none at the time) are read again.
+    // Everything in use is read again: a change at the root reaches the copy.
     for key in used {
-        let known = ctx.copied.lock().expect("not poisoned").contains_key(&key);
-        if !known {
-            copy(ctx, &key).await?;
-        }
+        copy(ctx, &key).await?;
     }
     Ok(())
 }
