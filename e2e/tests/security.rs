@@ -39,6 +39,28 @@ fn instance(name: &str, cluster: Option<&str>, node: Option<&str>) -> Value {
     })
 }
 
+/// An Instance like [`instance`] whose environment takes a value from Secret `db`.
+fn configured(name: &str, cluster: Option<&str>, node: Option<&str>) -> Value {
+    let mut i = instance(name, cluster, node);
+    i["spec"]["template"]["env"] =
+        json!([{"name": "P", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]);
+    i
+}
+
+/// Secrets `db` (which [`configured`] Instances use) and `other`, made by `admin`.
+async fn secrets(admin: &Client) {
+    for name in ["db", "other"] {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+                            "metadata": {"name": name, "namespace": "default"},
+                            "stringData": {"password": "s3cret"}});
+        admin
+            .dynamic(kind("secrets"), Some("default"))
+            .create(&secret)
+            .await
+            .unwrap();
+    }
+}
+
 fn named(kind: &str, name: &str, spec: Value) -> Value {
     json!({"apiVersion": "oakestra.io/v1", "kind": kind, "metadata": {"name": name}, "spec": spec})
 }
@@ -252,6 +274,7 @@ async fn every_identity_can_do_its_own_job_and_nothing_else() {
         instance("i-a", Some("a"), None),
         instance("i-b", Some("b"), None),
         instance("i-none", None, None),
+        configured("i-a-conf", Some("a"), None),
     ] {
         admin
             .dynamic(kind("instances"), Some("default"))
@@ -266,9 +289,19 @@ async fn every_identity_can_do_its_own_job_and_nothing_else() {
             .await
             .unwrap();
     }
+    secrets(&admin).await;
     let status = json!({"status": {"phase": "Running"}});
     let node_of = |node: &str| json!({"spec": {"node": node}});
     let rows = vec![
+        // Secrets: only those its instances use, read one by one.
+        ("root admin", Get("secrets", "other"), 200),
+        ("cluster a", Get("secrets", "db"), 200),
+        ("cluster a", Get("secrets", "other"), 403),
+        ("cluster a", Get("secrets", "no-such-secret"), 403),
+        ("cluster a", List("secrets", None), 403),
+        ("cluster a", Watch("secrets", None), 403),
+        ("cluster b", Get("secrets", "db"), 403),
+        ("anonymous", Get("secrets", "db"), 401),
         // No credential, or one the TLS handshake refuses. (Before this, an anonymous
         // POST of a `runtime: process` Service ran its command as root on a worker.)
         ("anonymous", Create("services", process_service()), 401),
@@ -376,6 +409,8 @@ async fn every_identity_can_do_its_own_job_and_nothing_else() {
         instance("i-n1", Some("a"), Some("n1")),
         instance("i-n2", Some("a"), Some("n2")),
         instance("i-unbound", Some("a"), None),
+        configured("i-n1-conf", Some("a"), Some("n1")),
+        configured("i-unbound-conf", Some("a"), None),
     ] {
         admin
             .dynamic(kind("instances"), Some("default"))
@@ -395,7 +430,15 @@ async fn every_identity_can_do_its_own_job_and_nothing_else() {
         .create(&named("Lease", "n2", json!({})))
         .await
         .unwrap();
+    secrets(&admin).await;
     let rows = vec![
+        // Secrets: only those the instances bound to the node use.
+        ("n1", Get("secrets", "db"), 200),
+        ("n1", Get("secrets", "other"), 403),
+        ("n1", List("secrets", None), 403),
+        ("n1", Patch("secrets", "db", json!({"stringData": {"password": "x"}})), 403),
+        ("n2", Get("secrets", "db"), 403),
+        ("a admin", Get("secrets", "other"), 200),
         ("anonymous", List("instances", None), 401),
         ("b's n3", List("instances", None), 0),
         ("foreign admin", List("instances", None), 0),
