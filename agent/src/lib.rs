@@ -22,6 +22,9 @@
 //! - [`hollow`]: simulated nodes for scale tests.
 //! - [`digest`]: `sha256:` content digests.
 
+/// The field manager of the agent's writes (`metadata.managedFields`).
+pub const MANAGER: &str = "oakestra-agent";
+
 pub mod cgroup;
 pub mod config;
 pub mod digest;
@@ -175,6 +178,8 @@ pub async fn run(
     endpoint: apiserver::auth::Security,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
+    // Its writes (the Node, its Lease, Instance status) are recorded under its name.
+    let client = client.as_manager(MANAGER);
     let Assembly {
         runtime,
         mut exits,

@@ -242,6 +242,18 @@ impl Client {
         Ok(client)
     }
 
+    /// This client (sharing its connections and informers) sending the User-Agent
+    /// `manager/<version>`: the server records its writes under `manager` in
+    /// `metadata.managedFields`, so each controller's part of an object shows whose
+    /// it is. `manager` must be a valid header value (it is one of our names).
+    pub fn as_manager(&self, manager: &str) -> Client {
+        let agent = format!("{manager}/{}", env!("CARGO_PKG_VERSION"));
+        let mut client = self.clone();
+        client.user_agent = reqwest::header::HeaderValue::from_str(&agent)
+            .expect("a manager name is a valid header value");
+        client
+    }
+
     /// The server's base URL.
     pub fn base(&self) -> &str {
         &self.base

@@ -87,25 +87,57 @@ impl client::runtime::ReconcileError for Error {
     }
 }
 
+/// The field managers the controllers write under (their User-Agent, see
+/// `client::Client::as_manager`): `metadata.managedFields` names which controller
+/// wrote which part of an object.
+pub mod managers {
+    /// The service controller (Instances of a Service, its status).
+    pub const SERVICE: &str = "oakestra-service";
+    /// Root placement and the cluster scheduler (bindings, placement conditions).
+    pub const SCHEDULER: &str = "oakestra-scheduler";
+    /// Subnets and addresses.
+    pub const IPAM: &str = "oakestra-ipam";
+    /// Cluster and node lifecycle (readiness lapse, eviction).
+    pub const LIFECYCLE: &str = "oakestra-lifecycle";
+    /// `Endpoints` at the root and in each cluster's copy.
+    pub const ENDPOINTS: &str = "oakestra-endpoints";
+    /// Owner-reference garbage collection.
+    pub const GC: &str = "oakestra-gc";
+    /// A cluster's reports, Instance sync and hand-back towards the root.
+    pub const CLUSTER: &str = "oakestra-cluster";
+    /// A cluster's copies of ConfigMaps and Secrets.
+    pub const CONFIG: &str = "oakestra-config";
+    /// A cluster's instance readiness.
+    pub const READINESS: &str = "oakestra-readiness";
+}
+
 /// Run every root controller against the API at `client` until `shutdown` is cancelled.
 pub async fn run_root(client: Client, config: RootConfig, shutdown: CancellationToken) {
     tracing::info!(?config, "starting root controllers");
     tokio::join!(
-        service::run(client.clone(), &config, shutdown.clone()),
+        service::run(
+            client.as_manager(managers::SERVICE),
+            &config,
+            shutdown.clone()
+        ),
         placement::run::<crds::Cluster>(
-            client.clone(),
+            client.as_manager(managers::SCHEDULER),
             config.cluster_grace,
             config.concurrency,
             shutdown.clone()
         ),
-        subnets::run(client.clone(), &config, shutdown.clone()),
+        subnets::run(client.as_manager(managers::IPAM), &config, shutdown.clone()),
         lifecycle::run::<crds::Cluster>(
-            client.clone(),
+            client.as_manager(managers::LIFECYCLE),
             config.cluster_heartbeat_timeout,
             shutdown.clone()
         ),
-        endpoints::run(client.clone(), &config, shutdown.clone()),
-        gc::run(client, &config, shutdown),
+        endpoints::run(
+            client.as_manager(managers::ENDPOINTS),
+            &config,
+            shutdown.clone()
+        ),
+        gc::run(client.as_manager(managers::GC), &config, shutdown),
     );
 }
 

@@ -483,19 +483,27 @@ async fn environment_comes_from_configmaps_and_secrets() {
         "apiVersion: oakestra.io/v1\nkind: Service\nmetadata: {{name: work}}\nspec:\n  replicas: 3\n  template:\n    runtime: process\n    executable: /bin/sh\n    command: [-c, 'echo mode=$MODE password=$PASSWORD; exec sleep {marker}']\n    resources: {{cpuMillicores: 100, memoryMiB: 32}}\n    env:\n    - {{name: MODE, valueFrom: {{configMapKeyRef: {{name: conf, key: mode}}}}}}\n    - {{name: PASSWORD, valueFrom: {{secretKeyRef: {{name: db, key: password}}}}}}\n"
     );
     let out = e2e::apply_manifest(&t.root.kubeconfig(), t.dir.path(), "work.yaml", &manifest);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Nothing to take the values from yet: every Instance says what is missing.
-    eventually("instances waiting for their configuration", WAIT, || async {
-        let (items, _) = t.instances().list(&ListParams::default()).await.ok()?;
-        let waiting = items.iter().filter(|i| {
-            i.status.as_ref().is_some_and(|s| {
-                s.reason == "CreateContainerConfigError"
-                    && s.message.contains(r#"ConfigMap "conf" not found"#)
-            })
-        });
-        (waiting.count() == 3).then_some(())
-    })
+    eventually(
+        "instances waiting for their configuration",
+        WAIT,
+        || async {
+            let (items, _) = t.instances().list(&ListParams::default()).await.ok()?;
+            let waiting = items.iter().filter(|i| {
+                i.status.as_ref().is_some_and(|s| {
+                    s.reason == "CreateContainerConfigError"
+                        && s.message.contains(r#"ConfigMap "conf" not found"#)
+                })
+            });
+            (waiting.count() == 3).then_some(())
+        },
+    )
     .await;
     assert!(processes(&marker).is_empty());
 
@@ -506,10 +514,20 @@ async fn environment_comes_from_configmaps_and_secrets() {
             .args(args)
             .output()
             .expect("kubectl is installed on these machines");
-        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     kubectl(&["create", "configmap", "conf", "--from-literal=mode=fast"]);
-    kubectl(&["create", "secret", "generic", "db", "--from-literal=password=s3cret"]);
+    kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal=password=s3cret",
+    ]);
     let per = t.running(3, &marker).await;
     assert_eq!(per.values().sum::<usize>(), 3);
 
@@ -525,8 +543,38 @@ async fn environment_comes_from_configmaps_and_secrets() {
         );
     }
 
+    // Whose part of an Instance is whose: each writer records its own manager, at the
+    // root (the service controller, placement, the cluster writing up) and in the
+    // cluster (its scheduler, its address allocator, the node's agent).
+    let managers = |i: &Instance| -> HashSet<String> {
+        i.metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter_map(|e| e["manager"].as_str().map(String::from))
+            .collect()
+    };
+    let at_root = managers(&items[0]);
+    for m in ["oakestra-service", "oakestra-scheduler", "oakestra-cluster"] {
+        assert!(at_root.contains(m), "{m} not in {at_root:?}");
+    }
+    let cluster = items[0].spec.cluster.clone().unwrap();
+    let local: Instance = t
+        .cluster_api(&cluster)
+        .api(Some("default"))
+        .get(&items[0].metadata.name)
+        .await
+        .unwrap();
+    let in_cluster = managers(&local);
+    for m in ["oakestra-scheduler", "oakestra-ipam", "oakestra-agent"] {
+        assert!(in_cluster.contains(m), "{m} not in {in_cluster:?}");
+    }
+
     // Each cluster with an Instance keeps a copy.
-    let clusters: HashSet<String> = items.iter().filter_map(|i| i.spec.cluster.clone()).collect();
+    let clusters: HashSet<String> = items
+        .iter()
+        .filter_map(|i| i.spec.cluster.clone())
+        .collect();
     for cluster in &clusters {
         let api = t.cluster_api(cluster);
         let secret: crds::Secret = api.api(Some("default")).get("db").await.unwrap();
@@ -549,7 +597,10 @@ async fn environment_comes_from_configmaps_and_secrets() {
     for cluster in ["c1", "c2"] {
         shown.push_str(&events(t.cluster_api(cluster)).await);
     }
-    assert!(!shown.contains("s3cret"), "a status or Event shows the secret");
+    assert!(
+        !shown.contains("s3cret"),
+        "a status or Event shows the secret"
+    );
 
     // Once no Instance uses them, the clusters remove their copies.
     t.api

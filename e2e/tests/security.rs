@@ -436,7 +436,11 @@ async fn every_identity_can_do_its_own_job_and_nothing_else() {
         ("n1", Get("secrets", "db"), 200),
         ("n1", Get("secrets", "other"), 403),
         ("n1", List("secrets", None), 403),
-        ("n1", Patch("secrets", "db", json!({"stringData": {"password": "x"}})), 403),
+        (
+            "n1",
+            Patch("secrets", "db", json!({"stringData": {"password": "x"}})),
+            403,
+        ),
         ("n2", Get("secrets", "db"), 403),
         ("a admin", Get("secrets", "other"), 200),
         ("anonymous", List("instances", None), 401),

@@ -85,47 +85,59 @@ pub async fn run_cluster(
     shutdown: CancellationToken,
 ) {
     tracing::info!(?config, "starting cluster controllers");
+    use crate::managers;
+    // Towards the root, the cluster writes as itself: one manager for its part there.
+    let up = root.as_manager(managers::CLUSTER);
     tokio::join!(
         report::heartbeat(
-            local.clone(),
-            root.clone(),
+            local.as_manager(managers::CLUSTER),
+            up.clone(),
             config.clone(),
             shutdown.clone()
         ),
         endpoints::sync_endpoints(
-            local.clone(),
-            root.clone(),
+            local.as_manager(managers::ENDPOINTS),
+            up.clone(),
             config.name.clone(),
             config.location.clone(),
             config.concurrency,
             shutdown.clone()
         ),
         config::run(
-            local.clone(),
-            root.clone(),
+            local.as_manager(managers::CONFIG),
+            up.clone(),
             config.concurrency,
             shutdown.clone()
         ),
         sync::sync_instances(
-            local.clone(),
-            root,
+            local.as_manager(managers::CLUSTER),
+            up,
             config.name.clone(),
             config.handback,
             config.concurrency,
             shutdown.clone()
         ),
         crate::placement::run::<Node>(
-            local.clone(),
+            local.as_manager(managers::SCHEDULER),
             config.eviction,
             config.concurrency,
             shutdown.clone()
         ),
         crate::lifecycle::run::<Node>(
-            local.clone(),
+            local.as_manager(managers::LIFECYCLE),
             config.node_heartbeat_timeout,
             shutdown.clone()
         ),
-        readiness::run(local.clone(), config.concurrency, shutdown.clone()),
-        crate::subnets::run_cluster(local, config.name.clone(), config.node_prefix, shutdown),
+        readiness::run(
+            local.as_manager(managers::READINESS),
+            config.concurrency,
+            shutdown.clone()
+        ),
+        crate::subnets::run_cluster(
+            local.as_manager(managers::IPAM),
+            config.name.clone(),
+            config.node_prefix,
+            shutdown
+        ),
     );
 }
