@@ -368,6 +368,18 @@ async fn service_ips_balance_across_nodes() {
         assert!(answer.contains(ip), "{answer}");
     }
 
+    // Instances' packets fit the overlay (vxlan's 1450 bytes) without path-MTU
+    // discovery, as flannel sizes its pods' interfaces.
+    let link = std::process::Command::new("ip")
+        .args(["-n", &container_netns(&web1), "-o", "link", "show", "eth0"])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(
+        link.contains(" mtu 1450 "),
+        "the instance's interface: {link}"
+    );
+
     // (c) the closest IP answers on the caller's node, also to the instance there
     // (which reaches itself through its own service: hairpin).
     let closest = format!("http://{CLOSEST_IP}/");

@@ -198,6 +198,32 @@ impl Vxlan {
     /// headers): the device's MTU is the uplink's minus this.
     pub const OVERHEAD: u32 = 50;
 
+    /// The MTU of the device once made: [`Vxlan::mtu`] if set, else the uplink's
+    /// (`uplink_mtu`, when [`Vxlan::underlay_device`] is set and its MTU known) minus
+    /// [`Vxlan::OVERHEAD`], else the kernel's 1450. Instances whose traffic may cross it
+    /// get this MTU, as flannel gives its pods, so their packets fit without relying on
+    /// path-MTU discovery.
+    pub fn effective_mtu(&self, uplink_mtu: Option<u32>) -> u32 {
+        const ETHERNET: u32 = 1500;
+        self.mtu
+            .unwrap_or_else(|| match (&self.underlay_device, uplink_mtu) {
+                (Some(_), Some(uplink)) => uplink.saturating_sub(Self::OVERHEAD),
+                _ => ETHERNET - Self::OVERHEAD,
+            })
+    }
+
+    /// [`Vxlan::effective_mtu`], the uplink's MTU read from `/sys/class/net`.
+    pub fn instance_mtu(&self) -> u32 {
+        let uplink = self.underlay_device.as_ref().and_then(|dev| {
+            std::fs::read_to_string(format!("/sys/class/net/{dev}/mtu"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        });
+        self.effective_mtu(uplink)
+    }
+
     /// The default device for a node whose underlay address is `local`: device
     /// [`Vxlan::DEFAULT_DEVICE`], VNI [`Vxlan::DEFAULT_VNI`], port
     /// [`Vxlan::DEFAULT_PORT`], no fixed uplink, the kernel's MTU.
@@ -1174,6 +1200,26 @@ mod tests {
 
     fn subnet(s: &str) -> Subnet {
         s.parse().expect("test subnet")
+    }
+
+    #[test]
+    fn instances_get_the_mtu_the_overlay_leaves() {
+        let local = Ipv4Addr::new(192, 0, 2, 1);
+        let on = |dev: Option<&str>, mtu: Option<u32>| Vxlan {
+            underlay_device: dev.map(String::from),
+            mtu,
+            ..Vxlan::new(local)
+        };
+        for (vx, uplink, want) in [
+            (on(None, None), None, 1450),
+            // Without a fixed uplink the kernel makes the device 1450 whatever the route.
+            (on(None, None), Some(9000), 1450),
+            (on(Some("eth1"), None), Some(9000), 8950),
+            (on(Some("eth1"), None), None, 1450),
+            (on(Some("eth1"), Some(1400)), Some(9000), 1400),
+        ] {
+            assert_eq!(vx.effective_mtu(uplink), want, "{vx:?} over {uplink:?}");
+        }
     }
 
     fn ip(s: &str) -> Ipv4Addr {

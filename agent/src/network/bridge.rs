@@ -20,6 +20,9 @@ pub struct Bridge {
     pub bridge: String,
     /// CNI network name.
     pub name: String,
+    /// The MTU of the bridge and the Instances' interfaces (the overlay's, when their
+    /// traffic crosses one); `None`: the kernel's 1500.
+    pub mtu: Option<u32>,
 }
 
 /// Where the Debian package puts the CNI plugins.
@@ -39,6 +42,7 @@ impl Bridge {
             cni_path: cni_path.to_path_buf(),
             bridge: format!("oak{}", &digest[7..17]),
             name: format!("oakestra-{node}"),
+            mtu: None,
         })
     }
 
@@ -56,7 +60,7 @@ impl Bridge {
     }
 
     fn conf(&self, address: &InstanceAddress) -> serde_json::Value {
-        json!({
+        let mut conf = json!({
             "cniVersion": "0.4.0",
             "name": self.name,
             "type": "bridge",
@@ -69,7 +73,11 @@ impl Bridge {
                 "addresses": [{"address": format!("{}/{}", address.ip, address.prefix), "gateway": address.gateway.to_string()}],
                 "routes": [{"dst": "0.0.0.0/0"}]
             }
-        })
+        });
+        if let Some(mtu) = self.mtu {
+            conf["mtu"] = mtu.into();
+        }
+        conf
     }
 
     async fn cni(

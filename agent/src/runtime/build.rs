@@ -163,30 +163,35 @@ pub async fn build(
     let processes = || ProcessRuntime::new(&config.data_dir, cgroups.clone(), exits_tx.clone());
     match settings.resolve() {
         RuntimeChoice::Containerd => {
-            let network =
-                match settings.network {
-                    NetworkMode::Host => None,
-                    NetworkMode::Bridge => {
-                        let bridge = Bridge::for_node(&config.node, &settings.cni_path)
-                            .ok_or_else(|| BuildError::NoCniPlugins {
-                                cni_path: settings.cni_path.clone(),
-                            })?;
-                        let publish_address = config
-                            .address
-                            .parse()
-                            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-                        // Containers resolve Service names at the node's responder.
-                        let dns_domain = config
-                            .dataplane
-                            .as_ref()
-                            .and_then(|d| d.dns.as_ref())
-                            .map(|d| d.domain.clone());
-                        Some(
-                            Network::new(bridge, publish_address, &config.data_dir, dns_domain)
-                                .map_err(data_dir)?,
-                        )
-                    }
-                };
+            let network = match settings.network {
+                NetworkMode::Host => None,
+                NetworkMode::Bridge => {
+                    let mut bridge = Bridge::for_node(&config.node, &settings.cni_path)
+                        .ok_or_else(|| BuildError::NoCniPlugins {
+                            cni_path: settings.cni_path.clone(),
+                        })?;
+                    // Instances' packets must fit the overlay they may cross.
+                    bridge.mtu = config
+                        .dataplane
+                        .as_ref()
+                        .and_then(|d| d.overlay.as_ref())
+                        .map(netplane::overlay::Vxlan::instance_mtu);
+                    let publish_address = config
+                        .address
+                        .parse()
+                        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+                    // Containers resolve Service names at the node's responder.
+                    let dns_domain = config
+                        .dataplane
+                        .as_ref()
+                        .and_then(|d| d.dns.as_ref())
+                        .map(|d| d.domain.clone());
+                    Some(
+                        Network::new(bridge, publish_address, &config.data_dir, dns_domain)
+                            .map_err(data_dir)?,
+                    )
+                }
+            };
             let containerd = ContainerdConfig {
                 socket: settings.containerd_socket.clone(),
                 node: config.node.clone(),
