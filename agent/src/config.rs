@@ -1,8 +1,8 @@
-//! The values an Instance's environment takes from ConfigMaps and Secrets
+//! The values an Instance's environment takes from `ConfigMap`s and Secrets
 //! (`env[].valueFrom`), read from the cluster's API each time the workload starts,
 //! as kubelet reads them.
 //!
-//! [`resolve`] reads each ConfigMap and Secret the workload names once and hands the
+//! [`resolve`] reads each `ConfigMap` and Secret the workload names once and hands the
 //! rest to the pure [`fill`]. A value is never logged nor put in an error: errors name
 //! the object and the key only, since their messages become the Instance's status
 //! and Events.
@@ -20,11 +20,11 @@ pub const CONFIG_ERROR: &str = "CreateContainerConfigError";
 /// Why a workload's environment could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The ConfigMap or Secret does not exist (in the cluster: the root has none, or
+    /// The `ConfigMap` or Secret does not exist (in the cluster: the root has none, or
     /// its copy has not arrived yet).
     #[error("{} {name:?} not found (env {var})", .kind.kind())]
     Missing {
-        /// ConfigMap or Secret.
+        /// `ConfigMap` or Secret.
         kind: ConfigSource,
         /// Its name.
         name: String,
@@ -34,7 +34,7 @@ pub enum ConfigError {
     /// It exists without the key.
     #[error("couldn't find key {key:?} in {} {namespace}/{name} (env {var})", .kind.kind())]
     MissingKey {
-        /// ConfigMap or Secret.
+        /// `ConfigMap` or Secret.
         kind: ConfigSource,
         /// Its namespace.
         namespace: String,
@@ -48,7 +48,7 @@ pub enum ConfigError {
     /// The value is not text an environment can carry (not UTF-8, or NUL).
     #[error("key {key:?} of {} {namespace}/{name} is not text an environment variable can hold (env {var})", .kind.kind())]
     NotText {
-        /// ConfigMap or Secret.
+        /// `ConfigMap` or Secret.
         kind: ConfigSource,
         /// Its namespace.
         namespace: String,
@@ -62,7 +62,7 @@ pub enum ConfigError {
     /// The cluster's API did not answer.
     #[error("reading {} {name:?}: {source}", .kind.kind())]
     Read {
-        /// ConfigMap or Secret.
+        /// `ConfigMap` or Secret.
         kind: ConfigSource,
         /// Its name.
         name: String,
@@ -72,7 +72,7 @@ pub enum ConfigError {
     },
 }
 
-/// The keys of one ConfigMap or Secret, as raw bytes (a Secret's decoded); `None`
+/// The keys of one `ConfigMap` or Secret, as raw bytes (a Secret's decoded); `None`
 /// when it does not exist.
 pub type Found = HashMap<(ConfigSource, String), Option<HashMap<String, Vec<u8>>>>;
 

@@ -16,7 +16,7 @@
 //!   beside the runtime.
 //! - [`host`]: capacity and usage of the machine, from `/proc`.
 //! - [`cgroup`]: cgroup v2 limits of Instances.
-//! - [`config`]: environment values taken from ConfigMaps and Secrets at each start.
+//! - [`config`]: environment values taken from `ConfigMap`s and Secrets at each start.
 //! - [`serve`]: the agent's HTTP endpoint (logs, metrics, health).
 //! - [`metrics`]: the agent's Prometheus metrics.
 //! - [`hollow`]: simulated nodes for scale tests.

@@ -109,10 +109,21 @@ pub fn desired<'a>(
     sort(&mut endpoints);
     EndpointsSpec {
         round_robin_ip: svc.status.as_ref().and_then(|s| s.service_ip),
-        closest_ip: svc.spec.addressing.closest_ip,
+        closest_ip: closest_ip(svc),
         ports: ports(svc),
         endpoints,
     }
+}
+
+/// The Service's closest IP, once the allocator has reserved it for it (its
+/// `ClosestIPAssigned` condition is `True` for this address): an address another
+/// Service holds is never routed twice.
+fn closest_ip(svc: &Service) -> Option<std::net::Ipv4Addr> {
+    let ip = svc.spec.addressing.closest_ip?;
+    let conditions = crds::HasConditions::conditions(svc);
+    let reserved = crds::find_condition(conditions, crate::subnets::CLOSEST_IP_ASSIGNED)
+        .is_some_and(|c| c.status == crds::ConditionStatus::True && c.message == ip.to_string());
+    reserved.then_some(ip)
 }
 
 struct Ctx {
@@ -343,11 +354,44 @@ mod tests {
                 },
             },
         );
-        svc.status = Some(ServiceStatus {
+        let mut status = ServiceStatus {
             service_ip: Some("10.30.0.5".parse().unwrap()),
             ..Default::default()
-        });
+        };
+        crds::set_condition(
+            &mut status.conditions,
+            crate::subnets::CLOSEST_IP_ASSIGNED,
+            crds::ConditionStatus::True,
+            "Reserved",
+            "10.30.1.1",
+            chrono::Utc::now(),
+        );
+        svc.status = Some(status);
         svc
+    }
+
+    #[test]
+    fn a_closest_ip_is_routed_only_once_reserved_for_the_service() {
+        let reserved = service(&[]);
+        assert_eq!(closest_ip(&reserved), Some("10.30.1.1".parse().unwrap()));
+        let mut refused = reserved.clone();
+        let conditions = &mut refused.status.as_mut().unwrap().conditions;
+        crds::set_condition(
+            conditions,
+            crate::subnets::CLOSEST_IP_ASSIGNED,
+            crds::ConditionStatus::False,
+            "RequestedIPUnavailable",
+            "10.30.1.1 is already the address of default/db",
+            chrono::Utc::now(),
+        );
+        assert_eq!(closest_ip(&refused), None);
+        // Reserved for the address it had before, not the one it asks for now.
+        let mut moved = reserved.clone();
+        moved.spec.addressing.closest_ip = Some("10.30.1.2".parse().unwrap());
+        assert_eq!(closest_ip(&moved), None);
+        let mut unchecked = reserved;
+        unchecked.status.as_mut().unwrap().conditions.clear();
+        assert_eq!(closest_ip(&unchecked), None);
     }
 
     fn instance(

@@ -105,7 +105,7 @@ pub mod managers {
     pub const GC: &str = "oakestra-gc";
     /// A cluster's reports, Instance sync and hand-back towards the root.
     pub const CLUSTER: &str = "oakestra-cluster";
-    /// A cluster's copies of ConfigMaps and Secrets.
+    /// A cluster's copies of `ConfigMap`s and Secrets.
     pub const CONFIG: &str = "oakestra-config";
     /// A cluster's instance readiness.
     pub const READINESS: &str = "oakestra-readiness";

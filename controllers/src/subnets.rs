@@ -52,7 +52,18 @@ pub trait Addressed: Resource + HasConditions {
     fn requested(&self) -> Option<Ipv4Addr> {
         None
     }
+    /// A second address of the pool the object holds, which the user chose and the
+    /// allocator only reserves (a Service's closest IP), and the condition that says
+    /// whether it is the object's.
+    fn reserved(&self) -> Option<(Ipv4Addr, &'static str)> {
+        None
+    }
 }
+
+/// The condition of a Service's closest IP: `True` once it is reserved for it, `False`
+/// (`RequestedIPUnavailable`) when it is outside the service range or another Service
+/// holds it; the Service's Endpoints carry the closest IP only while it is `True`.
+pub const CLOSEST_IP_ASSIGNED: &str = "ClosestIPAssigned";
 
 impl Addressed for Cluster {
     const FIELD: &'static str = "subnet";
@@ -78,6 +89,9 @@ impl Addressed for Service {
     }
     fn requested(&self) -> Option<Ipv4Addr> {
         self.spec.addressing.round_robin_ip
+    }
+    fn reserved(&self) -> Option<(Ipv4Addr, &'static str)> {
+        Some((self.spec.addressing.closest_ip?, CLOSEST_IP_ASSIGNED))
     }
 }
 
@@ -395,30 +409,17 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
     let scope = k.scope().unwrap_or_default();
     if settled(&pool) {
         ctx.pending.lock().expect("pending lock").remove(&key);
+        // Its reserved address is looked at once its own is settled (one write each).
+        check_reserved(&ctx, &k, &key, &scope, &pool, current.as_deref()).await?;
         return Ok(Action::await_change());
     }
     let outcome: Result<String, Refusal> = {
         let mut pending = ctx.pending.lock().expect("pending lock");
-        // Forget what the cache shows now (or whose object is gone).
-        pending.retain(|k, (_, a)| {
-            ctx.store
-                .get(k)
-                .is_some_and(|o| o.address().as_ref() != Some(a))
-        });
-        // The addresses of the pool's other objects (those of its scope).
-        let mut owners: HashMap<String, String> = ctx
-            .store
-            .by_index(BY_SCOPE, &scope)
-            .iter()
-            .filter(|o| ObjectRef::of(o.as_ref()) != key)
-            .filter_map(|o| Some((o.address()?, ObjectRef::of(o.as_ref()).to_string())))
-            .collect();
-        owners.extend(
-            pending
-                .iter()
-                .filter(|(k, (s, _))| **k != key && *s == scope)
-                .map(|(k, (_, a))| (a.clone(), k.to_string())),
-        );
+        let mut owners = owners(&ctx, &key, &scope, &mut pending);
+        // Its own reserved address is not one to hand it as well.
+        if let Some((ip, _)) = k.reserved() {
+            owners.insert(ip.to_string(), format!("{key} (its closest IP)"));
+        }
         let written = pending
             .get(&key)
             .filter(|(s, _)| *s == scope)
@@ -453,28 +454,127 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
             }
             Ok(Action::await_change())
         }
-        Err(Refusal { reason, message }) => {
-            let mut conditions = k.conditions().to_vec();
-            if set_condition(
-                &mut conditions,
-                K::CONDITION,
-                ConditionStatus::False,
-                reason,
-                &message,
-                Utc::now(),
-            ) {
-                let patch = json!({
-                    "metadata": {"resourceVersion": k.metadata().resource_version},
-                    "status": {"conditions": conditions},
-                });
-                api.patch_status(&k.metadata().name, &patch).await?;
-                ctx.recorder
-                    .record(k.as_ref(), EventType::Warning, reason, &message);
-            }
+        Err(refusal) => {
+            set_own_condition(&ctx, &k, K::CONDITION, Err(refusal)).await?;
+            check_reserved(&ctx, &k, &key, &scope, &pool, None).await?;
             // A released address frees the pool for it: look again soon.
             Ok(Action::requeue(Duration::from_secs(5)))
         }
     }
+}
+
+/// The addresses of the pool of `scope` held by objects other than `key`: their
+/// allocated and reserved addresses as cached, and what this allocator wrote and its
+/// cache does not show yet (`pending`, from which what the cache shows is dropped).
+fn owners<K: Addressed>(
+    ctx: &Ctx<K>,
+    key: &ObjectRef,
+    scope: &str,
+    pending: &mut HashMap<ObjectRef, (String, String)>,
+) -> HashMap<String, String> {
+    pending.retain(|k, (_, a)| {
+        ctx.store
+            .get(k)
+            .is_some_and(|o| o.address().as_ref() != Some(a))
+    });
+    let mut owners = HashMap::new();
+    for o in ctx.store.by_index(BY_SCOPE, scope) {
+        let of = ObjectRef::of(o.as_ref());
+        if of == *key {
+            continue;
+        }
+        if let Some((ip, _)) = o.reserved() {
+            owners.insert(ip.to_string(), format!("{of} (its closest IP)"));
+        }
+        if let Some(address) = o.address() {
+            owners.insert(address, of.to_string());
+        }
+    }
+    owners.extend(
+        pending
+            .iter()
+            .filter(|(k, (s, _))| *k != key && s == scope)
+            .map(|(k, (_, a))| (a.clone(), k.to_string())),
+    );
+    owners
+}
+
+/// Check the address `k` reserves, if any, against the others of its pool and its own
+/// `address`, and set its condition.
+async fn check_reserved<K: Addressed>(
+    ctx: &Ctx<K>,
+    k: &K,
+    key: &ObjectRef,
+    scope: &str,
+    pool: &Pool,
+    address: Option<&str>,
+) -> Result<(), Error> {
+    let Some((ip, condition)) = k.reserved() else {
+        return Ok(());
+    };
+    let verdict = {
+        let mut pending = ctx.pending.lock().expect("pending lock");
+        let mut owners = owners(ctx, key, scope, &mut pending);
+        if let Some(own) = address {
+            owners.insert(own.to_string(), format!("{key} (its round-robin IP)"));
+        }
+        reserve(pool, ip, &owners)
+    };
+    set_own_condition(ctx, k, condition, verdict).await
+}
+
+/// Whether `ip`, which an object reserves, is in `pool` and held by no one in `owners`:
+/// `Ok` with the message of its condition, or why not.
+fn reserve(pool: &Pool, ip: Ipv4Addr, owners: &HashMap<String, String>) -> Result<String, Refusal> {
+    if !pool.holds(&ip.to_string()) {
+        return Err(Refusal {
+            reason: REQUESTED_IP_UNAVAILABLE,
+            message: format!("{ip} is outside the pool {pool}"),
+        });
+    }
+    match owners.get(&ip.to_string()) {
+        Some(owner) => Err(Refusal {
+            reason: REQUESTED_IP_UNAVAILABLE,
+            message: format!("{ip} is already the address of {owner}"),
+        }),
+        None => Ok(ip.to_string()),
+    }
+}
+
+/// Set `k`'s `condition` to what `verdict` says (`True`/`Reserved` with its message, or
+/// `False` with the refusal's reason), writing only when it changes; a refusal is also
+/// a Warning Event.
+async fn set_own_condition<K: Addressed>(
+    ctx: &Ctx<K>,
+    k: &K,
+    condition: &str,
+    verdict: Result<String, Refusal>,
+) -> Result<(), Error> {
+    let (status, reason, message) = match &verdict {
+        Ok(message) => (ConditionStatus::True, "Reserved", message.as_str()),
+        Err(Refusal { reason, message }) => (ConditionStatus::False, *reason, message.as_str()),
+    };
+    let mut conditions = k.conditions().to_vec();
+    if !set_condition(
+        &mut conditions,
+        condition,
+        status,
+        reason,
+        message,
+        Utc::now(),
+    ) {
+        return Ok(());
+    }
+    let patch = json!({
+        "metadata": {"resourceVersion": k.metadata().resource_version},
+        "status": {"conditions": conditions},
+    });
+    let api = ctx.client.api::<K>(k.metadata().namespace.as_deref());
+    api.patch_status(&k.metadata().name, &patch).await?;
+    if verdict.is_err() {
+        ctx.recorder.record(k, EventType::Warning, reason, message);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -361,6 +361,13 @@ impl_resource!(
         if self.spec.replicas < 0 {
             errors.push(FieldError::new("spec.replicas", "must be >= 0"));
         }
+        let addressing = &self.spec.addressing;
+        if addressing.closest_ip.is_some() && addressing.closest_ip == addressing.round_robin_ip {
+            errors.push(FieldError::new(
+                "spec.addressing.closestIP",
+                "must differ from roundRobinIP (each routes its own way)",
+            ));
+        }
         validate::workload(&self.spec.template, "spec.template", errors);
     }
 );

@@ -287,7 +287,7 @@ pub struct ServicePort {
     pub protocol: Protocol,
 }
 
-/// One environment variable of a workload: a value, or one taken from a ConfigMap or
+/// One environment variable of a workload: a value, or one taken from a `ConfigMap` or
 /// Secret of the Instance's namespace when the workload starts.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -297,7 +297,7 @@ pub struct EnvVar {
     /// Variable value (empty by default; not with `valueFrom`).
     #[serde(default)]
     pub value: String,
-    /// Where the value comes from instead: a key of a ConfigMap or Secret, read by the
+    /// Where the value comes from instead: a key of a `ConfigMap` or Secret, read by the
     /// worker each time the workload starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_from: Option<EnvVarSource>,
@@ -307,7 +307,7 @@ pub struct EnvVar {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvVarSource {
-    /// A key of a ConfigMap.
+    /// A key of a `ConfigMap`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_key_ref: Option<KeySelector>,
     /// A key of a Secret.
@@ -315,10 +315,10 @@ pub struct EnvVarSource {
     pub secret_key_ref: Option<KeySelector>,
 }
 
-/// A key of a ConfigMap or Secret in the same namespace.
+/// A key of a `ConfigMap` or Secret in the same namespace.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeySelector {
-    /// The ConfigMap's or Secret's name.
+    /// The `ConfigMap`'s or Secret's name.
     pub name: String,
     /// The key.
     pub key: String,
@@ -356,7 +356,7 @@ impl ConfigSource {
 }
 
 impl EnvVar {
-    /// The ConfigMap or Secret key this variable is taken from, if any.
+    /// The `ConfigMap` or Secret key this variable is taken from, if any.
     pub fn source(&self) -> Option<(ConfigSource, &KeySelector)> {
         let from = self.value_from.as_ref()?;
         from.config_map_key_ref
@@ -371,7 +371,7 @@ impl EnvVar {
 }
 
 impl Workload {
-    /// The ConfigMaps and Secrets (kind and name, each once) this workload's
+    /// The `ConfigMap`s and Secrets (kind and name, each once) this workload's
     /// environment takes values from.
     pub fn config_sources(&self) -> Vec<(ConfigSource, &str)> {
         let mut out: Vec<(ConfigSource, &str)> = Vec::new();

@@ -363,7 +363,7 @@ fn env_var(e: &EnvVar, path: &str, errors: &mut Vec<FieldError>) {
     }
 }
 
-/// A key of a ConfigMap or Secret: letters, digits, `-`, `_` and `.`, at most 253
+/// A key of a `ConfigMap` or Secret: letters, digits, `-`, `_` and `.`, at most 253
 /// characters, not `.` or `..` (Kubernetes' rule: a key can be a file name).
 pub fn config_key(key: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
@@ -382,7 +382,7 @@ pub fn config_key(key: &str) -> Result<(), String> {
     }
 }
 
-/// Every key of a ConfigMap's or Secret's map `field` is a valid key.
+/// Every key of a `ConfigMap`'s or Secret's map `field` is a valid key.
 pub fn config_keys<'k>(
     keys: impl Iterator<Item = &'k String>,
     field: &str,
@@ -459,6 +459,42 @@ mod tests {
     fn negative_replicas_named() {
         let v = service(json!({"replicas": -1, "template": {"image": "busybox"}}));
         assert_eq!(errors(&v), vec!["spec.replicas: must be >= 0"]);
+    }
+
+    #[test]
+    fn environment_sources_are_checked() {
+        let env = |e: Value| service(json!({"template": {"image": "b", "env": [e]}}));
+        let from = |r: Value| json!({"name": "A", "valueFrom": r});
+        for (var, want) in [
+            (from(json!({"configMapKeyRef": {"name": "conf", "key": "mode"}})), vec![]),
+            (
+                json!({"name": "A", "value": "x", "valueFrom": {"secretKeyRef": {"name": "db", "key": "p"}}}),
+                vec!["spec.template.env[0].valueFrom: may not be given together with value"],
+            ),
+            (
+                from(json!({})),
+                vec!["spec.template.env[0].valueFrom: must give exactly one of configMapKeyRef and secretKeyRef"],
+            ),
+            (
+                from(json!({"secretKeyRef": {"name": "Db", "key": "a b"}})),
+                vec![
+                    "spec.template.env[0].valueFrom.secretKeyRef.name: \"Db\" is not a valid name: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+                    "spec.template.env[0].valueFrom.secretKeyRef.key: \"a b\" is not a valid key: use letters, digits, '-', '_' and '.'",
+                ],
+            ),
+        ] {
+            assert_eq!(errors(&env(var.clone())), want, "{var}");
+        }
+    }
+
+    #[test]
+    fn a_closest_ip_differs_from_the_round_robin_ip() {
+        let v = service(json!({"template": {"image": "b"},
+            "addressing": {"roundRobinIP": "10.30.0.9", "closestIP": "10.30.0.9"}}));
+        assert_eq!(
+            errors(&v),
+            vec!["spec.addressing.closestIP: must differ from roundRobinIP (each routes its own way)"]
+        );
     }
 
     #[test]

@@ -880,8 +880,8 @@ fn oakctl_server_side_apply_diff_and_prune() {
     get("stranger");
 }
 
-/// ConfigMaps and Secrets as kubectl users handle them, and `kubectl apply --prune
-/// --applyset` with a ConfigMap as the set's parent: a Service left out of the set's
+/// `ConfigMap`s and Secrets as kubectl users handle them, and `kubectl apply --prune
+/// --applyset` with a `ConfigMap` as the set's parent: a Service left out of the set's
 /// files is deleted, one outside the set is not.
 #[test]
 fn kubectl_configmaps_secrets_and_applysets() {

@@ -4,7 +4,7 @@
 //! serve their logs; they scale, roll to a new template, survive an agent restart, a
 //! root outage and a worker crash, and leave nothing behind when deleted. What fits a
 //! cluster but none of its nodes is handed back with the reason. Their environment
-//! takes values from ConfigMaps and Secrets applied at the root.
+//! takes values from `ConfigMap`s and Secrets applied at the root.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -471,7 +471,7 @@ async fn deleting_the_service_stops_every_process() {
     .await;
 }
 
-/// Environment values from a ConfigMap and a Secret created at the root with kubectl:
+/// Environment values from a `ConfigMap` and a Secret created at the root with kubectl:
 /// an Instance waits with `CreateContainerConfigError` naming what is missing, starts
 /// once it exists, and reads the values; each cluster keeps a copy of what its
 /// Instances use, and removes it once none does. No status or Event shows the value.

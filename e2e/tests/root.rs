@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use client::{Api, Client, ListParams};
-use crds::{Cluster, Instance, Service};
+use crds::{Cluster, ConditionStatus, Instance, Service};
 use e2e::{eventually, Etcd, RootServer};
 use serde_json::{json, Value};
 
@@ -151,7 +151,9 @@ async fn replicas_spread_and_scale(backend: &str) {
 }
 
 /// Status: a service IP; the requested one is honoured, refused while another Service
-/// has it, and handed on once that one is deleted.
+/// has it, and handed on once that one is deleted. A closest IP is reserved: refused
+/// while another Service holds it as either address, never handed out as a
+/// round-robin IP, and in the Endpoints only once reserved.
 async fn requested_service_ips(backend: &str) {
     let root = two_clusters(backend).await;
     let mut requested = spec(1);
@@ -183,6 +185,90 @@ async fn requested_service_ips(backend: &str) {
             .then_some(())
     })
     .await;
+
+    let closest_condition = |name: &'static str| {
+        let root = &root;
+        async move {
+            let s = root.services().get(name).await.unwrap();
+            let c = s
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "ClosestIPAssigned")?;
+            Some((c.status, c.reason, c.message))
+        }
+    };
+    let endpoints_closest = |name: &'static str| {
+        let root = &root;
+        async move {
+            let e: crds::Endpoints = root.client.api(Some("default")).get(name).await.ok()?;
+            Some(e.spec.closest_ip.map(|ip| ip.to_string()))
+        }
+    };
+    // The closest IP 10.30.30.31 is the address the pool would draw next (after the
+    // highest one held, 10.30.30.30): the allocator skips it, also for near itself.
+    let mut near = spec(1);
+    near["addressing"] = json!({"closestIP": "10.30.30.31"});
+    root.apply_service("near", near.clone()).await;
+    let (status, _, message) = eventually("near's closest IP reserved", WAIT, || async {
+        closest_condition("near")
+            .await
+            .filter(|c| c.0 == ConditionStatus::True)
+    })
+    .await;
+    assert_eq!(
+        (status, message.as_str()),
+        (ConditionStatus::True, "10.30.30.31")
+    );
+    eventually("near's endpoints carry it", WAIT, || async {
+        (endpoints_closest("near").await? == Some("10.30.30.31".into())).then_some(())
+    })
+    .await;
+    for name in ["plain-a", "plain-b"] {
+        root.apply_service(name, spec(1)).await;
+    }
+    for name in ["plain-a", "plain-b", "near"] {
+        let ip = eventually(&format!("{name} gets a service IP"), WAIT, || async {
+            root.services().get(name).await.unwrap().status?.service_ip
+        })
+        .await;
+        assert_ne!(
+            ip.to_string(),
+            "10.30.30.31",
+            "{name} got near's closest IP"
+        );
+    }
+    // Another Service asking for it, or for taken's round-robin IP, is refused.
+    root.apply_service("also-near", near).await;
+    let mut on_rr = spec(1);
+    on_rr["addressing"] = json!({"closestIP": "10.30.30.30"});
+    root.apply_service("on-rr", on_rr).await;
+    for (name, holder) in [
+        ("also-near", "default/near (its closest IP)"),
+        ("on-rr", "default/taken"),
+    ] {
+        let (_, reason, message) = eventually(&format!("{name} refused"), WAIT, || async {
+            closest_condition(name)
+                .await
+                .filter(|c| c.0 == ConditionStatus::False)
+        })
+        .await;
+        assert_eq!(reason, "RequestedIPUnavailable");
+        let ip = if name == "on-rr" {
+            "10.30.30.30"
+        } else {
+            "10.30.30.31"
+        };
+        assert_eq!(message, format!("{ip} is already the address of {holder}"));
+        let routed = eventually(&format!("{name}'s endpoints"), WAIT, || {
+            endpoints_closest(name)
+        })
+        .await;
+        assert_eq!(
+            routed, None,
+            "{name}'s endpoints route a closest IP it does not hold"
+        );
+    }
 }
 
 /// A constraint no cluster meets, and a size no cluster has: the precise reason, on the

@@ -12,10 +12,10 @@
 //! - A cluster (at the root): instances assigned to it (list/watch with the field
 //!   selector `spec.cluster=C`, get, `status`, main writes that change only `spec.node`
 //!   or hand the instance back); its own Cluster object; creating events; getting a
-//!   ConfigMap or Secret that an instance assigned to it takes values from.
+//!   `ConfigMap` or Secret that an instance assigned to it takes values from.
 //! - A node (at its cluster): instances bound to it (list/watch with `spec.node=N`,
 //!   get, `status`); its own Node object and Lease; creating events; getting a
-//!   ConfigMap or Secret that an instance bound to it takes values from (Kubernetes'
+//!   `ConfigMap` or Secret that an instance bound to it takes values from (Kubernetes'
 //!   Node authorizer follows the same graph).
 //! - The root's proxy identity, and anonymous callers: nothing.
 //!
@@ -87,7 +87,7 @@ pub struct RequestAttributes<'a> {
     pub name: Option<&'a str>,
     /// The `fieldSelector` of a list or watch, as sent (empty otherwise).
     pub field_selector: &'a str,
-    /// For a get of a ConfigMap or Secret by a cluster or node: the Instances of the
+    /// For a get of a `ConfigMap` or Secret by a cluster or node: the Instances of the
     /// namespace assigned to it, which the rule searches for one whose environment
     /// takes values from the object (the registry reads them; empty otherwise).
     pub users: &'a [Value],
@@ -328,7 +328,7 @@ fn assigned(stored: Option<&Value>, field: &str, value: &str, what: &str) -> Res
 }
 
 /// One of `request.users` is assigned to the caller (`field` is `value`) and takes
-/// values from ConfigMap or Secret `name` (as [`references`] reads it).
+/// values from `ConfigMap` or Secret `name` (as [`references`] reads it).
 fn used(
     request: &RequestAttributes,
     name: &str,
@@ -353,7 +353,7 @@ fn used(
 }
 
 /// Whether Instance `instance` (as JSON) takes an environment variable from the
-/// ConfigMap or Secret (`kind`) `name`.
+/// `ConfigMap` or Secret (`kind`) `name`.
 pub fn references(instance: &Value, kind: &str, name: &str) -> bool {
     let field = match kind {
         "ConfigMap" => "configMapKeyRef",

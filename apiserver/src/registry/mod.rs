@@ -241,7 +241,7 @@ impl Registry {
     }
 
     /// The Instances of namespace `ns` assigned to `caller` (a cluster or node), for
-    /// the rule of its gets of ConfigMaps and Secrets ([`RequestAttributes::users`]).
+    /// the rule of its gets of `ConfigMap`s and Secrets ([`RequestAttributes::users`]).
     async fn users(&self, ns: Option<&str>, caller: &Identity) -> Result<Vec<Value>, ApiError> {
         let (pointer, own) = match caller {
             Identity::Cluster { name } => ("/spec/cluster", name),

@@ -6,7 +6,7 @@
 //! may go ahead, and what a POST to a subresource such as `binding` changes. Kinds
 //! without rules of their own use [`DefaultStrategy`]; Instances ([`InstanceStrategy`])
 //! own the `binding` subresource, Namespaces ([`NamespaceStrategy`]) their deletion
-//! rules and a generation that does not follow `spec`, ConfigMaps and Secrets
+//! rules and a generation that does not follow `spec`, `ConfigMap`s and Secrets
 //! ([`ConfigStrategy`], [`SecretStrategy`]) their `immutable` flag and Secrets
 //! `stringData`.
 //!
@@ -245,7 +245,7 @@ impl Strategy for NamespaceStrategy {
     }
 }
 
-/// ConfigMaps and Secrets: once `immutable` is set, their data cannot change and the
+/// `ConfigMap`s and Secrets: once `immutable` is set, their data cannot change and the
 /// flag cannot be unset. Secrets also take `stringData` ([`SecretStrategy`]).
 pub struct ConfigStrategy;
 

@@ -1,15 +1,15 @@
-//! The ConfigMaps and Secrets this cluster's Instances take environment values from,
+//! The `ConfigMap`s and Secrets this cluster's Instances take environment values from,
 //! copied from the root into the cluster's API, where their nodes' agents read them
 //! when a workload starts (a node reaches only its cluster).
 //!
-//! Each local Instance is reconciled: every ConfigMap and Secret its template names is
+//! Each local Instance is reconciled: every `ConfigMap` and Secret its template names is
 //! read at the root (the root lets a cluster read only those its own Instances use)
 //! and written into the cluster's API when the copy differs, or removed when the root
 //! has none. An object read in the last [`FRESH`] is not read again for another
 //! Instance; one the root lacks is looked for again every [`MISSING_RETRY`]. A sweep
 //! every [`SWEEP`] re-reads every object in use and removes the copies no local
 //! Instance uses any more, so a Secret does not stay on a cluster that no longer needs
-//! it. Copies carry the label [`COPIED`]; the cluster writes no other ConfigMaps or
+//! it. Copies carry the label [`COPIED`]; the cluster writes no other `ConfigMap`s or
 //! Secrets.
 
 use std::collections::HashMap;

@@ -8,7 +8,7 @@
 //!   Instances' entries current (its nodes' service rules come from these);
 //! - [`readiness`]: an Instance of a node that is not Ready is `Ready=False`
 //!   (`NodeNotReady`) until the node is back, so every cluster's endpoints drop it;
-//! - `config`: copies the ConfigMaps and Secrets its Instances take environment
+//! - `config`: copies the `ConfigMap`s and Secrets its Instances take environment
 //!   values from down from the root, for its nodes' agents to read;
 //! - `handback`: gives an Instance no node has room for back to the root, to be
 //!   placed on another cluster;
