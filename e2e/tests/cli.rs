@@ -939,6 +939,25 @@ fn kubectl_configmaps_secrets_and_applysets() {
         ok(cli.kubectl(&["get", "cm", "conf", "-o", "jsonpath={.data.mode}"])),
         "fast"
     );
+    // oakctl describe shows a ConfigMap's values, and only the sizes of a Secret's.
+    let described = ok(cli.oakctl(&["describe", "cm", "conf"]));
+    assert!(
+        described.contains("Data:\n  mode:\n    fast\n"),
+        "{described}"
+    );
+    let described = ok(cli.oakctl(&["describe", "secret", "db"]));
+    assert!(
+        described.contains("Type:             Opaque"),
+        "{described}"
+    );
+    assert!(
+        described.contains("  password: 6 bytes\n  user: 5 bytes\n"),
+        "{described}"
+    );
+    assert!(
+        !described.contains("s3cret") && !described.contains("czNjcmV0"),
+        "{described}"
+    );
 
     // An applyset whose parent is a ConfigMap.
     let svc = |name: &str| {

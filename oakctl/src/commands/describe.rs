@@ -77,6 +77,7 @@ pub async fn run(s: &Session, args: Args) -> anyhow::Result<()> {
     if let Some(d) = meta["deletionTimestamp"].as_str() {
         field("Deleting Since", d.to_string());
     }
+    print_data(kind, &o);
     for (title, section) in [("Spec", "spec"), ("Status", "status")] {
         let mut value = o.get(section).cloned().unwrap_or(Value::Null);
         if let Some(v) = value.as_object_mut() {
@@ -118,6 +119,51 @@ pub async fn run(s: &Session, args: Args) -> anyhow::Result<()> {
         print_events(s, kind, &o).await?;
     }
     Ok(())
+}
+
+/// A ConfigMap's keys and values, or a Secret's type and keys with the size of each
+/// value (never the value, as `kubectl describe secret`).
+fn print_data(kind: &KindInfo, o: &Value) {
+    let keys = |field: &str| {
+        o.get(field)
+            .and_then(Value::as_object)
+            .filter(|m| !m.is_empty())
+            .cloned()
+    };
+    match kind.kind {
+        "ConfigMap" => {
+            for (title, field) in [("Data", "data"), ("Binary Data", "binaryData")] {
+                let Some(map) = keys(field) else { continue };
+                outln!("{title}:");
+                for (key, value) in map {
+                    let value = value.as_str().unwrap_or_default();
+                    match field {
+                        "data" => outln!("  {key}:\n{}", indent(&indent(value))),
+                        _ => outln!("  {key}: {} bytes (base64)", value.len()),
+                    }
+                }
+            }
+        }
+        "Secret" => {
+            let field = |label: &str, value: String| outln!("{:<18}{value}", format!("{label}:"));
+            field("Type", o["type"].as_str().unwrap_or("Opaque").to_string());
+            outln!("Data:");
+            match keys("data") {
+                None => outln!("  <none>"),
+                Some(map) => {
+                    use base64::Engine as _;
+                    for (key, value) in map {
+                        let bytes = base64::engine::general_purpose::STANDARD
+                            .decode(value.as_str().unwrap_or_default())
+                            .map(|b| b.len())
+                            .unwrap_or_default();
+                        outln!("  {key}: {bytes} bytes");
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// A Service's endpoints: where its service IPs send connections.
