@@ -121,7 +121,7 @@ pub async fn run(s: &Session, args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A ConfigMap's keys and values, or a Secret's type and keys with the size of each
+/// A `ConfigMap`'s keys and values, or a Secret's type and keys with the size of each
 /// value (never the value, as `kubectl describe secret`).
 fn print_data(kind: &KindInfo, o: &Value) {
     let keys = |field: &str| {
