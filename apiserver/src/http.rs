@@ -411,6 +411,7 @@ async fn handle(
         .get(header::ACCEPT)
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.contains("as=Table"));
+    let include = IncludeObject::from_query(query)?;
     let part = match target.sub {
         None => Part::Main,
         Some(Subresource::Status) => Part::Status,
@@ -434,13 +435,13 @@ async fn handle(
     match (method.clone(), target.name.as_deref()) {
         (Method::GET, None) if is_true(query.get("watch")) => {
             authorize_collection(Verb::Watch, target, query, &options.caller)?;
-            watch(state, target, query, table).await
+            watch(state, target, query, table.then_some(include)).await
         }
         (Method::GET, None) => {
             authorize_collection(Verb::List, target, query, &options.caller)?;
             let list = registry.list(kind, ns, &list_options(query)?).await?;
             Ok(Json(if table {
-                to_table(kind, &list, &list["items"], true)
+                to_table(kind, &list, &list["items"], true, include)
             } else {
                 list
             })
@@ -449,7 +450,7 @@ async fn handle(
         (Method::GET, Some(name)) => {
             let object = registry.get(kind, ns, name, part, &options.caller).await?;
             Ok(Json(if table {
-                to_table(kind, &object, &json!([object]), true)
+                to_table(kind, &object, &json!([object]), true, include)
             } else {
                 object
             })
@@ -616,7 +617,49 @@ fn delete_options(
 }
 
 /// A `meta.k8s.io/v1` Table of `items` (kubectl asks for tables to print `get`).
-fn to_table(kind: &KindInfo, source: &Value, items: &Value, with_columns: bool) -> Value {
+/// What each row of a Table carries besides its cells (`includeObject`, as
+/// kube-apiserver reads it): nothing, the object's metadata (the default, as a
+/// `PartialObjectMetadata`), or the whole object. A Secret's data is in a table only
+/// when the client asks for the objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IncludeObject {
+    None,
+    Metadata,
+    Object,
+}
+
+impl IncludeObject {
+    fn from_query(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        match query.get("includeObject").map(String::as_str) {
+            None | Some("") | Some("Metadata") => Ok(IncludeObject::Metadata),
+            Some("None") => Ok(IncludeObject::None),
+            Some("Object") => Ok(IncludeObject::Object),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "includeObject: {other:?} is not one of None, Metadata, Object"
+            ))),
+        }
+    }
+
+    fn row_object(self, object: &Value) -> Option<Value> {
+        match self {
+            IncludeObject::None => None,
+            IncludeObject::Metadata => Some(json!({
+                "apiVersion": "meta.k8s.io/v1",
+                "kind": "PartialObjectMetadata",
+                "metadata": object.get("metadata").cloned().unwrap_or_default(),
+            })),
+            IncludeObject::Object => Some(object.clone()),
+        }
+    }
+}
+
+fn to_table(
+    kind: &KindInfo,
+    source: &Value,
+    items: &Value,
+    with_columns: bool,
+    include: IncludeObject,
+) -> Value {
     let now = chrono::Utc::now();
     let mut columns = vec![
         json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}),
@@ -639,7 +682,11 @@ fn to_table(kind: &KindInfo, source: &Value, items: &Value, with_columns: bool) 
                 cells.push(json!(crds::column_value(o, ptr)));
             }
             cells.push(json!(crds::age(o, now)));
-            json!({"cells": cells, "object": o})
+            let mut row = json!({"cells": cells});
+            if let Some(object) = include.row_object(o) {
+                row["object"] = object;
+            }
+            row
         })
         .collect();
     let mut table = json!({
@@ -692,7 +739,7 @@ async fn watch(
     state: &AppState,
     target: &Target,
     query: &HashMap<String, String>,
-    table: bool,
+    table: Option<IncludeObject>,
 ) -> Result<Response, ApiError> {
     let kind = target.kind;
     let ns = target.namespace.as_deref();
@@ -736,8 +783,8 @@ async fn watch(
         .subscribe(&prefix, after)
         .map_err(|e| ApiError::Gone(e.to_string()))?;
     let encode = move |type_: &str, object: &Value, raw: Option<&[u8]>| -> Bytes {
-        if table {
-            let t = to_table(kind, object, &json!([object]), true);
+        if let Some(include) = table {
+            let t = to_table(kind, object, &json!([object]), true, include);
             event_line(type_, &serde_json::to_vec(&t).expect("table serializes"))
         } else if let Some(raw) = raw {
             event_line(type_, raw)
@@ -760,7 +807,7 @@ async fn watch(
         let out = match change {
             // Without selectors or a table, the change's JSON is sent as it is: nothing
             // is decoded.
-            Ok(c) if !selective && !table => Some(event_line(c.kind, &c.json)),
+            Ok(c) if !selective && table.is_none() => Some(event_line(c.kind, &c.json)),
             Ok(c) => c.object().and_then(|object| {
                 let matches = |o: &Value| labels.matches(o) && fields.matches(o);
                 let before = selective.then(|| c.previous()).flatten();
@@ -808,6 +855,34 @@ async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_rows_carry_what_include_object_asks_for() {
+        let kind = crds::kind_by_name("secrets").unwrap();
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "db", "namespace": "default", "labels": {"app": "shop"}},
+            "data": {"password": "czNjcmV0", "user": "YWRtaW4="}});
+        let query = |v: Option<&str>| {
+            let mut q = HashMap::new();
+            if let Some(v) = v {
+                q.insert("includeObject".to_string(), v.to_string());
+            }
+            IncludeObject::from_query(&q)
+        };
+        let row =
+            |include| to_table(kind, &secret, &json!([secret]), true, include)["rows"][0].clone();
+        let metadata = row(query(None).unwrap());
+        assert_eq!(
+            metadata["cells"],
+            json!(["db", "Opaque", "2", row(IncludeObject::None)["cells"][3]])
+        );
+        assert_eq!(metadata["object"]["kind"], "PartialObjectMetadata");
+        assert_eq!(metadata["object"]["metadata"]["labels"]["app"], "shop");
+        assert!(!metadata.to_string().contains("czNjcmV0"), "{metadata}");
+        assert_eq!(row(query(Some("None")).unwrap()).get("object"), None);
+        assert_eq!(row(query(Some("Object")).unwrap())["object"], secret);
+        assert!(query(Some("All")).is_err());
+    }
 
     #[test]
     fn the_field_manager_of_a_write() {

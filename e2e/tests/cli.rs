@@ -903,6 +903,19 @@ fn kubectl_configmaps_secrets_and_applysets() {
         !table.contains("s3cret") && !table.contains("czNjcmV0"),
         "{table}"
     );
+    // Tables carry the objects' metadata only, unless kubectl needs the objects.
+    let sorted = ok(cli.kubectl(&[
+        "get",
+        "secrets",
+        "--sort-by=.metadata.name",
+        "--show-labels",
+    ]));
+    assert!(
+        sorted.contains("db") && sorted.contains("LABELS"),
+        "{sorted}"
+    );
+    let labelled = ok(cli.kubectl(&["get", "secrets", "-L", "app", "-o", "wide"]));
+    assert!(labelled.contains("APP"), "{labelled}");
     let stored = ok(cli.kubectl(&["get", "secret", "db", "-o", "jsonpath={.data.password}"]));
     assert_eq!(stored, "czNjcmV0");
     // stringData is merged into data and never kept.
