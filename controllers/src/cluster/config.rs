@@ -125,8 +125,8 @@ async fn reconcile(instance: Arc<Instance>, ctx: Arc<Ctx>) -> Result<Action, Err
 async fn copy(ctx: &Ctx, key: &Key) -> Result<bool, Error> {
     let (kind, ns, name) = key;
     let exists = match kind {
-        ConfigSource::ConfigMap => copy_one::<ConfigMap>(ctx, ns, name, same_configmap).await?,
-        ConfigSource::Secret => copy_one::<Secret>(ctx, ns, name, same_secret).await?,
+        ConfigSource::ConfigMap => copy_one::<ConfigMap>(ctx, ns, name).await?,
+        ConfigSource::Secret => copy_one::<Secret>(ctx, ns, name).await?,
     };
     ctx.copied
         .lock()
@@ -135,12 +135,31 @@ async fn copy(ctx: &Ctx, key: &Key) -> Result<bool, Error> {
     Ok(exists)
 }
 
-fn same_configmap(a: &ConfigMap, b: &ConfigMap) -> bool {
-    (&a.data, &a.binary_data, a.immutable) == (&b.data, &b.binary_data, b.immutable)
+/// A kind the cluster copies: what a copy must have the same as the root's object.
+trait Copied: Resource {
+    /// The same content (data, type, the `immutable` flag) as `other`.
+    fn same_content(&self, other: &Self) -> bool;
+    /// Whether its content can no longer change.
+    fn immutable(&self) -> bool;
 }
 
-fn same_secret(a: &Secret, b: &Secret) -> bool {
-    (&a.data, &a.type_, a.immutable) == (&b.data, &b.type_, b.immutable)
+impl Copied for ConfigMap {
+    fn same_content(&self, other: &Self) -> bool {
+        (&self.data, &self.binary_data, self.immutable)
+            == (&other.data, &other.binary_data, other.immutable)
+    }
+    fn immutable(&self) -> bool {
+        self.immutable == Some(true)
+    }
+}
+
+impl Copied for Secret {
+    fn same_content(&self, other: &Self) -> bool {
+        (&self.data, &self.type_, self.immutable) == (&other.data, &other.type_, other.immutable)
+    }
+    fn immutable(&self) -> bool {
+        self.immutable == Some(true)
+    }
 }
 
 /// The root's `K` `name` in `ns`, as the cluster keeps it: its labels (and the
@@ -160,12 +179,7 @@ fn as_copy<K: Resource>(mut object: K, local: Option<&ObjectMeta>) -> K {
     object
 }
 
-async fn copy_one<K: Resource>(
-    ctx: &Ctx,
-    ns: &str,
-    name: &str,
-    same: fn(&K, &K) -> bool,
-) -> Result<bool, Error> {
+async fn copy_one<K: Copied>(ctx: &Ctx, ns: &str, name: &str) -> Result<bool, Error> {
     let root: Api<K> = ctx.root.api(Some(ns));
     let local: Api<K> = ctx.local.api(Some(ns));
     let wanted = root.get_opt(name).await?;
@@ -194,14 +208,11 @@ async fn copy_one<K: Resource>(
                 want == current.metadata().labels
                     && wanted.metadata().annotations == current.metadata().annotations
             };
-            if same(&wanted, &current) && labels_same {
+            let same = wanted.same_content(&current);
+            if same && labels_same {
                 return Ok(true);
             }
-            let frozen = serde_json::to_value(&current)
-                .ok()
-                .and_then(|v| v.get("immutable").and_then(serde_json::Value::as_bool))
-                .unwrap_or(false);
-            if frozen && !same(&wanted, &current) {
+            if current.immutable() && !same {
                 // An immutable copy cannot change: replace it (the root's was recreated).
                 local.delete(name).await?;
                 local.create(&as_copy(wanted, None)).await?;
@@ -256,7 +267,12 @@ async fn sweep(ctx: &Ctx) -> Result<(), Error> {
         ctx.copied.lock().expect("not poisoned").remove(&key);
         tracing::info!(kind = kind.kind(), namespace = %ns, %name, "config copy removed: no instance here uses it");
     }
-    // Everything in use is read again: a change at the root reaches the copy.
+    // What no Instance uses is forgotten; everything in use is read again, so a
+    // change at the root reaches the copy.
+    ctx.copied
+        .lock()
+        .expect("not poisoned")
+        .retain(|key, _| used.contains(key));
     for key in used {
         copy(ctx, &key).await?;
     }
@@ -296,7 +312,8 @@ mod tests {
         assert_eq!(copy.metadata.namespace.as_deref(), Some("shop"));
         assert_eq!(copy.metadata.labels["app"], "shop");
         assert_eq!(copy.metadata.labels[COPIED], "root");
-        assert!(same_secret(&copy, &secret));
+        assert!(copy.same_content(&secret));
+        assert!(!copy.immutable());
         assert_eq!(as_copy(secret, None).metadata.resource_version, None);
     }
 }
