@@ -135,20 +135,8 @@ async fn oakestras_cli_works_unchanged_against_oakestra_up() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let ip = e2e::loopback_with_free_port(10000);
+    let (_up, ip) = up_on_port_10000(dir.path(), &["--runtime", "process"]);
     let addr = SocketAddr::from((ip, 10000));
-    let mut args = e2e::up_args(10000, free_port(), &data, &["--runtime", "process"]);
-    args[2] = addr.to_string();
-    let _up = Oakestra::start("up", &args, None, dir.path());
-    let start = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "up did not listen on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let cli = Cli::new(oak, &dir.path().join("home"), ip, &slas.join("curl.json"));
 
     // Create the application of a real SLA: registered, not deployed.

@@ -28,6 +28,28 @@ fn call(
     (code, value)
 }
 
+/// Log in over TLS through `anonymous` (a client without a credential): Oakestra's
+/// fixed Admin/Admin is a 401 there, the administrator's password from `data_dir` logs
+/// in; the session token.
+async fn tls_login(anonymous: &client::Client, data_dir: &Path) -> String {
+    let err = anonymous
+        .post_json(
+            "/api/auth/login",
+            &json!({"username": "Admin", "password": "Admin"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(401), "{err}");
+    let answer = anonymous
+        .post_json(
+            "/api/auth/login",
+            &json!({"username": "admin", "password": password(data_dir)}),
+        )
+        .await
+        .expect("the admin password logs in over TLS");
+    answer["token"].as_str().unwrap().to_string()
+}
+
 /// Like [`call`], expecting `want`; the body.
 fn expect(
     addr: SocketAddr,
@@ -187,22 +209,7 @@ async fn oakestras_rest_api_on_oakestra_up() {
     // plain-only token does not work.
     let url = format!("https://127.0.0.1:{api_port}");
     let anonymous = tls_client(&url, &root_data, None);
-    let err = anonymous
-        .post_json(
-            "/api/auth/login",
-            &json!({"username": "Admin", "password": "Admin"}),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some(401), "{err}");
-    let answer = anonymous
-        .post_json(
-            "/api/auth/login",
-            &json!({"username": "admin", "password": password(&root_data)}),
-        )
-        .await
-        .expect("the admin password logs in over TLS");
-    let tls_token = answer["token"].as_str().unwrap().to_string();
+    let tls_token = tls_login(&anonymous, &root_data).await;
     let listed = tls_client(&url, &root_data, Some(&tls_token))
         .get_json("/api/applications")
         .await
@@ -588,22 +595,7 @@ async fn a_root_serves_it_over_tls_only_without_the_default_login() {
         None
     );
     let anonymous = tls_client(&root.url(), &root.data_dir, None);
-    let err = anonymous
-        .post_json(
-            "/api/auth/login",
-            &json!({"username": "Admin", "password": "Admin"}),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some(401), "{err}");
-    let answer = anonymous
-        .post_json(
-            "/api/auth/login",
-            &json!({"username": "admin", "password": password(&root.data_dir)}),
-        )
-        .await
-        .expect("the admin password");
-    let token = answer["token"].as_str().unwrap();
+    let token = &tls_login(&anonymous, &root.data_dir).await;
     let with = tls_client(&root.url(), &root.data_dir, Some(token));
     assert_eq!(
         with.get_json("/api/applications/").await.unwrap(),

@@ -296,17 +296,7 @@ pub fn convert(sla: &Value, options: &Options) -> Result<Converted, Vec<SlaError
         }),
         _ => {}
     }
-    let applications = match root.get("applications") {
-        None => {
-            problems.push(missing("applications"));
-            &[][..]
-        }
-        Some(Value::Array(a)) => a.as_slice(),
-        Some(other) => {
-            problems.push(wrong("applications", "an array", other));
-            &[][..]
-        }
-    };
+    let applications = required_array(root, "applications", &mut problems);
     errors.extend(problems.into_iter().map(top));
     let mut top_extra = root.clone();
     top_extra.remove("applications");
@@ -761,17 +751,7 @@ fn check_connectivity(connectivity: &[Value], p: &mut Vec<Problem>) {
             p.push(missing(&format!("{at}.target_microservice_id")));
         }
         let mut q = Vec::new();
-        let constraints = match entry.get("con_constraints") {
-            None => {
-                q.push(missing("con_constraints"));
-                &[][..]
-            }
-            Some(Value::Array(a)) => a.as_slice(),
-            Some(other) => {
-                q.push(wrong("con_constraints", "an array", other));
-                &[][..]
-            }
-        };
+        let constraints = required_array(entry, "con_constraints", &mut q);
         for (m, c) in constraints.iter().enumerate() {
             let inner = format!("con_constraints[{m}]");
             let Some(c) = c.as_object() else {
@@ -1034,6 +1014,26 @@ fn is_default(v: &Value) -> bool {
 
 fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
+}
+
+/// The array `field` of `object`; empty, with the problem recorded, when it is missing
+/// or not an array.
+fn required_array<'v>(
+    object: &'v serde_json::Map<String, Value>,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) -> &'v [Value] {
+    match object.get(field) {
+        None => {
+            problems.push(missing(field));
+            &[]
+        }
+        Some(Value::Array(a)) => a.as_slice(),
+        Some(other) => {
+            problems.push(wrong(field, "an array", other));
+            &[]
+        }
+    }
 }
 
 fn missing(field: &str) -> Problem {

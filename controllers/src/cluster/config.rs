@@ -202,24 +202,20 @@ async fn copy_one<K: Copied>(ctx: &Ctx, ns: &str, name: &str) -> Result<bool, Er
             tracing::info!(kind, namespace = ns, name, "config copied from the root");
         }
         (Some(wanted), Some(current)) => {
-            let labels_same = {
-                let mut want = wanted.metadata().labels.clone();
-                want.insert(COPIED.into(), "root".into());
-                want == current.metadata().labels
-                    && wanted.metadata().annotations == current.metadata().annotations
-            };
-            let same = wanted.same_content(&current);
-            if same && labels_same {
+            let copy = as_copy(wanted, Some(current.metadata()));
+            let same = copy.same_content(&current);
+            let (a, b) = (copy.metadata(), current.metadata());
+            if same && a.labels == b.labels && a.annotations == b.annotations {
                 return Ok(true);
             }
             if current.immutable() && !same {
                 // An immutable copy cannot change: replace it (the root's was recreated).
                 local.delete(name).await?;
-                local.create(&as_copy(wanted, None)).await?;
+                let mut fresh = copy;
+                fresh.metadata_mut().resource_version = None;
+                local.create(&fresh).await?;
             } else {
-                local
-                    .replace(&as_copy(wanted, Some(current.metadata())))
-                    .await?;
+                local.replace(&copy).await?;
             }
             tracing::info!(
                 kind,

@@ -350,6 +350,13 @@ async fn client(api: &OakApi) -> Result<Client, OakApiError> {
     api.local.get().await.ok_or(OakApiError::NotReady)
 }
 
+/// The server's client and what the facade reads through it first: the [`View`].
+async fn read(api: &OakApi) -> Result<(Client, View), OakApiError> {
+    let client = client(api).await?;
+    let view = view(&client).await?;
+    Ok((client, view))
+}
+
 fn failed(what: impl Into<String>) -> impl FnOnce(ClientError) -> OakApiError {
     let what = what.into();
     move |source| OakApiError::Api { what, source }
@@ -479,8 +486,7 @@ fn refuse_existing(view: &View, services: &[Service]) -> Result<(), OakApiError>
 async fn create_application(_: Admin, State(api): State<Arc<OakApi>>, body: Bytes) -> Answer {
     let sla = json_body(&body)?;
     let converted = convert(&api, &sla, 0)?;
-    let client = &client(&api).await?;
-    let current = view(client).await?;
+    let (ref client, current) = read(&api).await?;
     for ns in &converted.namespaces {
         for name in shape::records(ns).keys() {
             if current
@@ -533,12 +539,12 @@ async fn get_application(
     State(api): State<Arc<OakApi>>,
     Path(id): Path<String>,
 ) -> Answer {
-    let view = view(&client(&api).await?).await?;
+    let (_, view) = read(&api).await?;
     Ok(Json(view.app_json(view.app(&id)?)))
 }
 
 async fn list_applications(_: Admin, State(api): State<Arc<OakApi>>) -> Answer {
-    let view = view(&client(&api).await?).await?;
+    let (_, view) = read(&api).await?;
     Ok(Json(Value::Array(
         view.apps.iter().map(|a| view.app_json(a)).collect(),
     )))
@@ -589,8 +595,7 @@ async fn update_application(
     body: Bytes,
 ) -> Answer {
     let body = json_body(&body)?;
-    let client = &client(&api).await?;
-    let view = view(client).await?;
+    let (ref client, view) = read(&api).await?;
     let app = view.app(&id)?;
     for (field, now) in [
         ("application_name", &app.name),
@@ -667,8 +672,7 @@ async fn delete_application(
     State(api): State<Arc<OakApi>>,
     Path(id): Path<String>,
 ) -> Answer {
-    let client = &client(&api).await?;
-    let view = view(client).await?;
+    let (ref client, view) = read(&api).await?;
     let app = view.app(&id)?;
     for service in view.services_of(app) {
         delete_one(client, service).await?;
@@ -697,8 +701,7 @@ async fn delete_application(
 }
 
 async fn list_services(_: Admin, State(api): State<Arc<OakApi>>) -> Answer {
-    let client = &client(&api).await?;
-    let view = view(client).await?;
+    let (ref client, view) = read(&api).await?;
     let instances = instances(client, None).await?;
     let all = view
         .services
@@ -714,8 +717,7 @@ async fn list_app_services(
     State(api): State<Arc<OakApi>>,
     Path(app): Path<String>,
 ) -> Answer {
-    let client = &client(&api).await?;
-    let view = view(client).await?;
+    let (ref client, view) = read(&api).await?;
     let app = view.app(&app)?;
     let instances = instances(client, None).await?;
     let all = view
@@ -726,8 +728,7 @@ async fn list_app_services(
 }
 
 async fn get_service(_: Admin, State(api): State<Arc<OakApi>>, Path(id): Path<String>) -> Answer {
-    let client = &client(&api).await?;
-    let view = view(client).await?;
+    let (ref client, view) = read(&api).await?;
     let service = view.service(&id)?;
     let instances = instances(client, Some(service)).await?;
     Ok(Json(service_value(&view, service, &instances)))
@@ -764,8 +765,7 @@ fn app_named<'a>(view: &'a View, sla: &Value) -> Result<&'a App, OakApiError> {
 
 async fn create_service(_: Admin, State(api): State<Arc<OakApi>>, body: Bytes) -> Answer {
     let sla = json_body(&body)?;
-    let client = &client(&api).await?;
-    let view = view(client).await?;
+    let (ref client, view) = read(&api).await?;
     let app = app_named(&view, &sla)?.clone();
     let converted = convert(&api, &for_app(sla, &app)?, 0)?;
     refuse_existing(&view, &converted.services)?;
@@ -801,8 +801,7 @@ async fn update_service(
     body: Bytes,
 ) -> Answer {
     let sla = json_body(&body)?;
-    let client = &client(&api).await?;
-    let view = view(client).await?;
+    let (ref client, view) = read(&api).await?;
     let service = view.service(&id)?;
     let app = view
         .app_of(service)
@@ -841,8 +840,7 @@ async fn delete_service(
     State(api): State<Arc<OakApi>>,
     Path(id): Path<String>,
 ) -> Answer {
-    let client = &client(&api).await?;
-    let view = view(client).await?;
+    let (ref client, view) = read(&api).await?;
     delete_one(client, view.service(&id)?).await?;
     Ok(Json(json!({"message": "Job deleted"})))
 }
@@ -882,8 +880,7 @@ async fn scale(client: &Client, service: &Service, delta: i32) -> Result<i32, Oa
 }
 
 async fn scale_up(_: Admin, State(api): State<Arc<OakApi>>, Path(id): Path<String>) -> Answer {
-    let client = &client(&api).await?;
-    let view = view(client).await?;
+    let (ref client, view) = read(&api).await?;
     let service = view.service(&id)?;
     let replicas = scale(client, service, 1).await?;
     tracing::info!(service = %service.metadata.name, replicas, "Oakestra API: one more instance");
@@ -898,8 +895,7 @@ async fn scale_down(
     let n: u32 = n
         .parse()
         .map_err(|_| OakApiError::BadRequest(format!("instance number {n:?} is not a number")))?;
-    let client = &client(&api).await?;
-    let view = view(client).await?;
+    let (ref client, view) = read(&api).await?;
     let service = view.service(&id)?;
     let instances = instances(client, Some(service)).await?;
     let live = instances
