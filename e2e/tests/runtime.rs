@@ -69,7 +69,12 @@ async fn reflector_survives_restarts_and_relists_on_410() {
     let store_flag = format!("etcd:{}", etcd.url());
     // Two API servers on one etcd: the reflector follows A; B writes while A is down.
     let mut a = RootServer::start_with(&store_flag, dir.path(), &["--no-controllers"]);
-    let b = RootServer::start_with(&store_flag, dir.path(), &["--no-controllers"]);
+    let token = a.upstream().token;
+    let b = RootServer::start_with(
+        &store_flag,
+        dir.path(),
+        &["--no-controllers", "--token", &token],
+    );
     let api_a: Api<Cluster> = a.client().api(None);
     let api_b: Api<Cluster> = b.client().api(None);
 

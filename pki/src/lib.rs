@@ -14,6 +14,8 @@
 //! - [`live`]: [`LiveCertificate`], a certificate and key presented over TLS (by a server
 //!   or a client) and replaceable while in use.
 //! - [`files`]: [`write_private`], atomic writes of files only their owner reads.
+//! - [`sealed`]: [`Sealer`], values sealed with a passphrase (AES-256-GCM under a
+//!   PBKDF2 key) for a store other servers read.
 //! - [`error`]: [`PkiError`], what goes wrong with certificates and keys.
 
 pub mod authn;
@@ -23,6 +25,7 @@ pub mod error;
 pub mod files;
 pub mod identity;
 pub mod live;
+pub mod sealed;
 mod secret;
 pub mod token;
 
@@ -33,6 +36,7 @@ pub use error::PkiError;
 pub use files::{write_private, FileError};
 pub use identity::Identity;
 pub use live::{certificates_of, LiveCertificate, LiveCertificateError};
+pub use sealed::{SealError, Sealed, Sealer};
 pub use secret::{random_string, RandomError};
 pub use token::{
     parse_bearer, Claim, JoinToken, MemberSecrets, TokenError, TokenInfo, TokenStore, TokenUsage,

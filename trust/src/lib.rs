@@ -11,12 +11,15 @@
 //! - [`dir`]: the files under a tier's data directory, and their bootstrap.
 //! - [`join`]: the join and renewal protocol: the routes a tier serves (`/cacerts`,
 //!   join, renew) and the client that joins with a token, pinning the CA by its hash.
+//! - [`shared`]: the credentials several servers of a tier on one etcd share (CA,
+//!   tokens, members), sealed in the store and merged with each server's files.
 //! - [`authn`]: the API server's authenticator over [`pki::Authenticator`], and the
 //!   [`apiserver::auth::Security`] of a tier.
 
 pub mod authn;
 pub mod dir;
 pub mod join;
+pub mod shared;
 
 pub use dir::{Authority, TierPaths, Upstream};
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use apiserver::{ServerConfig, StoreConfig};
 use clap::Args;
 use controllers::ipam::Cidr;
@@ -14,6 +15,7 @@ use controllers::RootConfig;
 use pki::{Identity, Trust, Vouch};
 use trust::dir::server_names;
 use trust::join::Members;
+use trust::shared::SharedTrust;
 use trust::{Authority, TierPaths};
 
 use crate::oakapi;
@@ -42,10 +44,99 @@ pub struct RootArgs {
     #[command(flatten)]
     tls: TlsFlags,
     #[command(flatten)]
+    shared: SharedFlags,
+    #[command(flatten)]
     api: ApiFlags,
     #[command(flatten)]
     root: RootFlags,
 }
+
+/// How a root on etcd shares its CA, tokens and member records with the other roots on
+/// the same etcd (`trust::shared`).
+#[derive(Args)]
+pub struct SharedFlags {
+    /// Join the roots already running on this etcd: the first join token of the first
+    /// of them (its DATA/join-token). It pins their CA and opens the credentials they
+    /// share. Needed only at this root's first start.
+    #[arg(long)]
+    token: Option<String>,
+    /// A file whose content seals the credentials the roots on this etcd share, instead
+    /// of the first root's join token; every root on the etcd must be given the same.
+    #[arg(long)]
+    store_key_file: Option<PathBuf>,
+}
+
+/// The files of the root's data directory that the roots on one etcd share: the
+/// authority's, and the password of Oakestra's API login.
+fn shared_files() -> Vec<trust::shared::SharedFile> {
+    let mut files = trust::shared::AUTHORITY_FILES.to_vec();
+    files.push((oakapi::auth::PASSWORD_FILE, trust::shared::Merge::StoreWins));
+    files
+}
+
+/// The root's authority under `data`; on etcd, shared with the other roots there: taken
+/// from the store when they are there already, given to it when this root is the
+/// first. Returns the sync that keeps the two in step, to run beside the server.
+pub async fn shared_authority(
+    data: PathBuf,
+    listen: SocketAddr,
+    store: &StoreConfig,
+    tls: &TlsFlags,
+    flags: &SharedFlags,
+) -> anyhow::Result<(Arc<Authority>, Option<SharedTrust>)> {
+    let StoreConfig::Etcd(endpoints) = store else {
+        anyhow::ensure!(
+            flags.token.is_none() && flags.store_key_file.is_none(),
+            "--token and --store-key-file are for roots that share an etcd (--store etcd:…); an embedded store has one root"
+        );
+        return Ok((authority(data, listen, tls)?, None));
+    };
+    let store = trust::shared::connect(endpoints)
+        .await
+        .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+    let paths = TierPaths::new(&data);
+    let passphrase = match (&flags.store_key_file, &flags.token) {
+        (Some(file), _) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("--store-key-file {}", file.display()))?,
+        ),
+        (None, Some(token)) => Some(token.clone()),
+        (None, None) => std::fs::read_to_string(paths.join_token()).ok(),
+    };
+    let passphrase = match passphrase.map(|p| p.trim().to_string()) {
+        Some(p) if !p.is_empty() => p,
+        _ if SharedTrust::stored(&*store, TIER).await? => anyhow::bail!(
+            "the etcd at {} holds the credentials of the roots already running on it: start this root with --token and the first join token of the first of them (its DATA/join-token), or with their --store-key-file",
+            endpoints.join(",")
+        ),
+        // The first root on this etcd: its first join token seals what it shares.
+        _ => authority(data.clone(), listen, tls)?.join_token()?,
+    };
+    let shared = SharedTrust::new(
+        store,
+        TIER,
+        data.clone(),
+        shared_files(),
+        pki::Sealer::new(&passphrase),
+    );
+    // Take what the roots there share, then give what this one has or makes.
+    shared.sync().await?;
+    if let Some(token) = &flags.token {
+        let pinned: pki::JoinToken = token.parse().context("--token")?;
+        let ca = std::fs::read_to_string(paths.pki().join(pki::ca::CA_CERT_FILE))
+            .context("the shared CA")?;
+        anyhow::ensure!(
+            pki::ca_hash(&ca)? == pinned.ca_hash,
+            "--token pins another CA than the one the roots on this etcd share"
+        );
+    }
+    let authority = authority(data, listen, tls)?;
+    shared.sync().await?;
+    Ok((authority, Some(shared)))
+}
+
+/// The tier name of the root's shared credentials in the store.
+const TIER: &str = "root";
 
 /// Flags of the root controllers (also taken by `oakestra up`).
 #[derive(Args)]
@@ -132,7 +223,8 @@ pub async fn run(args: RootArgs) -> anyhow::Result<()> {
         &args.store,
         "/var/lib/oakestra/root",
     );
-    let authority = authority(data, args.listen, &args.tls)?;
+    let (authority, shared) =
+        shared_authority(data, args.listen, &args.store, &args.tls, &args.shared).await?;
     let kubeconfig = authority.paths.admin_kubeconfig();
     admin_kubeconfig_before(&authority, args.listen, "oakestra", &kubeconfig)?;
     let mut running = Running::new();
@@ -150,6 +242,9 @@ pub async fn run(args: RootArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    if let Some(shared) = shared {
+        running.spawn(shared.run(running.shutdown().clone()));
+    }
     let url = admin_kubeconfig_after(&authority, root.addr, "oakestra", &kubeconfig)?;
     println!("oakestra root: API at {url}");
     println!("  admin kubeconfig:        {}", kubeconfig.display());
