@@ -152,6 +152,7 @@ async fn renew_lease(api: &Api<Lease>, name: &str, period: Duration) -> Result<(
         holder_identity: Some(name.to_string()),
         lease_duration_seconds: Some((period * 4).as_secs().max(1) as u32),
         renew_time: Some(Utc::now()),
+        ..Default::default()
     };
     match api.patch(name, &json!({ "spec": spec })).await {
         Err(e) if e.is_not_found() => match api.create(&Lease::new(name, spec.clone())).await {

@@ -25,6 +25,10 @@
 //! [`lifecycle`] over Nodes and the node-subnet and Instance-IP allocators of
 //! [`subnets`].
 //!
+//! [`leader`] runs either tier's controllers only in the process that holds a leader
+//! `Lease` (`crds::LEADER_LEASES`), as kube-controller-manager's `--leader-elect`, for
+//! several processes sharing one store.
+//!
 //! [`ipam`] (the address arithmetic) is re-exported from `crds`.
 
 pub mod bind;
@@ -32,6 +36,7 @@ pub mod cluster;
 pub mod endpoints;
 pub mod gc;
 pub use crds::ipam;
+pub mod leader;
 pub mod lifecycle;
 pub mod placement;
 pub mod service;

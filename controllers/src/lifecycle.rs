@@ -7,7 +7,8 @@
 //! grace period is the placement controller's business.
 //!
 //! A Node's Lease goes with the Node: once the Node is gone (deleted, also while this
-//! controller was not running), its Lease is deleted too.
+//! controller was not running), its Lease is deleted too. The leader-election Leases
+//! (`crds::LEADER_LEASES`) belong to no Node and are never deleted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,11 +64,9 @@ pub async fn run<K: Heartbeats>(client: Client, timeout: Duration, shutdown: Can
             client.api::<Lease>(None),
             ListParams::default(),
             move |l: &Lease| {
-                let key = ObjectRef::new(None, &l.metadata.name);
-                match objects.get(&key) {
-                    Some(_) => vec![],
-                    None => vec![key],
-                }
+                let name = &l.metadata.name;
+                let cached = objects.get(&ObjectRef::new(None, name)).is_some();
+                queued_by_lease(name, cached).into_iter().collect()
             },
         )
     });
@@ -88,6 +87,20 @@ pub async fn run<K: Heartbeats>(client: Client, timeout: Duration, shutdown: Can
         .await;
 }
 
+/// The object a change of the Lease `name` queues: its object when that is not
+/// `cached` (its reconcile removes the Lease if the object is really gone); none for
+/// a cached object's Lease, nor for a leader-election Lease, which follows no object.
+fn queued_by_lease(name: &str, cached: bool) -> Option<ObjectRef> {
+    (!cached && follows_an_object(name)).then(|| ObjectRef::new(None, name))
+}
+
+/// Whether the Lease `name` is an object's (a node's liveness record), to be deleted
+/// with it: every Lease but the leader-election ones (`crds::LEADER_LEASES`), even if
+/// an object of the same name existed.
+fn follows_an_object(name: &str) -> bool {
+    !crds::is_leader_lease(name)
+}
+
 /// Delete the Lease of `key`, an object that is not cached, once the API confirms the
 /// object is gone (the caches of the object and of Leases may lag each other).
 async fn remove_lease<K: Heartbeats>(
@@ -95,7 +108,7 @@ async fn remove_lease<K: Heartbeats>(
     client: Client,
     leases: Option<Store<Lease>>,
 ) -> Result<Action, Error> {
-    if leases.is_none_or(|l| l.get(&key).is_none()) {
+    if !follows_an_object(&key.name) || leases.is_none_or(|l| l.get(&key).is_none()) {
         return Ok(Action::await_change());
     }
     match client.api::<K>(None).get(&key.name).await {
@@ -218,6 +231,26 @@ async fn reconcile<K: Heartbeats>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leader_leases_follow_no_object() {
+        let node = |name: &str| Some(ObjectRef::new(None, name));
+        #[rustfmt::skip]
+        let cases = [
+            ("a node's Lease, node cached: nothing to do", "n1", true, None),
+            ("a node's Lease, node not cached: check the node", "n1", false, node("n1")),
+            ("the root's leader Lease", crds::ROOT_CONTROLLERS_LEASE, false, None),
+            ("a cluster's leader Lease", crds::CLUSTER_CONTROLLERS_LEASE, false, None),
+            ("a leader Lease, even beside a Node of its name", crds::CLUSTER_CONTROLLERS_LEASE, true, None),
+        ];
+        for (name, lease, cached, want) in cases {
+            assert_eq!(queued_by_lease(lease, cached), want, "{name}");
+        }
+        for lease in crds::LEADER_LEASES {
+            assert!(!follows_an_object(lease), "{lease}");
+        }
+        assert!(follows_an_object("n1"));
+    }
 
     #[test]
     fn heartbeats_decide_between_alive_and_lost() {

@@ -324,7 +324,16 @@ async fn write_address<K: Addressed>(
         match api.patch_status(name, &patch).await {
             Err(e) if e.is_conflict() && attempt < ATTEMPTS => {
                 let again = api.get(name).await?;
-                if again.scope() != k.scope() || again.metadata().deletion_timestamp.is_some() {
+                if again.address().as_deref() == Some(address) {
+                    return Ok(());
+                }
+                // Another writer (a lagging cache's earlier reconcile, or a leader
+                // that took over from this one) gave it an address meanwhile: that one
+                // stands, and this one goes back to the pool with the next resync.
+                if again.scope() != k.scope()
+                    || again.metadata().deletion_timestamp.is_some()
+                    || again.address().is_some()
+                {
                     return Err(e);
                 }
                 fresh = Some(again);

@@ -49,6 +49,21 @@ pub const API_VERSION: &str = "oakestra.io/v1";
 /// name a node by it.
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
+/// The leader-election Lease of the root's controllers: of several `oakestra root`
+/// processes sharing one store, only its holder runs them.
+pub const ROOT_CONTROLLERS_LEASE: &str = "oakestra-root-controllers";
+/// The leader-election Lease of a cluster's controllers (in the cluster's own API).
+pub const CLUSTER_CONTROLLERS_LEASE: &str = "oakestra-cluster-controllers";
+/// The names of the leader-election Leases ([`ROOT_CONTROLLERS_LEASE`],
+/// [`CLUSTER_CONTROLLERS_LEASE`]). They are no node's Lease: the node lifecycle never
+/// deletes them, and no node or cluster identity may write them.
+pub const LEADER_LEASES: [&str; 2] = [ROOT_CONTROLLERS_LEASE, CLUSTER_CONTROLLERS_LEASE];
+
+/// Whether the Lease `name` is one of the [`LEADER_LEASES`].
+pub fn is_leader_lease(name: &str) -> bool {
+    LEADER_LEASES.contains(&name)
+}
+
 /// Static facts about a served kind.
 #[derive(Debug)]
 pub struct KindInfo {
@@ -617,9 +632,13 @@ pub static KINDS: &[KindInfo] = &[
         immutable: &[],
         columns: &[
             ("HOLDER", "/spec/holderIdentity"),
+            ("TRANSITIONS", "/spec/leaseTransitions"),
             ("RENEWED", "/spec/renewTime"),
         ],
-        wide_columns: &[("DURATION", "/spec/leaseDurationSeconds")],
+        wide_columns: &[
+            ("DURATION", "/spec/leaseDurationSeconds"),
+            ("ACQUIRED", "/spec/acquireTime"),
+        ],
         validate: validate::object::<Lease>,
         schema: schema_of!(Lease),
     },

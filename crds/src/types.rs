@@ -663,9 +663,12 @@ pub enum EventType {
 
 // ---------------------------------------------------------------- Lease
 
-/// A node's liveness record (as Kubernetes' `coordination.k8s.io` Lease): its agent
-/// renews it at every heartbeat, a small write that no Node watcher sees. The Node's
-/// status is written only when it changes, and every few heartbeats otherwise.
+/// A lock with a holder and a renewal time (as Kubernetes' `coordination.k8s.io` Lease).
+/// Two uses: a node's liveness record, which its agent renews at every heartbeat (a
+/// small write that no Node watcher sees; the Node's status is written only when it
+/// changes, and every few heartbeats otherwise); and the leader election of the
+/// controllers (the Leases `oakestra-root-controllers` and
+/// `oakestra-cluster-controllers`): only the process holding the Lease runs them.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Lease {
@@ -673,10 +676,10 @@ pub struct Lease {
     pub api_version: String,
     /// `Lease`.
     pub kind: String,
-    /// Name (the node's), namespace and server-owned fields.
+    /// Name (the node's, or a leader-election Lease's) and server-owned fields.
     #[serde(default)]
     pub metadata: ObjectMeta,
-    /// Holder and renewal time.
+    /// Holder, renewal time and, for leader election, the transitions.
     #[serde(default)]
     pub spec: LeaseSpec,
 }
@@ -700,16 +703,25 @@ impl Lease {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseSpec {
-    /// The holder: for a node's Lease, the node.
+    /// The identity of the current holder: for a node's Lease, the node; for a
+    /// leader-election Lease, the process running the controllers. Absent (or empty)
+    /// when the holder released it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder_identity: Option<String>,
-    /// How long the holder means the Lease to last after each renewal (informative:
-    /// the cluster's node lifecycle applies its own timeout).
+    /// How long candidates for the Lease wait before they take it over, counted from
+    /// when they last saw it change (a renewal), by their own clock. A node's Lease
+    /// states it for information: the cluster's node lifecycle applies its own timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_duration_seconds: Option<u32>,
-    /// When the holder last renewed the Lease.
+    /// When the current holder acquired the Lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acquire_time: Option<Time>,
+    /// When the current holder last renewed the Lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_time: Option<Time>,
+    /// How many times the Lease has passed from one holder to another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_transitions: Option<u32>,
 }
 
 // ---------------------------------------------------------------- Endpoints

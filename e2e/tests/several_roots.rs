@@ -164,3 +164,151 @@ async fn roots_on_one_etcd_share_their_ca_and_tokens() {
     })
     .await;
 }
+
+/// Leader election in seconds, not Kubernetes' 15/10/2, so a failover fits a test.
+const QUICK_ELECTION: &[&str] = &[
+    "--leader-elect-lease-duration",
+    "3s",
+    "--leader-elect-renew-deadline",
+    "2s",
+    "--leader-elect-retry-period",
+    "500ms",
+    "--cluster-heartbeat-timeout-seconds",
+    "600",
+];
+
+/// How many times `root` logged that it started the root controllers.
+fn controller_starts(root: &RootServer) -> usize {
+    root.log().matches("starting root controllers").count()
+}
+
+/// The non-deleted Instances of `service`, with their clusters.
+async fn placed(api: &client::Api<crds::Instance>, service: &str) -> Vec<Option<String>> {
+    e2e::instances_of(api, service)
+        .await
+        .into_iter()
+        .map(|i| i.spec.cluster)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_root_takes_the_controllers_over_when_the_leader_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start();
+    let store = format!("etcd:{}", etcd.url());
+    let a = RootServer::start_with(&store, dir.path(), QUICK_ELECTION);
+    let token = a.upstream().token;
+    let mut with_token = QUICK_ELECTION.to_vec();
+    with_token.extend(["--token", &token]);
+    let b = RootServer::start_with(&store, dir.path(), &with_token);
+    let mut roots = [a, b];
+
+    // One of them leads: the Lease names it, and only it started the controllers.
+    let first = eventually("a root holds the controllers' Lease", WAIT, || async {
+        let lease = leases_at(&roots[0])
+            .get(crds::ROOT_CONTROLLERS_LEASE)
+            .await
+            .ok()?;
+        lease.spec.holder_identity.filter(|h| !h.is_empty())
+    })
+    .await;
+    let leader = roots
+        .iter()
+        .position(|r| first.ends_with(&format!("_{}", r.port)))
+        .unwrap_or_else(|| panic!("the holder {first:?} is neither root"));
+    let standby = 1 - leader;
+    e2e::stays(
+        "only the leader runs the controllers",
+        Duration::from_secs(2),
+        || async {
+            let starts = (
+                controller_starts(&roots[leader]),
+                controller_starts(&roots[standby]),
+            );
+            e2e::equals(&(1, 0), starts)
+        },
+    )
+    .await;
+
+    // A cluster with room for everything, as cluster sync would report it.
+    let client = roots[standby].client();
+    let clusters = client.api::<Cluster>(None);
+    let cluster = serde_json::json!({"apiVersion": "oakestra.io/v1", "kind": "Cluster",
+        "metadata": {"name": "c1"}, "spec": {"location": {"latitude": 48.1, "longitude": 11.6}}});
+    clusters.dynamic().create(&cluster).await.unwrap();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let status = serde_json::json!({"status": {
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Heartbeat", "lastTransitionTime": now}],
+        "runtimes": ["container", "process"],
+        "capacity": {"cpuMillicores": 64000, "memoryMiB": 65536, "nodes": 10},
+        "allocatable": {"cpuMillicores": 64000, "memoryMiB": 65536, "nodes": 10}}});
+    clusters.patch_status("c1", &status).await.unwrap();
+
+    let services = client.api::<crds::Service>(Some("default"));
+    let instances = client.api::<crds::Instance>(Some("default"));
+    let service = |name: &str, replicas: u32| {
+        serde_json::json!({"apiVersion": "oakestra.io/v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"replicas": replicas, "template": {"image": "localhost:5000/busybox:1",
+                "resources": {"cpuMillicores": 10, "memoryMiB": 8}}}})
+    };
+    services
+        .dynamic()
+        .create(&service("web", 20))
+        .await
+        .unwrap();
+    eventually("20 placed Instances", WAIT, || async {
+        let p = placed(&instances, "web").await;
+        (p.len() == 20 && p.iter().all(Option::is_some)).then_some(())
+    })
+    .await;
+
+    // Scale up and kill the leader at once: the standby finishes the job, once.
+    services
+        .patch("web", &serde_json::json!({"spec": {"replicas": 60}}))
+        .await
+        .unwrap();
+    roots[leader].kill9();
+    let killed_at = Instant::now();
+    let lease = eventually("the standby holds the Lease", WAIT, || async {
+        let lease = leases_at(&roots[standby])
+            .get(crds::ROOT_CONTROLLERS_LEASE)
+            .await
+            .ok()?;
+        let holder = lease.spec.holder_identity.clone()?;
+        holder
+            .ends_with(&format!("_{}", roots[standby].port))
+            .then_some(lease)
+    })
+    .await;
+    let took_over = killed_at.elapsed();
+    assert!(lease.spec.lease_transitions.unwrap_or(0) >= 1, "{lease:?}");
+    assert!(lease.spec.acquire_time.is_some(), "{lease:?}");
+    assert_eq!(controller_starts(&roots[standby]), 1);
+    eventually("60 placed Instances", WAIT, || async {
+        let p = placed(&instances, "web").await;
+        (p.len() == 60 && p.iter().all(Option::is_some)).then_some(())
+    })
+    .await;
+    e2e::stays(
+        "exactly 60 Instances, none doubled",
+        Duration::from_secs(3),
+        || async { e2e::equals(&60, placed(&instances, "web").await.len()) },
+    )
+    .await;
+    eprintln!("the standby took the Lease over {took_over:?} after the leader was killed");
+
+    // The new leader's address allocator knows what the old one handed out.
+    services.dynamic().create(&service("api", 1)).await.unwrap();
+    let ip = |name: &'static str| {
+        let services = services.clone();
+        async move { services.get(name).await.ok()?.status?.service_ip }
+    };
+    let api_ip = eventually("a service IP for api", WAIT, || ip("api")).await;
+    let web_ip = ip("web").await.expect("web has a service IP");
+    assert_ne!(api_ip, web_ip);
+}
+
+/// The Leases of `root`'s API.
+fn leases_at(root: &RootServer) -> client::Api<crds::Lease> {
+    root.client().api(None)
+}

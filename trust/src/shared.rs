@@ -483,7 +483,13 @@ mod tests {
     fn files_take_the_side_that_changed_them() {
         let ca = ("pki/ca.crt", "CA");
         let key = ("pki/ca.key", "KEY");
-        type Case = (&'static str, Bundle, Bundle, Bundle, Result<Bundle, Conflict>);
+        type Case = (
+            &'static str,
+            Bundle,
+            Bundle,
+            Bundle,
+            Result<Bundle, Conflict>,
+        );
         let cases: Vec<Case> = vec![
             (
                 "a fresh server takes everything from the store",

@@ -17,6 +17,8 @@
 //!   get, `status`); its own Node object and Lease; creating events; getting a
 //!   `ConfigMap` or Secret that an instance bound to it takes values from (Kubernetes'
 //!   Node authorizer follows the same graph).
+//! - Neither a cluster nor a node reaches the controllers' leader-election Leases
+//!   (`crds::LEADER_LEASES`), whatever its name.
 //! - The root's proxy identity, and anonymous callers: nothing.
 //!
 //! A rule that depends on the stored object fails when there is none, with the message
@@ -223,6 +225,13 @@ fn rule(
         Identity::System | Identity::Admin { .. } => Ok(()),
         Identity::Anonymous => Err("anonymous requests may reach only health and version".into()),
         Identity::Root => Err("the root's proxy identity has no access to the resource API".into()),
+        Identity::Cluster { .. } | Identity::Node { .. }
+            if plural == "leases" && crds::is_leader_lease(name) =>
+        {
+            Err(format!(
+                "{name:?} is the controllers' leader-election Lease; only they and administrators may reach it"
+            ))
+        }
         Identity::Cluster { name: cluster } => match (plural, sub, verb) {
             ("instances", None, List | Watch) => {
                 selects(request.field_selector, "spec.cluster", cluster)
@@ -539,6 +548,14 @@ mod tests {
         let b = Identity::Cluster { name: "b".into() };
         let n1 = Identity::Node { name: "n1".into() };
         let n2 = Identity::Node { name: "n2".into() };
+        // Identities whose names are those of the leader-election Leases.
+        use crds::{CLUSTER_CONTROLLERS_LEASE, ROOT_CONTROLLERS_LEASE};
+        let leader = Identity::Node {
+            name: ROOT_CONTROLLERS_LEASE.into(),
+        };
+        let leader_cluster = Identity::Cluster {
+            name: CLUSTER_CONTROLLERS_LEASE.into(),
+        };
 
         let on_a = instance("x", Some("a"), None);
         let on_a_n1 = instance("x", Some("a"), Some("n1"));
@@ -794,6 +811,36 @@ mod tests {
             row(&n1, Patch, "leases").name("n2").stored(named("Lease", "n2")).denied(
                 r#"leases.oakestra.io "n2" is forbidden: User "oakestra:node:n1" cannot patch resource "leases" in API group "oakestra.io" at the cluster scope: a node may reach only its own Lease, "n1""#,
             ),
+            // ... never a leader-election Lease, even one of its own name.
+            row(&leader, Create, "leases").writes(named("Lease", ROOT_CONTROLLERS_LEASE)).denied(
+                r#"leases.oakestra.io "oakestra-root-controllers" is forbidden: User "oakestra:node:oakestra-root-controllers" cannot create resource "leases" in API group "oakestra.io" at the cluster scope: "oakestra-root-controllers" is the controllers' leader-election Lease; only they and administrators may reach it"#,
+            ),
+            row(&leader, Update, "leases").name(ROOT_CONTROLLERS_LEASE).stored(named("Lease", ROOT_CONTROLLERS_LEASE)).denied(
+                r#"leases.oakestra.io "oakestra-root-controllers" is forbidden: User "oakestra:node:oakestra-root-controllers" cannot update resource "leases" in API group "oakestra.io" at the cluster scope: "oakestra-root-controllers" is the controllers' leader-election Lease; only they and administrators may reach it"#,
+            ),
+            row(&leader, Patch, "leases").name(ROOT_CONTROLLERS_LEASE).stored(named("Lease", ROOT_CONTROLLERS_LEASE)).denied(
+                r#"leases.oakestra.io "oakestra-root-controllers" is forbidden: User "oakestra:node:oakestra-root-controllers" cannot patch resource "leases" in API group "oakestra.io" at the cluster scope: "oakestra-root-controllers" is the controllers' leader-election Lease; only they and administrators may reach it"#,
+            ),
+            row(&leader, Delete, "leases").name(ROOT_CONTROLLERS_LEASE).stored(named("Lease", ROOT_CONTROLLERS_LEASE)).denied(
+                r#"leases.oakestra.io "oakestra-root-controllers" is forbidden: User "oakestra:node:oakestra-root-controllers" cannot delete resource "leases" in API group "oakestra.io" at the cluster scope: "oakestra-root-controllers" is the controllers' leader-election Lease; only they and administrators may reach it"#,
+            ),
+            row(&n1, Update, "leases").name(CLUSTER_CONTROLLERS_LEASE).stored(named("Lease", CLUSTER_CONTROLLERS_LEASE)).denied(
+                r#"leases.oakestra.io "oakestra-cluster-controllers" is forbidden: User "oakestra:node:n1" cannot update resource "leases" in API group "oakestra.io" at the cluster scope: "oakestra-cluster-controllers" is the controllers' leader-election Lease; only they and administrators may reach it"#,
+            ),
+            row(&n1, Get, "leases").name(CLUSTER_CONTROLLERS_LEASE).denied(
+                r#"leases.oakestra.io "oakestra-cluster-controllers" is forbidden: User "oakestra:node:n1" cannot get resource "leases" in API group "oakestra.io" at the cluster scope: "oakestra-cluster-controllers" is the controllers' leader-election Lease; only they and administrators may reach it"#,
+            ),
+            row(&leader_cluster, Create, "leases").writes(named("Lease", CLUSTER_CONTROLLERS_LEASE)).denied(
+                r#"leases.oakestra.io "oakestra-cluster-controllers" is forbidden: User "oakestra:cluster:oakestra-cluster-controllers" cannot create resource "leases" in API group "oakestra.io" at the cluster scope: "oakestra-cluster-controllers" is the controllers' leader-election Lease; only they and administrators may reach it"#,
+            ),
+            row(&leader_cluster, Delete, "leases").name(CLUSTER_CONTROLLERS_LEASE).denied(
+                r#"leases.oakestra.io "oakestra-cluster-controllers" is forbidden: User "oakestra:cluster:oakestra-cluster-controllers" cannot delete resource "leases" in API group "oakestra.io" at the cluster scope: "oakestra-cluster-controllers" is the controllers' leader-election Lease; only they and administrators may reach it"#,
+            ),
+            row(&a, Update, "leases").name("a").denied(
+                r#"leases.oakestra.io "a" is forbidden: User "oakestra:cluster:a" cannot update resource "leases" in API group "oakestra.io" at the cluster scope: a cluster may not update leases"#,
+            ),
+            row(&admin, Update, "leases").name(ROOT_CONTROLLERS_LEASE).stored(named("Lease", ROOT_CONTROLLERS_LEASE)),
+            row(&system, Create, "leases").writes(named("Lease", CLUSTER_CONTROLLERS_LEASE)),
             row(&n1, Delete, "leases").name("n1").denied(
                 r#"leases.oakestra.io "n1" is forbidden: User "oakestra:node:n1" cannot delete resource "leases" in API group "oakestra.io" at the cluster scope: a node may not delete leases"#,
             ),

@@ -20,7 +20,7 @@ use trust::{Authority, TierPaths};
 use crate::roles::logs::Hop;
 use crate::roles::{
     admin_kubeconfig_after, admin_kubeconfig_before, data_dir, parse_location, secure_tier,
-    ApiFlags, Running, Served, TlsFlags,
+    ApiFlags, LeaderFlags, Running, Served, TlsFlags,
 };
 
 /// The flags of `oakestra cluster`.
@@ -48,6 +48,8 @@ pub struct ClusterArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     tls: TlsFlags,
+    #[command(flatten)]
+    leader: LeaderFlags,
     #[command(flatten)]
     api: ApiFlags,
     #[command(flatten)]
@@ -132,6 +134,9 @@ fn host_of(url: &str) -> Option<String> {
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let name = &args.name;
     crds::validate::name(name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+    let leader = args
+        .leader
+        .config(&args.store, crds::CLUSTER_CONTROLLERS_LEASE, args.listen)?;
     let data = data_dir(
         args.data_dir.as_deref(),
         &args.store,
@@ -176,7 +181,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
             root_ca_pem: upstream.ca_pem.clone(),
             tls: &args.tls,
         },
-        |local| (!args.cluster.no_controllers).then(|| args.cluster.config(name, local)),
+        |local| (!args.cluster.no_controllers).then(|| (args.cluster.config(name, local), leader)),
     )
     .await?;
     let url = admin_kubeconfig_after(&authority, cluster.addr, &context, &kubeconfig)?;
@@ -205,7 +210,8 @@ pub struct Secure<'a> {
 
 /// Start the cluster API server on `store`, serving TLS as `secure` says, and the
 /// cluster controllers on it, reporting to `root`, with the settings `config` gives for
-/// the server's in-process client (none: no controllers); both are added to `running`.
+/// the server's in-process client (none: no controllers) and, with a leader election
+/// beside them, only while this process leads; both are added to `running`.
 pub async fn start(
     running: &mut Running,
     listen: SocketAddr,
@@ -213,7 +219,9 @@ pub async fn start(
     api: ServerConfig,
     root: client::Client,
     secure: Secure<'_>,
-    config: impl FnOnce(&client::Client) -> Option<ClusterConfig>,
+    config: impl FnOnce(
+        &client::Client,
+    ) -> Option<(ClusterConfig, Option<controllers::leader::LeaderConfig>)>,
 ) -> anyhow::Result<Served> {
     let own_ca = secure.authority.ca.cert_pem().to_string();
     let trusted = vec![
@@ -239,13 +247,11 @@ pub async fn start(
     let served = running
         .serve_api("cluster", listen, store, api, secured)
         .await?;
-    if let Some(config) = config(&served.client) {
-        running.spawn(controllers::cluster::run_cluster(
-            served.client.clone(),
-            root,
-            config,
-            running.shutdown().clone(),
-        ));
+    if let Some((config, leader)) = config(&served.client) {
+        let local = served.client.clone();
+        running.spawn_controllers(served.client.clone(), leader, move |stop| {
+            controllers::cluster::run_cluster(local.clone(), root.clone(), config.clone(), stop)
+        });
     }
     Ok(served)
 }

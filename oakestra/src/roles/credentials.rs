@@ -10,6 +10,8 @@ use clap::{Args, Subcommand};
 use pki::{TokenStore, TokenUsage};
 use trust::TierPaths;
 
+use crate::roles::parse_duration;
+
 /// The data directory of the tier whose credentials a command manages.
 #[derive(Args)]
 pub struct TierDir {
@@ -45,7 +47,7 @@ enum TokenCommand {
         #[command(flatten)]
         dir: TierDir,
         /// How long it is valid, e.g. `24h`, `30m`, `7d` (default: until deleted).
-        #[arg(long, value_parser = parse_ttl)]
+        #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
         /// An admin token (a bearer token with every right) instead of a join token.
         #[arg(long)]
@@ -66,22 +68,6 @@ enum TokenCommand {
         /// The token's id.
         id: String,
     },
-}
-
-/// `30s`, `15m`, `24h` or `7d`.
-fn parse_ttl(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number and a unit, e.g. 24h"))?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
-    };
-    Ok(Duration::from_secs(n * seconds))
 }
 
 /// Run `oakestra token …`.
@@ -195,28 +181,4 @@ pub fn member(args: MemberArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ttls_take_a_number_and_a_unit() {
-        let cases: [(&str, Result<u64, &str>); 6] = [
-            ("30s", Ok(30)),
-            ("15m", Ok(900)),
-            ("24h", Ok(86400)),
-            ("7d", Ok(604800)),
-            ("24", Err("the unit must be")),
-            ("h", Err("expected a number")),
-        ];
-        for (input, expected) in cases {
-            match (parse_ttl(input), expected) {
-                (Ok(d), Ok(secs)) => assert_eq!(d.as_secs(), secs, "{input}"),
-                (Err(e), Err(part)) => assert!(e.contains(part), "{input}: {e}"),
-                (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
-            }
-        }
-    }
 }

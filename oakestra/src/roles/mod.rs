@@ -48,6 +48,59 @@ impl ApiFlags {
     }
 }
 
+/// Leader election of a tier's controllers on etcd (root and cluster), with
+/// kube-controller-manager's flags and defaults. On etcd every process of a tier
+/// serves the API, and the controllers run in the one that holds the tier's Lease
+/// (`crds::LEADER_LEASES`); the embedded store has one process, which always runs them.
+#[derive(Args)]
+pub struct LeaderFlags {
+    /// How long standbys wait, from the last renewal of the controllers' Lease they
+    /// saw, before one of them takes the controllers over.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long the leader keeps its controllers running while it cannot renew the
+    /// Lease (shorter than the lease duration: the difference is the time they get to
+    /// stop before a standby may start its own).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    leader_elect_renew_deadline: Duration,
+    /// How often standbys try to take the Lease and the leader renews it.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    leader_elect_retry_period: Duration,
+}
+
+impl LeaderFlags {
+    /// The election of Lease `lease` by this process, serving on `listen`, when `store`
+    /// is etcd; `None` on the embedded store. Settings that cannot work are refused
+    /// with the flag's name.
+    pub fn config(
+        &self,
+        store: &StoreConfig,
+        lease: &str,
+        listen: SocketAddr,
+    ) -> anyhow::Result<Option<controllers::leader::LeaderConfig>> {
+        if !matches!(store, StoreConfig::Etcd(_)) {
+            return Ok(None);
+        }
+        let config = controllers::leader::LeaderConfig {
+            // The host, a random part, and the port it serves on: unique among the
+            // candidates, and telling an operator which process leads.
+            identity: format!(
+                "{}_{}",
+                controllers::leader::default_identity(),
+                listen.port()
+            ),
+            lease_duration: self.leader_elect_lease_duration,
+            renew_deadline: self.leader_elect_renew_deadline,
+            retry_period: self.leader_elect_retry_period,
+            ..controllers::leader::LeaderConfig::new(lease, "")
+        };
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--leader-elect-*: {e}"))?;
+        Ok(Some(config))
+    }
+}
+
 /// TLS flags of a tier that serves an API and admits members (root and cluster).
 #[derive(Args)]
 pub struct TlsFlags {
@@ -131,6 +184,26 @@ pub fn secure_tier(
     let authenticator = pki::Authenticator::new(trusted, Some(tokens))?;
     let (security, _) = trust::authn::security(&serving, authenticator, routes)?;
     Ok(Secured { security, local })
+}
+
+/// A duration as flags take it: a whole number and a unit, `500ms`, `30s`, `15m`, `24h`
+/// or `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and a unit, e.g. 24h"))?;
+    let millis = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m, h or d")),
+    };
+    n.checked_mul(millis)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?}: too long"))
 }
 
 /// `LAT,LON` in degrees, as `--location` takes it.
@@ -268,6 +341,27 @@ impl Running {
         Ok(Served { addr, client })
     }
 
+    /// Run a tier's controllers, `work`, on the API `client` reaches: with `leader`, only
+    /// while this process holds the Lease (started again each time it is won, stopped
+    /// when it is lost); without, until the end.
+    pub fn spawn_controllers<F, Fut>(
+        &mut self,
+        client: client::Client,
+        leader: Option<controllers::leader::LeaderConfig>,
+        mut work: F,
+    ) where
+        F: FnMut(CancellationToken) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let shutdown = self.shutdown.clone();
+        match leader {
+            Some(leader) => self.spawn(controllers::leader::run_elected(
+                client, leader, shutdown, work,
+            )),
+            None => self.spawn(work(shutdown)),
+        }
+    }
+
     /// Also wait (a little) for `task` when stopping.
     pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         self.tasks.push(tokio::spawn(task));
@@ -305,6 +399,27 @@ pub async fn stop_signal() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_take_a_number_and_a_unit() {
+        let cases: [(&str, Result<u64, &str>); 8] = [
+            ("500ms", Ok(500)),
+            ("30s", Ok(30_000)),
+            ("15m", Ok(900_000)),
+            ("24h", Ok(86_400_000)),
+            ("7d", Ok(604_800_000)),
+            ("24", Err("the unit must be")),
+            ("h", Err("expected a number")),
+            ("99999999999999999d", Err("too long")),
+        ];
+        for (input, expected) in cases {
+            match (parse_duration(input), expected) {
+                (Ok(d), Ok(ms)) => assert_eq!(d.as_millis(), u128::from(ms), "{input}"),
+                (Err(e), Err(part)) => assert!(e.contains(part), "{input}: {e}"),
+                (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
 
     #[tokio::test]
     async fn a_request_before_the_server_hands_its_client_over_waits_for_it() {

@@ -21,8 +21,8 @@ use trust::{Authority, TierPaths};
 use crate::oakapi;
 use crate::roles::logs::Hop;
 use crate::roles::{
-    admin_kubeconfig_after, admin_kubeconfig_before, data_dir, secure_tier, ApiFlags, Running,
-    Served, TlsFlags,
+    admin_kubeconfig_after, admin_kubeconfig_before, data_dir, secure_tier, ApiFlags, LeaderFlags,
+    Running, Served, TlsFlags,
 };
 
 /// The common name of the root's certificate authority.
@@ -45,6 +45,8 @@ pub struct RootArgs {
     tls: TlsFlags,
     #[command(flatten)]
     shared: SharedFlags,
+    #[command(flatten)]
+    leader: LeaderFlags,
     #[command(flatten)]
     api: ApiFlags,
     #[command(flatten)]
@@ -218,6 +220,9 @@ pub fn authority(
 /// Run the root tier until Ctrl-C or SIGTERM.
 pub async fn run(args: RootArgs) -> anyhow::Result<()> {
     let config = args.root.config()?;
+    let leader = args
+        .leader
+        .config(&args.store, crds::ROOT_CONTROLLERS_LEASE, args.listen)?;
     let data = data_dir(
         args.data_dir.as_deref(),
         &args.store,
@@ -233,7 +238,7 @@ pub async fn run(args: RootArgs) -> anyhow::Result<()> {
         args.listen,
         args.store,
         args.api.config(),
-        config,
+        config.map(|c| (c, leader)),
         authority.clone(),
         &args.tls,
         OakestraApi {
@@ -267,14 +272,15 @@ pub fn password_file(authority: &Authority) -> PathBuf {
 
 /// Start the root API server on `store`, serving TLS with the root's `authority` and
 /// Oakestra's REST API as `oakestra_api` says, and, given a config, the root
-/// controllers on it; both are added to `running`.
+/// controllers on it (with a leader election, only while this process leads); both are
+/// added to `running`.
 #[allow(clippy::too_many_arguments)]
 pub async fn start(
     running: &mut Running,
     listen: SocketAddr,
     store: StoreConfig,
     api: ServerConfig,
-    controllers: Option<RootConfig>,
+    controllers: Option<(RootConfig, Option<controllers::leader::LeaderConfig>)>,
     authority: Arc<Authority>,
     tls: &TlsFlags,
     oakestra_api: OakestraApi,
@@ -307,12 +313,11 @@ pub async fn start(
     let served = running
         .serve_api("root", listen, store, api, secured)
         .await?;
-    if let Some(config) = controllers {
-        running.spawn(controllers::run_root(
-            served.client.clone(),
-            config,
-            running.shutdown().clone(),
-        ));
+    if let Some((config, leader)) = controllers {
+        let client = served.client.clone();
+        running.spawn_controllers(served.client.clone(), leader, move |stop| {
+            controllers::run_root(client.clone(), config.clone(), stop)
+        });
     }
     Ok(served)
 }

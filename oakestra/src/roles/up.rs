@@ -129,7 +129,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         args.listen,
         StoreConfig::Embedded(data_dir.join("root")),
         args.api.config(),
-        controllers,
+        controllers.map(|c| (c, None)),
         root_authority.clone(),
         &args.tls,
         root::OakestraApi {
@@ -161,11 +161,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             tls: &args.tls,
         },
         |local| {
-            Some(ClusterConfig {
+            let config = ClusterConfig {
                 heartbeat: Duration::from_secs(2),
                 api_endpoint: Some(local.base().to_string()),
                 ..ClusterConfig::new(LOCAL)
-            })
+            };
+            Some((config, None))
         },
     )
     .await?;
