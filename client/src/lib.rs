@@ -11,6 +11,10 @@
 //! kubeconfig file: [`kubeconfig`]) or, for controllers that run in the server's own
 //! process, through a [`LocalServer`] ([`Client::in_process`]): the same requests and
 //! answers, handed over in memory instead of through a socket.
+//!
+//! A client may be given several servers of one API (`https://a:10000,https://b:10000`,
+//! as etcd's endpoints): it sends to one at a time and moves on to the next when that one
+//! cannot be connected to, repeating the request there (it never reached the first).
 
 pub mod kubeconfig;
 pub mod runtime;
@@ -150,7 +154,7 @@ where
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    endpoints: Arc<Endpoints>,
     /// Set when the server runs in this process: requests go to it in memory.
     local: Option<Arc<dyn LocalServer>>,
     /// The shared informers of this client and its clones: one watch per kind and
@@ -167,19 +171,66 @@ pub const USER_AGENT: &str = concat!("oakestra/", env!("CARGO_PKG_VERSION"));
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("base", &self.base)
+            .field("endpoints", &self.endpoints.urls)
             .field("in_process", &self.local.is_some())
             .finish()
     }
 }
 
-/// `server` without a trailing slash, if it is an `http://` or `https://` URL.
-fn base_url(server: &str) -> Result<String> {
-    let base = server.trim_end_matches('/').to_string();
-    if !base.starts_with("http://") && !base.starts_with("https://") {
+/// The base URLs of the servers of one API, and which of them requests go to.
+#[derive(Debug)]
+struct Endpoints {
+    urls: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl Endpoints {
+    /// The server requests go to now.
+    fn current(&self) -> (usize, &str) {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.urls.len();
+        (i, &self.urls[i])
+    }
+
+    /// The server after `failed` (unless another request moved on already): the one
+    /// requests go to from now on.
+    fn after(&self, failed: usize) -> (usize, &str) {
+        let next = (failed + 1) % self.urls.len();
+        let _ = self.current.compare_exchange(
+            failed,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.current()
+    }
+}
+
+/// The servers of `server`: one base URL, or several separated by commas, each without
+/// a trailing slash and `http://` or `https://`.
+pub fn endpoints(server: &str) -> Result<Vec<String>> {
+    let urls: Vec<String> = server
+        .split(',')
+        .map(|s| s.trim().trim_end_matches('/').to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if urls.is_empty()
+        || urls
+            .iter()
+            .any(|u| !u.starts_with("http://") && !u.starts_with("https://"))
+    {
         return Err(ClientError::BadUrl(server.into()));
     }
-    Ok(base)
+    Ok(urls)
+}
+
+/// `request` sent to `base` instead of the server its URL names (same path and query).
+fn rebased(request: &reqwest::Request, base: &str) -> Option<reqwest::Request> {
+    let mut request = request.try_clone()?;
+    let old = request.url();
+    let query = old.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let url = reqwest::Url::parse(&format!("{base}{}{query}", old.path())).ok()?;
+    *request.url_mut() = url;
+    Some(request)
 }
 
 impl Client {
@@ -194,17 +245,25 @@ impl Client {
     /// the clear) that trusts only `tls.ca_pem`, presents `tls.identity` when asked
     /// and sends `tls.bearer` with every request. An `https://` URL without a CA is a
     /// [`tls::TlsError::NoCa`].
+    ///
+    /// `server` may name several servers of the same API, separated by commas: see the
+    /// crate's docs.
     pub fn with_tls(server: &str, tls: tls::TlsOptions) -> Result<Self> {
-        let base = base_url(server)?;
-        if base.starts_with("https://") && tls.ca_pem.is_none() {
-            return Err(tls::TlsError::NoCa { server: base }.into());
+        let urls = endpoints(server)?;
+        if let Some(base) = urls.iter().find(|u| u.starts_with("https://")) {
+            if tls.ca_pem.is_none() {
+                return Err(tls::TlsError::NoCa {
+                    server: base.clone(),
+                }
+                .into());
+            }
         }
-        Client::build(base, &tls)
+        Client::build(urls, &tls)
     }
 
-    /// A client of `base` with `tls` (every client has a ring-based rustls config, so
-    /// no process-wide crypto provider is ever needed).
-    fn build(base: String, tls: &tls::TlsOptions) -> Result<Self> {
+    /// A client of the servers `urls` with `tls` (every client has a ring-based rustls
+    /// config, so no process-wide crypto provider is ever needed).
+    fn build(urls: Vec<String>, tls: &tls::TlsOptions) -> Result<Self> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = &tls.bearer {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
@@ -218,12 +277,15 @@ impl Client {
             .use_preconfigured_tls(tls::client_config(tls)?)
             .build()
             .map_err(|source| ClientError::Transport {
-                url: base.clone(),
+                url: urls.join(","),
                 source,
             })?;
         Ok(Client {
             http,
-            base,
+            endpoints: Arc::new(Endpoints {
+                urls,
+                current: Default::default(),
+            }),
             local: None,
             informers: runtime::Informers::default(),
             user_agent: reqwest::header::HeaderValue::from_static(USER_AGENT),
@@ -237,7 +299,7 @@ impl Client {
     /// validation, metrics, tracing). It carries no credential: the server knows it as
     /// its own process.
     pub fn in_process(url: &str, server: Arc<dyn LocalServer>) -> Result<Self> {
-        let mut client = Client::build(base_url(url)?, &tls::TlsOptions::default())?;
+        let mut client = Client::build(endpoints(url)?, &tls::TlsOptions::default())?;
         client.local = Some(server);
         Ok(client)
     }
@@ -254,9 +316,15 @@ impl Client {
         client
     }
 
-    /// The server's base URL.
+    /// The base URL of the server requests go to now (of several: the one that last
+    /// answered).
     pub fn base(&self) -> &str {
-        &self.base
+        self.endpoints.current().1
+    }
+
+    /// The base URLs of every server this client may send to.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints.urls
     }
 
     /// The informers that the controllers built on this client (and its clones) share;
@@ -294,7 +362,10 @@ impl Client {
         // server in this process.
         let request = request.header(reqwest::header::USER_AGENT, self.user_agent.clone());
         let sent = match &self.local {
-            None => request.send().await,
+            None => match request.build() {
+                Ok(request) => self.execute_failing_over(request).await,
+                Err(e) => Err(e),
+            },
             Some(server) => match request.build() {
                 // A streamed body cannot be handed over whole: it goes over the network.
                 Ok(request) if request.body().is_some_and(|b| b.as_bytes().is_none()) => {
@@ -331,6 +402,33 @@ impl Client {
         })
     }
 
+    /// Send `request` to the current server; when it cannot be connected to (so the
+    /// request never reached it), to the next one, each at most once.
+    async fn execute_failing_over(
+        &self,
+        request: reqwest::Request,
+    ) -> reqwest::Result<reqwest::Response> {
+        let servers = self.endpoints.urls.len();
+        let (mut at, mut base) = self.endpoints.current();
+        let mut tried = 1;
+        loop {
+            let attempt = match rebased(&request, base) {
+                Some(rebased) if servers > 1 => rebased,
+                // One server, or a streamed body that cannot be sent twice.
+                _ => return self.http.execute(request).await,
+            };
+            match self.http.execute(attempt).await {
+                Err(e) if e.is_connect() && tried < servers => {
+                    let failed = base.to_string();
+                    (at, base) = self.endpoints.after(at);
+                    tried += 1;
+                    tracing::warn!(%failed, next = %base, error = %cause_chain(&e), "API server unreachable; trying the next");
+                }
+                answer => return answer,
+            }
+        }
+    }
+
     /// Send `request` and decode the answer as `T` (straight from the body's bytes: a
     /// typed caller gets no intermediate `Value`).
     async fn json<T: DeserializeOwned>(
@@ -347,7 +445,7 @@ impl Client {
 
     /// GET any path as text (e.g. an agent's logs).
     pub async fn get_text(&self, path: &str) -> Result<String> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.base());
         let response = self.send(self.http.get(&url), &url).await?;
         response
             .text()
@@ -357,21 +455,21 @@ impl Client {
 
     /// GET any path (discovery, health) as JSON.
     pub async fn get_json(&self, path: &str) -> Result<Value> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.base());
         self.json(self.http.get(&url), &url).await
     }
 
     /// POST `body` as JSON to any path outside the resource API (a tier's join and
     /// renewal routes) and read the answer as JSON.
     pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.base());
         self.json(self.http.post(&url).json(body), &url).await
     }
 
     /// GET any path (with its query, e.g. an Instance's `log?tailLines=10`) and stream
     /// the answer's bytes as they arrive; an error answer is an error before the stream.
     pub async fn get_stream(&self, path: &str) -> Result<BoxStream<'static, Result<bytes::Bytes>>> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.base());
         let response = self.send(self.http.get(&url), &url).await?;
         Ok(body_stream(response, url).boxed())
     }
@@ -562,9 +660,9 @@ impl<T> DynamicApi<T> {
     fn collection_url(&self) -> String {
         let k = self.kind;
         let base = if k.group.is_empty() {
-            format!("{}/api/{}", self.client.base, k.version)
+            format!("{}/api/{}", self.client.base(), k.version)
         } else {
-            format!("{}/apis/{}/{}", self.client.base, k.group, k.version)
+            format!("{}/apis/{}/{}", self.client.base(), k.group, k.version)
         };
         match &self.namespace {
             Some(ns) => format!("{base}/namespaces/{ns}/{}", k.plural),
@@ -1021,5 +1119,82 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown watch event type \"RENAMED\""), "{e}");
+    }
+
+    #[test]
+    fn endpoints_are_one_url_or_several() {
+        let cases: [(&str, Option<&[&str]>); 5] = [
+            ("https://a:1", Some(&["https://a:1"])),
+            (
+                "https://a:1/,https://b:2",
+                Some(&["https://a:1", "https://b:2"]),
+            ),
+            (
+                " http://a:1 , https://b:2/ ",
+                Some(&["http://a:1", "https://b:2"]),
+            ),
+            ("https://a:1,b:2", None),
+            (",", None),
+        ];
+        for (input, want) in cases {
+            match (endpoints(input), want) {
+                (Ok(got), Some(want)) => assert_eq!(got, want, "{input}"),
+                (Err(ClientError::BadUrl(_)), None) => {}
+                (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    /// A plain-HTTP server on a free port that answers every request with `{"n": N}`, N
+    /// counting its requests.
+    async fn counting_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = count.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let body = format!("{{\"n\": {n}}}");
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            }
+        });
+        (url, count)
+    }
+
+    #[tokio::test]
+    async fn a_server_that_refuses_connections_is_skipped_and_stays_skipped() {
+        // A port nothing listens on (bound, then closed).
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let (open, served) = counting_server().await;
+        let client = Client::new(&format!("{closed},{open}")).unwrap();
+        assert_eq!(client.base(), closed);
+        let answer = client.get_json("/version").await.unwrap();
+        assert_eq!(answer["n"], 1);
+        assert_eq!(
+            client.base(),
+            open,
+            "requests go to the server that answered"
+        );
+        // Clones share where requests go; the next request goes straight there.
+        let clone = client.clone();
+        assert_eq!(clone.get_json("/version").await.unwrap()["n"], 2);
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+        // With every server down, the error names the request's server.
+        let down = Client::new(&format!("{closed},{closed}")).unwrap();
+        let e = down.get_json("/version").await.unwrap_err();
+        assert!(e.is_transport(), "{e}");
     }
 }

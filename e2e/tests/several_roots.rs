@@ -312,3 +312,89 @@ async fn a_standby_root_takes_the_controllers_over_when_the_leader_dies() {
 fn leases_at(root: &RootServer) -> client::Api<crds::Lease> {
     root.client().api(None)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_given_both_roots_keeps_working_when_one_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start();
+    let store = format!("etcd:{}", etcd.url());
+    // A cluster silent for 4 s would become NotReady at the root.
+    let mut flags = QUICK_ELECTION[..6].to_vec();
+    flags.extend(["--cluster-heartbeat-timeout-seconds", "4"]);
+    let a = RootServer::start_with(&store, dir.path(), &flags);
+    let token = a.upstream().token;
+    let mut with_token = flags.clone();
+    with_token.extend(["--token", &token]);
+    let b = RootServer::start_with(&store, dir.path(), &with_token);
+
+    let both = e2e::Upstream {
+        url: format!("{},{}", a.url(), b.url()),
+        token,
+    };
+    let port = free_port();
+    let _cluster = e2e::Oakestra::start(
+        "c1",
+        &e2e::cluster_args("c1", &both, port, dir.path(), e2e::QUICK_CLUSTER),
+        Some(port),
+        dir.path(),
+    );
+    let upstream = e2e::Upstream::cluster(&format!("https://127.0.0.1:{port}"), dir.path(), "c1");
+    let _worker = e2e::Oakestra::start(
+        "w1",
+        &e2e::worker_args("w1", &upstream, dir.path(), &["--heartbeat-seconds", "1"]),
+        None,
+        dir.path(),
+    );
+    let marker = format!("2{:07}1", std::process::id() % 10_000_000);
+    let _cleanup = e2e::KillMatching(vec![format!("sleep {marker}")]);
+
+    let at_b = b.client();
+    let ready = |client: client::Client| async move {
+        let c = client.api::<Cluster>(None).get("c1").await.ok()?;
+        c.status
+            .as_ref()
+            .is_some_and(|s| crds::is_true(&s.conditions, "Ready"))
+            .then_some(())
+    };
+    eventually("c1 Ready at the roots", WAIT, || ready(at_b.clone())).await;
+    let service = |replicas: u32| {
+        serde_json::json!({"apiVersion": "oakestra.io/v1", "kind": "Service", "metadata": {"name": "work"},
+            "spec": {"replicas": replicas, "template": {"runtime": "process", "executable": "/bin/sh",
+                "command": ["-c", format!("exec sleep {marker}")],
+                "resources": {"cpuMillicores": 100, "memoryMiB": 32}}}})
+    };
+    let services = at_b.api::<crds::Service>(Some("default"));
+    let instances = at_b.api::<crds::Instance>(Some("default"));
+    services.dynamic().create(&service(1)).await.unwrap();
+    let running = |n: usize| {
+        let instances = instances.clone();
+        async move {
+            let live = e2e::instances_of(&instances, "work").await;
+            let running = live
+                .iter()
+                .filter(|i| {
+                    i.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase == crds::Phase::Running)
+                })
+                .count();
+            (live.len() == n && running == n).then_some(())
+        }
+    };
+    eventually("1 Running Instance", WAIT, || running(1)).await;
+
+    // Root A goes: the cluster reports to B, stays Ready, and takes new work through B.
+    let mut a = a;
+    a.kill9();
+    e2e::stays(
+        "c1 stays Ready at root B",
+        Duration::from_secs(8),
+        || async { ready(at_b.clone()).await.ok_or("NotReady") },
+    )
+    .await;
+    services
+        .patch("work", &serde_json::json!({"spec": {"replicas": 2}}))
+        .await
+        .unwrap();
+    eventually("2 Running Instances after root A died", WAIT, || running(2)).await;
+}

@@ -318,8 +318,25 @@ pub enum JoinError {
 }
 
 /// Fetch the CA certificate `url` serves, trusting nothing: the caller must check it
-/// against a pin before it trusts it.
+/// against a pin before it trusts it. Of several servers (`URL,URL`), the first that
+/// answers (they are one tier: one CA).
 pub async fn fetch_ca_unverified(url: &str) -> Result<String, JoinError> {
+    let servers = client::endpoints(url).map_err(|e| JoinError::Request {
+        url: url.into(),
+        message: e.to_string(),
+    })?;
+    let mut failure = None;
+    for server in &servers {
+        match fetch_ca_from(server).await {
+            Ok(ca) => return Ok(ca),
+            Err(e) => failure = Some(e),
+        }
+    }
+    Err(failure.expect("at least one server"))
+}
+
+/// Fetch the CA certificate the one server `url` serves, trusting nothing.
+async fn fetch_ca_from(url: &str) -> Result<String, JoinError> {
     let request_error = |message: String| JoinError::Request {
         url: url.to_string(),
         message,

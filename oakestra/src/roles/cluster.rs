@@ -29,7 +29,8 @@ pub struct ClusterArgs {
     /// Name of the cluster at the root.
     #[arg(long)]
     name: String,
-    /// URL of the root API, e.g. `https://10.0.0.1:10000`.
+    /// URL of the root API, e.g. `https://10.0.0.1:10000`; several roots separated by
+    /// commas (requests move to the next when one cannot be reached).
     #[arg(long)]
     root: String,
     /// The root's join token for clusters (`K10…`, from the root's `join-token` file or

@@ -21,7 +21,8 @@ use crate::roles::{parse_location, Running};
 /// The flags of `oakestra worker`.
 #[derive(Args)]
 pub struct WorkerArgs {
-    /// URL of the cluster API, e.g. `https://10.0.0.2:10100`.
+    /// URL of the cluster API, e.g. `https://10.0.0.2:10100`; several servers of it
+    /// separated by commas (requests move to the next when one cannot be reached).
     #[arg(long)]
     cluster: String,
     /// The cluster's join token for nodes (`K10…`, from the cluster's `join-token` file
