@@ -398,3 +398,147 @@ async fn a_cluster_given_both_roots_keeps_working_when_one_dies() {
         .unwrap();
     eventually("2 Running Instances after root A died", WAIT, || running(2)).await;
 }
+
+/// `oakestra cluster --name c1` joining `root`, on `store` with its data in `data`,
+/// serving on `port`, with quick heartbeats and elections.
+fn standby_cluster_args(root: &e2e::Upstream, store: &str, data: &Path, port: u16) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "cluster",
+        "--name",
+        "c1",
+        "--root",
+        &root.url,
+        "--token",
+        &root.token,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--store",
+        store,
+        "--data-dir",
+        &data.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(e2e::QUICK_CLUSTER.iter().map(|s| s.to_string()));
+    args.extend(QUICK_ELECTION[..6].iter().map(|s| s.to_string()));
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_cluster_orchestrator_takes_over_and_the_workload_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = RootServer::start(
+        &format!("embedded:{}", dir.path().join("root").display()),
+        dir.path(),
+    );
+    let etcd = Etcd::start();
+    let store = format!("etcd:{}", etcd.url());
+    // Two processes of cluster c1 on one etcd, each with its own data directory.
+    let data = [dir.path().join("c1-x"), dir.path().join("c1-y")];
+    let ports = [free_port(), free_port()];
+    let x = e2e::Oakestra::start(
+        "c1-x",
+        &standby_cluster_args(&root.upstream(), &store, &data[0], ports[0]),
+        Some(ports[0]),
+        dir.path(),
+    );
+    let y = e2e::Oakestra::start(
+        "c1-y",
+        &standby_cluster_args(&root.upstream(), &store, &data[1], ports[1]),
+        Some(ports[1]),
+        dir.path(),
+    );
+    let mut processes = [x, y];
+    let ca = |d: &Path| std::fs::read_to_string(d.join("pki/ca.crt")).unwrap();
+    assert_eq!(ca(&data[0]), ca(&data[1]), "one cluster CA");
+
+    let cluster = e2e::Upstream {
+        url: format!("{},{}", processes[0].url(), processes[1].url()),
+        token: e2e::join_token(&data[0]),
+    };
+    let _worker = e2e::Oakestra::start(
+        "w1",
+        &e2e::worker_args("w1", &cluster, dir.path(), &["--heartbeat-seconds", "1"]),
+        None,
+        dir.path(),
+    );
+    let marker = format!("3{:07}1", std::process::id() % 10_000_000);
+    let _cleanup = e2e::KillMatching(vec![format!("sleep {marker}")]);
+
+    let api = root.client();
+    let services = api.api::<crds::Service>(Some("default"));
+    let instances = api.api::<crds::Instance>(Some("default"));
+    let service = |replicas: u32| {
+        serde_json::json!({"apiVersion": "oakestra.io/v1", "kind": "Service", "metadata": {"name": "work"},
+            "spec": {"replicas": replicas, "template": {"runtime": "process", "executable": "/bin/sh",
+                "command": ["-c", format!("exec sleep {marker}")],
+                "resources": {"cpuMillicores": 100, "memoryMiB": 32}}}})
+    };
+    let running = |n: usize| {
+        let instances = instances.clone();
+        let marker = marker.clone();
+        async move {
+            let live = e2e::instances_of(&instances, "work").await;
+            let running = live
+                .iter()
+                .filter(|i| {
+                    i.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase == crds::Phase::Running)
+                })
+                .count();
+            let processes = e2e::processes_matching(&format!("sleep {marker}")).len();
+            (live.len() == n && running == n && processes == n).then_some(())
+        }
+    };
+    services.dynamic().create(&service(1)).await.unwrap();
+    eventually("1 Running Instance", WAIT, || running(1)).await;
+
+    // The cluster's leader: the holder of its controllers' Lease, in its own API.
+    let leases = e2e::tier_client(&e2e::tier_kubeconfig(&data[0])).api::<crds::Lease>(None);
+    let holder = eventually("a cluster process leads", WAIT, || async {
+        leases
+            .get(crds::CLUSTER_CONTROLLERS_LEASE)
+            .await
+            .ok()?
+            .spec
+            .holder_identity
+    })
+    .await;
+    let leader = ports
+        .iter()
+        .position(|p| holder.ends_with(&format!("_{p}")))
+        .unwrap_or_else(|| panic!("the holder {holder:?} is neither process"));
+    let standby = 1 - leader;
+    let pids = e2e::processes_matching(&format!("sleep {marker}"));
+    processes[leader].kill9();
+
+    // The workload never stops; the standby leads; the cluster takes new work.
+    let standby_leases =
+        e2e::tier_client(&e2e::tier_kubeconfig(&data[standby])).api::<crds::Lease>(None);
+    eventually("the standby leads", WAIT, || async {
+        let lease = standby_leases
+            .get(crds::CLUSTER_CONTROLLERS_LEASE)
+            .await
+            .ok()?;
+        lease
+            .spec
+            .holder_identity
+            .filter(|h| h.ends_with(&format!("_{}", ports[standby])))
+    })
+    .await;
+    assert_eq!(
+        e2e::processes_matching(&format!("sleep {marker}")),
+        pids,
+        "the workload kept running, untouched"
+    );
+    services
+        .patch("work", &serde_json::json!({"spec": {"replicas": 2}}))
+        .await
+        .unwrap();
+    eventually("2 Running Instances through the standby", WAIT, || {
+        running(2)
+    })
+    .await;
+}

@@ -20,7 +20,7 @@ use trust::{Authority, TierPaths};
 use crate::roles::logs::Hop;
 use crate::roles::{
     admin_kubeconfig_after, admin_kubeconfig_before, data_dir, parse_location, secure_tier,
-    ApiFlags, LeaderFlags, Running, Served, TlsFlags,
+    ApiFlags, LeaderFlags, Running, Served, SharedFlags, TlsFlags,
 };
 
 /// The flags of `oakestra cluster`.
@@ -49,6 +49,8 @@ pub struct ClusterArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     tls: TlsFlags,
+    #[command(flatten)]
+    shared: SharedFlags,
     #[command(flatten)]
     leader: LeaderFlags,
     #[command(flatten)]
@@ -120,6 +122,15 @@ pub fn authority(
     )?))
 }
 
+/// The files of a cluster's data directory its processes on one etcd share: its
+/// authority's, and what joining the root gave it (its certificate there, the root's CA
+/// and the secret that holds its name).
+fn shared_files() -> Vec<trust::shared::SharedFile> {
+    let mut files = trust::shared::AUTHORITY_FILES.to_vec();
+    files.push(("pki/upstream/", trust::shared::Merge::StoreWins));
+    files
+}
+
 /// The host part of `url` (`https://HOST:PORT/…`), for the serving certificate.
 fn host_of(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
@@ -145,6 +156,28 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     );
     let mut sans = args.tls.tls_san.clone();
     sans.extend(args.cluster.advertise_url.as_deref().and_then(host_of));
+    // On etcd, the cluster's processes (a leader and its standbys) are one cluster: one
+    // CA, one set of node tokens, one identity at the root.
+    let shared = match &args.store {
+        StoreConfig::Etcd(endpoints) => Some(
+            args.shared
+                .open(
+                    endpoints,
+                    &format!("cluster/{name}"),
+                    &data,
+                    shared_files(),
+                    args.token.as_deref(),
+                    "pki/upstream/ca.crt",
+                    || {
+                        anyhow::bail!(
+                            "a cluster on etcd seals what its processes share with the root's join token it joins with: start it with --token (or --store-key-file)"
+                        )
+                    },
+                )
+                .await?,
+        ),
+        StoreConfig::Embedded(_) => None,
+    };
     let authority = authority(name, data, args.listen, &sans)?;
     let context = format!("oakestra-{name}");
     let kubeconfig = authority.paths.admin_kubeconfig();
@@ -161,9 +194,13 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("joining the root at {}", args.root))?;
+    let mut running = Running::new();
+    if let Some(shared) = shared {
+        shared.sync().await?;
+        running.spawn(shared.run(running.shutdown().clone()));
+    }
     let (tls, identity) = upstream.tls()?;
     let root = client::Client::with_tls(&args.root, tls).context("--root")?;
-    let mut running = Running::new();
     running.spawn(trust::join::keep_renewed(
         authority.paths.clone(),
         root.clone(),

@@ -101,6 +101,86 @@ impl LeaderFlags {
     }
 }
 
+/// How the processes of a tier on one etcd (several roots; a cluster's standbys) share
+/// its credentials (`trust::shared`).
+#[derive(Args)]
+pub struct SharedFlags {
+    /// A file whose content seals the credentials the processes of this tier on its etcd
+    /// share (default: the token the first of them was started with); every process
+    /// of the tier must be given the same.
+    #[arg(long)]
+    pub store_key_file: Option<std::path::PathBuf>,
+}
+
+/// Where a process keeps the passphrase that opened its tier's shared credentials, so
+/// that it restarts without `--token` (private, never shared).
+const STORE_KEY: &str = "pki/store-key";
+
+impl SharedFlags {
+    /// The shared credentials of `tier` in the etcd at `endpoints`, synced once with the
+    /// `files` under `data`. Their passphrase is `--store-key-file`'s, else the one this
+    /// process used before, else `token`; when none is known and the store holds none
+    /// yet, this process is the tier's first and `first` makes it. A `token` pins the CA
+    /// in `pinned` (a path under `data`): the shared one must be it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn open(
+        &self,
+        endpoints: &[String],
+        tier: &str,
+        data: &std::path::Path,
+        files: Vec<trust::shared::SharedFile>,
+        token: Option<&str>,
+        pinned: &str,
+        first: impl FnOnce() -> anyhow::Result<String>,
+    ) -> anyhow::Result<trust::shared::SharedTrust> {
+        let store = trust::shared::connect(endpoints)
+            .await
+            .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+        let saved = data.join(STORE_KEY);
+        let given = match &self.store_key_file {
+            Some(file) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("--store-key-file {}", file.display()))?,
+            ),
+            None => std::fs::read_to_string(&saved)
+                .ok()
+                .or(token.map(String::from)),
+        };
+        let passphrase = match given.map(|p| p.trim().to_string()) {
+            Some(p) if !p.is_empty() => p,
+            _ if trust::shared::SharedTrust::stored(&*store, tier).await? => anyhow::bail!(
+                "the etcd at {} holds the credentials of the {tier} processes already running on it: start this one with --token and the token the first of them was started with (for roots: the first root's DATA/join-token), or with their --store-key-file",
+                endpoints.join(",")
+            ),
+            _ => first()?,
+        };
+        let shared = trust::shared::SharedTrust::new(
+            store,
+            tier,
+            data.to_path_buf(),
+            files,
+            pki::Sealer::new(&passphrase),
+        );
+        // Take what the others share before this process makes anything of its own.
+        shared.sync().await?;
+        if let Some(token) = token {
+            let pin: pki::JoinToken = token.parse().context("--token")?;
+            let path = data.join(pinned);
+            if let Ok(ca) = std::fs::read_to_string(&path) {
+                anyhow::ensure!(
+                    pki::ca_hash(&ca)? == pin.ca_hash,
+                    "--token pins another CA than the one the {tier} processes on this etcd share ({})",
+                    path.display()
+                );
+            }
+        }
+        if self.store_key_file.is_none() {
+            pki::write_private(&saved, format!("{passphrase}\n").as_bytes())?;
+        }
+        Ok(shared)
+    }
+}
+
 /// TLS flags of a tier that serves an API and admits members (root and cluster).
 #[derive(Args)]
 pub struct TlsFlags {

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use apiserver::{ServerConfig, StoreConfig};
 use clap::Args;
 use controllers::ipam::Cidr;
@@ -22,7 +21,7 @@ use crate::oakapi;
 use crate::roles::logs::Hop;
 use crate::roles::{
     admin_kubeconfig_after, admin_kubeconfig_before, data_dir, secure_tier, ApiFlags, LeaderFlags,
-    Running, Served, TlsFlags,
+    Running, Served, SharedFlags, TlsFlags,
 };
 
 /// The common name of the root's certificate authority.
@@ -43,6 +42,11 @@ pub struct RootArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     tls: TlsFlags,
+    /// Join the roots already running on this etcd: the first join token of the first
+    /// of them (its DATA/join-token). It pins their CA and opens the credentials they
+    /// share. Needed only at this root's first start.
+    #[arg(long)]
+    token: Option<String>,
     #[command(flatten)]
     shared: SharedFlags,
     #[command(flatten)]
@@ -51,21 +55,6 @@ pub struct RootArgs {
     api: ApiFlags,
     #[command(flatten)]
     root: RootFlags,
-}
-
-/// How a root on etcd shares its CA, tokens and member records with the other roots on
-/// the same etcd (`trust::shared`).
-#[derive(Args)]
-pub struct SharedFlags {
-    /// Join the roots already running on this etcd: the first join token of the first
-    /// of them (its DATA/join-token). It pins their CA and opens the credentials they
-    /// share. Needed only at this root's first start.
-    #[arg(long)]
-    token: Option<String>,
-    /// A file whose content seals the credentials the roots on this etcd share, instead
-    /// of the first root's join token; every root on the etcd must be given the same.
-    #[arg(long)]
-    store_key_file: Option<PathBuf>,
 }
 
 /// The files of the root's data directory that the roots on one etcd share: the
@@ -77,61 +66,36 @@ fn shared_files() -> Vec<trust::shared::SharedFile> {
 }
 
 /// The root's authority under `data`; on etcd, shared with the other roots there: taken
-/// from the store when they are there already, given to it when this root is the
-/// first. Returns the sync that keeps the two in step, to run beside the server.
+/// from the store when they are there already (`token` opens it), given to it when this
+/// root is the first (its first join token seals it). Returns the sync that keeps the two
+/// in step, to run beside the server.
 pub async fn shared_authority(
     data: PathBuf,
     listen: SocketAddr,
     store: &StoreConfig,
     tls: &TlsFlags,
+    token: Option<&str>,
     flags: &SharedFlags,
 ) -> anyhow::Result<(Arc<Authority>, Option<SharedTrust>)> {
     let StoreConfig::Etcd(endpoints) = store else {
         anyhow::ensure!(
-            flags.token.is_none() && flags.store_key_file.is_none(),
+            token.is_none() && flags.store_key_file.is_none(),
             "--token and --store-key-file are for roots that share an etcd (--store etcd:…); an embedded store has one root"
         );
         return Ok((authority(data, listen, tls)?, None));
     };
-    let store = trust::shared::connect(endpoints)
-        .await
-        .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
-    let paths = TierPaths::new(&data);
-    let passphrase = match (&flags.store_key_file, &flags.token) {
-        (Some(file), _) => Some(
-            std::fs::read_to_string(file)
-                .with_context(|| format!("--store-key-file {}", file.display()))?,
-        ),
-        (None, Some(token)) => Some(token.clone()),
-        (None, None) => std::fs::read_to_string(paths.join_token()).ok(),
-    };
-    let passphrase = match passphrase.map(|p| p.trim().to_string()) {
-        Some(p) if !p.is_empty() => p,
-        _ if SharedTrust::stored(&*store, TIER).await? => anyhow::bail!(
-            "the etcd at {} holds the credentials of the roots already running on it: start this root with --token and the first join token of the first of them (its DATA/join-token), or with their --store-key-file",
-            endpoints.join(",")
-        ),
-        // The first root on this etcd: its first join token seals what it shares.
-        _ => authority(data.clone(), listen, tls)?.join_token()?,
-    };
-    let shared = SharedTrust::new(
-        store,
-        TIER,
-        data.clone(),
-        shared_files(),
-        pki::Sealer::new(&passphrase),
-    );
-    // Take what the roots there share, then give what this one has or makes.
-    shared.sync().await?;
-    if let Some(token) = &flags.token {
-        let pinned: pki::JoinToken = token.parse().context("--token")?;
-        let ca = std::fs::read_to_string(paths.pki().join(pki::ca::CA_CERT_FILE))
-            .context("the shared CA")?;
-        anyhow::ensure!(
-            pki::ca_hash(&ca)? == pinned.ca_hash,
-            "--token pins another CA than the one the roots on this etcd share"
-        );
-    }
+    let shared = flags
+        .open(
+            endpoints,
+            TIER,
+            &data,
+            shared_files(),
+            token,
+            "pki/ca.crt",
+            // The first root on this etcd: its first join token seals what it shares.
+            || Ok(authority(data.clone(), listen, tls)?.join_token()?),
+        )
+        .await?;
     let authority = authority(data, listen, tls)?;
     shared.sync().await?;
     Ok((authority, Some(shared)))
@@ -228,8 +192,15 @@ pub async fn run(args: RootArgs) -> anyhow::Result<()> {
         &args.store,
         "/var/lib/oakestra/root",
     );
-    let (authority, shared) =
-        shared_authority(data, args.listen, &args.store, &args.tls, &args.shared).await?;
+    let (authority, shared) = shared_authority(
+        data,
+        args.listen,
+        &args.store,
+        &args.tls,
+        args.token.as_deref(),
+        &args.shared,
+    )
+    .await?;
     let kubeconfig = authority.paths.admin_kubeconfig();
     admin_kubeconfig_before(&authority, args.listen, "oakestra", &kubeconfig)?;
     let mut running = Running::new();
