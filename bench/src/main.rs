@@ -15,6 +15,8 @@
 //! - [`footprint`]: memory and idle CPU of root, cluster and worker processes;
 //! - [`start_latency`]: apply → Running of a container against raw `ctr run`;
 //! - [`failover`]: a worker killed with its Instances → all Running elsewhere.
+//! - [`ha`]: two roots on one etcd: controller failover when the leader is killed, and
+//!   a rolling restart under writes (failed requests, acknowledged writes lost).
 //! - [`scheduling`]: scheduling at scale over hollow nodes (clusters × nodes, a burst of
 //!   Instances) with the footprint of root, cluster and hollow processes meanwhile.
 //! - [`gitops`]: a reconcile of unchanged objects (drift check, re-apply) must write
@@ -28,6 +30,7 @@ mod api_writes;
 mod failover;
 mod footprint;
 mod gitops;
+mod ha;
 mod network;
 mod placement;
 mod procfs;
@@ -55,6 +58,7 @@ enum Scenario {
     Scheduling,
     Gitops,
     Network,
+    Ha,
     All,
 }
 
@@ -127,6 +131,13 @@ struct Cli {
     /// failover: the cluster's eviction timeout, in seconds.
     #[arg(long, default_value_t = 2)]
     eviction: u64,
+    /// ha: rounds of killing the leading root.
+    #[arg(long, default_value_t = 10)]
+    ha_rounds: usize,
+    /// ha: the leader election's lease duration in seconds (renew deadline 2/3 of it,
+    /// retry period 2/15: Kubernetes' 15, 10 and 2 s at the default).
+    #[arg(long, default_value_t = 15)]
+    ha_lease_seconds: u64,
     /// Where to write the figures as JSON.
     #[arg(long, default_value = "target/oakbench.json")]
     json: PathBuf,
@@ -262,6 +273,23 @@ async fn main() -> anyhow::Result<()> {
         let failover_report = failover::run(&opts).await?;
         failover::print(&failover_report);
         report["failover"] = failover::to_json(&failover_report);
+    }
+
+    if matches!(cli.scenario, Scenario::Ha | Scenario::All) {
+        let (rounds, lease) = if cli.quick {
+            (3, 3)
+        } else {
+            (cli.ha_rounds, cli.ha_lease_seconds)
+        };
+        let opts = ha::Options {
+            rounds,
+            lease: Duration::from_secs(lease.max(1)),
+            oakestra: cli.oakestra.clone(),
+            time_bound: run_timeout,
+        };
+        let ha_report = ha::run(&opts).await?;
+        ha::print(&ha_report);
+        report["ha"] = ha::to_json(&ha_report);
     }
 
     if matches!(cli.scenario, Scenario::Network | Scenario::All) {
