@@ -196,6 +196,12 @@ impl ApiError {
             StorageError::TooOld { requested, oldest } => ApiError::Gone(format!(
                 "too old resource version: {requested} ({oldest}); list again and watch from the list's resourceVersion"
             )),
+            // A message that already names its backend (`etcd at URL,URL: …`) says it once.
+            StorageError::Backend {
+                backend,
+                ref message,
+                ..
+            } if message.starts_with(backend) => ApiError::Unavailable(message.clone()),
             StorageError::Backend { .. } => ApiError::Unavailable(e.to_string()),
         }
     }
@@ -218,5 +224,38 @@ impl IntoResponse for ApiError {
             details["group"] = f.group.clone().into();
         }
         (self.code(), axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storage_failure_is_a_503_naming_the_store() {
+        let cases = [
+            (
+                StorageError::backend("etcd", "etcd at http://a:1,http://b:2: creating /x: etcdserver: no leader"),
+                "storage unavailable: etcd at http://a:1,http://b:2: creating /x: etcdserver: no leader",
+            ),
+            (
+                StorageError::backend("embedded", "the writer stopped"),
+                "storage unavailable: embedded storage: the writer stopped",
+            ),
+        ];
+        for (e, message) in cases {
+            let status = ApiError::from_storage(e, "clusters", "x").status();
+            assert_eq!(status.code, 503);
+            assert_eq!(status.reason, "ServiceUnavailable");
+            assert_eq!(status.message, message);
+        }
+        let gone = StorageError::TooOld {
+            requested: 3,
+            oldest: 9,
+        };
+        assert_eq!(
+            ApiError::from_storage(gone, "clusters", "").status().code,
+            410
+        );
     }
 }

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use crds::KindInfo;
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use pki::Identity;
 use serde_json::{json, Value};
 
@@ -80,6 +80,7 @@ pub fn router(state: AppState, extra: Router) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/version", get(|| async { Json(discovery::version()) }))
+        .route(crate::backup::SNAPSHOT_PATH, get(snapshot))
         .fallback(api)
         .with_state(state)
         .layer(axum::middleware::from_fn(auth::require_identity))
@@ -98,6 +99,27 @@ async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Every key of the store at one revision, as a backup file (`oakestra backup`),
+/// streamed as it is read; administrators only. A storage failure while streaming ends
+/// the body with an error, and the file it makes lacks its end line.
+async fn snapshot(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Identity>,
+) -> Response {
+    if let Err(f) = auth::authorize::authorize_snapshot(&caller) {
+        return ApiError::from(f).into_response();
+    }
+    tracing::info!(user = %caller.user(), "streaming a snapshot of the store");
+    let lines = crate::backup::snapshot(state.registry.store().clone()).inspect_err(|e| {
+        tracing::error!(error = %e, "the snapshot broke off");
+    });
+    (
+        [(header::CONTENT_TYPE, "application/jsonl")],
+        Body::from_stream(lines),
     )
         .into_response()
 }
@@ -243,7 +265,7 @@ fn field_manager(query: Option<&str>, user_agent: Option<&str>) -> String {
 
 /// A boolean query parameter as Kubernetes reads one (Go's `strconv.ParseBool`): the
 /// Python client sends `watch=True`.
-fn is_true(v: Option<&String>) -> bool {
+pub(crate) fn is_true(v: Option<&String>) -> bool {
     matches!(
         v.map(String::as_str),
         Some("1" | "t" | "T" | "true" | "True" | "TRUE")
@@ -777,6 +799,23 @@ async fn watch(
             })?,
         ),
     };
+    // A version past every one the store has reached comes from another history (a
+    // store restored from a backup, or replaced): watching on from it would skip every
+    // change up to it, so the watcher lists again instead. Past the hub's latest only,
+    // the store is asked (the hub may lag a write the caller has seen).
+    if after > state.registry.hub().latest() {
+        let store = state
+            .registry
+            .store()
+            .revision()
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        if after > store {
+            return Err(ApiError::Gone(format!(
+                "resourceVersion {after} is newer than the store's latest ({store}): the store was restored or replaced; list again"
+            )));
+        }
+    }
     let live = state
         .registry
         .hub()

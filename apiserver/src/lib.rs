@@ -24,8 +24,11 @@
 //! - [`metrics`]: Prometheus metrics and the storage decorator that times operations.
 //! - [`storage`]: the [`storage::Storage`] trait, the embedded (redb) and etcd backends,
 //!   and the conformance suite both pass.
+//! - [`backup`]: the snapshot of a store as a backup file (the one writer, served to
+//!   administrators at [`backup::SNAPSHOT_PATH`]), and reading one back, checked.
 
 pub mod auth;
+pub mod backup;
 pub mod discovery;
 pub mod error;
 pub mod http;
@@ -112,6 +115,8 @@ pub struct Server {
     /// The routes the listener serves, also what [`Server::local`] calls.
     app: axum::Router,
     task: tokio::task::JoinHandle<()>,
+    /// Stops it for a restart without failing requests in flight.
+    drain: auth::tls::Drain,
 }
 
 /// The answer of [`Server::local`]: status, headers and the body's bytes as they are
@@ -175,6 +180,7 @@ impl Server {
                 addr: listen,
                 source,
             })?;
+        let drain = auth::tls::Drain::new();
         let (app, task) = match (security, tls) {
             (Some(security), Some(tls)) => {
                 let app = http::router(state, security.routes).layer(
@@ -185,7 +191,13 @@ impl Server {
                 );
                 let serving = app.clone();
                 tracing::info!(%addr, "API server listening (TLS)");
-                let accept = auth::tls::serve(listener, tls, security.authenticator, serving);
+                let accept = auth::tls::serve(
+                    listener,
+                    tls,
+                    security.authenticator,
+                    serving,
+                    drain.clone(),
+                );
                 (app, tokio::spawn(accept))
             }
             _ => {
@@ -202,8 +214,12 @@ impl Server {
                     }
                 });
                 tracing::info!(%addr, "API server listening (plain HTTP, no authentication)");
+                let stopped = drain.stopped();
                 let serve = async move {
-                    if let Err(e) = axum::serve(listener, serving).await {
+                    if let Err(e) = axum::serve(listener, serving)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                    {
                         tracing::error!(error = %e, "API server stopped");
                     }
                 };
@@ -215,6 +231,7 @@ impl Server {
             registry,
             app,
             task,
+            drain,
         })
     }
 
@@ -237,7 +254,13 @@ impl Server {
         move |request| Box::pin(call_in_memory(app.clone(), request))
     }
 
-    /// Serve until the process ends.
+    /// What stops this server for a restart (see [`auth::tls::Drain`]): no new
+    /// connections, the requests in flight answered, watches cut when the process ends.
+    pub fn drainer(&self) -> auth::tls::Drain {
+        self.drain.clone()
+    }
+
+    /// Serve until the process ends (or a [`Server::drainer`] stops it).
     pub async fn wait(mut self) {
         let _ = (&mut self.task).await;
     }

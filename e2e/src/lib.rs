@@ -1,5 +1,5 @@
 //! Test harness for tests over real processes: free ports, an `etcd` server owned by
-//! the test, [`eventually`] to wait on observable state instead of sleeping, and
+//! the test (or a cluster of members to kill and restart, [`EtcdCluster`]), [`eventually`] to wait on observable state instead of sleeping, and
 //! [`stays`] to check that something holds for a while instead of sleeping and looking
 //! once.
 //!
@@ -301,6 +301,273 @@ impl Etcd {
 /// Path of the etcd server binary (`ETCD_BIN` overrides).
 pub fn etcd_binary() -> String {
     std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_string())
+}
+
+/// A cluster of `n` real `etcd` members (Debian's `etcd-server`), each on free loopback
+/// client and peer ports with its own data directory and log (`m<i>` and `m<i>.log` in
+/// a temporary directory). Members can be killed and restarted one by one; every one
+/// still running is killed when the cluster is dropped, and a failing test prints the
+/// end of each member's log.
+pub struct EtcdCluster {
+    members: Vec<EtcdMember>,
+    /// `--initial-cluster`: every member's name and peer URL.
+    initial_cluster: String,
+    /// `--initial-cluster-token`, unique to this cluster.
+    token: String,
+    dir: tempfile::TempDir,
+}
+
+/// One member of an [`EtcdCluster`]: its ports stay the same across restarts.
+struct EtcdMember {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    /// `None` while killed.
+    process: Option<Process>,
+}
+
+/// What `etcdctl endpoint status` says of one member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdMemberStatus {
+    /// The member's client URL.
+    pub endpoint: String,
+    /// Its member id (hex).
+    pub id: String,
+    /// Whether it is the leader.
+    pub leader: bool,
+    /// The raft term it is in.
+    pub term: u64,
+}
+
+impl EtcdCluster {
+    /// Start `n` members as one new cluster and wait (up to 60 s) until every member
+    /// serves and the cluster has a leader.
+    pub fn start(n: usize) -> EtcdCluster {
+        assert!(n > 0, "a cluster has at least one member");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ports = std::collections::BTreeSet::new();
+        while ports.len() < 2 * n {
+            ports.insert(free_port());
+        }
+        let mut ports = ports.into_iter();
+        let members: Vec<EtcdMember> = (0..n)
+            .map(|i| EtcdMember {
+                name: format!("m{i}"),
+                client_port: ports.next().expect("a port"),
+                peer_port: ports.next().expect("a port"),
+                process: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!(
+            "oakestra-e2e-{}-{}",
+            std::process::id(),
+            members[0].client_port
+        );
+        let mut cluster = EtcdCluster {
+            members,
+            initial_cluster,
+            token,
+            dir,
+        };
+        // Start every member before waiting for any: a member does not serve clients
+        // until the cluster it was told of has a quorum.
+        for i in 0..n {
+            cluster.launch(i);
+        }
+        for m in &cluster.members {
+            wait_for_port(m.client_port, "etcd member", Duration::from_secs(30));
+        }
+        cluster.wait_healthy(Duration::from_secs(60));
+        cluster
+    }
+
+    /// Start member `i` on its data directory and ports, its output appended to its log.
+    fn launch(&mut self, i: usize) {
+        let m = &self.members[i];
+        let data = self.dir.path().join(&m.name);
+        let (client, peer) = (m.client_port, m.peer_port);
+        let mut cmd = Command::new(etcd_binary());
+        cmd.arg(format!("--name={}", m.name))
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            // Ignored once the data directory exists, as on a restart.
+            .arg("--initial-cluster-state=new")
+            .arg(format!("--initial-cluster-token={}", self.token));
+        let log = self.dir.path().join(format!("{}.log", m.name));
+        let process = Process::spawn_appending(&format!("etcd {}", m.name), cmd, &log);
+        self.members[i].process = Some(process);
+    }
+
+    /// Number of members, running or not.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the cluster has no members (never: [`start`](Self::start) needs one).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Every member's client URL, comma-joined, as `--store etcd:URL,URL,URL` takes them.
+    pub fn urls(&self) -> String {
+        (0..self.len())
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Member `i`'s client URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// The indices of the members that run (not killed).
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.len())
+            .filter(|&i| self.members[i].process.is_some())
+            .collect()
+    }
+
+    /// `kill -9` member `i` and wait for it to be gone; its data stays.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut process) = self.members[i].process.take() {
+            process.kill9();
+        }
+    }
+
+    /// Start member `i` again (killing it first if it runs) on the same data directory
+    /// and the same ports, so the other members and every client find it again; waits
+    /// until it accepts connections, not until it has caught up (see
+    /// [`wait_healthy`](Self::wait_healthy)).
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.launch(i);
+        let port = self.members[i].client_port;
+        wait_for_port(port, "restarted etcd member", Duration::from_secs(30));
+    }
+
+    /// `etcdctl` (`ETCDCTL_BIN` overrides) on the running members, with short timeouts
+    /// (with none running it would fall back to its default endpoint: check first).
+    pub fn etcdctl(&self) -> Command {
+        let endpoints: Vec<String> = self.running().into_iter().map(|i| self.url(i)).collect();
+        let mut cmd = Command::new(etcdctl_binary());
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .arg("--dial-timeout=2s")
+            .arg("--command-timeout=3s");
+        cmd
+    }
+
+    /// Whether every running member answers a quorum read (`etcdctl endpoint health`);
+    /// false when none runs.
+    pub fn healthy(&self) -> bool {
+        !self.running().is_empty()
+            && self
+                .etcdctl()
+                .args(["endpoint", "health"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    }
+
+    /// What each running member says of itself (`etcdctl endpoint status`); a member
+    /// that does not answer is left out.
+    pub fn status(&self) -> Vec<EtcdMemberStatus> {
+        if self.running().is_empty() {
+            return Vec::new();
+        }
+        let output = self
+            .etcdctl()
+            .args(["endpoint", "status", "--write-out=simple"])
+            .stderr(Stdio::null())
+            .output()
+            .expect("running etcdctl");
+        // ENDPOINT, ID, VERSION, DB SIZE, IS LEADER, IS LEARNER, RAFT TERM, …
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(", ").collect();
+                Some(EtcdMemberStatus {
+                    endpoint: fields.first()?.to_string(),
+                    id: fields.get(1)?.to_string(),
+                    leader: *fields.get(4)? == "true",
+                    term: fields.get(6)?.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// The index of the member that leads, if a running one says it does.
+    pub fn leader(&self) -> Option<usize> {
+        let leader = self.status().into_iter().find(|s| s.leader)?;
+        (0..self.len()).find(|&i| self.url(i) == leader.endpoint)
+    }
+
+    /// Wait until every running member answers a quorum read and one of them leads;
+    /// panics after `deadline`.
+    pub fn wait_healthy(&self, deadline: Duration) {
+        let start = Instant::now();
+        while !(self.healthy() && self.leader().is_some()) {
+            assert!(
+                start.elapsed() < deadline,
+                "etcd members {:?} not healthy with a leader within {deadline:?}",
+                self.running()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The temporary directory holding every member's data and log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A failing test shows the end of each member's log
+/// (`OAKESTRA_E2E_LOG_LINES` lines, 40 unless set).
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.len() {
+            self.kill(i);
+        }
+        if !std::thread::panicking() {
+            return;
+        }
+        let lines: usize = std::env::var("OAKESTRA_E2E_LOG_LINES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(40);
+        for m in &self.members {
+            let path = self.dir.path().join(format!("{}.log", m.name));
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let all: Vec<&str> = log.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            eprintln!(
+                "--- last {} lines of etcd member {} ({}) ---\n{}",
+                tail.len(),
+                m.name,
+                path.display(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
+/// Path of the `etcdctl` binary (`ETCDCTL_BIN` overrides).
+pub fn etcdctl_binary() -> String {
+    std::env::var("ETCDCTL_BIN").unwrap_or_else(|_| "etcdctl".to_string())
 }
 
 /// Variables `cargo test` sets for the test it runs, which the build below must not see.

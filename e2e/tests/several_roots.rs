@@ -542,3 +542,105 @@ async fn a_standby_cluster_orchestrator_takes_over_and_the_workload_keeps_runnin
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_the_roots_under_writes_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start();
+    let store = format!("etcd:{}", etcd.url());
+    let a = RootServer::start_with(&store, dir.path(), QUICK_ELECTION);
+    let token = a.upstream().token;
+    let mut with_token = QUICK_ELECTION.to_vec();
+    with_token.extend(["--token", &token]);
+    let b = RootServer::start_with(&store, dir.path(), &with_token);
+    let mut roots = [a, b];
+
+    // A writer given both roots, retrying a failed create once as clients do.
+    let client = client::kubeconfig::Kubeconfig::load(&roots[0].kubeconfig())
+        .unwrap()
+        .resolve(None)
+        .unwrap()
+        .client(Some(&format!("{},{}", roots[0].url(), roots[1].url())))
+        .unwrap();
+    let configmaps = client.dynamic(crds::kind_by_name("configmaps").unwrap(), Some("default"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (stop, configmaps) = (stop.clone(), configmaps.clone());
+        async move {
+            let (mut acknowledged, mut first_failures, mut unwritten) = (Vec::new(), 0, Vec::new());
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("load-{n}");
+                n += 1;
+                let body = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": name}, "data": {"n": n.to_string()}});
+                let written = match configmaps.create(&body).await {
+                    Ok(_) => true,
+                    Err(_) => {
+                        first_failures += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        match configmaps.create(&body).await {
+                            Ok(_) => true,
+                            // The first attempt was written after all.
+                            Err(e) => e.is_conflict(),
+                        }
+                    }
+                };
+                if written {
+                    acknowledged.push(name);
+                } else {
+                    unwritten.push(name);
+                }
+            }
+            (acknowledged, first_failures, unwritten)
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for root in roots.iter_mut() {
+        let port = root.port;
+        let pid = root.pid().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        eventually("the root stops listening", WAIT, || async {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .is_err()
+                .then_some(())
+        })
+        .await;
+        root.restart();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acknowledged, first_failures, unwritten) = writer.await.unwrap();
+    eprintln!(
+        "{} writes acknowledged, {first_failures} needed a retry, {} failed twice",
+        acknowledged.len(),
+        unwritten.len()
+    );
+    assert!(
+        acknowledged.len() > 50,
+        "the writer hardly wrote: {}",
+        acknowledged.len()
+    );
+    assert!(
+        unwritten.is_empty(),
+        "writes that failed twice: {unwritten:?}"
+    );
+    let stored = configmaps
+        .list(&client::ListParams::default())
+        .await
+        .unwrap();
+    let present: std::collections::HashSet<&str> = stored["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .collect();
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|n| !present.contains(n.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}

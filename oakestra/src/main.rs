@@ -8,6 +8,7 @@
 //! - `roles::up`: root, cluster and worker on one device, composed from the above.
 //! - `roles::down`: stop the workloads an `oakestra up` left running.
 //! - `roles::credentials`: tokens, admin kubeconfigs and members of a tier.
+//! - `roles::backup`: a root's objects to a file and back (`backup`, `restore`).
 //! - `roles::logs`: the `instances/{name}/log` proxy the root and clusters serve.
 //! - `roles` itself: what the roles share (API flags, in-process clients, running
 //!   until Ctrl-C or SIGTERM).
@@ -20,7 +21,7 @@ mod roles;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use roles::{cluster, credentials, down, hollow, root, up, worker};
+use roles::{backup, cluster, credentials, down, hollow, root, up, worker};
 
 /// mimalloc instead of glibc's malloc: the servers allocate and free many small JSON
 /// values per request from several threads, where glibc's malloc and free took 10–17 %
@@ -68,6 +69,11 @@ enum Role {
     AdminKubeconfig(credentials::AdminKubeconfigArgs),
     /// Manage the members (clusters, nodes) that joined a tier.
     Member(credentials::MemberArgs),
+    /// Write every object of a root's store, as of one revision, to a file (while the
+    /// root runs, through it).
+    Backup(backup::BackupArgs),
+    /// Bring a backup back into a new embedded store (no server running on it).
+    Restore(backup::RestoreArgs),
 }
 
 #[tokio::main]
@@ -94,5 +100,7 @@ async fn main() -> anyhow::Result<()> {
         Role::Token(args) => credentials::token(args),
         Role::AdminKubeconfig(args) => credentials::admin_kubeconfig(args),
         Role::Member(args) => credentials::member(args),
+        Role::Backup(args) => backup::backup(args).await,
+        Role::Restore(args) => backup::restore(args),
     }
 }

@@ -20,6 +20,8 @@
 //! - Neither a cluster nor a node reaches the controllers' leader-election Leases
 //!   (`crds::LEADER_LEASES`), whatever its name.
 //! - The root's proxy identity, and anonymous callers: nothing.
+//! - The store's snapshot (`oakestra backup`, a path outside the resource API):
+//!   administrators only ([`authorize_snapshot`]).
 //!
 //! A rule that depends on the stored object fails when there is none, with the message
 //! it gives for an object of someone else: a restricted identity cannot tell a missing
@@ -301,6 +303,26 @@ fn rule(
                 resource(request)
             )),
         },
+    }
+}
+
+/// Whether `identity` may read the store's snapshot (`GET`
+/// [`SNAPSHOT_PATH`](crate::backup::SNAPSHOT_PATH), `oakestra backup`): every object,
+/// Secrets included, so administrators and the server itself only. A path outside the
+/// resource API, refused as Kubernetes refuses a non-resource URL.
+pub fn authorize_snapshot(identity: &Identity) -> Result<(), Forbidden> {
+    match identity {
+        Identity::System | Identity::Admin { .. } => Ok(()),
+        _ => Err(Forbidden {
+            message: format!(
+                "forbidden: User {:?} cannot get path {:?}: only administrators may read a snapshot of the store",
+                identity.user(),
+                crate::backup::SNAPSHOT_PATH
+            ),
+            name: String::new(),
+            group: String::new(),
+            plural: String::new(),
+        }),
     }
 }
 
@@ -900,5 +922,29 @@ mod tests {
             (f.name.as_str(), f.group.as_str(), f.plural.as_str()),
             ("x", "oakestra.io", "instances")
         );
+    }
+
+    #[test]
+    fn only_administrators_read_the_snapshot() {
+        let cases = [
+            (Identity::System, true),
+            (Identity::admin(), true),
+            (Identity::Cluster { name: "a".into() }, false),
+            (Identity::Node { name: "n1".into() }, false),
+            (Identity::Root, false),
+            (Identity::Anonymous, false),
+        ];
+        for (who, allowed) in cases {
+            let got = authorize_snapshot(&who);
+            assert_eq!(got.is_ok(), allowed, "{who:?}: {got:?}");
+            if let Err(f) = got {
+                assert!(
+                    f.message
+                        .contains(&format!("User {:?} cannot get path", who.user())),
+                    "{}",
+                    f.message
+                );
+            }
+        }
     }
 }

@@ -4,8 +4,10 @@
 //! client certificate once and hands its requests to the router with that identity.
 //! Where the authenticator admits plain HTTP from a peer ([`Authenticate::plain_http`]),
 //! the loop tells the two apart by the connection's first byte ([`is_tls_handshake`]).
+//! A [`Drain`] stops the loop for a restart without failing the requests in flight.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use pki::Identity;
 use rustls::server::WebPkiClientVerifier;
+use tokio_util::sync::CancellationToken;
 
 use super::{network_identity, tls_required, unauthorized, Authenticate, PlainHttp, Security};
 
@@ -26,6 +29,74 @@ pub const TLS_HANDSHAKE_BYTE: u8 = 0x16;
 /// plain HTTP request starts so: its first byte is a method's letter.
 pub fn is_tls_handshake(first: u8) -> bool {
     first == TLS_HANDSHAKE_BYTE
+}
+
+/// How a server stops for a restart without failing what it is doing: it stops
+/// accepting connections (clients given several servers move on to the next), lets
+/// every request in flight finish and then closes its connection, closes idle
+/// keep-alive connections at once, and cuts watches last (their clients resume at
+/// another server from the revision they had). Clones share one state.
+#[derive(Clone, Debug, Default)]
+pub struct Drain {
+    stop: CancellationToken,
+    /// Requests in flight, watches left out.
+    requests: Arc<AtomicUsize>,
+}
+
+/// One request in flight, counted while it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Drain {
+    /// A drain of a server that runs.
+    pub fn new() -> Drain {
+        Drain::default()
+    }
+
+    /// Stop accepting and wait until no request but watches is in flight, at most
+    /// `grace`; returns how many were still in flight then (cut when the process ends).
+    pub async fn drain(&self, grace: Duration) -> usize {
+        self.stop.cancel();
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let left = self.requests.load(Ordering::SeqCst);
+            if left == 0 {
+                // The last answers are whole in memory: a moment puts them on the wire.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return self.requests.load(Ordering::SeqCst);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Resolves once the server is told to stop.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.stop.clone().cancelled_owned()
+    }
+
+    /// Count a request to `uri` as in flight until the guard drops (a watch is not
+    /// waited for).
+    fn request(&self, uri: &axum::http::Uri) -> Option<InFlight> {
+        let watch = uri.query().is_some_and(|q| {
+            q.split('&').any(|pair| {
+                pair.split_once('=').is_some_and(|(k, v)| {
+                    k == "watch" && crate::http::is_true(Some(&v.to_string()))
+                })
+            })
+        });
+        (!watch).then(|| {
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            InFlight(self.requests.clone())
+        })
+    }
 }
 
 /// Why a certificate, a key or the TLS configuration was refused.
@@ -99,7 +170,7 @@ pub async fn serve_app(
             security.authenticator.clone(),
             super::bearer,
         ));
-    serve(listener, config, security.authenticator, app).await;
+    serve(listener, config, security.authenticator, app, Drain::new()).await;
     Ok(())
 }
 
@@ -107,16 +178,23 @@ pub async fn serve_app(
 /// handshake (at most [`HANDSHAKE_TIMEOUT`]), the client certificate authenticated
 /// once, then HTTP/1.1 with `app`, every request carrying the connection's
 /// [`Identity`]. A failed handshake is logged at debug level and ends only that
-/// connection.
+/// connection. Returns once `drain` stops it (the listener closed; the connections
+/// finish as [`Drain`] says).
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     config: rustls::ServerConfig,
     authenticator: Arc<dyn Authenticate>,
     app: axum::Router,
+    drain: Drain,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = drain.stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: wait rather than spin.
@@ -134,6 +212,7 @@ pub(crate) async fn serve(
         let acceptor = acceptor.clone();
         let authenticator = authenticator.clone();
         let app = app.clone();
+        let drain = drain.clone();
         tokio::spawn(async move {
             if authenticator.plain_http(peer) {
                 let mut first = [0u8; 1];
@@ -142,7 +221,8 @@ pub(crate) async fn serve(
                         tracing::debug!(%peer, "plain HTTP connection");
                         let plain = Some(PlainHttp { peer });
                         let identity = Some(Identity::Anonymous);
-                        serve_connection(tcp, identity, plain, authenticator, app, peer).await;
+                        serve_connection(tcp, identity, plain, authenticator, app, peer, drain)
+                            .await;
                         return;
                     }
                     Ok(Ok(_)) => {}
@@ -168,7 +248,7 @@ pub(crate) async fn serve(
                 }
             };
             let identity = connection_identity(&tls, authenticator.as_ref(), peer);
-            serve_connection(tls, identity, None, authenticator, app, peer).await;
+            serve_connection(tls, identity, None, authenticator, app, peer, drain).await;
         });
     }
 }
@@ -197,7 +277,8 @@ fn connection_identity(
 /// Serve HTTP/1.1 on `io` with `app`, every request carrying `identity` (a refused
 /// certificate: every request is a 401). A plain-HTTP connection (`plain`) marks each
 /// request [`PlainHttp`] and refuses, with a 403, those for paths the authenticator
-/// does not admit over plain HTTP.
+/// does not admit over plain HTTP. When `drain` stops the server, the connection
+/// closes once its request in flight is answered (at once when idle).
 async fn serve_connection<I>(
     io: I,
     identity: Option<Identity>,
@@ -205,15 +286,19 @@ async fn serve_connection<I>(
     authenticator: Arc<dyn Authenticate>,
     app: axum::Router,
     peer: SocketAddr,
+    drain: Drain,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let stop = drain.stop.clone();
     let service = tower::service_fn(
         move |mut request: axum::http::Request<hyper::body::Incoming>| {
             let app = app.clone();
             let identity = identity.clone();
             let authenticator = authenticator.clone();
+            let in_flight = drain.request(request.uri());
             async move {
+                let _in_flight = in_flight;
                 let Some(identity) = identity else {
                     return Ok(unauthorized());
                 };
@@ -229,10 +314,17 @@ async fn serve_connection<I>(
             }
         },
     );
-    let served = hyper::server::conn::http1::Builder::new()
+    let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
-        .await;
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
     if let Err(e) = served {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }

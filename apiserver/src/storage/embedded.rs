@@ -33,6 +33,9 @@ use super::{
     KeyValue, ListRequest, ListResponse, Result, Storage, StorageError, WatchEvent, WatchStream,
 };
 
+/// The store's file in its directory.
+pub const FILE: &str = "oakestra.redb";
+
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 const REVISION_KEY: &str = "revision";
@@ -135,6 +138,23 @@ impl Drop for EmbeddedStore {
     }
 }
 
+/// Whether `error` says the store's file is held by another process (a running
+/// server): redb locks the file for as long as one process has it open, and has no
+/// read-only open beside it.
+pub fn is_held(error: &StorageError) -> bool {
+    let StorageError::Backend {
+        source: Some(source),
+        ..
+    } = error
+    else {
+        return false;
+    };
+    matches!(
+        source.downcast_ref::<redb::DatabaseError>(),
+        Some(redb::DatabaseError::DatabaseAlreadyOpen)
+    )
+}
+
 /// A failure of redb (or of the task running a read), kept as the source.
 fn backend_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError {
     StorageError::backend_caused("embedded", e.to_string(), e)
@@ -169,7 +189,7 @@ impl EmbeddedStore {
         std::fs::create_dir_all(dir).map_err(|e| {
             StorageError::backend_caused("embedded", format!("creating {}: {e}", dir.display()), e)
         })?;
-        let path = dir.join("oakestra.redb");
+        let path = dir.join(FILE);
         let db = Database::create(&path).map_err(|e| {
             StorageError::backend_caused("embedded", format!("opening {}: {e}", path.display()), e)
         })?;
@@ -220,6 +240,54 @@ impl EmbeddedStore {
             writer: Some(writer),
             writer_thread: Some(writer_thread),
         })
+    }
+
+    /// Write `objects` (key, stored bytes) into the store in `dir`, which must hold no
+    /// object (a new directory, or a store never written to), in one transaction: all of
+    /// them or, on any failure, none. Their revisions follow each other from
+    /// `after + 1` (or from the store's own revision, if that is higher), and a store
+    /// opened on it starts past them, its watch history empty, so any older revision a
+    /// client holds is answered `TooOld`. Another process holding the store (a running
+    /// server) is an error that [`is_held`] recognizes; a store that holds objects is
+    /// [`StorageError::AlreadyExists`] naming its first key. Returns the store's revision.
+    pub fn load(dir: &Path, after: i64, objects: &[(String, Vec<u8>)]) -> Result<i64> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StorageError::backend_caused("embedded", format!("creating {}: {e}", dir.display()), e)
+        })?;
+        let path = dir.join(FILE);
+        let db = Database::create(&path).map_err(|e| {
+            StorageError::backend_caused("embedded", format!("opening {}: {e}", path.display()), e)
+        })?;
+        let txn = db.begin_write().map_err(backend_err)?;
+        let revision = {
+            let mut table = txn.open_table(OBJECTS).map_err(backend_err)?;
+            if let Some(first) = table.iter().map_err(backend_err)?.next() {
+                let (key, _) = first.map_err(backend_err)?;
+                return Err(StorageError::AlreadyExists {
+                    key: key.value().to_string(),
+                });
+            }
+            let mut meta = txn.open_table(META).map_err(backend_err)?;
+            let stored = |key| -> Result<i64> {
+                Ok(meta
+                    .get(key)
+                    .map_err(backend_err)?
+                    .map(|g| g.value())
+                    .unwrap_or(0))
+            };
+            let mut revision = after.max(stored(REVISION_KEY)?).max(stored(RESERVED_KEY)?);
+            for (key, value) in objects {
+                revision += 1;
+                table
+                    .insert(key.as_str(), encode(revision, revision, value).as_slice())
+                    .map_err(backend_err)?;
+            }
+            meta.insert(REVISION_KEY, revision).map_err(backend_err)?;
+            meta.insert(RESERVED_KEY, revision).map_err(backend_err)?;
+            revision
+        };
+        txn.commit().map_err(backend_err)?;
+        Ok(revision)
     }
 
     async fn submit(&self, op: Op) -> Result<KeyValue> {

@@ -5,6 +5,7 @@
 //! have a `start` that leaves them running in this process, so that `up` composes
 //! them instead of wiring the crates again.
 
+pub mod backup;
 pub mod cluster;
 pub mod credentials;
 pub mod down;
@@ -383,6 +384,9 @@ pub struct Running {
 }
 
 impl Running {
+    /// How long a stopping server waits for the requests in flight.
+    pub const DRAIN: Duration = Duration::from_secs(10);
+
     /// Nothing running yet, with a fresh token for the tasks added later.
     pub fn new() -> Running {
         Running {
@@ -447,8 +451,11 @@ impl Running {
         self.tasks.push(tokio::spawn(task));
     }
 
-    /// Serve until Ctrl-C or SIGTERM (or a server stops), then stop the tasks.
+    /// Serve until Ctrl-C or SIGTERM (or a server stops), then stop: the servers stop
+    /// accepting and answer what is in flight (at most [`Running::DRAIN`]), then the
+    /// tasks stop.
     pub async fn until_stopped(self) -> anyhow::Result<()> {
+        let drains: Vec<_> = self.servers.iter().map(Server::drainer).collect();
         let stopped =
             futures::future::select_all(self.servers.into_iter().map(|s| Box::pin(s.wait())));
         let result = tokio::select! {
@@ -458,6 +465,12 @@ impl Running {
                 Ok(())
             }
         };
+        for drain in &drains {
+            let left = drain.drain(Self::DRAIN).await;
+            if left > 0 {
+                tracing::warn!(requests = left, "stopping with requests still in flight");
+            }
+        }
         self.shutdown.cancel();
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
