@@ -264,16 +264,13 @@ impl Etcd {
     fn launch(dir: &Path) -> (Process, u16) {
         let client = free_port();
         let peer = free_port();
-        let mut cmd = Command::new(etcd_binary());
-        cmd.arg("--name=test")
-            .arg(format!("--data-dir={}", dir.join("etcd").display()))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-            ))
-            .arg(format!("--initial-cluster=test=http://127.0.0.1:{peer}"));
+        let cmd = etcd_command(
+            "test",
+            &dir.join("etcd"),
+            client,
+            peer,
+            &format!("test=http://127.0.0.1:{peer}"),
+        );
         let process = Process::spawn("etcd", cmd, Some(&dir.join("etcd.log")));
         wait_for_port(client, "etcd", Duration::from_secs(30));
         (process, client)
@@ -296,6 +293,29 @@ impl Etcd {
     pub fn data_dir(&self) -> PathBuf {
         self.data.path().to_path_buf()
     }
+}
+
+/// The command that runs etcd member `name` on `data`, serving clients on loopback port
+/// `client` and its peers on `peer`, in the cluster `initial_cluster`
+/// (`NAME=http://127.0.0.1:PEER,…`).
+pub fn etcd_command(
+    name: &str,
+    data: &Path,
+    client: u16,
+    peer: u16,
+    initial_cluster: &str,
+) -> Command {
+    let mut cmd = Command::new(etcd_binary());
+    cmd.arg(format!("--name={name}"))
+        .arg(format!("--data-dir={}", data.display()))
+        .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+        .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+        ))
+        .arg(format!("--initial-cluster={initial_cluster}"));
+    cmd
 }
 
 /// Path of the etcd server binary (`ETCD_BIN` overrides).
@@ -391,18 +411,9 @@ impl EtcdCluster {
         let m = &self.members[i];
         let data = self.dir.path().join(&m.name);
         let (client, peer) = (m.client_port, m.peer_port);
-        let mut cmd = Command::new(etcd_binary());
-        cmd.arg(format!("--name={}", m.name))
-            .arg(format!("--data-dir={}", data.display()))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-            ))
-            .arg(format!("--initial-cluster={}", self.initial_cluster))
-            // Ignored once the data directory exists, as on a restart.
-            .arg("--initial-cluster-state=new")
+        let mut cmd = etcd_command(&m.name, &data, client, peer, &self.initial_cluster);
+        // Ignored once the data directory exists, as on a restart.
+        cmd.arg("--initial-cluster-state=new")
             .arg(format!("--initial-cluster-token={}", self.token));
         let log = self.dir.path().join(format!("{}.log", m.name));
         let process = Process::spawn_appending(&format!("etcd {}", m.name), cmd, &log);

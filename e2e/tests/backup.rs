@@ -435,16 +435,13 @@ async fn restore_refuses_a_store_with_objects_and_a_broken_file() {
 /// it: member `test` at `peer`), on a fresh client port.
 fn etcd_on(data: &Path, peer: u16, log: &Path) -> (Process, u16) {
     let client = free_port();
-    let mut cmd = Command::new(e2e::etcd_binary());
-    cmd.arg("--name=test")
-        .arg(format!("--data-dir={}", data.display()))
-        .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
-        .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
-        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-        .arg(format!(
-            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-        ))
-        .arg(format!("--initial-cluster=test=http://127.0.0.1:{peer}"));
+    let cmd = e2e::etcd_command(
+        "test",
+        data,
+        client,
+        peer,
+        &format!("test=http://127.0.0.1:{peer}"),
+    );
     let process = Process::spawn("etcd (restored)", cmd, Some(log));
     wait_for_port(client, "restored etcd", WAIT);
     (process, client)

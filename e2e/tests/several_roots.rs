@@ -177,6 +177,19 @@ const QUICK_ELECTION: &[&str] = &[
     "600",
 ];
 
+/// A fresh etcd and two roots on it with `flags`, the second joining the first with
+/// its token.
+fn two_roots(dir: &Path, flags: &[&str]) -> (Etcd, [RootServer; 2]) {
+    let etcd = Etcd::start();
+    let store = format!("etcd:{}", etcd.url());
+    let a = RootServer::start_with(&store, dir, flags);
+    let token = a.upstream().token;
+    let mut with_token = flags.to_vec();
+    with_token.extend(["--token", &token]);
+    let b = RootServer::start_with(&store, dir, &with_token);
+    (etcd, [a, b])
+}
+
 /// How many times `root` logged that it started the root controllers.
 fn controller_starts(root: &RootServer) -> usize {
     root.log().matches("starting root controllers").count()
@@ -194,14 +207,7 @@ async fn placed(api: &client::Api<crds::Instance>, service: &str) -> Vec<Option<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_root_takes_the_controllers_over_when_the_leader_dies() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start();
-    let store = format!("etcd:{}", etcd.url());
-    let a = RootServer::start_with(&store, dir.path(), QUICK_ELECTION);
-    let token = a.upstream().token;
-    let mut with_token = QUICK_ELECTION.to_vec();
-    with_token.extend(["--token", &token]);
-    let b = RootServer::start_with(&store, dir.path(), &with_token);
-    let mut roots = [a, b];
+    let (_etcd, mut roots) = two_roots(dir.path(), QUICK_ELECTION);
 
     // One of them leads: the Lease names it, and only it started the controllers.
     let first = eventually("a root holds the controllers' Lease", WAIT, || async {
@@ -316,20 +322,14 @@ fn leases_at(root: &RootServer) -> client::Api<crds::Lease> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_given_both_roots_keeps_working_when_one_dies() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start();
-    let store = format!("etcd:{}", etcd.url());
     // A cluster silent for 4 s would become NotReady at the root.
     let mut flags = QUICK_ELECTION[..6].to_vec();
     flags.extend(["--cluster-heartbeat-timeout-seconds", "4"]);
-    let a = RootServer::start_with(&store, dir.path(), &flags);
-    let token = a.upstream().token;
-    let mut with_token = flags.clone();
-    with_token.extend(["--token", &token]);
-    let b = RootServer::start_with(&store, dir.path(), &with_token);
+    let (_etcd, [a, b]) = two_roots(dir.path(), &flags);
 
     let both = e2e::Upstream {
         url: format!("{},{}", a.url(), b.url()),
-        token,
+        token: a.upstream().token,
     };
     let port = free_port();
     let _cluster = e2e::Oakestra::start(
@@ -546,14 +546,7 @@ async fn a_standby_cluster_orchestrator_takes_over_and_the_workload_keeps_runnin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_the_roots_under_writes_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start();
-    let store = format!("etcd:{}", etcd.url());
-    let a = RootServer::start_with(&store, dir.path(), QUICK_ELECTION);
-    let token = a.upstream().token;
-    let mut with_token = QUICK_ELECTION.to_vec();
-    with_token.extend(["--token", &token]);
-    let b = RootServer::start_with(&store, dir.path(), &with_token);
-    let mut roots = [a, b];
+    let (_etcd, mut roots) = two_roots(dir.path(), QUICK_ELECTION);
 
     // A writer given both roots, retrying a failed create once as clients do.
     let client = client::kubeconfig::Kubeconfig::load(&roots[0].kubeconfig())

@@ -183,16 +183,22 @@ fn decode(key: &str, raw: &[u8]) -> KeyValue {
     }
 }
 
+/// The database file of the store in `dir`, created with its directory if missing
+/// (another process holding it is an error [`is_held`] recognizes).
+fn create_database(dir: &Path) -> Result<Database> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        StorageError::backend_caused("embedded", format!("creating {}: {e}", dir.display()), e)
+    })?;
+    let path = dir.join(FILE);
+    Database::create(&path).map_err(|e| {
+        StorageError::backend_caused("embedded", format!("opening {}: {e}", path.display()), e)
+    })
+}
+
 impl EmbeddedStore {
     /// Open (or create) the store in `dir`.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StorageError::backend_caused("embedded", format!("creating {}: {e}", dir.display()), e)
-        })?;
-        let path = dir.join(FILE);
-        let db = Database::create(&path).map_err(|e| {
-            StorageError::backend_caused("embedded", format!("opening {}: {e}", path.display()), e)
-        })?;
+        let db = create_database(dir)?;
         let txn = db.begin_write().map_err(backend_err)?;
         let revision = {
             txn.open_table(OBJECTS).map_err(backend_err)?;
@@ -234,7 +240,7 @@ impl EmbeddedStore {
             .name("embedded-store-writer".into())
             .spawn(move || writer_state.run(requests))
             .map_err(backend_err)?;
-        tracing::info!(path = %path.display(), revision, "embedded store opened");
+        tracing::info!(path = %dir.join(FILE).display(), revision, "embedded store opened");
         Ok(EmbeddedStore {
             shared,
             writer: Some(writer),
@@ -251,13 +257,7 @@ impl EmbeddedStore {
     /// server) is an error that [`is_held`] recognizes; a store that holds objects is
     /// [`StorageError::AlreadyExists`] naming its first key. Returns the store's revision.
     pub fn load(dir: &Path, after: i64, objects: &[(String, Vec<u8>)]) -> Result<i64> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StorageError::backend_caused("embedded", format!("creating {}: {e}", dir.display()), e)
-        })?;
-        let path = dir.join(FILE);
-        let db = Database::create(&path).map_err(|e| {
-            StorageError::backend_caused("embedded", format!("opening {}: {e}", path.display()), e)
-        })?;
+        let db = create_database(dir)?;
         let txn = db.begin_write().map_err(backend_err)?;
         let revision = {
             let mut table = txn.open_table(OBJECTS).map_err(backend_err)?;
