@@ -266,10 +266,12 @@ fn field_manager(query: Option<&str>, user_agent: Option<&str>) -> String {
 /// A boolean query parameter as Kubernetes reads one (Go's `strconv.ParseBool`): the
 /// Python client sends `watch=True`.
 pub(crate) fn is_true(v: Option<&String>) -> bool {
-    matches!(
-        v.map(String::as_str),
-        Some("1" | "t" | "T" | "true" | "True" | "TRUE")
-    )
+    v.is_some_and(|v| parse_bool(v))
+}
+
+/// Whether `v` is true as Go's `strconv.ParseBool` reads it.
+pub(crate) fn parse_bool(v: &str) -> bool {
+    matches!(v, "1" | "t" | "T" | "true" | "True" | "TRUE")
 }
 
 async fn api(

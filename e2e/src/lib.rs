@@ -556,22 +556,9 @@ impl Drop for EtcdCluster {
         if !std::thread::panicking() {
             return;
         }
-        let lines: usize = std::env::var("OAKESTRA_E2E_LOG_LINES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(40);
         for m in &self.members {
             let path = self.dir.path().join(format!("{}.log", m.name));
-            let log = std::fs::read_to_string(&path).unwrap_or_default();
-            let all: Vec<&str> = log.lines().collect();
-            let tail = &all[all.len().saturating_sub(lines)..];
-            eprintln!(
-                "--- last {} lines of etcd member {} ({}) ---\n{}",
-                tail.len(),
-                m.name,
-                path.display(),
-                tail.join("\n")
-            );
+            print_log_tail(&format!("etcd member {}", m.name), &path);
         }
     }
 }
@@ -767,20 +754,26 @@ impl Drop for Oakestra {
         if !std::thread::panicking() {
             return;
         }
-        let lines: usize = std::env::var("OAKESTRA_E2E_LOG_LINES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(40);
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        let tail = &all[all.len().saturating_sub(lines)..];
-        eprintln!(
-            "--- last {} lines of {} ---\n{}",
-            tail.len(),
-            self.log.display(),
-            tail.join("\n")
-        );
+        print_log_tail("oakestra", &self.log);
     }
+}
+
+/// Print the end of the log of `what` at `path` (`OAKESTRA_E2E_LOG_LINES` lines, 40
+/// unless set), for a failing test.
+fn print_log_tail(what: &str, path: &Path) {
+    let lines: usize = std::env::var("OAKESTRA_E2E_LOG_LINES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(40);
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    let tail = &all[all.len().saturating_sub(lines)..];
+    eprintln!(
+        "--- last {} lines of {what} ({}) ---\n{}",
+        tail.len(),
+        path.display(),
+        tail.join("\n")
+    );
 }
 
 /// The admin kubeconfig `oakestra up` writes with its data under `data_dir`.

@@ -190,6 +190,28 @@ fn two_roots(dir: &Path, flags: &[&str]) -> (Etcd, [RootServer; 2]) {
     (etcd, [a, b])
 }
 
+/// The Service `work`: `replicas` processes `sleep MARKER`.
+fn work_service(replicas: u32, marker: &str) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "oakestra.io/v1", "kind": "Service", "metadata": {"name": "work"},
+        "spec": {"replicas": replicas, "template": {"runtime": "process", "executable": "/bin/sh",
+            "command": ["-c", format!("exec sleep {marker}")],
+            "resources": {"cpuMillicores": 100, "memoryMiB": 32}}}})
+}
+
+/// Whether exactly `n` Instances of `work` exist and all are `Running`.
+async fn work_running(instances: &client::Api<crds::Instance>, n: usize) -> bool {
+    let live = e2e::instances_of(instances, "work").await;
+    let running = live
+        .iter()
+        .filter(|i| {
+            i.status
+                .as_ref()
+                .is_some_and(|s| s.phase == crds::Phase::Running)
+        })
+        .count();
+    live.len() == n && running == n
+}
+
 /// How many times `root` logged that it started the root controllers.
 fn controller_starts(root: &RootServer) -> usize {
     root.log().matches("starting root controllers").count()
@@ -357,29 +379,13 @@ async fn a_cluster_given_both_roots_keeps_working_when_one_dies() {
             .then_some(())
     };
     eventually("c1 Ready at the roots", WAIT, || ready(at_b.clone())).await;
-    let service = |replicas: u32| {
-        serde_json::json!({"apiVersion": "oakestra.io/v1", "kind": "Service", "metadata": {"name": "work"},
-            "spec": {"replicas": replicas, "template": {"runtime": "process", "executable": "/bin/sh",
-                "command": ["-c", format!("exec sleep {marker}")],
-                "resources": {"cpuMillicores": 100, "memoryMiB": 32}}}})
-    };
+    let service = |replicas: u32| work_service(replicas, &marker);
     let services = at_b.api::<crds::Service>(Some("default"));
     let instances = at_b.api::<crds::Instance>(Some("default"));
     services.dynamic().create(&service(1)).await.unwrap();
     let running = |n: usize| {
         let instances = instances.clone();
-        async move {
-            let live = e2e::instances_of(&instances, "work").await;
-            let running = live
-                .iter()
-                .filter(|i| {
-                    i.status
-                        .as_ref()
-                        .is_some_and(|s| s.phase == crds::Phase::Running)
-                })
-                .count();
-            (live.len() == n && running == n).then_some(())
-        }
+        async move { work_running(&instances, n).await.then_some(()) }
     };
     eventually("1 Running Instance", WAIT, || running(1)).await;
 
@@ -469,27 +475,13 @@ async fn a_standby_cluster_orchestrator_takes_over_and_the_workload_keeps_runnin
     let api = root.client();
     let services = api.api::<crds::Service>(Some("default"));
     let instances = api.api::<crds::Instance>(Some("default"));
-    let service = |replicas: u32| {
-        serde_json::json!({"apiVersion": "oakestra.io/v1", "kind": "Service", "metadata": {"name": "work"},
-            "spec": {"replicas": replicas, "template": {"runtime": "process", "executable": "/bin/sh",
-                "command": ["-c", format!("exec sleep {marker}")],
-                "resources": {"cpuMillicores": 100, "memoryMiB": 32}}}})
-    };
+    let service = |replicas: u32| work_service(replicas, &marker);
     let running = |n: usize| {
         let instances = instances.clone();
         let marker = marker.clone();
         async move {
-            let live = e2e::instances_of(&instances, "work").await;
-            let running = live
-                .iter()
-                .filter(|i| {
-                    i.status
-                        .as_ref()
-                        .is_some_and(|s| s.phase == crds::Phase::Running)
-                })
-                .count();
             let processes = e2e::processes_matching(&format!("sleep {marker}")).len();
-            (live.len() == n && running == n && processes == n).then_some(())
+            (work_running(&instances, n).await && processes == n).then_some(())
         }
     };
     services.dynamic().create(&service(1)).await.unwrap();

@@ -87,9 +87,8 @@ impl Drain {
     fn request(&self, uri: &axum::http::Uri) -> Option<InFlight> {
         let watch = uri.query().is_some_and(|q| {
             q.split('&').any(|pair| {
-                pair.split_once('=').is_some_and(|(k, v)| {
-                    k == "watch" && crate::http::is_true(Some(&v.to_string()))
-                })
+                pair.split_once('=')
+                    .is_some_and(|(k, v)| k == "watch" && crate::http::parse_bool(v))
             })
         });
         (!watch).then(|| {
