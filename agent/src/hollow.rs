@@ -268,8 +268,8 @@ async fn mark_running(instance: Arc<Instance>, ctx: Arc<Ctx>) -> Result<Action, 
     let api: Api<Instance> = ctx.client.api(instance.metadata.namespace.as_deref());
     let fields = json!({"phase": Phase::Running, "hostIP": ctx.address, "startTime": Utc::now(),
         "runtimeId": format!("hollow/{node}/{name}"), "reason": null, "message": null, "exitCode": null});
-    let patch = crate::instances::status_patch(&instance, Phase::Running, fields, Utc::now());
-    api.patch_status(name, &patch).await?;
+    let status = crate::instances::status_apply(&instance, Phase::Running, fields, Utc::now());
+    api.apply_own_status(name, &status).await?;
     let marked = ctx.marked.fetch_add(1, Ordering::Relaxed) + 1;
     tracing::debug!(instance = %name, node, "hollow instance Running");
     if marked.is_multiple_of(1000) {

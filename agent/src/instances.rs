@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use client::runtime::{Action, ObjectRef};
+use client::runtime::{Action, ObjectRef, Written};
 use client::{Api, Client};
 use crds::conditions::{instance_readiness, READY};
 use crds::ipam::Cidr;
@@ -33,11 +33,10 @@ use crate::AgentError;
 /// How often a running workload is looked at again (exits of workloads this agent
 /// started arrive at once; adopted ones are polled).
 const RUNNING_POLL: Duration = Duration::from_secs(5);
-/// How long after its binding an Instance waits for its address before it says so
-/// (the address usually follows within milliseconds; this leaves the allocator's write
-/// uncontended), and how often it looks again.
-const ADDRESS_GRACE: Duration = Duration::from_secs(1);
-/// The status reason of an Instance waiting for its address.
+/// How often an Instance looks again while its node has no subnet yet (the subnet comes
+/// with the node's heartbeat, not as a change of the Instance).
+const SUBNET_POLL: Duration = Duration::from_secs(1);
+/// The status reason of an Instance whose node has no subnet yet.
 pub const WAITING_FOR_ADDRESS: &str = "WaitingForAddress";
 
 /// Delay before restart number `restarts + 1`: 1 s, doubling, at most 30 s.
@@ -151,7 +150,7 @@ pub enum Report {
         /// How long until the restart.
         remaining: Duration,
     },
-    /// It waits for the cluster to assign its address.
+    /// It waits for the cluster to assign its node a subnet.
     WaitingForAddress,
     /// The start failed.
     StartFailed {
@@ -175,8 +174,8 @@ impl Report {
         }
     }
 
-    /// The status merge patch of this report, for an agent at `host_ip`.
-    pub fn patch(&self, host_ip: &str) -> serde_json::Value {
+    /// The status fields this report sets (a null: removes), for an agent at `host_ip`.
+    pub fn fields(&self, host_ip: &str) -> serde_json::Value {
         match self {
             Report::Running {
                 runtime_id,
@@ -215,7 +214,7 @@ impl Report {
             }
             Report::WaitingForAddress => {
                 json!({"phase": Phase::Starting, "reason": WAITING_FOR_ADDRESS,
-                    "message": "waiting for the cluster to assign the node a subnet and the instance an IP"})
+                    "message": "waiting for the cluster to assign the node a subnet"})
             }
             Report::StartFailed {
                 reason,
@@ -228,35 +227,61 @@ impl Report {
     }
 }
 
-/// The merge patch (of the status subresource) that puts `instance` in `phase` with the
-/// status `fields` (an object, e.g. [`Report::patch`]), at `now`: the fields, the
-/// `metadata.generation` the agent acted on as `observedGeneration`, and the `Ready`
-/// condition ([`instance_readiness`]) when it changes. The conditions are written
-/// whole, so that write goes at the version read: a writer that changed them meanwhile
-/// (the address allocator) makes it a 409, and the retry reads them again.
-pub fn status_patch(
+/// The status fields the agent owns, besides its `Ready` condition.
+const AGENT_FIELDS: [&str; 9] = [
+    "phase",
+    "hostIP",
+    "runtimeId",
+    "startTime",
+    "restartCount",
+    "exitCode",
+    "reason",
+    "message",
+    "observedGeneration",
+];
+
+/// Everything of `instance`'s status the agent owns, as it applies it (server-side
+/// apply, [`client::Api::apply_own_status`]) to put the Instance in `phase` with the
+/// status `fields` (an object, e.g. [`Report::fields`]; a null removes a field) at
+/// `now`: the agent's fields as the status has them with `fields` over them, the
+/// `metadata.generation` it acted on as `observedGeneration`, and its `Ready` condition
+/// ([`instance_readiness`]; its transition time kept while it does not change).
+///
+/// Conditions merge by type, so the allocator's and the binder's stay as they are, and
+/// nothing is written at a version: their writes never make this one fail.
+pub fn status_apply(
     instance: &Instance,
     phase: Phase,
-    mut fields: serde_json::Value,
+    fields: serde_json::Value,
     now: Time,
 ) -> serde_json::Value {
-    let mut conditions = instance
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
-    let detail = fields.get("message").and_then(|m| m.as_str()).unwrap_or("");
-    let (ready, reason, message) = instance_readiness(phase, detail);
-    let changed = set_condition(&mut conditions, READY, ready, reason, &message, now);
-    fields["observedGeneration"] = json!(instance.metadata.generation);
-    if !changed {
-        return json!({ "status": fields });
+    let status = instance.status.clone().unwrap_or_default();
+    let mut owned = match serde_json::to_value(&status) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    owned.retain(|k, _| AGENT_FIELDS.contains(&k.as_str()));
+    if let serde_json::Value::Object(fields) = fields {
+        for (k, v) in fields {
+            if v.is_null() {
+                owned.remove(&k);
+            } else {
+                owned.insert(k, v);
+            }
+        }
     }
-    fields["conditions"] = json!(conditions);
-    json!({
-        "metadata": {"resourceVersion": instance.metadata.resource_version},
-        "status": fields,
-    })
+    owned.insert("phase".into(), json!(phase));
+    owned.insert(
+        "observedGeneration".into(),
+        json!(instance.metadata.generation),
+    );
+    let detail = owned.get("message").and_then(|m| m.as_str()).unwrap_or("");
+    let (ready, reason, message) = instance_readiness(phase, detail);
+    let mut conditions = status.conditions;
+    set_condition(&mut conditions, READY, ready, reason, &message, now);
+    conditions.retain(|c| c.type_ == READY);
+    owned.insert("conditions".into(), json!(conditions));
+    serde_json::Value::Object(owned)
 }
 
 /// When to look at the Instance again.
@@ -384,7 +409,11 @@ pub fn next_step(o: &Observed) -> Plan {
     }
 }
 
-/// Start as restart number `restarts`, or wait for the address first.
+/// Start as restart number `restarts`, or wait for the address first. Each writer says
+/// what it knows: while the node has no subnet the agent says so; while the Instance
+/// has no address of the node's subnet, the allocator's own condition says why (its
+/// write of the address is a change of the Instance, which queues it again), and the
+/// agent writes nothing.
 fn start_step(o: &Observed, restarts: u32) -> Step {
     let Addressing::Own { subnet } = o.addressing else {
         return Step::Start {
@@ -401,17 +430,11 @@ fn start_step(o: &Observed, restarts: u32) -> Step {
                 gateway: subnet.gateway(),
             }),
         },
-        _ => {
-            let bound_for = crds::find_condition(&o.status.conditions, crds::conditions::SCHEDULED)
-                .and_then(|c| c.last_transition_time)
-                .and_then(|at| (o.now - at).to_std().ok())
-                .unwrap_or_default();
-            if bound_for < ADDRESS_GRACE {
-                return report(None, Next::Requeue(ADDRESS_GRACE - bound_for));
-            }
+        (_, Some(_)) => report(None, Next::AwaitChange),
+        (_, None) => {
             let waiting =
                 (o.status.reason != WAITING_FOR_ADDRESS).then_some(Report::WaitingForAddress);
-            report(waiting, Next::Requeue(ADDRESS_GRACE))
+            report(waiting, Next::Requeue(SUBNET_POLL))
         }
     }
 }
@@ -496,6 +519,10 @@ pub(crate) struct Instances {
     /// Instances whose removal runs in the background (a stop may take its grace
     /// period: it must not hold one of the few reconcile slots that starts need).
     pub removing: Mutex<HashSet<InstanceId>>,
+    /// The Instances as this agent last wrote them, until its cache shows that: each
+    /// status write carries every field the agent owns, so one built from an older
+    /// cached copy (an exit seen right after a start) would undo the last.
+    pub written: Written<Instance>,
 }
 
 impl Instances {
@@ -580,6 +607,7 @@ pub(crate) async fn reconcile(
         namespace: key.namespace.clone().unwrap_or_default(),
         name: key.name.clone(),
     };
+    let instance = instance.map(|cached| ctx.written.newest(&key, cached));
     let mine = instance.filter(|i| {
         i.spec.node.as_deref() == Some(ctx.node.as_str()) && i.metadata.deletion_timestamp.is_none()
     });
@@ -592,6 +620,7 @@ pub(crate) async fn reconcile(
     }
     let state = ctx.runtime.state(&id).await?;
     let Some(instance) = mine else {
+        ctx.written.forget(&key);
         let attached = ctx.network.as_ref().is_some_and(|n| n.holds(&id));
         if state.is_some() || attached {
             tracing::info!(instance = %id, "no longer bound here; removing");
@@ -626,12 +655,11 @@ pub(crate) async fn reconcile(
             })
             .inc();
     }
-    let api: Api<Instance> = ctx.client.api(Some(&id.namespace));
     let next = match plan.step {
         Step::Report { report, next } => {
             if let Some(report) = report {
                 tracing::debug!(instance = %id, ?report, "status");
-                write(&api, &instance, &report, &ctx.address).await?;
+                write(&ctx, &instance, &report).await?;
             }
             next
         }
@@ -642,15 +670,19 @@ pub(crate) async fn reconcile(
     Ok(next.into())
 }
 
-/// Write `report` to `instance`'s status.
-async fn write(
-    api: &Api<Instance>,
-    instance: &Instance,
-    report: &Report,
-    host_ip: &str,
-) -> Result<(), AgentError> {
-    let patch = status_patch(instance, report.phase(), report.patch(host_ip), Utc::now());
-    api.patch_status(&instance.metadata.name, &patch).await?;
+/// Write `report` to `instance`'s status, and remember what the server stored.
+async fn write(ctx: &Instances, instance: &Instance, report: &Report) -> Result<(), AgentError> {
+    let api: Api<Instance> = ctx.client.api(instance.metadata.namespace.as_deref());
+    let status = status_apply(
+        instance,
+        report.phase(),
+        report.fields(&ctx.address),
+        Utc::now(),
+    );
+    let stored = api
+        .apply_own_status(&instance.metadata.name, &status)
+        .await?;
+    ctx.written.wrote(ObjectRef::of(instance), stored);
     Ok(())
 }
 
@@ -717,8 +749,7 @@ async fn start(
     }
     let (report, next) = after_start(outcome.as_ref(), restarts);
     if let Some(report) = report {
-        let api: Api<Instance> = ctx.client.api(Some(&id.namespace));
-        write(&api, instance, &report, &ctx.address).await?;
+        write(ctx, instance, &report).await?;
     }
     Ok(next)
 }
@@ -1022,29 +1053,27 @@ mod tests {
             .then(start(11)),
             // A networked Instance waits for its address.
             case(
-                "just bound: wait quietly for the address",
-                bound(status(Scheduled, 0, ""), 0.0, None),
-                None,
-            )
-            .own_network(None)
-            .now(0.25)
-            .then(wait(None, Requeue(Duration::from_millis(750)))),
-            case(
-                "bound a while: say it waits",
+                "no node subnet yet: say so",
                 bound(status(Scheduled, 0, ""), 0.0, Some("10.0.0.5")),
                 None,
             )
             .own_network(None)
-            .now(3.0)
             .then(wait(Some(Report::WaitingForAddress), Requeue(SECOND))),
             case(
                 "said so already: wait quietly",
                 bound(status(Starting, 0, WAITING_FOR_ADDRESS), 0.0, None),
                 None,
             )
-            .own_network(subnet())
+            .own_network(None)
             .now(3.0)
             .then(wait(None, Requeue(SECOND))),
+            case(
+                "no IP yet: the allocator's to write, nothing to say",
+                bound(status(Scheduled, 0, ""), 0.0, None),
+                None,
+            )
+            .own_network(subnet())
+            .then(wait(None, AwaitChange)),
             case(
                 "an IP outside the node subnet is no address",
                 bound(status(Scheduled, 0, ""), 0.0, Some("10.0.1.5")),
@@ -1052,7 +1081,7 @@ mod tests {
             )
             .own_network(subnet())
             .now(3.0)
-            .then(wait(Some(Report::WaitingForAddress), Requeue(SECOND))),
+            .then(wait(None, AwaitChange)),
             case(
                 "with subnet and IP it starts at that address",
                 bound(status(Scheduled, 0, ""), 0.0, Some("10.0.0.5")),
@@ -1072,9 +1101,9 @@ mod tests {
                 bound(status(Running, 0, ""), -10.0, None),
                 Some(exited(Some(1), false)),
             )
-            .own_network(None)
+            .own_network(subnet())
             .now(2.0)
-            .then(wait(Some(Report::WaitingForAddress), Requeue(SECOND)))
+            .then(wait(None, AwaitChange))
             .counts(Error),
             case(
                 "without a network of its own nothing waits",
@@ -1190,13 +1219,31 @@ mod tests {
     }
 
     #[test]
-    fn status_patches_carry_the_generation_and_a_ready_that_changed() {
-        /// An Instance at generation 4 and version "9", `Ready` as given (or absent).
+    fn the_status_applied_is_all_the_agent_owns() {
+        /// An Instance at generation 4, `Ready` as given (or absent), with what the
+        /// binder and the allocator wrote, and the agent's earlier exit.
         fn instance(ready: Option<ConditionStatus>) -> Instance {
             let mut i = Instance::new("web-0", Default::default());
             i.metadata.generation = Some(4);
             i.metadata.resource_version = Some("9".into());
-            let mut status = InstanceStatus::default();
+            let mut status = InstanceStatus {
+                phase: Phase::Starting,
+                instance_ip: Some("10.0.0.5".parse().unwrap()),
+                restart_count: 2,
+                exit_code: Some(1),
+                reason: "Error".into(),
+                host_ip: Some("192.0.2.1".into()),
+                ..Default::default()
+            };
+            let scheduled = crds::conditions::SCHEDULED;
+            crds::set_condition(
+                &mut status.conditions,
+                scheduled,
+                ConditionStatus::True,
+                "Placed",
+                "on n1",
+                t0(),
+            );
             if let Some(r) = ready {
                 let reason = if r == ConditionStatus::True {
                     "Running"
@@ -1217,40 +1264,35 @@ mod tests {
         let now = at(5.0);
         let cases = [
             (
-                "first report: Ready written at the version read",
+                "first report: Ready now; the exit's fields go; the address and the binder's condition are not sent",
                 instance(None),
                 Running,
-                json!({"phase": "Running"}),
-                json!({"metadata": {"resourceVersion": "9"}, "status": {"phase": "Running", "observedGeneration": 4,
-                 "conditions": ready("True", "Running", "the workload runs", now)}}),
+                json!({"runtimeId": "c1", "reason": null, "message": null, "exitCode": null}),
+                json!({"phase": "Running", "observedGeneration": 4, "runtimeId": "c1", "restartCount": 2,
+                 "hostIP": "192.0.2.1", "conditions": ready("True", "Running", "the workload runs", now)}),
             ),
             (
-                "Ready unchanged: no conditions, no precondition",
+                "Ready unchanged: its transition time stays",
                 instance(Some(ConditionStatus::True)),
                 Running,
-                json!({"phase": "Running"}),
-                json!({"status": {"phase": "Running", "observedGeneration": 4}}),
+                json!({"runtimeId": "c1", "reason": null, "message": null, "exitCode": null}),
+                json!({"phase": "Running", "observedGeneration": 4, "runtimeId": "c1", "restartCount": 2,
+                 "hostIP": "192.0.2.1", "conditions": ready("True", "Running", "the workload runs", t0())}),
             ),
             (
-                "an exit turns Ready False with the status message",
+                "an exit turns Ready False with the status message; what the report leaves out stays",
                 instance(Some(ConditionStatus::True)),
                 Starting,
-                json!({"phase": "Starting", "message": "exited (Error, code Some(1)); restarting in 1s"}),
-                json!({"metadata": {"resourceVersion": "9"}, "status": {"phase": "Starting", "observedGeneration": 4,
+                json!({"message": "exited (Error, code Some(1)); restarting in 1s"}),
+                json!({"phase": "Starting", "observedGeneration": 4, "restartCount": 2, "exitCode": 1,
+                 "reason": "Error", "hostIP": "192.0.2.1",
                  "message": "exited (Error, code Some(1)); restarting in 1s",
-                 "conditions": ready("False", "Starting", "exited (Error, code Some(1)); restarting in 1s", now)}}),
-            ),
-            (
-                "still not ready, for the same reason: nothing new",
-                instance(Some(ConditionStatus::False)),
-                Starting,
-                json!({"phase": "Starting"}),
-                json!({"status": {"phase": "Starting", "observedGeneration": 4}}),
+                 "conditions": ready("False", "Starting", "exited (Error, code Some(1)); restarting in 1s", now)}),
             ),
         ];
         for (what, instance, phase, fields, expected) in cases {
             assert_eq!(
-                status_patch(&instance, phase, fields, now),
+                status_apply(&instance, phase, fields, now),
                 expected,
                 "{what}"
             );
@@ -1258,7 +1300,7 @@ mod tests {
     }
 
     #[test]
-    fn reports_patch_the_status_as_before() {
+    fn reports_set_the_status_as_before() {
         let host = "192.0.2.1";
         let table = [
             (
@@ -1304,7 +1346,7 @@ mod tests {
             ),
         ];
         for (report, patch) in table {
-            assert_eq!(report.patch(host), patch, "{report:?}");
+            assert_eq!(report.fields(host), patch, "{report:?}");
         }
     }
 }

@@ -217,6 +217,7 @@ pub async fn run(
         metrics,
         subnet,
         removing: Default::default(),
+        written: Default::default(),
     });
     // Only the Instances bound here; one that leaves arrives as a deletion.
     let bound_here = ListParams {

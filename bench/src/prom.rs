@@ -35,12 +35,18 @@ pub fn mean_ms(before: &str, after: &str, metric: &str, label: &str) -> f64 {
 /// Sum of the samples named `name` (exactly, with its prefix) whose labels contain
 /// `label`.
 pub fn sample(text: &str, name: &str, label: &str) -> f64 {
+    sum_where(text, name, |labels| labels.contains(label))
+}
+
+/// Sum of the samples named `name` (exactly, with its prefix) whose label text (what
+/// is between the braces) `keep` accepts.
+pub fn sum_where(text: &str, name: &str, keep: impl Fn(&str) -> bool) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
-            if metric == name && labels.contains(label) {
+            if metric == name && keep(labels) {
                 value.parse::<f64>().ok()
             } else {
                 None

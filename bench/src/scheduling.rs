@@ -166,6 +166,26 @@ pub struct ApiLoad {
     pub api: String,
     pub requests: Vec<(String, f64, f64)>,
     pub storage: Vec<(String, f64, f64)>,
+    /// Requests the Instances caused that were answered 409 Conflict (a write at a
+    /// stale version, or an apply that met another manager's field): each one costs
+    /// its writer a read and another write.
+    pub conflicts: f64,
+}
+
+/// The resources whose writes the Instances cause ([`ApiLoad::instance_writes`]).
+const CAUSED: [&str; 3] = ["instances", "events", "services"];
+
+/// Requests on [`CAUSED`] resources (and their subresources) answered 409, between two
+/// scrapes of a server's `/metrics`.
+fn conflicts(before: &str, after: &str) -> f64 {
+    let name = format!("{}requests_total", crate::prom::PREFIX);
+    let caused = |labels: &str| {
+        labels.contains("code=\"409\"")
+            && CAUSED
+                .iter()
+                .any(|r| labels.contains(&format!("resource=\"{r}")))
+    };
+    crate::prom::sum_where(after, &name, caused) - crate::prom::sum_where(before, &name, caused)
 }
 
 impl ApiLoad {
@@ -174,7 +194,7 @@ impl ApiLoad {
     /// (Leases, Node and Cluster status), which go on at rest too.
     fn instance_writes(&self) -> f64 {
         let write = ["create", "update", "patch", "delete"].map(|v| format!("verb=\"{v}\""));
-        let caused = ["instances", "events", "services"].map(|r| format!("resource=\"{r}"));
+        let caused = CAUSED.map(|r| format!("resource=\"{r}"));
         self.requests
             .iter()
             .filter(|(labels, _, _)| {
@@ -226,14 +246,25 @@ impl Report {
     /// API writes per Instance: at the root (per Instance of the run) and at cluster c0
     /// (per Instance it received).
     pub fn writes_per_instance(&self) -> Option<(f64, f64)> {
+        self.per_instance(ApiLoad::instance_writes)
+    }
+
+    /// Requests answered 409 per Instance, counted as [`Report::writes_per_instance`].
+    pub fn conflicts_per_instance(&self) -> Option<(f64, f64)> {
+        self.per_instance(|load| load.conflicts)
+    }
+
+    /// `count` of the root's load per Instance of the run, and of cluster c0's per
+    /// Instance it received.
+    fn per_instance(&self, count: impl Fn(&ApiLoad) -> f64) -> Option<(f64, f64)> {
         let [root, cluster, ..] = self.api_load.as_slice() else {
             return None;
         };
         let received = cluster.instance_creates();
         (self.instances > 0 && received > 0.0).then(|| {
             (
-                root.instance_writes() / self.instances as f64,
-                cluster.instance_writes() / received,
+                count(root) / self.instances as f64,
+                count(cluster) / received,
             )
         })
     }
@@ -391,6 +422,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             api: api.to_string(),
             requests: crate::prom::deltas(before, &after, "request_duration_seconds"),
             storage: crate::prom::deltas(before, &after, "storage_duration_seconds"),
+            conflicts: conflicts(before, &after),
         });
     }
     for w in watchers {
@@ -964,6 +996,9 @@ pub fn to_json(r: &Report) -> Value {
         "writes_per_instance": r.writes_per_instance().map(|(root, cluster)| json!({
             "root": round3(root), "cluster": round3(cluster),
         })),
+        "conflicts_per_instance": r.conflicts_per_instance().map(|(root, cluster)| json!({
+            "root": round3(root), "cluster": round3(cluster),
+        })),
         "over_committed": r.commitment.as_ref().map(|c| json!({
             "clusters": c.clusters, "clusters_over": c.clusters_over,
             "nodes": c.nodes, "nodes_over": c.nodes_over,
@@ -1080,6 +1115,11 @@ pub fn print(r: &Report) {
             "  API writes per Instance (Instances, their bindings, status and Events, Services): root {root:.1}, cluster c0 {cluster:.1}"
         );
     }
+    if let Some((root, cluster)) = r.conflicts_per_instance() {
+        println!(
+            "  of them answered 409 Conflict, per Instance: root {root:.2}, cluster c0 {cluster:.2}"
+        );
+    }
     if let Some(c) = &r.commitment {
         println!(
             "  over-committed after the burst (requests bound against capacity): {} of {} clusters, {} of {} nodes{}",
@@ -1139,7 +1179,21 @@ mod tests {
                 .map(|(labels, count)| (labels.to_string(), *count, 1.0))
                 .collect(),
             storage: Vec::new(),
+            conflicts: 0.0,
         }
+    }
+
+    #[test]
+    fn conflicts_count_only_the_instances_409s_between_scrapes() {
+        let scrape = |instances: u32, leases: u32| {
+            format!(
+                "# TYPE oakestra_apiserver_requests_total counter\n\
+                 oakestra_apiserver_requests_total{{verb=\"patch\",resource=\"instances/status\",code=\"409\"}} {instances}\n\
+                 oakestra_apiserver_requests_total{{verb=\"patch\",resource=\"instances/status\",code=\"200\"}} 50\n\
+                 oakestra_apiserver_requests_total{{verb=\"update\",resource=\"leases\",code=\"409\"}} {leases}\n"
+            )
+        };
+        assert_eq!(conflicts(&scrape(2, 1), &scrape(9, 7)), 7.0);
     }
 
     #[test]

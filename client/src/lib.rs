@@ -316,6 +316,13 @@ impl Client {
         client
     }
 
+    /// The field manager this client writes as: the product of its User-Agent
+    /// (`manager` of [`Client::as_manager`], else `oakestra`).
+    pub fn manager(&self) -> &str {
+        let agent = self.user_agent.to_str().unwrap_or(USER_AGENT);
+        agent.split_once('/').map_or(agent, |(product, _)| product)
+    }
+
     /// The base URL of the server requests go to now (of several: the one that last
     /// answered).
     pub fn base(&self) -> &str {
@@ -1056,6 +1063,28 @@ impl<K: Resource> Api<K> {
     pub async fn patch_status(&self, name: &str, patch: &Value) -> Result<K> {
         self.inner.patch_status(name, patch).await
     }
+    /// See [`DynamicApi::json_patch`].
+    pub async fn json_patch(&self, name: &str, operations: &Value, status: bool) -> Result<K> {
+        self.inner.json_patch(name, operations, status).await
+    }
+    /// Server-side apply of `status` to the status of `name`, as this client's
+    /// [`Client::manager`], forcing (as Kubernetes asks of controllers: the fields are
+    /// theirs to set). `status` is everything of the status the manager owns: a field
+    /// it applied before and leaves out now is removed unless another manager owns
+    /// it; list-maps such as `conditions` merge by key, so a manager sends only its own
+    /// entries. No version precondition: the write never fails because another
+    /// manager wrote meanwhile.
+    pub async fn apply_own_status(&self, name: &str, status: &impl serde::Serialize) -> Result<K> {
+        let kind = self.inner.kind;
+        let body = serde_json::json!({
+            "apiVersion": kind.api_version(),
+            "kind": kind.kind,
+            "metadata": {"name": name},
+            "status": status,
+        });
+        let manager = self.client().manager().to_string();
+        self.inner.apply_status(name, &body, &manager, true).await
+    }
     /// Delete the object `name` (unconditionally).
     pub async fn delete(&self, name: &str) -> Result<()> {
         self.inner.delete(name, None).await.map(|_| ())
@@ -1075,6 +1104,13 @@ mod tests {
     use crds::Cluster;
 
     const URL: &str = "http://api/apis/oakestra.io/v1/clusters";
+
+    #[test]
+    fn a_client_writes_as_its_manager() {
+        let plain = Client::new("http://api").unwrap();
+        assert_eq!(plain.manager(), "oakestra");
+        assert_eq!(plain.as_manager("oakestra-ipam").manager(), "oakestra-ipam");
+    }
 
     fn line(s: &str) -> Vec<u8> {
         format!("{s}\n").into_bytes()

@@ -196,8 +196,9 @@ pub fn unbinding(tier: Tier) -> serde_json::Value {
 }
 
 /// Mark `status` Pending, unplaced for `reason` (`Scheduled=False`, `Ready=False`), as
-/// observed at `generation`. Returns the status merge patch, or `None` when the status
-/// says so already (no write needed).
+/// observed at `generation`. Returns everything of the status the binder owns, to
+/// apply ([`client::Api::apply_own_status`]; its conditions merge by type, so the
+/// others' stay), or `None` when the status says so already (no write needed).
 fn pending(
     status: &mut InstanceStatus,
     generation: Option<i64>,
@@ -218,8 +219,13 @@ fn pending(
     let readiness = set_condition(conditions, READY, ready, why, &detail, now);
     let observed = status.observed_generation != generation;
     (scheduled || readiness || observed || status.phase != Phase::Pending).then(|| {
-        json!({"status": {"phase": Phase::Pending, "reason": reason, "message": message,
-            "conditions": status.conditions, "observedGeneration": generation}})
+        let mine: Vec<&crds::Condition> = status
+            .conditions
+            .iter()
+            .filter(|c| c.type_ == SCHEDULED || c.type_ == READY)
+            .collect();
+        json!({"phase": Phase::Pending, "reason": reason, "message": message,
+            "conditions": mine, "observedGeneration": generation})
     })
 }
 
@@ -427,8 +433,9 @@ impl Binder {
                     api.patch(&instance.metadata.name, &patch).await?;
                 }
                 let generation = instance.metadata.generation;
-                if let Some(patch) = pending(&mut status, generation, reason, &message, now) {
-                    api.patch_status(&instance.metadata.name, &patch).await?;
+                if let Some(owned) = pending(&mut status, generation, reason, &message, now) {
+                    api.apply_own_status(&instance.metadata.name, &owned)
+                        .await?;
                     self.recorder.record_in(
                         instance.as_ref(),
                         Some(service_of(instance)),
@@ -457,8 +464,9 @@ impl Binder {
         let mut status = instance.status.clone().unwrap_or_default();
         // The unbinding changed the spec: the status is of its generation.
         let generation = unbound.metadata.generation;
-        if let Some(patch) = pending(&mut status, generation, reason, message, Utc::now()) {
-            api.patch_status(&instance.metadata.name, &patch).await?;
+        if let Some(owned) = pending(&mut status, generation, reason, message, Utc::now()) {
+            api.apply_own_status(&instance.metadata.name, &owned)
+                .await?;
         }
         self.recorder
             .record(instance, EventType::Warning, reason, message);

@@ -292,56 +292,46 @@ pub async fn run_cluster(
     );
 }
 
-/// Write `address` and its condition into `k`'s status at the version this allocator
-/// read (the conditions are written whole). When another writer got there first — a
-/// node's agent reporting its status, say — read it again and write at the fresh
-/// version at once, while it is still in the same pool, instead of giving the address
-/// up and retrying from a cache that may lag still.
+/// Everything of `k`'s status the allocator owns, as it applies it (server-side apply,
+/// [`client::Api::apply_own_status`]): the address field (`address`; `None`: none),
+/// and its conditions as `k` shows them with `condition` set (type, status, reason,
+/// message) at `now`. `None` when that changes nothing: no write.
+///
+/// No version precondition, so another writer of the status (the node's agent, the
+/// Service controller) never makes this write fail. An address written for a node the
+/// Instance has left meanwhile is outside the new node's pool: the agent does not
+/// start with it and the next reconcile replaces it.
+fn owned_status<K: Addressed>(
+    k: &K,
+    address: Option<&str>,
+    condition: (&str, ConditionStatus, &str, &str),
+    now: chrono::DateTime<Utc>,
+) -> Option<serde_json::Value> {
+    let (kind, status, reason, message) = condition;
+    let mut conditions = k.conditions().to_vec();
+    let changed = set_condition(&mut conditions, kind, status, reason, message, now);
+    if !changed && k.address().as_deref() == address {
+        return None;
+    }
+    let reserved = k.reserved().map(|(_, c)| c);
+    let mine: Vec<&crds::Condition> = conditions
+        .iter()
+        .filter(|c| c.type_ == K::CONDITION || Some(c.type_.as_str()) == reserved)
+        .collect();
+    Some(json!({K::FIELD: address, "conditions": mine}))
+}
+
+/// Apply `address` to `k` with its condition `Assigned` ([`owned_status`]).
 async fn write_address<K: Addressed>(
     api: &client::Api<K>,
     k: &K,
     address: &str,
 ) -> client::Result<()> {
-    const ATTEMPTS: usize = 3;
-    let name = &k.metadata().name;
-    let mut fresh = None;
-    let mut attempt = 1;
-    loop {
-        let at = fresh.as_ref().unwrap_or(k);
-        let mut conditions = at.conditions().to_vec();
-        set_condition(
-            &mut conditions,
-            K::CONDITION,
-            ConditionStatus::True,
-            "Assigned",
-            address,
-            Utc::now(),
-        );
-        let patch = json!({
-            "metadata": {"resourceVersion": at.metadata().resource_version},
-            "status": {K::FIELD: address, "conditions": conditions},
-        });
-        match api.patch_status(name, &patch).await {
-            Err(e) if e.is_conflict() && attempt < ATTEMPTS => {
-                let again = api.get(name).await?;
-                if again.address().as_deref() == Some(address) {
-                    return Ok(());
-                }
-                // Another writer (a lagging cache's earlier reconcile, or a leader
-                // that took over from this one) gave it an address meanwhile: that one
-                // stands, and this one goes back to the pool with the next resync.
-                if again.scope() != k.scope()
-                    || again.metadata().deletion_timestamp.is_some()
-                    || again.address().is_some()
-                {
-                    return Err(e);
-                }
-                fresh = Some(again);
-                attempt += 1;
-            }
-            other => return other.map(|_| ()),
-        }
+    let condition = (K::CONDITION, ConditionStatus::True, "Assigned", address);
+    if let Some(status) = owned_status(k, Some(address), condition, Utc::now()) {
+        api.apply_own_status(&k.metadata().name, &status).await?;
     }
+    Ok(())
 }
 
 /// The address an allocation hands out.
@@ -563,23 +553,18 @@ async fn set_own_condition<K: Addressed>(
         Ok(message) => (ConditionStatus::True, "Reserved", message.as_str()),
         Err(Refusal { reason, message }) => (ConditionStatus::False, *reason, message.as_str()),
     };
-    let mut conditions = k.conditions().to_vec();
-    if !set_condition(
-        &mut conditions,
-        condition,
-        status,
-        reason,
-        message,
+    let address = k.address();
+    let owned = owned_status(
+        k,
+        address.as_deref(),
+        (condition, status, reason, message),
         Utc::now(),
-    ) {
+    );
+    let Some(owned) = owned else {
         return Ok(());
-    }
-    let patch = json!({
-        "metadata": {"resourceVersion": k.metadata().resource_version},
-        "status": {"conditions": conditions},
-    });
+    };
     let api = ctx.client.api::<K>(k.metadata().namespace.as_deref());
-    api.patch_status(&k.metadata().name, &patch).await?;
+    api.apply_own_status(&k.metadata().name, &owned).await?;
     if verdict.is_err() {
         ctx.recorder.record(k, EventType::Warning, reason, message);
     }
@@ -672,6 +657,88 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn the_allocator_applies_only_what_it_owns() {
+        let now = Utc::now();
+        let assigned = (
+            "InstanceIPAssigned",
+            ConditionStatus::True,
+            "Assigned",
+            "10.0.0.5",
+        );
+        let mut instance = Instance::new("web-0", Default::default());
+        let first = owned_status(&instance, Some("10.0.0.5"), assigned, now).unwrap();
+        assert_eq!(first["instanceIP"], "10.0.0.5");
+        assert_eq!(first["conditions"][0]["type"], "InstanceIPAssigned");
+        // Once the status shows it, applying it again would change nothing: no write.
+        let mut status = crds::InstanceStatus {
+            instance_ip: Some("10.0.0.5".parse().unwrap()),
+            ..Default::default()
+        };
+        set_condition(
+            &mut status.conditions,
+            "InstanceIPAssigned",
+            ConditionStatus::True,
+            "Assigned",
+            "10.0.0.5",
+            now,
+        );
+        // Conditions of other writers (the agent's Ready) are not sent: they merge by type.
+        set_condition(
+            &mut status.conditions,
+            "Ready",
+            ConditionStatus::True,
+            "Running",
+            "",
+            now,
+        );
+        instance.status = Some(status);
+        assert_eq!(
+            owned_status(&instance, Some("10.0.0.5"), assigned, now),
+            None
+        );
+        let moved = (
+            "InstanceIPAssigned",
+            ConditionStatus::True,
+            "Assigned",
+            "10.0.1.9",
+        );
+        let again = owned_status(&instance, Some("10.0.1.9"), moved, now).unwrap();
+        let types: Vec<&str> = again["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["InstanceIPAssigned"]);
+        // A Service owns its closest IP's condition too, and keeps sending its address
+        // when only a condition changes (else the apply would drop the address).
+        let mut svc = Service::new("web", Default::default());
+        svc.spec.addressing.closest_ip = Some("10.30.0.9".parse().unwrap());
+        let mut status = crds::ServiceStatus {
+            service_ip: Some("10.30.0.2".parse().unwrap()),
+            ..Default::default()
+        };
+        set_condition(
+            &mut status.conditions,
+            "ServiceIPAssigned",
+            ConditionStatus::True,
+            "Assigned",
+            "10.30.0.2",
+            now,
+        );
+        svc.status = Some(status);
+        let taken = (
+            CLOSEST_IP_ASSIGNED,
+            ConditionStatus::False,
+            "RequestedIPUnavailable",
+            "taken",
+        );
+        let owned = owned_status(&svc, svc.address().as_deref(), taken, now).unwrap();
+        assert_eq!(owned["serviceIP"], "10.30.0.2");
+        assert_eq!(owned["conditions"].as_array().unwrap().len(), 2);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! serve their logs; they scale, roll to a new template, survive an agent restart, a
 //! root outage and a worker crash, and leave nothing behind when deleted. What fits a
 //! cluster but none of its nodes is handed back with the reason. Their environment
-//! takes values from `ConfigMap`s and Secrets applied at the root.
+//! takes values from `ConfigMap`s and Secrets applied at the root. Each controller owns
+//! its part of an Instance's status (`metadata.managedFields`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -295,6 +296,94 @@ async fn nodes_get_subnets_and_instances_addresses_in_them() {
             "{ip} is in {node}'s subnet {subnet}"
         );
     }
+}
+
+/// Each controller writes its own part of an Instance's status by server-side apply, and
+/// `metadata.managedFields` says whose each part is, as `kubectl get
+/// --show-managed-fields` shows it: in the cluster the address is the allocator's and
+/// the phase the agent's (with its `Ready` condition); at the root the mirrored status
+/// is the cluster's. No writer took another's condition away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_controller_owns_its_part_of_an_instance() {
+    let (t, _) = Topology::with_work(1).await;
+    let instance = eventually("the instance's address at the root", WAIT, || async {
+        let (items, _) = t.instances().list(&ListParams::default()).await.ok()?;
+        items
+            .into_iter()
+            .find(|i| i.status.as_ref().is_some_and(|s| s.instance_ip.is_some()))
+    })
+    .await;
+    let name = instance.metadata.name.clone();
+    let cluster = instance.spec.cluster.clone().expect("placed");
+    let conditions: HashSet<String> = instance
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .map(|c| c.type_.clone())
+        .collect();
+    for kind in ["Scheduled", "InstanceIPAssigned", "Ready"] {
+        assert!(
+            conditions.contains(kind),
+            "{kind} missing at the root: {conditions:?}"
+        );
+    }
+    /// The status fields (`FieldsV1` under `f:status`) of `manager`'s Apply entry.
+    fn applied(object: &serde_json::Value, manager: &str) -> serde_json::Value {
+        let entries = object
+            .pointer("/metadata/managedFields")
+            .and_then(|m| m.as_array())
+            .cloned()
+            .unwrap_or_default();
+        entries
+            .into_iter()
+            .find(|e| {
+                e["manager"] == manager && e["operation"] == "Apply" && e["subresource"] == "status"
+            })
+            .map(|e| e["fieldsV1"]["f:status"].clone())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no Apply of the status by {manager}: {}",
+                    object["metadata"]["managedFields"]
+                )
+            })
+    }
+    let ready = r#"k:{"type":"Ready"}"#;
+    let address = r#"k:{"type":"InstanceIPAssigned"}"#;
+    let root = t.instances().dynamic().get(&name).await.unwrap();
+    let up = applied(&root, "oakestra-cluster");
+    for field in ["f:phase", "f:instanceIP", "f:hostIP"] {
+        assert!(
+            up.get(field).is_some(),
+            "the cluster owns {field} at the root: {up}"
+        );
+    }
+    let local = eventually("the cluster's copy", WAIT, || async {
+        let api: Api<Instance> = t.cluster_api(&cluster).api(Some("default"));
+        let copy = api.dynamic().get(&name).await.ok()?;
+        Some(copy).filter(|c| c.pointer("/status/phase") == Some(&serde_json::json!("Running")))
+    })
+    .await;
+    let ipam = applied(&local, "oakestra-ipam");
+    assert!(ipam.get("f:instanceIP").is_some(), "{ipam}");
+    assert!(ipam["f:conditions"].get(address).is_some(), "{ipam}");
+    assert!(
+        ipam.get("f:phase").is_none() && ipam["f:conditions"].get(ready).is_none(),
+        "{ipam}"
+    );
+    let agent = applied(&local, "oakestra-agent");
+    for field in ["f:phase", "f:hostIP", "f:runtimeId", "f:observedGeneration"] {
+        assert!(
+            agent.get(field).is_some(),
+            "the agent owns {field}: {agent}"
+        );
+    }
+    assert!(agent["f:conditions"].get(ready).is_some(), "{agent}");
+    assert!(
+        agent.get("f:instanceIP").is_none() && agent["f:conditions"].get(address).is_none(),
+        "{agent}"
+    );
 }
 
 /// Logs come from the agent of the node, found through the root and the cluster.

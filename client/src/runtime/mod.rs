@@ -13,6 +13,7 @@
 //! - [`controller`]: the work queue and runner, its timers and error policy
 //!   ([`ReconcileError`]).
 //! - [`events`]: recording `Event` objects about the objects a controller handles.
+//! - [`written`]: what a controller wrote, until its cache shows it.
 //!
 //! Reconcile functions are level-triggered: they read the cached state, move the world
 //! one step toward the desired state, and never rely on having seen every change.
@@ -23,6 +24,7 @@ pub mod events;
 pub mod informer;
 pub mod reflector;
 pub mod watcher;
+pub mod written;
 
 pub use backoff::Backoff;
 pub use controller::{Action, Controller, OnError, ReconcileError};
@@ -30,3 +32,4 @@ pub use events::Recorder;
 pub use informer::{cache, informer, Informer, Informers};
 pub use reflector::{IndexName, ObjectRef, Store};
 pub use watcher::{watcher, Change};
+pub use written::Written;

@@ -2,15 +2,21 @@
 //! a local copy. Up: the local binding and status go to the root Instance (its
 //! `observedGeneration` translated into the root's generations). Gone or moved at the
 //! root: the local copy is deleted.
+//!
+//! The writes up never race the root's own writes: the node goes up as a JSON patch
+//! whose precondition is the one fact it depends on (the Instance is still this
+//! cluster's, `test` of `spec.cluster` and the uid), and the status as a server-side
+//! apply of the whole mirrored status under this controller's field manager, which
+//! owns it once the Instance is here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use client::runtime::{Action, Controller, ObjectRef, Store};
+use client::runtime::{Action, Controller, ObjectRef, Store, Written};
 use client::{Api, Client, ListParams};
-use crds::conditions::SCHEDULED;
-use crds::{Instance, InstanceStatus, ObjectMeta, Phase, API_VERSION};
+use crds::conditions::READY;
+use crds::{ConditionStatus, Instance, InstanceStatus, ObjectMeta, Phase, API_VERSION};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -25,43 +31,9 @@ struct SyncCtx {
     locals: Store<Instance>,
     namespaces: Namespaces,
     /// The root Instances as this controller last wrote them, while its cache of the
-    /// root has not caught up: the next write up goes at that version, not at the
-    /// cache's older one (each write up — binding, then status a few times — would
-    /// otherwise be a 409 and a read).
-    written: Mutex<HashMap<ObjectRef, Instance>>,
-}
-
-/// The version of an object as a number (0 when it has none).
-fn version(i: &Instance) -> i64 {
-    i.metadata
-        .resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-impl SyncCtx {
-    /// The newer of the cached root Instance and the one this controller last wrote.
-    fn newest(&self, key: &ObjectRef, cached: Arc<Instance>) -> Arc<Instance> {
-        let mut written = self.written.lock().expect("written lock");
-        match written.get(key) {
-            Some(w) if w.metadata.uid == cached.metadata.uid && version(w) > version(&cached) => {
-                Arc::new(w.clone())
-            }
-            Some(_) => {
-                written.remove(key);
-                cached
-            }
-            None => cached,
-        }
-    }
-
-    fn wrote(&self, key: ObjectRef, instance: Instance) {
-        self.written
-            .lock()
-            .expect("written lock")
-            .insert(key, instance);
-    }
+    /// root has not caught up: the status written up is compared with what was
+    /// written, not with the cache's older copy (else it would be written again).
+    written: Written<Instance>,
 }
 
 /// Run the sync (see the module docs) until `shutdown`; an Instance that finds no
@@ -94,7 +66,7 @@ pub(super) async fn sync_instances(
         handback,
         locals,
         namespaces: Namespaces::default(),
-        written: Mutex::default(),
+        written: Written::default(),
     });
     controller
         .run_keyed(
@@ -117,7 +89,7 @@ async fn sync_one(
             && r.metadata.deletion_timestamp.is_none()
     });
     let Some(remote) = ours else {
-        ctx.written.lock().expect("written lock").remove(&key);
+        ctx.written.forget(&key);
         if let Some(l) = local {
             tracing::info!(instance = %key, "no longer placed on this cluster; removing the local copy");
             match local_api.delete(&l.metadata.name).await {
@@ -150,28 +122,37 @@ async fn sync_one(
         }
     };
     let root_api: Api<Instance> = ctx.root.api(ns);
-    let remote = ctx.newest(&key, remote);
+    let remote = ctx.written.newest(&key, remote);
     if local.spec.node != remote.spec.node {
-        let node = local.spec.node.clone();
-        write_up(&ctx, &key, &root_api, &remote, |at| {
-            let patch = json!({"metadata": {"resourceVersion": at.metadata.resource_version}, "spec": {"node": node}});
-            let api = root_api.clone();
-            async move { api.patch(&at.metadata.name, &patch).await }
-        })
-        .await?;
+        let node = match &local.spec.node {
+            Some(node) => json!({"op": "add", "path": "/spec/node", "value": node}),
+            None => json!({"op": "remove", "path": "/spec/node"}),
+        };
+        let up = json!([
+            {"op": "test", "path": "/metadata/uid", "value": remote.metadata.uid},
+            {"op": "test", "path": "/spec/cluster", "value": ctx.cluster},
+            node,
+        ]);
+        match root_api.json_patch(&remote.metadata.name, &up, false).await {
+            Ok(written) => ctx.written.wrote(key, written),
+            // Deleted, or no longer this cluster's (the test failed): its next event
+            // says which.
+            Err(e) if e.is_not_found() || e.is_invalid() => {}
+            Err(e) => return Err(e.into()),
+        }
         return Ok(Action::await_change());
     }
     if let Some(status) = status_up(&local, &remote) {
-        if remote.status.as_ref() != Some(&status) {
-            if let Some(wait) = settling(&status) {
-                return Ok(Action::requeue(wait));
+        if remote.status.as_ref() != Some(&status) && !adds_nothing(&status, remote.status.as_ref())
+        {
+            match root_api
+                .apply_own_status(&remote.metadata.name, &status)
+                .await
+            {
+                Ok(written) => ctx.written.wrote(key, written),
+                Err(e) if e.is_not_found() => return Ok(Action::await_change()),
+                Err(e) => return Err(e.into()),
             }
-            write_up(&ctx, &key, &root_api, &remote, |mut up| {
-                up.status = status_up(&local, &up);
-                let api = root_api.clone();
-                async move { api.replace_status(&up).await }
-            })
-            .await?;
         }
     }
     hand_back_if_no_room(&ctx.root, &ctx.cluster, ctx.handback, &local, &remote).await
@@ -194,67 +175,20 @@ fn status_up(local: &Instance, remote: &Instance) -> Option<InstanceStatus> {
     Some(status)
 }
 
-/// How long the status of a freshly bound local Instance waits before it is written
-/// up while its node has not reported on it yet: the instance IP and the agent's first
-/// report usually follow within milliseconds, and one write up then carries them all
-/// (the root already shows the Instance Scheduled, from its own binding).
-///
-/// A guess about timing, not a guarantee: three writers share `Instance.status` (the
-/// binder, the Instance-IP allocator, the agent), and a status written up in between
-/// costs the root one more write of the Instance. It stays until those writers stop
-/// colliding (server-side apply with a field manager each would remove the need).
-const SETTLE_UP: Duration = Duration::from_millis(100);
-
-/// Time left before `status` is worth writing up: while the Instance is only bound
-/// (phase Scheduled) and was bound less than [`SETTLE_UP`] ago.
-fn settling(status: &InstanceStatus) -> Option<Duration> {
-    if status.phase != Phase::Scheduled {
-        return None;
-    }
-    let age = crds::since_transition(&status.conditions, SCHEDULED)?;
-    SETTLE_UP.checked_sub(age).filter(|left| !left.is_zero())
-}
-
-/// Write to the root's `remote` at the version this cluster saw; when that version is
-/// stale (409: usually the root's own status write after placing it), read the
-/// Instance again and, while it is still placed here, write at the fresh version at
-/// once, instead of a retry with backoff from a cache that may lag still.
-async fn write_up<F, Fut>(
-    ctx: &SyncCtx,
-    key: &ObjectRef,
-    root_api: &Api<Instance>,
-    remote: &Instance,
-    write: F,
-) -> Result<(), Error>
-where
-    F: Fn(Instance) -> Fut,
-    Fut: std::future::Future<Output = Result<Instance, client::ClientError>>,
-{
-    let mut at = remote.clone();
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        match write(at).await {
-            // Still racing after three tries: the controller's retry takes it from here.
-            Err(e) if e.is_conflict() && attempts < 3 => {
-                let fresh = match root_api.get(&remote.metadata.name).await {
-                    Err(e) if e.is_not_found() => return Ok(()),
-                    other => other?,
-                };
-                let still_ours = fresh.spec.cluster.as_deref() == Some(ctx.cluster.as_str())
-                    && fresh.metadata.deletion_timestamp.is_none()
-                    && fresh.metadata.uid == remote.metadata.uid;
-                if !still_ours {
-                    return Ok(());
-                }
-                at = fresh;
-            }
-            other => {
-                ctx.wrote(key.clone(), other?);
-                return Ok(());
-            }
-        }
-    }
+/// Whether `status`, the local status to write up, adds nothing the root's `remote`
+/// status lacks that anyone waits for: both say the Instance is only bound (the root
+/// from its own binding to this cluster; the node goes up in the spec), and nothing has
+/// gone wrong here (no condition is `False` but `Ready`, which is `False` until the
+/// workload runs; a node that cannot be given an address, say, goes up at once). The
+/// instance IP then goes up with the agent's first report, one write instead of two or
+/// three; nothing reads it before the Instance runs.
+fn adds_nothing(status: &InstanceStatus, remote: Option<&InstanceStatus>) -> bool {
+    let only_bound = |s: &InstanceStatus| s.phase == Phase::Scheduled;
+    let trouble = status
+        .conditions
+        .iter()
+        .any(|c| c.status == ConditionStatus::False && c.type_ != READY);
+    only_bound(status) && remote.is_some_and(only_bound) && !trouble
 }
 
 /// The local namespaces known to exist: each is created once (a 409 means it was).
@@ -289,9 +223,11 @@ impl Namespaces {
 mod tests {
     use super::*;
     use chrono::Utc;
-    use crds::{set_condition, ConditionStatus};
+    use crds::conditions::SCHEDULED;
+    use crds::set_condition;
 
-    fn bound(phase: Phase, ago: chrono::Duration) -> InstanceStatus {
+    /// A status in `phase`, bound to node n1.
+    fn bound(phase: Phase) -> InstanceStatus {
         let mut status = InstanceStatus {
             phase,
             ..Default::default()
@@ -302,7 +238,7 @@ mod tests {
             ConditionStatus::True,
             "Bound",
             "on n1",
-            Utc::now() - ago,
+            Utc::now(),
         );
         status
     }
@@ -359,19 +295,68 @@ mod tests {
     }
 
     #[test]
-    fn only_a_fresh_binding_waits_before_it_is_written_up() {
-        let fresh = settling(&bound(Phase::Scheduled, chrono::Duration::zero()));
-        assert!(fresh.is_some_and(|left| left <= SETTLE_UP), "{fresh:?}");
-        let old = chrono::Duration::milliseconds(2 * SETTLE_UP.as_millis() as i64);
-        assert_eq!(settling(&bound(Phase::Scheduled, old)), None);
-        // The agent has reported: write up at once.
-        let running = settling(&bound(Phase::Running, chrono::Duration::zero()));
-        assert_eq!(running, None);
-        // No binding time to go by: at once.
-        let unknown = InstanceStatus {
-            phase: Phase::Scheduled,
-            ..Default::default()
-        };
-        assert_eq!(settling(&unknown), None);
+    fn a_status_that_only_says_bound_waits_for_the_agents_report() {
+        let at_root = bound(Phase::Scheduled);
+        let mut with_ip = bound(Phase::Scheduled);
+        with_ip.instance_ip = Some("10.0.0.5".parse().unwrap());
+        let mut no_address = with_ip.clone();
+        no_address.instance_ip = None;
+        set_condition(
+            &mut no_address.conditions,
+            "InstanceIPAssigned",
+            ConditionStatus::False,
+            "PoolExhausted",
+            "no free address",
+            Utc::now(),
+        );
+        let mut not_ready = with_ip.clone();
+        set_condition(
+            &mut not_ready.conditions,
+            READY,
+            ConditionStatus::False,
+            "Scheduled",
+            "",
+            Utc::now(),
+        );
+        let running = bound(Phase::Running);
+        let pending = bound(Phase::Pending);
+        // (what, local status, root status) → adds nothing (not written up)
+        let cases = [
+            (
+                "bound here, bound at the root: the IP waits",
+                &with_ip,
+                Some(&at_root),
+                true,
+            ),
+            (
+                "Ready False is what Scheduled means",
+                &not_ready,
+                Some(&at_root),
+                true,
+            ),
+            (
+                "something went wrong: up at once",
+                &no_address,
+                Some(&at_root),
+                false,
+            ),
+            ("the agent reported", &running, Some(&at_root), false),
+            (
+                "no node has room: up at once",
+                &pending,
+                Some(&at_root),
+                false,
+            ),
+            (
+                "the root shows something else",
+                &with_ip,
+                Some(&running),
+                false,
+            ),
+            ("the root has no status", &with_ip, None, false),
+        ];
+        for (what, local, root, expected) in cases {
+            assert_eq!(adds_nothing(local, root), expected, "{what}");
+        }
     }
 }
