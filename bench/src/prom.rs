@@ -35,18 +35,12 @@ pub fn mean_ms(before: &str, after: &str, metric: &str, label: &str) -> f64 {
 /// Sum of the samples named `name` (exactly, with its prefix) whose labels contain
 /// `label`.
 pub fn sample(text: &str, name: &str, label: &str) -> f64 {
-    sum_where(text, name, |labels| labels.contains(label))
-}
-
-/// Sum of the samples named `name` (exactly, with its prefix) whose label text (what
-/// is between the braces) `keep` accepts.
-pub fn sum_where(text: &str, name: &str, keep: impl Fn(&str) -> bool) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
-            if metric == name && keep(labels) {
+            if metric == name && labels.contains(label) {
                 value.parse::<f64>().ok()
             } else {
                 None
@@ -55,27 +49,54 @@ pub fn sum_where(text: &str, name: &str, keep: impl Fn(&str) -> bool) -> f64 {
         .fold(0.0, |a, b| a + b)
 }
 
+/// The samples named `name` (exactly, with its prefix) in a scrape, by their label
+/// text (what is between the braces; empty without labels).
+fn series(text: &str, name: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name).then(|| {
+                (
+                    labels.trim_end_matches('}').to_string(),
+                    value.parse().unwrap_or(0.0),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Per label text that `keep` accepts, how much the counter `name` (exactly, with its
+/// prefix) grew between two scrapes; label sets that did not grow are left out.
+pub fn counter_deltas(
+    before: &str,
+    after: &str,
+    name: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<(String, f64)> {
+    let earlier = series(before, name);
+    series(after, name)
+        .into_iter()
+        .filter(|(labels, _)| keep(labels))
+        .map(|(labels, v)| {
+            let grew = v - earlier.get(&labels).copied().unwrap_or(0.0);
+            (labels, grew)
+        })
+        .filter(|(_, grew)| *grew > 0.0)
+        .collect()
+}
+
 /// Per label set of the histogram `metric` (without [`PREFIX`]): how many observations
 /// and their mean in ms between two scrapes, busiest first; label sets without any are
 /// left out.
 pub fn deltas(before: &str, after: &str, metric: &str) -> Vec<(String, f64, f64)> {
-    let series = |text: &str, suffix: &str| -> std::collections::BTreeMap<String, f64> {
-        let name = format!("{PREFIX}{metric}_{suffix}");
-        text.lines()
-            .filter_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                let (metric, labels) = series.split_once('{')?;
-                (metric == name).then(|| {
-                    (
-                        labels.trim_end_matches('}').to_string(),
-                        value.parse().unwrap_or(0.0),
-                    )
-                })
-            })
-            .collect()
-    };
-    let (count0, count1) = (series(before, "count"), series(after, "count"));
-    let (sum0, sum1) = (series(before, "sum"), series(after, "sum"));
+    let name = |suffix: &str| format!("{PREFIX}{metric}_{suffix}");
+    let (count0, count1) = (
+        series(before, &name("count")),
+        series(after, &name("count")),
+    );
+    let (sum0, sum1) = (series(before, &name("sum")), series(after, &name("sum")));
     let mut out: Vec<(String, f64, f64)> = count1
         .iter()
         .filter_map(|(labels, c1)| {

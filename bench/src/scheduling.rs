@@ -167,17 +167,17 @@ pub struct ApiLoad {
     pub requests: Vec<(String, f64, f64)>,
     pub storage: Vec<(String, f64, f64)>,
     /// Requests the Instances caused that were answered 409 Conflict (a write at a
-    /// stale version, or an apply that met another manager's field): each one costs
-    /// its writer a read and another write.
-    pub conflicts: f64,
+    /// stale version, or an apply that met another manager's field), by verb and
+    /// resource: each one costs its writer a read and another write.
+    pub conflicts: Vec<(String, f64)>,
 }
 
 /// The resources whose writes the Instances cause ([`ApiLoad::instance_writes`]).
 const CAUSED: [&str; 3] = ["instances", "events", "services"];
 
-/// Requests on [`CAUSED`] resources (and their subresources) answered 409, between two
-/// scrapes of a server's `/metrics`.
-fn conflicts(before: &str, after: &str) -> f64 {
+/// Requests on [`CAUSED`] resources (and their subresources) answered 409 between two
+/// scrapes of a server's `/metrics`, by their labels (verb and resource).
+fn conflicts(before: &str, after: &str) -> Vec<(String, f64)> {
     let name = format!("{}requests_total", crate::prom::PREFIX);
     let caused = |labels: &str| {
         labels.contains("code=\"409\"")
@@ -185,7 +185,10 @@ fn conflicts(before: &str, after: &str) -> f64 {
                 .iter()
                 .any(|r| labels.contains(&format!("resource=\"{r}")))
     };
-    crate::prom::sum_where(after, &name, caused) - crate::prom::sum_where(before, &name, caused)
+    crate::prom::counter_deltas(before, after, &name, caused)
+        .into_iter()
+        .map(|(labels, n)| (labels.replace(",code=\"409\"", ""), n))
+        .collect()
 }
 
 impl ApiLoad {
@@ -251,7 +254,7 @@ impl Report {
 
     /// Requests answered 409 per Instance, counted as [`Report::writes_per_instance`].
     pub fn conflicts_per_instance(&self) -> Option<(f64, f64)> {
-        self.per_instance(|load| load.conflicts)
+        self.per_instance(|load| load.conflicts.iter().fold(0.0, |all, c| all + c.1))
     }
 
     /// `count` of the root's load per Instance of the run, and of cluster c0's per
@@ -1116,8 +1119,22 @@ pub fn print(r: &Report) {
         );
     }
     if let Some((root, cluster)) = r.conflicts_per_instance() {
+        let which = |i: usize| {
+            let load = r
+                .api_load
+                .get(i)
+                .map(|l| l.conflicts.as_slice())
+                .unwrap_or_default();
+            if load.is_empty() {
+                return String::new();
+            }
+            let each: Vec<String> = load.iter().map(|(l, n)| format!("{l}: {n}")).collect();
+            format!(" ({})", each.join(", "))
+        };
         println!(
-            "  of them answered 409 Conflict, per Instance: root {root:.2}, cluster c0 {cluster:.2}"
+            "  of them answered 409 Conflict, per Instance: root {root:.2}{}, cluster c0 {cluster:.2}{}",
+            which(0),
+            which(1)
         );
     }
     if let Some(c) = &r.commitment {
@@ -1179,7 +1196,7 @@ mod tests {
                 .map(|(labels, count)| (labels.to_string(), *count, 1.0))
                 .collect(),
             storage: Vec::new(),
-            conflicts: 0.0,
+            conflicts: Vec::new(),
         }
     }
 
@@ -1193,7 +1210,13 @@ mod tests {
                  oakestra_apiserver_requests_total{{verb=\"update\",resource=\"leases\",code=\"409\"}} {leases}\n"
             )
         };
-        assert_eq!(conflicts(&scrape(2, 1), &scrape(9, 7)), 7.0);
+        assert_eq!(
+            conflicts(&scrape(2, 1), &scrape(9, 7)),
+            [(
+                "verb=\"patch\",resource=\"instances/status\"".to_string(),
+                7.0
+            )]
+        );
     }
 
     #[test]
