@@ -1110,6 +1110,26 @@ async fn server_side_apply(c: &Client) {
     assert_eq!(main["status"]["readyReplicas"], 1);
     assert_eq!(rv(&main), rv(&with_status), "nothing changed");
 
+    // A resourceVersion in the applied object is a precondition: stale is a 409, and an
+    // absent object is not created.
+    let mut stale = a4.clone();
+    stale["metadata"]["resourceVersion"] = json!("1");
+    let refused = svc.apply("ssa", &stale, "a", false).await.unwrap_err();
+    assert!(refused.is_conflict(), "{refused}");
+    let mut current = a4.clone();
+    current["metadata"]["resourceVersion"] = json!(rv(&main));
+    current["metadata"]["labels"]["tier"] = json!("web");
+    let at_version = svc.apply("ssa", &current, "a", false).await.unwrap();
+    assert_eq!(at_version["metadata"]["labels"]["tier"], "web");
+    let mut absent = current.clone();
+    absent["metadata"]["name"] = json!("ssa-absent");
+    let refused = svc
+        .apply("ssa-absent", &absent, "a", false)
+        .await
+        .unwrap_err();
+    assert!(refused.is_not_found(), "{refused}");
+    svc.apply("ssa", &a4, "a", false).await.unwrap();
+
     // Dry runs store nothing, creating or changing.
     let before = svc.get("ssa").await.unwrap();
     let would = svc

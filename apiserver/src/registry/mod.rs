@@ -502,7 +502,9 @@ impl Registry {
     /// of object `name`: the object is created when absent (authorized as a create;
     /// not for `status`), else merged ([`fields::merge_apply`], authorized as a patch).
     /// A field another manager owns whose value would change is a conflict (409)
-    /// unless `force`, which takes it over. Nothing changes: nothing is written.
+    /// unless `force`, which takes it over. Nothing changes: nothing is written. A
+    /// `metadata.resourceVersion` in `body` is a precondition (409 when stale; an
+    /// absent object is then not created).
     #[allow(clippy::too_many_arguments)]
     pub async fn apply(
         &self,
@@ -529,6 +531,8 @@ impl Registry {
                 "metadata.managedFields must be nil in an apply".into(),
             ));
         }
+        // As kube: a resourceVersion in the applied object is a precondition.
+        let precondition = object::resource_version(&body).map_err(ApiError::BadRequest)?;
         let types = ListTypes::for_kind(kind);
         let mut writer = writer(kind, &options, Operation::Apply, part.subresource());
         writer.applied = Some(FieldSet::of(&body, types));
@@ -537,7 +541,7 @@ impl Registry {
             RequestAttributes::on_object(Verb::Patch, kind, part.subresource(), ns, Some(name));
         loop {
             let updated = self
-                .write(request, None, options.clone(), &writer, |current| {
+                .write(request, precondition, options.clone(), &writer, |current| {
                     let entries = fields::entries_of(current).map_err(internal)?;
                     let (mut mine, mut others) = (FieldSet::default(), FieldSet::default());
                     for entry in &entries {
@@ -553,7 +557,7 @@ impl Registry {
                 })
                 .await;
             match updated {
-                Err(ApiError::NotFound { .. }) if part == Part::Main => {}
+                Err(ApiError::NotFound { .. }) if part == Part::Main && precondition.is_none() => {}
                 other => return other,
             }
             let empty = FieldSet::default();
