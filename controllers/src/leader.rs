@@ -450,20 +450,27 @@ impl Elector {
     }
 
     /// Give the Lease up if this process holds it: no holder, duration 1 s, at the
-    /// version read, so a standby takes it at its next retry. Failures are logged (the
-    /// Lease then expires after its duration).
+    /// version read, so a standby takes it at its next retry. A conflict is read again
+    /// (a renewal cut short by the shutdown may still have landed after the read).
+    /// Failures are logged (the Lease then expires after its duration).
     async fn release(&mut self) {
         self.held = None;
         let (lease, identity) = (&self.config.lease, &self.config.identity);
         let attempt = async {
-            let Some(mut current) = self.api.get_opt(lease).await? else {
-                return Ok(None);
-            };
-            if current.spec.holder_identity.as_deref() != Some(identity.as_str()) {
-                return Ok(None);
+            let mut conflicts = 0;
+            loop {
+                let Some(mut current) = self.api.get_opt(lease).await? else {
+                    return Ok(None);
+                };
+                if current.spec.holder_identity.as_deref() != Some(identity.as_str()) {
+                    return Ok(None);
+                }
+                current.spec = released(&current.spec, Utc::now());
+                match self.api.replace(&current).await {
+                    Err(e) if e.is_conflict() && conflicts < 2 => conflicts += 1,
+                    other => return other.map(Some),
+                }
             }
-            current.spec = released(&current.spec, Utc::now());
-            self.api.replace(&current).await.map(Some)
         };
         match tokio::time::timeout(self.config.renew_deadline, attempt).await {
             Ok(Ok(Some(stored))) => tracing::info!(
