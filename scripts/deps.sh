@@ -11,6 +11,7 @@ packages=(
   containernetworking-plugins  # per-container network namespaces (CNI bridge + static)
   iproute2 nftables conntrack   # the node's service rules and overlay (nft, ip, bridge)
   docker-registry skopeo umoci busybox-static  # a local registry and test images
+  chromium chromium-driver     # the dashboard's browser test (headless, driven by Selenium)
 )
 need=()
 for p in "${packages[@]}"; do
@@ -25,13 +26,15 @@ fi
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust from rustup first" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-# The official Kubernetes Python client, for the tests that drive the API with it, in a
-# virtual environment of its own (Debian's python3 takes no system-wide pip installs).
+# The official Kubernetes Python client, for the tests that drive the API with it, and
+# Selenium, for the dashboard's browser test (it drives Debian's chromium through
+# chromium-driver, above: nothing is downloaded at run time), in a virtual environment
+# of its own (Debian's python3 takes no system-wide pip installs).
 PY_ENV=${OAKESTRA_PYTHON_ENV:-${XDG_CACHE_HOME:-$HOME/.cache}/oakestra/python}
-if ! "$PY_ENV/bin/python" -c 'import kubernetes' 2>/dev/null; then
-  echo "installing the kubernetes Python client in $PY_ENV"
+if ! "$PY_ENV/bin/python" -c 'import kubernetes, selenium' 2>/dev/null; then
+  echo "installing the kubernetes Python client and Selenium in $PY_ENV"
   python3 -m venv "$PY_ENV"
-  "$PY_ENV/bin/pip" install -q 'kubernetes==31.0.0'
+  "$PY_ENV/bin/pip" install -q 'kubernetes==31.0.0' 'selenium==4.51.0'
 fi
 
 # Oakestra's own CLI (`oak`, the oak-cli package), for e2e/tests/oak_cli.rs, in a virtual

@@ -615,6 +615,28 @@ pub fn binary(name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
+/// The Python of the virtual environment `scripts/deps.sh` makes (the Kubernetes
+/// client, Selenium): `OAKESTRA_PYTHON_ENV`, else `~/.cache/oakestra/python`. Fails the
+/// test, naming the script, when it is not there.
+pub fn python() -> PathBuf {
+    let env = std::env::var_os("OAKESTRA_PYTHON_ENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+            Some(cache.join("oakestra/python"))
+        })
+        .expect("HOME or XDG_CACHE_HOME is set");
+    let python = env.join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: scripts/deps.sh makes that Python environment",
+        python.display()
+    );
+    python
+}
+
 /// The workspace root (where `manifests/` is).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -2,31 +2,10 @@
 //! the root's admin kubeconfig, as a user runs it (`tests/python/official_client.py`).
 //! `scripts/deps.sh` installs the client in a virtual environment.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use e2e::RootServer;
 use serde_json::Value;
-
-/// The Python of the environment `scripts/deps.sh` installs the client in.
-fn python() -> PathBuf {
-    let env = std::env::var_os("OAKESTRA_PYTHON_ENV")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-            Some(cache.join("oakestra/python"))
-        })
-        .expect("HOME or XDG_CACHE_HOME is set");
-    let python = env.join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: scripts/deps.sh installs the Kubernetes Python client there",
-        python.display()
-    );
-    python
-}
 
 /// Run `tests/python/SCRIPT` against a fresh root without controllers (nothing but the
 /// script writes: its dry runs must leave the resourceVersion as it was), and return
@@ -39,7 +18,7 @@ fn run_script(script: &str) -> Value {
         &["--no-controllers"],
     );
     let script = e2e::workspace_root().join("e2e/tests/python").join(script);
-    let out = Command::new(python())
+    let out = Command::new(e2e::python())
         .arg(&script)
         .arg(root.kubeconfig())
         .output()

@@ -447,10 +447,18 @@ async fn every_identity_can_do_its_own_job_and_nothing_else() {
         ("b's n3", List("instances", None), 0),
         ("foreign admin", List("instances", None), 0),
         ("a admin", List("instances", None), 200),
-        // The root's administrator is one here too; the root's proxy only reads logs.
+        // The root's administrator is one here too; the root's proxy reads logs and
+        // Nodes, nothing else.
         ("root admin", List("nodes", None), 200),
         ("root proxy", List("instances", None), 403),
-        ("root proxy", Get("nodes", "n1"), 403),
+        ("root proxy", Get("nodes", "n1"), 200),
+        ("root proxy", List("nodes", None), 200),
+        ("root proxy", Watch("nodes", None), 200),
+        (
+            "root proxy",
+            PatchStatus("nodes", "n1", status.clone()),
+            403,
+        ),
         // Cluster a's own identity is for its agents, not for its API.
         ("a itself", List("instances", None), 401),
         // Node n1: only what is bound to it, only its status.

@@ -19,7 +19,8 @@
 //!   Node authorizer follows the same graph).
 //! - Neither a cluster nor a node reaches the controllers' leader-election Leases
 //!   (`crds::LEADER_LEASES`), whatever its name.
-//! - The root's proxy identity, and anonymous callers: nothing.
+//! - The root's proxy identity (at a cluster): reading Nodes (get, list, watch), which
+//!   the root shows its administrators; anonymous callers: nothing.
 //! - The store's snapshot (`oakestra backup`, a path outside the resource API):
 //!   administrators only ([`authorize_snapshot`]).
 //!
@@ -226,7 +227,12 @@ fn rule(
     match identity {
         Identity::System | Identity::Admin { .. } => Ok(()),
         Identity::Anonymous => Err("anonymous requests may reach only health and version".into()),
-        Identity::Root => Err("the root's proxy identity has no access to the resource API".into()),
+        // The root shows its administrators a cluster's nodes (the dashboard), as it
+        // proxies their logs; nothing else.
+        Identity::Root => match (plural, sub, verb) {
+            ("nodes", None, Get | List | Watch) => Ok(()),
+            _ => Err("the root's proxy identity may only read Nodes".into()),
+        },
         Identity::Cluster { .. } | Identity::Node { .. }
             if plural == "leases" && crds::is_leader_lease(name) =>
         {
@@ -661,10 +667,17 @@ mod tests {
                 r#"namespaces is forbidden: User "system:anonymous" cannot list resource "namespaces" in API group "" at the cluster scope: anonymous requests may reach only health and version"#,
             ),
             row(&root, List, "instances").selector("spec.cluster=a").denied(
-                r#"instances.oakestra.io is forbidden: User "oakestra:root" cannot list resource "instances" in API group "oakestra.io" in the namespace "default": the root's proxy identity has no access to the resource API"#,
+                r#"instances.oakestra.io is forbidden: User "oakestra:root" cannot list resource "instances" in API group "oakestra.io" in the namespace "default": the root's proxy identity may only read Nodes"#,
             ),
-            row(&root, Get, "nodes").name("n1").denied(
-                r#"nodes.oakestra.io "n1" is forbidden: User "oakestra:root" cannot get resource "nodes" in API group "oakestra.io" at the cluster scope: the root's proxy identity has no access to the resource API"#,
+            // The root's proxy reads a cluster's Nodes (for the dashboard), never writes.
+            row(&root, Get, "nodes").name("n1"),
+            row(&root, List, "nodes"),
+            row(&root, Watch, "nodes"),
+            row(&root, Patch, "nodes").name("n1").denied(
+                r#"nodes.oakestra.io "n1" is forbidden: User "oakestra:root" cannot patch resource "nodes" in API group "oakestra.io" at the cluster scope: the root's proxy identity may only read Nodes"#,
+            ),
+            row(&root, Get, "nodes").sub(Status).name("n1").denied(
+                r#"nodes.oakestra.io "n1" is forbidden: User "oakestra:root" cannot get resource "nodes/status" in API group "oakestra.io" at the cluster scope: the root's proxy identity may only read Nodes"#,
             ),
             // Cluster a: instances assigned to it.
             row(&a, List, "instances").selector("spec.cluster=a"),

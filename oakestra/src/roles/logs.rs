@@ -1,6 +1,9 @@
 //! The `instances/{name}/log` subresource of the root and cluster APIs: a proxy,
 //! root → the Instance's cluster → the Instance's node's agent, each hop over TLS with
 //! the hop's own identity, so one kubeconfig of the root is enough to read any log.
+//! Beside it, at the root, `clusters/{name}/nodes`: the Nodes of a cluster (list or
+//! watch, the query passed on), read from the cluster's API as the root's proxy, for
+//! the root's administrators (the dashboard shows them).
 //!
 //! - At the root, an administrator's request goes to the cluster the Instance is placed
 //!   on: the root dials the cluster's `status.apiEndpoint`, trusts the CA that cluster
@@ -11,7 +14,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -24,6 +27,8 @@ use serde::Deserialize;
 
 /// The path of the subresource.
 const LOG_PATH: &str = "/apis/oakestra.io/v1/namespaces/{namespace}/instances/{name}/log";
+/// The path of a cluster's Nodes, at the root.
+const NODES_PATH: &str = "/apis/oakestra.io/v1/clusters/{name}/nodes";
 
 /// Which tier's hop this is.
 pub enum Hop {
@@ -56,9 +61,12 @@ struct LogQuery {
     tail_lines: Option<usize>,
 }
 
-/// The route of the subresource.
+/// The routes of the proxy: the log subresource, and (at the root) a cluster's Nodes.
 pub fn routes(proxy: Arc<LogProxy>) -> Router {
-    Router::new().route(LOG_PATH, get(log)).with_state(proxy)
+    Router::new()
+        .route(LOG_PATH, get(log))
+        .route(NODES_PATH, get(cluster_nodes))
+        .with_state(proxy)
 }
 
 /// Why a log cannot be read: the Kubernetes `Status` answered.
@@ -114,6 +122,90 @@ async fn log(
     }
 }
 
+/// `GET clusters/NAME/nodes[?watch=1&…]` at the root: the answer of cluster `NAME`'s
+/// `GET /apis/oakestra.io/v1/nodes` with the same query, streamed as it comes (a
+/// watch stays open), for administrators.
+async fn cluster_nodes(
+    State(proxy): State<Arc<LogProxy>>,
+    Extension(identity): Extension<Identity>,
+    Path(cluster): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if let Err(refusal) = admitted(
+        &identity,
+        identity.is_privileged(),
+        "clusters/nodes",
+        "",
+        &cluster,
+    ) {
+        return refusal.into_response();
+    }
+    let Hop::Root { paths } = &proxy.hop else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "a cluster's nodes are served at the root; here, list nodes".into(),
+        )
+        .into_response();
+    };
+    let Some(local) = proxy.local.get().await else {
+        return unavailable("the server is starting".into()).into_response();
+    };
+    let next = match to_cluster(&local, paths, &cluster, &proxy.proxy).await {
+        Ok(next) => next,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let path = match query {
+        Some(q) => format!("/apis/oakestra.io/v1/nodes?{q}"),
+        None => "/apis/oakestra.io/v1/nodes".to_string(),
+    };
+    match next.get_stream(&path).await {
+        Ok(body) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            axum::body::Body::from_stream(body),
+        )
+            .into_response(),
+        Err(e) => {
+            from_next_hop(&format!("reading the nodes of cluster {cluster}"), e).into_response()
+        }
+    }
+}
+
+/// `Ok` when `allowed`; else the 401 (anonymous) or 403 of a request by `identity` for
+/// `resource` (in `namespace`, of `name`).
+fn admitted(
+    identity: &Identity,
+    allowed: bool,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<(), Refusal> {
+    if allowed {
+        return Ok(());
+    }
+    if *identity == Identity::Anonymous {
+        return Err(status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized".into(),
+        ));
+    }
+    let scope = if namespace.is_empty() {
+        "at the cluster scope".to_string()
+    } else {
+        format!("in the namespace \"{namespace}\"")
+    };
+    let (plural, sub) = resource.split_once('/').unwrap_or((resource, ""));
+    Err(status(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        format!(
+            "{plural}.oakestra.io \"{name}\" is forbidden: User \"{}\" cannot get resource \"{plural}/{sub}\" in API group \"oakestra.io\" {scope}",
+            identity.user()
+        ),
+    ))
+}
+
 /// The log of Instance `namespace/name` (its last `tail` lines), read from the next hop.
 async fn read_log(
     proxy: &LogProxy,
@@ -126,24 +218,7 @@ async fn read_log(
         Hop::Root { .. } => identity.is_privileged(),
         Hop::Cluster { .. } => identity.is_privileged() || *identity == Identity::Root,
     };
-    if !allowed {
-        let code = if *identity == Identity::Anonymous {
-            StatusCode::UNAUTHORIZED
-        } else {
-            StatusCode::FORBIDDEN
-        };
-        let message = if code == StatusCode::UNAUTHORIZED {
-            "Unauthorized".to_string()
-        } else {
-            format!("instances.oakestra.io \"{name}\" is forbidden: User \"{}\" cannot get resource \"instances/log\" in API group \"oakestra.io\" in the namespace \"{namespace}\"", identity.user())
-        };
-        let reason = if code == StatusCode::UNAUTHORIZED {
-            "Unauthorized"
-        } else {
-            "Forbidden"
-        };
-        return Err(status(code, reason, message));
-    }
+    admitted(identity, allowed, "instances/log", namespace, name)?;
     let Some(local) = proxy.local.get().await else {
         return Err(unavailable("the server is starting".into()));
     };

@@ -281,6 +281,13 @@ pub async fn start(
             service_cidr: oakestra_api.service_cidr,
         },
     )?;
+    // The web dashboard at /ui/ (docs/dashboard.md): it reaches the API as any client.
+    let sla = sla::Options {
+        service_cidr: oakestra_api.service_cidr,
+        replicas: 1,
+    };
+    let ui = dashboard::routes(dashboard::Settings { sla });
+    secured.security.routes = std::mem::take(&mut secured.security.routes).merge(ui);
     let served = running
         .serve_api("root", listen, store, api, secured)
         .await?;

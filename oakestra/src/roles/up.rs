@@ -50,6 +50,10 @@ pub struct UpArgs {
     root: RootFlags,
     #[command(flatten)]
     runtime: RuntimeFlags,
+    /// Where this device is, `LAT,LON` in degrees: the cluster's location (geo
+    /// constraints, the dashboard's map).
+    #[arg(long, value_parser = crate::roles::parse_location)]
+    location: Option<crds::Location>,
 }
 
 /// Where `up` writes the administrator's kubeconfig of the root API.
@@ -164,6 +168,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             let config = ClusterConfig {
                 heartbeat: Duration::from_secs(2),
                 api_endpoint: Some(local.base().to_string()),
+                location: args.location.clone(),
                 ..ClusterConfig::new(LOCAL)
             };
             Some((config, None))
@@ -190,6 +195,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("  API:   {url}");
     println!("  data:  {}", data_dir.display());
     println!("  admin: export KUBECONFIG={}", kubeconfig.display());
+    println!(
+        "  web:   {url}/ui/ (log in as {} with the password in {}; the browser warns of the \
+         root's own CA, {}: docs/dashboard.md)",
+        crate::oakapi::auth::ADMIN,
+        root::password_file(&root_authority).display(),
+        root_authority.paths.data().join("pki/ca.crt").display()
+    );
     println!("  try:   oakctl apply -f manifests/   (oakctl finds this kubeconfig by itself)");
     println!("         kubectl get services        (with KUBECONFIG exported)");
     println!(
