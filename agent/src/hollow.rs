@@ -14,20 +14,28 @@
 //! it had started, once the cluster has assigned its instance IP (as the real agent
 //! waits for it), and stays so until it is deleted or bound elsewhere.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use client::runtime::{Action, Controller};
+use client::runtime::{Action, Controller, IndexName, ObjectRef, Store};
 use client::{Api, Client, ClientError, ListParams};
+use crds::ipam::Cidr;
 use crds::{Capacity, Instance, Node, Phase, RuntimeKind};
 use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::addresses::NodeAddresses;
 use crate::node::{register_node, NodeHeartbeat, NodeInfo, NodeReport};
+
+/// The subnet the cluster assigned to each hollow node, as its heartbeats read it back.
+type Subnets = Arc<RwLock<HashMap<String, Cidr>>>;
+
+/// Name of the Instance-cache index by node.
+const BY_NODE: IndexName = IndexName::new("node");
 
 /// Settings of one hollow-node process.
 #[derive(Debug, Clone)]
@@ -124,15 +132,18 @@ async fn serve(
             )))
         })
         .collect();
+    let subnets = Subnets::default();
     // Register and send a first heartbeat, so every node is Ready when this returns.
     let results: Vec<Result<(), ClientError>> =
         futures::stream::iter(names.iter().cloned().zip(beats.iter().cloned()))
             .map(|(name, beat)| {
                 let (client, nodes, report) = (client.clone(), nodes.clone(), report.clone());
-                let info = node_info(&config, &name);
+                let (info, subnets) = (node_info(&config, &name), subnets.clone());
                 async move {
                     register_node(&nodes, &info).await?;
-                    beat.lock().await.beat(&client, &report).await.map(|_| ())
+                    let subnet = beat.lock().await.beat(&client, &report).await?;
+                    remember(&subnets, &name, subnet);
+                    Ok(())
                 }
             })
             .buffer_unordered(config.concurrency.max(1))
@@ -149,9 +160,10 @@ async fn serve(
         client.clone(),
         config.clone(),
         beats,
+        subnets.clone(),
         shutdown.clone(),
     )));
-    run_instances(client, config, names, shutdown).await;
+    run_instances(client, config, names, subnets, shutdown).await;
     beats.abort();
     Ok(())
 }
@@ -173,6 +185,7 @@ async fn heartbeats(
     client: Client,
     config: HollowConfig,
     nodes: Vec<Arc<tokio::sync::Mutex<NodeHeartbeat>>>,
+    subnets: Subnets,
     shutdown: CancellationToken,
 ) {
     let period = (config.heartbeat / nodes.len().max(1) as u32).max(Duration::from_millis(1));
@@ -202,12 +215,16 @@ async fn heartbeats(
         };
         let (client, node, report) = (client.clone(), node.clone(), report.clone());
         let (slowest_us, failures) = (slowest_us.clone(), failures.clone());
+        let subnets = subnets.clone();
         tokio::spawn(async move {
             let sent = Instant::now();
             let mut node = node.lock().await;
-            if let Err(e) = node.beat(&client, &report).await {
-                failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(node = %node.name(), error = %e, "heartbeat failed");
+            match node.beat(&client, &report).await {
+                Ok(subnet) => remember(&subnets, node.name(), subnet),
+                Err(e) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(node = %node.name(), error = %e, "heartbeat failed");
+                }
             }
             slowest_us.fetch_max(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
             drop(permit);
@@ -215,29 +232,52 @@ async fn heartbeats(
     }
 }
 
-struct Ctx {
-    client: Client,
-    nodes: HashSet<String>,
-    address: String,
-    marked: AtomicU64,
+/// Record the subnet a heartbeat of node `name` read back.
+fn remember(subnets: &Subnets, name: &str, subnet: Option<Cidr>) {
+    if let Some(subnet) = subnet {
+        let mut known = subnets.write().expect("subnets lock");
+        if known.get(name) != Some(&subnet) {
+            known.insert(name.to_string(), subnet);
+        }
+    }
 }
 
-/// One controller over all the cluster's Instances: those bound to one of `names` are
-/// reported `Running`.
+struct Ctx {
+    client: Client,
+    address: String,
+    marked: AtomicU64,
+    subnets: Subnets,
+    /// The addresses each node handed out, by node.
+    addresses: HashMap<String, NodeAddresses>,
+    /// The cluster's Instances, indexed by node ([`BY_NODE`]).
+    instances: Store<Instance>,
+}
+
+/// One controller over all the cluster's Instances: those bound to one of `names` get
+/// an address of their node's subnet, as a real node hands them out, and are reported
+/// `Running`.
 async fn run_instances(
     client: Client,
     config: HollowConfig,
     names: Vec<String>,
+    subnets: Subnets,
     shutdown: CancellationToken,
 ) {
     let controller = Controller::new(client.api::<Instance>(None), ListParams::default())
         .name(&format!("hollow-{}", config.prefix))
         .concurrency(config.concurrency.max(1));
+    let instances = controller.store();
+    instances.add_index(BY_NODE, |i: &Instance| i.spec.node.clone());
     let ctx = Arc::new(Ctx {
         client,
-        nodes: names.into_iter().collect(),
         address: config.address.clone(),
         marked: AtomicU64::new(0),
+        subnets,
+        addresses: names
+            .into_iter()
+            .map(|n| (n, NodeAddresses::default()))
+            .collect(),
+        instances,
     });
     controller
         .run(
@@ -251,23 +291,40 @@ async fn mark_running(instance: Arc<Instance>, ctx: Arc<Ctx>) -> Result<Action, 
     let Some(node) = instance.spec.node.as_deref() else {
         return Ok(Action::await_change());
     };
-    if !ctx.nodes.contains(node) || instance.metadata.deletion_timestamp.is_some() {
+    let key = ObjectRef::of(instance.as_ref());
+    let Some(addresses) = ctx.addresses.get(node) else {
+        return Ok(Action::await_change());
+    };
+    if instance.metadata.deletion_timestamp.is_some() {
+        addresses.forget(&key);
         return Ok(Action::await_change());
     }
     let status = instance.status.clone().unwrap_or_default();
     if status.phase == Phase::Running && status.host_ip.as_deref() == Some(ctx.address.as_str()) {
         return Ok(Action::await_change());
     }
-    // As the real agent does for a networked Instance: start once the cluster has
-    // assigned its address (its write then goes uncontended; the next change of the
-    // Instance, that address, queues it again).
-    if status.instance_ip.is_none() {
-        return Ok(Action::await_change());
-    }
+    // As the real agent does for a networked Instance: an address of the node's subnet,
+    // handed out by the node, goes up with the first report.
+    let subnet = ctx.subnets.read().expect("subnets lock").get(node).copied();
+    let Some(subnet) = subnet else {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
+    let others: Vec<_> = ctx
+        .instances
+        .by_index(BY_NODE, node)
+        .into_iter()
+        .filter(|i| ObjectRef::of(i.as_ref()) != key)
+        .filter_map(|i| i.status.as_ref()?.instance_ip)
+        .collect();
+    let Some(ip) = addresses.address_for(&key, subnet, status.instance_ip, others) else {
+        tracing::warn!(instance = %key, node, %subnet, "no free address left in the node's subnet");
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
     let name = &instance.metadata.name;
     let api: Api<Instance> = ctx.client.api(instance.metadata.namespace.as_deref());
     let fields = json!({"phase": Phase::Running, "hostIP": ctx.address, "startTime": Utc::now(),
-        "runtimeId": format!("hollow/{node}/{name}"), "reason": null, "message": null, "exitCode": null});
+        "instanceIP": ip, "runtimeId": format!("hollow/{node}/{name}"),
+        "reason": null, "message": null, "exitCode": null});
     let status = crate::instances::status_apply(&instance, Phase::Running, fields, Utc::now());
     api.apply_own_status(name, &status).await?;
     let marked = ctx.marked.fetch_add(1, Ordering::Relaxed) + 1;

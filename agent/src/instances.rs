@@ -13,18 +13,20 @@
 //! starts once the cluster has assigned the node a subnet and the Instance an IP in it.
 
 use std::collections::HashSet;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use client::runtime::{Action, ObjectRef, Written};
+use client::runtime::{Action, ObjectRef, Store, Written};
 use client::{Api, Client};
 use crds::conditions::{instance_readiness, READY};
 use crds::ipam::Cidr;
 use crds::{set_condition, Instance, InstanceStatus, Phase, RestartPolicy, Time};
 use serde_json::json;
 
+use crate::addresses::NodeAddresses;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::network::{InstanceAddress, Network, NetworkError};
 use crate::runtime::{InstanceId, Runtime, RuntimeError, State};
@@ -33,10 +35,10 @@ use crate::AgentError;
 /// How often a running workload is looked at again (exits of workloads this agent
 /// started arrive at once; adopted ones are polled).
 const RUNNING_POLL: Duration = Duration::from_secs(5);
-/// How often an Instance looks again while its node has no subnet yet (the subnet comes
-/// with the node's heartbeat, not as a change of the Instance).
+/// How often an Instance looks again while it has no address (the node's subnet comes
+/// with its heartbeat, a freed address with another Instance's change).
 const SUBNET_POLL: Duration = Duration::from_secs(1);
-/// The status reason of an Instance whose node has no subnet yet.
+/// The status reason of an Instance that has no address yet.
 pub const WAITING_FOR_ADDRESS: &str = "WaitingForAddress";
 
 /// Delay before restart number `restarts + 1`: 1 s, doubling, at most 30 s.
@@ -91,10 +93,13 @@ pub enum Addressing {
     /// It shares the node's network: there is no address to wait for.
     Node,
     /// It gets a network of its own, once the cluster has assigned the node a subnet
-    /// (`subnet`, as last heard) and the Instance an IP in it.
+    /// (`subnet`, as last heard): at `address`, which the node hands out from it
+    /// ([`crate::addresses`]).
     Own {
         /// The node's subnet, if assigned yet.
         subnet: Option<Cidr>,
+        /// The Instance's address in it (`None`: no subnet, or no address left).
+        address: Option<Ipv4Addr>,
     },
 }
 
@@ -150,8 +155,12 @@ pub enum Report {
         /// How long until the restart.
         remaining: Duration,
     },
-    /// It waits for the cluster to assign its node a subnet.
-    WaitingForAddress,
+    /// It waits for an address: the node has no subnet yet (`subnet`: `None`), or no
+    /// free address is left in it.
+    WaitingForAddress {
+        /// The node's subnet, if it has one.
+        subnet: Option<Cidr>,
+    },
     /// The start failed.
     StartFailed {
         /// The status reason ([`StartError::reason`]).
@@ -169,7 +178,7 @@ impl Report {
         match self {
             Report::Running { .. } | Report::Started { .. } => Phase::Running,
             Report::Finished { phase, .. } => *phase,
-            Report::BackingOff { .. } | Report::WaitingForAddress => Phase::Starting,
+            Report::BackingOff { .. } | Report::WaitingForAddress { .. } => Phase::Starting,
             Report::StartFailed { .. } => Phase::Failed,
         }
     }
@@ -212,9 +221,9 @@ impl Report {
                 );
                 json!({"phase": Phase::Starting, "exitCode": code, "reason": reason.as_str(), "message": message})
             }
-            Report::WaitingForAddress => {
+            Report::WaitingForAddress { subnet } => {
                 json!({"phase": Phase::Starting, "reason": WAITING_FOR_ADDRESS,
-                    "message": "waiting for the cluster to assign the node a subnet"})
+                    "message": waiting_for_address(*subnet)})
             }
             Report::StartFailed {
                 reason,
@@ -228,8 +237,9 @@ impl Report {
 }
 
 /// The status fields the agent owns, besides its `Ready` condition.
-const AGENT_FIELDS: [&str; 9] = [
+const AGENT_FIELDS: [&str; 10] = [
     "phase",
+    "instanceIP",
     "hostIP",
     "runtimeId",
     "startTime",
@@ -409,20 +419,17 @@ pub fn next_step(o: &Observed) -> Plan {
     }
 }
 
-/// Start as restart number `restarts`, or wait for the address first. Each writer says
-/// what it knows: while the node has no subnet the agent says so; while the Instance
-/// has no address of the node's subnet, the allocator's own condition says why (its
-/// write of the address is a change of the Instance, which queues it again), and the
-/// agent writes nothing.
+/// Start as restart number `restarts`, or wait for an address first: while the node has
+/// no subnet, or no free address is left in it, the agent says so and looks again.
 fn start_step(o: &Observed, restarts: u32) -> Step {
-    let Addressing::Own { subnet } = o.addressing else {
+    let Addressing::Own { subnet, address } = o.addressing else {
         return Step::Start {
             restarts,
             address: None,
         };
     };
-    match (o.status.instance_ip, subnet) {
-        (Some(ip), Some(subnet)) if subnet.contains(ip) => Step::Start {
+    match (subnet, address) {
+        (Some(subnet), Some(ip)) => Step::Start {
             restarts,
             address: Some(InstanceAddress {
                 ip,
@@ -430,12 +437,20 @@ fn start_step(o: &Observed, restarts: u32) -> Step {
                 gateway: subnet.gateway(),
             }),
         },
-        (_, Some(_)) => report(None, Next::AwaitChange),
-        (_, None) => {
-            let waiting =
-                (o.status.reason != WAITING_FOR_ADDRESS).then_some(Report::WaitingForAddress);
+        (subnet, _) => {
+            let message = waiting_for_address(subnet);
+            let said = o.status.reason == WAITING_FOR_ADDRESS && o.status.message == message;
+            let waiting = (!said).then_some(Report::WaitingForAddress { subnet });
             report(waiting, Next::Requeue(SUBNET_POLL))
         }
+    }
+}
+
+/// Why an Instance waits for an address, with its node's subnet (`None`: none yet).
+fn waiting_for_address(subnet: Option<Cidr>) -> String {
+    match subnet {
+        None => "waiting for the cluster to assign the node a subnet".into(),
+        Some(subnet) => format!("no free address left in the node's subnet {subnet}"),
     }
 }
 
@@ -523,9 +538,36 @@ pub(crate) struct Instances {
     /// status write carries every field the agent owns, so one built from an older
     /// cached copy (an exit seen right after a start) would undo the last.
     pub written: Written<Instance>,
+    /// The Instance IPs the node has handed out.
+    pub addresses: NodeAddresses,
+    /// The cache of the Instances bound here (the addresses they hold).
+    pub bound: Store<Instance>,
 }
 
 impl Instances {
+    /// The address `key` has or gets in `subnet` (see [`crate::addresses`]): the one its
+    /// status shows, else the one it is attached with (a start whose report was lost),
+    /// else a free one.
+    fn address_for(
+        &self,
+        key: &ObjectRef,
+        id: &InstanceId,
+        status: &InstanceStatus,
+        subnet: Cidr,
+    ) -> Option<Ipv4Addr> {
+        let own = status
+            .instance_ip
+            .filter(|ip| subnet.contains(*ip))
+            .or_else(|| self.network.as_ref()?.address_of(id));
+        let others = self
+            .bound
+            .state()
+            .into_iter()
+            .filter(|i| ObjectRef::of(i.as_ref()) != *key)
+            .filter_map(|i| i.status.as_ref()?.instance_ip);
+        self.addresses.address_for(key, subnet, own, others)
+    }
+
     async fn remove(&self, id: &InstanceId) -> Result<(), AgentError> {
         remove_workload(self.runtime.as_ref(), self.network.as_ref(), id).await
     }
@@ -621,6 +663,7 @@ pub(crate) async fn reconcile(
     let state = ctx.runtime.state(&id).await?;
     let Some(instance) = mine else {
         ctx.written.forget(&key);
+        ctx.addresses.forget(&key);
         let attached = ctx.network.as_ref().is_some_and(|n| n.holds(&id));
         if state.is_some() || attached {
             tracing::info!(instance = %id, "no longer bound here; removing");
@@ -633,13 +676,15 @@ pub(crate) async fn reconcile(
     }
     let workload = &instance.spec.template;
     let netns = ctx.network.as_ref().and(ctx.runtime.netns(&id, workload));
+    let status = instance.status.clone().unwrap_or_default();
     let addressing = match netns {
-        Some(_) => Addressing::Own {
-            subnet: *ctx.subnet.lock().expect("not poisoned"),
-        },
+        Some(_) => {
+            let subnet = *ctx.subnet.lock().expect("not poisoned");
+            let address = subnet.and_then(|subnet| ctx.address_for(&key, &id, &status, subnet));
+            Addressing::Own { subnet, address }
+        }
         None => Addressing::Node,
     };
-    let status = instance.status.clone().unwrap_or_default();
     let plan = next_step(&Observed {
         status: &status,
         state: state.as_ref(),
@@ -659,7 +704,11 @@ pub(crate) async fn reconcile(
         Step::Report { report, next } => {
             if let Some(report) = report {
                 tracing::debug!(instance = %id, ?report, "status");
-                write(&ctx, &instance, &report).await?;
+                let ip = match addressing {
+                    Addressing::Own { address, .. } => address,
+                    Addressing::Node => None,
+                };
+                write(&ctx, &instance, &report, ip).await?;
             }
             next
         }
@@ -670,15 +719,20 @@ pub(crate) async fn reconcile(
     Ok(next.into())
 }
 
-/// Write `report` to `instance`'s status, and remember what the server stored.
-async fn write(ctx: &Instances, instance: &Instance, report: &Report) -> Result<(), AgentError> {
+/// Write `report` to `instance`'s status, with the Instance's address `ip` when it has
+/// one, and remember what the server stored.
+async fn write(
+    ctx: &Instances,
+    instance: &Instance,
+    report: &Report,
+    ip: Option<Ipv4Addr>,
+) -> Result<(), AgentError> {
     let api: Api<Instance> = ctx.client.api(instance.metadata.namespace.as_deref());
-    let status = status_apply(
-        instance,
-        report.phase(),
-        report.fields(&ctx.address),
-        Utc::now(),
-    );
+    let mut fields = report.fields(&ctx.address);
+    if let Some(ip) = ip {
+        fields["instanceIP"] = json!(ip);
+    }
+    let status = status_apply(instance, report.phase(), fields, Utc::now());
     let stored = api
         .apply_own_status(&instance.metadata.name, &status)
         .await?;
@@ -749,7 +803,8 @@ async fn start(
     }
     let (report, next) = after_start(outcome.as_ref(), restarts);
     if let Some(report) = report {
-        write(ctx, instance, &report).await?;
+        let ip = network.filter(|_| outcome.is_ok()).map(|(_, a)| a.ip);
+        write(ctx, instance, &report, ip).await?;
     }
     Ok(next)
 }
@@ -876,8 +931,11 @@ mod tests {
             self.policy = policy;
             self
         }
-        fn own_network(mut self, subnet: Option<Cidr>) -> Self {
-            self.addressing = Addressing::Own { subnet };
+        /// A network of its own, in `subnet` (if the node has one) at `address` (if
+        /// the node has one for it).
+        fn own_network(mut self, subnet: Option<Cidr>, address: Option<&str>) -> Self {
+            let address = address.map(|a| a.parse().unwrap());
+            self.addressing = Addressing::Own { subnet, address };
             self
         }
         fn now(mut self, secs: f64) -> Self {
@@ -1054,40 +1112,52 @@ mod tests {
             // A networked Instance waits for its address.
             case(
                 "no node subnet yet: say so",
-                bound(status(Scheduled, 0, ""), 0.0, Some("10.0.0.5")),
-                None,
-            )
-            .own_network(None)
-            .then(wait(Some(Report::WaitingForAddress), Requeue(SECOND))),
-            case(
-                "said so already: wait quietly",
-                bound(status(Starting, 0, WAITING_FOR_ADDRESS), 0.0, None),
-                None,
-            )
-            .own_network(None)
-            .now(3.0)
-            .then(wait(None, Requeue(SECOND))),
-            case(
-                "no IP yet: the allocator's to write, nothing to say",
                 bound(status(Scheduled, 0, ""), 0.0, None),
                 None,
             )
-            .own_network(subnet())
-            .then(wait(None, AwaitChange)),
+            .own_network(None, None)
+            .then(wait(
+                Some(Report::WaitingForAddress { subnet: None }),
+                Requeue(SECOND),
+            )),
             case(
-                "an IP outside the node subnet is no address",
-                bound(status(Scheduled, 0, ""), 0.0, Some("10.0.1.5")),
+                "said so already: wait quietly",
+                bound(
+                    InstanceStatus {
+                        message: "waiting for the cluster to assign the node a subnet".into(),
+                        ..status(Starting, 0, WAITING_FOR_ADDRESS)
+                    },
+                    0.0,
+                    None,
+                ),
                 None,
             )
-            .own_network(subnet())
+            .own_network(None, None)
             .now(3.0)
-            .then(wait(None, AwaitChange)),
+            .then(wait(None, Requeue(SECOND))),
             case(
-                "with subnet and IP it starts at that address",
-                bound(status(Scheduled, 0, ""), 0.0, Some("10.0.0.5")),
+                "the node's subnet is full: say so",
+                bound(
+                    InstanceStatus {
+                        message: "waiting for the cluster to assign the node a subnet".into(),
+                        ..status(Starting, 0, WAITING_FOR_ADDRESS)
+                    },
+                    0.0,
+                    None,
+                ),
                 None,
             )
-            .own_network(subnet())
+            .own_network(subnet(), None)
+            .then(wait(
+                Some(Report::WaitingForAddress { subnet: subnet() }),
+                Requeue(SECOND),
+            )),
+            case(
+                "with subnet and address it starts at that address",
+                bound(status(Scheduled, 0, ""), 0.0, None),
+                None,
+            )
+            .own_network(subnet(), Some("10.0.0.5"))
             .then(Step::Start {
                 restarts: 0,
                 address: Some(InstanceAddress {
@@ -1101,9 +1171,12 @@ mod tests {
                 bound(status(Running, 0, ""), -10.0, None),
                 Some(exited(Some(1), false)),
             )
-            .own_network(subnet())
+            .own_network(None, None)
             .now(2.0)
-            .then(wait(None, AwaitChange))
+            .then(wait(
+                Some(Report::WaitingForAddress { subnet: None }),
+                Requeue(SECOND),
+            ))
             .counts(Error),
             case(
                 "without a network of its own nothing waits",
@@ -1221,7 +1294,7 @@ mod tests {
     #[test]
     fn the_status_applied_is_all_the_agent_owns() {
         /// An Instance at generation 4, `Ready` as given (or absent), with what the
-        /// binder and the allocator wrote, and the agent's earlier exit.
+        /// binder wrote, and the agent's address and earlier exit.
         fn instance(ready: Option<ConditionStatus>) -> Instance {
             let mut i = Instance::new("web-0", Default::default());
             i.metadata.generation = Some(4);
@@ -1264,12 +1337,12 @@ mod tests {
         let now = at(5.0);
         let cases = [
             (
-                "first report: Ready now; the exit's fields go; the address and the binder's condition are not sent",
+                "first report: Ready now; the exit's fields go; the address stays; the binder's condition is not sent",
                 instance(None),
                 Running,
                 json!({"runtimeId": "c1", "reason": null, "message": null, "exitCode": null}),
                 json!({"phase": "Running", "observedGeneration": 4, "runtimeId": "c1", "restartCount": 2,
-                 "hostIP": "192.0.2.1", "conditions": ready("True", "Running", "the workload runs", now)}),
+                 "hostIP": "192.0.2.1", "instanceIP": "10.0.0.5", "conditions": ready("True", "Running", "the workload runs", now)}),
             ),
             (
                 "Ready unchanged: its transition time stays",
@@ -1277,7 +1350,7 @@ mod tests {
                 Running,
                 json!({"runtimeId": "c1", "reason": null, "message": null, "exitCode": null}),
                 json!({"phase": "Running", "observedGeneration": 4, "runtimeId": "c1", "restartCount": 2,
-                 "hostIP": "192.0.2.1", "conditions": ready("True", "Running", "the workload runs", t0())}),
+                 "hostIP": "192.0.2.1", "instanceIP": "10.0.0.5", "conditions": ready("True", "Running", "the workload runs", t0())}),
             ),
             (
                 "an exit turns Ready False with the status message; what the report leaves out stays",
@@ -1285,7 +1358,7 @@ mod tests {
                 Starting,
                 json!({"message": "exited (Error, code Some(1)); restarting in 1s"}),
                 json!({"phase": "Starting", "observedGeneration": 4, "restartCount": 2, "exitCode": 1,
-                 "reason": "Error", "hostIP": "192.0.2.1",
+                 "reason": "Error", "hostIP": "192.0.2.1", "instanceIP": "10.0.0.5",
                  "message": "exited (Error, code Some(1)); restarting in 1s",
                  "conditions": ready("False", "Starting", "exited (Error, code Some(1)); restarting in 1s", now)}),
             ),

@@ -11,6 +11,7 @@
 //!   adoption, waiting for an address) as a pure decision, and the reconcile around it.
 //! - [`runtime`]: the `Runtime` trait and its implementations (processes, containerd,
 //!   both combined, an in-memory fake), and their assembly.
+//! - [`addresses`]: Instance IPs, handed out by the node from its subnet.
 //! - [`network`]: Instance networking outside the runtime (CNI bridge, published ports);
 //!   the node's service rules and overlay are [`netplane`]'s, which [`run`] starts
 //!   beside the runtime.
@@ -25,6 +26,7 @@
 /// The field manager of the agent's writes (`metadata.managedFields`).
 pub const MANAGER: &str = "oakestra-agent";
 
+pub mod addresses;
 pub mod cgroup;
 pub mod config;
 pub mod digest;
@@ -208,6 +210,14 @@ pub async fn run(
     node.register().await?;
     tracing::info!(node = %config.node, runtime = runtime.name(), "worker agent registered");
     let bridged = network.is_some();
+    // Only the Instances bound here; one that leaves arrives as a deletion.
+    let bound_here = ListParams {
+        field_selector: Some(format!("spec.node={}", config.node)),
+        ..Default::default()
+    };
+    let controller = Controller::new(client.api::<Instance>(None), bound_here)
+        .name("agent")
+        .concurrency(4);
     let instances = Arc::new(Instances {
         client: client.clone(),
         node: config.node.clone(),
@@ -218,15 +228,9 @@ pub async fn run(
         subnet,
         removing: Default::default(),
         written: Default::default(),
+        addresses: Default::default(),
+        bound: controller.store(),
     });
-    // Only the Instances bound here; one that leaves arrives as a deletion.
-    let bound_here = ListParams {
-        field_selector: Some(format!("spec.node={}", config.node)),
-        ..Default::default()
-    };
-    let controller = Controller::new(client.api::<Instance>(None), bound_here)
-        .name("agent")
-        .concurrency(4);
     let trigger = controller.trigger();
     // What the node already holds: adopted if still wanted, removed if not.
     for id in instances.held().await? {

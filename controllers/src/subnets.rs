@@ -5,13 +5,14 @@
 //! | Cluster | `status.subnet` | a `/--cluster-prefix` block of `--cluster-cidr` | root |
 //! | Service | `status.serviceIP` | an address of `--service-cidr`; `spec.addressing.roundRobinIP` honoured when free | root |
 //! | Node | `status.subnet` | a `/--node-prefix` block of the cluster's subnet | cluster |
-//! | Instance | `status.instanceIP` | an address of its node's subnet | cluster |
+//!
+//! An Instance's IP is not handed out here: its node gives it one of its own subnet
+//! (`agent::addresses`), with its first report.
 //!
 //! Allocations are recorded in the objects themselves, so after a restart the table is
 //! rebuilt from the API. Each allocator reconciles one object at a time and remembers
 //! what it wrote until its cache shows it, so no address is handed out twice even when
-//! the cache lags. Deleting an object (or moving an Instance to another node) returns
-//! its address to the pool.
+//! the cache lags. Deleting an object returns its address to the pool.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -22,8 +23,7 @@ use chrono::Utc;
 use client::runtime::{Action, Controller, ObjectRef, Recorder, Store};
 use client::{Client, ListParams};
 use crds::{
-    set_condition, Cluster, ConditionStatus, EventType, HasConditions, Instance, Node, Resource,
-    Service,
+    set_condition, Cluster, ConditionStatus, EventType, HasConditions, Node, Resource, Service,
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -37,17 +37,10 @@ pub trait Addressed: Resource + HasConditions {
     const FIELD: &'static str;
     /// The condition that reports the allocation.
     const CONDITION: &'static str;
-    /// Whether an allocation is also recorded as an Event. Not for Instances: one
-    /// Event per Instance IP was one more write per Instance at scale, and the
-    /// condition says the same.
+    /// Whether an allocation is also recorded as an Event.
     const EVENT_ON_ASSIGN: bool = true;
     /// The address the object holds now, as its status field has it.
     fn address(&self) -> Option<String>;
-    /// The scope the object's pool belongs to, as far as the object tells: objects of
-    /// one scope share one pool (an Instance: its node; `None` while unbound).
-    fn scope(&self) -> Option<String> {
-        Some(String::new())
-    }
     /// An address the user asked for.
     fn requested(&self) -> Option<Ipv4Addr> {
         None
@@ -92,18 +85,6 @@ impl Addressed for Service {
     }
     fn reserved(&self) -> Option<(Ipv4Addr, &'static str)> {
         Some((self.spec.addressing.closest_ip?, CLOSEST_IP_ASSIGNED))
-    }
-}
-
-impl Addressed for Instance {
-    const FIELD: &'static str = "instanceIP";
-    const CONDITION: &'static str = "InstanceIPAssigned";
-    const EVENT_ON_ASSIGN: bool = false;
-    fn address(&self) -> Option<String> {
-        Some(self.status.as_ref()?.instance_ip?.to_string())
-    }
-    fn scope(&self) -> Option<String> {
-        self.spec.node.clone()
     }
 }
 
@@ -160,21 +141,18 @@ impl std::fmt::Display for Pool {
 }
 
 /// The pool of an object (objects of one [`Addressed::scope`] share it), or `None`
-/// while it is not known (e.g. the Instance's node has no subnet yet).
+/// while it is not known (e.g. the cluster has no subnet yet, for its Nodes).
 type PoolOf<K> = Box<dyn Fn(&K) -> Option<Pool> + Send + Sync>;
-
-/// Name of the allocator cache's index by [`Addressed::scope`].
-const BY_SCOPE: client::runtime::IndexName = client::runtime::IndexName::new("scope");
 
 struct Ctx<K> {
     client: Client,
     store: Store<K>,
     recorder: Recorder,
     pool_of: PoolOf<K>,
-    /// Written, not yet in the cache: object → (scope, address).
-    pending: Mutex<HashMap<ObjectRef, (String, String)>>,
-    /// The last address handed out per scope (since this process started).
-    last: Mutex<HashMap<String, String>>,
+    /// Written, not yet in the cache: object → address.
+    pending: Mutex<HashMap<ObjectRef, String>>,
+    /// The last address handed out (since this process started).
+    last: Mutex<Option<String>>,
 }
 
 /// Run one allocator over the objects of `controller`.
@@ -200,14 +178,11 @@ async fn run_allocator<K: Addressed>(
         .await;
 }
 
-/// The controller of one allocator, its cache indexed by scope from the start (the
-/// Instance allocator's Node mapper reads that index).
+/// The controller of one allocator: one object at a time.
 fn allocator<K: Addressed>(client: &Client, name: &str) -> Controller<K> {
-    let controller = Controller::new(client.api::<K>(None), ListParams::default())
+    Controller::new(client.api::<K>(None), ListParams::default())
         .name(name)
-        .concurrency(1);
-    controller.store().add_index(BY_SCOPE, K::scope);
-    controller
+        .concurrency(1)
 }
 
 /// The root's allocators: cluster subnets and service IPs.
@@ -233,8 +208,8 @@ pub async fn run(client: Client, config: &RootConfig, shutdown: CancellationToke
     );
 }
 
-/// A cluster's allocators: a subnet per Node from the cluster's own subnet (its local
-/// `Cluster` object named `cluster`), and an IP per Instance from its node's subnet.
+/// A cluster's allocator: a subnet per Node from the cluster's own subnet (its local
+/// `Cluster` object named `cluster`).
 pub async fn run_cluster(
     client: Client,
     cluster: String,
@@ -265,31 +240,7 @@ pub async fn run_cluster(
             prefix: node_prefix,
         })
     });
-    let mut instances = allocator::<Instance>(&client, "instance-ips");
-    let instance_store = instances.store();
-    let node_cache = instances.watches(
-        client.api::<Node>(None),
-        ListParams::default(),
-        move |n: &Node| {
-            instance_store
-                .by_index(BY_SCOPE, &n.metadata.name)
-                .iter()
-                .map(|i| ObjectRef::of(i.as_ref()))
-                .collect()
-        },
-    );
-    let instance_pool: PoolOf<Instance> = Box::new(move |i| {
-        let subnet: Cidr = node_cache
-            .get(&ObjectRef::new(None, i.spec.node.as_deref()?))?
-            .address()?
-            .parse()
-            .ok()?;
-        Some(Pool::Addresses(subnet))
-    });
-    tokio::join!(
-        run_allocator(nodes, client.clone(), node_pool, shutdown.clone()),
-        run_allocator(instances, client, instance_pool, shutdown),
-    );
+    run_allocator(nodes, client, node_pool, shutdown).await;
 }
 
 /// Everything of `k`'s status the allocator owns, as it applies it (server-side apply,
@@ -298,9 +249,7 @@ pub async fn run_cluster(
 /// message) at `now`. `None` when that changes nothing: no write.
 ///
 /// No version precondition, so another writer of the status (the node's agent, the
-/// Service controller) never makes this write fail. An address written for a node the
-/// Instance has left meanwhile is outside the new node's pool: the agent does not
-/// start with it and the next reconcile replaces it.
+/// Service controller, the cluster's heartbeat) never makes this write fail.
 fn owned_status<K: Addressed>(
     k: &K,
     address: Option<&str>,
@@ -405,37 +354,27 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
         ctx.pending.lock().expect("pending lock").remove(&key);
         return Ok(Action::await_change());
     };
-    let scope = k.scope().unwrap_or_default();
     if settled(&pool) {
         ctx.pending.lock().expect("pending lock").remove(&key);
         // Its reserved address is looked at once its own is settled (one write each).
-        check_reserved(&ctx, &k, &key, &scope, &pool, current.as_deref()).await?;
+        check_reserved(&ctx, &k, &key, &pool, current.as_deref()).await?;
         return Ok(Action::await_change());
     }
     let outcome: Result<String, Refusal> = {
         let mut pending = ctx.pending.lock().expect("pending lock");
-        let mut owners = owners(&ctx, &key, &scope, &mut pending);
+        let mut owners = owners(&ctx, &key, &mut pending);
         // Its own reserved address is not one to hand it as well.
         if let Some((ip, _)) = k.reserved() {
             owners.insert(ip.to_string(), format!("{key} (its closest IP)"));
         }
-        let written = pending
-            .get(&key)
-            .filter(|(s, _)| *s == scope)
-            .map(|(_, a)| a.as_str());
+        let written = pending.get(&key).map(String::as_str);
         let mut last = ctx.last.lock().expect("last lock");
-        let outcome = allocate(
-            &pool,
-            k.requested(),
-            written,
-            &owners,
-            last.get(&scope).map(String::as_str),
-        );
+        let outcome = allocate(&pool, k.requested(), written, &owners, last.as_deref());
         if let Ok(Allocation { address, drawn }) = &outcome {
             if *drawn {
-                last.insert(scope.clone(), address.clone());
+                *last = Some(address.clone());
             }
-            pending.insert(key.clone(), (scope.clone(), address.clone()));
+            pending.insert(key.clone(), address.clone());
         }
         outcome.map(|a| a.address)
     };
@@ -455,29 +394,28 @@ async fn reconcile<K: Addressed>(k: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, 
         }
         Err(refusal) => {
             set_own_condition(&ctx, &k, K::CONDITION, Err(refusal)).await?;
-            check_reserved(&ctx, &k, &key, &scope, &pool, None).await?;
+            check_reserved(&ctx, &k, &key, &pool, None).await?;
             // A released address frees the pool for it: look again soon.
             Ok(Action::requeue(Duration::from_secs(5)))
         }
     }
 }
 
-/// The addresses of the pool of `scope` held by objects other than `key`: their
-/// allocated and reserved addresses as cached, and what this allocator wrote and its
-/// cache does not show yet (`pending`, from which what the cache shows is dropped).
+/// The addresses of the pool held by objects other than `key`: their allocated and
+/// reserved addresses as cached, and what this allocator wrote and its cache does not
+/// show yet (`pending`, from which what the cache shows is dropped).
 fn owners<K: Addressed>(
     ctx: &Ctx<K>,
     key: &ObjectRef,
-    scope: &str,
-    pending: &mut HashMap<ObjectRef, (String, String)>,
+    pending: &mut HashMap<ObjectRef, String>,
 ) -> HashMap<String, String> {
-    pending.retain(|k, (_, a)| {
+    pending.retain(|k, a| {
         ctx.store
             .get(k)
             .is_some_and(|o| o.address().as_ref() != Some(a))
     });
     let mut owners = HashMap::new();
-    for o in ctx.store.by_index(BY_SCOPE, scope) {
+    for o in ctx.store.state() {
         let of = ObjectRef::of(o.as_ref());
         if of == *key {
             continue;
@@ -492,8 +430,8 @@ fn owners<K: Addressed>(
     owners.extend(
         pending
             .iter()
-            .filter(|(k, (s, _))| *k != key && s == scope)
-            .map(|(k, (_, a))| (a.clone(), k.to_string())),
+            .filter(|(k, _)| *k != key)
+            .map(|(k, a)| (a.clone(), k.to_string())),
     );
     owners
 }
@@ -504,7 +442,6 @@ async fn check_reserved<K: Addressed>(
     ctx: &Ctx<K>,
     k: &K,
     key: &ObjectRef,
-    scope: &str,
     pool: &Pool,
     address: Option<&str>,
 ) -> Result<(), Error> {
@@ -513,7 +450,7 @@ async fn check_reserved<K: Addressed>(
     };
     let verdict = {
         let mut pending = ctx.pending.lock().expect("pending lock");
-        let mut owners = owners(ctx, key, scope, &mut pending);
+        let mut owners = owners(ctx, key, &mut pending);
         if let Some(own) = address {
             owners.insert(own.to_string(), format!("{key} (its round-robin IP)"));
         }
@@ -662,27 +599,23 @@ mod tests {
     #[test]
     fn the_allocator_applies_only_what_it_owns() {
         let now = Utc::now();
-        let assigned = (
-            "InstanceIPAssigned",
-            ConditionStatus::True,
-            "Assigned",
-            "10.0.0.5",
-        );
-        let mut instance = Instance::new("web-0", Default::default());
-        let first = owned_status(&instance, Some("10.0.0.5"), assigned, now).unwrap();
-        assert_eq!(first["instanceIP"], "10.0.0.5");
-        assert_eq!(first["conditions"][0]["type"], "InstanceIPAssigned");
+        let block = "10.128.0.0/26";
+        let assigned = ("SubnetAssigned", ConditionStatus::True, "Assigned", block);
+        let mut node = Node::new("n1", Default::default());
+        let first = owned_status(&node, Some(block), assigned, now).unwrap();
+        assert_eq!(first["subnet"], block);
+        assert_eq!(first["conditions"][0]["type"], "SubnetAssigned");
         // Once the status shows it, applying it again would change nothing: no write.
-        let mut status = crds::InstanceStatus {
-            instance_ip: Some("10.0.0.5".parse().unwrap()),
+        let mut status = crds::NodeStatus {
+            subnet: Some(block.into()),
             ..Default::default()
         };
         set_condition(
             &mut status.conditions,
-            "InstanceIPAssigned",
+            "SubnetAssigned",
             ConditionStatus::True,
             "Assigned",
-            "10.0.0.5",
+            block,
             now,
         );
         // Conditions of other writers (the agent's Ready) are not sent: they merge by type.
@@ -690,29 +623,26 @@ mod tests {
             &mut status.conditions,
             "Ready",
             ConditionStatus::True,
-            "Running",
+            "NodeReady",
             "",
             now,
         );
-        instance.status = Some(status);
-        assert_eq!(
-            owned_status(&instance, Some("10.0.0.5"), assigned, now),
-            None
-        );
+        node.status = Some(status);
+        assert_eq!(owned_status(&node, Some(block), assigned, now), None);
         let moved = (
-            "InstanceIPAssigned",
+            "SubnetAssigned",
             ConditionStatus::True,
             "Assigned",
-            "10.0.1.9",
+            "10.128.0.64/26",
         );
-        let again = owned_status(&instance, Some("10.0.1.9"), moved, now).unwrap();
+        let again = owned_status(&node, Some("10.128.0.64/26"), moved, now).unwrap();
         let types: Vec<&str> = again["conditions"]
             .as_array()
             .unwrap()
             .iter()
             .map(|c| c["type"].as_str().unwrap())
             .collect();
-        assert_eq!(types, ["InstanceIPAssigned"]);
+        assert_eq!(types, ["SubnetAssigned"]);
         // A Service owns its closest IP's condition too, and keeps sending its address
         // when only a condition changes (else the apply would drop the address).
         let mut svc = Service::new("web", Default::default());

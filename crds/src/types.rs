@@ -107,7 +107,7 @@ pub struct ClusterStatus {
     /// Subnet assigned by the root, in CIDR notation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
-    /// Total resources of the cluster's ready nodes.
+    /// Total resources of all the cluster's nodes, Ready or not (`nodes`: how many).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
     /// What is left for new Instances: capacity less what bound Instances request.

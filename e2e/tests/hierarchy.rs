@@ -239,7 +239,7 @@ async fn replicas_spread_over_both_clusters() {
 /// Each node has a distinct subnet, each instance a distinct IP of its node's subnet
 /// (reported up to the root).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_get_subnets_and_instances_addresses_in_them() {
+async fn nodes_get_subnets_and_host_network_instances_no_address() {
     let (t, _) = Topology::with_work(3).await;
     let (clusters, _) = t
         .api
@@ -274,45 +274,26 @@ async fn nodes_get_subnets_and_instances_addresses_in_them() {
         node_subnets.values().all(|s| s.ends_with("/26")),
         "{node_subnets:?}"
     );
-    let ips = eventually("instance IPs at the root", WAIT, || async {
-        let (items, _) = t.instances().list(&ListParams::default()).await.ok()?;
-        items
-            .iter()
-            .map(|i| Some((i.spec.node.clone()?, i.status.as_ref()?.instance_ip?)))
-            .collect::<Option<Vec<_>>>()
-    })
-    .await;
-    assert_eq!(
-        ips.iter().map(|(_, ip)| ip).collect::<HashSet<_>>().len(),
-        3,
-        "{ips:?}"
-    );
-    for (node, ip) in &ips {
-        let subnet = &node_subnets[node];
-        let base: std::net::Ipv4Addr = subnet.split('/').next().unwrap().parse().unwrap();
-        assert_eq!(
-            u32::from(*ip) & !63,
-            u32::from(base),
-            "{ip} is in {node}'s subnet {subnet}"
-        );
+    // The process runtime shares the node's network: its Instances get no address of
+    // their own (bridged ones get one from their node, `containers.rs`).
+    let (items, _) = t.instances().list(&ListParams::default()).await.unwrap();
+    assert_eq!(items.len(), 3);
+    for i in &items {
+        let status = i.status.as_ref().expect("a status");
+        assert_eq!(status.instance_ip, None, "{}: {status:?}", i.metadata.name);
     }
 }
 
 /// Each controller writes its own part of an Instance's status by server-side apply, and
 /// `metadata.managedFields` says whose each part is, as `kubectl get
-/// --show-managed-fields` shows it: in the cluster the address is the allocator's and
+/// --show-managed-fields` shows it: in the cluster the binding is the scheduler's and
 /// the phase the agent's (with its `Ready` condition); at the root the mirrored status
 /// is the cluster's. No writer took another's condition away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_controller_owns_its_part_of_an_instance() {
     let (t, _) = Topology::with_work(1).await;
-    let instance = eventually("the instance's address at the root", WAIT, || async {
-        let (items, _) = t.instances().list(&ListParams::default()).await.ok()?;
-        items
-            .into_iter()
-            .find(|i| i.status.as_ref().is_some_and(|s| s.instance_ip.is_some()))
-    })
-    .await;
+    let (items, _) = t.instances().list(&ListParams::default()).await.unwrap();
+    let instance = &items[0];
     let name = instance.metadata.name.clone();
     let cluster = instance.spec.cluster.clone().expect("placed");
     let conditions: HashSet<String> = instance
@@ -323,14 +304,19 @@ async fn each_controller_owns_its_part_of_an_instance() {
         .iter()
         .map(|c| c.type_.clone())
         .collect();
-    for kind in ["Scheduled", "InstanceIPAssigned", "Ready"] {
+    for kind in ["Scheduled", "Ready"] {
         assert!(
             conditions.contains(kind),
             "{kind} missing at the root: {conditions:?}"
         );
     }
-    /// The status fields (`FieldsV1` under `f:status`) of `manager`'s Apply entry.
-    fn applied(object: &serde_json::Value, manager: &str) -> serde_json::Value {
+    /// The fields (`FieldsV1`) of `manager`'s entry of `operation` on `subresource`.
+    fn owned(
+        object: &serde_json::Value,
+        manager: &str,
+        operation: &str,
+        subresource: &str,
+    ) -> serde_json::Value {
         let entries = object
             .pointer("/metadata/managedFields")
             .and_then(|m| m.as_array())
@@ -339,40 +325,35 @@ async fn each_controller_owns_its_part_of_an_instance() {
         entries
             .into_iter()
             .find(|e| {
-                e["manager"] == manager && e["operation"] == "Apply" && e["subresource"] == "status"
+                e["manager"] == manager
+                    && e["operation"] == operation
+                    && e.get("subresource").and_then(|s| s.as_str()).unwrap_or("") == subresource
             })
-            .map(|e| e["fieldsV1"]["f:status"].clone())
+            .map(|e| e["fieldsV1"].clone())
             .unwrap_or_else(|| {
                 panic!(
-                    "no Apply of the status by {manager}: {}",
+                    "no {operation} of {subresource:?} by {manager}: {}",
                     object["metadata"]["managedFields"]
                 )
             })
     }
     let ready = r#"k:{"type":"Ready"}"#;
-    let address = r#"k:{"type":"InstanceIPAssigned"}"#;
     let root = t.instances().dynamic().get(&name).await.unwrap();
-    let up = applied(&root, "oakestra-cluster");
-    for field in ["f:phase", "f:instanceIP", "f:hostIP"] {
+    let up = &owned(&root, "oakestra-cluster", "Apply", "status")["f:status"];
+    for field in ["f:phase", "f:hostIP", "f:runtimeId", "f:observedGeneration"] {
         assert!(
             up.get(field).is_some(),
             "the cluster owns {field} at the root: {up}"
         );
     }
-    let local = eventually("the cluster's copy", WAIT, || async {
+    assert!(up["f:conditions"].get(ready).is_some(), "{up}");
+    let local = eventually("the cluster's copy Running", WAIT, || async {
         let api: Api<Instance> = t.cluster_api(&cluster).api(Some("default"));
         let copy = api.dynamic().get(&name).await.ok()?;
         Some(copy).filter(|c| c.pointer("/status/phase") == Some(&serde_json::json!("Running")))
     })
     .await;
-    let ipam = applied(&local, "oakestra-ipam");
-    assert!(ipam.get("f:instanceIP").is_some(), "{ipam}");
-    assert!(ipam["f:conditions"].get(address).is_some(), "{ipam}");
-    assert!(
-        ipam.get("f:phase").is_none() && ipam["f:conditions"].get(ready).is_none(),
-        "{ipam}"
-    );
-    let agent = applied(&local, "oakestra-agent");
+    let agent = &owned(&local, "oakestra-agent", "Apply", "status")["f:status"];
     for field in ["f:phase", "f:hostIP", "f:runtimeId", "f:observedGeneration"] {
         assert!(
             agent.get(field).is_some(),
@@ -380,9 +361,13 @@ async fn each_controller_owns_its_part_of_an_instance() {
         );
     }
     assert!(agent["f:conditions"].get(ready).is_some(), "{agent}");
+    let scheduled = r#"k:{"type":"Scheduled"}"#;
+    assert!(agent["f:conditions"].get(scheduled).is_none(), "{agent}");
+    let binding = &owned(&local, "oakestra-scheduler", "Update", "binding");
+    assert!(binding.pointer("/f:spec/f:node").is_some(), "{binding}");
     assert!(
-        agent.get("f:instanceIP").is_none() && agent["f:conditions"].get(address).is_none(),
-        "{agent}"
+        binding["f:status"]["f:conditions"].get(scheduled).is_some(),
+        "{binding}"
     );
 }
 

@@ -214,6 +214,11 @@ impl Network {
         ids
     }
 
+    /// The address `id` is attached with, if it has an attachment on record.
+    pub fn address_of(&self, id: &InstanceId) -> Option<std::net::Ipv4Addr> {
+        self.read(id).map(|a| a.address.ip)
+    }
+
     /// Whether `id` has an attachment on record.
     pub fn holds(&self, id: &InstanceId) -> bool {
         self.record_path(id).exists()

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use client::runtime::{Action, Controller, ObjectRef, Store, Written};
 use client::{Api, Client, ListParams};
-use crds::conditions::READY;
-use crds::{ConditionStatus, Instance, InstanceStatus, ObjectMeta, Phase, API_VERSION};
+use crds::{Instance, InstanceStatus, ObjectMeta, Phase, API_VERSION};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -177,18 +176,12 @@ fn status_up(local: &Instance, remote: &Instance) -> Option<InstanceStatus> {
 
 /// Whether `status`, the local status to write up, adds nothing the root's `remote`
 /// status lacks that anyone waits for: both say the Instance is only bound (the root
-/// from its own binding to this cluster; the node goes up in the spec), and nothing has
-/// gone wrong here (no condition is `False` but `Ready`, which is `False` until the
-/// workload runs; a node that cannot be given an address, say, goes up at once). The
-/// instance IP then goes up with the agent's first report, one write instead of two or
-/// three; nothing reads it before the Instance runs.
+/// from its own binding to this cluster; the node goes up in the spec). The next local
+/// status is the agent's first report (with the instance IP its node handed out), or
+/// the scheduler's `Pending` when the Instance is moved off a node: either goes up.
 fn adds_nothing(status: &InstanceStatus, remote: Option<&InstanceStatus>) -> bool {
     let only_bound = |s: &InstanceStatus| s.phase == Phase::Scheduled;
-    let trouble = status
-        .conditions
-        .iter()
-        .any(|c| c.status == ConditionStatus::False && c.type_ != READY);
-    only_bound(status) && remote.is_some_and(only_bound) && !trouble
+    only_bound(status) && remote.is_some_and(only_bound)
 }
 
 /// The local namespaces known to exist: each is created once (a 409 means it was).
@@ -223,8 +216,8 @@ impl Namespaces {
 mod tests {
     use super::*;
     use chrono::Utc;
-    use crds::conditions::SCHEDULED;
-    use crds::set_condition;
+    use crds::conditions::{READY, SCHEDULED};
+    use crds::{set_condition, ConditionStatus};
 
     /// A status in `phase`, bound to node n1.
     fn bound(phase: Phase) -> InstanceStatus {
@@ -297,63 +290,42 @@ mod tests {
     #[test]
     fn a_status_that_only_says_bound_waits_for_the_agents_report() {
         let at_root = bound(Phase::Scheduled);
-        let mut with_ip = bound(Phase::Scheduled);
-        with_ip.instance_ip = Some("10.0.0.5".parse().unwrap());
-        let mut no_address = with_ip.clone();
-        no_address.instance_ip = None;
+        let mut here = bound(Phase::Scheduled);
         set_condition(
-            &mut no_address.conditions,
-            "InstanceIPAssigned",
-            ConditionStatus::False,
-            "PoolExhausted",
-            "no free address",
-            Utc::now(),
-        );
-        let mut not_ready = with_ip.clone();
-        set_condition(
-            &mut not_ready.conditions,
+            &mut here.conditions,
             READY,
             ConditionStatus::False,
             "Scheduled",
             "",
             Utc::now(),
         );
-        let running = bound(Phase::Running);
+        let mut running = bound(Phase::Running);
+        running.instance_ip = Some("10.0.0.5".parse().unwrap());
+        let waiting = bound(Phase::Starting);
         let pending = bound(Phase::Pending);
         // (what, local status, root status) → adds nothing (not written up)
         let cases = [
+            ("bound here, bound at the root", &here, Some(&at_root), true),
             (
-                "bound here, bound at the root: the IP waits",
-                &with_ip,
-                Some(&at_root),
-                true,
-            ),
-            (
-                "Ready False is what Scheduled means",
-                &not_ready,
-                Some(&at_root),
-                true,
-            ),
-            (
-                "something went wrong: up at once",
-                &no_address,
+                "the agent reported, with the address",
+                &running,
                 Some(&at_root),
                 false,
             ),
-            ("the agent reported", &running, Some(&at_root), false),
             (
-                "no node has room: up at once",
-                &pending,
+                "the agent waits for an address and says why",
+                &waiting,
                 Some(&at_root),
                 false,
             ),
+            ("moved off its node", &pending, Some(&at_root), false),
             (
                 "the root shows something else",
-                &with_ip,
+                &here,
                 Some(&running),
                 false,
             ),
-            ("the root has no status", &with_ip, None, false),
+            ("the root has no status", &here, None, false),
         ];
         for (what, local, root, expected) in cases {
             assert_eq!(adds_nothing(local, root), expected, "{what}");
