@@ -31,6 +31,16 @@ fn http_get(port: u16) -> Option<String> {
     Some(out)
 }
 
+/// A child process killed (and reaped) when it goes out of scope, the test failing or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The text of the file `name` in `dir`.
 fn read(dir: &Path, name: &str) -> String {
     let path = dir.join(name);
@@ -107,6 +117,49 @@ async fn oakestra_up_runs_a_service() {
     )
     .await;
     assert!(logs.lines().count() <= 5, "{logs}");
+
+    // Followed (`oakctl logs -f`, through the root, the cluster and the agent): a request
+    // made after it started shows up while it runs.
+    let mut command = std::process::Command::new(e2e::binary("oakctl"));
+    command
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["logs", "-f", "--tail", "1", &items[0].metadata.name])
+        .stdout(std::process::Stdio::piped());
+    let mut follower = KillOnDrop(command.spawn().expect("run oakctl logs -f"));
+    let stdout = follower.0.stdout.take().expect("piped");
+    let (lines, arrived) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let tail = arrived
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the tail line");
+    assert!(tail.contains("GET / HTTP/1.0"), "{tail}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let followed = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new request in the followed log"
+        );
+        for port in [base, base + 1] {
+            http_get(port);
+        }
+        match arrived.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) => break line,
+            Err(_) => continue,
+        }
+    };
+    assert!(followed.contains("GET / HTTP/1.0"), "{followed}");
+    drop(follower);
 
     // The agent's metrics, found through the Node in the cluster API.
     let cluster_pki = data.join("cluster").join("pki");

@@ -1,12 +1,15 @@
-// An Instance's log, through the root (root → its cluster → its node's agent), and
-// followed: while "Follow" is on, the end of the log is read again every 2 s (the
-// agent serves the log file as it is, not as a stream) and the view stays at the
-// bottom unless the reader scrolled up.
+// An Instance's log, through the root (root → its cluster → its node's agent). While
+// "Follow" is on, the request asks for `follow=true` and the answer goes on as the
+// workload writes (the agent streams what is appended); the view stays at the bottom
+// unless the reader scrolled up. Without it, the last lines are read once.
 
 import { call } from '../api.js';
 import { h, title, errorText } from '../dom.js';
 
-const EVERY_MS = 2000;
+/** How long before a followed log that ended (its node restarted, say) is asked again. */
+const AGAIN_MS = 2000;
+/** How much of a followed log the page keeps (the end of it), in characters. */
+const KEEP_CHARS = 1 << 20;
 
 export function show(main, namespace, name) {
   const path = `/apis/oakestra.io/v1/namespaces/${encodeURIComponent(namespace)}/instances/${encodeURIComponent(name)}/log`;
@@ -22,27 +25,49 @@ export function show(main, namespace, name) {
   let stopped = false;
   let inFlight = null;
 
+  /** Show `text` (all of the log read so far), keeping the view at the bottom. */
+  function draw(text) {
+    const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
+    pre.textContent = text || '(the log is empty)';
+    if (atBottom) pre.scrollTop = pre.scrollHeight;
+  }
+
   async function read() {
     clearTimeout(timer);
+    if (inFlight) inFlight.abort();
     if (stopped) return;
     const abort = new AbortController();
     inFlight = abort;
+    const following = follow.checked;
+    const query = `?tailLines=${tail.value}${following ? '&follow=true' : ''}`;
     try {
-      const response = await call(`${path}?tailLines=${tail.value}`, { signal: abort.signal });
-      const text = await response.text();
-      const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
-      if (pre.textContent !== text) {
-        pre.textContent = text || '(the log is empty)';
-        if (atBottom) pre.scrollTop = pre.scrollHeight;
+      const response = await call(`${path}${query}`, { signal: abort.signal });
+      if (!following) {
+        draw(await response.text());
+        state.textContent = `Read at ${new Date().toLocaleTimeString()}`;
+        state.className = 'live';
+        return;
       }
-      state.textContent = `Read at ${new Date().toLocaleTimeString()}${follow.checked ? ', following' : ''}`;
+      state.textContent = 'Following';
       state.className = 'live state-live';
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let text = '';
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        text += decoder.decode(value, { stream: true });
+        if (text.length > KEEP_CHARS * 2) text = text.slice(text.indexOf('\n', text.length - KEEP_CHARS) + 1);
+        draw(text);
+      }
+      state.textContent = 'The log ended; asking again…';
+      state.className = 'live state-retrying';
     } catch (e) {
       if (abort.signal.aborted) return;
       state.textContent = `Cannot read the log: ${errorText(e)}`;
       state.className = 'live state-retrying';
     }
-    if (follow.checked && !stopped) timer = setTimeout(read, EVERY_MS);
+    if (follow.checked && !stopped && inFlight === abort) timer = setTimeout(read, AGAIN_MS);
   }
   follow.addEventListener('change', read);
   tail.addEventListener('change', read);

@@ -55,10 +55,15 @@ pub struct LogProxy {
     pub local: super::LocalClient,
 }
 
+/// The query of the log subresource, as kube's `pods/log` takes it.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct LogQuery {
+    /// Only the last N lines.
     tail_lines: Option<usize>,
+    /// Go on with what the workload writes next, until the client goes away.
+    #[serde(default)]
+    follow: bool,
 }
 
 /// The routes of the proxy: the log subresource, and (at the root) a cluster's Nodes.
@@ -109,13 +114,13 @@ async fn log(
     Path((namespace, name)): Path<(String, String)>,
     Query(query): Query<LogQuery>,
 ) -> Response {
-    match read_log(&proxy, &identity, &namespace, &name, query.tail_lines).await {
-        Ok(text) => (
+    match read_log(&proxy, &identity, &namespace, &name, &query).await {
+        Ok(body) => (
             [(
                 axum::http::header::CONTENT_TYPE,
                 "text/plain; charset=utf-8",
             )],
-            text,
+            axum::body::Body::from_stream(body),
         )
             .into_response(),
         Err(refusal) => refusal.into_response(),
@@ -206,14 +211,15 @@ fn admitted(
     ))
 }
 
-/// The log of Instance `namespace/name` (its last `tail` lines), read from the next hop.
+/// The log of Instance `namespace/name` as `query` asks (its last lines; followed), from
+/// the next hop, passed on as it arrives.
 async fn read_log(
     proxy: &LogProxy,
     identity: &Identity,
     namespace: &str,
     name: &str,
-    tail: Option<usize>,
-) -> Result<String, Refusal> {
+    query: &LogQuery,
+) -> Result<futures::stream::BoxStream<'static, client::Result<axum::body::Bytes>>, Refusal> {
     let allowed = match proxy.hop {
         Hop::Root { .. } => identity.is_privileged(),
         Hop::Cluster { .. } => identity.is_privileged() || *identity == Identity::Root,
@@ -246,10 +252,10 @@ async fn read_log(
                 .cluster
                 .as_deref()
                 .ok_or_else(|| not_yet("placed on a cluster"))?;
-            let tail = tail.map(|n| format!("?tailLines={n}")).unwrap_or_default();
+            let asked = next_query(query, "tailLines");
             (
                 to_cluster(&local, paths, cluster, &proxy.proxy).await?,
-                format!("/apis/oakestra.io/v1/namespaces/{namespace}/instances/{name}/log{tail}"),
+                format!("/apis/oakestra.io/v1/namespaces/{namespace}/instances/{name}/log{asked}"),
             )
         }
         Hop::Cluster { ca_pem } => {
@@ -258,16 +264,32 @@ async fn read_log(
                 .node
                 .as_deref()
                 .ok_or_else(|| not_yet("bound to a node"))?;
-            let tail = tail.map(|n| format!("?tail={n}")).unwrap_or_default();
+            let asked = next_query(query, "tail");
             (
                 to_agent(&local, ca_pem, node, &proxy.proxy).await?,
-                format!("/logs/{namespace}/{name}{tail}"),
+                format!("/logs/{namespace}/{name}{asked}"),
             )
         }
     };
-    next.get_text(&path)
+    next.get_stream(&path)
         .await
         .map_err(|e| from_next_hop(&format!("reading the log at {}", next.base()), e))
+}
+
+/// `query` as the next hop takes it (`tail`: its name for the number of lines).
+fn next_query(query: &LogQuery, tail: &str) -> String {
+    let mut pairs = Vec::new();
+    if let Some(n) = query.tail_lines {
+        pairs.push(format!("{tail}={n}"));
+    }
+    if query.follow {
+        pairs.push("follow=true".to_string());
+    }
+    if pairs.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", pairs.join("&"))
+    }
 }
 
 /// A client of cluster `name`'s API, as the root's proxy.
