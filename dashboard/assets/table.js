@@ -170,3 +170,20 @@ export class Table {
     clearInterval(this.clock);
   }
 }
+
+/**
+ * Draw `table`'s view with `render` now and on every change of the collection `held`
+ * holds; returns what the router calls when the view goes: the subscription, the
+ * table and the held collection are let go.
+ */
+export function keepDrawn(held, table, render) {
+  const unsubscribe = held.collection.subscribe(render);
+  render();
+  return {
+    stop() {
+      unsubscribe();
+      table.stop();
+      held.release();
+    },
+  };
+}

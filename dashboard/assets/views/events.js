@@ -4,7 +4,7 @@
 import { acquire } from '../store.js';
 import { KINDS } from '../api.js';
 import { title, liveState } from '../dom.js';
-import { Table } from '../table.js';
+import { Table, keepDrawn } from '../table.js';
 import { eventColumns, newestFirst } from './service.js';
 
 export function show(main) {
@@ -27,13 +27,5 @@ export function show(main) {
     table.update(order, (k) => c.get(k));
   };
   main.append(title('Events'), live.element, table.element);
-  const unsubscribe = c.subscribe(render);
-  render();
-  return {
-    stop() {
-      unsubscribe();
-      table.stop();
-      held.release();
-    },
-  };
+  return keepDrawn(held, table, render);
 }

@@ -5,7 +5,7 @@
 import { acquire, keyOf } from '../store.js';
 import { KINDS } from '../api.js';
 import { h, s, title, liveState, statusCell } from '../dom.js';
-import { Table } from '../table.js';
+import { Table, keepDrawn } from '../table.js';
 import { age, clusterStatus, cpu, memory, share, location, perf } from '../format.js';
 import { WIDTH, HEIGHT, project, landPath } from '../world.js';
 
@@ -120,13 +120,5 @@ export function show(main) {
     unplacedBox,
     table.element,
   );
-  const unsubscribe = c.subscribe(render);
-  render();
-  return {
-    stop() {
-      unsubscribe();
-      table.stop();
-      held.release();
-    },
-  };
+  return keepDrawn(held, table, render);
 }

@@ -4,7 +4,7 @@
 import { acquire } from '../store.js';
 import { KINDS } from '../api.js';
 import { h, title, liveState, statusCell } from '../dom.js';
-import { Table } from '../table.js';
+import { Table, keepDrawn } from '../table.js';
 import { age, serviceStatus, perf } from '../format.js';
 
 export function serviceIps(o) {
@@ -48,13 +48,5 @@ export function show(main) {
     live.element,
     table.element,
   );
-  const unsubscribe = c.subscribe(render);
-  render();
-  return {
-    stop() {
-      unsubscribe();
-      table.stop();
-      held.release();
-    },
-  };
+  return keepDrawn(held, table, render);
 }
