@@ -619,7 +619,7 @@ async fn environment_comes_from_configmaps_and_secrets() {
 
     // Whose part of an Instance is whose: each writer records its own manager, at the
     // root (the service controller, placement, the cluster writing up) and in the
-    // cluster (its scheduler, its address allocator, the node's agent).
+    // cluster (the cluster's copy, its scheduler, the node's agent).
     let managers = |i: &Instance| -> HashSet<String> {
         i.metadata
             .managed_fields
@@ -640,9 +640,13 @@ async fn environment_comes_from_configmaps_and_secrets() {
         .await
         .unwrap();
     let in_cluster = managers(&local);
-    for m in ["oakestra-scheduler", "oakestra-ipam", "oakestra-agent"] {
+    for m in ["oakestra-cluster", "oakestra-scheduler", "oakestra-agent"] {
         assert!(in_cluster.contains(m), "{m} not in {in_cluster:?}");
     }
+    assert!(
+        !in_cluster.contains("oakestra-ipam"),
+        "the node hands out instance IPs: {in_cluster:?}"
+    );
 
     // Each cluster with an Instance keeps a copy.
     let clusters: HashSet<String> = items
