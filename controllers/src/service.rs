@@ -541,19 +541,27 @@ async fn update_status(
         }
     };
     if status != old {
-        // Only the fields this controller owns, at the version it read (409 if stale).
-        let patch = json!({
-            "metadata": {"resourceVersion": svc.metadata.resource_version},
-            "status": {
-                "replicas": status.replicas,
-                "readyReplicas": status.ready_replicas,
-                "readyEndpoints": status.ready_endpoints,
-                "observedGeneration": status.observed_generation,
-                "conditions": status.conditions,
-            },
+        // Everything of the status this controller owns, applied (no version: the
+        // address allocator's writes of the same status never make it a 409); the
+        // allocator's conditions are its own and not sent.
+        let allocators = [
+            <Service as crate::subnets::Addressed>::CONDITION,
+            crate::subnets::CLOSEST_IP_ASSIGNED,
+        ];
+        let conditions: Vec<&crds::Condition> = status
+            .conditions
+            .iter()
+            .filter(|c| !allocators.contains(&c.type_.as_str()))
+            .collect();
+        let owned = json!({
+            "replicas": status.replicas,
+            "readyReplicas": status.ready_replicas,
+            "readyEndpoints": status.ready_endpoints,
+            "observedGeneration": status.observed_generation,
+            "conditions": conditions,
         });
         let api: Api<Service> = ctx.client.api(svc.metadata.namespace.as_deref());
-        api.patch_status(&svc.metadata.name, &patch).await?;
+        api.apply_own_status(&svc.metadata.name, &owned).await?;
     }
     Ok(())
 }
