@@ -619,15 +619,7 @@ pub fn binary(name: &str) -> PathBuf {
 /// client, Selenium): `OAKESTRA_PYTHON_ENV`, else `~/.cache/oakestra/python`. Fails the
 /// test, naming the script, when it is not there.
 pub fn python() -> PathBuf {
-    let env = std::env::var_os("OAKESTRA_PYTHON_ENV")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-            Some(cache.join("oakestra/python"))
-        })
-        .expect("HOME or XDG_CACHE_HOME is set");
+    let env = deps_env("OAKESTRA_PYTHON_ENV", "python").expect("HOME or XDG_CACHE_HOME is set");
     let python = env.join("bin/python");
     assert!(
         python.exists(),
@@ -635,6 +627,20 @@ pub fn python() -> PathBuf {
         python.display()
     );
     python
+}
+
+/// Where `scripts/deps.sh` makes the virtual environment `name`: the variable
+/// `override_var` when set, else `$XDG_CACHE_HOME/oakestra/NAME` (`~/.cache/…`); `None`
+/// without a home.
+pub fn deps_env(override_var: &str, name: &str) -> Option<PathBuf> {
+    std::env::var_os(override_var)
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+            Some(cache.join("oakestra").join(name))
+        })
 }
 
 /// The workspace root (where `manifests/` is).

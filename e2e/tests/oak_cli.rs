@@ -20,14 +20,7 @@ use serde_json::{json, Value};
 /// Oakestra's CLI, where `scripts/deps.sh` installs it (`OAKESTRA_OAK_CLI_ENV`
 /// overrides), if it is there.
 fn oak() -> Option<PathBuf> {
-    let env = std::env::var_os("OAKESTRA_OAK_CLI_ENV")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-            Some(cache.join("oakestra/oak-cli"))
-        })?;
+    let env = e2e::deps_env("OAKESTRA_OAK_CLI_ENV", "oak-cli")?;
     Some(env.join("bin/oak")).filter(|p| p.exists())
 }
 
