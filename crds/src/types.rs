@@ -204,9 +204,11 @@ pub struct NodeStatus {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeNetwork {
-    /// The overlay backend: `vxlan`, or `none` (the node reaches only its own subnet).
+    /// The overlay backend: `wireguard`, `vxlan`, or `none` (the node reaches only its
+    /// own subnet).
     pub backend: String,
-    /// The underlay address other nodes send its overlay traffic to.
+    /// The underlay address other nodes send its overlay traffic to; absent for a
+    /// WireGuard node behind NAT, which the others cannot reach first (it calls them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_address: Option<String>,
     /// The UDP port of its overlay device.
@@ -215,6 +217,10 @@ pub struct NodeNetwork {
     /// The MAC address of its vxlan device (`vxlan`).
     #[serde(default, rename = "vtepMAC", skip_serializing_if = "Option::is_none")]
     pub vtep_mac: Option<String>,
+    /// Its WireGuard public key, base64 (`wireguard`; the private key never leaves the
+    /// node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 /// A node that carries a cluster's traffic to and from the other clusters.
@@ -228,9 +234,12 @@ pub struct Gateway {
     /// The UDP port of its overlay device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_port: Option<u16>,
-    /// The MAC address of its vxlan device.
-    #[serde(rename = "vtepMAC")]
-    pub vtep_mac: String,
+    /// The MAC address of its vxlan device (a `vxlan` cluster).
+    #[serde(default, rename = "vtepMAC", skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<String>,
+    /// Its WireGuard public key, base64 (a `wireguard` cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 /// Another cluster, as a cluster's nodes route to it.

@@ -136,15 +136,7 @@ impl Netns {
     /// `f` (a listener, a connected stream) stays in this namespace whichever thread
     /// uses it afterwards.
     pub fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("open the namespace");
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("enter the namespace");
-            f()
-        })
-        .join()
-        .expect("the thread in the namespace")
+        within(&self.name, f)
     }
 
     /// Forward connections to `127.0.0.1:port` inside this namespace to the same port
@@ -185,6 +177,20 @@ impl Netns {
             let _ = Command::new("kill").args(["-9", pid]).status();
         }
     }
+}
+
+/// [`Netns::within`] for the namespace `ip netns` calls `name`. Threads `f` starts
+/// are in the namespace too.
+pub fn within<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{name}");
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).expect("open the namespace");
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("enter the namespace");
+        f()
+    })
+    .join()
+    .expect("the thread in the namespace")
 }
 
 impl Drop for Netns {

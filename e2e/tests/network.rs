@@ -115,6 +115,41 @@ struct Machine {
     worker: Oakestra,
     _relays: Vec<e2e::netns::Relay>,
     ns: Netns,
+    /// The router a machine behind NAT is behind.
+    _router: Option<Netns>,
+}
+
+/// How a lab's machines are networked.
+struct Options {
+    /// `--overlay` of every worker.
+    overlay: &'static str,
+    /// The machines behind NAT: each behind a router of its own that masquerades its
+    /// private network onto the LAN, and run with `--behind-nat`.
+    behind_nat: &'static [&'static str],
+}
+
+/// Put `host` behind a router namespace `router` on the LAN: the router is
+/// `lan_address` there, `172.31.<k>.1/24` on its side of the host's `eth0` (the host is
+/// `.2`, with its default route through the router), and masquerades what leaves for
+/// the LAN, so nothing on the LAN can reach the host first. Returns the host's address.
+fn behind_router(lan: &Underlay, router: &Netns, host: &Netns, k: u8, lan_last: u8) -> String {
+    lan.attach(router, lan_last);
+    router.sysctl("net.ipv4.ip_forward=1");
+    router.veth_to("inside", host);
+    router.ip(&["addr", "add", &format!("172.31.{k}.1/24"), "dev", "inside"]);
+    router.ip(&["link", "set", "inside", "up"]);
+    let nat = "add table ip nat; add chain ip nat post { type nat hook postrouting priority 100; }; add rule ip nat post oifname \"eth0\" masquerade";
+    let out = router.run("nft", &[nat]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let address = format!("172.31.{k}.2");
+    host.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+    host.ip(&["link", "set", "eth0", "up"]);
+    host.ip(&["route", "add", "default", "via", &format!("172.31.{k}.1")]);
+    address
 }
 
 /// Root, clusters and their machines on one LAN, one containerd, one registry.
@@ -135,7 +170,7 @@ impl Lab {
     /// until every node is Ready with its data plane. Clusters heartbeat every second
     /// and lose a node after 3 s, but evict only after a minute: a lost node's
     /// endpoints must leave the rules long before its Instances move.
-    async fn start(topology: &[(&'static str, &[&'static str])]) -> Lab {
+    async fn start(topology: &[(&'static str, &[&'static str])], options: Options) -> Lab {
         let containerd = Containerd::start();
         let registry = Registry::start();
         let image = web_image(&registry);
@@ -173,9 +208,15 @@ impl Lab {
                 e2e::Upstream::cluster(&format!("https://127.0.0.1:{port}"), dir.path(), cluster);
             for &name in names {
                 let ns = Netns::create(&format!("oakt{tag}-{name}"));
-                let address = lan.attach(&ns, 11 + machines.len() as u8);
+                let last = 11 + machines.len() as u8;
+                let natted = options.behind_nat.contains(&name);
+                let router = natted.then(|| Netns::create(&format!("oakt{tag}-r{last}")));
+                let address = match &router {
+                    Some(router) => behind_router(&lan, router, &ns, last, last),
+                    None => lan.attach(&ns, last),
+                };
                 let relays = vec![ns.relay_loopback(port), ns.relay_loopback(registry_port)];
-                let extra = [
+                let mut extra = vec![
                     "--address",
                     &address,
                     "--runtime",
@@ -184,7 +225,12 @@ impl Lab {
                     &socket,
                     "--heartbeat-seconds",
                     "1",
+                    "--overlay",
+                    options.overlay,
                 ];
+                if natted {
+                    extra.push("--behind-nat");
+                }
                 let args = e2e::worker_args(name, &upstream, dir.path(), &extra);
                 let worker = Oakestra::start_in(&ns, name, &args, dir.path());
                 machines.push(Machine {
@@ -192,6 +238,7 @@ impl Lab {
                     worker,
                     _relays: relays,
                     ns,
+                    _router: router,
                 });
             }
         }
@@ -216,7 +263,9 @@ impl Lab {
                         let s = n.status.clone().unwrap_or_default();
                         crds::is_true(&s.conditions, "Ready")
                             && crds::is_true(&s.conditions, "NetworkReady")
-                            && s.network.as_ref().is_some_and(|n| n.vtep_mac.is_some())
+                            && s.network
+                                .as_ref()
+                                .is_some_and(|n| n.vtep_mac.is_some() || n.public_key.is_some())
                     });
                     (ready.count() == names.len()).then_some(())
                 },
@@ -264,7 +313,11 @@ async fn service_ips_balance_across_nodes() {
         return;
     }
     let _one_at_a_time = e2e::containers::exclusive().await;
-    let mut lab = Lab::start(&[("a", &["n1", "n2"])]).await;
+    let vxlan = Options {
+        overlay: "vxlan",
+        behind_nat: &[],
+    };
+    let mut lab = Lab::start(&[("a", &["n1", "n2"])], vxlan).await;
     let cluster = lab.cluster("a");
     let kubeconfig = lab.root.kubeconfig();
     lab.apply_web(
@@ -453,7 +506,12 @@ async fn service_ips_reach_across_clusters() {
         return;
     }
     let _one_at_a_time = e2e::containers::exclusive().await;
-    let mut lab = Lab::start(&[("a", &["n1", "n2"]), ("b", &["n3"])]).await;
+    // Over WireGuard, the default: the gateways carry their public keys.
+    let wireguard = Options {
+        overlay: "wireguard",
+        behind_nat: &[],
+    };
+    let mut lab = Lab::start(&[("a", &["n1", "n2"]), ("b", &["n3"])], wireguard).await;
     let root_client = lab.root.client();
 
     // Each cluster names its gateway to the root (the first node by name).
@@ -517,4 +575,93 @@ async fn service_ips_reach_across_clusters() {
     eprintln!("n3's agent killed: cluster a's rules dropped its endpoint {took:?} later");
     let far_now = instances.get(&far[0].metadata.name).await.expect("far");
     assert_eq!(far_now.spec.node.as_deref(), Some("n3"), "not evicted yet");
+}
+
+/// (e) Nodes behind NAT, over WireGuard: n2 and n3 each sit behind a router that
+/// masquerades them onto the LAN, so only n1 can be dialled. They call n1 and keep the
+/// paths open; n2 and n3 reach each other through n1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_behind_nat_are_reached_over_wireguard() {
+    if !kernel_pieces() {
+        return;
+    }
+    let _one_at_a_time = e2e::containers::exclusive().await;
+    let options = Options {
+        overlay: "wireguard",
+        behind_nat: &["n2", "n3"],
+    };
+    let lab = Lab::start(&[("a", &["n1", "n2", "n3"])], options).await;
+    let cluster = lab.cluster("a");
+
+    // What each node announces: n1 an address, the others only their keys; the
+    // private key stays in a file only root reads.
+    let nodes: Api<crds::Node> = cluster.api(None);
+    for (node, address) in [("n1", Some("192.168.77.11")), ("n2", None), ("n3", None)] {
+        let n = nodes.get(node).await.expect("node");
+        let network = n.status.and_then(|s| s.network).expect("network status");
+        assert_eq!(network.backend, "wireguard");
+        assert_eq!(network.public_address.as_deref(), address, "{node}");
+        let public_key = network.public_key.expect("a public key");
+        let key_file = lab
+            .dir
+            .path()
+            .join("workers")
+            .join(node)
+            .join("wireguard.key");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&key_file)
+                .expect("key file")
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{}", key_file.display());
+        let private = std::fs::read_to_string(&key_file).unwrap();
+        assert_ne!(
+            private.trim(),
+            public_key,
+            "the status holds the public key only"
+        );
+    }
+
+    lab.apply_web("web", 3, &format!("roundRobinIP: {RR_IP}"), "");
+    let instances: Api<Instance> = lab.root.client().api(Some("default"));
+    let web = running(&instances, "web", 3).await;
+    let on = |node: &str| -> &Instance {
+        web.iter()
+            .find(|i| i.spec.node.as_deref() == Some(node))
+            .unwrap_or_else(|| panic!("no web instance on {node}: spread over the nodes"))
+    };
+    let answerers: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| format!("{}@{n}", on(n).metadata.name))
+        .collect();
+
+    // From n1's container, the round-robin IP is answered on all three nodes.
+    let rr = format!("http://{RR_IP}/");
+    let from_n1 = container_netns(&on("n1").metadata.name);
+    let started = Instant::now();
+    eventually("n1 reaches the instances behind NAT", WAIT, || async {
+        let counts = tally(&from_n1, &rr, 9).ok()?;
+        (counts.len() == 3).then_some(())
+    })
+    .await;
+    eprintln!(
+        "behind NAT: all three answer {:?} after the Instances ran",
+        started.elapsed()
+    );
+    let counts = tally(&from_n1, &rr, 30).expect("30 requests from n1");
+    eprintln!("round robin from n1 over WireGuard, 30 requests: {counts:?}");
+    assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), answerers);
+
+    // n2 reaches n3's instance at its own address, through n1.
+    let n3_ip = on("n3")
+        .status
+        .as_ref()
+        .and_then(|s| s.instance_ip)
+        .expect("n3's instance IP");
+    let from_n2 = container_netns(&on("n2").metadata.name);
+    let body = eventually("n2 → n3 through n1", WAIT, || async {
+        get_from(&from_n2, &format!("http://{n3_ip}/")).ok()
+    })
+    .await;
+    assert_eq!(answered_by(&body), answerers[2]);
 }

@@ -26,6 +26,7 @@ use crate::dns;
 use crate::exec::Host;
 use crate::overlay::{self, NodeNet, Subnet, Vxlan};
 use crate::rules::{self, Frontend, Proto, Ruleset, ServiceRules};
+use crate::wireguard::{self, Tunnel, WgNode, WgPeer, WgPlan, WireGuard};
 
 pub use crds::conditions::NETWORK_READY;
 /// The field manager of its status writes.
@@ -43,7 +44,7 @@ pub struct Config {
     /// All instance addresses of every cluster: traffic leaving it is masqueraded.
     pub instance_range: (Ipv4Addr, u8),
     /// The overlay to the cluster's other nodes (`None`: only the node's own subnet).
-    pub overlay: Option<Vxlan>,
+    pub overlay: Option<Overlay>,
     /// How often everything is applied again regardless.
     pub resync: Duration,
     /// Where the commands run (the agent's own namespace).
@@ -59,6 +60,33 @@ pub struct DnsSettings {
     pub domain: String,
     /// Where other names are forwarded (the host's resolvers).
     pub upstreams: Vec<std::net::SocketAddr>,
+}
+
+/// The overlay backend of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Overlay {
+    /// Encrypted, through NAT: userspace WireGuard ([`wireguard`]).
+    WireGuard(WireGuard),
+    /// For trusted networks: the kernel's vxlan ([`overlay`]).
+    Vxlan(Vxlan),
+}
+
+impl Overlay {
+    /// The MTU Instances get so that their packets fit the overlay.
+    pub fn instance_mtu(&self) -> u32 {
+        match self {
+            Overlay::WireGuard(wg) => wg.mtu,
+            Overlay::Vxlan(vx) => vx.instance_mtu(),
+        }
+    }
+
+    /// The backend's name, as the Node's `status.network.backend` says it.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Overlay::WireGuard(_) => "wireguard",
+            Overlay::Vxlan(_) => "vxlan",
+        }
+    }
 }
 
 impl Config {
@@ -145,7 +173,7 @@ pub fn remote_peers(me: &str, network: &ClusterNetwork) -> Vec<overlay::Peer> {
             node,
             subnet,
             underlay: gw.public_address.parse().ok()?,
-            mac: gw.vtep_mac.to_ascii_lowercase(),
+            mac: gw.vtep_mac.as_ref()?.to_ascii_lowercase(),
         })
     };
     network
@@ -162,6 +190,61 @@ pub fn remote_peers(me: &str, network: &ClusterNetwork) -> Vec<overlay::Peer> {
             }
         })
         .collect()
+}
+
+/// Adds the other clusters' subnets to a WireGuard plan (pure): on a gateway of this
+/// cluster, one peer per remote cluster's gateway, allowed that cluster's subnet; on any
+/// other node, each remote subnet goes to this cluster's gateway, which forwards it.
+/// Returns what could not be added, with why.
+pub fn add_remote_wireguard(
+    me: &str,
+    network: &ClusterNetwork,
+    port: u16,
+    plan: &mut WgPlan,
+) -> Vec<(String, String)> {
+    let own_gateway = network.gateways.first();
+    let i_am_gateway = own_gateway.is_some_and(|g| g.node == me);
+    let mut skipped = Vec::new();
+    for remote in &network.remotes {
+        let Ok(subnet) = remote.subnet.parse::<Subnet>() else {
+            skipped.push((remote.name.clone(), format!("subnet {:?}", remote.subnet)));
+            continue;
+        };
+        if !i_am_gateway {
+            let Some(gw) = own_gateway else { continue };
+            if !plan.route_through(&gw.node, subnet) {
+                skipped.push((
+                    remote.name.clone(),
+                    format!("gateway {} is no peer", gw.node),
+                ));
+            }
+            continue;
+        }
+        let Some(gw) = remote.gateways.first() else {
+            continue;
+        };
+        let peer = (|| {
+            let address: Ipv4Addr = gw.public_address.parse().ok()?;
+            Some(WgPeer {
+                node: format!("{}/{}", remote.name, gw.node),
+                public_key: gw.public_key.as_deref()?.parse().ok()?,
+                endpoint: Some(SocketAddrV4::new(address, gw.public_port.unwrap_or(port))),
+                allowed: vec![subnet],
+                keepalive: None,
+            })
+        })();
+        let result = match peer {
+            Some(peer) => plan.add_remote(peer),
+            None => Err(format!(
+                "gateway {} announces no WireGuard key and address",
+                gw.node
+            )),
+        };
+        if let Err(why) = result {
+            skipped.push((remote.name.clone(), why));
+        }
+    }
+    skipped
 }
 
 /// The DNS zone of the cluster's `endpoints`: each Service's round-robin and closest
@@ -196,12 +279,37 @@ fn node_net(node: &Node) -> NodeNet {
     }
 }
 
+/// What the WireGuard backend knows of a node.
+fn wg_node(node: &Node) -> WgNode {
+    let status = node.status.as_ref();
+    let network = status.and_then(|s| s.network.as_ref());
+    let address = network
+        .and_then(|n| n.public_address.as_deref())
+        .and_then(|a| a.parse().ok());
+    WgNode {
+        name: node.metadata.name.clone(),
+        subnet: status
+            .and_then(|s| s.subnet.as_deref())
+            .and_then(|s| s.parse().ok()),
+        public_key: network.and_then(|n| n.public_key.clone()),
+        ready: status.is_some_and(|s| crds::is_true(&s.conditions, "Ready")),
+        endpoint: address
+            .zip(network.and_then(|n| n.public_port))
+            .map(|(a, p)| SocketAddrV4::new(a, p)),
+    }
+}
+
 /// The state of the last pass, and what the Node's status says.
 #[derive(Default)]
 struct Applied {
     /// The service rules the kernel holds.
     ruleset: Option<Ruleset>,
-    peers: Option<Vec<overlay::Peer>>,
+    /// How many peers the overlay has (either backend).
+    peers: Option<usize>,
+    /// The vxlan peers the kernel holds.
+    vxlan: Option<Vec<overlay::Peer>>,
+    /// The WireGuard device, its public key and the plan its peers and routes follow.
+    wireguard: Option<(Tunnel, wireguard::PublicKey, Option<WgPlan>)>,
     /// The condition last written: (status, reason, message).
     condition: Option<(bool, String, String)>,
     /// When the condition's status last changed (its `lastTransitionTime`).
@@ -273,7 +381,8 @@ pub async fn teardown(config: &Config) -> Result<(), String> {
     crate::nft::apply(&config.host, &rules::delete_script(&config.table))
         .await
         .map_err(|e| e.to_string())?;
-    if let Some(vx) = &config.overlay {
+    // A WireGuard device goes with the process that holds it.
+    if let Some(Overlay::Vxlan(vx)) = &config.overlay {
         overlay::remove(&config.host, vx)
             .await
             .map_err(|e| e.to_string())?;
@@ -330,56 +439,27 @@ async fn pass(
         .and_then(|n| n.status.as_ref())
         .and_then(|s| s.subnet.as_deref())
         .and_then(|s| s.parse().ok());
-    let mut overlay_ok = true;
-    let mut end = None;
-    if let (Some(vx), Some(subnet)) = (&config.overlay, own_subnet) {
-        match overlay::ensure(&config.host, vx, subnet).await {
-            Ok(mac) => {
-                let network = NodeNetwork {
-                    backend: "vxlan".into(),
-                    public_address: Some(config.address.to_string()),
-                    public_port: Some(vx.port),
-                    vtep_mac: Some(mac),
-                };
-                end = Some(network);
-            }
-            Err(e) => {
-                overlay_ok = false;
-                problems.push(("OverlayFailed", e.to_string()));
-            }
+    let network = cluster
+        .as_ref()
+        .and_then(|c| c.status.as_ref())
+        .and_then(|s| s.network.clone())
+        .unwrap_or_default();
+    let end = match (&config.overlay, own_subnet) {
+        (Some(Overlay::Vxlan(vx)), Some(subnet)) => {
+            vxlan_pass(config, vx, subnet, &nodes.state(), &network, applied, force).await
         }
-        if overlay_ok {
-            // A node on this very address is on this machine (tests, simulations):
-            // its subnet is on a bridge here already, so it is no peer.
-            let all: Vec<NodeNet> = nodes
-                .state()
-                .iter()
-                .map(|n| node_net(n))
-                .filter(|n| n.name == config.node || n.underlay != Some(config.address))
-                .collect();
-            let plan = overlay::plan(&config.node, &all);
-            for (node, why) in &plan.skipped {
-                tracing::debug!(node = %config.node, peer = %node, reason = %why, "not an overlay peer (yet)");
-            }
-            let mut peers = plan.peers;
-            if let Some(network) = cluster
-                .as_ref()
-                .and_then(|c| c.status.as_ref())
-                .and_then(|s| s.network.as_ref())
-            {
-                peers.extend(remote_peers(&config.node, network));
-            }
-            if force || applied.peers.as_ref() != Some(&peers) {
-                match overlay::sync(&config.host, vx, &peers).await {
-                    Ok(report) => {
-                        tracing::debug!(node = %config.node, ?report, peers = peers.len(), "overlay synced");
-                        applied.peers = Some(peers);
-                    }
-                    Err(e) => problems.push(("OverlayFailed", e.to_string())),
-                }
-            }
+        (Some(Overlay::WireGuard(wg)), Some(subnet)) => {
+            wireguard_pass(config, wg, subnet, &nodes.state(), &network, applied, force).await
         }
-    }
+        _ => Ok(None),
+    };
+    let end = match end {
+        Ok(end) => end,
+        Err(message) => {
+            problems.push(("OverlayFailed", message));
+            None
+        }
+    };
 
     let services = endpoints.state();
 
@@ -449,7 +529,7 @@ async fn pass(
                 applied.ruleset.as_ref().map_or(0, |r| r.services.len()),
                 config.table,
                 match (&config.overlay, &applied.peers) {
-                    (Some(_), Some(p)) => format!(", {} overlay peers", p.len()),
+                    (Some(o), Some(p)) => format!(", {p} {} peers", o.backend()),
                     (Some(_), None) => ", overlay waiting for the node's subnet".to_string(),
                     (None, _) => String::new(),
                 }
@@ -482,6 +562,115 @@ async fn pass(
             Err(e) => tracing::warn!(error = %e, "writing the node's network status failed"),
         }
     }
+}
+
+/// The vxlan overlay's part of a pass: the device, then the peers (this cluster's other
+/// nodes, then the other clusters through the gateways). Returns the node's end.
+async fn vxlan_pass(
+    config: &Config,
+    vx: &Vxlan,
+    subnet: Subnet,
+    nodes: &[Arc<Node>],
+    network: &ClusterNetwork,
+    applied: &mut Applied,
+    force: bool,
+) -> Result<Option<NodeNetwork>, String> {
+    let mac = overlay::ensure(&config.host, vx, subnet)
+        .await
+        .map_err(|e| e.to_string())?;
+    let end = NodeNetwork {
+        backend: "vxlan".into(),
+        public_address: Some(config.address.to_string()),
+        public_port: Some(vx.port),
+        vtep_mac: Some(mac),
+        public_key: None,
+    };
+    // A node on this very address is on this machine (tests, simulations): its subnet
+    // is on a bridge here already, so it is no peer.
+    let all: Vec<NodeNet> = nodes
+        .iter()
+        .map(|n| node_net(n))
+        .filter(|n| n.name == config.node || n.underlay != Some(config.address))
+        .collect();
+    let plan = overlay::plan(&config.node, &all);
+    for (node, why) in &plan.skipped {
+        tracing::debug!(node = %config.node, peer = %node, reason = %why, "not an overlay peer (yet)");
+    }
+    let mut peers = plan.peers;
+    peers.extend(remote_peers(&config.node, network));
+    if force || applied.vxlan.as_ref() != Some(&peers) {
+        let report = overlay::sync(&config.host, vx, &peers)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::debug!(node = %config.node, ?report, peers = peers.len(), "overlay synced");
+        applied.peers = Some(peers.len());
+        applied.vxlan = Some(peers);
+    }
+    Ok(Some(end))
+}
+
+/// The WireGuard overlay's part of a pass: the device (made at the first pass, kept in
+/// this process), its address, then its peers and routes. Returns the node's end.
+async fn wireguard_pass(
+    config: &Config,
+    wg: &WireGuard,
+    subnet: Subnet,
+    nodes: &[Arc<Node>],
+    network: &ClusterNetwork,
+    applied: &mut Applied,
+    force: bool,
+) -> Result<Option<NodeNetwork>, String> {
+    if config.host.netns.is_some() {
+        return Err("the WireGuard device is made in the agent's own network namespace: run the agent there".into());
+    }
+    if applied.wireguard.is_none() {
+        let key = wireguard::load_or_create_key(&wg.key_file).map_err(|e| e.to_string())?;
+        let tunnel = Tunnel::open(wg, &key).map_err(|e| e.to_string())?;
+        applied.wireguard = Some((tunnel, key.public(), None));
+    }
+    let Some((tunnel, public_key, last)) = applied.wireguard.as_mut() else {
+        unreachable!("made above");
+    };
+    wireguard::tune(&config.host, wg, subnet)
+        .await
+        .map_err(|e| e.to_string())?;
+    let end = NodeNetwork {
+        backend: "wireguard".into(),
+        public_address: wg.endpoint.map(|e| e.ip().to_string()),
+        public_port: Some(wg.endpoint.map_or(wg.port, |e| e.port())),
+        vtep_mac: None,
+        public_key: Some(public_key.to_string()),
+    };
+    // A node announcing this node's own endpoint is on this machine (tests,
+    // simulations): its subnet is on a bridge here already, so it is no peer.
+    let all: Vec<WgNode> = nodes
+        .iter()
+        .map(|n| wg_node(n))
+        .filter(|n| {
+            n.name == config.node
+                || wg.endpoint.is_none()
+                || n.endpoint.map(|e| *e.ip()) != wg.endpoint.map(|e| *e.ip())
+        })
+        .collect();
+    let mut plan = wireguard::plan(&config.node, wg.endpoint.is_none(), &all, wg.keepalive);
+    let remote_skips = add_remote_wireguard(&config.node, network, wg.port, &mut plan);
+    for (node, why) in plan.skipped.iter().chain(&remote_skips) {
+        tracing::debug!(node = %config.node, peer = %node, reason = %why, "not a WireGuard peer (yet)");
+    }
+    if force || last.as_ref() != Some(&plan) {
+        tunnel
+            .set_peers(&plan.peers)
+            .await
+            .map_err(|e| e.to_string())?;
+        let report = wireguard::sync_routes(&config.host, wg, &plan)
+            .await
+            .map_err(|e| e.to_string())?;
+        let called = wireguard::call_peers(&plan);
+        tracing::debug!(node = %config.node, ?report, peers = plan.peers.len(), called, "WireGuard peers and routes synced");
+        applied.peers = Some(plan.peers.len());
+        *last = Some(plan);
+    }
+    Ok(Some(end))
 }
 
 /// Give the DNS responder the zone of `endpoints`, starting it on the gateway of
@@ -582,7 +771,8 @@ mod tests {
             node: node.into(),
             public_address: ip.into(),
             public_port: Some(50103),
-            vtep_mac: mac.into(),
+            vtep_mac: Some(mac.into()),
+            public_key: None,
         };
         let network = ClusterNetwork {
             gateways: vec![gw("a1", "192.168.1.1", "AA:00:00:00:00:01")],

@@ -10,11 +10,13 @@
 //!   cluster, else the nearest cluster);
 //! - [`overlay`]: the vxlan device and the per-peer routes, neighbours and forwarding
 //!   entries that carry instance traffic between the nodes of a cluster;
+//! - [`wireguard`]: the encrypted backend of the overlay (userspace WireGuard over a tun
+//!   device), which also reaches nodes behind NAT;
 //! - [`dns`]: the responder on the node's bridge gateway: Service names
 //!   (`<service>.<namespace>.svc.<domain>`, `closest.…`) from the zone the controller
 //!   keeps, other names forwarded to the host's resolvers;
 //! - [`controller`]: the loop that follows the cluster API (`Endpoints`, `Node`s, its
-//!   `Cluster`) and keeps the three above in line with it, reporting the Node's
+//!   `Cluster`) and keeps the others in line with it, reporting the Node's
 //!   `NetworkReady` condition and its end of the overlay.
 //!
 //! Every command runs in the network namespace an [`exec::Host`] names (the current
@@ -27,3 +29,4 @@ pub mod exec;
 pub mod nft;
 pub mod overlay;
 pub mod rules;
+pub mod wireguard;

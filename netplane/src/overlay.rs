@@ -573,7 +573,16 @@ pub fn needs_recreate(current: &DeviceState, vx: &Vxlan) -> bool {
 /// The `ip` commands (arguments) that make a device of the right kind have the
 /// address `<own base>/32` only, the MTU `vx` asks for, and be up.
 pub fn tune(current: &DeviceState, vx: &Vxlan, own: Subnet) -> Vec<Vec<String>> {
-    let dev = vx.device.as_str();
+    tune_device(current, &vx.device, vx.mtu, own)
+}
+
+/// [`tune`] for any overlay device (`dev`, to have MTU `mtu` if given).
+pub(crate) fn tune_device(
+    current: &DeviceState,
+    dev: &str,
+    mtu: Option<u32>,
+    own: Subnet,
+) -> Vec<Vec<String>> {
     let want = (own.base(), 32);
     let mut commands = Vec::new();
     if !current.addresses.contains(&want) {
@@ -588,7 +597,7 @@ pub fn tune(current: &DeviceState, vx: &Vxlan, own: Subnet) -> Vec<Vec<String>> 
     for (ip, prefix) in current.addresses.iter().filter(|a| **a != want) {
         commands.push(args(["addr", "del", &format!("{ip}/{prefix}"), "dev", dev]));
     }
-    let mtu = vx.mtu.filter(|m| *m != current.mtu);
+    let mtu = mtu.filter(|m| *m != current.mtu);
     if mtu.is_some() || !current.up {
         let mut set = args(["link", "set", "dev", dev]);
         if let Some(mtu) = mtu {
@@ -600,17 +609,21 @@ pub fn tune(current: &DeviceState, vx: &Vxlan, own: Subnet) -> Vec<Vec<String>> 
     commands
 }
 
-fn args<const N: usize>(a: [&str; N]) -> Vec<String> {
+pub(crate) fn args<const N: usize>(a: [&str; N]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
 
-async fn run(host: &Host, program: &str, args: &[String]) -> Result<String, CommandError> {
+pub(crate) async fn run(
+    host: &Host,
+    program: &str,
+    args: &[String],
+) -> Result<String, CommandError> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     host.run(program, &args).await
 }
 
 /// Whether a failed `ip` command failed because the device does not exist.
-fn is_absent(e: &CommandError) -> bool {
+pub(crate) fn is_absent(e: &CommandError) -> bool {
     e.message.contains("does not exist") || e.message.contains("Cannot find device")
 }
 
@@ -826,7 +839,7 @@ pub fn parse_fdb(json: &str) -> Result<Vec<Fdb>, String> {
 }
 
 /// Runs a read-only `program args` and parses its output.
-async fn read_with<T>(
+pub(crate) async fn read_with<T>(
     host: &Host,
     program: &str,
     cmd: Vec<String>,
@@ -839,14 +852,19 @@ async fn read_with<T>(
     })
 }
 
+/// Reads the routes of device `dev` (ours: the kernel's own are left out).
+pub async fn read_routes(host: &Host, dev: &str) -> Result<Vec<Route>, OverlayError> {
+    let routes = args(["-4", "-j", "route", "show", "dev", dev]);
+    read_with(host, "ip", routes, parse_routes).await
+}
+
 /// Reads the device's routes, neighbours and forwarding entries (three commands).
 pub async fn read_state(host: &Host, vx: &Vxlan) -> Result<KernelState, OverlayError> {
     let dev = vx.device.as_str();
-    let routes = args(["-4", "-j", "route", "show", "dev", dev]);
     let neighbours = args(["-4", "-j", "neigh", "show", "dev", dev]);
     let fdb = args(["-j", "fdb", "show", "dev", dev]);
     Ok(KernelState {
-        routes: read_with(host, "ip", routes, parse_routes).await?,
+        routes: read_routes(host, dev).await?,
         neighbours: read_with(host, "ip", neighbours, parse_neighbours).await?,
         fdb: read_with(host, "bridge", fdb, parse_fdb).await?,
     })
@@ -950,15 +968,14 @@ impl Change {
                 (Tool::Ip, a)
             }
             Entry::Route { dst, via, .. } => {
-                let via = via.map(|v| v.to_string()).unwrap_or_default();
-                let a = ["route", "replace", &dst.to_string(), "via", &via];
-                (
-                    Tool::Ip,
-                    args(a)
-                        .into_iter()
-                        .chain(args(["dev", device, "onlink"]))
-                        .collect(),
-                )
+                let mut a = args(["route", "replace", &dst.to_string()]);
+                match via {
+                    // vxlan: through the peer's end, taken as on the link.
+                    Some(via) => a.extend(args(["via", &via.to_string(), "dev", device, "onlink"])),
+                    // A layer-3 device (WireGuard): straight into it.
+                    None => a.extend(args(["dev", device])),
+                }
+                (Tool::Ip, a)
             }
             Entry::Neighbour { ip, .. } if delete => (
                 Tool::Ip,
@@ -1034,7 +1051,7 @@ impl Change {
 }
 
 /// Adds, replaces or deletes entries of one kind, keyed by `K`.
-fn diff_keyed<K: Ord + Clone, V: PartialEq>(
+pub(crate) fn diff_keyed<K: Ord + Clone, V: PartialEq>(
     current: BTreeMap<K, V>,
     desired: BTreeMap<K, (V, &str)>,
     entry: impl Fn(&K, &V) -> Entry,
@@ -1065,25 +1082,11 @@ fn diff_keyed<K: Ord + Clone, V: PartialEq>(
 /// need, in the order they must be applied. Empty when the device is in line.
 pub fn diff(current: &KernelState, peers: &[Peer]) -> Vec<Change> {
     let mut out = Vec::new();
-    // Routes, keyed by destination and metric (ours have metric 0).
-    let routes = current
-        .routes
+    let want: Vec<(Subnet, Option<Ipv4Addr>, &str)> = peers
         .iter()
-        .map(|r| ((r.dst, r.metric), (r.via, r.onlink)))
+        .map(|p| (p.subnet, Some(p.subnet.base()), p.node.as_str()))
         .collect();
-    let want = peers
-        .iter()
-        .map(|p| {
-            (
-                (p.subnet, 0),
-                ((Some(p.subnet.base()), true), p.node.as_str()),
-            )
-        })
-        .collect();
-    let route = |&(dst, metric): &(Subnet, u32), &(via, _): &(Option<Ipv4Addr>, bool)| {
-        Entry::Route { dst, via, metric }
-    };
-    diff_keyed(routes, want, route, &mut out);
+    diff_routes(&current.routes, &want, &mut out);
     // Neighbours, keyed by address.
     let neighbours = current
         .neighbours
@@ -1112,6 +1115,28 @@ pub fn diff(current: &KernelState, peers: &[Peer]) -> Vec<Change> {
     diff_keyed(fdb, want, fdb_entry, &mut out);
     out.sort_by_key(Change::rank); // stable: keeps the key order within a rank
     out
+}
+
+/// The route changes (pure) that turn the device's routes `current` into `want`
+/// (destination, next hop, the node that wants it), keyed by destination and metric:
+/// ours have metric 0, so a route of another metric is stale. Shared by both backends.
+pub(crate) fn diff_routes(
+    current: &[Route],
+    want: &[(Subnet, Option<Ipv4Addr>, &str)],
+    out: &mut Vec<Change>,
+) {
+    let routes = current
+        .iter()
+        .map(|r| ((r.dst, r.metric), (r.via, r.onlink)))
+        .collect();
+    let want = want
+        .iter()
+        .map(|&(dst, via, node)| ((dst, 0), ((via, via.is_some()), node)))
+        .collect();
+    let route = |&(dst, metric): &(Subnet, u32), &(via, _): &(Option<Ipv4Addr>, bool)| {
+        Entry::Route { dst, via, metric }
+    };
+    diff_keyed(routes, want, route, out);
 }
 
 /// What a [`sync`] changed, in kernel entries (a new peer is three).
@@ -1149,16 +1174,34 @@ impl SyncReport {
 /// failure is named and one bad peer does not keep the others out.
 pub async fn sync(host: &Host, vx: &Vxlan, peers: &[Peer]) -> Result<SyncReport, OverlayError> {
     let changes = diff(&read_state(host, vx).await?, peers);
+    let again = || async { Ok(diff(&read_state(host, vx).await?, peers)) };
+    let report = apply_changes(host, &vx.device, changes, again).await?;
+    tracing::debug!(?report, "overlay in sync");
+    Ok(report)
+}
+
+/// Applies `changes` to `device` in batches; if a batch fails, computes the changes
+/// still needed (`again`: the kernel may hold part of the batch) and applies them one
+/// at a time, so every failure is named and one bad peer does not keep the others out.
+pub(crate) async fn apply_changes<F, Fut>(
+    host: &Host,
+    device: &str,
+    changes: Vec<Change>,
+    again: F,
+) -> Result<SyncReport, OverlayError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Change>, OverlayError>>,
+{
     let report = SyncReport::of(&changes);
     if changes.is_empty() {
         return Ok(report);
     }
-    if let Err(e) = apply_batched(host, &vx.device, &changes).await {
-        tracing::warn!(error = %e, "overlay batch failed; applying one change at a time");
-        let changes = diff(&read_state(host, vx).await?, peers);
+    if let Err(e) = apply_batched(host, device, &changes).await {
+        tracing::warn!(%device, error = %e, "overlay batch failed; applying one change at a time");
         let mut failures = Vec::new();
-        for change in &changes {
-            let (tool, cmd) = change.command(&vx.device);
+        for change in &again().await? {
+            let (tool, cmd) = change.command(device);
             if let Err(source) = run(host, tool.program(), &cmd).await {
                 failures.push(ApplyFailure {
                     what: change.describe(),
@@ -1170,7 +1213,6 @@ pub async fn sync(host: &Host, vx: &Vxlan, peers: &[Peer]) -> Result<SyncReport,
             return Err(OverlayError::Apply { failures });
         }
     }
-    tracing::debug!(?report, "overlay in sync");
     Ok(report)
 }
 

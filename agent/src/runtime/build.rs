@@ -175,7 +175,7 @@ pub async fn build(
                         .dataplane
                         .as_ref()
                         .and_then(|d| d.overlay.as_ref())
-                        .map(netplane::overlay::Vxlan::instance_mtu);
+                        .map(netplane::controller::Overlay::instance_mtu);
                     let publish_address = config
                         .address
                         .parse()

@@ -97,7 +97,8 @@ pub fn summarize(nodes: &[Arc<Node>], instances: &[Arc<Instance>]) -> Summary {
 }
 
 /// The cluster's gateway: the first node by name that is Ready, whose data plane works
-/// (`NetworkReady`) and that announced its overlay end. One gateway; none while no node
+/// (`NetworkReady`) and that announced its overlay end with an address the other
+/// clusters can reach. One gateway; none while no node
 /// qualifies.
 pub fn gateways(nodes: &[Arc<Node>]) -> Vec<Gateway> {
     let mut eligible: Vec<Gateway> = nodes
@@ -107,11 +108,14 @@ pub fn gateways(nodes: &[Arc<Node>]) -> Vec<Gateway> {
             let ready = crds::is_true(&status.conditions, READY)
                 && crds::is_true(&status.conditions, NETWORK_READY);
             let network = status.network.as_ref().filter(|_| ready)?;
+            // Reachable (a node behind NAT cannot be dialled) and with an overlay end.
+            (network.vtep_mac.is_some() || network.public_key.is_some()).then_some(())?;
             Some(Gateway {
                 node: n.metadata.name.clone(),
                 public_address: network.public_address.clone()?,
                 public_port: network.public_port,
-                vtep_mac: network.vtep_mac.clone()?,
+                vtep_mac: network.vtep_mac.clone(),
+                public_key: network.public_key.clone(),
             })
         })
         .collect();
@@ -376,6 +380,7 @@ mod tests {
                 public_address: Some(format!("192.168.0.{}", name.len())),
                 public_port: Some(50103),
                 vtep_mac: Some("aa:00:00:00:00:01".into()),
+                public_key: None,
             });
         }
         Arc::new(n)
@@ -402,6 +407,25 @@ mod tests {
                 Some("d"),
             ),
         ];
+        // WireGuard: a node behind NAT (no public address) is no gateway, one that can
+        // be dialled is, with its key.
+        let wireguard = |name: &str, address: Option<&str>| {
+            let mut n = (*gateway_candidate(name, true, true, false)).clone();
+            n.status.as_mut().unwrap().network = Some(crds::NodeNetwork {
+                backend: "wireguard".into(),
+                public_address: address.map(String::from),
+                public_port: Some(50103),
+                vtep_mac: None,
+                public_key: Some(format!("key-of-{name}")),
+            });
+            Arc::new(n)
+        };
+        let got = gateways(&[wireguard("a", None), wireguard("b", Some("192.168.0.2"))]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].node.as_str(), got[0].public_key.as_deref()),
+            ("b", Some("key-of-b"))
+        );
         for (nodes, want) in cases {
             let got = gateways(&nodes);
             assert_eq!(got.first().map(|g| g.node.as_str()), want);

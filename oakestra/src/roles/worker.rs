@@ -110,7 +110,11 @@ pub struct WorkerFlags {
 /// The overlay between nodes ( `--overlay`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OverlayChoice {
-    /// A vxlan mesh: other nodes' subnets are reached through them, over UDP.
+    /// An encrypted WireGuard mesh (userspace, in the agent): other nodes' subnets are
+    /// reached through them over UDP, also when they are behind NAT.
+    Wireguard,
+    /// A vxlan mesh, unencrypted, for trusted networks: other nodes' subnets are
+    /// reached through them, over UDP; the kernel keeps it while the agent restarts.
     Vxlan,
     /// No overlay: Instances reach only their own node's subnet (and service IPs whose
     /// endpoints are there).
@@ -122,12 +126,17 @@ pub enum OverlayChoice {
 #[derive(Args, Clone)]
 pub struct NetworkFlags {
     /// The overlay to the cluster's other nodes.
-    #[arg(long, value_enum, default_value_t = OverlayChoice::Vxlan)]
+    #[arg(long, value_enum, default_value_t = OverlayChoice::Wireguard)]
     pub overlay: OverlayChoice,
     /// Address the other nodes send overlay traffic to (default: `--address`). A
     /// loopback address turns the overlay off.
     #[arg(long)]
     pub public_address: Option<std::net::Ipv4Addr>,
+    /// The other nodes cannot reach this one (it is behind NAT): it announces no
+    /// address, dials the nodes that have one and keeps those paths open; two nodes
+    /// behind NAT talk through a node that has one (`--overlay wireguard` only).
+    #[arg(long)]
+    pub behind_nat: bool,
     /// UDP port of the overlay (Oakestra's tunnel port); open it between the nodes.
     #[arg(long, default_value_t = 50103)]
     pub public_port: u16,
@@ -151,8 +160,9 @@ impl NetworkFlags {
     /// The defaults (what `oakestra up` uses).
     pub fn defaults() -> NetworkFlags {
         NetworkFlags {
-            overlay: OverlayChoice::Vxlan,
+            overlay: OverlayChoice::Wireguard,
             public_address: None,
+            behind_nat: false,
             public_port: 50103,
             instance_cidr: "10.128.0.0/9".parse().expect("valid CIDR"),
             resync_seconds: 300,
@@ -161,25 +171,48 @@ impl NetworkFlags {
         }
     }
 
-    /// The data plane's settings for node `node` reachable at `address`. The overlay
-    /// needs an IPv4 underlay address that is not loopback; without one it is off (and
+    /// The data plane's settings for node `node` reachable at `address`, keeping its
+    /// state (the WireGuard key) in `data_dir`. The overlay needs an IPv4 underlay
+    /// address that is not loopback, or `--behind-nat`; without either it is off (and
     /// the log says why).
-    pub fn dataplane(&self, node: &str, address: &str) -> netplane::controller::Config {
-        let public = self.public_address.or_else(|| address.parse().ok());
+    pub fn dataplane(
+        &self,
+        node: &str,
+        address: &str,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<netplane::controller::Config> {
+        use netplane::controller::Overlay;
+        let public = self
+            .public_address
+            .or_else(|| address.parse().ok())
+            .filter(|ip: &std::net::Ipv4Addr| !ip.is_loopback());
+        if self.behind_nat && self.overlay != OverlayChoice::Wireguard {
+            anyhow::bail!("--behind-nat needs --overlay wireguard: vxlan cannot pass NAT");
+        }
+        let off = || {
+            tracing::info!(node, address, "no overlay: the node's address is not an IPv4 address other nodes can reach (set --public-address, or --behind-nat)");
+            None
+        };
         let overlay = match (self.overlay, public) {
             (OverlayChoice::None, _) => None,
-            (OverlayChoice::Vxlan, Some(ip)) if !ip.is_loopback() => {
-                Some(netplane::overlay::Vxlan {
-                    port: self.public_port,
-                    ..netplane::overlay::Vxlan::new(ip)
-                })
+            (OverlayChoice::Wireguard, _) if self.behind_nat => Some(Overlay::WireGuard(
+                netplane::wireguard::WireGuard::new(self.public_port, None, data_dir.join("wireguard.key")),
+            )),
+            (OverlayChoice::Wireguard, Some(ip)) => {
+                let endpoint = std::net::SocketAddrV4::new(ip, self.public_port);
+                Some(Overlay::WireGuard(netplane::wireguard::WireGuard::new(
+                    self.public_port,
+                    Some(endpoint),
+                    data_dir.join("wireguard.key"),
+                )))
             }
-            (OverlayChoice::Vxlan, _) => {
-                tracing::info!(node, address, "no overlay: the node's address is not an IPv4 address other nodes can reach (set --public-address)");
-                None
-            }
+            (OverlayChoice::Vxlan, Some(ip)) => Some(Overlay::Vxlan(netplane::overlay::Vxlan {
+                port: self.public_port,
+                ..netplane::overlay::Vxlan::new(ip)
+            })),
+            (_, None) => off(),
         };
-        netplane::controller::Config {
+        Ok(netplane::controller::Config {
             node: node.to_string(),
             address: public.unwrap_or(std::net::Ipv4Addr::LOCALHOST),
             table: netplane::controller::Config::table_for(node),
@@ -198,7 +231,7 @@ impl NetworkFlags {
                     Vec::new()
                 }),
             }),
-        }
+        })
     }
 }
 
@@ -225,9 +258,10 @@ impl WorkerFlags {
                 .unwrap_or_else(|_| "worker".into()),
         };
         crds::validate::name(&node).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
-        let dataplane = Some(self.net.dataplane(&node, &self.address));
+        let data_dir = self.data_dir.clone().unwrap_or(default_dir).join(&node);
+        let dataplane = Some(self.net.dataplane(&node, &self.address, &data_dir)?);
         Ok(AgentConfig {
-            data_dir: self.data_dir.clone().unwrap_or(default_dir).join(&node),
+            data_dir,
             node,
             address: self.address.clone(),
             location: self.location.clone(),
