@@ -22,7 +22,7 @@
 //! - [`gitops`]: a reconcile of unchanged objects (drift check, re-apply) must write
 //!   nothing.
 //! - [`network`]: the worker's data plane in network namespaces: service rules at
-//!   scale, service IP against direct, vxlan overlay against the underlay.
+//!   scale, service IP against direct, the vxlan and WireGuard overlays against the underlay.
 //!
 //! How to run it and the figures of a run are in `docs/benchmarks.md`.
 

@@ -9,7 +9,10 @@
 //! answered on the caller's own node (also by the caller itself: hairpin), a port the
 //! Service does not have refused at once, a deleted instance out of the rotation, a
 //! node whose agent died out of its peers' rules once its heartbeat lapsed, and the
-//! service IPs still working while the root is down.
+//! service IPs still working while the root is down (over vxlan); a Service of another
+//! cluster answered through the gateways, also after a gateway died (over WireGuard,
+//! the default); nodes behind masquerading routers reached over WireGuard, and two of
+//! them reaching each other through a third.
 
 use std::collections::BTreeMap;
 use std::process::Output;
@@ -560,12 +563,33 @@ async fn service_ips_reach_across_clusters() {
         assert_eq!(counts, BTreeMap::from([(far_at.clone(), 20)]));
     }
 
+    // Gateway failover: n1's agent dies (its tunnels with it). Once its heartbeat
+    // lapsed, cluster a names n2 its gateway, cluster b's gateway peers with n2, and
+    // n2 reaches cluster b again, now straight.
+    let on_n2 = near
+        .iter()
+        .find(|i| i.spec.node.as_deref() == Some("n2"))
+        .expect("a near instance on n2");
+    let from = container_netns(&on_n2.metadata.name);
+    lab.machine("n1").worker.kill9();
+    let killed = Instant::now();
+    eventually("a's gateway fails over to n2", WAIT, || async {
+        let c = clusters.get("a").await.ok()?;
+        (c.status?.network?.gateways.first()?.node == "n2").then_some(())
+    })
+    .await;
+    let took = eventually("n2 reaches cluster b through itself", WAIT, || async {
+        let counts = tally(&from, &url, 5).ok()?;
+        (counts == BTreeMap::from([(far_at.clone(), 5)])).then(|| killed.elapsed())
+    })
+    .await;
+    eprintln!("a's gateway n1 killed: n2 reached cluster b again {took:?} later");
+
     // n3's agent dies: cluster b marks its instance not ready, the root's endpoints
     // follow, and cluster a stops sending there (the instance still runs, and is not
     // evicted yet): connections are refused at once instead of going to a lost node.
     lab.machine("n3").worker.kill9();
     let killed = Instant::now();
-    let from = container_netns(&near[0].metadata.name);
     let took = eventually("cluster a stops sending to n3", WAIT, || async {
         let started = Instant::now();
         let refused = get_from(&from, &url).is_err() && started.elapsed() < Duration::from_secs(1);
