@@ -848,12 +848,14 @@ async fn watch(
         let out = match change {
             // Without selectors or a table, the change's JSON is sent as it is: nothing
             // is decoded.
-            Ok(c) if !selective && table.is_none() => Some(event_line(c.kind, &c.json)),
+            Ok(c) if !selective && table.is_none() => {
+                c.json().map(|json| event_line(c.kind, &json))
+            }
             Ok(c) => c.object().and_then(|object| {
                 let matches = |o: &Value| labels.matches(o) && fields.matches(o);
                 let before = selective.then(|| c.previous()).flatten();
                 selected_type(c.kind, before.as_deref().map(matches), matches(&object))
-                    .map(|t| encode(t, &object, Some(&c.json)))
+                    .map(|t| encode(t, &object, c.encoded().as_deref()))
             }),
             Err(WatchError::TooOld { .. } | WatchError::Expired) => {
                 Some(error_line(&ApiError::Gone(

@@ -6,13 +6,15 @@
 //! once per watcher. A watcher that asks for a version older than the ring gets "too
 //! old" (410) and relists, as Kubernetes clients do.
 //!
-//! Memory: the ring keeps each change as its JSON only (and the stored bytes of the
-//! version it replaced); the decoded object that selectors read is kept only by the
-//! live copy the broadcast carries, whose channel holds the last [`LIVE`] changes. A
-//! watcher that falls further behind than that catches up from the ring (decoding
-//! what its selectors need as it goes); only one that falls behind the whole ring must
-//! relist. At 10,000 recent changes of Instances the ring holding decoded objects was
-//! most of a root's memory.
+//! Memory: the ring keeps each change as the stored bytes only (of the version it
+//! wrote and of the one it replaced), the very buffers the store's own history holds,
+//! so the ring costs no copy of any object. The JSON sent to watchers (the stored bytes
+//! with `metadata.resourceVersion` set) and the decoded object that selectors read are
+//! kept only by the live copy the broadcast carries, whose channel holds the last
+//! [`LIVE`] changes. A watcher that falls further behind than that catches up from the
+//! ring, each change decoded and encoded for it as it goes; only one that falls behind
+//! the whole ring must relist. At 10,000 recent changes of Instances the ring holding
+//! decoded objects was most of a root's memory, and holding their JSON, 30 MiB of it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -38,18 +40,20 @@ pub struct Change {
     pub key: String,
     /// The storage revision of the change.
     pub revision: i64,
-    /// The object serialized, with `metadata.resourceVersion` set.
-    pub json: bytes::Bytes,
+    /// The object as stored (for a deletion: its last version).
+    stored: KeyValue,
     /// For `MODIFIED`: the version it replaced, as stored (to tell selector
     /// transitions).
     replaced: Option<KeyValue>,
-    /// The decoded object and previous version, kept by the live copy only (see the
-    /// module docs); `None` in the ring's copies, which decode on demand.
+    /// The JSON and decoded forms, kept by the live copy only (see the module docs);
+    /// `None` in the ring's copies, which make them on demand.
     decoded: Option<Decoded>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Decoded {
+    /// The object serialized, with `metadata.resourceVersion` set.
+    json: bytes::Bytes,
     object: OnceLock<Option<Arc<Value>>>,
     previous: OnceLock<Option<Arc<Value>>>,
 }
@@ -66,13 +70,15 @@ impl Change {
         };
         let kv = event.kv();
         let object = Arc::new(object::decode(kv).ok()?);
-        let json = serde_json::to_vec(&*object).ok()?.into();
         let replaced = match event {
             WatchEvent::Updated { prev, .. } => prev.clone(),
             _ => None,
         };
-        let decoded = Decoded::default();
-        let _ = decoded.object.set(Some(object));
+        let decoded = Decoded {
+            json: serde_json::to_vec(&*object).ok()?.into(),
+            object: OnceLock::from(Some(object)),
+            previous: OnceLock::new(),
+        };
         if let (Some(p), Some(known)) = (&replaced, known) {
             if known.revision == p.mod_revision && known.kind != "DELETED" {
                 if let Some(previous) = known.decoded.as_ref().and_then(|d| d.object.get()) {
@@ -84,27 +90,40 @@ impl Change {
             kind,
             key: kv.key.clone(),
             revision: kv.mod_revision,
-            json,
+            stored: kv.clone(),
             replaced,
             decoded: Some(decoded),
         })
     }
 
-    /// The copy the ring keeps: the same change without its decoded forms.
+    /// The copy the ring keeps: the same change as stored, without its JSON and
+    /// decoded forms.
     fn slim(&self) -> Change {
         Change {
             kind: self.kind,
             key: self.key.clone(),
             revision: self.revision,
-            json: self.json.clone(),
+            stored: self.stored.clone(),
             replaced: self.replaced.clone(),
             decoded: None,
         }
     }
 
+    /// The object serialized, with `metadata.resourceVersion` set: the live copy's,
+    /// encoded once for every watcher; a ring copy's, encoded anew by each call.
+    pub fn json(&self) -> Option<bytes::Bytes> {
+        self.encoded()
+            .or_else(|| serde_json::to_vec(&*self.object()?).ok().map(Into::into))
+    }
+
+    /// The JSON encoded once for every watcher, if this is a live copy.
+    pub fn encoded(&self) -> Option<bytes::Bytes> {
+        self.decoded.as_ref().map(|d| d.json.clone())
+    }
+
     /// The object, with `metadata.resourceVersion` set.
     pub fn object(&self) -> Option<Arc<Value>> {
-        let decode = || serde_json::from_slice(&self.json).ok().map(Arc::new);
+        let decode = || object::decode(&self.stored).ok().map(Arc::new);
         match &self.decoded {
             Some(d) => d.object.get_or_init(decode).clone(),
             None => decode(),
