@@ -14,7 +14,7 @@
 //! history wrote, the two share one buffer ([`bytes::Bytes`]) instead of a copy each.
 //! The broadcast channel holds only [`LIVE`] events (a channel keeps every slot's
 //! event until it is overwritten, so a larger one kept events the history had already
-//! dropped).
+//! dropped). redb's page cache is bounded to [`CACHE_BYTES`].
 //!
 //! **Lazy keys.** Writes under [`EmbeddedOptions::lazy_prefixes`] (the server passes
 //! its best-effort kinds: Leases and Events, which their writers repeat) may be
@@ -64,6 +64,12 @@ const MAX_BATCH: usize = 512;
 /// Events the broadcast channel holds: a watch further behind catches up from the
 /// history.
 pub const LIVE: usize = 1024;
+/// redb's page cache (a tenth of it buffers a transaction's writes). redb's default,
+/// 1 GiB, keeps every page it has read or written until then: the whole file of a
+/// root after a burst of 10,000 Instances, tens of MiB resident beside the objects
+/// the server itself keeps. Pages beyond this are read again from the file, i.e.
+/// from the kernel's page cache, which the process's resident memory does not count.
+pub const CACHE_BYTES: usize = 16 << 20;
 
 /// Tuning of the embedded store.
 #[derive(Debug, Clone)]
@@ -134,8 +140,10 @@ impl History {
             .events
             .partition_point(|e| e.event.revision() < revision);
         let kv = self.events.get(i)?.event.kv();
-        (kv.mod_revision == revision && kv.key == key && !matches!(self.events[i].event, WatchEvent::Deleted(_)))
-            .then_some(&kv.value)
+        (kv.mod_revision == revision
+            && kv.key == key
+            && !matches!(self.events[i].event, WatchEvent::Deleted(_)))
+        .then_some(&kv.value)
     }
 
     /// The events under `prefix` after revision `after`, or [`StorageError::TooOld`].
@@ -245,15 +253,19 @@ fn decode(key: &str, raw: &[u8]) -> KeyValue {
 }
 
 /// The database file of the store in `dir`, created with its directory if missing
-/// (another process holding it is an error [`is_held`] recognizes).
+/// (another process holding it is an error [`is_held`] recognizes), with a page cache
+/// of [`CACHE_BYTES`].
 fn create_database(dir: &Path) -> Result<Database> {
     std::fs::create_dir_all(dir).map_err(|e| {
         StorageError::backend_caused("embedded", format!("creating {}: {e}", dir.display()), e)
     })?;
     let path = dir.join(FILE);
-    Database::create(&path).map_err(|e| {
-        StorageError::backend_caused("embedded", format!("opening {}: {e}", path.display()), e)
-    })
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(&path)
+        .map_err(|e| {
+            StorageError::backend_caused("embedded", format!("opening {}: {e}", path.display()), e)
+        })
 }
 
 impl EmbeddedStore {
@@ -941,8 +953,13 @@ mod tests {
             .unwrap();
         store.delete("/t/a", Some(b.mod_revision)).await.unwrap();
         let events: Vec<WatchEvent> = watch.take(3).map(Result::unwrap).collect().await;
-        let (WatchEvent::Created(created), WatchEvent::Updated { kv, prev: Some(prev) }) =
-            (&events[0], &events[1])
+        let (
+            WatchEvent::Created(created),
+            WatchEvent::Updated {
+                kv,
+                prev: Some(prev),
+            },
+        ) = (&events[0], &events[1])
         else {
             panic!("created, then updated: {events:?}");
         };
