@@ -607,9 +607,15 @@ mod tests {
             Ok(Change::Applied(k) | Change::Deleted(k)) => vec![k.clone()],
             Err(()) => vec![],
         });
-        assert!(objects.into_iter().all(|k| k.metadata.managed_fields.is_none()));
+        assert!(objects
+            .into_iter()
+            .all(|k| k.metadata.managed_fields.is_none()));
         for cached in store.state() {
-            assert_eq!(cached.metadata.managed_fields, None, "{}", cached.metadata.name);
+            assert_eq!(
+                cached.metadata.managed_fields, None,
+                "{}",
+                cached.metadata.name
+            );
         }
         assert_eq!(store.len(), 2);
     }
