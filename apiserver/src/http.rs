@@ -823,12 +823,10 @@ async fn watch(
         .hub()
         .subscribe(&prefix, after)
         .map_err(|e| ApiError::Gone(e.to_string()))?;
-    let encode = move |type_: &str, object: &Value, raw: Option<&[u8]>| -> Bytes {
+    let encode = move |type_: &str, object: &Value| -> Bytes {
         if let Some(include) = table {
             let t = to_table(kind, object, &json!([object]), true, include);
             event_line(type_, &serde_json::to_vec(&t).expect("table serializes"))
-        } else if let Some(raw) = raw {
-            event_line(type_, raw)
         } else {
             event_line(
                 type_,
@@ -839,7 +837,7 @@ async fn watch(
     let first = futures::stream::iter(
         initial
             .into_iter()
-            .map(move |o| encode("ADDED", &o, None))
+            .map(move |o| encode("ADDED", &o))
             .collect::<Vec<_>>(),
     );
     let (labels, fields) = (opts.labels, opts.fields);
@@ -848,12 +846,19 @@ async fn watch(
         let out = match change {
             // Without selectors or a table, the change's JSON is sent as it is: nothing
             // is decoded.
-            Ok(c) if !selective && table.is_none() => Some(event_line(c.kind, &c.json)),
-            Ok(c) => c.object().and_then(|object| {
+            Ok(c) if !selective && table.is_none() => {
+                c.json().map(|json| event_line(c.kind, &json))
+            }
+            // Selectors read the change's view (shared by the watchers of a live
+            // change); what is sent is its JSON, or its table.
+            Ok(c) => c.view().and_then(|view| {
                 let matches = |o: &Value| labels.matches(o) && fields.matches(o);
-                let before = selective.then(|| c.previous()).flatten();
-                selected_type(c.kind, before.as_deref().map(matches), matches(&object))
-                    .map(|t| encode(t, &object, Some(&c.json)))
+                let before = selective.then(|| c.previous_view()).flatten();
+                let type_ = selected_type(c.kind, before.as_deref().map(matches), matches(&view))?;
+                match table {
+                    Some(_) => c.object().map(|object| encode(type_, &object)),
+                    None => c.json().map(|json| event_line(type_, &json)),
+                }
             }),
             Err(WatchError::TooOld { .. } | WatchError::Expired) => {
                 Some(error_line(&ApiError::Gone(

@@ -6,13 +6,17 @@
 //! once per watcher. A watcher that asks for a version older than the ring gets "too
 //! old" (410) and relists, as Kubernetes clients do.
 //!
-//! Memory: the ring keeps each change as its JSON only (and the stored bytes of the
-//! version it replaced); the decoded object that selectors read is kept only by the
-//! live copy the broadcast carries, whose channel holds the last [`LIVE`] changes. A
-//! watcher that falls further behind than that catches up from the ring (decoding
-//! what its selectors need as it goes); only one that falls behind the whole ring must
-//! relist. At 10,000 recent changes of Instances the ring holding decoded objects was
-//! most of a root's memory.
+//! Memory: the ring keeps each change as the stored bytes only (of the version it
+//! wrote and of the one it replaced), the very buffers the store's own history holds,
+//! so the ring costs no copy of any object. The JSON sent to watchers (the stored bytes
+//! with `metadata.resourceVersion` set) and the decoded view that selectors read (the
+//! object without `metadata.managedFields`, which decoded were most of its memory) are
+//! kept only by the live copy the broadcast carries, whose channel holds the last
+//! [`LIVE`] changes; a write that starts from the hub's copy decodes its bytes. A
+//! watcher that falls further behind than that catches up from the ring, each change
+//! decoded and encoded for it as it goes; only one that falls behind the whole ring
+//! must relist. At 10,000 recent changes of Instances the ring holding decoded objects
+//! was most of a root's memory, and holding their JSON, 30 MiB of it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -38,26 +42,44 @@ pub struct Change {
     pub key: String,
     /// The storage revision of the change.
     pub revision: i64,
-    /// The object serialized, with `metadata.resourceVersion` set.
-    pub json: bytes::Bytes,
+    /// The object as stored (for a deletion: its last version).
+    stored: KeyValue,
     /// For `MODIFIED`: the version it replaced, as stored (to tell selector
     /// transitions).
     replaced: Option<KeyValue>,
-    /// The decoded object and previous version, kept by the live copy only (see the
-    /// module docs); `None` in the ring's copies, which decode on demand.
+    /// The JSON and decoded forms, kept by the live copy only (see the module docs);
+    /// `None` in the ring's copies, which make them on demand.
     decoded: Option<Decoded>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Decoded {
-    object: OnceLock<Option<Arc<Value>>>,
-    previous: OnceLock<Option<Arc<Value>>>,
+    /// The object serialized, with `metadata.resourceVersion` set.
+    json: bytes::Bytes,
+    /// [`Change::view`] and [`Change::previous_view`], once made.
+    view: OnceLock<Option<Arc<Value>>>,
+    previous_view: OnceLock<Option<Arc<Value>>>,
+}
+
+/// The object in `kv` as selectors read it: decoded, with `metadata.resourceVersion`,
+/// without `metadata.managedFields`.
+fn view_of(kv: &KeyValue) -> Option<Value> {
+    object::decode(kv).ok().map(without_managed_fields)
+}
+
+/// `object` without `metadata.managedFields`: decoded, they are most of an object's
+/// memory (a map per level of each field set), and no selector reads them.
+fn without_managed_fields(mut object: Value) -> Value {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
+    object
 }
 
 impl Change {
     /// The change `event` makes; `known` is the live copy of the hub's last change of
     /// the same key, if it is still alive: when it is the version this one replaced,
-    /// its decoded object is the previous version (shared, not decoded again).
+    /// its view is the previous version's (shared, not decoded again).
     fn from_event(event: &WatchEvent, known: Option<&Change>) -> Option<Change> {
         let kind = match event {
             WatchEvent::Created(_) => "ADDED",
@@ -65,18 +87,20 @@ impl Change {
             WatchEvent::Deleted(_) => "DELETED",
         };
         let kv = event.kv();
-        let object = Arc::new(object::decode(kv).ok()?);
-        let json = serde_json::to_vec(&*object).ok()?.into();
+        let object = object::decode(kv).ok()?;
         let replaced = match event {
             WatchEvent::Updated { prev, .. } => prev.clone(),
             _ => None,
         };
-        let decoded = Decoded::default();
-        let _ = decoded.object.set(Some(object));
+        let decoded = Decoded {
+            json: serde_json::to_vec(&object).ok()?.into(),
+            view: OnceLock::from(Some(Arc::new(without_managed_fields(object)))),
+            previous_view: OnceLock::new(),
+        };
         if let (Some(p), Some(known)) = (&replaced, known) {
             if known.revision == p.mod_revision && known.kind != "DELETED" {
-                if let Some(previous) = known.decoded.as_ref().and_then(|d| d.object.get()) {
-                    let _ = decoded.previous.set(previous.clone());
+                if let Some(previous) = known.decoded.as_ref().and_then(|d| d.view.get()) {
+                    let _ = decoded.previous_view.set(previous.clone());
                 }
             }
         }
@@ -84,39 +108,59 @@ impl Change {
             kind,
             key: kv.key.clone(),
             revision: kv.mod_revision,
-            json,
+            stored: kv.clone(),
             replaced,
             decoded: Some(decoded),
         })
     }
 
-    /// The copy the ring keeps: the same change without its decoded forms.
+    /// The copy the ring keeps: the same change as stored, without its JSON and
+    /// decoded forms.
     fn slim(&self) -> Change {
         Change {
             kind: self.kind,
             key: self.key.clone(),
             revision: self.revision,
-            json: self.json.clone(),
+            stored: self.stored.clone(),
             replaced: self.replaced.clone(),
             decoded: None,
         }
     }
 
-    /// The object, with `metadata.resourceVersion` set.
-    pub fn object(&self) -> Option<Arc<Value>> {
-        let decode = || serde_json::from_slice(&self.json).ok().map(Arc::new);
+    /// The object serialized, with `metadata.resourceVersion` set: the live copy's,
+    /// encoded once for every watcher; a ring copy's, encoded anew by each call.
+    pub fn json(&self) -> Option<bytes::Bytes> {
+        self.encoded()
+            .or_else(|| serde_json::to_vec(&self.object()?).ok().map(Into::into))
+    }
+
+    /// The JSON encoded once for every watcher, if this is a live copy.
+    pub fn encoded(&self) -> Option<bytes::Bytes> {
+        self.decoded.as_ref().map(|d| d.json.clone())
+    }
+
+    /// The whole object, with `metadata.resourceVersion` set, decoded by each call
+    /// (what a write starts from).
+    pub fn object(&self) -> Option<Value> {
+        object::decode(&self.stored).ok()
+    }
+
+    /// The object as selectors read it: with `metadata.resourceVersion`, without
+    /// `metadata.managedFields`; kept by the live copy, shared by its watchers.
+    pub fn view(&self) -> Option<Arc<Value>> {
+        let decode = || view_of(&self.stored).map(Arc::new);
         match &self.decoded {
-            Some(d) => d.object.get_or_init(decode).clone(),
+            Some(d) => d.view.get_or_init(decode).clone(),
             None => decode(),
         }
     }
 
-    /// For `MODIFIED`: the object before the change.
-    pub fn previous(&self) -> Option<Arc<Value>> {
+    /// For `MODIFIED`: the [`view`](Self::view) of the object before the change.
+    pub fn previous_view(&self) -> Option<Arc<Value>> {
         let replaced = self.replaced.as_ref()?;
-        let decode = || object::decode(replaced).ok().map(Arc::new);
+        let decode = || view_of(replaced).map(Arc::new);
         match &self.decoded {
-            Some(d) => d.previous.get_or_init(decode).clone(),
+            Some(d) => d.previous_view.get_or_init(decode).clone(),
             None => decode(),
         }
     }
@@ -507,10 +551,35 @@ mod tests {
         let _created = watch.next().await.unwrap().unwrap();
         let updated = watch.next().await.unwrap().unwrap();
         assert_eq!(updated.kind, "MODIFIED");
-        assert_eq!(updated.previous().unwrap()["metadata"]["labels"]["v"], "1");
+        assert_eq!(
+            updated.previous_view().unwrap()["metadata"]["labels"]["v"],
+            "1"
+        );
         assert_eq!(updated.object().unwrap()["metadata"]["labels"]["v"], "2");
         // The ring's copy (what a writer starts from) has the same object.
         let latest = hub.latest_of("/t/a").unwrap();
         assert_eq!(latest.object().unwrap()["metadata"]["labels"]["v"], "2");
+    }
+
+    #[tokio::test]
+    async fn selectors_read_a_view_without_managed_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, hub) = hub(dir.path(), 100).await;
+        let mut watch = Box::pin(hub.subscribe("/t/", hub.latest()).unwrap());
+        let object = br#"{"metadata":{"name":"a","managedFields":[{"manager":"m"}]}}"#;
+        store.create("/t/a", object.to_vec()).await.unwrap();
+        let created = watch.next().await.unwrap().unwrap();
+        let view = created.view().unwrap();
+        assert_eq!(view["metadata"]["name"], "a");
+        assert!(view["metadata"].get("managedFields").is_none());
+        assert!(view["metadata"].get("resourceVersion").is_some());
+        // What is sent and what a write starts from are whole.
+        let sent: Value = serde_json::from_slice(&created.json().unwrap()).unwrap();
+        assert_eq!(sent["metadata"]["managedFields"][0]["manager"], "m");
+        let latest = hub.latest_of("/t/a").unwrap();
+        assert_eq!(
+            latest.object().unwrap()["metadata"]["managedFields"][0]["manager"],
+            "m"
+        );
     }
 }

@@ -613,8 +613,8 @@ impl Registry {
         let caller = &options.caller;
         let key = object::key(kind, ns, name);
         // The first attempt starts from the watch hub's copy when it has one at the
-        // precondition (no store read, no decoding); if the store has moved on, the
-        // compare-and-swap fails and the retry reads the store.
+        // precondition (no store read: the hub's bytes decoded); if the store has moved
+        // on, the compare-and-swap fails and the retry reads the store.
         let mut first = true;
         loop {
             let cached = if first {
@@ -628,7 +628,7 @@ impl Registry {
             first = false;
             let stored: Value;
             let (current, revision) = match &cached {
-                Some((object, revision)) => (object.as_ref(), *revision),
+                Some((object, revision)) => (object, *revision),
                 None => {
                     let revision;
                     (stored, revision) = self.stored_for(&request, caller, precondition).await?;

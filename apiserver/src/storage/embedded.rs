@@ -5,7 +5,16 @@
 //! only after its transaction is on disk, so it survives `kill -9`. Each operation gets
 //! the next global revision. After a commit the writer appends the events to a bounded
 //! history and broadcasts them; a watch replays the history after its revision and then
-//! follows the broadcast. A revision older than the history is [`StorageError::TooOld`].
+//! follows the broadcast, and one that falls behind the broadcast catches up from the
+//! history. A revision older than the history is [`StorageError::TooOld`].
+//!
+//! **Memory.** The history is what the store holds beyond redb's own cache: at
+//! [`EmbeddedOptions::history`] events of 3-KB Instances, tens of MiB. An update's
+//! event also carries the value it replaced; when that value is the one an event of the
+//! history wrote, the two share one buffer ([`bytes::Bytes`]) instead of a copy each.
+//! The broadcast channel holds only [`LIVE`] events (a channel keeps every slot's
+//! event until it is overwritten, so a larger one kept events the history had already
+//! dropped). redb's page cache is bounded to [`CACHE_BYTES`].
 //!
 //! **Lazy keys.** Writes under [`EmbeddedOptions::lazy_prefixes`] (the server passes
 //! its best-effort kinds: Leases and Events, which their writers repeat) may be
@@ -52,6 +61,15 @@ pub const LAZY_LINGER: std::time::Duration = std::time::Duration::from_millis(50
 pub const REVISION_RESERVE: i64 = 1 << 20;
 /// Most operations applied in one transaction.
 const MAX_BATCH: usize = 512;
+/// Events the broadcast channel holds: a watch further behind catches up from the
+/// history.
+pub const LIVE: usize = 1024;
+/// redb's page cache (a tenth of it buffers a transaction's writes). redb's default,
+/// 1 GiB, keeps every page it has read or written until then: the whole file of a
+/// root after a burst of 10,000 Instances, tens of MiB resident beside the objects
+/// the server itself keeps. Pages beyond this are read again from the file, i.e.
+/// from the kernel's page cache, which the process's resident memory does not count.
+pub const CACHE_BYTES: usize = 16 << 20;
 
 /// Tuning of the embedded store.
 #[derive(Debug, Clone)]
@@ -113,6 +131,57 @@ struct History {
     complete_after: i64,
     /// Revision of the newest published event (or of the store at open).
     published: i64,
+}
+
+impl History {
+    /// The value the history's event at `revision` wrote to `key`, if it still has it.
+    fn value_at(&self, key: &str, revision: i64) -> Option<&bytes::Bytes> {
+        let i = self
+            .events
+            .partition_point(|e| e.event.revision() < revision);
+        let kv = self.events.get(i)?.event.kv();
+        (kv.mod_revision == revision
+            && kv.key == key
+            && !matches!(self.events[i].event, WatchEvent::Deleted(_)))
+        .then_some(&kv.value)
+    }
+
+    /// The events under `prefix` after revision `after`, or [`StorageError::TooOld`].
+    fn after(&self, prefix: &str, after: i64) -> Result<VecDeque<WatchEvent>> {
+        if after < self.complete_after {
+            return Err(StorageError::TooOld {
+                requested: after,
+                oldest: self.complete_after,
+            });
+        }
+        let from = self.events.partition_point(|e| e.event.revision() <= after);
+        Ok(self
+            .events
+            .range(from..)
+            .map(|e| &e.event)
+            .filter(|e| e.kv().key.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+
+    /// Make `entry`'s copies of the value it replaced (read back from redb) share the
+    /// buffer of the event that wrote that value, when the history still has it.
+    fn share_previous(&self, entry: &mut Entry) {
+        let Some(previous) = &entry.previous else {
+            return;
+        };
+        let Some(value) = self.value_at(&previous.key, previous.mod_revision).cloned() else {
+            return;
+        };
+        if let Some(p) = entry.previous.as_mut() {
+            p.value = value.clone();
+        }
+        match &mut entry.event {
+            WatchEvent::Updated { prev: Some(p), .. } => p.value = value,
+            WatchEvent::Deleted(kv) => kv.value = value,
+            _ => {}
+        }
+    }
 }
 
 struct Shared {
@@ -184,15 +253,19 @@ fn decode(key: &str, raw: &[u8]) -> KeyValue {
 }
 
 /// The database file of the store in `dir`, created with its directory if missing
-/// (another process holding it is an error [`is_held`] recognizes).
+/// (another process holding it is an error [`is_held`] recognizes), with a page cache
+/// of [`CACHE_BYTES`].
 fn create_database(dir: &Path) -> Result<Database> {
     std::fs::create_dir_all(dir).map_err(|e| {
         StorageError::backend_caused("embedded", format!("creating {}: {e}", dir.display()), e)
     })?;
     let path = dir.join(FILE);
-    Database::create(&path).map_err(|e| {
-        StorageError::backend_caused("embedded", format!("opening {}: {e}", path.display()), e)
-    })
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(&path)
+        .map_err(|e| {
+            StorageError::backend_caused("embedded", format!("opening {}: {e}", path.display()), e)
+        })
 }
 
 impl EmbeddedStore {
@@ -217,7 +290,7 @@ impl EmbeddedStore {
             revision
         };
         txn.commit().map_err(backend_err)?;
-        let (live, _) = broadcast::channel(16 * 1024);
+        let (live, _) = broadcast::channel(LIVE);
         let shared = Arc::new(Shared {
             db,
             history: Mutex::new(History {
@@ -575,7 +648,8 @@ fn publish(shared: &Shared, entries: Vec<Entry>) {
         return;
     }
     let mut h = shared.history.lock().expect("history lock");
-    for entry in entries {
+    for mut entry in entries {
+        h.share_previous(&mut entry);
         h.published = entry.event.revision();
         if h.events.len() == h.capacity {
             if let Some(old) = h.events.pop_front() {
@@ -694,56 +768,80 @@ impl Storage for EmbeddedStore {
     async fn watch(&self, prefix: &str, after_revision: i64) -> Result<WatchStream> {
         let (backlog, live, published) = {
             let h = self.shared.history.lock().expect("history lock");
-            if after_revision < h.complete_after {
-                return Err(StorageError::TooOld {
-                    requested: after_revision,
-                    oldest: h.complete_after,
-                });
-            }
-            let backlog: Vec<WatchEvent> = h
-                .events
-                .iter()
-                .map(|e| &e.event)
-                .filter(|e| e.revision() > after_revision && e.kv().key.starts_with(prefix))
-                .cloned()
-                .collect();
-            (backlog, self.shared.live.subscribe(), h.published)
+            (
+                h.after(prefix, after_revision)?,
+                self.shared.live.subscribe(),
+                h.published,
+            )
         };
-        let prefix = prefix.to_string();
-        let floor = after_revision.max(published);
-        let live = tokio_stream::wrappers::BroadcastStream::new(live)
-            .map(move |r| {
-                r.map_err(
-                    |tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)| {
-                        StorageError::TooOld {
-                            requested: after_revision,
-                            oldest: n as i64,
-                        }
-                    },
-                )
-            })
-            .filter(move |r| {
-                let keep = match r {
-                    Ok(e) => e.revision() > floor && e.kv().key.starts_with(prefix.as_str()),
-                    Err(_) => true,
-                };
-                futures::future::ready(keep)
-            });
-        // A lagging watcher gets one TooOld and the stream ends: it must relist.
-        let mut failed = false;
-        let stream = futures::stream::iter(backlog.into_iter().map(Ok))
-            .chain(live)
-            .take_while(move |r| {
-                let go = !failed;
-                failed = r.is_err();
-                futures::future::ready(go)
-            });
-        Ok(stream.boxed())
+        let follow = Follow {
+            shared: self.shared.clone(),
+            live,
+            prefix: prefix.to_string(),
+            last: after_revision.max(published),
+            pending: backlog,
+            ended: false,
+        };
+        Ok(futures::stream::unfold(follow, Follow::next).boxed())
     }
 
     async fn revision(&self) -> Result<i64> {
         self.read(|db| read_revision(&db.begin_read().map_err(backend_err)?))
             .await
+    }
+}
+
+/// One watch's position: what it has still to get from the history, then the channel.
+struct Follow {
+    shared: Arc<Shared>,
+    live: broadcast::Receiver<WatchEvent>,
+    prefix: String,
+    /// Every event up to this revision was given (or is in `pending`, or was skipped).
+    last: i64,
+    pending: VecDeque<WatchEvent>,
+    ended: bool,
+}
+
+impl Follow {
+    /// The next event; a watch that fell behind the history gets one
+    /// [`StorageError::TooOld`] and ends (it must relist).
+    async fn next(mut self) -> Option<(Result<WatchEvent>, Follow)> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                self.last = self.last.max(event.revision());
+                return Some((Ok(event), self));
+            }
+            match self.live.recv().await {
+                Ok(event) => {
+                    if event.revision() <= self.last {
+                        continue;
+                    }
+                    self.last = event.revision();
+                    if event.kv().key.starts_with(self.prefix.as_str()) {
+                        return Some((Ok(event), self));
+                    }
+                }
+                // Behind the channel: what it missed is in the history, unless the
+                // history has moved past it too.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let missed = {
+                        let h = self.shared.history.lock().expect("history lock");
+                        h.after(&self.prefix, self.last)
+                    };
+                    match missed {
+                        Ok(missed) => self.pending = missed,
+                        Err(e) => {
+                            self.ended = true;
+                            return Some((Err(e), self));
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
     }
 }
 
@@ -789,4 +887,97 @@ fn rewind(
         };
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path, history: usize) -> EmbeddedStore {
+        let options = EmbeddedOptions {
+            history,
+            ..EmbeddedOptions::default()
+        };
+        EmbeddedStore::open(dir, options).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_watch_behind_the_broadcast_catches_up_from_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 8 * LIVE);
+        let from = store.revision().await.unwrap();
+        let watch = store.watch("/t/", from).await.unwrap();
+        // Nothing is read while twice the channel's capacity is written (and other
+        // keys, which the watch skips).
+        let n = 2 * LIVE + 10;
+        for i in 0..n {
+            store.create(&format!("/t/{i}"), vec![b'x']).await.unwrap();
+            store.create(&format!("/u/{i}"), vec![b'y']).await.unwrap();
+        }
+        let got: Vec<i64> = watch
+            .take(n)
+            .map(|e| e.expect("no error").revision())
+            .collect()
+            .await;
+        assert_eq!(got.len(), n);
+        assert!(got.windows(2).all(|w| w[0] + 2 == w[1]), "in order, no gap");
+    }
+
+    #[tokio::test]
+    async fn a_watch_behind_the_whole_history_is_too_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 10);
+        let from = store.revision().await.unwrap();
+        let watch = store.watch("/t/", from).await.unwrap();
+        for i in 0..LIVE + 20 {
+            store.create(&format!("/t/{i}"), vec![b'x']).await.unwrap();
+        }
+        let got: Vec<_> = watch.collect().await;
+        assert!(
+            matches!(got.last(), Some(Err(StorageError::TooOld { .. }))),
+            "ends with TooOld"
+        );
+        assert_eq!(got.iter().filter(|e| e.is_err()).count(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_value_an_update_replaced_shares_the_buffer_that_wrote_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 100);
+        let from = store.revision().await.unwrap();
+        let watch = store.watch("/t/", from).await.unwrap();
+        let a = store.create("/t/a", b"one".to_vec()).await.unwrap();
+        let b = store
+            .update("/t/a", b"two".to_vec(), a.mod_revision)
+            .await
+            .unwrap();
+        store.delete("/t/a", Some(b.mod_revision)).await.unwrap();
+        let events: Vec<WatchEvent> = watch.take(3).map(Result::unwrap).collect().await;
+        let (
+            WatchEvent::Created(created),
+            WatchEvent::Updated {
+                kv,
+                prev: Some(prev),
+            },
+        ) = (&events[0], &events[1])
+        else {
+            panic!("created, then updated: {events:?}");
+        };
+        assert_eq!(prev.value, created.value);
+        assert_eq!(prev.value.as_ptr(), created.value.as_ptr(), "one buffer");
+        let WatchEvent::Deleted(deleted) = &events[2] else {
+            panic!("then deleted: {events:?}");
+        };
+        assert_eq!(deleted.value.as_ptr(), kv.value.as_ptr(), "one buffer");
+        // A list as of the create still reads the first value (from the history).
+        let listed = store
+            .list(ListRequest {
+                prefix: "/t/".into(),
+                revision: Some(a.mod_revision),
+                ..ListRequest::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed.items[0].value, &b"one"[..]);
+    }
 }

@@ -9,6 +9,14 @@
 //! reconciler asks for one group instead of scanning every cached object. An index is
 //! named by an [`IndexName`] constant, and registering it is idempotent: every user of a
 //! shared cache registers the indexes it reads.
+//!
+//! **No managed fields.** The [`reflector`] drops `metadata.managedFields` from every
+//! object before it is cached or passed on, as client-go's informers do with
+//! `TransformStripManagedFields`: no controller reads them, and decoded (a JSON value
+//! per field set, a map per level) they were most of a cached Instance's memory, about
+//! 10 KB of its 11 at the root during a burst of 10,000. Writing a cached object back
+//! is unaffected: an update without managed fields keeps the stored ones (the server
+//! records the write's own), as Kubernetes does.
 
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -402,9 +410,10 @@ impl<K: Resource> Writer<K> {
     }
 }
 
-/// Apply every event of `stream` to `writer`, passing the events on. After a relist,
-/// each object it dropped follows as a `Deleted` event, so consumers hear of deletions
-/// that happened while the watch was away.
+/// Apply every event of `stream` to `writer`, passing the events on, each object
+/// without its managed fields (see the module docs). After a relist, each object it
+/// dropped follows as a `Deleted` event, so consumers hear of deletions that happened
+/// while the watch was away.
 pub fn reflector<K: Resource, S, E>(
     mut writer: Writer<K>,
     stream: S,
@@ -413,6 +422,7 @@ where
     S: Stream<Item = Result<Change<K>, E>>,
 {
     stream.flat_map(move |event| {
+        let event = event.map(without_managed_fields);
         let dropped = match &event {
             Ok(e) => writer.apply(e),
             Err(_) => vec![],
@@ -422,6 +432,19 @@ where
             .map(|k| Ok(Change::Deleted(k.as_ref().clone())));
         futures::stream::iter(std::iter::once(event).chain(deletions))
     })
+}
+
+/// `change` with every object's `metadata.managedFields` removed.
+fn without_managed_fields<K: Resource>(change: Change<K>) -> Change<K> {
+    fn strip<K: Resource>(mut k: K) -> K {
+        k.metadata_mut().managed_fields = None;
+        k
+    }
+    match change {
+        Change::Applied(k) => Change::Applied(strip(k)),
+        Change::Deleted(k) => Change::Deleted(strip(k)),
+        Change::Restarted(all) => Change::Restarted(all.into_iter().map(strip).collect()),
+    }
 }
 
 #[cfg(test)]
@@ -562,5 +585,38 @@ mod tests {
         let (store, _writer) = store::<Instance>();
         store.add_index(SERVICE, by_service);
         store.add_index(SERVICE, |i: &Instance| i.spec.node.clone());
+    }
+
+    #[tokio::test]
+    async fn the_reflector_caches_and_passes_on_objects_without_managed_fields() {
+        let managed = |name: &str| {
+            let mut i = instance(name, "web");
+            i.metadata.managed_fields = Some(vec![serde_json::json!({"manager": "m"})]);
+            i
+        };
+        let (store, writer) = store::<Instance>();
+        let events = vec![
+            Ok::<_, ()>(Change::Restarted(vec![managed("a")])),
+            Ok(Change::Applied(managed("b"))),
+        ];
+        let passed: Vec<_> = reflector(writer, futures::stream::iter(events))
+            .collect()
+            .await;
+        let objects = passed.iter().flat_map(|e| match e {
+            Ok(Change::Restarted(all)) => all.clone(),
+            Ok(Change::Applied(k) | Change::Deleted(k)) => vec![k.clone()],
+            Err(()) => vec![],
+        });
+        assert!(objects
+            .into_iter()
+            .all(|k| k.metadata.managed_fields.is_none()));
+        for cached in store.state() {
+            assert_eq!(
+                cached.metadata.managed_fields, None,
+                "{}",
+                cached.metadata.name
+            );
+        }
+        assert_eq!(store.len(), 2);
     }
 }
