@@ -195,9 +195,13 @@ impl NetworkFlags {
         };
         let overlay = match (self.overlay, public) {
             (OverlayChoice::None, _) => None,
-            (OverlayChoice::Wireguard, _) if self.behind_nat => Some(Overlay::WireGuard(
-                netplane::wireguard::WireGuard::new(self.public_port, None, data_dir.join("wireguard.key")),
-            )),
+            (OverlayChoice::Wireguard, _) if self.behind_nat => {
+                Some(Overlay::WireGuard(netplane::wireguard::WireGuard::new(
+                    self.public_port,
+                    None,
+                    data_dir.join("wireguard.key"),
+                )))
+            }
             (OverlayChoice::Wireguard, Some(ip)) => {
                 let endpoint = std::net::SocketAddrV4::new(ip, self.public_port);
                 Some(Overlay::WireGuard(netplane::wireguard::WireGuard::new(
