@@ -21,10 +21,11 @@
 //! packets, and the agent configures it through boringtun's implementation of
 //! WireGuard's cross-platform configuration protocol on a socket pair that no other
 //! process can reach. [`uapi_set`] (pure) turns the change from the peers the device has
-//! to the peers it should have into one `set` transaction; [`sync`] applies it and the
-//! routes. The device goes when the agent stops, and with it the tunnels: unlike the
-//! vxlan backend, a restarting agent interrupts traffic to the other nodes until it is
-//! back (the kernel module would keep it; this kernel has none).
+//! to the peers it should have into `set` transactions; [`Tunnel::set_peers`] applies
+//! them and [`sync_routes`] the routes. The device goes when the agent stops, and with
+//! it the tunnels: unlike the vxlan backend, a restarting agent interrupts traffic to
+//! the other nodes until it is back (the kernel module would keep it; this kernel has
+//! none).
 //!
 //! [boringtun]: https://github.com/cloudflare/boringtun
 
