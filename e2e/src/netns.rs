@@ -179,6 +179,21 @@ impl Netns {
     }
 }
 
+/// Make the namespace `ip netns` calls `name` a NAT router: what leaves by `oif` is
+/// masqueraded (nftables table `ip nat`), so nothing beyond it can reach what is behind.
+pub fn masquerade(name: &str, oif: &str) {
+    let rules = format!(
+        "add table ip nat; add chain ip nat post {{ type nat hook postrouting priority 100; }}; \
+         add rule ip nat post oifname \"{oif}\" masquerade"
+    );
+    must(
+        &format!("masquerading out of {oif} in {name}"),
+        Command::new("ip")
+            .args(["netns", "exec", name, "nft", &rules])
+            .output(),
+    );
+}
+
 /// [`Netns::within`] for the namespace `ip netns` calls `name`. Threads `f` starts
 /// are in the namespace too.
 pub fn within<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {

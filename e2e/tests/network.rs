@@ -141,13 +141,7 @@ fn behind_router(lan: &Underlay, router: &Netns, host: &Netns, k: u8, lan_last: 
     router.veth_to("inside", host);
     router.ip(&["addr", "add", &format!("172.31.{k}.1/24"), "dev", "inside"]);
     router.ip(&["link", "set", "inside", "up"]);
-    let nat = "add table ip nat; add chain ip nat post { type nat hook postrouting priority 100; }; add rule ip nat post oifname \"eth0\" masquerade";
-    let out = router.run("nft", &[nat]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::netns::masquerade(router.name(), "eth0");
     let address = format!("172.31.{k}.2");
     host.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
     host.ip(&["link", "set", "eth0", "up"]);

@@ -304,8 +304,6 @@ fn wg_node(node: &Node) -> WgNode {
 struct Applied {
     /// The service rules the kernel holds.
     ruleset: Option<Ruleset>,
-    /// How many peers the overlay has (either backend).
-    peers: Option<usize>,
     /// The vxlan peers the kernel holds.
     vxlan: Option<Vec<overlay::Peer>>,
     /// The WireGuard device, its public key and the plan its peers and routes follow.
@@ -318,6 +316,20 @@ struct Applied {
     published: Option<NodeNetwork>,
     /// The DNS responder's zone, once it serves.
     dns: Option<dns::ZoneHandle>,
+}
+
+impl Applied {
+    /// How many peers the overlay has (either backend), once it was synced.
+    fn peer_count(&self) -> Option<usize> {
+        let wireguard = self
+            .wireguard
+            .as_ref()
+            .and_then(|(_, _, plan)| plan.as_ref());
+        self.vxlan
+            .as_ref()
+            .map(Vec::len)
+            .or(wireguard.map(|p| p.peers.len()))
+    }
 }
 
 /// The caches a pass reads.
@@ -528,7 +540,7 @@ async fn pass(
                 "{} services in table {}{}",
                 applied.ruleset.as_ref().map_or(0, |r| r.services.len()),
                 config.table,
-                match (&config.overlay, &applied.peers) {
+                match (&config.overlay, applied.peer_count()) {
                     (Some(o), Some(p)) => format!(", {p} {} peers", o.backend()),
                     (Some(_), None) => ", overlay waiting for the node's subnet".to_string(),
                     (None, _) => String::new(),
@@ -603,7 +615,6 @@ async fn vxlan_pass(
             .await
             .map_err(|e| e.to_string())?;
         tracing::debug!(node = %config.node, ?report, peers = peers.len(), "overlay synced");
-        applied.peers = Some(peers.len());
         applied.vxlan = Some(peers);
     }
     Ok(Some(end))
@@ -667,7 +678,6 @@ async fn wireguard_pass(
             .map_err(|e| e.to_string())?;
         let called = wireguard::call_peers(&plan);
         tracing::debug!(node = %config.node, ?report, peers = plan.peers.len(), called, "WireGuard peers and routes synced");
-        applied.peers = Some(plan.peers.len());
         *last = Some(plan);
     }
     Ok(Some(end))

@@ -260,17 +260,24 @@ impl Vxlan {
             )));
         }
         if let Some(mtu) = self.mtu {
-            if !(68..=65535).contains(&mtu) {
-                return Err(OverlayError::Config(format!(
-                    "MTU {mtu} is not in 68..=65535"
-                )));
-            }
+            valid_mtu(mtu)?;
         }
         Ok(())
     }
 }
 
-fn valid_ifname(name: &str) -> Result<(), OverlayError> {
+/// Whether the kernel takes `mtu` for a device.
+pub(crate) fn valid_mtu(mtu: u32) -> Result<(), OverlayError> {
+    if !(68..=65535).contains(&mtu) {
+        return Err(OverlayError::Config(format!(
+            "MTU {mtu} is not in 68..=65535"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the kernel takes `name` for an interface.
+pub(crate) fn valid_ifname(name: &str) -> Result<(), OverlayError> {
     let bad = name.is_empty()
         || name.len() > IFNAME_MAX
         || name == "."

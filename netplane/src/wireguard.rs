@@ -288,13 +288,9 @@ impl WireGuard {
 
     /// Checks what the kernel or boringtun would refuse.
     pub fn validate(&self) -> Result<(), WireguardError> {
-        overlay::Vxlan {
-            device: self.device.clone(),
-            mtu: Some(self.mtu),
-            ..overlay::Vxlan::new(Ipv4Addr::new(192, 0, 2, 1))
-        }
-        .validate()
-        .map_err(|e| WireguardError::Config(e.to_string()))?;
+        overlay::valid_ifname(&self.device)
+            .and_then(|()| overlay::valid_mtu(self.mtu))
+            .map_err(|e| WireguardError::Config(e.to_string()))?;
         if self.port == 0 {
             return Err(WireguardError::Config("UDP port 0".into()));
         }

@@ -67,8 +67,7 @@ fn behind_router(lab: &mut Lab, lan: &str, i: u8, gateway: &str) -> String {
     ip(&node, "link set ul up");
     ip(&node, &format!("route add default via 172.31.{i}.1"));
     sh(&router, "echo 1 > /proc/sys/net/ipv4/ip_forward");
-    let nat = "add table ip nat; add chain ip nat post { type nat hook postrouting priority 100; }; add rule ip nat post oifname \"lan\" masquerade";
-    lab::cmd("ip", &["netns", "exec", &router, "nft", nat]);
+    e2e::netns::masquerade(&router, "lan");
     node
 }
 
