@@ -794,14 +794,34 @@ fn print_log_tail(what: &str, path: &Path) {
         .and_then(|n| n.parse().ok())
         .unwrap_or(40);
     let log = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = log.lines().collect();
-    let tail = &all[all.len().saturating_sub(lines)..];
+    let (tail, frames) = log_tail(&log, lines);
+    let left_out = match frames {
+        0 => String::new(),
+        n => format!(", {n} lines of stack backtraces left out"),
+    };
     eprintln!(
-        "--- last {} lines of {what} ({}) ---\n{}",
+        "--- last {} lines of {what} ({}{left_out}) ---\n{}",
         tail.len(),
         path.display(),
         tail.join("\n")
     );
+}
+
+/// The last `lines` lines of `log` that are not frames of a stack backtrace (`  12:
+/// symbol` and `at file:line` lines), and how many frame lines were left out: with
+/// `RUST_BACKTRACE` set, a process's last words are a backtrace of dozens of lines that
+/// would push its error message out of the tail.
+fn log_tail(log: &str, lines: usize) -> (Vec<&str>, usize) {
+    let is_frame = |line: &str| {
+        let line = line.trim_start();
+        line.starts_with("at ")
+            || line
+                .split_once(": ")
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let kept: Vec<&str> = log.lines().filter(|l| !is_frame(l)).collect();
+    let frames = log.lines().count() - kept.len();
+    (kept[kept.len().saturating_sub(lines)..].to_vec(), frames)
 }
 
 /// The admin kubeconfig `oakestra up` writes with its data under `data_dir`.
@@ -810,7 +830,9 @@ pub fn up_kubeconfig(data_dir: &Path) -> PathBuf {
 }
 
 /// Arguments of `oakestra up` serving the root API on `api_port` and the cluster API on
-/// `cluster_port`, with its data under `data_dir`, then `extra`.
+/// `cluster_port`, with its data under `data_dir`, then `extra`. A test that never dials
+/// the cluster passes 0, so the kernel picks the port when `up` binds it: a port
+/// [`free_port`] picked earlier may be taken by a test running beside it in between.
 pub fn up_args(api_port: u16, cluster_port: u16, data_dir: &Path, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "up".into(),
@@ -1155,6 +1177,24 @@ mod tests {
 
     use super::*;
     use tokio::time::Instant;
+
+    #[test]
+    fn a_log_tail_keeps_the_error_above_a_backtrace() {
+        let log = "started\nError: binding 127.0.0.1:4000: address in use\n\nStack backtrace:\n   0: anyhow::error::new\n             at /src/error.rs:1:2\n  12: oakestra::main\n             at ./src/main.rs:93:20\n";
+        let (tail, frames) = log_tail(log, 3);
+        assert_eq!(
+            tail,
+            [
+                "Error: binding 127.0.0.1:4000: address in use",
+                "",
+                "Stack backtrace:"
+            ]
+        );
+        assert_eq!(frames, 4);
+        // Log lines with colons are no frames.
+        let line = "2026-12-02T13:44:01.5Z  INFO agent: at start: ready";
+        assert_eq!(log_tail(line, 5), (vec![line], 0));
+    }
 
     /// Milliseconds.
     const MS: fn(u64) -> Duration = Duration::from_millis;

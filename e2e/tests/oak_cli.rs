@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::containers::{Containerd, Registry};
-use e2e::{eventually, free_port, plain_http, Oakestra};
+use e2e::{eventually, plain_http, Oakestra};
 use serde_json::{json, Value};
 
 /// Oakestra's CLI, where `scripts/deps.sh` installs it (`OAKESTRA_OAK_CLI_ENV`
@@ -103,7 +103,9 @@ fn api(addr: SocketAddr, path: &str) -> Value {
 fn up_on_port_10000(dir: &Path, extra: &[&str]) -> (Oakestra, Ipv4Addr) {
     let ip = e2e::loopback_with_free_port(10000);
     let addr = SocketAddr::from((ip, 10000));
-    let mut args = e2e::up_args(10000, free_port(), &dir.join("data"), extra);
+    // The cluster's port is the kernel's choice at bind time: nothing here dials it, and
+    // a port picked earlier could be taken by the other test's `up` in between.
+    let mut args = e2e::up_args(10000, 0, &dir.join("data"), extra);
     args[2] = addr.to_string();
     let up = Oakestra::start("up", &args, None, dir);
     let start = Instant::now();

@@ -136,8 +136,8 @@ fn password(root_data: &Path) -> String {
 async fn oakestras_rest_api_on_oakestra_up() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (api_port, cluster_port) = (free_port(), free_port());
-    let args = e2e::up_args(api_port, cluster_port, &data, &["--runtime", "process"]);
+    let api_port = free_port();
+    let args = e2e::up_args(api_port, 0, &data, &["--runtime", "process"]);
     let mut up = Oakestra::start("up", &args, Some(api_port), dir.path());
     let addr: SocketAddr = ([127, 0, 0, 1], api_port).into();
     let root_data = data.join("root");
@@ -636,8 +636,8 @@ async fn plain_http_from_a_non_loopback_address_is_refused() {
     };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (api_port, cluster_port) = (free_port(), free_port());
-    let mut args = e2e::up_args(api_port, cluster_port, &data, &["--runtime", "process"]);
+    let api_port = free_port();
+    let mut args = e2e::up_args(api_port, 0, &data, &["--runtime", "process"]);
     args[2] = format!("0.0.0.0:{api_port}");
     let _up = Oakestra::start("up", &args, Some(api_port), dir.path());
     let body = r#"{"username":"Admin","password":"Admin"}"#;
