@@ -23,10 +23,13 @@
 //!   nothing.
 //! - [`network`]: the worker's data plane in network namespaces: service rules at
 //!   scale, service IP against direct, the vxlan and WireGuard overlays against the underlay.
+//! - [`endpoints`]: the data plane end to end on real agents: 2,000 Services' endpoints
+//!   into every worker's table, one endpoint change onto every node, the agents' memory.
 //!
 //! How to run it and the figures of a run are in `docs/benchmarks.md`.
 
 mod api_writes;
+mod endpoints;
 mod failover;
 mod footprint;
 mod gitops;
@@ -58,6 +61,7 @@ enum Scenario {
     Scheduling,
     Gitops,
     Network,
+    Endpoints,
     Ha,
     All,
 }
@@ -297,6 +301,14 @@ async fn main() -> anyhow::Result<()> {
         let network_report = network::run(network::Options::new(cli.quick)).await?;
         network::print(&network_report);
         report["network"] = network::to_json(&network_report);
+    }
+
+    // Not part of `all`: it places 6,000 Instances and runs 4 workers in namespaces.
+    if cli.scenario == Scenario::Endpoints {
+        let opts = endpoints::Options::new(cli.quick, cli.oakestra.clone(), run_timeout);
+        let endpoints_report = endpoints::run(&opts).await?;
+        endpoints::print(&endpoints_report);
+        report["endpoints"] = endpoints::to_json(&endpoints_report);
     }
 
     // Not part of `all`: at full size it runs for minutes and starts 21 processes.

@@ -694,12 +694,22 @@ impl Oakestra {
     /// Start `oakestra ARGS…` (a role that serves no port, e.g. a worker) inside the
     /// network namespace `netns` ([`netns::Netns`]).
     pub fn start_in(netns: &netns::Netns, name: &str, args: &[String], log_dir: &Path) -> Oakestra {
+        Self::start_binary_in(&binary("oakestra"), netns, name, args, log_dir)
+    }
+
+    /// [`Oakestra::start_in`] with the given `oakestra` binary.
+    pub fn start_binary_in(
+        binary: &Path,
+        netns: &netns::Netns,
+        name: &str,
+        args: &[String],
+        log_dir: &Path,
+    ) -> Oakestra {
         let log = log_dir.join(format!("oakestra-{name}.log"));
-        let binary = binary("oakestra");
-        let process = Self::launch(&binary, Some(netns.name()), args, None, &log);
+        let process = Self::launch(binary, Some(netns.name()), args, None, &log);
         Oakestra {
             port: None,
-            binary,
+            binary: binary.to_path_buf(),
             netns: Some(netns.name().to_string()),
             args: args.to_vec(),
             process,

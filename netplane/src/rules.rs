@@ -383,7 +383,7 @@ impl Plan {
                 if !claimed.insert((f.ip, f.proto, f.port)) {
                     continue;
                 }
-                let chain = format!("svc-{owner}-{}-{}-{}", f.ip, f.proto, f.port);
+                let chain = owned_frontend_chain(&owner, f.ip, f.proto, f.port);
                 let backends: BTreeSet<SocketAddrV4> = f.backends.iter().copied().collect();
                 let backends = backends
                     .into_iter()
@@ -437,6 +437,23 @@ impl Plan {
 /// `ep-` + `-255.255.255.255-udp-65535-255.255.255.255-65535`.
 const LONGEST_SUFFIX: usize =
     "ep-".len() + "-255.255.255.255-udp-65535-255.255.255.255-65535".len();
+
+/// The chain of the frontend `ip`, `proto`, `port` of Service `namespace/name` in the
+/// table (`nft list chain ip TABLE NAME` shows the backends it picks from; a frontend
+/// without backends has none).
+pub fn frontend_chain(
+    namespace: &str,
+    name: &str,
+    ip: Ipv4Addr,
+    proto: Proto,
+    port: u16,
+) -> String {
+    owned_frontend_chain(&service_ident(namespace, name), ip, proto, port)
+}
+
+fn owned_frontend_chain(owner: &str, ip: Ipv4Addr, proto: Proto, port: u16) -> String {
+    format!("svc-{owner}-{ip}-{proto}-{port}")
+}
 
 /// The part of chain names that names a service: `<namespace>/<name>`, each escaped.
 ///
