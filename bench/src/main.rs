@@ -305,7 +305,12 @@ async fn main() -> anyhow::Result<()> {
 
     // Not part of `all`: it places 6,000 Instances and runs 4 workers in namespaces.
     if cli.scenario == Scenario::Endpoints {
-        let opts = endpoints::Options::new(cli.quick, cli.oakestra.clone(), run_timeout);
+        let opts = endpoints::Options::new(
+            cli.quick,
+            cli.oakestra.clone(),
+            cli.work_dir.clone(),
+            run_timeout,
+        );
         let endpoints_report = endpoints::run(&opts).await?;
         endpoints::print(&endpoints_report);
         report["endpoints"] = endpoints::to_json(&endpoints_report);

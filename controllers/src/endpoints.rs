@@ -135,7 +135,7 @@ struct Ctx {
 }
 
 /// How often, at most, an `Endpoints` object is written while its Instances change in
-/// a burst (a lone change is written at once; see [`Controller::debounce`]), by the
+/// a burst (a change after a quiet period is written at once; see [`Pacer`]), by the
 /// root and by each cluster's copy. An `Endpoints` object holds every Instance of its
 /// Service: at 1,000 replicas it is some 200 KB that each write parses, checks, stores
 /// and sends to every cluster, so a 10,000-Instance burst with a write per 100 ms
@@ -147,8 +147,7 @@ pub const BATCH: std::time::Duration = std::time::Duration::from_secs(1);
 pub async fn run(client: Client, config: &RootConfig, shutdown: CancellationToken) {
     let mut controller = Controller::new(client.api::<Service>(None), ListParams::default())
         .name("endpoints")
-        .concurrency(config.concurrency)
-        .debounce(BATCH);
+        .concurrency(config.concurrency);
     let instances = controller.watches(
         client.api::<Instance>(None),
         ListParams::default(),
@@ -197,6 +196,9 @@ async fn reconcile(
         }
         return Ok(Action::await_change());
     };
+    if let Some(later) = ctx.pacer.hold(&key, current.as_deref()) {
+        return Ok(later);
+    }
     let instances = ctx
         .instances
         .by_index(BY_SERVICE, &ServiceKey::new(ns, &svc.metadata.name).key());
@@ -242,12 +244,28 @@ pub fn pace(entries: usize) -> Duration {
 }
 
 /// When each `Endpoints` object was last written by this controller (see [`pace`]).
+///
+/// The pace counts from the last *write*, not from the last reconcile: every write
+/// comes back as a watch event (and the root's copy of a change comes back to a
+/// cluster a moment later), and a window that such an echo opened would hold the next
+/// real change back for up to [`BATCH`] (a debounce did, measured by `oakbench
+/// --scenario endpoints`). While a write is recent, a reconcile stops at
+/// [`Pacer::hold`] before it computes anything, so a burst of changes costs one
+/// computation and one write per pace.
 #[derive(Default)]
 pub(crate) struct Pacer {
     written: Mutex<HashMap<ObjectRef, Instant>>,
 }
 
 impl Pacer {
+    /// When `key`, whose cached object is `current` (none: not in the cache yet, as
+    /// right after its create), was written too recently for its size: the requeue
+    /// that comes back once its pace allows a write.
+    pub(crate) fn hold(&self, key: &ObjectRef, current: Option<&Endpoints>) -> Option<Action> {
+        let entries = current.map_or(0, |c| c.spec.endpoints.len());
+        self.wait(key, entries).map(Action::requeue)
+    }
+
     /// How long a write of `key` with `entries` entries must still wait, if at all.
     fn wait(&self, key: &ObjectRef, entries: usize) -> Option<Duration> {
         let written = self.written.lock().expect("pacer lock");
@@ -330,6 +348,24 @@ mod tests {
         );
         let other = ObjectRef::new(Some("default"), "db");
         assert_eq!(pacer.wait(&other, 1000), None, "per object");
+    }
+
+    #[test]
+    fn a_reconcile_is_held_only_after_a_recent_write() {
+        let pacer = Pacer::default();
+        let key = ObjectRef::new(Some("default"), "web");
+        let object = Endpoints::new("web", EndpointsSpec::default());
+        // Never written: go on (a lone change is written at once).
+        assert_eq!(pacer.hold(&key, None), None);
+        assert_eq!(pacer.hold(&key, Some(&object)), None);
+        pacer.wrote(&key);
+        // Just written: held (requeued for what is left of the pace, as `wait` says),
+        // also while the cache does not show the create yet…
+        assert!(pacer.hold(&key, Some(&object)).is_some());
+        assert!(pacer.hold(&key, None).is_some());
+        // … and only that object.
+        let other = ObjectRef::new(Some("default"), "db");
+        assert_eq!(pacer.hold(&other, Some(&object)), None);
     }
 
     fn service(ports: &[(u16, Protocol)]) -> Service {

@@ -58,8 +58,7 @@ pub(super) async fn sync_endpoints(
 ) {
     let mut controller = Controller::new(root.api::<Endpoints>(None), ListParams::default())
         .name("endpoints-sync")
-        .concurrency(concurrency)
-        .debounce(crate::endpoints::BATCH);
+        .concurrency(concurrency);
     let instances = controller.watches(
         local.api::<Instance>(None),
         ListParams::default(),
@@ -122,6 +121,9 @@ async fn reconcile(
         }
         return Ok(Action::await_change());
     };
+    if let Some(later) = ctx.pacer.hold(&key, current.as_deref()) {
+        return Ok(later);
+    }
     if let Some(ns) = ns {
         ctx.namespaces.ensure(&ctx.local, ns).await?;
     }
