@@ -135,7 +135,7 @@ struct Ctx {
 }
 
 /// How often, at most, an `Endpoints` object is written while its Instances change in
-/// a burst (a change after a quiet period is written at once; see [`Pacer`]), by the
+/// a burst (a change after a quiet period is written at once; see [`pace`]), by the
 /// root and by each cluster's copy. An `Endpoints` object holds every Instance of its
 /// Service: at 1,000 replicas it is some 200 KB that each write parses, checks, stores
 /// and sends to every cluster, so a 10,000-Instance burst with a write per 100 ms
