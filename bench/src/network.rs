@@ -13,7 +13,9 @@
 //!    a rendered table with one service IP over 3 instance namespaces, each running a
 //!    request/response TCP server of this process; a client namespace on the bridge
 //!    opens one connection per request (a closed loop, at concurrency 1 and 8) straight
-//!    to one instance and through the service IP, which balances per connection.
+//!    to one instance and through the service IP, which balances per connection. The
+//!    two paths alternate in [`RR_ROUNDS`] rounds, so a drift of the machine's speed
+//!    falls on both; the ratio is of the rounds' totals, with each round's beside it.
 //! 3. *Overlay against underlay*: two node namespaces on one LAN (`e2e::netns::Underlay`),
 //!    each with a bridge and one instance, joined first by `netplane::overlay`'s vxlan,
 //!    then by `netplane::wireguard` (boringtun, on threads of this process); bulk TCP
@@ -68,6 +70,10 @@ const BULK_BOUND: Duration = Duration::from_secs(30);
 const BULK_RUNS: usize = 3;
 /// The table the scenario's rules go to.
 const TABLE: &str = "oakbench";
+/// Part 2 alternates the two paths in this many rounds (direct first in even rounds,
+/// the service IP first in odd ones): the machine's speed drifts by a factor of two
+/// within minutes here, which one run per path took for a difference between them.
+const RR_ROUNDS: usize = 5;
 
 /// The sizes of a run (`--quick`: [`Options::new`] with `true`).
 pub struct Options {
@@ -75,7 +81,8 @@ pub struct Options {
     pub services: usize,
     /// Timed runs of each step of part 1 (the median is reported).
     pub runs: usize,
-    /// Duration of each request/response run of part 2.
+    /// Time each path of part 2 runs in all, at each concurrency (in [`RR_ROUNDS`]
+    /// rounds).
     pub rr_duration: Duration,
     /// Concurrency levels of part 2.
     pub concurrency: Vec<usize>,
@@ -127,12 +134,50 @@ pub struct RrRun {
     pub latency: Summary,
     /// Answers per backend address (the balance of the service IP).
     pub backends: Vec<(Ipv4Addr, usize)>,
+    /// The connection rate of each round, in order.
+    pub round_rates: Vec<f64>,
 }
 
 impl RrRun {
     fn rate(&self) -> f64 {
         self.latency.count as f64 / self.seconds.max(1e-9)
     }
+
+    /// The rounds of one path as one run: rounds run back to back, so the latency
+    /// samples, errors, answers and time add up.
+    fn of_rounds(path: &'static str, concurrency: usize, rounds: Vec<Round>) -> RrRun {
+        let mut samples = Vec::new();
+        let (mut seconds, mut errors) = (0.0, 0);
+        let mut backends = std::collections::BTreeMap::new();
+        let mut round_rates = Vec::new();
+        for r in rounds {
+            round_rates.push(r.samples.len() as f64 / r.seconds.max(1e-9));
+            seconds += r.seconds;
+            errors += r.errors;
+            samples.extend(r.samples);
+            for (ip, n) in r.backends {
+                *backends.entry(ip).or_insert(0) += n;
+            }
+        }
+        RrRun {
+            path,
+            concurrency,
+            seconds,
+            errors,
+            latency: Summary::of(&mut samples),
+            backends: backends.into_iter().collect(),
+            round_rates,
+        }
+    }
+}
+
+/// What one closed loop measured.
+struct Round {
+    seconds: f64,
+    errors: usize,
+    /// Connect + request + reply of each successful connection.
+    samples: Vec<Duration>,
+    backends: std::collections::BTreeMap<Ipv4Addr, usize>,
 }
 
 /// One path of part 3.
@@ -531,22 +576,40 @@ fn service_vs_direct(handle: &Handle, prefix: &str, opts: &Options) -> anyhow::R
     for target in [backends[0], service] {
         let probe = closed_loop(&probe_client, target, 1, Duration::from_millis(300), 100);
         anyhow::ensure!(
-            probe.latency.count > 0,
+            !probe.samples.is_empty(),
             "no answer from {target} through the client namespace ({} errors)",
             probe.errors
         );
     }
     drop(probe_client);
     let mut runs = Vec::new();
+    let round = opts.rr_duration / RR_ROUNDS as u32;
+    let per_round = MAX_CONNECTIONS / RR_ROUNDS;
     for &concurrency in &opts.concurrency {
-        for (path, target) in [("direct", backends[0]), ("service IP", service)] {
-            let ns = client();
-            // The node's conntrack entries of the earlier runs (bridged traffic meets
-            // conntrack too) are only a count to stay below `nf_conntrack_max`; flush
-            // them where the tool is there.
-            let _ = handle.block_on(node_host.run("conntrack", &["-F"]));
-            let mut run = closed_loop(&ns, target, concurrency, opts.rr_duration, MAX_CONNECTIONS);
-            run.path = path;
+        let (mut direct, mut through) = (Vec::new(), Vec::new());
+        for r in 0..RR_ROUNDS {
+            let order = if r % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for via_service in order {
+                let ns = client();
+                // The node's conntrack entries of the earlier runs (bridged traffic
+                // meets conntrack too) are only a count to stay below
+                // `nf_conntrack_max`; flush them where the tool is there.
+                let _ = handle.block_on(node_host.run("conntrack", &["-F"]));
+                let target = if via_service { service } else { backends[0] };
+                let measured = closed_loop(&ns, target, concurrency, round, per_round);
+                if via_service {
+                    through.push(measured);
+                } else {
+                    direct.push(measured);
+                }
+            }
+        }
+        for (path, rounds) in [("direct", direct), ("service IP", through)] {
+            let run = RrRun::of_rounds(path, concurrency, rounds);
             eprintln!(
                 "network:   {path:<10} c={concurrency}: {:.0} connections/s, p99 {:.3} ms, {} errors",
                 run.rate(),
@@ -568,7 +631,7 @@ fn closed_loop(
     concurrency: usize,
     duration: Duration,
     max: usize,
-) -> RrRun {
+) -> Round {
     client.within(move || {
         let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let begin = Instant::now();
@@ -611,13 +674,11 @@ fn closed_loop(
                 *backends.entry(p).or_insert(0) += 1;
             }
         }
-        RrRun {
-            path: "",
-            concurrency,
+        Round {
             seconds,
             errors,
-            latency: Summary::of(&mut samples),
-            backends: backends.into_iter().collect(),
+            samples,
+            backends,
         }
     })
 }
@@ -999,7 +1060,7 @@ pub fn print(report: &Report) {
          (target: ≥ {THROUGHPUT_TARGET}× the rate, p99 ≤ direct + {P99_TARGET_EXTRA_MS} ms)"
     );
     println!(
-        "{:<11} {:>4} {:>9} {:>7} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:<6} backends",
+        "{:<11} {:>4} {:>9} {:>7} {:>8} {:>8} {:>8} {:>7} {:>10} {:>10} {:<6} {:>11} backends",
         "path",
         "conc",
         "conns",
@@ -1011,24 +1072,35 @@ pub fn print(report: &Report) {
         "rate ×dir",
         "p99 −dir",
         "target",
+        "rounds ×dir",
     );
     for run in &report.rr {
         let direct = report
             .rr
             .iter()
             .find(|d| d.path == "direct" && d.concurrency == run.concurrency);
-        let (ratio, extra, verdict) = match direct {
+        let (ratio, extra, verdict, spread) = match direct {
             Some(d) if run.path != "direct" => {
                 let ratio = run.rate() / d.rate().max(1e-9);
                 let extra = run.latency.p99_ms - d.latency.p99_ms;
                 let met = ratio >= THROUGHPUT_TARGET && extra <= P99_TARGET_EXTRA_MS;
+                let rounds: Vec<f64> = run
+                    .round_rates
+                    .iter()
+                    .zip(&d.round_rates)
+                    .map(|(s, d)| s / d.max(1e-9))
+                    .collect();
+                let (low, high) = rounds
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
                 (
                     format!("{ratio:.3}"),
                     format!("{extra:+.3}"),
                     if met { "met" } else { "MISSED" },
+                    format!("{low:.2}–{high:.2}"),
                 )
             }
-            _ => (String::new(), String::new(), ""),
+            _ => (String::new(), String::new(), "", String::new()),
         };
         let backends = run
             .backends
@@ -1037,7 +1109,7 @@ pub fn print(report: &Report) {
             .collect::<Vec<_>>()
             .join(" ");
         println!(
-            "{:<11} {:>4} {:>9} {:>7} {:>8.0} {:>8.3} {:>8.3} {:>7.2} {:>10} {:>10} {:<6} {}",
+            "{:<11} {:>4} {:>9} {:>7} {:>8.0} {:>8.3} {:>8.3} {:>7.2} {:>10} {:>10} {:<6} {:>11} {}",
             run.path,
             run.concurrency,
             run.latency.count,
@@ -1049,6 +1121,7 @@ pub fn print(report: &Report) {
             ratio,
             extra,
             verdict,
+            spread,
             backends
         );
     }
@@ -1124,6 +1197,7 @@ pub fn to_json(report: &Report) -> Value {
             "concurrency": run.concurrency,
             "seconds": round3(run.seconds),
             "connections": run.latency.count,
+            "round_rates": run.round_rates.iter().map(|r| round3(*r)).collect::<Vec<_>>(),
             "errors": run.errors,
             "connections_per_s": round3(run.rate()),
             "latency": run.latency.to_json(),
