@@ -126,7 +126,8 @@ pub struct Report {
     pub change_down: Summary,
     /// The same Instance ready again → its backend back.
     pub change_up: Summary,
-    /// Changes some worker did not show within [`CHANGE_BOUND`].
+    /// Changes the cluster's copy or some worker did not show within [`CHANGE_BOUND`]
+    /// (one per copy and per worker).
     pub missed: usize,
     /// The late worker: start → table complete, and its memory then.
     pub join_s: f64,
@@ -201,6 +202,11 @@ impl Worker {
             )
         })
     }
+}
+
+/// Each worker's memory now.
+fn memories_of(workers: &[Worker]) -> anyhow::Result<Vec<Memory>> {
+    workers.iter().map(Worker::memory).collect()
 }
 
 /// `nft monitor rules` in a worker's namespace: each rule the kernel commits there, read
@@ -278,14 +284,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     if let Some(why) = e2e::netns::unavailable(&["nft", "ip", "nsenter", "containerd"]) {
         anyhow::bail!("the endpoints scenario needs root and the kernel's pieces: {why}");
     }
-    let temp = tempfile::tempdir()?;
-    let dir = match &opts.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            d.clone()
-        }
-        None => temp.path().to_path_buf(),
-    };
+    let (_temp, dir) = crate::run_dir(opts.work_dir.as_deref())?;
     let hollow_nodes = (opts.services * REPLICAS).div_ceil(30) + 1;
     let mut lab = start(opts, &dir, hollow_nodes).await?;
     let root = lab.root.client();
@@ -299,11 +298,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     );
     wait_nodes_ready(&lab.cluster_client, hollow_nodes + opts.workers).await?;
     // The workers' tables exist (empty) once their network is ready.
-    let memory_idle = lab
-        .workers
-        .iter()
-        .map(Worker::memory)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let memory_idle = memories_of(&lab.workers)?;
 
     eprintln!(
         "endpoints: creating {} Services of {REPLICAS} Instances",
@@ -319,11 +314,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         wait_table_complete(worker, opts.services, start + opts.time_bound).await?;
         tables_complete_s.push(start.elapsed().as_secs_f64());
     }
-    let memory_loaded = lab
-        .workers
-        .iter()
-        .map(Worker::memory)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let memory_loaded = memories_of(&lab.workers)?;
 
     eprintln!(
         "endpoints: {} Instances marked unready and ready again, one at a time",
@@ -411,23 +402,14 @@ async fn start(opts: &Options, dir: &Path, hollow_nodes: usize) -> anyhow::Resul
         );
         let cluster = Oakestra::start_binary(&binary, "c0", &args, Some(cluster_port), &dir);
         let kubeconfig = crate::cluster_kubeconfig(&dir, "c0");
-        let args: Vec<String> = [
+        let hollow = crate::start_hollow(
+            &binary,
             "hollow",
-            "--kubeconfig",
-            &kubeconfig.display().to_string(),
-            "--nodes",
-            &hollow_nodes.to_string(),
-            "--prefix",
-            "h",
-            "--heartbeat-seconds",
-            "5",
-            "--cpu-millicores",
-            &NODE_CPU.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let hollow = Oakestra::start_binary(&binary, "hollow", &args, None, &dir);
+            &kubeconfig,
+            (hollow_nodes, "h", 5),
+            &["--cpu-millicores", &NODE_CPU.to_string()],
+            &dir,
+        );
         let containerd = e2e::containers::Containerd::start();
         let upstream =
             e2e::Upstream::cluster(&format!("https://127.0.0.1:{cluster_port}"), &dir, "c0");
@@ -727,7 +709,7 @@ pub fn print(r: &Report) {
     }
     if r.missed > 0 {
         println!(
-            "  {} changes not seen within {:?} on some worker",
+            "  {} changes not seen within {:?} at the cluster or on some worker",
             r.missed, CHANGE_BOUND
         );
     }

@@ -355,6 +355,56 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a scenario keeps its stores and logs: `--work-dir` (made if missing, kept),
+/// else a new temporary directory, removed when the returned guard drops.
+fn run_dir(work_dir: Option<&Path>) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    match work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            Ok((None, d.to_path_buf()))
+        }
+        None => {
+            let temp = tempfile::tempdir()?;
+            let path = temp.path().to_path_buf();
+            Ok((Some(temp), path))
+        }
+    }
+}
+
+/// Start `oakestra hollow` (process name `name`, logs in `dir`): `nodes` simulated
+/// nodes `PREFIX-k` of the cluster whose admin kubeconfig is `kubeconfig`, each
+/// heartbeating every `heartbeat_seconds`, with `extra` flags.
+fn start_hollow(
+    binary: &Path,
+    name: &str,
+    kubeconfig: &Path,
+    (nodes, prefix, heartbeat_seconds): (usize, &str, u64),
+    extra: &[&str],
+    dir: &Path,
+) -> e2e::Oakestra {
+    let (kubeconfig, nodes, heartbeat) = (
+        kubeconfig.display().to_string(),
+        nodes.to_string(),
+        heartbeat_seconds.to_string(),
+    );
+    let args: Vec<String> = [
+        "hollow",
+        "--kubeconfig",
+        &kubeconfig,
+        "--nodes",
+        &nodes,
+        "--prefix",
+        prefix,
+        "--heartbeat-seconds",
+        &heartbeat,
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect();
+    e2e::Oakestra::start_binary(binary, name, &args, None, dir)
+}
+
 /// The `oakestra` binary a scenario runs: `--oakestra`, else the debug build that
 /// `e2e::binary` builds (blocking: it runs cargo).
 fn oakestra_binary(given: Option<PathBuf>) -> PathBuf {

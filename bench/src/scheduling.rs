@@ -295,14 +295,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         opts.clusters > 0 && opts.nodes_per_cluster > 0 && opts.services > 0,
         "--clusters, --nodes-per-cluster and --services must be positive"
     );
-    let temp = tempfile::tempdir()?;
-    let dir = match &opts.work_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            d.clone()
-        }
-        None => temp.path().to_path_buf(),
-    };
+    let (_temp, dir) = crate::run_dir(opts.work_dir.as_deref())?;
     if let Some(binary) = &opts.oakestra {
         anyhow::ensure!(binary.is_file(), "{} does not exist", binary.display());
     }
@@ -677,22 +670,12 @@ async fn start_fleet(opts: &Options, dir: &Path) -> anyhow::Result<Fleet> {
             );
             let cluster = e2e::Oakestra::start_binary(&binary, &name, &args, Some(port), &dir);
             let kubeconfig = crate::cluster_kubeconfig(&dir, &name);
-            let args = strings(&[
-                "hollow",
-                "--kubeconfig",
-                &kubeconfig.display().to_string(),
-                "--nodes",
-                &nodes.to_string(),
-                "--prefix",
-                &format!("{name}-n"),
-                "--heartbeat-seconds",
-                &heartbeat.to_string(),
-            ]);
-            hollows.push(e2e::Oakestra::start_binary(
+            hollows.push(crate::start_hollow(
                 &binary,
                 &format!("{name}-hollow"),
-                &args,
-                None,
+                &kubeconfig,
+                (nodes, &format!("{name}-n"), heartbeat),
+                &[],
                 &dir,
             ));
             cluster_processes.push(cluster);
@@ -708,10 +691,6 @@ async fn start_fleet(opts: &Options, dir: &Path) -> anyhow::Result<Fleet> {
     })
     .await
     .context("starting the processes")
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
 }
 
 /// Wait until every cluster is Ready at the root and reports all its nodes Ready.
