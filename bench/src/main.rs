@@ -298,7 +298,11 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if matches!(cli.scenario, Scenario::Network | Scenario::All) {
-        let network_report = network::run(network::Options::new(cli.quick)).await?;
+        let network_report = network::run(network::Options::new(
+            cli.quick,
+            oakestra_binary(cli.oakestra.clone()),
+        ))
+        .await?;
         network::print(&network_report);
         report["network"] = network::to_json(&network_report);
     }

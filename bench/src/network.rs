@@ -90,12 +90,14 @@ pub struct Options {
     pub bulk_bytes: usize,
     /// Round trips of the latency test of part 3.
     pub round_trips: usize,
+    /// The `oakestra` binary that runs the WireGuard devices of part 3.
+    pub oakestra: std::path::PathBuf,
 }
 
 impl Options {
     /// 2000 services, 5 runs, 5 s per request/response run, 256 MiB per transfer;
-    /// `quick`: 500 services, 3 runs, 2 s, 64 MiB.
-    pub fn new(quick: bool) -> Options {
+    /// `quick`: 500 services, 3 runs, 2 s, 64 MiB; WireGuard devices run by `oakestra`.
+    pub fn new(quick: bool, oakestra: std::path::PathBuf) -> Options {
         Options {
             services: if quick { 500 } else { 2000 },
             runs: if quick { 3 } else { 5 },
@@ -103,6 +105,7 @@ impl Options {
             concurrency: vec![1, 8],
             bulk_bytes: if quick { 64 << 20 } else { 256 << 20 },
             round_trips: 1000,
+            oakestra,
         }
     }
 }
@@ -800,7 +803,7 @@ fn overlay_vs_underlay(
         opts,
     )?];
 
-    // The same instances over WireGuard (boringtun, in this process): the vxlan device
+    // The same instances over WireGuard (boringtun, a process per node): the vxlan device
     // goes first, its routes with it.
     for (host, vx) in hosts.iter().zip(&vxlans) {
         handle
@@ -811,15 +814,20 @@ fn overlay_vs_underlay(
         wireguard::PrivateKey::generate(),
         wireguard::PrivateKey::generate(),
     ];
+    // Each device in a process of its own, as on a node; its socket in a directory of
+    // this run, gone (and the device with it) when the run ends.
+    let state = tempfile::tempdir().context("a directory for the devices' sockets")?;
     let settings: Vec<WireGuard> = underlay
         .iter()
-        .map(|&ip| {
+        .enumerate()
+        .map(|(i, &ip)| {
             let endpoint = std::net::SocketAddrV4::new(ip, 50103);
-            WireGuard::new(
-                50103,
-                Some(endpoint),
-                std::path::PathBuf::from("/nonexistent"),
-            )
+            let key_file = state.path().join(format!("n{}", i + 1)).join("unused.key");
+            WireGuard {
+                program: opts.oakestra.clone(),
+                linger: Duration::ZERO,
+                ..WireGuard::new(50103, Some(endpoint), key_file)
+            }
         })
         .collect();
     let wg_nodes: Vec<WgNode> = (0..2)

@@ -597,7 +597,7 @@ async fn service_ips_reach_across_clusters() {
 
 /// (e) Nodes behind NAT, over WireGuard: n2 and n3 each sit behind a router that
 /// masquerades them onto the LAN, so only n1 can be dialled. They call n1 and keep the
-/// paths open; n2 and n3 reach each other through n1.
+/// paths open; n2 and n3 reach each other through n1. n2's tunnels outlive its agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_behind_nat_are_reached_over_wireguard() {
     if !kernel_pieces() {
@@ -608,7 +608,7 @@ async fn nodes_behind_nat_are_reached_over_wireguard() {
         overlay: "wireguard",
         behind_nat: &["n2", "n3"],
     };
-    let lab = Lab::start(&[("a", &["n1", "n2", "n3"])], options).await;
+    let mut lab = Lab::start(&[("a", &["n1", "n2", "n3"])], options).await;
     let cluster = lab.cluster("a");
 
     // What each node announces: n1 an address, the others only their keys; the
@@ -685,4 +685,47 @@ async fn nodes_behind_nat_are_reached_over_wireguard() {
     })
     .await;
     assert_eq!(answered_by(&body), answerers[2]);
+
+    // The tunnels outlive the agent, as the kernel's device would: with n2's agent
+    // killed, n1 still reaches n2's instance at its own address (n2's WireGuard device
+    // is a process of its own, and keeps calling n1); the agent started again uses the
+    // same device, and the path stays.
+    let n2_url = format!(
+        "http://{}/",
+        on("n2")
+            .status
+            .as_ref()
+            .and_then(|s| s.instance_ip)
+            .expect("n2's instance IP")
+    );
+    lab.machine("n2").worker.kill9();
+    for _ in 0..5 {
+        let body =
+            get_from(&from_n1, &n2_url).expect("n1 → n2's instance while n2's agent is down");
+        assert_eq!(answered_by(&body), answerers[1]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.machine("n2").worker.restart();
+    let deadline = Instant::now() + WAIT;
+    while !lab
+        .machine("n2")
+        .worker
+        .log()
+        .contains("WireGuard device still running")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "n2's agent did not take its running device up again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let nodes: Api<crds::Node> = cluster.api(None);
+    eventually("n2 Ready with its network again", WAIT, || async {
+        let s = nodes.get("n2").await.ok()?.status?;
+        (crds::is_true(&s.conditions, "Ready") && crds::is_true(&s.conditions, "NetworkReady"))
+            .then_some(())
+    })
+    .await;
+    let body = get_from(&from_n1, &n2_url).expect("n1 → n2's instance after n2's agent is back");
+    assert_eq!(answered_by(&body), answerers[1]);
 }

@@ -620,8 +620,9 @@ async fn vxlan_pass(
     Ok(Some(end))
 }
 
-/// The WireGuard overlay's part of a pass: the device (made at the first pass, kept in
-/// this process), its address, then its peers and routes. Returns the node's end.
+/// The WireGuard overlay's part of a pass: the device (opened at the first pass: the
+/// one still running from an earlier agent, else a new device process), its address,
+/// then its peers and routes. Returns the node's end.
 async fn wireguard_pass(
     config: &Config,
     wg: &WireGuard,
@@ -636,7 +637,12 @@ async fn wireguard_pass(
     }
     if applied.wireguard.is_none() {
         let key = wireguard::load_or_create_key(&wg.key_file).map_err(|e| e.to_string())?;
-        let tunnel = Tunnel::open(wg, &key).map_err(|e| e.to_string())?;
+        // It may wait for a device process to start: off the async threads.
+        let (settings, private) = (wg.clone(), key.clone());
+        let tunnel = tokio::task::spawn_blocking(move || Tunnel::open(&settings, &private))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         applied.wireguard = Some((tunnel, key.public(), None));
     }
     let Some((tunnel, public_key, last)) = applied.wireguard.as_mut() else {

@@ -11,7 +11,8 @@
 //! - [`overlay`]: the vxlan device and the per-peer routes, neighbours and forwarding
 //!   entries that carry instance traffic between the nodes of a cluster;
 //! - [`wireguard`]: the encrypted backend of the overlay (userspace WireGuard over a tun
-//!   device), which also reaches nodes behind NAT;
+//!   device), which also reaches nodes behind NAT, and [`wgdevice`], the process that
+//!   runs that device so that it outlives the agent;
 //! - [`dns`]: the responder on the node's bridge gateway: Service names
 //!   (`<service>.<namespace>.svc.<domain>`, `closest.…`) from the zone the controller
 //!   keeps, other names forwarded to the host's resolvers;
@@ -29,4 +30,5 @@ pub mod exec;
 pub mod nft;
 pub mod overlay;
 pub mod rules;
+pub mod wgdevice;
 pub mod wireguard;

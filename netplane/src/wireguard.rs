@@ -17,15 +17,15 @@
 //! - two nodes both behind NAT cannot dial each other: each sends the other's subnet to
 //!   the same reachable node (the first by name), which forwards it.
 //!
-//! The device lives in the agent's process ([`Tunnel`]): boringtun's threads carry the
-//! packets, and the agent configures it through boringtun's implementation of
-//! WireGuard's cross-platform configuration protocol on a socket pair that no other
-//! process can reach. [`uapi_set`] (pure) turns the change from the peers the device has
-//! to the peers it should have into `set` transactions; [`Tunnel::set_peers`] applies
-//! them and [`sync_routes`] the routes. The device goes when the agent stops, and with
-//! it the tunnels: unlike the vxlan backend, a restarting agent interrupts traffic to
-//! the other nodes until it is back (the kernel module would keep it; this kernel has
-//! none).
+//! The device runs in a process of its own ([`crate::wgdevice`], `oakestra
+//! wireguard-device`), which the agent starts and then configures through WireGuard's
+//! cross-platform configuration protocol on a socket beside the node's key
+//! ([`Tunnel`]). [`uapi_set`] (pure) turns the change from the peers the device has to
+//! the peers it should have into `set` transactions; [`Tunnel::set_peers`] applies them
+//! and [`sync_routes`] the routes. Like the kernel's device, it outlives the agent: a
+//! restarting agent finds it running, adopts the peers it has ([`adopt`]) and changes
+//! only what changed, so traffic to the other nodes goes on meanwhile. Once no agent
+//! holds the node's lock for [`WireGuard::linger`], the device stops.
 //!
 //! [boringtun]: https://github.com/cloudflare/boringtun
 
@@ -35,16 +35,17 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use boringtun::device::{DeviceConfig, DeviceHandle};
 use boringtun::x25519;
 
 use crate::exec::Host;
 use crate::overlay::{self, Change, OverlayError, Subnet, SyncReport};
+use crate::wgdevice::DeviceSpec;
 
 /// The length of a WireGuard key, in bytes.
 const KEY_LEN: usize = 32;
@@ -259,6 +260,12 @@ pub struct WireGuard {
     pub keepalive: u16,
     /// The device's MTU ([`WireGuard::DEFAULT_MTU`]).
     pub mtu: u32,
+    /// The `oakestra` binary that runs the device (`PROGRAM wireguard-device …`;
+    /// default `/proc/self/exe`, the agent's own).
+    pub program: PathBuf,
+    /// How long the device goes on once no agent holds it
+    /// ([`WireGuard::DEFAULT_LINGER`]): long enough for an agent to restart.
+    pub linger: Duration,
 }
 
 impl WireGuard {
@@ -272,9 +279,12 @@ impl WireGuard {
     pub const DEFAULT_MTU: u32 = 1500 - Self::OVERHEAD;
     /// The default keepalive interval, in seconds.
     pub const DEFAULT_KEEPALIVE: u16 = 25;
+    /// The default [`WireGuard::linger`].
+    pub const DEFAULT_LINGER: Duration = Duration::from_secs(60);
 
     /// The defaults for a node listening on `port`, reached at `endpoint` (`None`:
-    /// behind NAT), with its key in `key_file`.
+    /// behind NAT), with its key in `key_file` (the device's socket, lock and log go
+    /// beside it: [`WireGuard::device_spec`]).
     pub fn new(port: u16, endpoint: Option<SocketAddrV4>, key_file: PathBuf) -> WireGuard {
         WireGuard {
             device: WireGuard::DEFAULT_DEVICE.to_string(),
@@ -283,6 +293,20 @@ impl WireGuard {
             key_file,
             keepalive: WireGuard::DEFAULT_KEEPALIVE,
             mtu: WireGuard::DEFAULT_MTU,
+            program: PathBuf::from("/proc/self/exe"),
+            linger: WireGuard::DEFAULT_LINGER,
+        }
+    }
+
+    /// What the device process is told: the device, and its socket and lock in the
+    /// key file's directory (one node's, so several nodes on one machine never meet).
+    pub fn device_spec(&self) -> DeviceSpec {
+        let beside = |name: &str| self.key_file.with_file_name(name);
+        DeviceSpec {
+            device: self.device.clone(),
+            socket: beside("wireguard.sock"),
+            lock: beside("wireguard.lock"),
+            linger: self.linger,
         }
     }
 
@@ -485,6 +509,10 @@ pub struct PeerState {
     pub rx_bytes: u64,
     /// Bytes sent to it.
     pub tx_bytes: u64,
+    /// Its allowed IPs (IPv4; others are none of ours).
+    pub allowed: Vec<Subnet>,
+    /// Its persistent keepalive, in seconds.
+    pub keepalive: Option<u16>,
 }
 
 /// Parses the answer to `get=1` (WireGuard's cross-platform configuration protocol):
@@ -508,6 +536,8 @@ pub fn parse_get(text: &str) -> Result<Vec<PeerState>, String> {
                 since_handshake: None,
                 rx_bytes: 0,
                 tx_bytes: 0,
+                allowed: Vec::new(),
+                keepalive: None,
             });
             continue;
         }
@@ -520,10 +550,63 @@ pub fn parse_get(text: &str) -> Result<Vec<PeerState>, String> {
             "last_handshake_time_sec" => peer.since_handshake = Some(number()?),
             "rx_bytes" => peer.rx_bytes = number()?,
             "tx_bytes" => peer.tx_bytes = number()?,
+            "allowed_ip" => peer.allowed.extend(value.parse::<Subnet>().ok()),
+            "persistent_keepalive_interval" => {
+                peer.keepalive = Some(number()?).filter(|&s| s > 0).map(|s| s as u16)
+            }
             _ => {}
         }
     }
     Ok(peers)
+}
+
+/// The device's own lines of an answer to `get=1`: its public key and listen port.
+fn own_settings(text: &str) -> (Option<PublicKey>, Option<u16>) {
+    let (mut key, mut port) = (None, None);
+    for (name, value) in text.lines().filter_map(|l| l.split_once('=')) {
+        match name {
+            "own_public_key" => key = unhex(value).map(PublicKey),
+            "listen_port" => port = value.parse().ok(),
+            // The peers follow the device's own lines.
+            "public_key" => break,
+            _ => {}
+        }
+    }
+    (key, port)
+}
+
+/// The peers a device that ran before this agent has (`state`), as [`uapi_set`] needs
+/// them to change only what differs from `wanted` (pure). A device peer that matches a
+/// wanted one (key, allowed IPs, keepalive, and its endpoint where one is wanted) is
+/// taken as that one, so it is left alone with its session; any other becomes a peer
+/// of its own that [`uapi_set`] removes or replaces.
+pub fn adopt(state: &[PeerState], wanted: &[WgPeer]) -> Vec<WgPeer> {
+    let sorted = |subnets: &[Subnet]| {
+        let mut v = subnets.to_vec();
+        v.sort();
+        v
+    };
+    state
+        .iter()
+        .map(|s| {
+            let same = |w: &&WgPeer| {
+                w.public_key == s.public_key
+                    && sorted(&w.allowed) == sorted(&s.allowed)
+                    && w.keepalive == s.keepalive
+                    && (w.endpoint.is_none() || w.endpoint == s.endpoint)
+            };
+            match wanted.iter().find(same) {
+                Some(w) => w.clone(),
+                None => WgPeer {
+                    node: "(a peer the device had)".into(),
+                    public_key: s.public_key,
+                    endpoint: s.endpoint,
+                    allowed: s.allowed.clone(),
+                    keepalive: s.keepalive,
+                },
+            }
+        })
+        .collect()
 }
 
 /// The `set=1` transactions (pure) that turn the device's peers `current` into
@@ -567,61 +650,84 @@ pub fn uapi_set(
 }
 
 // ---------------------------------------------------------------------------------
-// The device
+// The device, as the agent uses it
 
-/// A running WireGuard device: boringtun's threads, and this end of its configuration
-/// socket. Dropping it closes the socket, which stops the device and removes the
-/// interface.
+/// This agent's use of the node's WireGuard device (a process of its own:
+/// [`crate::wgdevice`]). Holding it holds the node's lock, which keeps the device
+/// running; dropping it lets the device go [`WireGuard::linger`] later, unless an agent
+/// opens it again.
 pub struct Tunnel {
     name: String,
-    api: Arc<Mutex<UnixStream>>,
-    /// The peers the device was last given.
-    peers: Vec<WgPeer>,
-    _device: DeviceHandle,
+    socket: PathBuf,
+    /// The peers the device was last given; `None` while not known (a device that ran
+    /// before this agent, or one whose last change failed half-way).
+    peers: Option<Vec<WgPeer>>,
+    /// The node's lock, held while this agent uses the device.
+    _presence: std::fs::File,
 }
 
 impl fmt::Debug for Tunnel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tunnel")
             .field("name", &self.name)
-            .field("peers", &self.peers.len())
+            .field("socket", &self.socket)
+            .field("peers", &self.peers.as_ref().map(Vec::len))
             .finish()
     }
 }
 
+/// How long [`Tunnel::open`] waits for a device it started to answer.
+const DEVICE_START: Duration = Duration::from_secs(10);
+
+/// How long [`Tunnel::open`] tries to take the node's lock (the device takes it for a
+/// moment each time it looks whether an agent holds it).
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 impl Tunnel {
-    /// Makes the device `wg.device` in the calling thread's network namespace, with the
-    /// key `key`, listening on `wg.port`. A tun device of that name left by a process
-    /// that died is gone with it; a device of another kind by that name is an error.
+    /// Opens the node's device `wg.device` in the calling thread's network namespace,
+    /// with the key `key`, listening on `wg.port`: the one still running from an
+    /// earlier agent if its socket answers (its peers are adopted at the first
+    /// [`Tunnel::set_peers`]), else a new one (`wg.program wireguard-device …`, whose
+    /// log is `wireguard-device.log` beside the key). Fails if another agent of this
+    /// node holds it, or a new device does not answer (the device's own error is in the
+    /// message).
     pub fn open(wg: &WireGuard, key: &PrivateKey) -> Result<Tunnel, WireguardError> {
         wg.validate()?;
+        let spec = wg.device_spec();
         let fail = |message: String| WireguardError::Device {
             device: wg.device.clone(),
             message,
         };
-        let (ours, theirs) = UnixStream::pair().map_err(|e| fail(e.to_string()))?;
-        let config = DeviceConfig {
-            // Two packet threads: the node's instances share the tunnel with the agent.
-            n_threads: 2,
-            use_connected_socket: true,
-            use_multi_queue: false,
-            uapi_fd: std::os::fd::IntoRawFd::into_raw_fd(theirs),
+        if let Some(dir) = spec.socket.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| fail(format!("making {}: {e}", dir.display())))?;
+        }
+        let presence = hold(&spec.lock).map_err(fail)?;
+        let (answer, started) = match request_at(&spec.socket, &wg.device, "get=1\n\n") {
+            Ok(answer) => {
+                tracing::info!(device = %wg.device, socket = %spec.socket.display(), "WireGuard device still running: using it");
+                (answer, false)
+            }
+            Err(_) => (start_device(wg, &spec).map_err(fail)?, true),
         };
-        let device = DeviceHandle::new(&wg.device, config).map_err(|e| fail(e.to_string()))?;
-        ours.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .map_err(|e| fail(e.to_string()))?;
         let tunnel = Tunnel {
             name: wg.device.clone(),
-            api: Arc::new(Mutex::new(ours)),
-            peers: Vec::new(),
-            _device: device,
+            socket: spec.socket,
+            peers: started.then(Vec::new),
+            _presence: presence,
         };
-        tunnel.call_blocking(&format!(
-            "set=1\nprivate_key={}\nlisten_port={}\n\n",
-            key.hex(),
-            wg.port
-        ))?;
-        tracing::info!(device = %wg.device, port = wg.port, public_key = %key.public(), "WireGuard device up");
+        let (own_key, own_port) = own_settings(&answer);
+        let mut set = String::new();
+        if own_key != Some(key.public()) {
+            set.push_str(&format!("private_key={}\n", key.hex()));
+        }
+        if own_port != Some(wg.port) {
+            set.push_str(&format!("listen_port={}\n", wg.port));
+        }
+        if !set.is_empty() {
+            tunnel.call_blocking(&format!("set=1\n{set}\n"))?;
+        }
+        tracing::info!(device = %wg.device, port = wg.port, public_key = %key.public(), started, "WireGuard device up");
         Ok(tunnel)
     }
 
@@ -630,19 +736,19 @@ impl Tunnel {
         &self.name
     }
 
-    /// The peers it was last given.
+    /// The peers it was last given (none while they are not known).
     pub fn peers(&self) -> &[WgPeer] {
-        &self.peers
+        self.peers.as_deref().unwrap_or_default()
     }
 
     /// One request of the configuration protocol; the answer's lines before `errno`.
     fn call_blocking(&self, request: &str) -> Result<String, WireguardError> {
-        request_on(&self.api, &self.name, request)
+        request_at(&self.socket, &self.name, request)
     }
 
     async fn call(&self, request: String) -> Result<String, WireguardError> {
-        let (api, name) = (self.api.clone(), self.name.clone());
-        tokio::task::spawn_blocking(move || request_on(&api, &name, &request))
+        let (socket, name) = (self.socket.clone(), self.name.clone());
+        tokio::task::spawn_blocking(move || request_at(&socket, &name, &request))
             .await
             .map_err(|e| WireguardError::Configure {
                 device: self.name.clone(),
@@ -659,63 +765,180 @@ impl Tunnel {
         })
     }
 
-    /// Gives the device the peers `wanted` (only what changed, a transaction per peer).
+    /// Gives the device the peers `wanted` (only what changed, a transaction per peer;
+    /// against what the device has when that is not known).
     pub async fn set_peers(&mut self, wanted: &[WgPeer]) -> Result<(), WireguardError> {
-        let changed = wanted.iter().any(|p| !self.peers.contains(p))
-            || self.peers.iter().any(|p| !wanted.contains(p));
-        if !changed {
+        let same = |given: &[WgPeer]| {
+            wanted.iter().all(|p| given.contains(p)) && given.iter().all(|p| wanted.contains(p))
+        };
+        if self.peers.as_deref().is_some_and(same) {
             return Ok(());
         }
-        let learned = self
-            .state()
-            .await?
+        let state = self.state().await?;
+        let current = match self.peers.take() {
+            Some(given) => given,
+            None => adopt(&state, wanted),
+        };
+        let learned = state
             .into_iter()
             .filter_map(|p| Some((p.public_key, p.endpoint?)))
             .collect();
-        for section in uapi_set(&self.peers, wanted, &learned) {
-            if let Err(e) = self.call(format!("set=1\n{section}\n")).await {
-                // What the device holds now is not known: the next call starts over.
-                self.peers = Vec::new();
-                return Err(e);
-            }
+        for section in uapi_set(&current, wanted, &learned) {
+            // On an error what the device holds is not known (`peers` stays `None`):
+            // the next call adopts it again.
+            self.call(format!("set=1\n{section}\n")).await?;
         }
-        self.peers = wanted.to_vec();
+        self.peers = Some(wanted.to_vec());
         Ok(())
     }
 }
 
-fn request_on(
-    api: &Mutex<UnixStream>,
-    device: &str,
-    request: &str,
-) -> Result<String, WireguardError> {
+/// Takes the node's lock at `path`, made if missing (`Err`: why not).
+fn hold(path: &Path) -> Result<std::fs::File, String> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("opening the lock {}: {e}", path.display()))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(format!(
+                    "another agent of this node holds the device (its lock {} is taken)",
+                    path.display()
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(format!("locking {}: {e}", path.display()))
+            }
+        }
+    }
+}
+
+/// Starts the device process of `spec` and waits until it answers `get=1`; its answer,
+/// or why it did not (the device's last log line when it exited).
+fn start_device(wg: &WireGuard, spec: &DeviceSpec) -> Result<String, String> {
+    let log_path = spec.socket.with_file_name("wireguard-device.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
+    let logged_before = log.metadata().map_or(0, |m| m.len());
+    let stderr = log
+        .try_clone()
+        .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
+    let _ = std::fs::remove_file(&spec.socket);
+    let mut child = std::process::Command::new(&wg.program)
+        .args(spec.args())
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(stderr)
+        // Its own process group: a signal to the agent's group (a terminal's Ctrl-C,
+        // a service manager stopping the agent) leaves the tunnels up.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "starting {} {}: {e}",
+                wg.program.display(),
+                crate::wgdevice::COMMAND
+            )
+        })?;
+    let pid = child.id();
+    let deadline = Instant::now() + DEVICE_START;
+    loop {
+        if let Ok(answer) = request_at(&spec.socket, &wg.device, "get=1\n\n") {
+            tracing::info!(device = %wg.device, pid, log = %log_path.display(), "started the WireGuard device");
+            // Reaped when it ends (it outlives this agent only if the agent goes first).
+            std::thread::spawn(move || {
+                let status = child.wait();
+                tracing::info!(pid, ?status, "the WireGuard device process ended");
+            });
+            return Ok(answer);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let logged = std::fs::read(&log_path).unwrap_or_default();
+            let tail =
+                String::from_utf8_lossy(logged.get(logged_before as usize..).unwrap_or_default());
+            let last = tail
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("(nothing logged)");
+            return Err(format!(
+                "the device process ended ({status}): {}",
+                last.trim()
+            ));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "the device process did not answer on {} within {DEVICE_START:?} (its log: {})",
+                spec.socket.display(),
+                log_path.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One request of the configuration protocol to the device serving `socket`; the
+/// answer's lines before `errno`.
+fn request_at(socket: &Path, device: &str, request: &str) -> Result<String, WireguardError> {
     let fail = |message: String| WireguardError::Configure {
         device: device.to_string(),
         message,
     };
-    let stream = api.lock().unwrap_or_else(|e| e.into_inner());
-    (&*stream)
-        .write_all(request.as_bytes())
-        .map_err(|e| fail(format!("sending: {e}")))?;
-    let mut reader = BufReader::new(&*stream);
+    let stream = UnixStream::connect(socket)
+        .map_err(|e| fail(format!("connecting to {}: {e}", socket.display())))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| fail(e.to_string()))?;
+    match exchange(&stream, request) {
+        Ok((answer, 0)) => Ok(answer),
+        Ok((_, errno)) => Err(fail(format!(
+            "refused with errno {errno} ({})",
+            std::io::Error::from_raw_os_error(errno)
+        ))),
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+/// Sends one request of the configuration protocol on `stream` and reads the answer:
+/// its lines before `errno=`, and the errno.
+pub(crate) fn exchange(stream: &UnixStream, request: &str) -> std::io::Result<(String, i32)> {
+    let io = |kind, message: &str| std::io::Error::new(kind, message.to_string());
+    let mut writer = stream;
+    writer.write_all(request.as_bytes())?;
+    let mut reader = BufReader::new(stream);
     let mut answer = String::new();
     loop {
         let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) => return Err(fail("the device closed its configuration socket".into())),
-            Ok(_) => {}
-            Err(e) => return Err(fail(format!("reading the answer: {e}"))),
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io(
+                std::io::ErrorKind::UnexpectedEof,
+                "the device closed its configuration socket",
+            ));
         }
         if let Some(errno) = line.trim_end().strip_prefix("errno=") {
             // The blank line that ends the answer.
             let _ = reader.read_line(&mut String::new());
-            return match errno {
-                "0" => Ok(answer),
-                errno => Err(fail(format!(
-                    "refused with errno {errno} ({})",
-                    std::io::Error::from_raw_os_error(errno.parse().unwrap_or(0))
-                ))),
-            };
+            let errno = errno.parse().map_err(|_| {
+                io(
+                    std::io::ErrorKind::InvalidData,
+                    "an errno that is no number",
+                )
+            })?;
+            return Ok((answer, errno));
         }
         answer.push_str(&line);
     }
@@ -1022,7 +1245,7 @@ mod tests {
     fn the_devices_answer_is_parsed() {
         let k = key(7);
         let text = format!(
-            "own_public_key={}\nlisten_port=50103\npublic_key={}\nendpoint=192.168.1.2:41000\nallowed_ip=10.128.0.64/26\nlast_handshake_time_sec=3\nlast_handshake_time_nsec=12\nrx_bytes=1200\ntx_bytes=800\n",
+            "own_public_key={}\nlisten_port=50103\npublic_key={}\npersistent_keepalive_interval=25\nendpoint=192.168.1.2:41000\nallowed_ip=10.128.0.64/26\nallowed_ip=fd00::/64\nlast_handshake_time_sec=3\nlast_handshake_time_nsec=12\nrx_bytes=1200\ntx_bytes=800\n",
             key(1).hex(),
             k.hex()
         );
@@ -1034,9 +1257,90 @@ mod tests {
                 since_handshake: Some(3),
                 rx_bytes: 1200,
                 tx_bytes: 800,
+                allowed: vec!["10.128.0.64/26".parse().unwrap()],
+                keepalive: Some(25),
             }]
         );
+        assert_eq!(own_settings(&text), (Some(key(1)), Some(50103)));
+        assert_eq!(own_settings(""), (None, None), "a device not set up yet");
         assert!(parse_get("public_key=zz\n").is_err());
         assert!(parse_get(&format!("public_key={}\nrx_bytes=many\n", k.hex())).is_err());
+    }
+
+    #[test]
+    fn a_running_devices_peers_are_adopted_where_they_match() {
+        let subnet = |s: &str| -> Subnet { s.parse().unwrap() };
+        let state = |k: u8, endpoint: &str, allowed: &[&str], keepalive: Option<u16>| PeerState {
+            public_key: key(k),
+            endpoint: Some(endpoint.parse().unwrap()),
+            since_handshake: Some(1),
+            rx_bytes: 10,
+            tx_bytes: 10,
+            allowed: allowed.iter().map(|s| subnet(s)).collect(),
+            keepalive,
+        };
+        let peer = |node: &str, k: u8, endpoint: Option<&str>, allowed: &[&str]| WgPeer {
+            node: node.into(),
+            public_key: key(k),
+            endpoint: endpoint.map(|e| e.parse().unwrap()),
+            allowed: allowed.iter().map(|s| subnet(s)).collect(),
+            keepalive: None,
+        };
+        let device = [
+            // n2 as wanted, its allowed IPs in another order.
+            state(
+                2,
+                "192.168.1.2:50103",
+                &["10.128.0.128/26", "10.128.0.64/26"],
+                None,
+            ),
+            // n3 behind NAT: no endpoint wanted, the learned one is fine.
+            state(3, "192.168.1.7:40001", &["10.128.0.192/26"], None),
+            // n4 now relays one subnet more: not as wanted.
+            state(4, "192.168.1.4:50103", &["10.128.1.0/26"], None),
+            // n5 is no peer any more.
+            state(5, "192.168.1.5:50103", &["10.128.1.64/26"], None),
+        ];
+        let wanted = [
+            peer(
+                "n2",
+                2,
+                Some("192.168.1.2:50103"),
+                &["10.128.0.64/26", "10.128.0.128/26"],
+            ),
+            peer("n3", 3, None, &["10.128.0.192/26"]),
+            peer(
+                "n4",
+                4,
+                Some("192.168.1.4:50103"),
+                &["10.128.1.0/26", "10.128.1.128/26"],
+            ),
+        ];
+        let adopted = adopt(&device, &wanted);
+        assert_eq!(adopted[..2], wanted[..2], "taken as the wanted ones");
+        assert_eq!(
+            adopted[2].allowed,
+            [subnet("10.128.1.0/26")],
+            "as the device has it"
+        );
+        assert_eq!(adopted[3].public_key, key(5));
+        // Only n4 (changed) and n5 (gone) are touched: n2's and n3's sessions stay.
+        let learned = BTreeMap::new();
+        let sections = uapi_set(&adopted, &wanted, &learned);
+        let line = |k: u8| format!("public_key={}", key(k).hex());
+        let mut removed: Vec<&str> = sections
+            .iter()
+            .filter(|s| s.contains("remove=true"))
+            .map(|s| s.lines().next().unwrap())
+            .collect();
+        removed.sort();
+        let mut expected = [line(4), line(5)];
+        expected.sort();
+        assert_eq!(removed, expected, "{sections:?}");
+        assert_eq!(sections.len(), 3, "{sections:?}");
+        assert!(
+            sections[2].starts_with(&line(4)),
+            "n4 added again: {sections:?}"
+        );
     }
 }

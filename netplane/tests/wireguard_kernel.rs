@@ -104,10 +104,23 @@ async fn through_nat() {
     );
     let public: SocketAddrV4 = "192.168.251.1:50103".parse().unwrap();
     // The default keepalive (25 s): the first call is made at once by `call_peers`.
-    let settings = |endpoint: Option<SocketAddrV4>| {
-        WireGuard::new(50103, endpoint, lab.dir.path().join("unused.key"))
+    // Each node's device runs in a process of its own (the debug `oakestra`), with its
+    // socket and lock beside the node's key.
+    let program = e2e::binary("oakestra");
+    let settings = |node: &str, endpoint: Option<SocketAddrV4>| WireGuard {
+        program: program.clone(),
+        linger: Duration::from_secs(2),
+        ..WireGuard::new(
+            50103,
+            endpoint,
+            lab.dir.path().join(node).join("unused.key"),
+        )
     };
-    let (wg1, wg3, wg4) = (settings(Some(public)), settings(None), settings(None));
+    let (wg1, wg3, wg4) = (
+        settings("n1", Some(public)),
+        settings("n3", None),
+        settings("n4", None),
+    );
     let (k1, k3, k4) = (
         PrivateKey::generate(),
         PrivateKey::generate(),
@@ -256,13 +269,58 @@ async fn through_nat() {
     assert_eq!(wget(&i1, "10.252.0.194", "/"), None, "n4 is gone from n1");
     assert_eq!(wget(&i1, "10.252.0.130", "/").as_deref(), Some(i3.as_str()));
 
-    // (5) The device goes with its tunnel (the agent's process).
+    // (5) The device outlives its agent: with n1's agent gone (its `Tunnel` dropped),
+    // i1 still reaches i3; an agent that comes back finds the device running and adopts
+    // its peers, sessions and counters kept.
+    let before = tunnels[0].3.state().await.expect("state");
+    let rx_before = before
+        .iter()
+        .find(|p| p.public_key == k3.public())
+        .unwrap()
+        .rx_bytes;
+    let (n1_ns, n1_host, n1_plan, n1_tunnel) = tunnels.remove(0);
+    drop(n1_tunnel);
+    assert_eq!(
+        wget(&i1, "10.252.0.130", "/").as_deref(),
+        Some(i3.as_str()),
+        "n1's tunnels went with its agent"
+    );
+    let mut back = open(&n1_ns, &wg1, &k1);
+    back.set_peers(&n1_plan.peers).await.expect("peers");
+    let report = wireguard::sync_routes(&n1_host, &wg1, &n1_plan)
+        .await
+        .expect("routes");
+    assert_eq!(
+        (report.added, report.removed),
+        (0, 0),
+        "the routes were kept"
+    );
+    let after = back.state().await.expect("state");
+    let n3_after = after.iter().find(|p| p.public_key == k3.public()).unwrap();
+    assert!(
+        n3_after.rx_bytes > rx_before,
+        "n3's peer was replaced, not adopted: {rx_before} bytes before, {after:?}"
+    );
+    assert_eq!(after.len(), before.len(), "{after:?}");
+    assert_eq!(wget(&i1, "10.252.0.130", "/").as_deref(), Some(i3.as_str()));
+
+    // (6) No agent for longer than the linger time (2 s here): the device goes.
+    drop(back);
     drop(tunnels);
-    eventually("n1's device gone", Duration::from_secs(5), || {
-        let out = std::process::Command::new("ip")
-            .args(["-n", &n1, "link", "show", "oakestra.wg"])
+    let device_there = |ns: &str| {
+        std::process::Command::new("ip")
+            .args(["-n", ns, "link", "show", "oakestra.wg"])
             .output()
-            .ok()?;
-        (!out.status.success()).then_some(())
-    });
+            .is_ok_and(|out| out.status.success())
+    };
+    assert!(device_there(&n1), "still there within the linger time");
+    for ns in [&n1, &n3, &n4] {
+        eventually("the device gone", Duration::from_secs(10), || {
+            (!device_there(ns)).then_some(())
+        });
+    }
+    assert!(
+        !lab.dir.path().join("n1").join("wireguard.sock").exists(),
+        "its socket went with it"
+    );
 }

@@ -58,6 +58,9 @@ enum Role {
     /// `PREFIX-0` … `PREFIX-{N-1}` at the cluster, heartbeats them, and reports every
     /// Instance bound to them `Running` without running anything.
     Hollow(hollow::HollowArgs),
+    /// Run a node's userspace WireGuard device (the worker starts it; it outlives the
+    /// worker's restarts).
+    WireguardDevice(worker::WireguardDeviceArgs),
     /// Run everything on this one device (1-DOC): root, one cluster and one worker, with
     /// embedded stores. Stopping it leaves the workloads running (see `down`).
     Up(up::UpArgs),
@@ -95,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
         Role::Cluster(args) => cluster::run(args).await,
         Role::Worker(args) => worker::run(args).await,
         Role::Hollow(args) => hollow::run(args).await,
+        Role::WireguardDevice(args) => worker::run_device(args).await,
         Role::Up(args) => up::run(args).await,
         Role::Down(args) => down::run(args).await,
         Role::Token(args) => credentials::token(args),

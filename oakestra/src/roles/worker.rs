@@ -110,7 +110,7 @@ pub struct WorkerFlags {
 /// The overlay between nodes ( `--overlay`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OverlayChoice {
-    /// An encrypted WireGuard mesh (userspace, in the agent): other nodes' subnets are
+    /// An encrypted WireGuard mesh (userspace, a device process that outlives the agent): other nodes' subnets are
     /// reached through them over UDP, also when they are behind NAT.
     Wireguard,
     /// A vxlan mesh, unencrypted, for trusted networks: other nodes' subnets are
@@ -154,6 +154,11 @@ pub struct NetworkFlags {
     /// Answer no DNS on the node: containers get the host's `resolv.conf`.
     #[arg(long)]
     pub no_dns: bool,
+    /// Seconds the WireGuard device (a process of its own) keeps the tunnels up once
+    /// no agent uses it: an agent restarted within them finds it running, and traffic
+    /// to the other nodes goes on meanwhile.
+    #[arg(long, default_value_t = 60)]
+    pub wireguard_linger_seconds: u64,
 }
 
 impl NetworkFlags {
@@ -168,6 +173,24 @@ impl NetworkFlags {
             resync_seconds: 300,
             dns_domain: netplane::dns::DEFAULT_DOMAIN.to_string(),
             no_dns: false,
+            wireguard_linger_seconds: 60,
+        }
+    }
+
+    /// The WireGuard device of a node reached at `endpoint` (`None`: behind NAT), its
+    /// key and its device's socket in `data_dir`.
+    fn wireguard(
+        &self,
+        endpoint: Option<std::net::SocketAddrV4>,
+        data_dir: &std::path::Path,
+    ) -> netplane::wireguard::WireGuard {
+        netplane::wireguard::WireGuard {
+            linger: Duration::from_secs(self.wireguard_linger_seconds),
+            ..netplane::wireguard::WireGuard::new(
+                self.public_port,
+                endpoint,
+                data_dir.join("wireguard.key"),
+            )
         }
     }
 
@@ -196,19 +219,11 @@ impl NetworkFlags {
         let overlay = match (self.overlay, public) {
             (OverlayChoice::None, _) => None,
             (OverlayChoice::Wireguard, _) if self.behind_nat => {
-                Some(Overlay::WireGuard(netplane::wireguard::WireGuard::new(
-                    self.public_port,
-                    None,
-                    data_dir.join("wireguard.key"),
-                )))
+                Some(Overlay::WireGuard(self.wireguard(None, data_dir)))
             }
             (OverlayChoice::Wireguard, Some(ip)) => {
                 let endpoint = std::net::SocketAddrV4::new(ip, self.public_port);
-                Some(Overlay::WireGuard(netplane::wireguard::WireGuard::new(
-                    self.public_port,
-                    Some(endpoint),
-                    data_dir.join("wireguard.key"),
-                )))
+                Some(Overlay::WireGuard(self.wireguard(Some(endpoint), data_dir)))
             }
             (OverlayChoice::Vxlan, Some(ip)) => Some(Overlay::Vxlan(netplane::overlay::Vxlan {
                 port: self.public_port,
@@ -381,5 +396,39 @@ pub async fn run_worker(
 ) -> anyhow::Result<()> {
     let assembly = agent::runtime::build(&config, &flags.settings()).await?;
     agent::run(cluster, config, assembly, endpoint, shutdown).await?;
+    Ok(())
+}
+
+/// `oakestra wireguard-device`: what the worker starts to run its node's WireGuard
+/// device (`netplane::wgdevice`); not meant to be run by hand.
+#[derive(Args)]
+pub struct WireguardDeviceArgs {
+    /// The tun interface.
+    #[arg(long)]
+    device: String,
+    /// The configuration socket.
+    #[arg(long)]
+    socket: std::path::PathBuf,
+    /// The lock file the node's agent holds while it uses the device.
+    #[arg(long)]
+    lock: std::path::PathBuf,
+    /// Milliseconds the device goes on once no agent holds the lock.
+    #[arg(long)]
+    linger_ms: u64,
+}
+
+/// Runs a node's WireGuard device until no agent has used it for the linger time, or
+/// its socket is gone.
+pub async fn run_device(args: WireguardDeviceArgs) -> anyhow::Result<()> {
+    let spec = netplane::wgdevice::DeviceSpec {
+        device: args.device,
+        socket: args.socket,
+        lock: args.lock,
+        linger: Duration::from_millis(args.linger_ms),
+    };
+    let stopped = tokio::task::spawn_blocking(move || netplane::wgdevice::serve(&spec))
+        .await
+        .context("the device's thread")??;
+    tracing::info!(?stopped, "WireGuard device stopped");
     Ok(())
 }
