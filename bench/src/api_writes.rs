@@ -14,7 +14,11 @@
 //!    that `EtcdStore::create` sends (compare `create_revision == 0`, then put);
 //! 5. `raw/etcd-txn+watch`: the same transactions while one etcd watch with `prev_kv`
 //!    is open on the run's prefix and drained (not decoded), as the API server's watch
-//!    hub keeps one on its root.
+//!    hub keeps one on its root;
+//! 6. `api/healthz`: `GET /healthz` to the server of run 2, on the same client, so over
+//!    the same TLS connections: one request with no work, the hop a create pays on top
+//!    of its transaction. [`floors`] turns it into the best ratio to the raw
+//!    transaction a create could reach if the server did nothing else.
 //!
 //! After the runs, `handshakes`: new connections per second (a fresh client for each
 //! `GET /healthz`, so each pays the TCP and, for TLS, the full handshake: clients that
@@ -69,6 +73,7 @@ pub enum Target {
     RawPut,
     RawTxn,
     RawTxnWatched,
+    ApiHealthz,
 }
 
 impl Target {
@@ -80,6 +85,7 @@ impl Target {
             Target::RawPut => "raw/etcd-put",
             Target::RawTxn => "raw/etcd-txn",
             Target::RawTxnWatched => "raw/etcd-txn+watch",
+            Target::ApiHealthz => "api/healthz",
         }
     }
 }
@@ -164,6 +170,7 @@ pub async fn run(opts: &Options, etcd_url: &str) -> anyhow::Result<Vec<Run>> {
         .await
         .context("starting the API server on etcd")?;
         runs.push(bench.api_run(Target::ApiEtcd, c, &server.client).await?);
+        runs.push(bench.hop_run(c, &server.client).await?);
         drop(server);
 
         let template = stored_bytes(etcd_url, &format!("{root}{}", cluster_key(&name(0))))
@@ -239,6 +246,27 @@ impl Bench<'_> {
             ),
         });
         Ok(outcome.into_run(target, concurrency, server, cpu))
+    }
+
+    /// `GET /healthz` on the client's connections: a request the server does nothing for.
+    async fn hop_run(&self, concurrency: usize, server: &client::Client) -> anyhow::Result<Run> {
+        let get = {
+            let server = server.clone();
+            move |_: usize| {
+                let server = server.clone();
+                async move {
+                    server
+                        .get_text("/healthz")
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
+            }
+        };
+        self.warm_up(Target::ApiHealthz, concurrency, get.clone())
+            .await?;
+        let (outcome, cpu) = self.measure(concurrency, get).await;
+        Ok(outcome.into_run(Target::ApiHealthz, concurrency, None, cpu))
     }
 
     async fn raw_run(
@@ -650,6 +678,66 @@ pub fn baseline_of<'a>(runs: &'a [Run], run: &Run) -> Option<&'a Run> {
         .find(|p| p.target == baseline && p.concurrency == run.concurrency)
 }
 
+/// `api/etcd` against the raw create transaction at one concurrency, and what bounds it.
+#[derive(Debug, Clone, Copy)]
+pub struct Floor {
+    pub concurrency: usize,
+    /// api/etcd creates/s ÷ raw transactions/s (#20's target: ≥ 0.9×).
+    pub over_txn: f64,
+    /// p50s, in ms: the create, the transaction, and the hop (`GET /healthz`).
+    pub api_p50_ms: f64,
+    pub txn_p50_ms: f64,
+    pub hop_p50_ms: f64,
+    /// The best ratio a create could reach if the server did nothing but the hop and
+    /// the transaction: txn ÷ (txn + hop) at p50. A bound only where the load is
+    /// latency-bound (c = 1: one request at a time).
+    pub bound: f64,
+}
+
+/// A [`Floor`] for each concurrency that has the three runs.
+pub fn floors(runs: &[Run]) -> Vec<Floor> {
+    let find = |target, c| {
+        runs.iter()
+            .find(|r| r.target == target && r.concurrency == c)
+    };
+    let mut out = Vec::new();
+    for api in runs.iter().filter(|r| r.target == Target::ApiEtcd) {
+        let c = api.concurrency;
+        let (Some(txn), Some(hop)) = (find(Target::RawTxn, c), find(Target::ApiHealthz, c)) else {
+            continue;
+        };
+        let (txn_p50, hop_p50) = (txn.latency.p50_ms, hop.latency.p50_ms);
+        out.push(Floor {
+            concurrency: c,
+            over_txn: api.per_second() / txn.per_second().max(1e-9),
+            api_p50_ms: api.latency.p50_ms,
+            txn_p50_ms: txn_p50,
+            hop_p50_ms: hop_p50,
+            bound: txn_p50 / (txn_p50 + hop_p50).max(1e-9),
+        });
+    }
+    out
+}
+
+/// [`floors`] as JSON.
+pub fn floors_json(runs: &[Run]) -> Value {
+    Value::Array(
+        floors(runs)
+            .iter()
+            .map(|f| {
+                json!({
+                    "concurrency": f.concurrency,
+                    "api_over_raw_txn": round3(f.over_txn),
+                    "api_p50_ms": round3(f.api_p50_ms),
+                    "txn_p50_ms": round3(f.txn_p50_ms),
+                    "hop_p50_ms": round3(f.hop_p50_ms),
+                    "bound_with_no_server_work": round3(f.bound),
+                })
+            })
+            .collect(),
+    )
+}
+
 pub fn print(runs: &[Run]) {
     println!(
         "\napi-writes: Cluster creates ({} per run; srv = the server's own mean times; \
@@ -705,6 +793,23 @@ pub fn print(runs: &[Run]) {
         if let Some(e) = &r.first_error {
             println!("    first error: {e}");
         }
+    }
+    println!(
+        "api/etcd against the raw create transaction (target ≥ 0.9×); hop = a GET /healthz \
+         on the same connections; bound = txn ÷ (txn + hop) at p50, what a create would reach \
+         if the server did nothing else (a bound where one request runs at a time, c = 1)"
+    );
+    for f in floors(runs) {
+        println!(
+            "  c = {:<3} {:.2}× the txn; p50 {:.2} ms = txn {:.2} + hop {:.2} + {:.2} in the server; bound {:.2}×",
+            f.concurrency,
+            f.over_txn,
+            f.api_p50_ms,
+            f.txn_p50_ms,
+            f.hop_p50_ms,
+            f.api_p50_ms - f.txn_p50_ms - f.hop_p50_ms,
+            f.bound,
+        );
     }
 }
 

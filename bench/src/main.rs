@@ -112,8 +112,9 @@ struct Cli {
     /// Bound on each measured phase, in seconds.
     #[arg(long, default_value_t = 120)]
     run_timeout: u64,
-    /// watch-fanout: the `oakestra` binary to run [default: `e2e::RootServer`'s, the
-    /// debug build that `e2e::binary` builds, target/debug/oakestra].
+    /// The `oakestra` binary the scenarios run (servers, hollow nodes, workers, the
+    /// network scenario's WireGuard devices) [default: the debug build that
+    /// `e2e::binary` builds, target/debug/oakestra].
     #[arg(long)]
     oakestra: Option<PathBuf>,
     /// watch-fanout: also run the root controllers in the server process (by default
@@ -199,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
         let runs = api_writes::run(&opts, &etcd.url()).await?;
         api_writes::print(&runs);
         report["api_writes"] = api_writes::to_json(&runs);
+        report["api_writes_over_raw_txn"] = api_writes::floors_json(&runs);
         let handshakes = api_writes::handshakes(if cli.quick { 200 } else { 1000 }).await?;
         api_writes::print_handshakes(&handshakes);
         report["handshakes"] = api_writes::handshakes_json(&handshakes);
