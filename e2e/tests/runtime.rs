@@ -409,3 +409,74 @@ async fn a_debounced_controller_merges_a_burst_into_few_reconciles() {
     stop.notify_one();
     running.await.unwrap();
 }
+
+/// An Event recorder against a real server: beyond ten objects of one group, their
+/// Events are combined into one about the group, written once at first and then at
+/// most every `COMBINED_EVERY` while the burst goes on; the count written at the end
+/// (the recorder dropped) is every occurrence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorder_writes_a_burst_of_combined_events_seldom_and_loses_no_count() {
+    use client::runtime::events::{AGGREGATE_AFTER, COMBINED, COMBINED_EVERY, FLUSH_EVERY};
+    use crds::{Event, EventType, ObjectReference};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = api_server(dir.path());
+    let client = server.client();
+    let recorder = client::runtime::Recorder::new(client.clone(), "oakestra-test");
+    let group = ObjectReference {
+        kind: "Service".into(),
+        name: "web".into(),
+        namespace: Some("default".into()),
+        uid: Some("uid-web".into()),
+    };
+    let placed = |from: usize, to: usize| {
+        for n in from..to {
+            let mut c: Cluster = serde_json::from_value(cluster(&format!("web-{n}"))).unwrap();
+            c.metadata.namespace = Some("default".into());
+            recorder.record_in(
+                &c,
+                Some(group.clone()),
+                EventType::Normal,
+                "Placed",
+                "placed",
+            );
+        }
+    };
+    let events: Api<Event> = client.api(Some("default"));
+    let combined_count = || async {
+        let (list, _) = events.list(&ListParams::default()).await.unwrap();
+        let combined: Vec<&Event> = list
+            .iter()
+            .filter(|e| e.message.starts_with(COMBINED))
+            .collect();
+        assert!(combined.len() <= 1, "one combined Event: {combined:?}");
+        let singles = list.len() - combined.len();
+        (singles, combined.first().map(|e| e.count))
+    };
+
+    let first = 25;
+    placed(0, first);
+    let combined = first - AGGREGATE_AFTER;
+    eventually("the combined Event is written", WAIT, || async {
+        (combined_count().await == (AGGREGATE_AFTER, Some(combined as u32))).then_some(())
+    })
+    .await;
+
+    // More of the same burst, right after: held, though many flushes pass.
+    placed(first, first + 40);
+    let held = FLUSH_EVERY * 4;
+    assert!(held < COMBINED_EVERY / 2);
+    tokio::time::sleep(held).await;
+    assert_eq!(
+        combined_count().await,
+        (AGGREGATE_AFTER, Some(combined as u32)),
+        "within {COMBINED_EVERY:?} of its first write the combined Event is not written again"
+    );
+
+    // Its writer ends with the recorder, writing what it held.
+    drop(recorder);
+    eventually("the held count is written at the end", WAIT, || async {
+        (combined_count().await == (AGGREGATE_AFTER, Some((combined + 40) as u32))).then_some(())
+    })
+    .await;
+}

@@ -1136,7 +1136,17 @@ mod tests {
 
     #[test]
     fn changed_fields_are_found_in_one_walk() {
-        let endpoints = ListTypes::for_kind(crds::kind_by_name("endpoints").unwrap());
+        // Endpoints with their entries as a list map by instance (the served kind's
+        // list is atomic): a big list map to walk.
+        let mut schema = crds::kind_by_name("endpoints")
+            .unwrap()
+            .schema()
+            .clone()
+            .to_value();
+        let list = &mut schema["$defs"]["EndpointsSpec"]["properties"]["endpoints"];
+        list["x-kubernetes-list-type"] = json!("map");
+        list["x-kubernetes-list-map-keys"] = json!(["instance"]);
+        let endpoints = &ListTypes::from_schema(&schema);
         let entry = |n: usize, ready: bool| {
             json!({"instance": format!("web-{n}"), "ip": format!("10.0.{}.{}", n / 250, n % 250),
                    "cluster": "c1", "node": format!("n{}", n % 7), "ready": ready})
@@ -1211,6 +1221,28 @@ mod tests {
         assert_eq!(
             walked.leaf_paths(),
             vec![r#".spec.endpoints[instance="web-5"].ready"#]
+        );
+    }
+
+    #[test]
+    fn an_endpoints_list_is_one_field() {
+        // Its writers replace the list whole: its managed fields name the list, however
+        // many entries it has.
+        let types = ListTypes::for_kind(crds::kind_by_name("endpoints").unwrap());
+        let entries: Vec<Value> = (0..100)
+            .map(|n| json!({"instance": format!("web-{n}"), "ip": "10.0.0.1", "cluster": "c1"}))
+            .collect();
+        let eps = json!({"apiVersion": "oakestra.io/v1", "kind": "Endpoints",
+            "metadata": {"name": "web"},
+            "spec": {"ports": [{"port": 80, "protocol": "TCP"}], "endpoints": entries}});
+        assert_eq!(
+            FieldSet::of(&eps, types).leaf_paths(),
+            vec![
+                ".spec.endpoints",
+                r#".spec.ports[port=80,protocol="TCP"]"#,
+                r#".spec.ports[port=80,protocol="TCP"].port"#,
+                r#".spec.ports[port=80,protocol="TCP"].protocol"#,
+            ]
         );
     }
 

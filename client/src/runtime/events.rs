@@ -15,7 +15,9 @@
 //!   (Kubernetes' `EventAggregator` does the same per object). An object without a
 //!   controller owner is a group of its own;
 //! - writes what piled up once per [`FLUSH_EVERY`]: one write per distinct Event,
-//!   however often it happened in between;
+//!   however often it happened in between; a combined Event, once written, at most
+//!   once per [`COMBINED_EVERY`] (a burst of a 1,000-Instance Service would otherwise
+//!   rewrite its combined Event twice a second for as long as it lasts);
 //! - holds at most [`QUEUE`] Events not yet taken up; beyond that new ones are dropped
 //!   (and the drop logged), as client-go's broadcaster drops on a full queue: an Event
 //!   is worth less than the work it reports.
@@ -43,6 +45,9 @@ pub const AGGREGATE_AFTER: usize = 10;
 pub const AGGREGATE_WINDOW: Duration = Duration::from_secs(600);
 /// How often the writer writes the Events that piled up.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// How often, at most, the count of a combined Event that was written is written again
+/// while its group's occurrences go on.
+pub const COMBINED_EVERY: Duration = Duration::from_secs(10);
 /// Events queued for the writer at most.
 pub const QUEUE: usize = 4096;
 /// Groups (and written Events) the writer remembers at most; beyond, it forgets them all
@@ -228,11 +233,19 @@ struct Writer {
     client: Client,
     source: String,
     correlator: Correlator,
-    /// Events counted since the last flush, by name: the Event as it would be created
-    /// (its `count` is the occurrences since the last flush).
-    pending: HashMap<String, Event>,
-    /// Events this writer wrote, by name: their resourceVersion and count then.
-    written: HashMap<String, (String, u32)>,
+    /// Events counted since they were last written, by name: the Event as it would
+    /// be created (its `count` is the occurrences since then), and whether it is a
+    /// combined one.
+    pending: HashMap<String, (Event, bool)>,
+    /// Events this writer wrote, by name.
+    written: HashMap<String, Written>,
+}
+
+/// An Event as this writer last wrote it.
+struct Written {
+    version: String,
+    count: u32,
+    at: Instant,
 }
 
 impl Writer {
@@ -245,17 +258,17 @@ impl Writer {
                     Some(o) => self.count(o),
                     None => break,
                 },
-                _ = tick.tick(), if !self.pending.is_empty() => self.flush().await,
+                _ = tick.tick(), if !self.pending.is_empty() => self.flush(false).await,
             }
         }
-        self.flush().await;
+        self.flush(true).await;
     }
 
     /// Count `o` in the Event the correlator chooses.
     fn count(&mut self, o: Occurrence) {
         let recorded = self.correlator.correlate(&o, Instant::now());
         let name = event_name(&recorded, &o.type_, &o.reason);
-        if let Some(e) = self.pending.get_mut(&name) {
+        if let Some((e, _)) = self.pending.get_mut(&name) {
             e.count += 1;
             e.message = recorded.message;
             e.last_timestamp = Some(o.at);
@@ -283,24 +296,35 @@ impl Writer {
             last_timestamp: Some(o.at),
             source: self.source.clone(),
         };
-        self.pending.insert(name, event);
+        self.pending.insert(name, (event, recorded.combined));
     }
 
-    async fn flush(&mut self) {
+    /// Write the pending Events, but for combined ones written less than
+    /// [`COMBINED_EVERY`] ago (unless `all`, at the end): they wait, counting on.
+    async fn flush(&mut self, all: bool) {
         if self.written.len() > REMEMBERED {
             self.written.clear();
         }
-        for (name, event) in std::mem::take(&mut self.pending) {
+        for (name, (event, combined)) in std::mem::take(&mut self.pending) {
+            if !all && combined && self.written_within(&name, COMBINED_EVERY) {
+                self.pending.insert(name, (event, combined));
+                continue;
+            }
             if let Err(e) = self.write(&name, &event).await {
                 tracing::warn!(reason = %event.reason, error = %e, "could not record event");
             }
         }
     }
 
+    /// Whether the Event `name` was written by this writer less than `ago` ago.
+    fn written_within(&self, name: &str, ago: Duration) -> bool {
+        self.written.get(name).is_some_and(|w| w.at.elapsed() < ago)
+    }
+
     /// Create `event`, or add its count to the stored Event of its name.
     async fn write(&mut self, name: &str, event: &Event) -> crate::Result<()> {
         let api: Api<Event> = self.client.api(event.metadata.namespace.as_deref());
-        let mut known = self.written.remove(name);
+        let mut known = self.written.remove(name).map(|w| (w.version, w.count));
         for _ in 0..3 {
             let (version, count) = match known.take() {
                 Some(k) => k,
@@ -341,8 +365,12 @@ impl Writer {
 
     fn remember(&mut self, name: &str, stored: &Event) {
         let version = stored.metadata.resource_version.clone().unwrap_or_default();
-        self.written
-            .insert(name.to_string(), (version, stored.count));
+        let written = Written {
+            version,
+            count: stored.count,
+            at: Instant::now(),
+        };
+        self.written.insert(name.to_string(), written);
     }
 }
 
