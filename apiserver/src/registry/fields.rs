@@ -132,11 +132,18 @@ impl FieldSet {
     /// `kind` and the server's metadata (name, namespace, uid, resourceVersion,
     /// generation, timestamps, managedFields) are never in it; nulls are not set.
     pub fn of(object: &Value, types: &ListTypes) -> FieldSet {
+        FieldSet::of_in(object, types, Scope::Whole)
+    }
+
+    /// [`FieldSet::of`] restricted to `scope` (`scope.restrict(&FieldSet::of(…))`),
+    /// without walking the top-level fields outside it: a status write does not walk
+    /// the spec, nor a spec write the status.
+    pub fn of_in(object: &Value, types: &ListTypes, scope: Scope) -> FieldSet {
         let mut set = FieldSet::default();
         let Some(map) = object.as_object() else {
             return set;
         };
-        for (name, value) in map {
+        for (name, value) in map.iter().filter(|(name, _)| scope.covers(name)) {
             let node = types.root.field(name);
             let mut child = FieldSet::default();
             match name.as_str() {
@@ -992,6 +999,15 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// Whether the top-level field `name` is in this scope.
+    fn covers(self, name: &str) -> bool {
+        match self {
+            Scope::Whole => true,
+            Scope::WithoutStatus => name != "status",
+            Scope::OnlyStatus => name == "status",
+        }
+    }
+
     /// `set` restricted to this scope.
     pub fn restrict(self, set: &FieldSet) -> FieldSet {
         match self {
@@ -1037,8 +1053,8 @@ pub fn record(
 ) -> Result<Vec<ManagedEntry>, Vec<Conflict>> {
     let empty = Value::Null;
     let before_object = before.unwrap_or(&empty);
-    let before_set = writer.scope.restrict(&FieldSet::of(before_object, types));
-    let after_set = writer.scope.restrict(&FieldSet::of(after, types));
+    let before_set = FieldSet::of_in(before_object, types, writer.scope);
+    let after_set = FieldSet::of_in(after, types, writer.scope);
     let changed = changed(&after_set, Some(before_object), after, &types.root);
     let removed = before_set.difference(&after_set);
     let applied = writer.applied.as_ref().map(|a| writer.scope.restrict(a));
@@ -1222,6 +1238,26 @@ mod tests {
             walked.leaf_paths(),
             vec![r#".spec.endpoints[instance="web-5"].ready"#]
         );
+    }
+
+    #[test]
+    fn a_scoped_field_set_is_the_whole_one_restricted() {
+        let types = ListTypes::for_kind(crds::kind_by_name("instances").unwrap());
+        let instance = json!({"apiVersion": "oakestra.io/v1", "kind": "Instance",
+            "metadata": {"name": "web-0", "labels": {"app": "web"}},
+            "spec": {"cluster": "c1", "node": "n1", "ordinal": 0,
+                     "template": {"image": "a", "env": [{"name": "A", "value": "1"}]}},
+            "status": {"phase": "Running", "instanceIP": "10.18.0.5",
+                       "conditions": [{"type": "Ready", "status": "True"}]}});
+        for scope in [Scope::Whole, Scope::WithoutStatus, Scope::OnlyStatus] {
+            let scoped = FieldSet::of_in(&instance, types, scope);
+            assert_eq!(
+                scoped,
+                scope.restrict(&FieldSet::of(&instance, types)),
+                "{scope:?}"
+            );
+            assert!(!scoped.is_empty(), "{scope:?}");
+        }
     }
 
     #[test]
