@@ -311,7 +311,12 @@ async fn a_standby_root_takes_the_controllers_over_when_the_leader_dies() {
     let took_over = killed_at.elapsed();
     assert!(lease.spec.lease_transitions.unwrap_or(0) >= 1, "{lease:?}");
     assert!(lease.spec.acquire_time.is_some(), "{lease:?}");
-    assert_eq!(controller_starts(&roots[standby]), 1);
+    // The new leader writes the Lease first and logs its controllers' start after it.
+    eventually("the standby starts its controllers", WAIT, || async {
+        (controller_starts(&roots[standby]) >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(controller_starts(&roots[standby]), 1, "started once");
     eventually("60 placed Instances", WAIT, || async {
         let p = placed(&instances, "web").await;
         (p.len() == 60 && p.iter().all(Option::is_some)).then_some(())
