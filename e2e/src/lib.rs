@@ -49,8 +49,28 @@ pub fn fuzz_iterations() -> usize {
         .unwrap_or(500)
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago, from the 10,000 ports below the
+/// kernel's ephemeral range (`ip_local_port_range`, 32768–60999 by default). A port the
+/// kernel picks (`bind :0`) is in that range, where any outgoing connection's source
+/// port can take it before the server it is for binds it (CI saw a cluster fail so).
+/// Each call of one process gets another port.
 pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const SPAN: u32 = 10_000;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    if low > SPAN + 1024 {
+        let offset = std::process::id().wrapping_mul(7919) % SPAN;
+        for _ in 0..SPAN {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let port = (low - SPAN + (offset + n) % SPAN) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .expect("bind 127.0.0.1:0")
         .local_addr()
