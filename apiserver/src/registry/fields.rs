@@ -1010,11 +1010,13 @@ impl Scope {
 
     /// `set` restricted to this scope.
     pub fn restrict(self, set: &FieldSet) -> FieldSet {
-        match self {
-            Scope::Whole => set.clone(),
-            Scope::WithoutStatus => set.scoped("status", false),
-            Scope::OnlyStatus => set.scoped("status", true),
+        let mut out = FieldSet::default();
+        for (k, v) in &set.children {
+            if matches!(k, PathElement::Field(name) if self.covers(name)) {
+                out.children.insert(k.clone(), v.clone());
+            }
         }
+        out
     }
 }
 
